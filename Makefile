@@ -1,0 +1,71 @@
+# Veloce — see README.md. Every target installs what it needs (make deps).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+
+# Fetched kernels, packages and built guest images live here.
+VELOCE_CACHE ?= $(HOME)/.cache/veloce
+export VELOCE_CACHE
+IMAGE_DIR := $(VELOCE_CACHE)/images/default
+BIN := $(CURDIR)/bin
+# Tests use this /init instead of building their own.
+export VELOCE_INIT := $(BIN)/veloce-init
+
+TEST_TIMEOUT ?= 60m
+TESTFLAGS ?=
+
+.PHONY: all deps build images test unit lint run bench fuzz clean
+
+all: build
+
+## deps: install Debian packages (QEMU, DPDK, rdma-core, busybox-static, ...)
+deps:
+	@scripts/deps.sh
+
+## build: build the commands into bin/ (static, pure Go)
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+## images: fetch the Debian guest kernel (once) and build the default guest image
+images: deps build
+	$(BIN)/veloce-image kernel
+	$(BIN)/veloce-image build --init $(BIN)/veloce-init --out $(IMAGE_DIR)
+
+## lint: gofmt and go vet (with and without cgo)
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) vet ./...
+
+## test: everything — unit tests, fuzz seed corpora, VM and DPDK tests (needs root)
+test: deps images lint
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
+
+## unit: the fast tests only (no VMs)
+unit:
+	$(GO) test -short ./...
+
+## run: the main job (for now: a guest pings DPDK testpmd's vhost-user backend)
+run: deps images
+	@scripts/run-testpmd-demo.sh $(BIN) $(IMAGE_DIR)
+
+## bench: benchmarks, as ratios against references measured in the same run
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+## fuzz: run every fuzz target for FUZZTIME each (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+clean:
+	rm -rf $(BIN)
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## /  make /'
