@@ -47,9 +47,9 @@ test: deps images lint
 unit:
 	$(GO) test -short ./...
 
-## run: the main job (for now: a guest pings DPDK testpmd's vhost-user backend)
+## run: the main job (for now: veloced serves a VM that gets DHCP and pings the service address)
 run: deps images
-	@scripts/run-testpmd-demo.sh $(BIN) $(IMAGE_DIR)
+	@scripts/run.sh $(BIN) $(IMAGE_DIR)
 
 ## bench: benchmarks, as ratios against references measured in the same run
 bench: deps build

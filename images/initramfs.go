@@ -133,7 +133,10 @@ func (b *Initramfs) Write(w io.Writer, initPath string) error {
 			}
 			files = append(files, initramfsFile{dst: "/bin/" + a, link: "busybox"})
 		}
-		files = append(files, initramfsFile{dst: "/usr/share/udhcpc/default.script", data: []byte(udhcpcScript), mode: 0o755})
+		// Debian's busybox runs /etc/udhcpc/default.script; upstream's
+		// default is /usr/share/udhcpc/default.script.
+		files = append(files, initramfsFile{dst: "/etc/udhcpc/default.script", data: []byte(udhcpcScript), mode: 0o755},
+			initramfsFile{dst: "/usr/share/udhcpc/default.script", data: []byte(udhcpcScript), mode: 0o755})
 	}
 
 	// Directories first (parents before children), then everything else.

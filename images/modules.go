@@ -14,10 +14,12 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// DefaultModules are loaded by every guest: the PCI transport and the
-// network driver; their dependencies (virtio, virtio_ring, failover, ...)
-// are found by ResolveModules.
-var DefaultModules = []string{"virtio_pci", "virtio_net"}
+// DefaultModules are loaded by every guest: the PCI transport, the network
+// driver, and the entropy device (vmtest adds virtio-rng-pci: without it a
+// TCG guest's getrandom blocks for minutes, and DHCP clients with it).
+// Their dependencies (virtio, virtio_ring, failover, ...) are found by
+// ModuleIndex.Resolve.
+var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_rng"}
 
 // moduleName normalises a module file or name: "virtio-net.ko.xz" and
 // "virtio_net" both become "virtio_net".

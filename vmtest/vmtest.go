@@ -187,6 +187,8 @@ func (vm *VM) Args() ([]string, error) {
 		"-kernel", o.Kernel,
 		"-initrd", o.Initramfs,
 		"-append", strings.Join(cmdline, " "),
+		// Entropy: without it getrandom(2) blocks in a TCG guest.
+		"-device", "virtio-rng-pci,vectors=0",
 	}
 	for i, n := range o.NICs {
 		if n.Socket == "" {

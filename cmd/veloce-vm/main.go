@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -55,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.Var(&clients, "vhost-user", "vhost-user socket QEMU connects to, one NIC each (repeatable)")
 	fs.Var(&servers, "vhost-user-server", "vhost-user socket QEMU listens on, for a backend that connects (repeatable)")
 	reconnect := fs.Int("reconnect", 1, "seconds between QEMU's reconnects to a lost backend (client sockets); 0 disables")
-	ip := fs.String("ip", "", "static address for eth0 (CIDR); default DHCP when a NIC exists")
+	ip := fs.String("ip", "dhcp", "eth0's address: dhcp, a static CIDR (169.254.77.2/24), or none (up, unconfigured: the program configures it)")
 	memory := fs.String("memory", "512M", "guest memory (QEMU size syntax)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "kill the program after this long")
 	keep := fs.Bool("keep", false, "keep the work directory (serial and QEMU logs)")
@@ -80,10 +81,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		nics = append(nics, vmtest.NIC{Socket: s, Server: true})
 	}
 	if len(nics) > 0 {
-		n := guestinit.NetConfig{Name: "eth0", DHCP: *ip == "", Addr: *ip}
+		n := guestinit.NetConfig{Name: "eth0"}
+		switch *ip {
+		case "dhcp":
+			n.DHCP = true
+		case "none":
+		default:
+			if _, err := netip.ParsePrefix(*ip); err != nil {
+				return 0, fmt.Errorf("--ip: %w", err)
+			}
+			n.Addr = *ip
+		}
 		cfg.Net = append(cfg.Net, n)
-	} else if *ip != "" {
-		return 0, errors.New("--ip needs a NIC (--vhost-user or --vhost-user-server)")
 	}
 	kernel, initrd := filepath.Join(*imageDir, "vmlinuz"), filepath.Join(*imageDir, "initramfs.cpio.gz")
 	for _, f := range []string{kernel, initrd} {

@@ -269,7 +269,12 @@ func waitLink(name string, d time.Duration) (netlink.Link, error) {
 }
 
 func dhcp(link netlink.Link, logf func(string, ...any)) error {
-	c, err := nclient4.New(link.Attrs().Name, nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(10))
+	opts := []nclient4.ClientOpt{nclient4.WithTimeout(2 * time.Second), nclient4.WithRetry(10)}
+	if os.Getenv("VELOCE_DHCP_DEBUG") != "" {
+		opts = append(opts, nclient4.WithDebugLogger())
+	}
+	logf("%s: dhcp", link.Attrs().Name)
+	c, err := nclient4.New(link.Attrs().Name, opts...)
 	if err != nil {
 		return err
 	}

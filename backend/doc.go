@@ -1,0 +1,31 @@
+// Package backend is Veloce's stream runtime: sessions, streams, sources,
+// sinks and channels, the slot pools and packet schedulers behind them, and
+// the plugin interface the datapaths implement.
+//
+// Today it holds the daemon ([Daemon]: ports plus the control API that
+// velocectl uses), the VM port ([Port]: a vhostuser.NetDevice whose frames
+// go to a link peer) and the link peer ([LinkPeer]): the daemon's end of
+// the point-to-point link every VM port is. The vhost-user device model hands
+// each frame the guest transmits to [LinkPeer.Handle], which answers ARP,
+// ICMP echo and DHCP itself (writing the reply frame for the caller to put
+// on the guest's RX queue), delivers UDP datagrams addressed to the service
+// address and port to the runtime, and counts and drops everything else.
+// [LinkPeer.PutDatagram] builds the frames that carry the runtime's messages
+// back to the guest, and [LinkPeer.GratuitousARP] the announcement a
+// destination daemon sends after a live migration.
+//
+// Addressing decisions (DESIGN.md, "Addressing between guest and daemon"):
+//
+//   - The service answers at one IPv4 address (default 169.254.77.1) and one
+//     MAC (default 02:56:4c:4f:43:01, locally administered), identical on
+//     every daemon so that a migrated guest's neighbour entry stays valid.
+//   - DHCP hands the guest one fixed address (default 169.254.77.2/24) with a
+//     subnet mask, broadcast address, server identifier, lease, renewal and
+//     rebinding times, and optionally the interface MTU. It never sends a
+//     router, DNS or domain option: the guest's default route and resolver
+//     stay untouched. The server keeps no lease state, so every daemon
+//     answers a migrated guest's renewal the same way.
+//   - The link is untagged: VLAN-tagged frames are dropped as unsupported.
+//     IPv4 fragments are dropped (guestlib never sends datagrams larger than
+//     the link MTU); nothing is reassembled.
+package backend

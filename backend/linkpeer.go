@@ -1,0 +1,718 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/veloce-io/veloce/internal/pkt"
+)
+
+// Link peer defaults, applied by NewLinkPeer to zero option fields.
+const (
+	// DefaultServicePort is the UDP port guestlib talks to.
+	DefaultServicePort = 7077
+	// DefaultLeaseTime is the DHCP lease handed to guests. Leases are
+	// stateless (the same address every time), so the length only sets how
+	// often a guest renews.
+	DefaultLeaseTime = 24 * time.Hour
+	// InfiniteLease, as LinkPeerOptions.LeaseTime, hands out a lease that
+	// never expires (RFC 2131's 0xffffffff) and omits renewal and rebinding
+	// times.
+	InfiniteLease = time.Duration(math.MaxUint32) * time.Second
+	// DatagramHeaderLen is the size of the Ethernet, IPv4 and UDP headers
+	// PutDatagram writes before the payload: a payload built in place at
+	// b[DatagramHeaderLen:] is not copied.
+	DatagramHeaderLen = pkt.EthernetHeaderLen + pkt.IPv4MinHeaderLen + pkt.UDPHeaderLen
+)
+
+var (
+	// DefaultServiceMAC is the service MAC address, the same on every daemon.
+	// Treat it as read-only.
+	DefaultServiceMAC = net.HardwareAddr{0x02, 0x56, 0x4c, 0x4f, 0x43, 0x01}
+	// DefaultServiceIP is the service address the link peer answers at.
+	DefaultServiceIP = netip.AddrFrom4([4]byte{169, 254, 77, 1})
+	// DefaultGuestIP is the address and prefix DHCP hands the guest.
+	DefaultGuestIP = netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 77, 2}), 24)
+)
+
+// Errors returned by the link peer.
+var (
+	// ErrInvalidOptions is wrapped by NewLinkPeer's errors for options that
+	// cannot work.
+	ErrInvalidOptions = errors.New("invalid options")
+	// ErrShortBuffer means a destination buffer is too small for the frame.
+	ErrShortBuffer = errors.New("buffer too short for frame")
+	// ErrNotIPv4 means an address given for the link is not an IPv4 address.
+	ErrNotIPv4 = errors.New("not an IPv4 address")
+)
+
+const (
+	dhcpServerPort = 67
+	dhcpClientPort = 68
+)
+
+// LinkPeerOptions configures a LinkPeer. The zero value of each field selects
+// its default.
+type LinkPeerOptions struct {
+	// ServiceMAC is the link peer's MAC address; it must be a 6-byte unicast
+	// address. Keep it identical on every daemon so that migrated guests'
+	// neighbour entries stay valid. Default DefaultServiceMAC.
+	ServiceMAC net.HardwareAddr
+	// ServiceIP is the IPv4 address the link peer answers ARP, ICMP echo and
+	// DHCP at, and where guests send their datagrams. It must lie inside
+	// GuestIP's prefix, so that guests reach it without a route. Default
+	// DefaultServiceIP.
+	ServiceIP netip.Addr
+	// GuestIP is the IPv4 address and prefix DHCP hands the guest. The
+	// prefix must hold ServiceIP and be /31 or shorter; the address must
+	// differ from ServiceIP and, below /31, from the network and broadcast
+	// addresses. Default DefaultGuestIP.
+	GuestIP netip.Prefix
+	// ServicePort is the UDP port on ServiceIP whose datagrams are
+	// delivered to the runtime. It may not be a DHCP port (67, 68). Default
+	// DefaultServicePort.
+	ServicePort uint16
+	// LeaseTime is the DHCP lease time, at least one second; InfiniteLease
+	// means forever. Default DefaultLeaseTime.
+	LeaseTime time.Duration
+	// MTU, when non-zero, is offered to the guest with the DHCP Interface
+	// MTU option (26); it must be at least 68. Zero leaves the guest's MTU
+	// alone.
+	MTU uint16
+	// TrustGuestChecksums skips verifying the UDP and ICMP checksums of the
+	// guest's frames. Set it when the device model negotiated
+	// VIRTIO_NET_F_CSUM: the guest then sends partial checksums. IPv4 header
+	// checksums are always verified (virtio has no offload for them).
+	TrustGuestChecksums bool
+}
+
+// Verdict says what LinkPeer.Handle did with a frame.
+type Verdict uint8
+
+// Verdicts.
+const (
+	// VerdictDropped means the frame was counted and dropped; Result.Reason
+	// says why.
+	VerdictDropped Verdict = iota
+	// VerdictReplied means a reply frame was written to the reply buffer,
+	// for the caller to put on the guest's RX queue.
+	VerdictReplied
+	// VerdictDeliver means the frame holds a UDP datagram for the service
+	// address and port; Result.Src and Result.Payload describe it.
+	VerdictDeliver
+)
+
+var verdictNames = [...]string{
+	VerdictDropped: "dropped",
+	VerdictReplied: "replied",
+	VerdictDeliver: "deliver",
+}
+
+// String returns the verdict's name.
+func (v Verdict) String() string {
+	if int(v) < len(verdictNames) {
+		return verdictNames[v]
+	}
+	return fmt.Sprintf("Verdict(%d)", uint8(v))
+}
+
+// DropReason says why LinkPeer.Handle dropped a frame.
+type DropReason uint8
+
+// Drop reasons.
+const (
+	// DropNone is the reason of frames that were not dropped.
+	DropNone DropReason = iota
+	// DropNotForUs: addressed elsewhere (another MAC, IPv4 address or UDP
+	// port, or ARP for another address).
+	DropNotForUs
+	// DropMalformed: a header or DHCP message failed to parse.
+	DropMalformed
+	// DropChecksum: an IPv4, UDP or ICMP checksum did not verify.
+	DropChecksum
+	// DropUnsupported: well formed but not handled (IPv6, TCP, VLAN tags,
+	// ICMP other than echo request, DHCP messages other than DISCOVER,
+	// REQUEST and INFORM, ARP for other hardware or protocols).
+	DropUnsupported
+	// DropFragment: an IPv4 fragment addressed to the service.
+	DropFragment
+	// DropIgnored: understood, needs no answer (ARP replies, DHCP RELEASE
+	// and DECLINE).
+	DropIgnored
+	// DropNoRoom: a reply was due but the reply buffer was too small.
+	DropNoRoom
+	numDropReasons
+)
+
+var dropReasonNames = [...]string{
+	DropNone:        "none",
+	DropNotForUs:    "not-for-us",
+	DropMalformed:   "malformed",
+	DropChecksum:    "checksum",
+	DropUnsupported: "unsupported",
+	DropFragment:    "fragment",
+	DropIgnored:     "ignored",
+	DropNoRoom:      "no-room",
+}
+
+// String returns the reason's name, as shown in statistics.
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropReasonNames[r]
+	}
+	return fmt.Sprintf("DropReason(%d)", uint8(r))
+}
+
+// Result is the detailed outcome of LinkPeer.Handle.
+type Result struct {
+	// Verdict is what happened to the frame.
+	Verdict Verdict
+	// Reason says why a dropped frame was dropped; DropNone otherwise.
+	Reason DropReason
+	// ReplyLen is the length of the reply frame when Verdict is
+	// VerdictReplied.
+	ReplyLen int
+	// Src is the guest's source address and port when Verdict is
+	// VerdictDeliver.
+	Src netip.AddrPort
+	// Payload is the UDP payload when Verdict is VerdictDeliver: a view of
+	// the frame, valid as long as the frame buffer is.
+	Payload []byte
+}
+
+// LinkPeerStats is a snapshot of a LinkPeer's counters. Each counts frames.
+type LinkPeerStats struct {
+	// Replied, Delivered and Dropped count frames by verdict.
+	Replied, Delivered, Dropped uint64
+	// ARPReplies, EchoReplies and DHCPReplies break Replied down.
+	ARPReplies, EchoReplies, DHCPReplies uint64
+	// DroppedBy breaks Dropped down, indexed by DropReason.
+	DroppedBy [numDropReasons]uint64
+}
+
+// LinkPeer answers one guest on its point-to-point link. Create it with
+// NewLinkPeer. Handle, PutDatagram, GratuitousARP, Learned and Stats are
+// safe for concurrent use (one caller per virtqueue, say); Handle takes no
+// locks and, except for DHCP, does not allocate.
+type LinkPeer struct {
+	opts LinkPeerOptions // with defaults applied; read-only
+
+	mac      pkt.MAC
+	ip       [4]byte
+	guest    [4]byte
+	mask     [4]byte
+	bcast    [4]byte // directed broadcast of the guest's prefix
+	hasBcast bool    // false for /31
+	port     uint16
+
+	// learned holds the guest's MAC in the low 48 bits and learnedValid
+	// once one was seen.
+	learned atomic.Uint64
+
+	replied, delivered, dropped   atomic.Uint64
+	arpReplies, echoReplies, dhcp atomic.Uint64
+	droppedBy                     [numDropReasons]atomic.Uint64
+}
+
+const learnedValid = 1 << 63
+
+var limitedBroadcast = [4]byte{255, 255, 255, 255}
+
+// NewLinkPeer returns a link peer configured by opts, with defaults applied
+// to zero fields. Errors wrap ErrInvalidOptions.
+func NewLinkPeer(opts LinkPeerOptions) (*LinkPeer, error) {
+	if opts.ServiceMAC == nil {
+		opts.ServiceMAC = DefaultServiceMAC
+	}
+	if !opts.ServiceIP.IsValid() {
+		opts.ServiceIP = DefaultServiceIP
+	}
+	if !opts.GuestIP.IsValid() {
+		opts.GuestIP = DefaultGuestIP
+	}
+	if opts.ServicePort == 0 {
+		opts.ServicePort = DefaultServicePort
+	}
+	if opts.LeaseTime == 0 {
+		opts.LeaseTime = DefaultLeaseTime
+	}
+	invalid := func(format string, args ...any) (*LinkPeer, error) {
+		return nil, fmt.Errorf("new link peer: "+format+": %w", append(args, ErrInvalidOptions)...)
+	}
+
+	p := &LinkPeer{port: opts.ServicePort}
+	mac, ok := pkt.MACFrom(opts.ServiceMAC)
+	if !ok || mac.IsMulticast() || mac.IsZero() {
+		return invalid("service MAC %v is not a unicast MAC-48 address", opts.ServiceMAC)
+	}
+	p.mac = mac
+	opts.ServiceMAC = mac.HardwareAddr() // own the copy
+
+	opts.ServiceIP = opts.ServiceIP.Unmap()
+	sip := opts.ServiceIP
+	if !sip.Is4() || sip.IsUnspecified() || sip.IsMulticast() || sip == netip.AddrFrom4(limitedBroadcast) {
+		return invalid("service IP %v is not a unicast IPv4 address", sip)
+	}
+	p.ip = sip.As4()
+
+	g := opts.GuestIP
+	g = netip.PrefixFrom(g.Addr().Unmap(), g.Bits())
+	opts.GuestIP = g
+	if !g.Addr().Is4() || g.Bits() < 1 || g.Bits() > 31 {
+		return invalid("guest IP %v is not an IPv4 prefix between /1 and /31", g)
+	}
+	if !g.Contains(sip) {
+		return invalid("guest prefix %v does not hold service IP %v", g, sip)
+	}
+	if g.Addr() == sip {
+		return invalid("guest IP %v is the service IP", g.Addr())
+	}
+	p.guest = g.Addr().As4()
+	m := net.CIDRMask(g.Bits(), 32)
+	copy(p.mask[:], m)
+	network := g.Masked().Addr().As4()
+	for i := range p.bcast {
+		p.bcast[i] = network[i] | ^p.mask[i]
+	}
+	if g.Bits() <= 30 {
+		p.hasBcast = true
+		if p.guest == network || p.guest == p.bcast {
+			return invalid("guest IP %v is the network or broadcast address of its prefix", g.Addr())
+		}
+		if p.ip == network || p.ip == p.bcast {
+			return invalid("service IP %v is the network or broadcast address of %v", sip, g)
+		}
+	}
+
+	if opts.ServicePort == dhcpServerPort || opts.ServicePort == dhcpClientPort {
+		return invalid("service port %d is a DHCP port", opts.ServicePort)
+	}
+	if opts.LeaseTime < time.Second || opts.LeaseTime > InfiniteLease {
+		return invalid("lease time %v is not between 1s and InfiniteLease", opts.LeaseTime)
+	}
+	if opts.MTU != 0 && opts.MTU < 68 {
+		return invalid("MTU %d is below the IPv4 minimum of 68", opts.MTU)
+	}
+	p.opts = opts
+	return p, nil
+}
+
+// Options returns the options in effect, defaults applied.
+func (p *LinkPeer) Options() LinkPeerOptions {
+	o := p.opts
+	o.ServiceMAC = p.mac.HardwareAddr()
+	return o
+}
+
+// Learned returns the guest's MAC address, learned from the source address
+// of the frames it sent, or nil before the first frame.
+func (p *LinkPeer) Learned() net.HardwareAddr {
+	v := p.learned.Load()
+	if v&learnedValid == 0 {
+		return nil
+	}
+	m := unpackMAC(v)
+	return m.HardwareAddr()
+}
+
+func (p *LinkPeer) learn(m pkt.MAC) {
+	if m.IsMulticast() || m.IsZero() {
+		return
+	}
+	v := packMAC(m) | learnedValid
+	if p.learned.Load() != v { // avoid dirtying the cache line per frame
+		p.learned.Store(v)
+	}
+}
+
+// guestMAC returns the learned guest MAC, or broadcast before one is known.
+func (p *LinkPeer) guestMAC() pkt.MAC {
+	v := p.learned.Load()
+	if v&learnedValid == 0 {
+		return pkt.BroadcastMAC
+	}
+	return unpackMAC(v)
+}
+
+func packMAC(m pkt.MAC) uint64 {
+	return uint64(m[0])<<40 | uint64(m[1])<<32 | uint64(m[2])<<24 | uint64(m[3])<<16 | uint64(m[4])<<8 | uint64(m[5])
+}
+
+func unpackMAC(v uint64) pkt.MAC {
+	return pkt.MAC{byte(v >> 40), byte(v >> 32), byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+}
+
+// Stats returns a snapshot of the counters. Counters are read one by one, so
+// a snapshot taken while frames flow may be off by the frames in flight.
+func (p *LinkPeer) Stats() LinkPeerStats {
+	s := LinkPeerStats{
+		Replied:     p.replied.Load(),
+		Delivered:   p.delivered.Load(),
+		Dropped:     p.dropped.Load(),
+		ARPReplies:  p.arpReplies.Load(),
+		EchoReplies: p.echoReplies.Load(),
+		DHCPReplies: p.dhcp.Load(),
+	}
+	for i := range s.DroppedBy {
+		s.DroppedBy[i] = p.droppedBy[i].Load()
+	}
+	return s
+}
+
+// Handle processes one frame the guest sent (without its virtio-net header)
+// and returns the verdict and, for VerdictReplied, the length of the reply
+// frame written to reply. When res is not nil it receives the details:
+// the drop reason, or the source and payload of a datagram to deliver.
+//
+// reply may be frame itself (the reply is then built in place) but must not
+// overlap it otherwise. ARP and ICMP echo replies are never longer than the
+// request; DHCP replies take 342 bytes or a little more. A reply buffer of
+// 1514 bytes always suffices; with too short a buffer the frame is dropped
+// with DropNoRoom.
+//
+// Handle does not allocate, except to answer DHCP. It updates the learned
+// guest MAC from every well-formed frame with a unicast source address.
+func (p *LinkPeer) Handle(frame, reply []byte, res *Result) (Verdict, int) {
+	var r Result
+	if res == nil {
+		res = &r
+	}
+	*res = Result{}
+	p.handle(frame, reply, res)
+	switch res.Verdict {
+	case VerdictReplied:
+		p.replied.Add(1)
+	case VerdictDeliver:
+		p.delivered.Add(1)
+	default:
+		p.dropped.Add(1)
+		if res.Reason >= numDropReasons || res.Reason == DropNone {
+			res.Reason = DropMalformed // unreachable; keeps the index in range
+		}
+		p.droppedBy[res.Reason].Add(1)
+	}
+	return res.Verdict, res.ReplyLen
+}
+
+// drop records a drop reason.
+func drop(res *Result, r DropReason) { res.Verdict, res.Reason = VerdictDropped, r }
+
+// replied records a reply of n bytes.
+func replied(res *Result, n int) { res.Verdict, res.ReplyLen = VerdictReplied, n }
+
+// parseDrop maps a pkt parse error to a drop reason.
+func parseDrop(err error) DropReason {
+	switch err {
+	case pkt.ErrChecksum:
+		return DropChecksum
+	case pkt.ErrUnsupported:
+		return DropUnsupported
+	default:
+		return DropMalformed
+	}
+}
+
+func (p *LinkPeer) handle(frame, reply []byte, res *Result) {
+	eth, err := pkt.ParseEthernet(frame)
+	if err != nil {
+		drop(res, parseDrop(err))
+		return
+	}
+	p.learn(eth.Src)
+	if eth.Dst != p.mac && !eth.Dst.IsMulticast() {
+		drop(res, DropNotForUs)
+		return
+	}
+	if eth.Tags != 0 {
+		drop(res, DropUnsupported)
+		return
+	}
+	switch eth.Type {
+	case pkt.EtherTypeARP:
+		p.handleARP(&eth, reply, res)
+	case pkt.EtherTypeIPv4:
+		p.handleIPv4(&eth, reply, res)
+	default:
+		drop(res, DropUnsupported)
+	}
+}
+
+func (p *LinkPeer) handleARP(eth *pkt.Ethernet, reply []byte, res *Result) {
+	a, err := pkt.ParseARP(eth.Payload)
+	if err != nil {
+		drop(res, parseDrop(err))
+		return
+	}
+	switch {
+	case a.Op == pkt.ARPReply:
+		drop(res, DropIgnored)
+		return
+	case a.Op != pkt.ARPRequest:
+		drop(res, DropUnsupported)
+		return
+	case a.TargetIP != p.ip:
+		drop(res, DropNotForUs)
+		return
+	case a.SenderMAC.IsMulticast():
+		drop(res, DropMalformed)
+		return
+	}
+	// A probe (sender 0.0.0.0) for the service address is answered too:
+	// it tells the guest the address is taken (RFC 5227).
+	rep := pkt.ARPReplyTo(&a, p.mac)
+	n, err := pkt.PutARPFrame(reply, a.SenderMAC, &rep)
+	if err != nil {
+		drop(res, DropNoRoom)
+		return
+	}
+	p.arpReplies.Add(1)
+	replied(res, n)
+}
+
+func (p *LinkPeer) handleIPv4(eth *pkt.Ethernet, reply []byte, res *Result) {
+	ip, err := pkt.ParseIPv4(eth.Payload)
+	if err != nil {
+		drop(res, parseDrop(err))
+		return
+	}
+	toService := ip.Dst == p.ip
+	if !toService && ip.Dst != limitedBroadcast && !(p.hasBcast && ip.Dst == p.bcast) {
+		drop(res, DropNotForUs)
+		return
+	}
+	if ip.IsFragment() {
+		drop(res, DropFragment)
+		return
+	}
+	switch {
+	case ip.Protocol == pkt.ProtocolUDP:
+		p.handleUDP(eth, &ip, toService, reply, res)
+	case !toService:
+		drop(res, DropNotForUs)
+	case ip.Protocol == pkt.ProtocolICMP:
+		p.handleICMP(eth, &ip, reply, res)
+	default:
+		drop(res, DropUnsupported)
+	}
+}
+
+func (p *LinkPeer) handleICMP(eth *pkt.Ethernet, ip *pkt.IPv4, reply []byte, res *Result) {
+	var m pkt.ICMPv4
+	var err error
+	if p.opts.TrustGuestChecksums {
+		m, err = pkt.ParseICMPv4NoChecksum(ip.Payload)
+	} else {
+		m, err = pkt.ParseICMPv4(ip.Payload)
+	}
+	if err != nil {
+		drop(res, parseDrop(err))
+		return
+	}
+	if m.Type != pkt.ICMPEchoRequest || m.Code != 0 {
+		drop(res, DropUnsupported)
+		return
+	}
+	const hdrs = pkt.EthernetHeaderLen + pkt.IPv4MinHeaderLen
+	if len(reply) < hdrs+pkt.ICMPv4HeaderLen+len(m.Payload) {
+		drop(res, DropNoRoom)
+		return
+	}
+	// Payload first: when reply is frame, the headers below overwrite the
+	// request's headers, never its payload before it has moved.
+	il, err := pkt.PutICMPv4Echo(reply[hdrs:], pkt.ICMPEchoReply, m.ID(), m.Seq(), m.Payload)
+	if err != nil {
+		drop(res, DropNoRoom)
+		return
+	}
+	h := pkt.IPv4Header{Src: p.ip, Dst: ip.Src, Protocol: pkt.ProtocolICMP, TOS: ip.TOS}
+	if _, err := pkt.PutIPv4Header(reply[pkt.EthernetHeaderLen:], &h, il); err != nil {
+		drop(res, DropNoRoom)
+		return
+	}
+	pkt.PutEthernetHeader(reply, eth.Src, p.mac, pkt.EtherTypeIPv4)
+	p.echoReplies.Add(1)
+	replied(res, hdrs+il)
+}
+
+func (p *LinkPeer) handleUDP(eth *pkt.Ethernet, ip *pkt.IPv4, toService bool, reply []byte, res *Result) {
+	u, err := pkt.ParseUDP(ip.Payload)
+	if err != nil {
+		drop(res, parseDrop(err))
+		return
+	}
+	if !p.opts.TrustGuestChecksums && !u.ChecksumValid(ip.Src, ip.Dst) {
+		drop(res, DropChecksum)
+		return
+	}
+	switch {
+	case u.DstPort == dhcpServerPort && u.SrcPort == dhcpClientPort:
+		p.handleDHCP(eth, &u, reply, res)
+	case toService && u.DstPort == p.port:
+		res.Verdict = VerdictDeliver
+		res.Src = netip.AddrPortFrom(netip.AddrFrom4(ip.Src), u.SrcPort)
+		res.Payload = u.Payload
+	default:
+		drop(res, DropNotForUs)
+	}
+}
+
+// handleDHCP answers DHCPDISCOVER, DHCPREQUEST and DHCPINFORM (RFC 2131).
+// It allocates: DHCP is not on the hot path.
+func (p *LinkPeer) handleDHCP(eth *pkt.Ethernet, u *pkt.UDP, reply []byte, res *Result) {
+	req, err := dhcpv4.FromBytes(u.Payload)
+	if err != nil {
+		drop(res, DropMalformed)
+		return
+	}
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		drop(res, DropMalformed)
+		return
+	}
+	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
+		drop(res, DropUnsupported)
+		return
+	}
+	guest := net.IP(p.guest[:])
+	ciaddr := req.ClientIPAddr.To4()
+	if ciaddr == nil {
+		ciaddr = net.IPv4zero.To4()
+	}
+
+	var typ dhcpv4.MessageType
+	lease := true
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		typ = dhcpv4.MessageTypeOffer
+	case dhcpv4.MessageTypeRequest:
+		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(net.IP(p.ip[:])) {
+			// SELECTING another server's offer.
+			drop(res, DropNotForUs)
+			return
+		}
+		want := req.RequestedIPAddress() // SELECTING, INIT-REBOOT
+		if want == nil {
+			want = ciaddr // RENEWING, REBINDING
+		}
+		if want.Equal(guest) {
+			typ = dhcpv4.MessageTypeAck
+		} else {
+			typ = dhcpv4.MessageTypeNak
+		}
+	case dhcpv4.MessageTypeInform:
+		typ, lease = dhcpv4.MessageTypeAck, false
+	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
+		drop(res, DropIgnored)
+		return
+	default:
+		drop(res, DropUnsupported)
+		return
+	}
+
+	mods := []dhcpv4.Modifier{
+		dhcpv4.WithMessageType(typ),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP(p.ip[:]))),
+	}
+	if typ == dhcpv4.MessageTypeNak {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptMessage("requested address is not this guest's")))
+	} else {
+		if lease {
+			mods = append(mods, dhcpv4.WithYourIP(guest), dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(p.opts.LeaseTime)))
+			if p.opts.LeaseTime != InfiniteLease {
+				mods = append(mods,
+					dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(p.opts.LeaseTime/2)),
+					dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(p.opts.LeaseTime/8*7)))
+			}
+		}
+		mods = append(mods, dhcpv4.WithNetmask(net.IPMask(p.mask[:])))
+		if p.hasBcast {
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBroadcastAddress(net.IP(p.bcast[:]))))
+		}
+		if p.opts.MTU != 0 {
+			mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionInterfaceMTU, []byte{byte(p.opts.MTU >> 8), byte(p.opts.MTU)}))
+		}
+	}
+	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
+	if err != nil {
+		drop(res, DropMalformed)
+		return
+	}
+
+	// Where the reply goes (RFC 2131, 4.1; no relays on this link).
+	dstIP, dstMAC := limitedBroadcast, pkt.BroadcastMAC
+	switch {
+	case typ == dhcpv4.MessageTypeNak:
+	case !ciaddr.IsUnspecified():
+		dstIP, dstMAC = [4]byte(ciaddr), eth.Src
+	case req.IsBroadcast():
+	default:
+		chaddr, _ := pkt.MACFrom(req.ClientHWAddr) // length checked above
+		dstIP, dstMAC = p.guest, chaddr
+	}
+	n, err := p.putUDPFrame(reply, dstMAC, dstIP, dhcpServerPort, dhcpClientPort, resp.ToBytes())
+	if err != nil {
+		drop(res, DropNoRoom)
+		return
+	}
+	p.dhcp.Add(1)
+	replied(res, n)
+}
+
+// putUDPFrame writes an Ethernet/IPv4/UDP frame from the service address and
+// port srcPort to dstIP:dstPort at dstMAC.
+func (p *LinkPeer) putUDPFrame(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte) (int, error) {
+	if len(b) < DatagramHeaderLen+len(payload) {
+		return 0, ErrShortBuffer
+	}
+	const ipOff = pkt.EthernetHeaderLen
+	const udpOff = ipOff + pkt.IPv4MinHeaderLen
+	uh := pkt.UDPv4Header{Src: p.ip, Dst: dstIP, SrcPort: srcPort, DstPort: dstPort}
+	ul, err := pkt.PutUDPv4(b[udpOff:], &uh, payload)
+	if err != nil {
+		return 0, ErrShortBuffer // ErrTooLong: a payload over 65507 bytes
+	}
+	ih := pkt.IPv4Header{Src: p.ip, Dst: dstIP, Protocol: pkt.ProtocolUDP}
+	if _, err := pkt.PutIPv4Header(b[ipOff:], &ih, ul); err != nil {
+		return 0, ErrShortBuffer
+	}
+	pkt.PutEthernetHeader(b, dstMAC, p.mac, pkt.EtherTypeIPv4)
+	return udpOff + ul, nil
+}
+
+// PutDatagram writes to b an Ethernet/IPv4/UDP frame carrying payload from
+// the service address and port to dst, a guest address and port (usually a
+// Result.Src), and returns the frame's length. The Ethernet destination is
+// the learned guest MAC, or broadcast before one is known. A payload built
+// in place at b[DatagramHeaderLen:] is not copied.
+//
+// It returns ErrNotIPv4 when dst is not IPv4, and ErrShortBuffer when b
+// cannot hold the frame or the payload exceeds what IPv4 can carry. It does
+// not allocate.
+func (p *LinkPeer) PutDatagram(b []byte, dst netip.AddrPort, payload []byte) (int, error) {
+	a := dst.Addr().Unmap()
+	if !a.Is4() {
+		return 0, ErrNotIPv4
+	}
+	return p.putUDPFrame(b, p.guestMAC(), a.As4(), p.port, dst.Port(), payload)
+}
+
+// GratuitousARP writes to b a broadcast ARP announcement (RFC 5227, 3) of
+// the service address at the service MAC and returns its length. A
+// destination daemon sends it after a live migration so that the guest
+// refreshes its neighbour entry for the service address. It returns
+// ErrShortBuffer when b is shorter than 42 bytes.
+func (p *LinkPeer) GratuitousARP(b []byte) (int, error) {
+	a := pkt.ARP{Op: pkt.ARPRequest, SenderMAC: p.mac, SenderIP: p.ip, TargetIP: p.ip}
+	n, err := pkt.PutARPFrame(b, pkt.BroadcastMAC, &a)
+	if err != nil {
+		return 0, ErrShortBuffer
+	}
+	return n, nil
+}

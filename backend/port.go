@@ -1,0 +1,157 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/veloce-io/veloce/vhostuser"
+)
+
+// PortOptions configure one VM port.
+type PortOptions struct {
+	// Name identifies the port in the CLI and logs; default the socket's
+	// base name.
+	Name string
+	// Socket is the vhost-user socket path.
+	Socket string
+	// Client makes the daemon connect to a frontend listening on Socket
+	// (and reconnect when it restarts) instead of listening itself.
+	Client bool
+	// QueuePairs is the most queue pairs the guest may use; default 1.
+	QueuePairs int
+	// Link configures the port's link peer (service and guest addresses).
+	Link LinkPeerOptions
+	// Logger receives the port's events; nil discards.
+	Logger *slog.Logger
+}
+
+// Port is one VM's attachment: a virtio-net device over vhost-user whose
+// other end of the link is the daemon's link peer.
+type Port struct {
+	opts   PortOptions
+	dev    *vhostuser.NetDevice
+	peer   *LinkPeer
+	server *vhostuser.Server
+	// results holds one Result per queue pair: each poller uses its own,
+	// so Handle allocates nothing and shares nothing.
+	results []Result
+
+	mu      sync.Mutex
+	lastErr string // guarded by mu
+}
+
+// NewPort creates a port; Run serves it.
+func NewPort(opts PortOptions) (*Port, error) {
+	if opts.Socket == "" {
+		return nil, fmt.Errorf("port: no socket path")
+	}
+	if opts.QueuePairs <= 0 {
+		opts.QueuePairs = 1
+	}
+	peer, err := NewLinkPeer(opts.Link)
+	if err != nil {
+		return nil, err
+	}
+	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs)}
+	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger})
+	if err != nil {
+		return nil, err
+	}
+	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev, OnError: func(err error) {
+		p.mu.Lock()
+		p.lastErr = err.Error()
+		p.mu.Unlock()
+		if opts.Logger != nil {
+			opts.Logger.Warn("frontend disconnected", "port", opts.Name, "err", err)
+		}
+	}}
+	return p, nil
+}
+
+var _ vhostuser.FrameHandler = (*Port)(nil)
+
+// HandleFrame implements vhostuser.FrameHandler: the link peer answers
+// ARP, ICMP echo and DHCP. Datagrams for the service port are counted by
+// the link peer (service_datagrams) and, until the stream runtime consumes
+// them, dropped.
+func (p *Port) HandleFrame(qp int, frame, reply []byte) int {
+	if v, n := p.peer.Handle(frame, reply, &p.results[qp]); v == VerdictReplied {
+		return n
+	}
+	return 0
+}
+
+// Run serves the port until ctx ends.
+func (p *Port) Run(ctx context.Context) error { return p.server.Run(ctx) }
+
+// Name returns the port's name.
+func (p *Port) Name() string { return p.opts.Name }
+
+// PortInfo is what velocectl ports shows for a port. Field names are a
+// contract (DESIGN.md): keep them.
+type PortInfo struct {
+	Name             string `json:"name"`
+	Socket           string `json:"socket"`
+	Mode             string `json:"mode"`  // "server" (daemon listens) or "client"
+	State            string `json:"state"` // "waiting", "connected" or "running"
+	Features         string `json:"features"`
+	ProtocolFeatures string `json:"protocol_features"`
+	Queues           int    `json:"queues"`
+	MaxQueues        int    `json:"max_queues"`
+	MTU              int    `json:"mtu,omitempty"`
+	GuestIP          string `json:"guest_ip"`
+	GuestMAC         string `json:"guest_mac,omitempty"`
+	ServiceIP        string `json:"service_ip"`
+	GuestTXPackets   uint64 `json:"guest_tx_packets"`
+	GuestTXBytes     uint64 `json:"guest_tx_bytes"`
+	GuestRXPackets   uint64 `json:"guest_rx_packets"`
+	GuestRXBytes     uint64 `json:"guest_rx_bytes"`
+	Drops            uint64 `json:"drops"`
+	Errors           uint64 `json:"errors"`
+	ARPReplies       uint64 `json:"arp_replies"`
+	EchoReplies      uint64 `json:"echo_replies"`
+	DHCPReplies      uint64 `json:"dhcp_replies"`
+	LinkDrops        uint64 `json:"link_drops"`
+	ServiceDatagrams uint64 `json:"service_datagrams"`
+	Logging          bool   `json:"dirty_logging"`
+	LastError        string `json:"last_error,omitempty"`
+}
+
+// Info returns the port's state and counters.
+func (p *Port) Info() PortInfo {
+	st := p.dev.State()
+	ds := p.dev.Stats()
+	ls := p.peer.Stats()
+	lo := p.peer.Options()
+	info := PortInfo{
+		Name: p.opts.Name, Socket: p.opts.Socket, Mode: "server",
+		Features: fmt.Sprintf("%#x", uint64(st.Features)), ProtocolFeatures: fmt.Sprintf("%#x", uint64(st.ProtocolFeatures)),
+		Queues: st.QueuePairs, MaxQueues: p.dev.MaxQueuePairs(), MTU: int(st.MTU),
+		GuestIP: lo.GuestIP.Addr().String(), ServiceIP: lo.ServiceIP.String(),
+		GuestTXPackets: ds.GuestTXPackets, GuestTXBytes: ds.GuestTXBytes,
+		GuestRXPackets: ds.GuestRXPackets, GuestRXBytes: ds.GuestRXBytes,
+		Drops: ds.Drops, Errors: ds.Errors,
+		ARPReplies: ls.ARPReplies, EchoReplies: ls.EchoReplies, DHCPReplies: ls.DHCPReplies,
+		LinkDrops: ls.Dropped, ServiceDatagrams: ls.Delivered, Logging: st.Logging,
+	}
+	if p.opts.Client {
+		info.Mode = "client"
+	}
+	switch {
+	case st.QueuePairs > 0:
+		info.State = "running"
+	case st.Connected:
+		info.State = "connected"
+	default:
+		info.State = "waiting"
+	}
+	if mac := p.peer.Learned(); mac != nil {
+		info.GuestMAC = mac.String()
+	}
+	p.mu.Lock()
+	info.LastError = p.lastErr
+	p.mu.Unlock()
+	return info
+}

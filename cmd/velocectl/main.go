@@ -1,0 +1,92 @@
+// Command velocectl is the operator's CLI for veloced.
+//
+//	velocectl [--control PATH] ports [-o table|json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/veloce-io/veloce/backend"
+)
+
+const usage = `usage: velocectl [--control PATH] COMMAND [flags]
+
+Commands:
+  ports    list VM ports: state, negotiated features, queues, counters
+
+Flags:
+  --control PATH   veloced's control socket (default %s)
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "velocectl:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("velocectl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, backend.DefaultControlSocket) }
+	control := fs.String("control", backend.DefaultControlSocket, "veloced's control socket")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command")
+	}
+	client := backend.NewControlClient(*control)
+	switch cmd := fs.Arg(0); cmd {
+	case "ports":
+		sub := flag.NewFlagSet("velocectl ports", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		output := sub.String("o", "table", "output format: table or json")
+		if err := sub.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+		if *output != "table" && *output != "json" {
+			return fmt.Errorf("-o %q: want table or json", *output)
+		}
+		ports, err := client.Ports(ctx)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			e := json.NewEncoder(stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(ports)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tMODE\tSTATE\tQUEUES\tGUEST IP\tGUEST MAC\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS\tERRORS\tFEATURES")
+		for _, p := range ports {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Mode, p.State, p.Queues, p.MaxQueues,
+				p.GuestIP, dash(p.GuestMAC), p.GuestTXPackets, p.GuestTXBytes, p.GuestRXPackets, p.GuestRXBytes, p.Drops, p.Errors, p.Features)
+		}
+		return tw.Flush()
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,98 @@
+// Command veloced is Veloce's host daemon: it serves each VM a virtio-net
+// device over vhost-user and answers the guest on its link (ARP, ICMP echo,
+// DHCP). See package backend.
+//
+//	veloced --vhost-user /run/veloce/vm0.sock [--vhost-user-client PATH]... [--control PATH]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/veloce-io/veloce/backend"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "veloced:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var servers, clients listFlag
+	fs.Var(&servers, "vhost-user", "vhost-user socket to listen on, one port each; QEMU connects (repeatable)")
+	fs.Var(&clients, "vhost-user-client", "vhost-user socket to connect to, one port each; the frontend listens, veloced reconnects when it restarts (repeatable)")
+	control := fs.String("control", backend.DefaultControlSocket, "unix socket for velocectl")
+	serviceIP := fs.String("service-ip", backend.DefaultServiceIP.String(), "address the daemon answers at on every port")
+	serviceMAC := fs.String("service-mac", backend.DefaultServiceMAC.String(), "MAC the daemon answers with; keep it equal on every daemon so migrated guests' ARP entries stay valid")
+	guestIP := fs.String("guest-ip", backend.DefaultGuestIP.String(), "address and prefix DHCP hands each guest (no router option)")
+	queues := fs.Int("queues", 1, "queue pairs each port offers (multiqueue)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if len(servers)+len(clients) == 0 {
+		fs.Usage()
+		return errors.New("no ports: give --vhost-user or --vhost-user-client")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	link := backend.LinkPeerOptions{}
+	var err error
+	if link.ServiceIP, err = netip.ParseAddr(*serviceIP); err != nil {
+		return fmt.Errorf("--service-ip: %w", err)
+	}
+	if link.GuestIP, err = netip.ParsePrefix(*guestIP); err != nil {
+		return fmt.Errorf("--guest-ip: %w", err)
+	}
+	if link.ServiceMAC, err = net.ParseMAC(*serviceMAC); err != nil {
+		return fmt.Errorf("--service-mac: %w", err)
+	}
+	opts := backend.DaemonOptions{ControlSocket: *control, Logger: log}
+	for _, s := range servers {
+		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link})
+	}
+	for _, s := range clients {
+		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link})
+	}
+	d, err := backend.NewDaemon(opts)
+	if err != nil {
+		return err
+	}
+	log.Info("veloced starting", "ports", len(opts.Ports), "control", *control)
+	err = d.Run(ctx)
+	log.Info("veloced stopped")
+	return err
+}

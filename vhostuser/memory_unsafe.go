@@ -1,0 +1,75 @@
+package vhostuser
+
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+// Shared-memory access primitives for rings and the dirty log. Guest
+// memory is written concurrently by the guest, so the index fields that
+// publish data (avail->idx, used->idx) are accessed with sync/atomic,
+// whose operations are sequentially consistent and therefore give the
+// acquire/release (and, between a store and a later load, the full-fence)
+// ordering the virtio spec requires. sync/atomic has no 16-bit operations:
+// a 16-bit field is read through the naturally aligned 32-bit word that
+// contains it when that word lies inside the slice.
+//
+// The byte order is little-endian: virtio 1.x rings are little-endian and
+// this package only builds on little-endian hosts (see endian_big.go).
+//
+// Every function bounds-checks its offset with ordinary slice indexing
+// before converting to a pointer.
+
+// addrOf returns the host address of b[off].
+func addrOf(b []byte, off int) uintptr {
+	return uintptr(unsafe.Pointer(&b[off]))
+}
+
+// load16 reads the little-endian u16 at b[off:off+2], atomically when the
+// aligned 32-bit word holding it lies inside b and with a plain load
+// otherwise (a hint field at the edge of a ring; callers order such loads
+// with fence).
+func load16(b []byte, off int) uint16 {
+	_ = b[off+1]
+	mis := int(addrOf(b, off) & 3)
+	if ws := off - mis; ws >= 0 && ws+4 <= len(b) && mis <= 2 {
+		w := atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[ws])))
+		return uint16(w >> (8 * mis))
+	}
+	return *(*uint16)(unsafe.Pointer(&b[off]))
+}
+
+// store16 writes the little-endian u16 at b[off:off+2] with a plain store.
+// Only for fields the device alone writes and that are not covered by an
+// atomic word store (avail_event); order it with fence.
+func store16(b []byte, off int, v uint16) {
+	_ = b[off+1]
+	*(*uint16)(unsafe.Pointer(&b[off])) = v
+}
+
+// store32 atomically writes the u32 at b[off:off+4], which must be 4-byte
+// aligned in host memory.
+func store32(b []byte, off int, v uint32) {
+	_ = b[off+3]
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[off])), v)
+}
+
+// load32 atomically reads the u32 at b[off:off+4], which must be 4-byte
+// aligned in host memory.
+func load32(b []byte, off int) uint32 {
+	_ = b[off+3]
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[off])))
+}
+
+// or64 atomically ORs v into the u64 at b[off:off+8], which must be 8-byte
+// aligned in host memory.
+func or64(b []byte, off int, v uint64) {
+	_ = b[off+7]
+	atomic.OrUint64((*uint64)(unsafe.Pointer(&b[off])), v)
+}
+
+// fence is a full memory barrier: an atomic read-modify-write on a word
+// private to the caller (locked instruction on amd64, acquire-release RMW
+// on arm64), so plain loads and stores on either side are not reordered
+// across it.
+func fence(w *uint32) { atomic.AddUint32(w, 1) }

@@ -1,0 +1,594 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+)
+
+// Split virtqueue constants (virtio 1.1, 2.6).
+const (
+	// DescFNext (VIRTQ_DESC_F_NEXT) continues the chain at the next field.
+	DescFNext = 1
+	// DescFWrite (VIRTQ_DESC_F_WRITE) marks a device-writable buffer.
+	DescFWrite = 2
+	// DescFIndirect (VIRTQ_DESC_F_INDIRECT) points at a table of descriptors.
+	DescFIndirect = 4
+
+	// AvailFNoInterrupt (VIRTQ_AVAIL_F_NO_INTERRUPT): the driver needs no
+	// used-buffer notification (without EVENT_IDX).
+	AvailFNoInterrupt = 1
+	// UsedFNoNotify (VIRTQ_USED_F_NO_NOTIFY): the device needs no
+	// available-buffer notification (without EVENT_IDX).
+	UsedFNoNotify = 1
+
+	// MaxQueueSize is the largest split queue (virtio 1.1, 2.6: 32768).
+	MaxQueueSize = 32768
+
+	// DefaultMaxDescriptorLen is the longest descriptor a ring accepts
+	// unless SplitRingOptions.MaxDescriptorLen says otherwise. Linux never
+	// posts single buffers near it; it exists so that a len of 0xFFFFFFFF
+	// is refused before it is translated.
+	DefaultMaxDescriptorLen = 1 << 20
+
+	// DescSize is the size of one descriptor (struct virtq_desc).
+	DescSize = 16
+)
+
+// Queue is what a device model needs from a virtqueue, whatever its layout.
+// SplitRing implements it; a packed ring can implement it later. The
+// interface is sealed: only this package provides implementations.
+//
+// A Queue is driven by one goroutine at a time (its poller): Pop, Push,
+// Publish, NeedsNotify, EnableNotifications and DisableNotifications must
+// not run concurrently with each other. SetLogging and Errors may be
+// called from any goroutine.
+type Queue interface {
+	// Pop takes the next available buffer into c. It returns (false, nil)
+	// when the ring is empty. A malformed chain yields (false, err) with
+	// err one of the ring sentinels (ErrDescriptorLoop, ...); the chain's
+	// head has then been returned to the used ring with length 0 (made
+	// visible by the next Publish) and the caller just pops on.
+	// ErrRingBroken is different: the ring cannot be used until reset.
+	Pop(c *Chain) (bool, error)
+	// Push returns a popped chain to the driver, written bytes having
+	// been stored into its writable part. It marks those bytes and the
+	// used-ring entry in the dirty log when logging is on. The entry
+	// becomes visible to the driver at the next Publish.
+	Push(c *Chain, written uint32) error
+	// Publish makes every pushed entry visible to the driver.
+	Publish()
+	// NeedsNotify reports, after Publish, whether the driver asked to be
+	// notified (signal the call eventfd) of the entries published since
+	// the last call that returned true.
+	NeedsNotify() bool
+	// DisableNotifications asks the driver not to kick: call it when the
+	// poller starts busy-polling.
+	DisableNotifications()
+	// EnableNotifications asks the driver to kick again and reports
+	// whether buffers arrived meanwhile (then keep polling instead of
+	// sleeping, or they may never be kicked).
+	EnableNotifications() bool
+	// VringBase returns the GET_VRING_BASE value: for a split ring the
+	// next available index the device will process.
+	VringBase() uint32
+	// SetLogging turns dirty logging on (log non-nil) or off. Writable
+	// buffers are logged at their guest addresses; the ring's own writes
+	// at usedLogGPA when logUsed (SET_VRING_ADDR flag VringFLog).
+	SetLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64)
+	// Errors returns the number of malformed chains and ring errors seen.
+	Errors() uint64
+
+	queue()
+}
+
+var _ Queue = (*SplitRing)(nil)
+
+// Chain is one buffer taken from a queue: the segments of its descriptor
+// chain, device-readable ones (the driver's data) before device-writable
+// ones. A descriptor whose buffer spans two adjacent memory regions gives
+// two segments. A Chain is reused across Pops; its segments alias guest
+// memory and are valid until the chain is pushed (and while the memory
+// table is unchanged). Pop overwrites the Chain it is given: push a chain
+// before reusing it, or its buffer is never returned to the driver. To
+// hold several buffers in flight, use several Chains.
+type Chain struct {
+	readable    [][]byte
+	writable    [][]byte
+	writableGPA []uint64 // guest address of each writable segment, for the dirty log
+	readableLen uint32
+	writableLen uint32
+	head        uint16
+	owner       Queue // the queue that popped the chain; nil once pushed
+}
+
+// NewChain returns a Chain that holds up to maxSegments readable and
+// maxSegments writable segments. A chain with more segments is refused
+// with ErrChainTooLong, so pass at least the queue size unless the device
+// knows better (virtio-net frames need at most MAX_SKB_FRAGS+2).
+func NewChain(maxSegments int) *Chain {
+	return &Chain{
+		readable:    make([][]byte, 0, maxSegments),
+		writable:    make([][]byte, 0, maxSegments),
+		writableGPA: make([]uint64, 0, maxSegments),
+	}
+}
+
+// Head returns the id of the chain's head descriptor.
+func (c *Chain) Head() uint16 { return c.head }
+
+// Readable returns the device-readable segments, in chain order.
+func (c *Chain) Readable() [][]byte { return c.readable }
+
+// Writable returns the device-writable segments, in chain order.
+func (c *Chain) Writable() [][]byte { return c.writable }
+
+// ReadableLen returns the total length of the readable segments.
+func (c *Chain) ReadableLen() uint32 { return c.readableLen }
+
+// WritableLen returns the total length of the writable segments.
+func (c *Chain) WritableLen() uint32 { return c.writableLen }
+
+// Gather copies the readable bytes, from the start, into dst and returns
+// how many it copied.
+func (c *Chain) Gather(dst []byte) int {
+	n := 0
+	for _, s := range c.readable {
+		if n == len(dst) {
+			break
+		}
+		n += copy(dst[n:], s)
+	}
+	return n
+}
+
+// Scatter copies src into the writable segments starting off bytes into
+// the writable part and returns how many bytes it copied.
+func (c *Chain) Scatter(src []byte, off int) int {
+	n := 0
+	for _, s := range c.writable {
+		if len(src) == n {
+			break
+		}
+		if off >= len(s) {
+			off -= len(s)
+			continue
+		}
+		n += copy(s[off:], src[n:])
+		off = 0
+	}
+	return n
+}
+
+func (c *Chain) reset() {
+	c.readable = c.readable[:0]
+	c.writable = c.writable[:0]
+	c.writableGPA = c.writableGPA[:0]
+	c.readableLen, c.writableLen = 0, 0
+	c.owner = nil
+}
+
+// SplitRingOptions configures a SplitRing.
+type SplitRingOptions struct {
+	// Size is the queue size from SET_VRING_NUM: a power of two, 1 to
+	// MaxQueueSize.
+	Size uint32
+	// Addr holds the ring addresses from SET_VRING_ADDR (frontend virtual
+	// addresses, translated with Memory.TranslateUser) and the used-ring
+	// log address and flag.
+	Addr VringAddr
+	// LastAvailIdx is the SET_VRING_BASE value: the first available
+	// entry to process.
+	LastAvailIdx uint16
+	// EventIdx says VIRTIO_F_RING_EVENT_IDX was negotiated.
+	EventIdx bool
+	// IndirectDesc says VIRTIO_F_RING_INDIRECT_DESC was negotiated;
+	// without it an INDIRECT descriptor is a malformed chain.
+	IndirectDesc bool
+	// MaxDescriptorLen caps the length of one descriptor; 0 means
+	// DefaultMaxDescriptorLen.
+	MaxDescriptorLen uint32
+	// Log is the dirty log when VHOST_F_LOG_ALL is on, else nil. The used
+	// ring is logged at Addr.Log when Addr.Flags has VringFLog.
+	Log *DirtyLog
+}
+
+// SplitRing is the device side of a split virtqueue (virtio 1.1, 2.6)
+// whose rings live in guest memory mapped by a Memory.
+//
+// It is driven by one goroutine (see Queue). It keeps slices into the
+// Memory's mappings: rebuild it after the memory table changes. Pop, Push,
+// Publish and the notification calls do not allocate.
+type SplitRing struct {
+	mem    *Memory
+	size   uint16
+	mask   uint16
+	maxLen uint32
+	desc   []byte // descriptor table: size * 16 bytes
+	avail  []byte // flags, idx, ring[size], used_event
+	used   []byte // flags, idx, ring[size] of {id u32, len u32}, avail_event
+
+	eventIdx bool
+	indirect bool
+
+	lastAvail  uint16 // next available entry to consume
+	availIdx   uint16 // avail->idx as last read
+	usedIdx    uint16 // next used entry to fill (not yet published past pubUsed)
+	pubUsed    uint16 // used->idx as last published
+	usedFlags  uint16 // what the device last stored in used->flags
+	signalled  uint16 // pubUsed when the driver was last found to need a notification
+	sigValid   bool   // signalled is meaningful
+	broken     bool
+	fenceWord  uint32
+	logState   atomic.Pointer[ringLog]
+	errorCount atomic.Uint64 // written by the poller only
+}
+
+// ringLog is an immutable logging configuration, swapped atomically.
+type ringLog struct {
+	log     *DirtyLog
+	logUsed bool
+	usedGPA uint64
+}
+
+func (*SplitRing) queue() {}
+
+// NewSplitRing resolves the rings of opts in mem and returns the device
+// side of the queue. The used index is read from guest memory (the value
+// the device last published), as SET_VRING_BASE specifies.
+//
+// Errors: ErrBadRing (wrapped) for a bad size, misaligned addresses, or
+// rings not mapped in mem.
+func NewSplitRing(mem *Memory, opts SplitRingOptions) (*SplitRing, error) {
+	bad := func(format string, args ...any) (*SplitRing, error) {
+		return nil, fmt.Errorf("set up split ring %d: %s: %w", opts.Addr.Index, fmt.Sprintf(format, args...), ErrBadRing)
+	}
+	size := opts.Size
+	if size == 0 || size > MaxQueueSize || size&(size-1) != 0 {
+		return bad("queue size %d is not a power of two from 1 to %d", size, MaxQueueSize)
+	}
+	a := opts.Addr
+	if a.Desc%16 != 0 || a.Avail%2 != 0 || a.Used%4 != 0 {
+		return bad("misaligned rings: desc %#x avail %#x used %#x", a.Desc, a.Avail, a.Used)
+	}
+	event := uint64(0)
+	if opts.EventIdx {
+		event = 2
+	}
+	r := &SplitRing{
+		mem:      mem,
+		size:     uint16(size),
+		mask:     uint16(size - 1),
+		maxLen:   opts.MaxDescriptorLen,
+		eventIdx: opts.EventIdx,
+		indirect: opts.IndirectDesc,
+	}
+	if r.maxLen == 0 {
+		r.maxLen = DefaultMaxDescriptorLen
+	}
+	var err error
+	if r.desc, err = mem.TranslateUser(a.Desc, DescSize*uint64(size)); err != nil {
+		return bad("descriptor table at %#x: %v", a.Desc, err)
+	}
+	if r.avail, err = mem.TranslateUser(a.Avail, 4+2*uint64(size)+event); err != nil {
+		return bad("available ring at %#x: %v", a.Avail, err)
+	}
+	if r.used, err = mem.TranslateUser(a.Used, 4+8*uint64(size)+event); err != nil {
+		return bad("used ring at %#x: %v", a.Used, err)
+	}
+	if addrOf(r.used, 0)%4 != 0 {
+		return bad("used ring at %#x is not 4-byte aligned in host memory", a.Used)
+	}
+	w := load32(r.used, 0)
+	r.usedIdx = uint16(w >> 16)
+	r.pubUsed = r.usedIdx
+	r.usedFlags = 0
+	r.lastAvail = opts.LastAvailIdx
+	r.availIdx = opts.LastAvailIdx
+	r.SetLogging(opts.Log, a.Flags&VringFLog != 0, a.Log)
+	return r, nil
+}
+
+// Size returns the queue size.
+func (r *SplitRing) Size() uint16 { return r.size }
+
+// VringBase implements Queue.
+func (r *SplitRing) VringBase() uint32 { return uint32(r.lastAvail) }
+
+// LastAvailIdx returns the next available entry the device will process.
+func (r *SplitRing) LastAvailIdx() uint16 { return r.lastAvail }
+
+// SetLastAvailIdx sets the next available entry to process, as
+// SET_VRING_BASE does, and clears a broken state.
+func (r *SplitRing) SetLastAvailIdx(idx uint16) {
+	r.lastAvail, r.availIdx, r.broken = idx, idx, false
+}
+
+// SetLogging implements Queue. It may be called while the ring runs.
+func (r *SplitRing) SetLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64) {
+	if log == nil {
+		r.logState.Store(nil)
+		return
+	}
+	r.logState.Store(&ringLog{log: log, logUsed: logUsed, usedGPA: usedLogGPA})
+}
+
+// Errors implements Queue.
+func (r *SplitRing) Errors() uint64 { return r.errorCount.Load() }
+
+func (r *SplitRing) countError() {
+	r.errorCount.Store(r.errorCount.Load() + 1) // single writer: no RMW needed
+}
+
+// Pending returns how many available entries the driver has posted that
+// the device has not popped yet. It reads avail->idx.
+func (r *SplitRing) Pending() uint16 {
+	r.availIdx = load16(r.avail, 2)
+	return r.availIdx - r.lastAvail
+}
+
+// Pop implements Queue.
+func (r *SplitRing) Pop(c *Chain) (bool, error) {
+	if r.broken {
+		return false, ErrRingBroken
+	}
+	if r.lastAvail == r.availIdx {
+		r.availIdx = load16(r.avail, 2) // acquire: ring entries and descriptors are visible
+		if r.lastAvail == r.availIdx {
+			return false, nil
+		}
+	}
+	if r.availIdx-r.lastAvail > r.size {
+		r.broken = true
+		r.countError()
+		return false, ErrRingBroken
+	}
+	slot := 4 + 2*int(r.lastAvail&r.mask)
+	head := binary.LittleEndian.Uint16(r.avail[slot:])
+	r.lastAvail++
+	c.reset()
+	if head >= r.size {
+		r.countError()
+		return false, ErrHeadOutOfRange
+	}
+	c.head = head
+	if err := r.walk(c, head); err != nil {
+		c.reset()
+		r.countError()
+		r.pushUsed(head, 0)
+		return false, err
+	}
+	c.owner = r
+	return true, nil
+}
+
+// walk follows the chain starting at head (virtio 1.1, 2.6.5) into c.
+func (r *SplitRing) walk(c *Chain, head uint16) error {
+	t := r.mem.table.Load() // one snapshot for the whole chain
+	table := r.desc
+	n := uint32(r.size) // entries in the current table
+	idx := uint32(head)
+	indirect := false
+	for steps := uint32(0); ; steps++ {
+		if steps >= n {
+			// A chain in a table of n entries that visits more than n
+			// descriptors revisits one.
+			return ErrDescriptorLoop
+		}
+		d := table[idx*DescSize : idx*DescSize+DescSize]
+		addr := binary.LittleEndian.Uint64(d[0:8])
+		length := binary.LittleEndian.Uint32(d[8:12])
+		flags := binary.LittleEndian.Uint16(d[12:14])
+		next := binary.LittleEndian.Uint16(d[14:16])
+
+		if flags&DescFIndirect != 0 {
+			switch {
+			case !r.indirect:
+				return ErrIndirectNotNegotiated
+			case indirect:
+				return ErrNestedIndirect
+			case flags&DescFNext != 0, length == 0, length%DescSize != 0, length/DescSize > uint32(r.size):
+				// A driver MUST NOT set both INDIRECT and NEXT, and a
+				// chain is at most queue size long (2.6.5.3.1).
+				return ErrBadIndirect
+			}
+			tb, ok := t.translate(addr, uint64(length))
+			if !ok {
+				return ErrBadIndirect
+			}
+			// Walk the table from entry 0; steps restarts at 0 after the
+			// loop's increment.
+			table, n, idx, indirect, steps = tb, length/DescSize, 0, true, ^uint32(0)
+			continue
+		}
+		if length == 0 {
+			return ErrZeroLength
+		}
+		if length > r.maxLen {
+			return ErrDescriptorTooLong
+		}
+		var err error
+		if flags&DescFWrite != 0 {
+			if c.writableLen+length < c.writableLen {
+				return ErrDescriptorTooLong
+			}
+			if c.writable, c.writableGPA, err = t.appendSegments(c.writable, c.writableGPA, addr, uint64(length)); err != nil {
+				return err
+			}
+			c.writableLen += length
+		} else {
+			if len(c.writable) > 0 {
+				return ErrDescriptorOrder
+			}
+			if c.readableLen+length < c.readableLen {
+				return ErrDescriptorTooLong
+			}
+			if c.readable, _, err = t.appendSegments(c.readable, nil, addr, uint64(length)); err != nil {
+				return err
+			}
+			c.readableLen += length
+		}
+		if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
+			return ErrDescriptorTooLong // 2.6.5.2: at most 2^32 bytes in total
+		}
+		if flags&DescFNext == 0 {
+			return nil
+		}
+		idx = uint32(next)
+		if idx >= n {
+			return ErrNextOutOfRange
+		}
+	}
+}
+
+// translate is Memory.Translate on a snapshot, for one region only.
+func (t *memTable) translate(gpa, length uint64) ([]byte, bool) {
+	r := t.findGuest(gpa)
+	if r == nil {
+		return nil, false
+	}
+	off := gpa - r.GuestAddr
+	if length > r.Size-off {
+		return nil, false
+	}
+	return r.data[off : off+length : off+length], true
+}
+
+// appendSegments appends the host slices of [gpa, gpa+length) to segs (and
+// their guest addresses to gpas when gpas is non-nil) without growing
+// them beyond their capacity.
+func (t *memTable) appendSegments(segs [][]byte, gpas []uint64, gpa, length uint64) ([][]byte, []uint64, error) {
+	if _, ok := add(gpa, length); !ok {
+		return segs, gpas, ErrDescriptorAddress
+	}
+	for length > 0 {
+		if len(segs) == cap(segs) || (gpas != nil && len(gpas) == cap(gpas)) {
+			return segs, gpas, ErrChainTooLong
+		}
+		r := t.findGuest(gpa)
+		if r == nil {
+			return segs, gpas, ErrDescriptorAddress
+		}
+		off := gpa - r.GuestAddr
+		n := min(length, r.Size-off)
+		segs = append(segs, r.data[off:off+n:off+n])
+		if gpas != nil {
+			gpas = append(gpas, gpa)
+		}
+		gpa += n
+		length -= n
+	}
+	return segs, gpas, nil
+}
+
+// Push implements Queue.
+//
+// Errors: ErrBadPush when c was not popped from r (or was pushed already)
+// or written exceeds c.WritableLen(). A failure to mark the dirty log
+// (ErrLogOutOfRange: the frontend's log is too small) is counted in
+// Errors and does not fail the push.
+func (r *SplitRing) Push(c *Chain, written uint32) error {
+	if c.owner != Queue(r) || written > c.writableLen {
+		return ErrBadPush
+	}
+	if ls := r.logState.Load(); ls != nil && written > 0 {
+		rem := uint64(written)
+		for i, s := range c.writable {
+			n := min(rem, uint64(len(s)))
+			if ls.log.Mark(c.writableGPA[i], n) != nil {
+				r.countError()
+			}
+			rem -= n
+			if rem == 0 {
+				break
+			}
+		}
+	}
+	r.pushUsed(c.head, written)
+	c.owner = nil
+	return nil
+}
+
+// pushUsed fills the next used entry; Publish makes it visible.
+func (r *SplitRing) pushUsed(id uint16, length uint32) {
+	slot := 4 + 8*int(r.usedIdx&r.mask)
+	e := r.used[slot : slot+8]
+	binary.LittleEndian.PutUint32(e[0:4], uint32(id))
+	binary.LittleEndian.PutUint32(e[4:8], length)
+	r.usedIdx++
+	r.logUsed(uint64(slot), 8)
+}
+
+// logUsed marks bytes [off, off+n) of the used ring in the dirty log when
+// the ring is logged.
+func (r *SplitRing) logUsed(off, n uint64) {
+	if ls := r.logState.Load(); ls != nil && ls.logUsed {
+		if ls.log.Mark(ls.usedGPA+off, n) != nil {
+			r.countError()
+		}
+	}
+}
+
+// Publish implements Queue: one release store of used->idx (and flags,
+// which share its aligned 32-bit word and which only the device writes).
+func (r *SplitRing) Publish() {
+	if r.usedIdx == r.pubUsed {
+		return
+	}
+	store32(r.used, 0, uint32(r.usedFlags)|uint32(r.usedIdx)<<16)
+	r.pubUsed = r.usedIdx
+	r.logUsed(2, 2)
+}
+
+// NeedsNotify implements Queue (virtio 1.1, 2.6.7 and 2.6.7.1).
+func (r *SplitRing) NeedsNotify() bool {
+	if r.sigValid && r.signalled == r.pubUsed {
+		return false // nothing published since the last notification
+	}
+	fence(&r.fenceWord) // order the used->idx store before reading the driver's wishes
+	if !r.eventIdx {
+		if load16(r.avail, 0)&AvailFNoInterrupt != 0 {
+			return false
+		}
+		r.signalled, r.sigValid = r.pubUsed, true
+		return true
+	}
+	event := load16(r.avail, 4+2*int(r.size))
+	old, valid := r.signalled, r.sigValid
+	r.signalled, r.sigValid = r.pubUsed, true
+	return !valid || needEvent(event, r.pubUsed, old)
+}
+
+// needEvent is vring_need_event: whether moving the index from old to new
+// crossed event (virtio 1.1, 2.6.7.1).
+func needEvent(event, new, old uint16) bool {
+	return new-event-1 < new-old
+}
+
+// DisableNotifications implements Queue. With EVENT_IDX it does nothing:
+// the driver keeps kicking only when avail_event says so, and
+// avail_event is only moved by EnableNotifications.
+func (r *SplitRing) DisableNotifications() {
+	if r.eventIdx || r.usedFlags&UsedFNoNotify != 0 {
+		return
+	}
+	r.usedFlags |= UsedFNoNotify
+	store32(r.used, 0, uint32(r.usedFlags)|uint32(r.pubUsed)<<16)
+	r.logUsed(0, 2)
+}
+
+// EnableNotifications implements Queue (virtio 1.1, 2.6.10).
+func (r *SplitRing) EnableNotifications() bool {
+	if r.eventIdx {
+		off := 4 + 8*int(r.size)
+		store16(r.used, off, r.lastAvail)
+		r.logUsed(uint64(off), 2)
+	} else if r.usedFlags&UsedFNoNotify != 0 {
+		r.usedFlags &^= UsedFNoNotify
+		store32(r.used, 0, uint32(r.usedFlags)|uint32(r.pubUsed)<<16)
+		r.logUsed(0, 2)
+	}
+	fence(&r.fenceWord) // publish the wish before looking at avail->idx again
+	r.availIdx = load16(r.avail, 2)
+	return r.availIdx != r.lastAvail
+}
