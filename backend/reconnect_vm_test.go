@@ -1,0 +1,82 @@
+package backend
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/images/guestinit"
+	"github.com/veloce-io/veloce/internal/testutil"
+	"github.com/veloce-io/veloce/vmtest"
+)
+
+// TestQEMUReconnectsAfterDaemonKill9: veloced dies with SIGKILL while a
+// guest pings through it; QEMU (reconnect=1) reconnects to the restarted
+// daemon and the pings carry on: the rings were not corrupted.
+func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
+	testutil.RequiresRoot(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "veloced")
+	if err := vmtest.BuildStatic(context.Background(), "github.com/veloce-io/veloce/cmd/veloced", bin); err != nil {
+		t.Fatal(err)
+	}
+	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
+	start := func(name string) *exec.Cmd {
+		os.Remove(ctl)
+		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
+		logf, _ := os.Create(filepath.Join(dir, name+".log"))
+		cmd.Stderr = logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		for deadline := time.Now().Add(10 * time.Second); !exists(ctl); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not start", name)
+			}
+		}
+		return cmd
+	}
+	first := start("veloced-1")
+
+	vm := vmtest.Boot(t, vmtest.Options{
+		NICs: []vmtest.NIC{{Socket: sock, Reconnect: 1}},
+		Guest: &guestinit.Config{
+			Net: []guestinit.NetConfig{{Name: "eth0", Addr: "169.254.77.2/24"}},
+			Run: []string{"/bin/ping", "-c", "60", "-i", "0.25", "-W", "1", "169.254.77.1"},
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitConsole(ctx, "seq=10 "); err != nil {
+		t.Fatal(err)
+	}
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	time.Sleep(time.Second)
+	start("veloced-2")
+	r, err := vm.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest output:\n%s", r.Output)
+	// The pings after the restart were answered by the new daemon.
+	for _, seq := range []string{"seq=50 ", "seq=55 ", "seq=59 "} {
+		if !strings.Contains(r.Output, seq) {
+			t.Errorf("no reply for %s after the daemon restarted", strings.TrimSpace(seq))
+		}
+	}
+	ports, err := NewControlClient(ctl).Ports(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := ports[0]; p.EchoReplies < 40 || p.Errors != 0 {
+		t.Errorf("restarted daemon: %d echo replies, %d errors; want >= 40 and 0", p.EchoReplies, p.Errors)
+	}
+}
