@@ -73,18 +73,16 @@ type NetStats struct {
 
 // NetState is a snapshot of a NetDevice's negotiated state.
 type NetState struct {
-	Connected         bool
-	Features          Features // acked by the frontend
-	ProtocolFeatures  Features // acked by the frontend
-	QueuePairs        int      // queue pairs with a running ring
-	MTU               uint16   // from NET_SET_MTU, 0 if never set
-	Status            uint8    // from SET_STATUS
-	MemoryRegions     int
-	Logging           bool // VHOST_F_LOG_ALL on with a dirty log mapped
-	LogBaseReceived   uint64
-	RARPs             uint64 // SEND_RARP requests seen
-	GuestMAC          net.HardwareAddr
-	DisconnectReasons uint64 // frontends disconnected for protocol errors
+	Connected        bool
+	Features         Features // acked by the frontend
+	ProtocolFeatures Features // acked by the frontend
+	QueuePairs       int      // queue pairs with a running ring
+	MTU              uint16   // from NET_SET_MTU, 0 if never set
+	Status           uint8    // from SET_STATUS
+	MemoryRegions    int
+	Logging          bool // VHOST_F_LOG_ALL on with a dirty log mapped
+	LogBaseReceived  uint64
+	RARPs            uint64 // SEND_RARP requests seen
 }
 
 type vring struct {
@@ -111,21 +109,19 @@ type NetDevice struct {
 
 	stats netCounters
 
-	mu       sync.Mutex // serialises the control path
-	features Features   // guarded by mu
-	protocol Features   // guarded by mu
-	owner    bool       // guarded by mu
-	mem      *Memory    // guarded by mu
-	dirty    *DirtyLog  // guarded by mu
-	vrings   []vring    // guarded by mu; 2 per queue pair: RX even, TX odd
-	pollers  []*poller  // guarded by mu; per queue pair, nil when stopped
-	mtu      uint16     // guarded by mu
-	status   uint8      // guarded by mu
-	state    atomic.Pointer[NetState]
-	logBases uint64 // guarded by mu
-	rarps    uint64 // guarded by mu
-	connects uint64 // guarded by mu
-	conn     *net.UnixConn
+	mu       sync.Mutex    // serialises the control path
+	features Features      // guarded by mu
+	protocol Features      // guarded by mu
+	owner    bool          // guarded by mu
+	mem      *Memory       // guarded by mu
+	dirty    *DirtyLog     // guarded by mu
+	vrings   []vring       // guarded by mu; 2 per queue pair: RX even, TX odd
+	pollers  []*poller     // guarded by mu; per queue pair, nil when stopped
+	mtu      uint16        // guarded by mu
+	status   uint8         // guarded by mu
+	logBases uint64        // guarded by mu
+	rarps    uint64        // guarded by mu
+	conn     *net.UnixConn // guarded by mu; the frontend being served
 }
 
 type netCounters struct {
@@ -205,7 +201,6 @@ func (d *NetDevice) Serve(conn *net.UnixConn) error {
 		return ErrBusy
 	}
 	d.conn = conn
-	d.connects++
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
