@@ -357,11 +357,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		fds = nil
 		return nil
 	case SetVringNum:
-		s, err := m.VringState()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(s.Index)
+		s, vr, err := d.vringStateLocked(m)
 		if err != nil {
 			return err
 		}
@@ -383,11 +379,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		vr.addr, vr.addrSet = a, true
 		return d.reconcileLocked()
 	case SetVringBase:
-		s, err := m.VringState()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(s.Index)
+		s, vr, err := d.vringStateLocked(m)
 		if err != nil {
 			return err
 		}
@@ -397,11 +389,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		vr.base = uint16(s.Num)
 		return nil
 	case GetVringBase:
-		s, err := m.VringState()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(s.Index)
+		s, vr, err := d.vringStateLocked(m)
 		if err != nil {
 			return err
 		}
@@ -452,11 +440,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		}
 		return d.reconcileLocked()
 	case SetVringEnable:
-		s, err := m.VringState()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(s.Index)
+		s, vr, err := d.vringStateLocked(m)
 		if err != nil {
 			return err
 		}
@@ -504,6 +488,16 @@ func (d *NetDevice) offeredFeatures() Features {
 		f |= Features(1) << NetFMQ
 	}
 	return f
+}
+
+// vringStateLocked decodes a VringState payload and finds its ring.
+func (d *NetDevice) vringStateLocked(m Message) (VringState, *vring, error) {
+	s, err := m.VringState()
+	if err != nil {
+		return s, nil, err
+	}
+	vr, err := d.vringLocked(s.Index)
+	return s, vr, err
 }
 
 func (d *NetDevice) vringLocked(index uint32) (*vring, error) {
