@@ -70,7 +70,22 @@ func NewPort(opts PortOptions) (*Port, error) {
 	return p, nil
 }
 
-var _ vhostuser.FrameHandler = (*Port)(nil)
+var (
+	_ vhostuser.FrameHandler = (*Port)(nil)
+	_ vhostuser.Announcer    = (*Port)(nil)
+)
+
+// Announce implements vhostuser.Announcer: whenever a queue pair starts
+// (a guest connects, QEMU reconnects, a migrated guest resumes here) the
+// guest gets a gratuitous ARP for the service address, so its neighbour
+// entry is right at once.
+func (p *Port) Announce(qp int, buf []byte) int {
+	n, err := p.peer.GratuitousARP(buf)
+	if err != nil {
+		return 0
+	}
+	return n
+}
 
 // HandleFrame implements vhostuser.FrameHandler: the link peer answers
 // ARP, ICMP echo and DHCP. Datagrams for the service port are counted by

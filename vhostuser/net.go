@@ -122,6 +122,9 @@ type NetDevice struct {
 	logBases uint64        // guarded by mu
 	rarps    uint64        // guarded by mu
 	conn     *net.UnixConn // guarded by mu; the frontend being served
+	// announced[qp] is set once the Announcer's frame went out on the
+	// queue pair since the frontend connected.
+	announced []atomic.Bool // replaced under mu on reset
 }
 
 type netCounters struct {
@@ -260,6 +263,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 			return fail("frontend acked features %#x that were not offered", uint64(extra))
 		}
 		d.features = f
+		d.applyLoggingLocked()
 		return d.reconcileLocked()
 	case GetProtocolFeatures:
 		return ReplyU64(conn, m.Request, uint64(netOfferedProtocolFeatures))
@@ -524,6 +528,7 @@ func (d *NetDevice) resetLocked() {
 		d.vrings[i] = vring{kick: -1, call: -1, errFD: -1}
 	}
 	d.pollers = make([]*poller, d.opts.QueuePairs)
+	d.announced = make([]atomic.Bool, d.opts.QueuePairs)
 	if d.mem != nil {
 		d.mem.Close()
 		d.mem = nil
@@ -563,6 +568,39 @@ func (d *NetDevice) readyLocked(vr *vring) bool {
 	return d.mem != nil && vr.num > 0 && vr.addrSet && vr.kickSet && vr.enabled && !vr.stopped
 }
 
+// applyLoggingLocked turns dirty logging on or off on the running rings,
+// as VHOST_F_LOG_ALL now says: a migration starts or ends (completed,
+// failed or cancelled) with SET_FEATURES.
+func (d *NetDevice) applyLoggingLocked() {
+	var dl *DirtyLog
+	if d.loggingLocked() {
+		dl = d.dirty
+	}
+	for qp, p := range d.pollers {
+		if p == nil {
+			continue
+		}
+		for i, q := range []*SplitRing{p.rx, p.tx} {
+			if q != nil {
+				a := d.vrings[2*qp+i].addr
+				q.SetLogging(dl, a.Flags&VringFLog != 0, a.Log)
+			}
+		}
+	}
+}
+
+// Wake makes every queue pair's poller look for work now: an RXSource
+// calls it when it has frames again after FillRX returned 0.
+func (d *NetDevice) Wake() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.pollers {
+		if p != nil {
+			signal(p.wake)
+		}
+	}
+}
+
 // reconcileLocked starts a poller for every queue pair with a ready ring
 // and none running. Pollers of unchanged pairs keep running.
 func (d *NetDevice) reconcileLocked() error {
@@ -591,6 +629,8 @@ func (d *NetDevice) reconcileLocked() error {
 				return fmt.Errorf("start TX ring %d: %w", 2*qp+1, err)
 			}
 			p.tx, p.txKick, p.txCall = q, txv.kick, txv.call
+		}
+		if rxOK {
 			p.rxKick = rxv.kick
 		}
 		if err := p.start(); err != nil {

@@ -45,6 +45,30 @@ type poller struct {
 	pollFDs                []unix.PollFd
 	errorsAtStop           uint64
 	rxPending, txPublished bool
+	src                    RXSource  // the handler, when it originates frames
+	announcer              Announcer // the handler, until it has announced
+	gen                    []byte    // frame buffer for src
+}
+
+// RXSource is implemented by a FrameHandler that also originates frames
+// for the guest (the runtime delivering messages; a traffic generator).
+// The poller asks it for a frame whenever the guest has an RX buffer free,
+// so a frame FillRX hands out is not dropped for lack of buffers (unless
+// it is larger than what the guest posted). After FillRX returned 0, the
+// source calls NetDevice.Wake when it has frames again.
+type RXSource interface {
+	// FillRX writes the next frame for queue pair qp into buf (at least
+	// 64 KiB) and returns its length, or 0 when it has none.
+	FillRX(qp int, buf []byte) int
+}
+
+// Announcer is implemented by a FrameHandler that greets the guest when a
+// queue pair's RX ring starts (after connecting, reconnecting, or at the
+// destination of a live migration): a gratuitous ARP for the service
+// address, so the guest's neighbour entry is right at once.
+type Announcer interface {
+	// Announce writes a frame into buf and returns its length (0: none).
+	Announce(qp int, buf []byte) int
 }
 
 func newPoller(d *NetDevice, qp int) *poller {
@@ -59,6 +83,9 @@ func newPoller(d *NetDevice, qp int) *poller {
 	for i := range p.rxChains {
 		p.rxChains[i] = NewChain(maxSegments)
 	}
+	if src, ok := d.opts.Handler.(RXSource); ok {
+		p.src, p.gen = src, make([]byte, replyCap)
+	}
 	return p
 }
 
@@ -71,6 +98,14 @@ func (p *poller) start() error {
 	p.pollFDs = []unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}
 	if p.txKick >= 0 {
 		p.pollFDs = append(p.pollFDs, unix.PollFd{Fd: int32(p.txKick), Events: unix.POLLIN})
+	}
+	if p.rx != nil {
+		if a, ok := p.dev.opts.Handler.(Announcer); ok && !p.dev.announced[p.qp].Load() {
+			p.announcer = a
+		}
+	}
+	if p.waitsForRX() && p.rxKick >= 0 {
+		p.pollFDs = append(p.pollFDs, unix.PollFd{Fd: int32(p.rxKick), Events: unix.POLLIN})
 	}
 	go p.run()
 	return nil
@@ -99,18 +134,21 @@ func (p *poller) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer close(p.done)
-	if p.tx == nil {
-		// An RX-only pair has nothing to do until frames are injected.
-		p.sleep()
-		for !p.stopping.Load() {
-			p.sleep()
-		}
-		return
-	}
-	p.tx.DisableNotifications()
+	p.disableNotifications()
 	idle := 0
 	for !p.stopping.Load() {
-		if n := p.processTX(); n > 0 {
+		n := 0
+		if p.announcer != nil && p.rx.Pending() > 0 {
+			p.announce()
+		}
+		if p.tx != nil {
+			n += p.processTX()
+		}
+		if p.src != nil && p.rx != nil {
+			n += p.processRX()
+		}
+		if n > 0 {
+			p.flush()
 			idle = 0
 			continue
 		}
@@ -123,15 +161,86 @@ func (p *poller) run() {
 		}
 		// Going to sleep: ask for kicks, then look once more, since a
 		// buffer posted before the driver saw the request is not kicked.
-		if p.tx.EnableNotifications() {
-			p.tx.DisableNotifications()
+		if p.enableNotifications() {
+			p.disableNotifications()
 			idle = 0
 			continue
 		}
 		p.sleep()
-		p.tx.DisableNotifications()
+		p.disableNotifications()
 		idle = 0
 	}
+}
+
+// announce delivers the Announcer's frame, once per frontend connection.
+func (p *poller) announce() {
+	if n := p.announcer.Announce(p.qp, p.reply); n > 0 {
+		p.deliver(p.reply[:n])
+		p.flush()
+	}
+	p.dev.announced[p.qp].Store(true)
+	p.announcer = nil
+}
+
+// waitsForRX says whether the poller needs the guest's RX kicks: a source
+// or an announcement waits for buffers.
+func (p *poller) waitsForRX() bool {
+	return p.rx != nil && (p.src != nil || p.announcer != nil)
+}
+
+// The rings whose kicks wake the poller: TX always, RX when something
+// waits for the guest's buffers.
+func (p *poller) enableNotifications() (pending bool) {
+	if p.tx != nil && p.tx.EnableNotifications() {
+		pending = true
+	}
+	if p.waitsForRX() && p.rx.EnableNotifications() {
+		pending = true
+	}
+	return pending
+}
+
+func (p *poller) disableNotifications() {
+	if p.tx != nil {
+		p.tx.DisableNotifications()
+	}
+	if p.waitsForRX() {
+		p.rx.DisableNotifications()
+	}
+}
+
+// flush publishes what the round pushed and notifies the guest where it
+// asked to be.
+func (p *poller) flush() {
+	if p.txPublished {
+		p.txPublished = false
+		p.tx.Publish()
+		if p.tx.NeedsNotify() {
+			signal(p.txCall)
+		}
+	}
+	if p.rxPending {
+		p.rxPending = false
+		p.rx.Publish()
+		if p.rx.NeedsNotify() {
+			signal(p.rxCall)
+		}
+	}
+}
+
+// processRX moves up to txBurst frames from the RXSource to the guest,
+// asking for a frame only while the guest has a buffer for it.
+func (p *poller) processRX() int {
+	n := 0
+	for n < txBurst && p.rx.Pending() > 0 {
+		fl := p.src.FillRX(p.qp, p.gen)
+		if fl <= 0 {
+			break
+		}
+		p.deliver(p.gen[:fl])
+		n++
+	}
+	return n
 }
 
 // sleep waits for a kick or a stop request.
@@ -183,17 +292,7 @@ func (p *poller) processTX() int {
 		}
 	}
 	if n > 0 {
-		p.tx.Publish()
-		if p.tx.NeedsNotify() {
-			signal(p.txCall)
-		}
-		if p.rxPending {
-			p.rxPending = false
-			p.rx.Publish()
-			if p.rx.NeedsNotify() {
-				signal(p.rxCall)
-			}
-		}
+		p.txPublished = true
 	}
 	return n
 }
