@@ -25,8 +25,9 @@ type FrameHandler interface {
 
 // NetOptions configure a NetDevice.
 type NetOptions struct {
-	// QueuePairs is the most queue pairs a frontend may use (GET_QUEUE_NUM);
-	// default 1. MQ is offered when it is above 1.
+	// QueuePairs is the most queue pairs a frontend may use; default 1.
+	// MQ is offered when it is above 1. GET_QUEUE_NUM answers the number
+	// of virtqueues, 2*QueuePairs (see the GetQueueNum case in handle).
 	QueuePairs int
 	// Handler receives the guest's frames; required.
 	Handler FrameHandler
@@ -262,6 +263,13 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		if extra := f &^ d.offeredFeatures(); extra != 0 {
 			return fail("frontend acked features %#x that were not offered", uint64(extra))
 		}
+		if (d.features^f)&^Bit(FLogAll) != 0 {
+			// Running rings and pollers were built with the old
+			// EVENT_IDX, INDIRECT_DESC, header size and MRG_RXBUF:
+			// rebuild them (bases are saved). A LOG_ALL toggle alone
+			// (migration start/end) is applied in place.
+			d.stopAllLocked()
+		}
 		d.features = f
 		d.applyLoggingLocked()
 		return d.reconcileLocked()
@@ -284,7 +292,13 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		d.resetLocked()
 		return nil
 	case GetQueueNum:
-		return ReplyU64(conn, m.Request, uint64(d.opts.QueuePairs))
+		// Virtqueues, not queue pairs: Cloud Hypervisor refuses a backend
+		// whose answer is below its num_queues (2 per pair: "requested
+		// too many queues"), and rust-vmm backends, libvhost-user and
+		// passt answer virtqueues too. QEMU compares the answer with its
+		// queue pairs, so it accepts this (its own check is looser; a
+		// vring index past 2*QueuePairs is still refused below).
+		return ReplyU64(conn, m.Request, 2*uint64(d.opts.QueuePairs))
 	case GetMaxMemSlots:
 		return ReplyU64(conn, m.Request, MaxMemSlots)
 	case SetMemTable:
@@ -349,10 +363,15 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		}
 		d.dirty = dl
 		d.logBases++
-		// QEMU waits for this reply when LOG_SHMFD is negotiated; without
-		// it, migration hangs.
+		// Frontends wait for this reply when LOG_SHMFD is negotiated;
+		// without it, migration hangs. The reply echoes the 16-byte log
+		// description: rust-vmm's frontend (vhost >= 0.16, so Cloud
+		// Hypervisor) reads exactly a VhostUserLog with a non-zero size
+		// and would block forever on a shorter u64 reply; QEMU reads
+		// whatever size the header says. rust-vmm's own backend sends
+		// the same echo.
 		acked = true
-		if err := ReplyU64(conn, m.Request, 0); err != nil {
+		if err := WriteReply(conn, m.Request, m.Payload, nil); err != nil {
 			return err
 		}
 		return d.reconcileLocked()

@@ -338,6 +338,9 @@ func (p *poller) deliver(frame []byte) {
 			if errors.Is(err, ErrRingBroken) {
 				break
 			}
+			// The malformed chain went back to the used ring with
+			// length 0: publish it even if this frame is dropped.
+			p.rxPending = true
 			continue
 		}
 		if !ok {

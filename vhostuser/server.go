@@ -79,7 +79,7 @@ func (s *Server) runListener(ctx context.Context) error {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		s.serve(conn)
+		s.serve(ctx, conn)
 	}
 }
 
@@ -100,14 +100,22 @@ func (s *Server) runClient(ctx context.Context) error {
 			}
 			continue
 		}
-		s.serve(c.(*net.UnixConn))
+		s.serve(ctx, c.(*net.UnixConn))
 	}
 	return nil
 }
 
 // serve runs one connection to its end.
-func (s *Server) serve(conn *net.UnixConn) {
+func (s *Server) serve(ctx context.Context, conn *net.UnixConn) {
 	s.mu.Lock()
+	if ctx.Err() != nil {
+		// ctx ended between accept/dial and here: closeAll has run (or
+		// will, and finds no active connection), so nobody would ever
+		// close conn and Run would not return.
+		s.mu.Unlock()
+		conn.Close()
+		return
+	}
 	s.active = conn
 	s.mu.Unlock()
 	err := s.Device.Serve(conn)

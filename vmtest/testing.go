@@ -141,5 +141,6 @@ func RunGuest(t testing.TB, opts Options, timeout time.Duration) *guestinit.Resu
 }
 
 func indent(b []byte) string {
-	return "    " + strings.ReplaceAll(strings.TrimRight(string(b), "\n"), "\n", "\n    ")
+	s := strings.ReplaceAll(string(b), "\r", "")
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
 }

@@ -289,7 +289,7 @@ func (vm *VM) connectQMP(ctx context.Context) error {
 	for {
 		mon, err := qmp.NewSocketMonitor("unix", vm.qmpPath, 2*time.Second)
 		if err == nil {
-			if err = mon.Connect(); err == nil {
+			if err = connectMonitor(ctx, mon, vm.done); err == nil {
 				events, _ := mon.Events(context.Background())
 				go vm.drainEvents(events)
 				vm.monMu.Lock()
@@ -309,6 +309,26 @@ func (vm *VM) connectQMP(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("connect qmp %s: %w", vm.qmpPath, err)
 		}
+	}
+}
+
+// connectMonitor runs go-qemu's Connect (the greeting and capabilities
+// handshake), which has no deadline of its own: QEMU answers only once it
+// has finished starting up, and a vhost-user netdev whose backend does not
+// answer holds its start-up. On ctx's end or QEMU's exit, the socket is
+// closed, which ends Connect.
+func connectMonitor(ctx context.Context, mon *qmp.SocketMonitor, exited <-chan struct{}) error {
+	errc := make(chan error, 1)
+	go func() { errc <- mon.Connect() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-exited:
+		mon.Disconnect()
+		return ErrExited
+	case <-ctx.Done():
+		mon.Disconnect()
+		return fmt.Errorf("qmp greeting: %w (is QEMU waiting for a vhost-user backend?)", ctx.Err())
 	}
 }
 
@@ -358,7 +378,11 @@ func (vm *VM) QMP(ctx context.Context, command string, args any, out any) error 
 	if mon == nil {
 		return errors.New("vmtest: QMP before Start")
 	}
-	req, err := json.Marshal(qmp.Command{Execute: command, Args: toArgs(args)})
+	cmd := qmp.Command{Execute: command}
+	if args != nil {
+		cmd.Args = toArgs(args)
+	}
+	req, err := json.Marshal(cmd)
 	if err != nil {
 		return err
 	}

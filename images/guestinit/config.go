@@ -167,8 +167,10 @@ func (r *Result) ExitLine() string {
 // ErrNoResult means the console log has no result line (yet).
 var ErrNoResult = errors.New("no result line on the guest console")
 
-// ParseResult extracts the program's output and result from a console log.
-// Carriage returns (the serial line discipline adds them) are removed.
+// ParseResult extracts the program's output and result from a console log:
+// the lines between the last begin marker and the result line, or every
+// line before the result line when there is no begin marker. Carriage
+// returns (the serial line discipline adds them) are removed.
 func ParseResult(log []byte) (*Result, error) {
 	log = bytes.ReplaceAll(log, []byte("\r"), nil)
 	end := bytes.LastIndex(log, []byte(ExitMarker))
@@ -186,6 +188,11 @@ func ParseResult(log []byte) (*Result, error) {
 	}
 	if begin := bytes.LastIndex(log[:end], []byte(BeginMarker+"\n")); begin >= 0 {
 		r.Output = string(log[begin+len(BeginMarker)+1 : end])
+	} else {
+		// No begin marker: the program failed to start, or this console
+		// belongs to the destination of a live migration, which joined
+		// the program halfway. Everything shown belongs to the output.
+		r.Output = string(log[:end])
 	}
 	return &r, nil
 }

@@ -58,6 +58,7 @@ func TestParseResult(t *testing.T) {
 		{name: "ok", log: "[ 1.0] boot\r\n" + BeginMarker + "\r\nhello\r\nworld\r\n" + ExitMarker + `{"status":0}` + "\r\n", output: "hello\nworld\n"},
 		{name: "failed", log: BeginMarker + "\n" + ExitMarker + `{"status":3}` + "\n", status: 3, wantErr: true},
 		{name: "setup error without begin", log: ExitMarker + `{"status":-1,"error":"eth0: no such link"}` + "\n", status: -1, wantErr: true},
+		{name: "migrated: no begin on this console", log: "seq=41\r\nseq=42\r\n" + ExitMarker + `{"status":0}` + "\n", output: "seq=41\nseq=42\n"},
 		{name: "partial line", log: BeginMarker + "\n" + ExitMarker + `{"sta`, err: ErrNoResult},
 		{name: "none", log: "kernel panic\n", err: ErrNoResult},
 		{name: "marker inside a line", log: "echo " + ExitMarker + `{"status":0}` + "\n", err: ErrNoResult},

@@ -1,0 +1,42 @@
+package vhostuser
+
+// Hooks for the external tests (package vhostuser_test), which cannot live
+// in this package because vhostusertest imports it.
+
+// TestPoller drives a queue pair's per-frame work in the calling goroutine,
+// without the poller's thread, so that tests can measure it.
+type TestPoller struct{ p *poller }
+
+// NewTestPoller returns a poller for queue pair qp of d over the given
+// rings (either may be nil), as if the frontend had negotiated features.
+// rxCall and txCall are eventfds to signal, or -1. d must have no
+// frontend.
+func NewTestPoller(d *NetDevice, qp int, features Features, rx, tx *SplitRing, rxCall, txCall int) *TestPoller {
+	d.mu.Lock()
+	d.features = features
+	p := newPoller(d, qp)
+	d.mu.Unlock()
+	p.rx, p.tx, p.rxCall, p.txCall = rx, tx, rxCall, txCall
+	return &TestPoller{p: p}
+}
+
+// ProcessTX runs one TX round (frames to the handler, replies to RX) and
+// publishes, as the poller's loop does.
+func (tp *TestPoller) ProcessTX() int {
+	n := tp.p.processTX()
+	tp.p.flush()
+	return n
+}
+
+// Deliver puts one frame on the RX ring and publishes.
+func (tp *TestPoller) Deliver(frame []byte) {
+	tp.p.deliver(frame)
+	tp.p.flush()
+}
+
+// ProcessRX runs one round of the RXSource and publishes.
+func (tp *TestPoller) ProcessRX() int {
+	n := tp.p.processRX()
+	tp.p.flush()
+	return n
+}
