@@ -110,19 +110,22 @@ type NetDevice struct {
 
 	stats netCounters
 
-	mu       sync.Mutex    // serialises the control path
-	features Features      // guarded by mu
-	protocol Features      // guarded by mu
-	owner    bool          // guarded by mu
-	mem      *Memory       // guarded by mu
-	dirty    *DirtyLog     // guarded by mu
-	vrings   []vring       // guarded by mu; 2 per queue pair: RX even, TX odd
-	pollers  []*poller     // guarded by mu; per queue pair, nil when stopped
-	mtu      uint16        // guarded by mu
-	status   uint8         // guarded by mu
-	logBases uint64        // guarded by mu
-	rarps    uint64        // guarded by mu
-	conn     *net.UnixConn // guarded by mu; the frontend being served
+	mu       sync.Mutex // serialises the control path
+	features Features   // guarded by mu
+	protocol Features   // guarded by mu
+	owner    bool       // guarded by mu
+	mem      *Memory    // guarded by mu
+	// regionRefs counts the ADD_MEM_REGs of each mapped region (see
+	// AddMemReg); guarded by mu.
+	regionRefs map[MemoryRegion]int
+	dirty      *DirtyLog     // guarded by mu
+	vrings     []vring       // guarded by mu; 2 per queue pair: RX even, TX odd
+	pollers    []*poller     // guarded by mu; per queue pair, nil when stopped
+	mtu        uint16        // guarded by mu
+	status     uint8         // guarded by mu
+	logBases   uint64        // guarded by mu
+	rarps      uint64        // guarded by mu
+	conn       *net.UnixConn // guarded by mu; the frontend being served
 	// announced[qp] is set once the Announcer's frame went out on the
 	// queue pair since the frontend connected.
 	announced []atomic.Bool // replaced under mu on reset
@@ -316,6 +319,10 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 			d.mem.Close()
 		}
 		d.mem = mem
+		clear(d.regionRefs)
+		for _, r := range t.Regions {
+			d.regionRefs[r] = 1
+		}
 		return d.reconcileLocked()
 	case AddMemReg:
 		r, err := m.MemRegion()
@@ -327,9 +334,18 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		}
 		fd := fds[0]
 		fds = nil
+		// With multiqueue QEMU runs one vhost device per queue pair over
+		// the same connection, and each adds every region: an identical
+		// region is counted, not mapped twice.
+		if d.regionRefs[r] > 0 {
+			unix.Close(fd)
+			d.regionRefs[r]++
+			return nil
+		}
 		if err := d.mem.AddRegion(r, fd); err != nil {
 			return err
 		}
+		d.regionRefs[r] = 1
 		return d.reconcileLocked()
 	case RemMemReg:
 		r, err := m.MemRegion()
@@ -341,10 +357,15 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		if d.mem == nil {
 			return fail("no memory table")
 		}
+		if d.regionRefs[r] > 1 {
+			d.regionRefs[r]--
+			return nil
+		}
 		d.stopAllLocked()
 		if err := d.mem.RemoveRegion(r); err != nil {
 			return err
 		}
+		delete(d.regionRefs, r)
 		return d.reconcileLocked()
 	case SetLogBase:
 		l, err := m.Log()
@@ -552,6 +573,7 @@ func (d *NetDevice) resetLocked() {
 		d.mem.Close()
 		d.mem = nil
 	}
+	d.regionRefs = map[MemoryRegion]int{}
 	if d.dirty != nil {
 		d.dirty.Close()
 		d.dirty = nil
