@@ -80,3 +80,82 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 		t.Errorf("restarted daemon: %d echo replies, %d errors; want >= 40 and 0", p.EchoReplies, p.Errors)
 	}
 }
+
+// TestDaemonReconnectsToRestartedQEMU is reconnection the other way round:
+// veloced is the client (--vhost-user-client), QEMU listens (server=on).
+// When QEMU goes away and a new QEMU listens on the same path, the daemon
+// connects to it by itself and the new guest works.
+func TestDaemonReconnectsToRestartedQEMU(t *testing.T) {
+	testutil.RequiresRoot(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vm.sock")
+	d, err := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"),
+		Ports: []PortOptions{{Name: "vm", Socket: sock, Client: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	}()
+	kernel, initramfs := vmtest.Image(t, vmtest.Guest{})
+	for round := 1; round <= 2; round++ {
+		vm := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs,
+			NICs: []vmtest.NIC{{Socket: sock, Server: true}},
+			Guest: &guestinit.Config{
+				Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}},
+				Run: []string{"/bin/ping", "-c", "5", "-i", "0.2", "-W", "5", "169.254.77.1"},
+			}})
+		r, err := vm.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Err(); err != nil {
+			t.Fatalf("round %d: %v\n%s", round, err, r.Output)
+		}
+		checkPings(t, "guest", r.Output, 5)
+		vm.Close()
+	}
+	if p := d.Ports()[0]; p.Mode != "client" || p.EchoReplies < 10 {
+		t.Errorf("port after two QEMUs: %+v", p)
+	}
+}
+
+// TestSIGTERMStopsDaemonCleanly: veloced exits 0 on SIGTERM and leaves no
+// sockets behind.
+func TestSIGTERMStopsDaemonCleanly(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "veloced")
+	if err := vmtest.BuildStatic(context.Background(), "github.com/veloce-io/veloce/cmd/veloced", bin); err != nil {
+		t.Fatal(err)
+	}
+	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
+	cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !exists(ctl) || !exists(sock); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("veloced did not start:\n%s", stderr.String())
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("veloced after SIGTERM: %v\n%s", err, stderr.String())
+	}
+	for _, p := range []string{sock, ctl} {
+		if exists(p) {
+			t.Errorf("%s left behind", p)
+		}
+	}
+}
