@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/backend"
+)
+
+func startDaemon(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	ctl := filepath.Join(dir, "control.sock")
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: ctl, Ports: []backend.PortOptions{
+		{Name: "vm0", Socket: filepath.Join(dir, "vm0.sock")},
+		{Name: "vm1", Socket: filepath.Join(dir, "vm1.sock"), Client: true},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := backend.NewControlClient(ctl).Ports(context.Background()); err == nil {
+			return ctl
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not start")
+		}
+	}
+}
+
+// The JSON field names are a contract (DESIGN.md): outside tests read them.
+func TestPortsJSONContract(t *testing.T) {
+	ctl := startDaemon(t)
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"--control", ctl, "ports", "-o", "json"}, &out, &errb); err != nil {
+		t.Fatalf("%v: %s", err, errb.String())
+	}
+	var ports []map[string]any
+	if err := json.Unmarshal(out.Bytes(), &ports); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if len(ports) != 2 {
+		t.Fatalf("%d ports, want 2", len(ports))
+	}
+	for _, field := range []string{"name", "socket", "state", "features", "queues", "guest_ip",
+		"guest_tx_packets", "guest_tx_bytes", "guest_rx_packets", "guest_rx_bytes", "drops", "errors"} {
+		if _, ok := ports[0][field]; !ok {
+			t.Errorf("field %q missing from %v", field, ports[0])
+		}
+	}
+	if ports[0]["name"] != "vm0" || ports[0]["state"] != "waiting" || ports[1]["mode"] != "client" {
+		t.Errorf("ports: %v", ports)
+	}
+}
+
+func TestPortsTable(t *testing.T) {
+	ctl := startDaemon(t)
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"--control", ctl, "ports"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME") || !strings.HasPrefix(lines[1], "vm0 ") {
+		t.Errorf("table:\n%s", out.String())
+	}
+}
+
+func TestErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no command"},
+		{[]string{"bogus"}, "unknown command"},
+		{[]string{"--control", "/nonexistent/control.sock", "ports"}, "control API"},
+		{[]string{"ports", "-o", "yaml"}, "want table or json"},
+		{[]string{"--bad-flag"}, "flag provided but not defined"},
+	} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), tc.args, &out, &errb)
+		if err == nil || !strings.Contains(err.Error()+errb.String(), tc.want) {
+			t.Errorf("%v: got %v (stderr %q), want %q", tc.args, err, errb.String(), tc.want)
+		}
+	}
+}

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestFlagErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no ports"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--service-ip", "999.1.1.1"}, "--service-ip"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--guest-ip", "169.254.77.2"}, "--guest-ip"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--service-mac", "zz"}, "--service-mac"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--log-level", "loud"}, "--log-level"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--guest-ip", "10.0.0.2/24"}, "invalid"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--vhost-user", "/tmp/x.sock"}, "twice"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "extra"}, "unexpected argument"},
+	} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), tc.args, &stderr)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(tc.want)) {
+			t.Errorf("%v: got %v, want an error mentioning %q", tc.args, err, tc.want)
+		}
+	}
+}
