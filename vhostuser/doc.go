@@ -81,7 +81,14 @@
 //   - A REM_MEM_REG fd, which the spec says may be sent and must be closed
 //     unused, is closed by ReadMessage.
 //   - SET_LOG_BASE requires LOG_SHMFD (a 16-byte payload and one fd); it
-//     is the only form QEMU and rust-vmm frontends use. Its reply is a u64 0.
+//     is the only form QEMU and rust-vmm frontends use. Its reply echoes
+//     the 16-byte log description: rust-vmm's frontend (vhost 0.16 and
+//     later, so Cloud Hypervisor) reads exactly that and hangs the
+//     migration on a shorter reply, and QEMU reads whatever size the reply
+//     header gives.
+//   - SET_MEM_TABLE carries up to 32 regions, as rust-vmm frontends may send
+//     (Cloud Hypervisor sends its whole table, hotplugged regions included,
+//     when it reconnects); QEMU sends at most 8.
 //   - Inflight descriptions are 24 bytes (QEMU's layout, which rust-vmm
 //     matches).
 //   - A malformed descriptor chain is counted and its head returned to the

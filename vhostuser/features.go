@@ -102,8 +102,10 @@ const (
 
 // Memory slot limits.
 const (
-	// MaxSetMemTableRegions is the most regions one SET_MEM_TABLE carries.
-	MaxSetMemTableRegions = 8
+	// MaxSetMemTableRegions is the most regions one SET_MEM_TABLE may
+	// carry: QEMU sends at most 8 (VHOST_MEMORY_BASELINE_NREGIONS), rust-vmm
+	// frontends up to 32 (their limit of attached file descriptors).
+	MaxSetMemTableRegions = 32
 	// MaxMemSlots is the most regions a Memory holds, and the answer this
 	// package suggests for GET_MAX_MEM_SLOTS (the KVM limit QEMU uses).
 	MaxMemSlots = 509

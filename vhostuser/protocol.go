@@ -99,8 +99,9 @@ const (
 	MaxPayloadSize = 4096
 	// MaxMessageSize is the buffer size ReadMessage needs.
 	MaxMessageSize = HeaderSize + MaxPayloadSize
-	// MaxFDs is the most file descriptors one message carries.
-	MaxFDs = 8
+	// MaxFDs is the most file descriptors one message carries: one per
+	// region of the largest SET_MEM_TABLE accepted.
+	MaxFDs = MaxSetMemTableRegions
 	// MaxConfigSize is VHOST_USER_MAX_CONFIG_SIZE: the largest config space access.
 	MaxConfigSize = 256
 )
@@ -865,8 +866,8 @@ func WriteReply(conn *net.UnixConn, req Request, payload []byte, fds []int) erro
 
 // ReplyU64 answers req with a u64: GET_FEATURES, GET_PROTOCOL_FEATURES,
 // GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, GET_STATUS, CHECK_DEVICE_STATE, the
-// REPLY_ACK status (0 success), and SET_LOG_BASE (0; QEMU and rust-vmm
-// frontends wait for it, and migration hangs without it).
+// and the REPLY_ACK status (0 success). SET_LOG_BASE is answered by
+// echoing its 16-byte payload instead (see the package doc).
 func ReplyU64(conn *net.UnixConn, req Request, v uint64) error {
 	var b [u64Size]byte
 	return WriteReply(conn, req, AppendU64(b[:0], v), nil)
