@@ -25,6 +25,8 @@ type PortOptions struct {
 	Link LinkPeerOptions
 	// Logger receives the port's events; nil discards.
 	Logger *slog.Logger
+	// PollCPUs pins the port's polling threads (see vhostuser.NetOptions).
+	PollCPUs []int
 }
 
 // Port is one VM's attachment: a virtio-net device over vhost-user whose
@@ -55,7 +57,7 @@ func NewPort(opts PortOptions) (*Port, error) {
 		return nil, err
 	}
 	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs)}
-	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger})
+	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs})
 	if err != nil {
 		return nil, err
 	}

@@ -33,6 +33,11 @@ type NetOptions struct {
 	Handler FrameHandler
 	// Logger receives control-path events; nil discards.
 	Logger *slog.Logger
+	// PollCPUs pins queue pair i's polling thread to CPU
+	// PollCPUs[i%len(PollCPUs)]; empty leaves placement to the scheduler.
+	// Pin on hosts with cores to spare for the datapath, as with DPDK's
+	// lcores.
+	PollCPUs []int
 }
 
 // Features a NetDevice offers. Checksum and segmentation offloads are not
@@ -142,6 +147,11 @@ func NewNetDevice(opts NetOptions) (*NetDevice, error) {
 	}
 	if opts.QueuePairs <= 0 {
 		opts.QueuePairs = 1
+	}
+	for _, c := range opts.PollCPUs {
+		if c < 0 || c >= 1024 {
+			return nil, fmt.Errorf("vhostuser: poll CPU %d out of range", c)
+		}
 	}
 	if opts.QueuePairs > 128 {
 		return nil, fmt.Errorf("vhostuser: %d queue pairs, at most 128", opts.QueuePairs)

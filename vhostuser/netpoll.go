@@ -132,8 +132,18 @@ func (p *poller) ringErrors() uint64 {
 
 func (p *poller) run() {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer close(p.done)
+	if cpus := p.dev.opts.PollCPUs; len(cpus) > 0 {
+		var set unix.CPUSet
+		set.Set(cpus[p.qp%len(cpus)])
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			p.dev.log.Warn("cannot pin polling thread", "queue_pair", p.qp, "cpu", cpus[p.qp%len(cpus)], "err", err)
+		}
+		// The thread's affinity is changed for good: let it die with the
+		// goroutine instead of returning it to the runtime's pool.
+	} else {
+		defer runtime.UnlockOSThread()
+	}
 	p.disableNotifications()
 	idle := 0
 	for !p.stopping.Load() {

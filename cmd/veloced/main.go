@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -53,6 +55,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	serviceMAC := fs.String("service-mac", backend.DefaultServiceMAC.String(), "MAC the daemon answers with; keep it equal on every daemon so migrated guests' ARP entries stay valid")
 	guestIP := fs.String("guest-ip", backend.DefaultGuestIP.String(), "address and prefix DHCP hands each guest (no router option)")
 	queues := fs.Int("queues", 1, "queue pairs each port offers (multiqueue)")
+	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -80,12 +83,22 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if link.ServiceMAC, err = net.ParseMAC(*serviceMAC); err != nil {
 		return fmt.Errorf("--service-mac: %w", err)
 	}
+	var cpus []int
+	if *pollCPUs != "" {
+		for _, f := range strings.Split(*pollCPUs, ",") {
+			c, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || c < 0 || c >= runtime.NumCPU() {
+				return fmt.Errorf("--poll-cpus: %q is not a CPU of this machine (0-%d)", f, runtime.NumCPU()-1)
+			}
+			cpus = append(cpus, c)
+		}
+	}
 	opts := backend.DaemonOptions{ControlSocket: *control, Logger: log}
 	for _, s := range servers {
-		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link})
+		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}
 	for _, s := range clients {
-		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link})
+		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}
 	d, err := backend.NewDaemon(opts)
 	if err != nil {

@@ -20,6 +20,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--vhost-user", "/tmp/x.sock", "--guest-ip", "10.0.0.2/24"}, "invalid"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--vhost-user", "/tmp/x.sock"}, "twice"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "extra"}, "unexpected argument"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "0,9999"}, "--poll-cpus"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "a"}, "--poll-cpus"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), tc.args, &stderr)
