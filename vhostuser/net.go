@@ -123,14 +123,15 @@ type NetDevice struct {
 	// regionRefs counts the ADD_MEM_REGs of each mapped region (see
 	// AddMemReg); guarded by mu.
 	regionRefs map[MemoryRegion]int
-	dirty      *DirtyLog     // guarded by mu
-	vrings     []vring       // guarded by mu; 2 per queue pair: RX even, TX odd
-	pollers    []*poller     // guarded by mu; per queue pair, nil when stopped
-	mtu        uint16        // guarded by mu
-	status     uint8         // guarded by mu
-	logBases   uint64        // guarded by mu
-	rarps      uint64        // guarded by mu
-	conn       *net.UnixConn // guarded by mu; the frontend being served
+	dirty      *DirtyLog                 // guarded by mu
+	vrings     []vring                   // guarded by mu; 2 per queue pair: RX even, TX odd
+	pollers    []*poller                 // guarded by mu; per queue pair, nil when stopped
+	running    atomic.Pointer[[]*poller] // a copy of pollers for Wake, which takes no lock
+	mtu        uint16                    // guarded by mu
+	status     uint8                     // guarded by mu
+	logBases   uint64                    // guarded by mu
+	rarps      uint64                    // guarded by mu
+	conn       *net.UnixConn             // guarded by mu; the frontend being served
 	// announced[qp] is set once the Announcer's frame went out on the
 	// queue pair since the frontend connected.
 	announced []atomic.Bool // replaced under mu on reset
@@ -578,6 +579,7 @@ func (d *NetDevice) resetLocked() {
 		d.vrings[i] = vring{kick: -1, call: -1, errFD: -1}
 	}
 	d.pollers = make([]*poller, d.opts.QueuePairs)
+	d.publishPollersLocked()
 	d.announced = make([]atomic.Bool, d.opts.QueuePairs)
 	if d.mem != nil {
 		d.mem.Close()
@@ -612,6 +614,7 @@ func (d *NetDevice) stopPairLocked(qp int) {
 		d.vrings[2*qp+1].base = uint16(p.tx.VringBase())
 	}
 	d.pollers[qp] = nil
+	d.publishPollersLocked()
 }
 
 // ready says whether a ring can run.
@@ -640,16 +643,23 @@ func (d *NetDevice) applyLoggingLocked() {
 	}
 }
 
-// Wake makes every queue pair's poller look for work now: an RXSource
-// calls it when it has frames again after FillRX returned 0.
+// Wake makes every sleeping queue-pair poller look for work now; an
+// RXSource calls it after queueing a frame. It takes no lock and makes no
+// system call unless a poller sleeps, so it may be called per frame.
 func (d *NetDevice) Wake() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, p := range d.pollers {
-		if p != nil {
-			signal(p.wake)
+	if ps := d.running.Load(); ps != nil {
+		for _, p := range *ps {
+			if p != nil && p.sleeping.Load() {
+				signal(p.wake)
+			}
 		}
 	}
+}
+
+// publishPollersLocked makes the current pollers visible to Wake.
+func (d *NetDevice) publishPollersLocked() {
+	ps := append([]*poller(nil), d.pollers...)
+	d.running.Store(&ps)
 }
 
 // reconcileLocked starts a poller for every queue pair with a ready ring
@@ -688,6 +698,7 @@ func (d *NetDevice) reconcileLocked() error {
 			return err
 		}
 		d.pollers[qp] = p
+		d.publishPollersLocked()
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ type poller struct {
 	rxCall, txCall         int
 	wake                   int // eventfd: stop requests
 	stopping               atomic.Bool
+	sleeping               atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
 	done                   chan struct{}
 	txChain                *Chain
 	rxChains               [maxMerge]*Chain
@@ -54,12 +55,16 @@ type poller struct {
 // for the guest (the runtime delivering messages; a traffic generator).
 // The poller asks it for a frame whenever the guest has an RX buffer free,
 // so a frame FillRX hands out is not dropped for lack of buffers (unless
-// it is larger than what the guest posted). After FillRX returned 0, the
-// source calls NetDevice.Wake when it has frames again.
+// it is larger than what the guest posted). A source that queues a frame
+// calls NetDevice.Wake afterwards: that costs nothing unless the poller
+// sleeps.
 type RXSource interface {
 	// FillRX writes the next frame for queue pair qp into buf (at least
 	// 64 KiB) and returns its length, or 0 when it has none.
 	FillRX(qp int, buf []byte) int
+	// PendingRX reports whether FillRX has a frame for qp. The poller asks
+	// it just before it sleeps.
+	PendingRX(qp int) bool
 }
 
 // Announcer is implemented by a FrameHandler that greets the guest when a
@@ -170,13 +175,17 @@ func (p *poller) run() {
 			continue
 		}
 		// Going to sleep: ask for kicks, then look once more, since a
-		// buffer posted before the driver saw the request is not kicked.
-		if p.enableNotifications() {
+		// buffer posted before the driver saw the request is not kicked,
+		// and a source's frame queued before it saw sleeping is not woken.
+		p.sleeping.Store(true)
+		if p.enableNotifications() || (p.src != nil && p.rx != nil && p.src.PendingRX(p.qp)) {
+			p.sleeping.Store(false)
 			p.disableNotifications()
 			idle = 0
 			continue
 		}
 		p.sleep()
+		p.sleeping.Store(false)
 		p.disableNotifications()
 		idle = 0
 	}

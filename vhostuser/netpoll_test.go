@@ -29,6 +29,8 @@ func (h *arpResponder) FillRX(_ int, buf []byte) int {
 	return h.genLen
 }
 
+func (h *arpResponder) PendingRX(int) bool { return h.pending.Load() > 0 }
+
 var _ vhostuser.RXSource = (*arpResponder)(nil)
 
 // TestDatapathDoesNotAllocate measures the poller's per-frame work with
