@@ -26,12 +26,18 @@ type DaemonOptions struct {
 	ControlSocket string
 	// Logger receives the daemon's events; nil discards.
 	Logger *slog.Logger
+	// Runtime configures the stream runtime the ports' guests use.
+	Runtime RuntimeOptions
+	// SessionTimeout releases a session that sent nothing (guestlib pings
+	// every second) for this long: its application died. Default 10s.
+	SessionTimeout time.Duration
 }
 
 // Daemon is veloced: ports plus the control API. New, then Run.
 type Daemon struct {
 	opts  DaemonOptions
 	log   *slog.Logger
+	rt    *Runtime
 	ports []*Port
 }
 
@@ -44,7 +50,13 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Daemon{opts: opts, log: log}
+	if opts.SessionTimeout <= 0 {
+		opts.SessionTimeout = 10 * time.Second
+	}
+	if opts.Runtime.Logger == nil {
+		opts.Runtime.Logger = log
+	}
+	d := &Daemon{opts: opts, log: log, rt: NewRuntime(opts.Runtime)}
 	names := map[string]bool{}
 	sockets := map[string]bool{}
 	for i, po := range opts.Ports {
@@ -61,6 +73,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		if po.Logger == nil {
 			po.Logger = log
 		}
+		po.Runtime = d.rt
 		p, err := NewPort(po)
 		if err != nil {
 			return nil, fmt.Errorf("port %s: %w", po.Name, err)
@@ -77,6 +90,15 @@ func (d *Daemon) Ports() []PortInfo {
 		out[i] = p.Info()
 	}
 	return out
+}
+
+// Streams returns the runtime's streams.
+func (d *Daemon) Streams() []StreamInfo {
+	s := d.rt.Streams()
+	if s == nil {
+		s = []StreamInfo{}
+	}
+	return s
 }
 
 // Run serves every port and the control API until ctx ends, then stops
@@ -107,6 +129,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 			errs <- fmt.Errorf("control API: %w", err)
 		}
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				d.rt.reapIdle(now.Add(-d.opts.SessionTimeout).UnixNano())
+			}
+		}
+	}()
 	for _, p := range d.ports {
 		wg.Add(1)
 		go func() {
@@ -132,6 +168,9 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, d.Ports())
+	})
+	mux.HandleFunc("GET /v1/streams", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, d.Streams())
 	})
 	return mux
 }
@@ -159,6 +198,12 @@ func NewControlClient(path string) *ControlClient {
 func (c *ControlClient) Ports(ctx context.Context) ([]PortInfo, error) {
 	var out []PortInfo
 	return out, c.get(ctx, "/v1/ports", &out)
+}
+
+// Streams lists the daemon's streams.
+func (c *ControlClient) Streams(ctx context.Context) ([]StreamInfo, error) {
+	var out []StreamInfo
+	return out, c.get(ctx, "/v1/streams", &out)
 }
 
 func (c *ControlClient) get(ctx context.Context, path string, out any) error {

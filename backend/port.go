@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/veloce-io/veloce/vhostuser"
 )
@@ -27,6 +28,10 @@ type PortOptions struct {
 	Logger *slog.Logger
 	// PollCPUs pins the port's polling threads (see vhostuser.NetOptions).
 	PollCPUs []int
+	// Runtime serves the guest's sessions (guestlib's virtio transport);
+	// nil leaves the port a plain link: datagrams for the service port
+	// are counted and dropped.
+	Runtime *Runtime
 }
 
 // Port is one VM's attachment: a virtio-net device over vhost-user whose
@@ -42,6 +47,13 @@ type Port struct {
 
 	mu      sync.Mutex
 	lastErr string // guarded by mu
+
+	// The virtio transport (guestport.go); rt is nil without a runtime.
+	rt        *Runtime
+	out       *outbox
+	sessMu    sync.Mutex                          // serialises updates of sessions
+	sessions  atomic.Pointer[map[uint32]*Session] // the port's sessions by id; read without a lock
+	malformed atomic.Uint64                       // guestproto datagrams that did not parse
 }
 
 // NewPort creates a port; Run serves it.
@@ -56,12 +68,17 @@ func NewPort(opts PortOptions) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs)}
+	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs), rt: opts.Runtime}
+	empty := map[uint32]*Session{}
+	p.sessions.Store(&empty)
+	if p.rt != nil {
+		p.out = newOutbox()
+	}
 	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs})
 	if err != nil {
 		return nil, err
 	}
-	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev, OnError: func(err error) {
+	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev, OnDisconnect: p.dropSessions, OnError: func(err error) {
 		p.mu.Lock()
 		p.lastErr = err.Error()
 		p.mu.Unlock()
@@ -75,6 +92,7 @@ func NewPort(opts PortOptions) (*Port, error) {
 var (
 	_ vhostuser.FrameHandler = (*Port)(nil)
 	_ vhostuser.Announcer    = (*Port)(nil)
+	_ vhostuser.RXSource     = (*Port)(nil) // the outbox (guestport.go)
 )
 
 // Announce implements vhostuser.Announcer: whenever a queue pair starts
@@ -94,8 +112,14 @@ func (p *Port) Announce(qp int, buf []byte) int {
 // the link peer (service_datagrams) and, until the stream runtime consumes
 // them, dropped.
 func (p *Port) HandleFrame(qp int, frame, reply []byte) int {
-	if v, n := p.peer.Handle(frame, reply, &p.results[qp]); v == VerdictReplied {
+	res := &p.results[qp]
+	switch v, n := p.peer.Handle(frame, reply, res); v {
+	case VerdictReplied:
 		return n
+	case VerdictDeliver:
+		if p.rt != nil {
+			return p.handleGuest(res.Src, res.Payload, reply)
+		}
 	}
 	return 0
 }
@@ -132,6 +156,8 @@ type PortInfo struct {
 	DHCPReplies      uint64 `json:"dhcp_replies"`
 	LinkDrops        uint64 `json:"link_drops"`
 	ServiceDatagrams uint64 `json:"service_datagrams"`
+	Malformed        uint64 `json:"malformed_datagrams"`
+	Sessions         int    `json:"sessions"`
 	Logging          bool   `json:"dirty_logging"`
 	LastError        string `json:"last_error,omitempty"`
 }
@@ -152,6 +178,7 @@ func (p *Port) Info() PortInfo {
 		Drops: ds.Drops, Errors: ds.Errors,
 		ARPReplies: ls.ARPReplies, EchoReplies: ls.EchoReplies, DHCPReplies: ls.DHCPReplies,
 		LinkDrops: ls.Dropped, ServiceDatagrams: ls.Delivered, Logging: st.Logging,
+		Malformed: p.malformed.Load(), Sessions: len(*p.sessions.Load()),
 	}
 	if p.opts.Client {
 		info.Mode = "client"

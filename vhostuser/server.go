@@ -28,6 +28,9 @@ type Server struct {
 	// OnError, when set, is told of every connection that ended with an
 	// error (the server goes on).
 	OnError func(error)
+	// OnDisconnect, when set, is called after every connection ended,
+	// cleanly or not, once the device has stopped its rings.
+	OnDisconnect func()
 
 	mu     sync.Mutex
 	ln     *net.UnixListener
@@ -125,6 +128,9 @@ func (s *Server) serve(ctx context.Context, conn *net.UnixConn) {
 	s.mu.Unlock()
 	if err != nil && s.OnError != nil {
 		s.OnError(err)
+	}
+	if s.OnDisconnect != nil {
+		s.OnDisconnect()
 	}
 }
 

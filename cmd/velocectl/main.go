@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -22,6 +23,7 @@ const usage = `usage: velocectl [--control PATH] COMMAND [flags]
 
 Commands:
   ports    list VM ports: state, negotiated features, queues, counters
+  streams  list streams: owner, options, datapath (and fallback warning), sources, sinks
 
 Flags:
   --control PATH   veloced's control socket (default %s)
@@ -78,10 +80,59 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				p.GuestIP, dash(p.GuestMAC), p.GuestTXPackets, p.GuestTXBytes, p.GuestRXPackets, p.GuestRXBytes, p.Drops, p.Errors, p.Features)
 		}
 		return tw.Flush()
+	case "streams":
+		sub := flag.NewFlagSet("velocectl streams", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		output := sub.String("o", "table", "output format: table or json")
+		if err := sub.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+		if *output != "table" && *output != "json" {
+			return fmt.Errorf("-o %q: want table or json", *output)
+		}
+		streams, err := client.Streams(ctx)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			e := json.NewEncoder(stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(streams)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING")
+		for _, st := range streams {
+			var srcs, sinks []string
+			for _, so := range st.Sources {
+				srcs = append(srcs, fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted))
+			}
+			for _, sk := range st.Sinks {
+				sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
+				st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
+		}
+		return tw.Flush()
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
 	}
+}
+
+func optionString(o backend.StreamOptions) string {
+	var parts []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{o.Acceleration, "accel"}, {o.Frugal, "frugal"}, {o.TimeSensitive, "tsn"}, {o.Reliable, "reliable"}} {
+		if f.on {
+			parts = append(parts, f.name)
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
 }
 
 func dash(s string) string {

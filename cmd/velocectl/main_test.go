@@ -92,3 +92,18 @@ func TestErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestStreamsEmpty(t *testing.T) {
+	ctl := startDaemon(t)
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"--control", ctl, "streams", "-o", "json"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out.String()) != "[]" {
+		t.Errorf("streams of an idle daemon: %s", out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--control", ctl, "streams"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "STREAM") {
+		t.Errorf("table: %v %q", err, out.String())
+	}
+}

@@ -1,0 +1,253 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/veloce-io/veloce/internal/guestproto"
+	"github.com/veloce-io/veloce/internal/ring"
+)
+
+// The virtio transport: guestlib in a VM speaks guestproto in UDP
+// datagrams to the service address and port. The port answers control
+// requests at once (the reply goes back in the poller's reply buffer) and
+// feeds Emits to the runtime; messages for the port's sinks wait in its
+// outbox, whole frames in fixed slots, until queue pair 0's poller puts
+// them on the guest's RX ring (one queue pair keeps each source's order).
+
+const (
+	// outboxSlots is how many frames a port holds for its guest; when
+	// they are all taken, messages for its sinks are dropped and counted.
+	outboxSlots = 1024
+	// outboxSlotSize holds one frame at the default MTU.
+	outboxSlotSize = 2048
+	// GuestMTU is the link MTU guests are given.
+	GuestMTU = 1500
+	// MaxGuestPayload is the largest message a guest source may emit,
+	// such that a Deliver carrying it fits the link MTU.
+	MaxGuestPayload = GuestMTU - 20 - 8 - guestproto.DeliverOverhead
+)
+
+type outbox struct {
+	mem   []byte
+	lens  []uint16
+	free  *ring.Queue
+	ready *ring.Queue
+}
+
+func newOutbox() *outbox {
+	o := &outbox{mem: make([]byte, outboxSlots*outboxSlotSize), lens: make([]uint16, outboxSlots)}
+	o.free, _ = ring.New(outboxSlots)
+	o.ready, _ = ring.New(outboxSlots)
+	for i := uint32(0); i < outboxSlots; i++ {
+		o.free.Push(i)
+	}
+	return o
+}
+
+func (o *outbox) slot(id uint32) []byte {
+	return o.mem[int(id)*outboxSlotSize : (int(id)+1)*outboxSlotSize]
+}
+
+var _ endpoint = (*Port)(nil)
+
+// String implements endpoint.
+func (p *Port) String() string { return "vm:" + p.opts.Name }
+
+// deliver implements endpoint: the message becomes a Deliver frame in the
+// outbox. It takes no lock and does not allocate.
+func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
+	id, ok := p.out.free.Pop()
+	if !ok {
+		return false
+	}
+	slot := p.out.slot(id)
+	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, source, seq, payload)
+	if err == nil {
+		n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
+	}
+	if err != nil {
+		p.out.free.Push(id)
+		return false
+	}
+	p.out.lens[id] = uint16(n)
+	p.out.ready.Push(id) // never full: it has a cell for every slot
+	p.dev.Wake()
+	return true
+}
+
+// FillRX implements vhostuser.RXSource for queue pair 0.
+func (p *Port) FillRX(qp int, buf []byte) int {
+	if qp != 0 || p.out == nil {
+		return 0
+	}
+	id, ok := p.out.ready.Pop()
+	if !ok {
+		return 0
+	}
+	n := copy(buf, p.out.slot(id)[:p.out.lens[id]])
+	p.out.free.Push(id)
+	return n
+}
+
+// PendingRX implements vhostuser.RXSource.
+func (p *Port) PendingRX(qp int) bool { return qp == 0 && p.out != nil && p.out.ready.Len() > 0 }
+
+// handleGuest handles one guestproto datagram from src; a reply frame, if
+// any, is written to reply and its length returned.
+func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
+	var m guestproto.Message
+	if err := guestproto.Parse(payload, &m); err != nil {
+		p.malformed.Add(1)
+		return 0
+	}
+	now := time.Now().UnixNano()
+	if m.Type == guestproto.Emit {
+		s := p.session(m.Session, src)
+		if s == nil {
+			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
+		}
+		s.lastSeen.Store(now)
+		so := s.Source(m.ID)
+		switch {
+		case so == nil:
+			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNotFound)
+		case len(m.Payload) > MaxGuestPayload:
+			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
+		}
+		p.rt.Emit(so, m.Payload)
+		return 0
+	}
+	if m.Type >= guestproto.Reply {
+		p.malformed.Add(1) // only the daemon sends replies and deliveries
+		return 0
+	}
+	res := p.control(&m, src, now)
+	n, err := guestproto.PutReply(reply[DatagramHeaderLen:], m.Header, &res)
+	if err != nil {
+		return 0
+	}
+	n, err = p.peer.PutDatagram(reply, src, reply[DatagramHeaderLen:DatagramHeaderLen+n])
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+func (p *Port) outcome(reply []byte, dst netip.AddrPort, session, source uint32, token uint64, st guestproto.Status) int {
+	n, err := guestproto.PutOutcome(reply[DatagramHeaderLen:], session, source, token, st)
+	if err == nil {
+		n, err = p.peer.PutDatagram(reply, dst, reply[DatagramHeaderLen:DatagramHeaderLen+n])
+	}
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// session returns the port's session id if src owns it.
+func (p *Port) session(id uint32, src netip.AddrPort) *Session {
+	s := (*p.sessions.Load())[id]
+	if s == nil || s.Addr != src {
+		return nil
+	}
+	return s
+}
+
+// control runs a control request. It allocates; control is not the hot path.
+func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
+	fail := func(st guestproto.Status, err error) guestproto.Result {
+		return guestproto.Result{Status: st, Message: []byte(err.Error())}
+	}
+	if m.Type == guestproto.OpenSession {
+		s := p.rt.OpenSession(p, src)
+		s.lastSeen.Store(now)
+		p.setSession(s.ID, s)
+		return guestproto.Result{ID: s.ID}
+	}
+	s := p.session(m.Session, src)
+	if s == nil {
+		return fail(guestproto.StatusNoSession, fmt.Errorf("session %d: not open from %s", m.Session, src))
+	}
+	s.lastSeen.Store(now)
+	var err error
+	switch m.Type {
+	case guestproto.Ping:
+		return guestproto.Result{ID: s.ID}
+	case guestproto.CloseSession:
+		s.Close()
+		return guestproto.Result{ID: s.ID}
+	case guestproto.CreateStream:
+		st, err := s.CreateStream(StreamOptions{
+			Acceleration: m.Options.Acceleration != 0, Frugal: m.Options.ResourceUse != 0,
+			TimeSensitive: m.Options.TimeSensitive != 0, Reliable: m.Options.Reliable != 0,
+		})
+		if err != nil {
+			return fail(guestproto.StatusInternal, err)
+		}
+		return guestproto.Result{ID: st.ID, Plugin: []byte(st.Datapath), Message: []byte(st.Warning)}
+	case guestproto.CreateSource:
+		var so *Source
+		if so, err = s.CreateSource(m.Stream, m.Channel); err == nil {
+			return guestproto.Result{ID: so.ID}
+		}
+	case guestproto.CreateSink:
+		var sk *Sink
+		if sk, err = s.CreateSink(m.Stream, m.Channel); err == nil {
+			return guestproto.Result{ID: sk.ID}
+		}
+	case guestproto.CloseStream:
+		err = s.CloseStream(m.ID)
+	case guestproto.CloseSource:
+		err = s.CloseSource(m.ID)
+	case guestproto.CloseSink:
+		err = s.CloseSink(m.ID)
+	default:
+		return fail(guestproto.StatusBadRequest, fmt.Errorf("request %v not supported", m.Type))
+	}
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return fail(guestproto.StatusNotFound, err)
+		}
+		return fail(guestproto.StatusInternal, err)
+	}
+	return guestproto.Result{ID: m.ID}
+}
+
+// setSession adds (s non-nil) or removes a session of the port.
+func (p *Port) setSession(id uint32, s *Session) {
+	p.sessMu.Lock()
+	defer p.sessMu.Unlock()
+	old := *p.sessions.Load()
+	next := make(map[uint32]*Session, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	if s == nil {
+		delete(next, id)
+	} else {
+		next[id] = s
+	}
+	p.sessions.Store(&next)
+}
+
+// sessionClosed implements endpoint.
+func (p *Port) sessionClosed(s *Session) { p.setSession(s.ID, nil) }
+
+// dropSessions releases every session of the port: its VM went away.
+func (p *Port) dropSessions() {
+	if p.rt == nil {
+		return
+	}
+	p.rt.closeSessions(p)
+	// Frames still waiting for the old guest are discarded.
+	for {
+		id, ok := p.out.ready.Pop()
+		if !ok {
+			break
+		}
+		p.out.free.Push(id)
+	}
+}

@@ -1,0 +1,428 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// RuntimeOptions configure the stream runtime.
+type RuntimeOptions struct {
+	// NodeID names this daemon in global source ids (NodeID<<32 | local
+	// id); default random. Daemons exchanging streams need distinct ids.
+	NodeID uint32
+	// Policy maps stream options to datapaths; default DefaultPolicy.
+	Policy Policy
+	// Datapaths are the datapaths this host has; default kernel UDP only.
+	Datapaths []string
+	// Logger receives session events; nil discards.
+	Logger *slog.Logger
+}
+
+// Runtime is the INSANE runtime: sessions with their streams, sources and
+// sinks, and the channels that tie sources to sinks. Control operations
+// (open, create, close) take a lock; Emit takes none.
+type Runtime struct {
+	opts RuntimeOptions
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	nextID   uint32              // guarded by mu
+	sessions map[uint32]*Session // guarded by mu
+	// channels maps a channel id to its sinks: an immutable snapshot,
+	// replaced under mu, read by Emit without a lock.
+	channels atomic.Pointer[map[uint32][]*Sink]
+}
+
+// Errors of the control operations.
+var (
+	ErrNotFound = errors.New("no such stream, source or sink")
+	ErrClosed   = errors.New("session closed")
+)
+
+// NewRuntime returns a runtime with no sessions.
+func NewRuntime(opts RuntimeOptions) *Runtime {
+	if opts.NodeID == 0 {
+		opts.NodeID = rand.Uint32() | 1
+	}
+	if opts.Policy == nil {
+		opts.Policy = DefaultPolicy{}
+	}
+	if len(opts.Datapaths) == 0 {
+		opts.Datapaths = []string{DatapathUDP}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}}
+	empty := map[uint32][]*Sink{}
+	r.channels.Store(&empty)
+	return r
+}
+
+// endpoint is where a session's application lives (a VM port, a host
+// process connection): it carries messages to the session's sinks.
+type endpoint interface {
+	// deliver queues a message for sink; false when the endpoint's queue
+	// is full (back-pressure: the message is dropped for that sink).
+	deliver(sk *Sink, source, seq uint64, payload []byte) bool
+	// String names the endpoint for velocectl.
+	String() string
+	// sessionClosed is told of a session of the endpoint that closed.
+	sessionClosed(s *Session)
+}
+
+// Session is one application's attachment to the runtime.
+type Session struct {
+	ID   uint32
+	rt   *Runtime
+	ep   endpoint
+	Addr netip.AddrPort // the application's socket (virtio transport)
+
+	streams map[uint32]*Stream // guarded by rt.mu
+	sinks   map[uint32]*Sink   // guarded by rt.mu
+	// sources is a snapshot, replaced under rt.mu, read by the datapath.
+	sources atomic.Pointer[map[uint32]*Source]
+	closed  bool // guarded by rt.mu
+	// lastSeen is the unix nanosecond time of the session's last message.
+	lastSeen atomic.Int64
+}
+
+// Stream groups sources and sinks under one set of options and one
+// datapath.
+type Stream struct {
+	ID       uint32
+	Options  StreamOptions
+	Datapath string
+	Warning  string
+	session  *Session
+}
+
+// Source emits on a channel.
+type Source struct {
+	ID      uint32
+	Global  uint64 // NodeID<<32 | ID: unique among daemons
+	Channel uint32
+	Stream  *Stream
+	seq     atomic.Uint64
+	emitted atomic.Uint64
+}
+
+// Sink receives a channel's messages.
+type Sink struct {
+	ID        uint32
+	Channel   uint32
+	Stream    *Stream
+	session   *Session
+	delivered atomic.Uint64
+	dropped   atomic.Uint64
+}
+
+// OpenSession attaches an application living at ep.
+func (r *Runtime) OpenSession(ep endpoint, addr netip.AddrPort) *Session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := &Session{ID: r.newIDLocked(), rt: r, ep: ep, Addr: addr, streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
+	empty := map[uint32]*Source{}
+	s.sources.Store(&empty)
+	r.sessions[s.ID] = s
+	r.log.Info("session opened", "session", s.ID, "endpoint", ep.String(), "addr", addr)
+	return s
+}
+
+func (r *Runtime) newIDLocked() uint32 {
+	r.nextID++
+	return r.nextID
+}
+
+// CreateStream maps opts to a datapath by the policy. A stream whose
+// options could not be met carries a warning (also logged).
+func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
+	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s}
+	s.streams[st.ID] = st
+	if warn != "" {
+		r.log.Warn("stream options not met", "session", s.ID, "stream", st.ID, "datapath", dp, "warning", warn)
+	}
+	return st, nil
+}
+
+// CreateSource opens a source on channel in stream streamID.
+func (s *Session) CreateSource(streamID, channel uint32) (*Source, error) {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, err := s.streamLocked(streamID)
+	if err != nil {
+		return nil, err
+	}
+	src := &Source{ID: r.newIDLocked(), Channel: channel, Stream: st}
+	src.Global = uint64(r.opts.NodeID)<<32 | uint64(src.ID)
+	old := *s.sources.Load()
+	next := make(map[uint32]*Source, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[src.ID] = src
+	s.sources.Store(&next)
+	return src, nil
+}
+
+// CreateSink opens a sink on channel in stream streamID.
+func (s *Session) CreateSink(streamID, channel uint32) (*Sink, error) {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, err := s.streamLocked(streamID)
+	if err != nil {
+		return nil, err
+	}
+	sk := &Sink{ID: r.newIDLocked(), Channel: channel, Stream: st, session: s}
+	s.sinks[sk.ID] = sk
+	r.updateChannelLocked(channel, func(l []*Sink) []*Sink { return append(l, sk) })
+	return sk, nil
+}
+
+func (s *Session) streamLocked(id uint32) (*Stream, error) {
+	if s.closed {
+		return nil, ErrClosed
+	}
+	st, ok := s.streams[id]
+	if !ok {
+		return nil, fmt.Errorf("stream %d: %w", id, ErrNotFound)
+	}
+	return st, nil
+}
+
+// updateChannelLocked replaces a channel's sink list.
+func (r *Runtime) updateChannelLocked(ch uint32, f func([]*Sink) []*Sink) {
+	old := *r.channels.Load()
+	next := make(map[uint32][]*Sink, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	l := f(append([]*Sink(nil), old[ch]...))
+	if len(l) == 0 {
+		delete(next, ch)
+	} else {
+		next[ch] = l
+	}
+	r.channels.Store(&next)
+}
+
+// CloseSource closes a source.
+func (s *Session) CloseSource(id uint32) error {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *s.sources.Load()
+	if _, ok := old[id]; !ok {
+		return fmt.Errorf("source %d: %w", id, ErrNotFound)
+	}
+	next := make(map[uint32]*Source, len(old))
+	for k, v := range old {
+		if k != id {
+			next[k] = v
+		}
+	}
+	s.sources.Store(&next)
+	return nil
+}
+
+// CloseSink closes a sink; messages stop at once.
+func (s *Session) CloseSink(id uint32) error {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sk, ok := s.sinks[id]
+	if !ok {
+		return fmt.Errorf("sink %d: %w", id, ErrNotFound)
+	}
+	s.closeSinkLocked(sk)
+	return nil
+}
+
+func (s *Session) closeSinkLocked(sk *Sink) {
+	delete(s.sinks, sk.ID)
+	s.rt.updateChannelLocked(sk.Channel, func(l []*Sink) []*Sink {
+		for i, x := range l {
+			if x == sk {
+				return append(l[:i], l[i+1:]...)
+			}
+		}
+		return l
+	})
+}
+
+// CloseStream closes a stream with its sources and sinks.
+func (s *Session) CloseStream(id uint32) error {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := s.streams[id]
+	if !ok {
+		return fmt.Errorf("stream %d: %w", id, ErrNotFound)
+	}
+	for _, sk := range s.sinks {
+		if sk.Stream == st {
+			s.closeSinkLocked(sk)
+		}
+	}
+	old := *s.sources.Load()
+	next := make(map[uint32]*Source, len(old))
+	for k, v := range old {
+		if v.Stream != st {
+			next[k] = v
+		}
+	}
+	s.sources.Store(&next)
+	delete(s.streams, id)
+	return nil
+}
+
+// Close ends the session and releases everything it held.
+func (s *Session) Close() {
+	r := s.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for _, sk := range s.sinks {
+		s.closeSinkLocked(sk)
+	}
+	empty := map[uint32]*Source{}
+	s.sources.Store(&empty)
+	s.streams = map[uint32]*Stream{}
+	delete(r.sessions, s.ID)
+	r.log.Info("session closed", "session", s.ID, "endpoint", s.ep.String())
+	r.mu.Unlock()
+	s.ep.sessionClosed(s)
+	r.mu.Lock()
+}
+
+// Source returns the session's source id, or nil. It takes no lock.
+func (s *Session) Source(id uint32) *Source { return (*s.sources.Load())[id] }
+
+// Emit sends payload from src to every sink of its channel, in the
+// source's order, and returns how many sinks took it. It takes no lock
+// and does not allocate.
+func (r *Runtime) Emit(src *Source, payload []byte) int {
+	seq := src.seq.Add(1)
+	src.emitted.Add(1)
+	n := 0
+	for _, sk := range (*r.channels.Load())[src.Channel] {
+		if sk.session.ep.deliver(sk, src.Global, seq, payload) {
+			sk.delivered.Add(1)
+			n++
+		} else {
+			sk.dropped.Add(1)
+		}
+	}
+	return n
+}
+
+// StreamInfo is what velocectl streams shows for a stream.
+type StreamInfo struct {
+	Session       uint32        `json:"session"`
+	Stream        uint32        `json:"stream"`
+	Endpoint      string        `json:"endpoint"`
+	Options       StreamOptions `json:"options"`
+	Datapath      string        `json:"datapath"`
+	Warning       string        `json:"warning,omitempty"`
+	Sources       []SourceInfo  `json:"sources"`
+	Sinks         []SinkInfo    `json:"sinks"`
+	SessionRemote string        `json:"session_addr,omitempty"`
+}
+
+// SourceInfo describes a source.
+type SourceInfo struct {
+	ID      uint32 `json:"id"`
+	Channel uint32 `json:"channel"`
+	Emitted uint64 `json:"emitted"`
+}
+
+// SinkInfo describes a sink.
+type SinkInfo struct {
+	ID        uint32 `json:"id"`
+	Channel   uint32 `json:"channel"`
+	Delivered uint64 `json:"delivered"`
+	Dropped   uint64 `json:"dropped"`
+}
+
+// Streams lists every stream with its sources and sinks.
+func (r *Runtime) Streams() []StreamInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []StreamInfo
+	for _, s := range r.sessions {
+		srcs := *s.sources.Load()
+		for _, st := range s.streams {
+			info := StreamInfo{Session: s.ID, Stream: st.ID, Endpoint: s.ep.String(), Options: st.Options,
+				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}}
+			if s.Addr.IsValid() {
+				info.SessionRemote = s.Addr.String()
+			}
+			for _, src := range srcs {
+				if src.Stream == st {
+					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load()})
+				}
+			}
+			for _, sk := range s.sinks {
+				if sk.Stream == st {
+					info.Sinks = append(info.Sinks, SinkInfo{ID: sk.ID, Channel: sk.Channel, Delivered: sk.delivered.Load(), Dropped: sk.dropped.Load()})
+				}
+			}
+			sort.Slice(info.Sources, func(i, j int) bool { return info.Sources[i].ID < info.Sources[j].ID })
+			sort.Slice(info.Sinks, func(i, j int) bool { return info.Sinks[i].ID < info.Sinks[j].ID })
+			out = append(out, info)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Stream < out[j].Stream })
+	return out
+}
+
+// closeSessions closes every session of ep (its VM went away).
+func (r *Runtime) closeSessions(ep endpoint) {
+	r.mu.Lock()
+	var mine []*Session
+	for _, s := range r.sessions {
+		if s.ep == ep {
+			mine = append(mine, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range mine {
+		s.Close()
+	}
+}
+
+// reapIdle closes the sessions silent since before cutoff (unix ns): their
+// application died without closing them.
+func (r *Runtime) reapIdle(cutoff int64) {
+	r.mu.Lock()
+	var idle []*Session
+	for _, s := range r.sessions {
+		if s.lastSeen.Load() < cutoff {
+			idle = append(idle, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range idle {
+		r.log.Info("session idle: releasing it", "session", s.ID, "endpoint", s.ep.String())
+		s.Close()
+	}
+}

@@ -1,0 +1,172 @@
+// Command veloce-perf drives the Veloce API from a guest or the host:
+// a sink that counts and checks what it receives, and a source that emits
+// at a given rate. (Ping-pong and throughput against raw UDP sockets come
+// with the benchmark work.)
+//
+//	veloce-perf sink   --channel 1 --count 10000
+//	veloce-perf source --channel 1 --count 10000 --size 64 --rate 2000
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/veloce-io/veloce/guestlib"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "veloce-perf:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: veloce-perf sink|source [flags]
+
+  sink     receive --count messages on --channel, check each source's order
+  source   emit --count messages of --size bytes on --channel at --rate per second
+
+Both print a JSON summary on the last line.
+`
+
+// Summary is the JSON veloce-perf prints last.
+type Summary struct {
+	Role       string  `json:"role"`
+	Channel    uint32  `json:"channel"`
+	Messages   uint64  `json:"messages"`
+	Bytes      uint64  `json:"bytes"`
+	Seconds    float64 `json:"seconds"`
+	Rate       float64 `json:"messages_per_second"`
+	Sources    int     `json:"sources,omitempty"`
+	Gaps       uint64  `json:"gaps,omitempty"`
+	OutOfOrder uint64  `json:"out_of_order,omitempty"`
+	Datapath   string  `json:"datapath"`
+	Warning    string  `json:"warning,omitempty"`
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "sink" && args[0] != "source") {
+		fmt.Fprint(stderr, usage)
+		return errors.New("want sink or source")
+	}
+	fs := flag.NewFlagSet("veloce-perf "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	channel := fs.Uint("channel", 1, "channel id")
+	count := fs.Uint64("count", 10000, "messages to send or receive")
+	size := fs.Int("size", 64, "message size in bytes (source)")
+	rate := fs.Float64("rate", 0, "messages per second (source); 0 is as fast as possible")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	accel := fs.Bool("accel", false, "ask for an accelerated datapath")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	s, err := guestlib.Open(ctx, guestlib.Options{})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	st, err := s.CreateStream(ctx, guestlib.StreamOptions{Acceleration: *accel})
+	if err != nil {
+		return err
+	}
+	if st.Warning != "" {
+		fmt.Fprintln(stderr, "veloce-perf: warning:", st.Warning)
+	}
+	sum := Summary{Role: args[0], Channel: uint32(*channel), Datapath: st.Datapath, Warning: st.Warning}
+	var start time.Time
+	switch args[0] {
+	case "sink":
+		sk, err := st.CreateSink(ctx, uint32(*channel), guestlib.SinkOptions{})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "ready")
+		last := map[uint64]uint64{}
+		for sum.Messages < *count {
+			m, err := sk.Consume(ctx)
+			if err != nil {
+				sum.Sources = len(last)
+				report(stdout, &sum, start)
+				return fmt.Errorf("after %d messages: %w", sum.Messages, err)
+			}
+			if sum.Messages == 0 {
+				start = time.Now()
+			}
+			sum.Messages++
+			sum.Bytes += uint64(len(m.Data))
+			if prev, ok := last[m.Source]; ok {
+				switch {
+				case m.Seq <= prev:
+					sum.OutOfOrder++
+				case m.Seq > prev+1:
+					sum.Gaps += m.Seq - prev - 1
+				}
+			}
+			last[m.Source] = m.Seq
+			m.Release()
+		}
+		sum.Sources = len(last)
+	case "source":
+		so, err := st.CreateSource(ctx, uint32(*channel))
+		if err != nil {
+			return err
+		}
+		start = time.Now()
+		var interval time.Duration
+		if *rate > 0 {
+			interval = time.Duration(float64(time.Second) / *rate)
+		}
+		for sum.Messages < *count {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b, err := so.GetBuffer(*size)
+			if err != nil {
+				return err
+			}
+			for i := range b.Data {
+				b.Data[i] = byte(sum.Messages + uint64(i))
+			}
+			if _, err := so.Emit(b); err != nil {
+				return err
+			}
+			sum.Messages++
+			sum.Bytes += uint64(*size)
+			if interval > 0 {
+				if d := time.Until(start.Add(time.Duration(sum.Messages) * interval)); d > 0 {
+					time.Sleep(d)
+				}
+			}
+		}
+	}
+	report(stdout, &sum, start)
+	if sum.Gaps > 0 || sum.OutOfOrder > 0 {
+		return fmt.Errorf("%d messages missing, %d out of order", sum.Gaps, sum.OutOfOrder)
+	}
+	return nil
+}
+
+func report(w io.Writer, sum *Summary, start time.Time) {
+	if !start.IsZero() {
+		sum.Seconds = time.Since(start).Seconds()
+		if sum.Seconds > 0 {
+			sum.Rate = float64(sum.Messages) / sum.Seconds
+		}
+	}
+	b, _ := json.Marshal(sum)
+	fmt.Fprintln(w, string(b))
+}

@@ -1,0 +1,590 @@
+// Package guestlib is Veloce's client library: the INSANE API in Go. An
+// application opens a Session with the local Veloce daemon, creates
+// Streams with QoS options, and on them Sources and Sinks bound to channel
+// ids; messages emitted by a source reach every sink of its channel — in
+// the same VM, in other VMs, in host processes, on other hosts — over the
+// datapath the daemon chose for the stream.
+//
+// Inside a VM the library speaks to the daemon over the VM's virtio-net
+// link: UDP datagrams to the service address (default 169.254.77.1:7077,
+// which every Veloce port answers; override with $VELOCE_SERVICE). It needs
+// no root, no cgo and no driver. The protocol is internal/guestproto.
+//
+// The API follows the paper's (section 5.1): get a buffer, write into it,
+// emit it and get a token, ask for the token's outcome; sinks deliver by
+// callback, or by blocking or non-blocking consume, and say how much data
+// is waiting; a received message is released when done. All methods are
+// safe for concurrent use; a Source's Emit calls are ordered as they are
+// made.
+package guestlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/veloce-io/veloce/internal/guestproto"
+)
+
+// DefaultService is where a Veloce daemon answers on every VM link.
+var DefaultService = netip.MustParseAddrPort("169.254.77.1:7077")
+
+// MaxMessage is the largest message a source may emit over the virtio
+// transport (a Deliver carrying it must fit the link's 1500-byte MTU).
+const MaxMessage = 1500 - 20 - 8 - guestproto.DeliverOverhead
+
+// Errors.
+var (
+	// ErrClosed: the session, stream, source or sink is closed.
+	ErrClosed = errors.New("guestlib: closed")
+	// ErrTooLarge: a message larger than MaxMessage.
+	ErrTooLarge = errors.New("guestlib: message too large")
+	// ErrNoSession: the daemon does not know the session (it restarted, or
+	// released the session after a silence).
+	ErrNoSession = errors.New("guestlib: session unknown to the daemon")
+	// ErrNotFound: the daemon does not know the stream, source or sink.
+	ErrNotFound = errors.New("guestlib: no such stream, source or sink")
+	// ErrBackPressure: the daemon had no room for the message.
+	ErrBackPressure = errors.New("guestlib: daemon out of buffers")
+)
+
+// RequestError is a request the daemon refused.
+type RequestError struct {
+	Op      string
+	Status  guestproto.Status
+	Message string
+}
+
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("guestlib: %s: %s (status %d)", e.Op, e.Message, e.Status)
+}
+
+// Is maps statuses to the package's sentinels.
+func (e *RequestError) Is(target error) bool { return statusErr(e.Status) == target }
+
+func statusErr(st guestproto.Status) error {
+	switch st {
+	case guestproto.StatusOK:
+		return nil
+	case guestproto.StatusNoSession:
+		return ErrNoSession
+	case guestproto.StatusNotFound:
+		return ErrNotFound
+	case guestproto.StatusNoBuffers:
+		return ErrBackPressure
+	case guestproto.StatusTooLarge:
+		return ErrTooLarge
+	}
+	return fmt.Errorf("guestlib: daemon status %d", st)
+}
+
+// Options configure a session.
+type Options struct {
+	// Service is the daemon's address and port; default $VELOCE_SERVICE,
+	// else DefaultService.
+	Service netip.AddrPort
+	// PingInterval is how often an otherwise silent session tells the
+	// daemon it is alive (the daemon releases silent sessions); default 1s.
+	PingInterval time.Duration
+	// RequestTimeout bounds one control request attempt before it is
+	// retried (UDP); default 250ms. The caller's context bounds the whole.
+	RequestTimeout time.Duration
+}
+
+// Session is an application's attachment to the daemon.
+type Session struct {
+	opts Options
+	conn *net.UDPConn
+	id   uint32
+
+	nextReq atomic.Uint32
+	bufs    sync.Pool // of *[]byte, datagram-sized
+
+	mu       sync.Mutex
+	pending  map[uint32]chan reply // guarded by mu
+	sinks    map[uint32]*Sink      // guarded by mu
+	failures map[failKey]guestproto.Status
+	closed   bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+type failKey struct {
+	source uint32
+	token  uint64
+}
+
+type reply struct {
+	status  guestproto.Status
+	id      uint32
+	plugin  string
+	message string
+}
+
+const datagramSize = 2048
+
+// Open connects to the daemon and opens a session.
+func Open(ctx context.Context, opts Options) (*Session, error) {
+	if !opts.Service.IsValid() {
+		opts.Service = DefaultService
+		if v := os.Getenv("VELOCE_SERVICE"); v != "" {
+			ap, err := netip.ParseAddrPort(v)
+			if err != nil {
+				return nil, fmt.Errorf("guestlib: VELOCE_SERVICE: %w", err)
+			}
+			opts.Service = ap
+		}
+	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = time.Second
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 250 * time.Millisecond
+	}
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(opts.Service))
+	if err != nil {
+		return nil, fmt.Errorf("guestlib: open session: %w", err)
+	}
+	conn.SetReadBuffer(4 << 20)
+	s := &Session{opts: opts, conn: conn, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
+		failures: map[failKey]guestproto.Status{}, done: make(chan struct{})}
+	s.bufs.New = func() any { b := make([]byte, datagramSize); return &b }
+	s.wg.Add(1)
+	go s.receive()
+	r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}})
+	if err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	s.id = r.id
+	s.wg.Add(1)
+	go s.ping()
+	return s, nil
+}
+
+// ID returns the session id the daemon gave.
+func (s *Session) ID() uint32 { return s.id }
+
+// Close closes the session: the daemon releases its streams, sources and
+// sinks. Messages not consumed are dropped.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSession}})
+	s.shutdown()
+	return err
+}
+
+func (s *Session) shutdown() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	sinks := s.sinks
+	s.sinks = map[uint32]*Sink{}
+	s.mu.Unlock()
+	close(s.done)
+	s.conn.Close()
+	s.wg.Wait()
+	for _, sk := range sinks {
+		sk.closeLocal()
+	}
+}
+
+// request sends a control request and waits for its reply, resending
+// while ctx allows.
+func (s *Session) request(ctx context.Context, m *guestproto.Message) (reply, error) {
+	m.RequestID = s.nextReq.Add(1)
+	m.Session = s.id
+	ch := make(chan reply, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return reply{}, ErrClosed
+	}
+	s.pending[m.RequestID] = ch
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, m.RequestID)
+		s.mu.Unlock()
+	}()
+	var b [64]byte
+	n, err := guestproto.PutRequest(b[:], m)
+	if err != nil {
+		return reply{}, err
+	}
+	op := m.Type.String()
+	for {
+		if _, err := s.conn.Write(b[:n]); err != nil {
+			return reply{}, fmt.Errorf("guestlib: %s: %w", op, err)
+		}
+		t := time.NewTimer(s.opts.RequestTimeout)
+		select {
+		case r := <-ch:
+			t.Stop()
+			if r.status != guestproto.StatusOK {
+				return r, &RequestError{Op: op, Status: r.status, Message: r.message}
+			}
+			return r, nil
+		case <-ctx.Done():
+			t.Stop()
+			return reply{}, fmt.Errorf("guestlib: %s: no answer from %s: %w", op, s.opts.Service, ctx.Err())
+		case <-s.done:
+			t.Stop()
+			return reply{}, ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Session) ping() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opts.PingInterval)
+	defer t.Stop()
+	var b [guestproto.HeaderLen]byte
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			guestproto.PutHeader(b[:], guestproto.Header{Type: guestproto.Ping, RequestID: s.nextReq.Add(1), Session: s.id})
+			s.conn.Write(b[:])
+		}
+	}
+}
+
+// receive reads the daemon's datagrams: replies, deliveries, outcomes.
+func (s *Session) receive() {
+	defer s.wg.Done()
+	for {
+		bp := s.bufs.Get().(*[]byte)
+		n, err := s.conn.Read(*bp)
+		if err != nil {
+			s.bufs.Put(bp)
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // e.g. ECONNREFUSED from an ICMP error: keep going
+		}
+		var m guestproto.Message
+		if guestproto.Parse((*bp)[:n], &m) != nil {
+			s.bufs.Put(bp)
+			continue
+		}
+		switch m.Type {
+		case guestproto.Reply:
+			s.mu.Lock()
+			ch := s.pending[m.RequestID]
+			s.mu.Unlock()
+			if ch != nil {
+				select {
+				case ch <- reply{m.Result.Status, m.Result.ID, string(m.Result.Plugin), string(m.Result.Message)}:
+				default:
+				}
+			}
+			s.bufs.Put(bp)
+		case guestproto.Outcome:
+			s.mu.Lock()
+			if len(s.failures) < 1<<16 {
+				s.failures[failKey{m.ID, m.Token}] = m.Status
+			}
+			s.mu.Unlock()
+			s.bufs.Put(bp)
+		case guestproto.Deliver:
+			s.mu.Lock()
+			sk := s.sinks[m.ID]
+			s.mu.Unlock()
+			if sk == nil {
+				s.bufs.Put(bp)
+				continue
+			}
+			sk.push(&Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk})
+		default:
+			s.bufs.Put(bp)
+		}
+	}
+}
+
+// StreamOptions are a stream's QoS hints (the INSANE paper, section 5.2).
+type StreamOptions struct {
+	// Acceleration asks for a kernel-bypass datapath (RDMA, DPDK, AF_XDP).
+	Acceleration bool
+	// Frugal says resource use matters: prefer AF_XDP to DPDK.
+	Frugal bool
+	// TimeSensitive schedules by the 802.1Qbv gate schedule.
+	TimeSensitive bool
+	// Reliable asks for reliable, in-order delivery.
+	Reliable bool
+}
+
+// Stream is a set of channels sharing options and a datapath.
+type Stream struct {
+	s  *Session
+	id uint32
+	// Datapath is what the daemon mapped the stream to: udp, rdma, dpdk
+	// or xdp.
+	Datapath string
+	// Warning says how the mapping fell short of the options (acceleration
+	// asked for on a host without any: kernel UDP); empty when it did not.
+	Warning string
+}
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// CreateStream opens a stream; check Warning for a fallback.
+func (s *Session) CreateStream(ctx context.Context, o StreamOptions) (*Stream, error) {
+	r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream},
+		Options: guestproto.StreamOptions{Acceleration: b2u(o.Acceleration), ResourceUse: b2u(o.Frugal), TimeSensitive: b2u(o.TimeSensitive), Reliable: b2u(o.Reliable)}})
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{s: s, id: r.id, Datapath: r.plugin, Warning: r.message}, nil
+}
+
+// ID returns the stream id.
+func (st *Stream) ID() uint32 { return st.id }
+
+// Close closes the stream with its sources and sinks.
+func (st *Stream) Close(ctx context.Context) error {
+	_, err := st.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseStream}, ID: st.id})
+	return err
+}
+
+// Source emits messages on a channel.
+type Source struct {
+	s       *Session
+	id      uint32
+	channel uint32
+	mu      sync.Mutex // orders Emit calls
+	token   uint64     // guarded by mu
+}
+
+// CreateSource opens a source on channel.
+func (st *Stream) CreateSource(ctx context.Context, channel uint32) (*Source, error) {
+	r, err := st.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource}, Stream: st.id, Channel: channel})
+	if err != nil {
+		return nil, err
+	}
+	return &Source{s: st.s, id: r.id, channel: channel}, nil
+}
+
+// Buffer is a message being written: fill Data, then Emit it.
+type Buffer struct {
+	// Data is where the message goes; its length is what was asked for
+	// and may be shortened before Emit.
+	Data []byte
+	raw  *[]byte
+}
+
+// GetBuffer returns a buffer for a message of size bytes (at most
+// MaxMessage). The message is built in place: Emit sends it without a copy.
+func (so *Source) GetBuffer(size int) (*Buffer, error) {
+	if size < 0 || size > MaxMessage {
+		return nil, ErrTooLarge
+	}
+	bp := so.s.bufs.Get().(*[]byte)
+	return &Buffer{Data: (*bp)[guestproto.EmitOverhead : guestproto.EmitOverhead+size], raw: bp}, nil
+}
+
+// Token identifies an emitted message for Outcome.
+type Token uint64
+
+// Emit sends the buffer's message and gives the buffer back: it must not
+// be used afterwards. The token asks Outcome for what became of it.
+func (so *Source) Emit(b *Buffer) (Token, error) {
+	if b.raw == nil {
+		return 0, errors.New("guestlib: buffer already emitted")
+	}
+	raw := *b.raw
+	if len(b.Data) > MaxMessage || (len(b.Data) > 0 && &b.Data[0] != &raw[guestproto.EmitOverhead]) {
+		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
+	}
+	so.mu.Lock()
+	so.token++
+	tok := so.token
+	n, _ := guestproto.PutEmit(raw, so.s.id, so.id, tok, b.Data)
+	_, err := so.s.conn.Write(raw[:n])
+	so.mu.Unlock()
+	so.s.bufs.Put(b.raw)
+	b.raw, b.Data = nil, nil
+	if err != nil {
+		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
+	}
+	return Token(tok), nil
+}
+
+// Outcome reports what the daemon did with an emitted message: nil when
+// it accepted it (or has not refused it yet: the daemon reports only
+// refusals), else why not (ErrTooLarge, ErrNotFound, ErrNoSession...).
+func (so *Source) Outcome(t Token) error {
+	so.s.mu.Lock()
+	st, ok := so.s.failures[failKey{so.id, uint64(t)}]
+	so.s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return statusErr(st)
+}
+
+// Close closes the source.
+func (so *Source) Close(ctx context.Context) error {
+	_, err := so.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSource}, ID: so.id})
+	return err
+}
+
+// Message is a received message. Release it when done: its memory is
+// reused.
+type Message struct {
+	// Data is the message.
+	Data []byte
+	// Source is the global id of the source that emitted it.
+	Source uint64
+	// Seq is its sequence number at that source (from 1, no gaps unless
+	// messages were dropped).
+	Seq uint64
+	// Channel is the channel it was emitted on.
+	Channel uint32
+	buf     *[]byte
+	sink    *Sink
+}
+
+// Release gives the message's memory back.
+func (m *Message) Release() {
+	if m.buf != nil {
+		m.sink.s.bufs.Put(m.buf)
+		m.buf, m.Data = nil, nil
+	}
+}
+
+// Sink receives a channel's messages.
+type Sink struct {
+	s       *Session
+	id      uint32
+	channel uint32
+	queue   chan *Message
+	cb      func(*Message)
+	dropped atomic.Uint64
+	mu      sync.RWMutex // push holds it shared; closeLocal exclusively
+	closed  bool         // guarded by mu
+}
+
+// SinkOptions configure a sink.
+type SinkOptions struct {
+	// Callback, when set, is called for every message on the session's
+	// receive goroutine (it must not block for long, and should Release
+	// the message); Consume then returns nothing.
+	Callback func(*Message)
+	// Queue is how many messages wait for Consume before new ones are
+	// dropped; default 4096.
+	Queue int
+}
+
+// CreateSink opens a sink on channel.
+func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions) (*Sink, error) {
+	if o.Queue <= 0 {
+		o.Queue = 4096
+	}
+	sk := &Sink{s: st.s, channel: channel, queue: make(chan *Message, o.Queue), cb: o.Callback}
+	r, err := st.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink}, Stream: st.id, Channel: channel})
+	if err != nil {
+		return nil, err
+	}
+	sk.id = r.id
+	st.s.mu.Lock()
+	st.s.sinks[sk.id] = sk
+	st.s.mu.Unlock()
+	return sk, nil
+}
+
+func (sk *Sink) push(m *Message) {
+	if sk.cb != nil {
+		sk.cb(m)
+		return
+	}
+	sk.mu.RLock()
+	defer sk.mu.RUnlock()
+	if sk.closed {
+		m.Release()
+		return
+	}
+	select {
+	case sk.queue <- m:
+	default:
+		sk.dropped.Add(1)
+		m.Release()
+	}
+}
+
+// Consume waits for the next message.
+func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
+	select {
+	case m, ok := <-sk.queue:
+		if !ok {
+			return nil, ErrClosed
+		}
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TryConsume returns the next message if one is waiting.
+func (sk *Sink) TryConsume() (*Message, bool) {
+	select {
+	case m, ok := <-sk.queue:
+		return m, ok
+	default:
+		return nil, false
+	}
+}
+
+// DataAvailable returns how many messages wait for Consume.
+func (sk *Sink) DataAvailable() int { return len(sk.queue) }
+
+// Dropped returns how many messages arrived while the queue was full.
+func (sk *Sink) Dropped() uint64 { return sk.dropped.Load() }
+
+// Close closes the sink.
+func (sk *Sink) Close(ctx context.Context) error {
+	_, err := sk.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSink}, ID: sk.id})
+	sk.s.mu.Lock()
+	delete(sk.s.sinks, sk.id)
+	sk.s.mu.Unlock()
+	sk.closeLocal()
+	return err
+}
+
+func (sk *Sink) closeLocal() {
+	sk.mu.Lock()
+	defer sk.mu.Unlock()
+	if !sk.closed {
+		sk.closed = true
+		close(sk.queue)
+	}
+}
