@@ -52,8 +52,13 @@ run: deps images
 	@scripts/run.sh $(BIN) $(IMAGE_DIR)
 
 ## bench: benchmarks, as ratios against references measured in the same run
+BENCH_PROFILES ?= $(VELOCE_CACHE)/bench
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+	@rm -f $(BENCH_PROFILES)/veloced-*.pprof
+	$(BIN)/veloce-bench vhost --cpuprofile $(BENCH_PROFILES)
+	@for f in $(BENCH_PROFILES)/veloced-*.pprof; do [ -f "$$f" ] || continue; \
+		echo "== $$f (top of the CPU profile)"; $(GO) tool pprof -top -nodecount=12 $(BIN)/veloce-bench "$$f" 2>/dev/null | sed -n '5,18p'; done
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 30s)
 FUZZTIME ?= 30s
