@@ -1,0 +1,387 @@
+package udp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/veloce-io/veloce/internal/wire"
+)
+
+// Defaults and limits for Options.
+const (
+	// DefaultBatchSize is the batch size when Options.BatchSize is 0.
+	DefaultBatchSize = 32
+	// MaxBatchSize is the largest batch one sendmmsg(2) or recvmmsg(2)
+	// call takes (the kernel's UIO_MAXIOV).
+	MaxBatchSize = 1024
+	// DefaultSocketBuffer is the socket buffer size requested when
+	// Options.RecvBuffer or Options.SendBuffer is 0.
+	DefaultSocketBuffer = 4 << 20
+)
+
+// Name is what Plugin.Name returns: the datapath's name in the runtime's
+// QoS policy (backend.DatapathUDP).
+const Name = "udp"
+
+// Options configure New. The zero value is not usable: Listen must be set.
+type Options struct {
+	// Listen is the local address and port to bind. Port 0 lets the kernel
+	// pick a free port (LocalAddr reports it). An IPv4 address (or an
+	// IPv4-mapped IPv6 one) makes an IPv4 socket; an IPv6 address makes an
+	// IPv6 socket, which for the unspecified address [::] also carries
+	// IPv4. Zoned addresses are refused.
+	Listen netip.AddrPort
+
+	// RecvBuffer is the socket receive buffer (SO_RCVBUF) in bytes. 0
+	// means DefaultSocketBuffer; negative leaves the kernel's default.
+	// With CAP_NET_ADMIN the size may exceed net.core.rmem_max
+	// (SO_RCVBUFFORCE); without it the kernel caps it there, and New logs
+	// a warning.
+	RecvBuffer int
+
+	// SendBuffer is the socket send buffer (SO_SNDBUF) in bytes, with the
+	// same rules as RecvBuffer (net.core.wmem_max, SO_SNDBUFFORCE). It
+	// bounds how many bytes SendBatch queues before it reports a full
+	// buffer.
+	SendBuffer int
+
+	// BatchSize is the most packets one system call moves: SendBatch
+	// splits larger batches, RecvBatch fills at most this many. 0 means
+	// DefaultBatchSize; at most MaxBatchSize. The per-batch headers are
+	// preallocated for this many packets.
+	BatchSize int
+
+	// Logger receives setup warnings and the leak warning; nothing is
+	// logged per packet or per batch. nil discards.
+	Logger *slog.Logger
+}
+
+// Stats is a snapshot of a Plugin's counters, which count from New.
+type Stats struct {
+	PacketsSent     uint64 // datagrams the kernel accepted
+	BytesSent       uint64 // their bytes (wire headers included)
+	PacketsReceived uint64 // datagrams received, truncated ones included
+	BytesReceived   uint64 // bytes stored in the caller's buffers
+	SendErrors      uint64 // packets SendBatch returned an error for
+	SendBufferFull  uint64 // SendBatch calls that stopped at a full send buffer
+	RecvTruncated   uint64 // datagrams longer than the buffer offered (cut short)
+	RecvErrors      uint64 // recvmmsg(2) or poll(2) failures RecvBatch returned
+}
+
+// Plugin is a kernel-UDP datapath: one UDP socket with batched send and
+// receive. Create it with New.
+type Plugin struct {
+	local netip.AddrPort
+	v6    bool // the socket is AF_INET6
+	batch int
+	log   *slog.Logger
+	fds   *fdSet
+
+	// closing is set once by Close before it wakes the receiver.
+	closing atomic.Bool
+	// mu guards closed and, through it, the validity of fds: the batch
+	// methods hold it for reading while they use the descriptors (one
+	// uncontended atomic per batch), Close holds it for writing to close
+	// them.
+	mu     sync.RWMutex
+	closed bool // +checklocks:mu
+
+	tx *txState // used only by the goroutine inside SendBatch
+	rx *rxState // used only by the goroutine inside RecvBatch
+}
+
+// txState is the sender's preallocated state and counters; rxState the
+// receiver's. They are separate allocations so the two goroutines do not
+// share cache lines.
+type txState struct {
+	mmsg    mmsgBatch
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	errors  atomic.Uint64
+	full    atomic.Uint64
+}
+
+type rxState struct {
+	mmsg      mmsgBatch
+	pollFDs   [2]unix.PollFd // the socket and the wake eventfd
+	timeout   unix.Timespec
+	packets   atomic.Uint64
+	bytes     atomic.Uint64
+	truncated atomic.Uint64
+	errors    atomic.Uint64
+}
+
+// fdSet owns the socket and the wake eventfd. The leak cleanup holds it,
+// not the Plugin.
+type fdSet struct {
+	sock, wake int
+	closed     bool
+}
+
+func (f *fdSet) close() error {
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	err := unix.Close(f.sock)
+	if werr := unix.Close(f.wake); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("close socket: %w", err)
+	}
+	return nil
+}
+
+// New opens a UDP socket bound to opts.Listen, sized and set up as opts
+// say, and the Plugin that owns it. Errors are wrapped system call errors
+// (for example unix.EADDRINUSE) or a description of a bad option.
+func New(opts Options) (*Plugin, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	batch := opts.BatchSize
+	switch {
+	case batch == 0:
+		batch = DefaultBatchSize
+	case batch < 0 || batch > MaxBatchSize:
+		return nil, fmt.Errorf("new udp plugin: batch size %d outside 1..%d", batch, MaxBatchSize)
+	}
+	addr := opts.Listen.Addr()
+	if !addr.IsValid() {
+		return nil, errors.New("new udp plugin: no listen address")
+	}
+	if addr.Zone() != "" {
+		return nil, fmt.Errorf("new udp plugin: zoned listen address %s not supported", addr)
+	}
+	addr = addr.Unmap()
+	v6 := addr.Is6()
+
+	sock, err := openSocket(netip.AddrPortFrom(addr, opts.Listen.Port()), opts, log)
+	if err != nil {
+		return nil, fmt.Errorf("new udp plugin: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(sock)
+		return nil, fmt.Errorf("new udp plugin: create eventfd: %w", err)
+	}
+	fds := &fdSet{sock: sock, wake: wake}
+	local, err := localAddr(sock)
+	if err != nil {
+		fds.close()
+		return nil, fmt.Errorf("new udp plugin: %w", err)
+	}
+	p := &Plugin{
+		local: local,
+		v6:    v6,
+		batch: batch,
+		log:   log,
+		fds:   fds,
+		tx:    &txState{mmsg: newMmsgBatch(batch)},
+		rx:    &rxState{mmsg: newMmsgBatch(batch)},
+	}
+	p.rx.pollFDs = [2]unix.PollFd{
+		{Fd: int32(sock), Events: unix.POLLIN},
+		{Fd: int32(wake), Events: unix.POLLIN},
+	}
+	log.Debug("udp plugin open", "addr", local, "batch", batch)
+	runtime.AddCleanup(p, func(f *fdSet) {
+		if !f.closed {
+			log.Warn("udp plugin dropped without Close; closing its socket", "addr", local)
+			f.close()
+		}
+	}, fds)
+	return p, nil
+}
+
+// Name returns "udp".
+func (p *Plugin) Name() string { return Name }
+
+// LocalAddr returns the address and port the socket is bound to; for Port
+// 0 in Options.Listen, the port the kernel picked.
+func (p *Plugin) LocalAddr() netip.AddrPort { return p.local }
+
+// Stats returns a snapshot of the counters. It may be called from any
+// goroutine, also after Close.
+func (p *Plugin) Stats() Stats {
+	return Stats{
+		PacketsSent:     p.tx.packets.Load(),
+		BytesSent:       p.tx.bytes.Load(),
+		PacketsReceived: p.rx.packets.Load(),
+		BytesReceived:   p.rx.bytes.Load(),
+		SendErrors:      p.tx.errors.Load(),
+		SendBufferFull:  p.tx.full.Load(),
+		RecvTruncated:   p.rx.truncated.Load(),
+		RecvErrors:      p.rx.errors.Load(),
+	}
+}
+
+// Close wakes a receiver blocked in RecvBatch, waits until the batch
+// calls under way have returned, and closes the socket. It is safe to call
+// from any goroutine and more than once; calls after the first return nil.
+func (p *Plugin) Close() error {
+	if !p.closing.CompareAndSwap(false, true) {
+		return nil
+	}
+	wakeUp(p.fds.wake)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	return p.fds.close()
+}
+
+// enter starts a batch call: it reports false once the Plugin is closed.
+// On true the caller must call p.mu.RUnlock when done.
+func (p *Plugin) enter() bool {
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		return false
+	}
+	return true
+}
+
+// SendBatch sends pkts[i].Buf[:pkts[i].N] to pkts[i].Addr, in order, with
+// one sendmmsg(2) per BatchSize packets, and returns how many packets from
+// the front of pkts the kernel took. It never blocks. It keeps no reference
+// to pkts or their buffers after it returns.
+//
+//   - n == len(pkts), nil: all sent.
+//   - n < len(pkts), nil: the socket's send buffer (or, ENOBUFS, the
+//     device queue) is full; pkts[n:] were not sent. Try them again later
+//     (after a short sleep, or when acknowledgements come back).
+//   - n < len(pkts), err: pkts[n] could not be sent: ErrAddress or
+//     ErrLength for a bad packet, a wrapped system call error (for example
+//     unix.EMSGSIZE, unix.ENETUNREACH) from the kernel, or ErrClosed. The
+//     caller may drop pkts[n] and continue with pkts[n+1:].
+//
+// Only one goroutine may be in SendBatch at a time.
+func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
+	if !p.enter() {
+		return 0, ErrClosed
+	}
+	defer p.mu.RUnlock()
+	tx := p.tx
+	sent := 0
+	var bytes uint64
+	var err error
+	for sent < len(pkts) {
+		chunk := pkts[sent:min(len(pkts), sent+p.batch)]
+		k, bad := tx.mmsg.fillSend(chunk, p.v6)
+		var n int
+		if k > 0 {
+			var errno unix.Errno
+			n, errno = sendmmsg(p.fds.sock, tx.mmsg.hdrs[:k])
+			for i := range n {
+				bytes += uint64(chunk[i].N)
+			}
+			sent += n
+			if errno == unix.EAGAIN || errno == unix.ENOBUFS {
+				tx.full.Add(1)
+				break
+			}
+			if errno != 0 {
+				err = fmt.Errorf("send batch: sendmmsg: %w", errno)
+				break
+			}
+		}
+		if n == k && bad != nil {
+			err = bad
+			break
+		}
+		// n < k: the kernel stopped early (buffer full, or an error it
+		// does not report with a partial count); the next round tells.
+	}
+	tx.mmsg.release()
+	if err != nil {
+		tx.errors.Add(1)
+	}
+	tx.packets.Add(uint64(sent))
+	tx.bytes.Add(bytes)
+	return sent, err
+}
+
+// RecvBatch receives up to min(len(pkts), BatchSize) datagrams with one
+// recvmmsg(2), filling pkts[i].Buf, pkts[i].N and pkts[i].Addr for i < n,
+// and returns n (0 at once when pkts is empty). When none is queued it waits for one up to timeout with
+// poll(2): timeout 0 does not wait, a negative timeout waits until a
+// datagram arrives or Close is called. After the wait it takes what is
+// queued without waiting for more. It returns 0, nil when the time runs
+// out; ErrClosed when the Plugin is closed (also while waiting); a wrapped
+// system call error otherwise. A datagram longer than len(Buf) is cut to
+// len(Buf) and counted in Stats.RecvTruncated (see wire.Packet). It keeps
+// no reference to pkts or their buffers after it returns.
+//
+// Only one goroutine may be in RecvBatch at a time.
+func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, error) {
+	if !p.enter() {
+		return 0, ErrClosed
+	}
+	defer p.mu.RUnlock()
+	rx := p.rx
+	k := min(len(pkts), p.batch)
+	if k == 0 {
+		return 0, nil
+	}
+	pkts = pkts[:k]
+	rx.mmsg.fillRecv(pkts)
+	defer rx.mmsg.release()
+	var deadline time.Time
+	for {
+		n, errno := recvmmsg(p.fds.sock, rx.mmsg.hdrs[:k])
+		switch errno {
+		case 0:
+			var bytes uint64
+			truncated := rx.mmsg.finishRecv(pkts[:n], &bytes)
+			rx.packets.Add(uint64(n))
+			rx.bytes.Add(bytes)
+			if truncated > 0 {
+				rx.truncated.Add(uint64(truncated))
+			}
+			return n, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			rx.errors.Add(1)
+			return 0, fmt.Errorf("receive batch: recvmmsg: %w", errno)
+		}
+		if timeout == 0 {
+			return 0, nil
+		}
+		var ts *unix.Timespec
+		if timeout > 0 {
+			if deadline.IsZero() {
+				deadline = time.Now().Add(timeout)
+			}
+			left := time.Until(deadline)
+			if left <= 0 {
+				return 0, nil
+			}
+			rx.timeout = unix.NsecToTimespec(int64(left))
+			ts = &rx.timeout
+		}
+		ready, errno := ppoll(rx.pollFDs[:], ts)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno != 0:
+			rx.errors.Add(1)
+			return 0, fmt.Errorf("receive batch: poll: %w", errno)
+		case rx.pollFDs[1].Revents != 0:
+			return 0, ErrClosed
+		case ready == 0:
+			return 0, nil
+		}
+	}
+}
