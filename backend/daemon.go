@@ -132,6 +132,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		d.rt.Run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {

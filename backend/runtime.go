@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,9 @@ type RuntimeOptions struct {
 	Datapaths []string
 	// Logger receives session events; nil discards.
 	Logger *slog.Logger
+	// Remote connects the runtime to other daemons; zero means this host
+	// alone.
+	Remote RemoteOptions
 }
 
 // Runtime is the INSANE runtime: sessions with their streams, sources and
@@ -37,6 +41,7 @@ type Runtime struct {
 	// channels maps a channel id to its sinks: an immutable snapshot,
 	// replaced under mu, read by Emit without a lock.
 	channels atomic.Pointer[map[uint32][]*Sink]
+	remote   *remote // nil without a datapath to peers
 }
 
 // Errors of the control operations.
@@ -63,7 +68,21 @@ func NewRuntime(opts RuntimeOptions) *Runtime {
 	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}}
 	empty := map[uint32][]*Sink{}
 	r.channels.Store(&empty)
+	if opts.Remote.Datapath != nil {
+		r.remote = newRemote(r, opts.Remote)
+	}
 	return r
+}
+
+// Run moves messages to and from peers until ctx ends; without peers it
+// just waits. The datapath is closed on return.
+func (r *Runtime) Run(ctx context.Context) {
+	if r.remote == nil {
+		<-ctx.Done()
+		return
+	}
+	r.remote.run(ctx)
+	r.remote.dp.Close()
 }
 
 // endpoint is where a session's application lives (a VM port, a host
@@ -220,6 +239,9 @@ func (r *Runtime) updateChannelLocked(ch uint32, f func([]*Sink) []*Sink) {
 		next[ch] = l
 	}
 	r.channels.Store(&next)
+	if r.remote != nil && (len(old[ch]) == 0) != (len(l) == 0) {
+		r.remote.channelsChanged()
+	}
 }
 
 // CloseSource closes a source.
@@ -323,9 +345,18 @@ func (s *Session) Source(id uint32) *Source { return (*s.sources.Load())[id] }
 func (r *Runtime) Emit(src *Source, payload []byte) int {
 	seq := src.seq.Add(1)
 	src.emitted.Add(1)
+	if r.remote != nil {
+		r.remote.emit(src, seq, payload)
+	}
+	return r.deliverLocal(src.Channel, src.Global, seq, payload)
+}
+
+// deliverLocal hands a message to the local sinks of channel and returns
+// how many took it.
+func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) int {
 	n := 0
-	for _, sk := range (*r.channels.Load())[src.Channel] {
-		if sk.session.ep.deliver(sk, src.Global, seq, payload) {
+	for _, sk := range (*r.channels.Load())[channel] {
+		if sk.session.ep.deliver(sk, source, seq, payload) {
 			sk.delivered.Add(1)
 			n++
 		} else {

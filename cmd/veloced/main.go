@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/plugins/udp"
 )
 
 func main() {
@@ -55,6 +56,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	serviceMAC := fs.String("service-mac", backend.DefaultServiceMAC.String(), "MAC the daemon answers with; keep it equal on every daemon so migrated guests' ARP entries stay valid")
 	guestIP := fs.String("guest-ip", backend.DefaultGuestIP.String(), "address and prefix DHCP hands each guest (no router option)")
 	queues := fs.Int("queues", 1, "queue pairs each port offers (multiqueue)")
+	listen := fs.String("listen", "", "UDP address for streams to and from other daemons (e.g. 10.0.0.1:7078); empty: this host only")
+	var peers listFlag
+	fs.Var(&peers, "peer", "another daemon's --listen address (repeatable)")
+	nodeID := fs.Uint("node-id", 0, "this daemon's id in global source ids, distinct among peers; default random")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +99,28 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	opts := backend.DaemonOptions{ControlSocket: *control, Logger: log}
+	opts.Runtime.NodeID = uint32(*nodeID)
+	if len(peers) > 0 && *listen == "" {
+		return errors.New("--peer needs --listen")
+	}
+	if *listen != "" {
+		la, err := netip.ParseAddrPort(*listen)
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		for _, p := range peers {
+			pa, err := netip.ParseAddrPort(p)
+			if err != nil {
+				return fmt.Errorf("--peer: %w", err)
+			}
+			opts.Runtime.Remote.Peers = append(opts.Runtime.Remote.Peers, pa)
+		}
+		dp, err := udp.New(udp.Options{Listen: la, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		opts.Runtime.Remote.Datapath = dp
+	}
 	for _, s := range servers {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}

@@ -22,6 +22,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--vhost-user", "/tmp/x.sock", "extra"}, "unexpected argument"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "0,9999"}, "--poll-cpus"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "a"}, "--poll-cpus"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--peer", "127.0.0.1:7078"}, "--peer needs --listen"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "nowhere"}, "--listen"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "127.0.0.1:0", "--peer", "x"}, "--peer"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), tc.args, &stderr)
