@@ -25,14 +25,25 @@ func startDaemon(t *testing.T, names ...string) (*Daemon, []string) {
 // startDaemonQueues is startDaemon with ports of the given queue pairs.
 func startDaemonQueues(t *testing.T, queuePairs int, names ...string) (*Daemon, []string) {
 	t.Helper()
+	return startDaemonWith(t, func(o *DaemonOptions) {
+		for i := range o.Ports {
+			o.Ports[i].QueuePairs = queuePairs
+		}
+	}, names...)
+}
+
+// startDaemonWith is startDaemon with options adjusted by edit.
+func startDaemonWith(t *testing.T, edit func(*DaemonOptions), names ...string) (*Daemon, []string) {
+	t.Helper()
 	dir := t.TempDir()
 	opts := DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock")}
 	var socks []string
 	for _, n := range names {
 		s := filepath.Join(dir, n+".sock")
 		socks = append(socks, s)
-		opts.Ports = append(opts.Ports, PortOptions{Name: n, Socket: s, QueuePairs: queuePairs})
+		opts.Ports = append(opts.Ports, PortOptions{Name: n, Socket: s})
 	}
+	edit(&opts)
 	d, err := NewDaemon(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -158,6 +158,7 @@ type PortInfo struct {
 	ServiceDatagrams uint64 `json:"service_datagrams"`
 	Malformed        uint64 `json:"malformed_datagrams"`
 	Sessions         int    `json:"sessions"`
+	OutboxQueued     int    `json:"outbox_queued"`
 	Logging          bool   `json:"dirty_logging"`
 	LastError        string `json:"last_error,omitempty"`
 }
@@ -182,6 +183,9 @@ func (p *Port) Info() PortInfo {
 	}
 	if p.opts.Client {
 		info.Mode = "client"
+	}
+	if p.out != nil {
+		info.OutboxQueued = p.out.ready.Len()
 	}
 	switch {
 	case st.QueuePairs > 0:

@@ -116,3 +116,118 @@ func TestVMToVMStreaming(t *testing.T) {
 func itoaU(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 func makeTempDir() (string, error) { return os.MkdirTemp("", "veloce-perf-") }
+
+// TestEightSinksOnOneChannel: eight applications in one VM sink the same
+// channel; each gets every message of a source in another VM, in order.
+func TestEightSinksOnOneChannel(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const count = 300
+	_, socks := startDaemon(t, "sinks", "source")
+	kernel, initramfs := perfImage(t)
+	net := []guestinit.NetConfig{{Name: "eth0", DHCP: true}}
+	script := `for i in 1 2 3 4 5 6 7 8; do veloce-perf sink --channel 3 --count ` + itoaU(count) + ` --timeout 3m > /tmp/s$i 2>&1 & done
+while [ "$(cat /tmp/s* | grep -c ready)" -lt 8 ]; do sleep 0.2; done
+echo all-ready
+fail=0; for j in $(jobs -p); do wait $j || fail=1; done
+cat /tmp/s*; exit $fail`
+	sinks := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[0]}},
+		Guest: &guestinit.Config{Net: net, Run: []string{"/bin/sh", "-c", script}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := sinks.WaitConsole(ctx, "all-ready"); err != nil {
+		t.Fatal(err)
+	}
+	source := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[1]}},
+		Guest: &guestinit.Config{Net: net, Run: []string{"/bin/veloce-perf", "source", "--channel", "3", "--count", itoaU(count), "--rate", "200"}}})
+	if r, err := source.Wait(ctx); err != nil || r.Err() != nil {
+		t.Fatalf("source: %v\n%s", err, r.Output)
+	}
+	r, err := sinks.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatalf("sinks: %v\n%s", err, r.Output)
+	}
+	n := 0
+	for _, line := range strings.Split(r.Output, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "{") {
+			continue
+		}
+		var s perfSummary
+		if err := json.Unmarshal([]byte(strings.TrimSpace(line)), &s); err != nil || s.Role != "sink" {
+			continue
+		}
+		n++
+		if s.Messages != count || s.Gaps != 0 || s.OutOfOrder != 0 {
+			t.Errorf("sink %d: %+v", n, s)
+		}
+	}
+	if n != 8 {
+		t.Fatalf("%d sink summaries, want 8:\n%s", n, r.Output)
+	}
+}
+
+// TestDeadAndBadGuestApplications: in one VM, an application is killed
+// with SIGKILL while it sinks a stream, and another sends malformed
+// datagrams; the daemon counts and drops those, releases what the dead
+// one held once it stops answering, and a third application's stream
+// works throughout.
+func TestDeadAndBadGuestApplications(t *testing.T) {
+	testutil.RequiresRoot(t)
+	d, socks := startDaemonWith(t, func(o *DaemonOptions) { o.SessionTimeout = 3 * time.Second }, "vm")
+	kernel, initramfs := perfImage(t)
+	script := `veloce-perf source --channel 4 --count 100000 --rate 100 > /dev/null 2>&1 & src=$!
+veloce-perf sink --channel 4 --count 1000000 --timeout 5m > /dev/null 2>&1 & victim=$!
+sleep 3
+veloce-perf junk --count 40
+kill -9 $victim; echo killed
+veloce-perf sink --channel 5 --count 200 --timeout 2m > /tmp/s5 2>&1 &
+while ! grep -q ready /tmp/s5; do sleep 0.2; done
+veloce-perf source --channel 5 --count 200 --rate 200
+wait $!; cat /tmp/s5
+echo released?; sleep 10; kill $src; echo done`
+	vm := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[0]}},
+		Guest: &guestinit.Config{Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}}, Run: []string{"/bin/sh", "-c", script}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := vm.WaitConsole(ctx, "released?"); err != nil {
+		t.Fatal(err)
+	}
+	// The killed sink's session goes once it has been silent for the
+	// session timeout; the source on channel 4 then feeds no sink.
+	var streams []StreamInfo
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		streams = d.Streams()
+		sinksOn4 := 0
+		for _, st := range streams {
+			for _, sk := range st.Sinks {
+				if sk.Channel == 4 {
+					sinksOn4++
+				}
+			}
+		}
+		if sinksOn4 == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed application's sink is still there: %+v", streams)
+		}
+	}
+	p := d.Ports()[0]
+	t.Logf("port: sessions %d, malformed %d, outbox queued %d; streams %+v", p.Sessions, p.Malformed, p.OutboxQueued, streams)
+	if p.Malformed < 40 {
+		t.Errorf("%d malformed datagrams counted, want >= 40", p.Malformed)
+	}
+	if p.Sessions != 1 || p.OutboxQueued != 0 {
+		t.Errorf("sessions %d (want only the channel-4 source's), outbox queued %d", p.Sessions, p.OutboxQueued)
+	}
+	r, err := vm.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := lastSummary(t, strings.Split(r.Output, "released?")[0])
+	if s.Messages != 200 || s.Gaps != 0 || s.OutOfOrder != 0 {
+		t.Errorf("the well-behaved stream: %+v\n%s", s, r.Output)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,10 +34,12 @@ func main() {
 	}
 }
 
-const usage = `usage: veloce-perf sink|source [flags]
+const usage = `usage: veloce-perf sink|source|junk [flags]
 
   sink     receive --count messages on --channel, check each source's order
   source   emit --count messages of --size bytes on --channel at --rate per second
+  junk     send --count malformed datagrams to the daemon's service port
+           (robustness testing: the daemon counts and drops them)
 
 Both print a JSON summary on the last line.
 `
@@ -57,9 +60,9 @@ type Summary struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "sink" && args[0] != "source") {
+	if len(args) == 0 || (args[0] != "sink" && args[0] != "source" && args[0] != "junk") {
 		fmt.Fprint(stderr, usage)
-		return errors.New("want sink or source")
+		return errors.New("want sink, source or junk")
 	}
 	fs := flag.NewFlagSet("veloce-perf "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -74,6 +77,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if args[0] == "junk" {
+		return junk(stdout, *count)
+	}
 	s, err := guestlib.Open(ctx, guestlib.Options{})
 	if err != nil {
 		return err
@@ -169,4 +175,28 @@ func report(w io.Writer, sum *Summary, start time.Time) {
 	}
 	b, _ := json.Marshal(sum)
 	fmt.Fprintln(w, string(b))
+}
+
+// junk sends malformed datagrams to the service port: wrong magic, a
+// truncated header, a reply (which only the daemon sends), an emit for a
+// session that does not exist.
+func junk(w io.Writer, count uint64) error {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(guestlib.DefaultService))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	kinds := [][]byte{
+		[]byte("not a veloce datagram"),
+		{'V', 'G', 1},
+		{'V', 'G', 1, 0x40, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		{'V', 'G', 9, 0x01, 1, 0, 0, 0, 0, 0, 0, 0},
+	}
+	for i := uint64(0); i < count; i++ {
+		if _, err := c.Write(kinds[i%uint64(len(kinds))]); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "{\"role\":\"junk\",\"messages\":%d}\n", count)
+	return nil
 }
