@@ -28,6 +28,9 @@ type DaemonOptions struct {
 	Logger *slog.Logger
 	// Runtime configures the stream runtime the ports' guests use.
 	Runtime RuntimeOptions
+	// AppSocket is the unix socket host applications reach the daemon at
+	// (guestlib's host transport); empty means none.
+	AppSocket string
 	// SessionTimeout releases a session that sent nothing (guestlib pings
 	// every second) for this long: its application died. Default 10s.
 	SessionTimeout time.Duration
@@ -113,8 +116,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("control socket %s: another veloced is running", d.opts.ControlSocket)
 	}
 	os.Remove(d.opts.ControlSocket)
+	var apps *hostApps
+	if d.opts.AppSocket != "" {
+		var err error
+		if apps, err = listenHostApps(d.rt, d.opts.AppSocket); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("unix", d.opts.ControlSocket)
 	if err != nil {
+		if apps != nil {
+			apps.conn.Close()
+		}
 		return fmt.Errorf("control socket: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -134,6 +147,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer wg.Done()
 		d.rt.Run(ctx)
 	}()
+	if apps != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			apps.run(ctx)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -158,9 +158,6 @@ func (p *Port) session(id uint32, src netip.AddrPort) *Session {
 
 // control runs a control request. It allocates; control is not the hot path.
 func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
-	fail := func(st guestproto.Status, err error) guestproto.Result {
-		return guestproto.Result{Status: st, Message: []byte(err.Error())}
-	}
 	if m.Type == guestproto.OpenSession {
 		s := p.rt.OpenSession(p, src)
 		s.lastSeen.Store(now)
@@ -169,9 +166,18 @@ func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) gue
 	}
 	s := p.session(m.Session, src)
 	if s == nil {
-		return fail(guestproto.StatusNoSession, fmt.Errorf("session %d: not open from %s", m.Session, src))
+		return guestproto.Result{Status: guestproto.StatusNoSession, Message: []byte(fmt.Sprintf("session %d: not open from %s", m.Session, src))}
 	}
 	s.lastSeen.Store(now)
+	return runControl(s, m)
+}
+
+// runControl runs a control request of an open session, for every
+// transport.
+func runControl(s *Session, m *guestproto.Message) guestproto.Result {
+	fail := func(st guestproto.Status, err error) guestproto.Result {
+		return guestproto.Result{Status: st, Message: []byte(err.Error())}
+	}
 	var err error
 	switch m.Type {
 	case guestproto.Ping:

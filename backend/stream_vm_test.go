@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -230,4 +231,63 @@ echo released?; sleep 10; kill $src; echo done`
 	if s.Messages != 200 || s.Gaps != 0 || s.OutOfOrder != 0 {
 		t.Errorf("the well-behaved stream: %+v\n%s", s, r.Output)
 	}
+}
+
+// TestVMToHostProcess: an application in a VM streams to a process on the
+// host (guestlib's host transport over the daemon's unix socket), which
+// gets every message in order.
+func TestVMToHostProcess(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const count = 3000
+	var app string
+	_, socks := startDaemonWith(t, func(o *DaemonOptions) {
+		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
+		o.AppSocket = app
+	}, "vm")
+	kernel, initramfs := perfImage(t) // also builds perfPath
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	host := exec.CommandContext(ctx, perfPath, "sink", "--socket", app, "--channel", "21", "--count", itoaU(count), "--timeout", "4m")
+	var out syncBuf
+	host.Stdout, host.Stderr = &out, &out
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(out.String(), "ready") {
+		if ctx.Err() != nil {
+			t.Fatalf("host sink never ready:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	vm := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[0]}},
+		Guest: &guestinit.Config{Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}},
+			Run: []string{"/bin/veloce-perf", "source", "--channel", "21", "--count", itoaU(count), "--size", "1000", "--rate", "2000"}}})
+	if r, err := vm.Wait(ctx); err != nil || r.Err() != nil {
+		t.Fatalf("guest source: %v\n%s", err, r.Output)
+	}
+	if err := host.Wait(); err != nil {
+		t.Fatalf("host sink: %v\n%s", err, out.String())
+	}
+	s := lastSummary(t, out.String())
+	t.Logf("host process: %+v", s)
+	if s.Messages != count || s.Gaps != 0 || s.OutOfOrder != 0 || s.Sources != 1 {
+		t.Errorf("host sink summary %+v", s)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -8,7 +8,9 @@
 // Inside a VM the library speaks to the daemon over the VM's virtio-net
 // link: UDP datagrams to the service address (default 169.254.77.1:7077,
 // which every Veloce port answers; override with $VELOCE_SERVICE). It needs
-// no root, no cgo and no driver. The protocol is internal/guestproto.
+// no root, no cgo and no driver. On the host, the same API reaches the
+// daemon over its unix socket (Options.Socket, $VELOCE_APP_SOCKET, or
+// /run/veloce/app.sock when it exists). The protocol is internal/guestproto.
 //
 // The API follows the paper's (section 5.1): get a buffer, write into it,
 // emit it and get a token, ask for the token's outcome; sinks deliver by
@@ -95,12 +97,68 @@ type Options struct {
 	// RequestTimeout bounds one control request attempt before it is
 	// retried (UDP); default 250ms. The caller's context bounds the whole.
 	RequestTimeout time.Duration
+	// Socket selects the host transport: the daemon's unix socket for
+	// host applications. Empty means $VELOCE_APP_SOCKET, else
+	// DefaultAppSocket if it exists, else the virtio transport.
+	Socket string
+}
+
+// DefaultAppSocket is where a daemon on the host listens for host
+// applications.
+const DefaultAppSocket = "/run/veloce/app.sock"
+
+// conn is the transport: a connected datagram socket.
+type conn interface {
+	Read([]byte) (int, error)
+	Write([]byte) (int, error)
+	Close() error
+}
+
+var appSeq atomic.Uint32
+
+func dial(o *Options) (conn, string, error) {
+	sock := o.Socket
+	if sock == "" {
+		sock = os.Getenv("VELOCE_APP_SOCKET")
+	}
+	if sock == "" && !o.Service.IsValid() {
+		if fi, err := os.Stat(DefaultAppSocket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			sock = DefaultAppSocket
+		}
+	}
+	if sock != "" {
+		// An abstract, autonamed local address, so the daemon can answer.
+		laddr := &net.UnixAddr{Name: fmt.Sprintf("@veloce-app-%d-%d", os.Getpid(), appSeq.Add(1)), Net: "unixgram"}
+		c, err := net.DialUnix("unixgram", laddr, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			return nil, sock, err
+		}
+		c.SetReadBuffer(8 << 20)
+		return c, sock, nil
+	}
+	if !o.Service.IsValid() {
+		o.Service = DefaultService
+		if v := os.Getenv("VELOCE_SERVICE"); v != "" {
+			ap, err := netip.ParseAddrPort(v)
+			if err != nil {
+				return nil, v, fmt.Errorf("VELOCE_SERVICE: %w", err)
+			}
+			o.Service = ap
+		}
+	}
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(o.Service))
+	if err != nil {
+		return nil, o.Service.String(), err
+	}
+	c.SetReadBuffer(4 << 20)
+	return c, o.Service.String(), nil
 }
 
 // Session is an application's attachment to the daemon.
 type Session struct {
 	opts Options
-	conn *net.UDPConn
+	conn conn
+	peer string // the daemon's address, for errors
 	id   uint32
 
 	nextReq atomic.Uint32
@@ -132,28 +190,17 @@ const datagramSize = 2048
 
 // Open connects to the daemon and opens a session.
 func Open(ctx context.Context, opts Options) (*Session, error) {
-	if !opts.Service.IsValid() {
-		opts.Service = DefaultService
-		if v := os.Getenv("VELOCE_SERVICE"); v != "" {
-			ap, err := netip.ParseAddrPort(v)
-			if err != nil {
-				return nil, fmt.Errorf("guestlib: VELOCE_SERVICE: %w", err)
-			}
-			opts.Service = ap
-		}
-	}
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = time.Second
 	}
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = 250 * time.Millisecond
 	}
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(opts.Service))
+	conn, peer, err := dial(&opts)
 	if err != nil {
-		return nil, fmt.Errorf("guestlib: open session: %w", err)
+		return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
 	}
-	conn.SetReadBuffer(4 << 20)
-	s := &Session{opts: opts, conn: conn, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
+	s := &Session{opts: opts, conn: conn, peer: peer, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
 		failures: map[failKey]guestproto.Status{}, done: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, datagramSize); return &b }
 	s.wg.Add(1)
@@ -244,7 +291,7 @@ func (s *Session) request(ctx context.Context, m *guestproto.Message) (reply, er
 			return r, nil
 		case <-ctx.Done():
 			t.Stop()
-			return reply{}, fmt.Errorf("guestlib: %s: no answer from %s: %w", op, s.opts.Service, ctx.Err())
+			return reply{}, fmt.Errorf("guestlib: %s: no answer from %s: %w", op, s.peer, ctx.Err())
 		case <-s.done:
 			t.Stop()
 			return reply{}, ErrClosed

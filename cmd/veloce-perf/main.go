@@ -72,6 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Float64("rate", 0, "messages per second (source); 0 is as fast as possible")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	accel := fs.Bool("accel", false, "ask for an accelerated datapath")
+	socket := fs.String("socket", "", "the daemon's unix socket for host applications (default $VELOCE_APP_SOCKET, else /run/veloce/app.sock if present, else the VM link)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if args[0] == "junk" {
 		return junk(stdout, *count)
 	}
-	s, err := guestlib.Open(ctx, guestlib.Options{})
+	s, err := guestlib.Open(ctx, guestlib.Options{Socket: *socket})
 	if err != nil {
 		return err
 	}

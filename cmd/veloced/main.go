@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&servers, "vhost-user", "vhost-user socket to listen on, one port each; QEMU connects (repeatable)")
 	fs.Var(&clients, "vhost-user-client", "vhost-user socket to connect to, one port each; the frontend listens, veloced reconnects when it restarts (repeatable)")
 	control := fs.String("control", backend.DefaultControlSocket, "unix socket for velocectl")
+	appSocket := fs.String("app-socket", backend.DefaultAppSocket, "unix socket for applications on the host (guestlib's host transport); empty disables")
 	serviceIP := fs.String("service-ip", backend.DefaultServiceIP.String(), "address the daemon answers at on every port")
 	serviceMAC := fs.String("service-mac", backend.DefaultServiceMAC.String(), "MAC the daemon answers with; keep it equal on every daemon so migrated guests' ARP entries stay valid")
 	guestIP := fs.String("guest-ip", backend.DefaultGuestIP.String(), "address and prefix DHCP hands each guest (no router option)")
@@ -68,9 +69,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if len(servers)+len(clients) == 0 {
+	if len(servers)+len(clients) == 0 && *appSocket == "" {
 		fs.Usage()
-		return errors.New("no ports: give --vhost-user or --vhost-user-client")
+		return errors.New("no ports: give --vhost-user, --vhost-user-client or --app-socket")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			cpus = append(cpus, c)
 		}
 	}
-	opts := backend.DaemonOptions{ControlSocket: *control, Logger: log}
+	opts := backend.DaemonOptions{ControlSocket: *control, AppSocket: *appSocket, Logger: log}
 	opts.Runtime.NodeID = uint32(*nodeID)
 	if len(peers) > 0 && *listen == "" {
 		return errors.New("--peer needs --listen")

@@ -12,7 +12,7 @@ func TestFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "no ports"},
+		{[]string{"--app-socket", ""}, "no ports"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--service-ip", "999.1.1.1"}, "--service-ip"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--guest-ip", "169.254.77.2"}, "--guest-ip"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--service-mac", "zz"}, "--service-mac"},

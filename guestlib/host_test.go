@@ -1,0 +1,181 @@
+package guestlib_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/guestlib"
+)
+
+// daemon runs a veloced with only the host transport.
+func daemon(t *testing.T) (*backend.Daemon, string) {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "app.sock")
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, err := guestlib.Open(context.Background(), guestlib.Options{Socket: sock, RequestTimeout: 50 * time.Millisecond}); err == nil {
+			s.Close()
+			return d, sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not answer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func open(t *testing.T, sock string) *guestlib.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Two host applications: one emits, the other consumes every message, in
+// order, with the bytes intact.
+func TestHostApplicationsStream(t *testing.T) {
+	_, sock := daemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rx, tx := open(t, sock), open(t, sock)
+	rst, err := rx.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := rst.CreateSink(ctx, 11, guestlib.SinkOptions{Queue: 1 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tst, _ := tx.CreateStream(ctx, guestlib.StreamOptions{})
+	src, err := tst.CreateSource(ctx, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20000
+	go func() {
+		for i := 0; i < n; i++ {
+			b, err := src.GetBuffer(100)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for j := range b.Data {
+				b.Data[j] = byte(i + j)
+			}
+			if _, err := src.Emit(b); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%512 == 0 {
+				time.Sleep(time.Millisecond) // stay within the sink's queue
+			}
+		}
+	}()
+	var last uint64
+	for i := 0; i < n; i++ {
+		m, err := sink.Consume(ctx)
+		if err != nil {
+			t.Fatalf("after %d: %v (dropped %d)", i, err, sink.Dropped())
+		}
+		if m.Seq != last+1 || len(m.Data) != 100 || m.Data[7] != byte(int(m.Seq-1)+7) || m.Channel != 11 {
+			t.Fatalf("message %d: seq %d after %d, %d bytes", i, m.Seq, last, len(m.Data))
+		}
+		last = m.Seq
+		m.Release()
+	}
+	if _, ok := sink.TryConsume(); ok || sink.DataAvailable() != 0 {
+		t.Error("more messages than sent")
+	}
+}
+
+func TestCallbackSinkAndOutcome(t *testing.T) {
+	_, sock := daemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := open(t, sock)
+	st, _ := s.CreateStream(ctx, guestlib.StreamOptions{Acceleration: true})
+	if st.Datapath != "udp" || st.Warning == "" {
+		t.Errorf("acceleration on a host without any: datapath %q, warning %q", st.Datapath, st.Warning)
+	}
+	var got atomic.Int64
+	if _, err := st.CreateSink(ctx, 1, guestlib.SinkOptions{Callback: func(m *guestlib.Message) { got.Add(1); m.Release() }}); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := st.CreateSource(ctx, 1)
+	for i := 0; i < 100; i++ {
+		b, _ := src.GetBuffer(8)
+		tok, err := src.Emit(b)
+		if err != nil || src.Outcome(tok) != nil {
+			t.Fatal(err, src.Outcome(tok))
+		}
+	}
+	for got.Load() < 100 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := src.GetBuffer(guestlib.MaxMessage + 1); !errors.Is(err, guestlib.ErrTooLarge) {
+		t.Errorf("oversized buffer: %v", err)
+	}
+	// A closed source's emits are refused, and the outcome says why.
+	if err := src.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := src.GetBuffer(8)
+	tok, _ := src.Emit(b)
+	deadline := time.Now().Add(5 * time.Second)
+	for src.Outcome(tok) == nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := src.Outcome(tok); !errors.Is(err, guestlib.ErrNotFound) {
+		t.Errorf("outcome of an emit on a closed source: %v", err)
+	}
+	if _, err := st.CreateSink(ctx, 1, guestlib.SinkOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateSource(ctx, 1); !errors.Is(err, guestlib.ErrNotFound) {
+		t.Errorf("source on a closed stream: %v", err)
+	}
+}
+
+// Closing a session releases everything it held in the daemon.
+func TestCloseReleasesEverything(t *testing.T) {
+	d, sock := daemon(t)
+	ctx := context.Background()
+	s := open(t, sock)
+	st, _ := s.CreateStream(ctx, guestlib.StreamOptions{})
+	st.CreateSink(ctx, 2, guestlib.SinkOptions{})
+	st.CreateSource(ctx, 2)
+	if n := len(d.Streams()); n != 1 {
+		t.Fatalf("%d streams", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Streams()); n != 0 {
+		t.Fatalf("%d streams after close", n)
+	}
+	if _, err := s.CreateStream(ctx, guestlib.StreamOptions{}); !errors.Is(err, guestlib.ErrClosed) {
+		t.Errorf("stream on a closed session: %v", err)
+	}
+}
