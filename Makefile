@@ -30,7 +30,7 @@ build:
 ## images: fetch the Debian guest kernel (once) and build the default guest image
 images: deps build
 	$(BIN)/veloce-image kernel
-	$(BIN)/veloce-image build --init $(BIN)/veloce-init --out $(IMAGE_DIR)
+	$(BIN)/veloce-image build --init $(BIN)/veloce-init --out $(IMAGE_DIR) --add $(BIN)/veloce-perf:/bin/veloce-perf
 
 ## lint: gofmt and go vet (with and without cgo)
 lint:
@@ -47,7 +47,7 @@ test: deps images lint
 unit:
 	$(GO) test -short ./...
 
-## run: the main job (for now: veloced serves a VM that gets DHCP and pings the service address)
+## run: the main job: veloced, a VM streaming messages to an application on the host
 run: deps images
 	@scripts/run.sh $(BIN) $(IMAGE_DIR)
 

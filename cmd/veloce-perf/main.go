@@ -72,6 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Float64("rate", 0, "messages per second (source); 0 is as fast as possible")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	accel := fs.Bool("accel", false, "ask for an accelerated datapath")
+	text := fs.String("text", "", "source: send this text, with the message number appended, instead of a byte pattern")
+	show := fs.Int("show", 0, "sink: print the first N messages as text")
+	progress := fs.Duration("progress", 0, "sink: print the count and rate at this interval (e.g. 1s)")
 	socket := fs.String("socket", "", "the daemon's unix socket for host applications (default $VELOCE_APP_SOCKET, else /run/veloce/app.sock if present, else the VM link)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -103,7 +106,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintln(stdout, "ready")
 		last := map[uint64]uint64{}
+		var tick <-chan time.Time
+		if *progress > 0 {
+			t := time.NewTicker(*progress)
+			defer t.Stop()
+			tick = t.C
+		}
+		prevN, prevT := uint64(0), time.Now()
 		for sum.Messages < *count {
+			select {
+			case now := <-tick:
+				fmt.Fprintf(stdout, "received %d messages, %.0f msg/s\n", sum.Messages, float64(sum.Messages-prevN)/now.Sub(prevT).Seconds())
+				prevN, prevT = sum.Messages, now
+			default:
+			}
 			m, err := sk.Consume(ctx)
 			if err != nil {
 				sum.Sources = len(last)
@@ -115,6 +131,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			sum.Messages++
 			sum.Bytes += uint64(len(m.Data))
+			if int(sum.Messages) <= *show {
+				fmt.Fprintf(stdout, "message %d from source %#x seq %d: %q\n", sum.Messages, m.Source, m.Seq, m.Data)
+			}
 			if prev, ok := last[m.Source]; ok {
 				switch {
 				case m.Seq <= prev:
@@ -141,18 +160,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			b, err := so.GetBuffer(*size)
+			sz := *size
+			if *text != "" {
+				sz = len(*text) + 24
+			}
+			b, err := so.GetBuffer(sz)
 			if err != nil {
 				return err
 			}
-			for i := range b.Data {
-				b.Data[i] = byte(sum.Messages + uint64(i))
+			if *text != "" {
+				b.Data = b.Data[:len(fmt.Appendf(b.Data[:0], "%s #%d", *text, sum.Messages+1))]
+			} else {
+				for i := range b.Data {
+					b.Data[i] = byte(sum.Messages + uint64(i))
+				}
 			}
+			n := len(b.Data)
 			if _, err := so.Emit(b); err != nil {
 				return err
 			}
 			sum.Messages++
-			sum.Bytes += uint64(*size)
+			sum.Bytes += uint64(n)
 			if interval > 0 {
 				if d := time.Until(start.Add(time.Duration(sum.Messages) * interval)); d > 0 {
 					time.Sleep(d)
