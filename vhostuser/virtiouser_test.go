@@ -42,7 +42,7 @@ func TestDPDKVirtioUserReceives(t *testing.T) {
 		frame[i] = byte(i)
 	}
 	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x88, 0xb5}) // local experimental EtherType
-	g := &generator{frame: frame} // sends nothing until the test says so
+	g := &generator{frame: frame}                                                         // sends nothing until the test says so
 	dev, err := vhostuser.NewNetDevice(vhostuser.NetOptions{Handler: g})
 	if err != nil {
 		t.Fatal(err)
