@@ -29,7 +29,9 @@ const DefaultAppSocket = "/run/veloce/app.sock"
 
 const (
 	hostOutboxSlots = 1024
-	hostSlotSize    = 64 << 10
+	// hostSlotSize holds one Deliver: guestlib messages are at most
+	// MaxGuestPayload bytes on every transport.
+	hostSlotSize = 2048
 )
 
 // hostApps serves the unix socket.
@@ -80,7 +82,7 @@ func listenHostApps(rt *Runtime, path string) (*hostApps, error) {
 func (h *hostApps) run(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() { h.conn.Close() })
 	defer stop()
-	buf := make([]byte, hostSlotSize+guestproto.EmitOverhead)
+	buf := make([]byte, 64<<10)
 	reply := make([]byte, 4096)
 	for {
 		n, addr, err := h.conn.ReadFromUnix(buf)
@@ -93,7 +95,12 @@ func (h *hostApps) run(ctx context.Context) {
 		if addr == nil || addr.Name == "" {
 			continue // an unbound client cannot be answered
 		}
-		c := h.client(addr)
+		// A client's state exists from its first OpenSession on, so
+		// stray datagrams from anywhere cost nothing.
+		c := h.client(addr, n >= guestproto.HeaderLen && guestproto.Type(buf[3]) == guestproto.OpenSession)
+		if c == nil {
+			continue
+		}
 		if rn := c.handle(buf[:n], reply); rn > 0 {
 			h.conn.WriteToUnix(reply[:rn], addr)
 		}
@@ -106,10 +113,10 @@ func (h *hostApps) run(ctx context.Context) {
 	os.Remove(h.path)
 }
 
-func (h *hostApps) client(addr *net.UnixAddr) *hostClient {
+func (h *hostApps) client(addr *net.UnixAddr, create bool) *hostClient {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if c, ok := h.clients[addr.Name]; ok {
+	if c, ok := h.clients[addr.Name]; ok || !create {
 		return c
 	}
 	c := &hostClient{apps: h, addr: addr, name: "host:" + addr.Name,
@@ -211,6 +218,10 @@ func (c *hostClient) handle(b, reply []byte) int {
 	}
 	now := time.Now().UnixNano()
 	if m.Type == guestproto.Emit {
+		if len(m.Payload) > MaxGuestPayload {
+			n, _ := guestproto.PutOutcome(reply, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
+			return n
+		}
 		s := (*c.sessions.Load())[m.Session]
 		if s == nil {
 			n, _ := guestproto.PutOutcome(reply, m.Session, m.ID, m.Token, guestproto.StatusNoSession)

@@ -71,6 +71,7 @@ func TestHostApplicationsStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 20000
+	var consumed atomic.Int64
 	go func() {
 		for i := 0; i < n; i++ {
 			b, err := src.GetBuffer(100)
@@ -85,8 +86,10 @@ func TestHostApplicationsStream(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			if i%512 == 0 {
-				time.Sleep(time.Millisecond) // stay within the sink's queue
+			// Flow control as an application does on a best-effort
+			// stream: stay within what the daemon queues for the sink.
+			for int64(i)-consumed.Load() > 256 && ctx.Err() == nil {
+				time.Sleep(50 * time.Microsecond)
 			}
 		}
 	}()
@@ -101,6 +104,7 @@ func TestHostApplicationsStream(t *testing.T) {
 		}
 		last = m.Seq
 		m.Release()
+		consumed.Add(1)
 	}
 	if _, ok := sink.TryConsume(); ok || sink.DataAvailable() != 0 {
 		t.Error("more messages than sent")
