@@ -149,7 +149,7 @@ func (p *Port) outcome(reply []byte, dst netip.AddrPort, session, source uint32,
 
 // session returns the port's session id if src owns it.
 func (p *Port) session(id uint32, src netip.AddrPort) *Session {
-	s := (*p.sessions.Load())[id]
+	s := p.sessions.Get(id)
 	if s == nil || s.Addr != src {
 		return nil
 	}
@@ -226,17 +226,13 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 func (p *Port) setSession(id uint32, s *Session) {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
-	old := *p.sessions.Load()
-	next := make(map[uint32]*Session, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	if s == nil {
-		delete(next, id)
-	} else {
-		next[id] = s
-	}
-	p.sessions.Store(&next)
+	p.sessions.Update(func(m map[uint32]*Session) {
+		if s == nil {
+			delete(m, id)
+		} else {
+			m[id] = s
+		}
+	})
 }
 
 // sessionClosed implements endpoint.

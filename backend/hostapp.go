@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/veloce-io/veloce/internal/guestproto"
@@ -57,7 +56,7 @@ type hostClient struct {
 	kick  chan struct{}
 
 	sessMu   sync.Mutex
-	sessions atomic.Pointer[map[uint32]*Session]
+	sessions cowMap[uint32, *Session]
 	done     chan struct{}
 	closing  sync.Once
 }
@@ -127,8 +126,6 @@ func (h *hostApps) client(addr *net.UnixAddr, create bool) *hostClient {
 	for i := uint32(0); i < hostOutboxSlots; i++ {
 		c.free.Push(i)
 	}
-	empty := map[uint32]*Session{}
-	c.sessions.Store(&empty)
 	h.clients[addr.Name] = c
 	go c.writer()
 	return c
@@ -192,15 +189,8 @@ func (c *hostClient) close() { c.closing.Do(func() { close(c.done) }) }
 func (c *hostClient) sessionClosed(s *Session) {
 	c.sessMu.Lock()
 	defer c.sessMu.Unlock()
-	old := *c.sessions.Load()
-	next := make(map[uint32]*Session, len(old))
-	for k, v := range old {
-		if k != s.ID {
-			next[k] = v
-		}
-	}
-	c.sessions.Store(&next)
-	if len(next) == 0 {
+	c.sessions.Update(func(m map[uint32]*Session) { delete(m, s.ID) })
+	if len(c.sessions.Load()) == 0 {
 		c.apps.mu.Lock()
 		if c.apps.clients[c.addr.Name] == c {
 			delete(c.apps.clients, c.addr.Name)
@@ -222,7 +212,7 @@ func (c *hostClient) handle(b, reply []byte) int {
 			n, _ := guestproto.PutOutcome(reply, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
 			return n
 		}
-		s := (*c.sessions.Load())[m.Session]
+		s := c.sessions.Get(m.Session)
 		if s == nil {
 			n, _ := guestproto.PutOutcome(reply, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
 			return n
@@ -244,16 +234,10 @@ func (c *hostClient) handle(b, reply []byte) int {
 		s := c.apps.rt.OpenSession(c, netip.AddrPort{})
 		s.lastSeen.Store(now)
 		c.sessMu.Lock()
-		old := *c.sessions.Load()
-		next := make(map[uint32]*Session, len(old)+1)
-		for k, v := range old {
-			next[k] = v
-		}
-		next[s.ID] = s
-		c.sessions.Store(&next)
+		c.sessions.Update(func(m map[uint32]*Session) { m[s.ID] = s })
 		c.sessMu.Unlock()
 		res = guestproto.Result{ID: s.ID}
-	} else if s := (*c.sessions.Load())[m.Session]; s == nil {
+	} else if s := c.sessions.Get(m.Session); s == nil {
 		res = guestproto.Result{Status: guestproto.StatusNoSession, Message: []byte(fmt.Sprintf("session %d unknown", m.Session))}
 	} else {
 		s.lastSeen.Store(now)

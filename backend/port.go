@@ -51,9 +51,9 @@ type Port struct {
 	// The virtio transport (guestport.go); rt is nil without a runtime.
 	rt        *Runtime
 	out       *outbox
-	sessMu    sync.Mutex                          // serialises updates of sessions
-	sessions  atomic.Pointer[map[uint32]*Session] // the port's sessions by id; read without a lock
-	malformed atomic.Uint64                       // guestproto datagrams that did not parse
+	sessMu    sync.Mutex               // serialises updates of sessions
+	sessions  cowMap[uint32, *Session] // the port's sessions by id; read without a lock
+	malformed atomic.Uint64            // guestproto datagrams that did not parse
 }
 
 // NewPort creates a port; Run serves it.
@@ -69,8 +69,6 @@ func NewPort(opts PortOptions) (*Port, error) {
 		return nil, err
 	}
 	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs), rt: opts.Runtime}
-	empty := map[uint32]*Session{}
-	p.sessions.Store(&empty)
 	if p.rt != nil {
 		p.out = newOutbox()
 	}
@@ -179,7 +177,7 @@ func (p *Port) Info() PortInfo {
 		Drops: ds.Drops, Errors: ds.Errors,
 		ARPReplies: ls.ARPReplies, EchoReplies: ls.EchoReplies, DHCPReplies: ls.DHCPReplies,
 		LinkDrops: ls.Dropped, ServiceDatagrams: ls.Delivered, Logging: st.Logging,
-		Malformed: p.malformed.Load(), Sessions: len(*p.sessions.Load()),
+		Malformed: p.malformed.Load(), Sessions: len(p.sessions.Load()),
 	}
 	if p.opts.Client {
 		info.Mode = "client"

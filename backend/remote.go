@@ -235,7 +235,7 @@ func (rm *remote) sender(ctx context.Context) {
 func (rm *remote) sendDirectory(buf []byte) {
 	rm.generation++
 	var chans []uint32
-	for ch, sinks := range *rm.rt.channels.Load() {
+	for ch, sinks := range rm.rt.channels.Load() {
 		if len(sinks) > 0 {
 			chans = append(chans, ch)
 		}

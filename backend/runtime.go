@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"sort"
@@ -40,7 +41,7 @@ type Runtime struct {
 	sessions map[uint32]*Session // guarded by mu
 	// channels maps a channel id to its sinks: an immutable snapshot,
 	// replaced under mu, read by Emit without a lock.
-	channels atomic.Pointer[map[uint32][]*Sink]
+	channels cowMap[uint32, []*Sink]
 	remote   *remote // nil without a datapath to peers
 }
 
@@ -66,8 +67,6 @@ func NewRuntime(opts RuntimeOptions) *Runtime {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}}
-	empty := map[uint32][]*Sink{}
-	r.channels.Store(&empty)
 	if opts.Remote.Datapath != nil {
 		r.remote = newRemote(r, opts.Remote)
 	}
@@ -106,8 +105,8 @@ type Session struct {
 
 	streams map[uint32]*Stream // guarded by rt.mu
 	sinks   map[uint32]*Sink   // guarded by rt.mu
-	// sources is a snapshot, replaced under rt.mu, read by the datapath.
-	sources atomic.Pointer[map[uint32]*Source]
+	// sources is replaced under rt.mu and read by the datapath.
+	sources cowMap[uint32, *Source]
 	closed  bool // guarded by rt.mu
 	// lastSeen is the unix nanosecond time of the session's last message.
 	lastSeen atomic.Int64
@@ -148,8 +147,6 @@ func (r *Runtime) OpenSession(ep endpoint, addr netip.AddrPort) *Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := &Session{ID: r.newIDLocked(), rt: r, ep: ep, Addr: addr, streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
-	empty := map[uint32]*Source{}
-	s.sources.Store(&empty)
 	r.sessions[s.ID] = s
 	r.log.Info("session opened", "session", s.ID, "endpoint", ep.String(), "addr", addr)
 	return s
@@ -189,13 +186,7 @@ func (s *Session) CreateSource(streamID, channel uint32) (*Source, error) {
 	}
 	src := &Source{ID: r.newIDLocked(), Channel: channel, Stream: st}
 	src.Global = uint64(r.opts.NodeID)<<32 | uint64(src.ID)
-	old := *s.sources.Load()
-	next := make(map[uint32]*Source, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[src.ID] = src
-	s.sources.Store(&next)
+	s.sources.Update(func(m map[uint32]*Source) { m[src.ID] = src })
 	return src, nil
 }
 
@@ -227,19 +218,16 @@ func (s *Session) streamLocked(id uint32) (*Stream, error) {
 
 // updateChannelLocked replaces a channel's sink list.
 func (r *Runtime) updateChannelLocked(ch uint32, f func([]*Sink) []*Sink) {
-	old := *r.channels.Load()
-	next := make(map[uint32][]*Sink, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	l := f(append([]*Sink(nil), old[ch]...))
-	if len(l) == 0 {
-		delete(next, ch)
-	} else {
-		next[ch] = l
-	}
-	r.channels.Store(&next)
-	if r.remote != nil && (len(old[ch]) == 0) != (len(l) == 0) {
+	before := len(r.channels.Get(ch))
+	var l []*Sink
+	r.channels.Update(func(m map[uint32][]*Sink) {
+		if l = f(append([]*Sink(nil), m[ch]...)); len(l) == 0 {
+			delete(m, ch)
+		} else {
+			m[ch] = l
+		}
+	})
+	if r.remote != nil && (before == 0) != (len(l) == 0) {
 		r.remote.channelsChanged()
 	}
 }
@@ -249,17 +237,10 @@ func (s *Session) CloseSource(id uint32) error {
 	r := s.rt
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	old := *s.sources.Load()
-	if _, ok := old[id]; !ok {
+	if s.sources.Get(id) == nil {
 		return fmt.Errorf("source %d: %w", id, ErrNotFound)
 	}
-	next := make(map[uint32]*Source, len(old))
-	for k, v := range old {
-		if k != id {
-			next[k] = v
-		}
-	}
-	s.sources.Store(&next)
+	s.sources.Update(func(m map[uint32]*Source) { delete(m, id) })
 	return nil
 }
 
@@ -302,14 +283,9 @@ func (s *Session) CloseStream(id uint32) error {
 			s.closeSinkLocked(sk)
 		}
 	}
-	old := *s.sources.Load()
-	next := make(map[uint32]*Source, len(old))
-	for k, v := range old {
-		if v.Stream != st {
-			next[k] = v
-		}
-	}
-	s.sources.Store(&next)
+	s.sources.Update(func(m map[uint32]*Source) {
+		maps.DeleteFunc(m, func(_ uint32, v *Source) bool { return v.Stream == st })
+	})
 	delete(s.streams, id)
 	return nil
 }
@@ -326,8 +302,7 @@ func (s *Session) Close() {
 	for _, sk := range s.sinks {
 		s.closeSinkLocked(sk)
 	}
-	empty := map[uint32]*Source{}
-	s.sources.Store(&empty)
+	s.sources.Reset()
 	s.streams = map[uint32]*Stream{}
 	delete(r.sessions, s.ID)
 	r.log.Info("session closed", "session", s.ID, "endpoint", s.ep.String())
@@ -337,7 +312,7 @@ func (s *Session) Close() {
 }
 
 // Source returns the session's source id, or nil. It takes no lock.
-func (s *Session) Source(id uint32) *Source { return (*s.sources.Load())[id] }
+func (s *Session) Source(id uint32) *Source { return s.sources.Get(id) }
 
 // Emit sends payload from src to every sink of its channel, in the
 // source's order, and returns how many sinks took it. It takes no lock
@@ -355,7 +330,7 @@ func (r *Runtime) Emit(src *Source, payload []byte) int {
 // how many took it.
 func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) int {
 	n := 0
-	for _, sk := range (*r.channels.Load())[channel] {
+	for _, sk := range r.channels.Get(channel) {
 		if sk.session.ep.deliver(sk, source, seq, payload) {
 			sk.delivered.Add(1)
 			n++
@@ -400,7 +375,7 @@ func (r *Runtime) Streams() []StreamInfo {
 	defer r.mu.Unlock()
 	var out []StreamInfo
 	for _, s := range r.sessions {
-		srcs := *s.sources.Load()
+		srcs := s.sources.Load()
 		for _, st := range s.streams {
 			info := StreamInfo{Session: s.ID, Stream: st.ID, Endpoint: s.ep.String(), Options: st.Options,
 				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}}

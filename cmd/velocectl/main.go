@@ -55,20 +55,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	client := backend.NewControlClient(*control)
 	switch cmd := fs.Arg(0); cmd {
 	case "ports":
-		sub := flag.NewFlagSet("velocectl ports", flag.ContinueOnError)
-		sub.SetOutput(stderr)
-		output := sub.String("o", "table", "output format: table or json")
-		if err := sub.Parse(fs.Args()[1:]); err != nil {
+		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
+		if err != nil {
 			return err
-		}
-		if *output != "table" && *output != "json" {
-			return fmt.Errorf("-o %q: want table or json", *output)
 		}
 		ports, err := client.Ports(ctx)
 		if err != nil {
 			return err
 		}
-		if *output == "json" {
+		if output == "json" {
 			e := json.NewEncoder(stdout)
 			e.SetIndent("", "  ")
 			return e.Encode(ports)
@@ -81,20 +76,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	case "streams":
-		sub := flag.NewFlagSet("velocectl streams", flag.ContinueOnError)
-		sub.SetOutput(stderr)
-		output := sub.String("o", "table", "output format: table or json")
-		if err := sub.Parse(fs.Args()[1:]); err != nil {
+		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
+		if err != nil {
 			return err
-		}
-		if *output != "table" && *output != "json" {
-			return fmt.Errorf("-o %q: want table or json", *output)
 		}
 		streams, err := client.Streams(ctx)
 		if err != nil {
 			return err
 		}
-		if *output == "json" {
+		if output == "json" {
 			e := json.NewEncoder(stdout)
 			e.SetIndent("", "  ")
 			return e.Encode(streams)
@@ -133,6 +123,20 @@ func optionString(o backend.StreamOptions) string {
 		return "-"
 	}
 	return strings.Join(parts, ",")
+}
+
+// parseOutput parses a command's flags, which are just -o.
+func parseOutput(cmd string, args []string, stderr io.Writer) (string, error) {
+	sub := flag.NewFlagSet("velocectl "+cmd, flag.ContinueOnError)
+	sub.SetOutput(stderr)
+	output := sub.String("o", "table", "output format: table or json")
+	if err := sub.Parse(args); err != nil {
+		return "", err
+	}
+	if *output != "table" && *output != "json" {
+		return "", fmt.Errorf("-o %q: want table or json", *output)
+	}
+	return *output, nil
 }
 
 func dash(s string) string {
