@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -49,10 +50,11 @@ type Options struct {
 
 // Process is a running testpmd.
 type Process struct {
-	cmd  *exec.Cmd
-	out  syncBuffer
-	done chan struct{}
-	err  error // exit status, valid after done
+	cmd    *exec.Cmd
+	prefix string
+	out    syncBuffer
+	done   chan struct{}
+	err    error // exit status, valid after done
 }
 
 // Stats are the accumulated forward statistics for all ports, as testpmd
@@ -90,7 +92,7 @@ func Start(ctx context.Context, o Options) (*Process, error) {
 		args = append(args, "--txpkts="+strconv.Itoa(o.TxPktLen))
 	}
 	args = append(args, o.Args...)
-	p := &Process{done: make(chan struct{})}
+	p := &Process{done: make(chan struct{}), prefix: o.Prefix}
 	p.cmd = exec.CommandContext(ctx, o.Binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -160,6 +162,8 @@ func (p *Process) Stop() (*Stats, error) {
 			<-p.done
 		}
 	}
+	// EAL leaves its runtime directory behind (as root, /var/run/dpdk).
+	os.RemoveAll(filepath.Join("/var/run/dpdk", p.prefix))
 	return ParseStats(p.out.bytes())
 }
 
