@@ -4,14 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/internal/wire"
@@ -93,88 +87,25 @@ func recvAll(t testing.TB, p *Plugin, want int) []wire.Packet {
 	return got
 }
 
-// netns is a network namespace a test created; it is deleted when the
-// test ends.
-type netns struct {
-	name string
-}
+// netns is one of the test's hosts (internal/testutil.Netns).
+type netns struct{ *testutil.Netns }
 
-func requireNetns(t *testing.T) {
-	t.Helper()
-	testutil.RequiresRoot(t)
-	testutil.RequiresCommand(t, "ip", "iproute2")
-}
+func newNetns(t *testing.T) netns { return netns{testutil.NewNetns(t)} }
 
-func newNetns(t *testing.T, suffix string) *netns {
-	t.Helper()
-	n := &netns{name: fmt.Sprintf("veloce-udp-%d-%s", os.Getpid(), suffix)}
-	run(t, "ip", "netns", "add", n.name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
-		}
-	})
-	n.ip(t, "link", "set", "lo", "up")
-	return n
-}
-
-// ip runs "ip -n NAME args...".
-func (n *netns) ip(t *testing.T, args ...string) {
-	t.Helper()
-	run(t, "ip", append([]string{"-n", n.name}, args...)...)
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-// newPlugin opens a Plugin whose socket lives in the namespace. Only the
-// socket creation runs there, on a locked OS thread that returns to its
-// namespace afterwards.
-func (n *netns) newPlugin(t *testing.T, listen string, opts Options) *Plugin {
+// newPlugin opens a Plugin whose socket lives in the namespace.
+func (n netns) newPlugin(t *testing.T, listen string, opts Options) *Plugin {
 	t.Helper()
 	var p *Plugin
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open("/run/netns/"+n.name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", n.name, err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
+	err := n.Do(func() (err error) {
 		opts.Listen = netip.MustParseAddrPort(listen)
 		p, err = New(opts)
-		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
-			// Leave the thread locked: it dies with this goroutine
-			// instead of running other goroutines in the wrong namespace.
-			errc <- fmt.Errorf("leave netns %s: %w", n.name, serr)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+		return err
+	})
+	if err != nil {
 		if p != nil {
 			p.Close()
 		}
-		t.Fatalf("New(%s) in %s: %v", listen, n.name, err)
+		t.Fatalf("New(%s) in %s: %v", listen, n.Name, err)
 	}
 	t.Cleanup(func() {
 		if err := p.Close(); err != nil {

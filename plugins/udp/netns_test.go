@@ -2,7 +2,6 @@ package udp
 
 import (
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,20 +20,14 @@ import (
 // sender keeps at most window messages unacknowledged. Loss would show as
 // a gap in a source's sequence, and fails the test.
 func TestHostsExchange100kMessagesOverVeth(t *testing.T) {
-	requireNetns(t)
 	const (
 		total   = 100_000
 		sources = 2
 		window  = 1024 // unacknowledged messages; ~3 MiB of skbs at 1.4 KB
 		channel = 7    // what fillMessage writes
 	)
-	hostA, hostB := newNetns(t, "a"), newNetns(t, "b")
-	va, vb := fmt.Sprintf("vu%da", os.Getpid()), fmt.Sprintf("vu%db", os.Getpid())
-	run(t, "ip", "link", "add", va, "netns", hostA.name, "type", "veth", "peer", "name", vb, "netns", hostB.name)
-	hostA.ip(t, "addr", "add", "10.99.0.1/24", "dev", va)
-	hostB.ip(t, "addr", "add", "10.99.0.2/24", "dev", vb)
-	hostA.ip(t, "link", "set", va, "up")
-	hostB.ip(t, "link", "set", vb, "up")
+	hostA, hostB := newNetns(t), newNetns(t)
+	testutil.Veth(t, hostA.Netns, "10.99.0.1/24", hostB.Netns, "10.99.0.2/24")
 
 	a := hostA.newPlugin(t, "10.99.0.1:0", Options{})
 	b := hostB.newPlugin(t, "10.99.0.2:0", Options{})
@@ -260,10 +253,9 @@ func TestHostsExchange100kMessagesOverVeth(t *testing.T) {
 // holds them in a slow token-bucket qdisc on the loopback of a namespace
 // of its own.
 func TestPartialSendOnFullSendBuffer(t *testing.T) {
-	requireNetns(t)
 	testutil.RequiresCommand(t, "tc", "iproute2")
-	host := newNetns(t, "tbf")
-	run(t, "tc", "-n", host.name, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit", "burst", "16kb", "limit", "16mb")
+	host := newNetns(t)
+	testutil.Run(t, "tc", "-n", host.Name, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit", "burst", "16kb", "limit", "16mb")
 	a := host.newPlugin(t, "127.0.0.1:0", Options{SendBuffer: 64 << 10})
 	b := host.newPlugin(t, "127.0.0.1:0", Options{})
 	pkts := make([]wire.Packet, 64)
