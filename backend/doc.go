@@ -1,11 +1,20 @@
-// Package backend is Veloce's stream runtime: sessions, streams, sources,
-// sinks and channels, the slot pools and packet schedulers behind them, and
-// the plugin interface the datapaths implement.
+// Package backend is Veloce's daemon and stream runtime.
 //
-// Today it holds the daemon ([Daemon]: ports plus the control API that
-// velocectl uses), the VM port ([Port]: a vhostuser.NetDevice whose frames
-// go to a link peer) and the link peer ([LinkPeer]): the daemon's end of
-// the point-to-point link every VM port is. The vhost-user device model hands
+//   - [Runtime]: sessions, streams, sources, sinks and the channels that tie
+//     sources to sinks; the QoS [Policy] that maps a stream to a datapath,
+//     with a warning the application sees when it falls back; remote peers
+//     reached through a [Datapath] plugin, told which channels have local
+//     sinks (the channel directory). Control operations take a lock; Emit
+//     and delivery take none and allocate nothing (copy-on-write tables,
+//     lock-free slot queues).
+//   - Endpoints, where applications live: a VM [Port] (guestlib's virtio
+//     transport: guestproto datagrams to the service address, answered in
+//     the poller, deliveries through the port's outbox and the RX ring) and
+//     host applications on the daemon's unix socket (hostapp.go).
+//   - [Daemon]: ports, the host-application socket, the runtime and the
+//     control API velocectl uses.
+//   - [LinkPeer]: the daemon's end of the point-to-point link every VM port
+//     is. The vhost-user device model hands
 // each frame the guest transmits to [LinkPeer.Handle], which answers ARP,
 // ICMP echo and DHCP itself (writing the reply frame for the caller to put
 // on the guest's RX queue), delivers UDP datagrams addressed to the service

@@ -106,9 +106,8 @@ func (p *Port) Announce(qp int, buf []byte) int {
 }
 
 // HandleFrame implements vhostuser.FrameHandler: the link peer answers
-// ARP, ICMP echo and DHCP. Datagrams for the service port are counted by
-// the link peer (service_datagrams) and, until the stream runtime consumes
-// them, dropped.
+// ARP, ICMP echo and DHCP; datagrams for the service port are guestlib's
+// (handleGuest), or counted and dropped on a port without a runtime.
 func (p *Port) HandleFrame(qp int, frame, reply []byte) int {
 	res := &p.results[qp]
 	switch v, n := p.peer.Handle(frame, reply, res); v {

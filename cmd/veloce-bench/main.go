@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/veloce-io/veloce/internal/benchstreams"
 	"github.com/veloce-io/veloce/internal/benchvhost"
 )
 
@@ -56,6 +57,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "vhost":
 		return runVhost(ctx, args[1:], stdout, stderr)
+	case "streams": // raw UDP vs Veloce between two netns (internal/benchstreams)
+		return benchstreams.Main(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
