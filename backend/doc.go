@@ -14,9 +14,10 @@
 //   - [Daemon]: ports, the host-application socket, the runtime and the
 //     control API velocectl uses.
 //   - [LinkPeer]: the daemon's end of the point-to-point link every VM port
-//     is. The vhost-user device model hands
+//     is.
 //
-// each frame the guest transmits to [LinkPeer.Handle], which answers ARP,
+// The vhost-user device model hands each frame the guest transmits to
+// [LinkPeer.Handle], which answers ARP,
 // ICMP echo and DHCP itself (writing the reply frame for the caller to put
 // on the guest's RX queue), delivers UDP datagrams addressed to the service
 // address and port to the runtime, and counts and drops everything else.
