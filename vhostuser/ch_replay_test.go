@@ -70,6 +70,8 @@ type chFrontend struct {
 	acked     vhostuser.Features     // virtio features acked with the backend
 	protocol  vhostuser.Features     // protocol features acked
 	flags     uint32                 // rust-vmm hdr_flags: NEED_REPLY once negotiated
+	inflight  *vhostuser.Inflight    // the inflight region's description, once fetched
+	inflightF int                    // its fd (kept across reconnects, as CH does)
 }
 
 // request sends req with rust-vmm's header flags; for requests without a
@@ -131,6 +133,26 @@ func (c *chFrontend) setup() {
 		fds = append(fds, fd)
 	}
 	c.request(vhostuser.SetMemTable, vhostuser.AppendMemoryTable(nil, t), fds...)
+	// setup_vhost_user: inflight I/O tracking, when negotiated: the region
+	// is fetched once and handed back on every (re)activation.
+	if c.protocol.Has(vhostuser.ProtocolFInflightShmfd) {
+		if c.inflight == nil {
+			c.send(vhostuser.GetInflightFD, c.flags, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: uint16(c.numQueues), QueueSize: qSize}))
+			c.fe.Conn.SetReadDeadline(time.Now().Add(waitFor))
+			r, err := c.fe.ReadReply()
+			if err != nil || len(r.FDs) != 1 {
+				c.t.Fatalf("GET_INFLIGHT_FD: %+v, %v", r, err)
+			}
+			in, err := (vhostuser.Message{Header: r.Header, Payload: r.Payload}).Inflight()
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.inflight, c.inflightF = &in, r.FDs[0]
+			fd := r.FDs[0]
+			c.t.Cleanup(func() { unix.Close(fd) })
+		}
+		c.request(vhostuser.SetInflightFD, vhostuser.AppendInflight(nil, *c.inflight), c.inflightF)
+	}
 	for _, q := range c.fg.vqs {
 		c.request(vhostuser.SetVringNum, vhostuser.AppendVringState(nil, vhostuser.VringState{Index: q.index, Num: qSize}))
 	}
@@ -235,9 +257,9 @@ func TestCloudHypervisorNetFrontend(t *testing.T) {
 
 	c.connect(false)
 	wantProto := vhostuser.Bit(vhostuser.ProtocolFMQ) | vhostuser.Bit(vhostuser.ProtocolFConfigureMemSlots) |
-		vhostuser.Bit(vhostuser.ProtocolFReplyAck) | vhostuser.Bit(vhostuser.ProtocolFLogShmfd)
+		vhostuser.Bit(vhostuser.ProtocolFReplyAck) | vhostuser.Bit(vhostuser.ProtocolFLogShmfd) | vhostuser.Bit(vhostuser.ProtocolFInflightShmfd)
 	if c.protocol != wantProto {
-		t.Errorf("acked protocol features %#x, want %#x (MQ, CONFIGURE_MEM_SLOTS, REPLY_ACK, LOG_SHMFD)", uint64(c.protocol), uint64(wantProto))
+		t.Errorf("acked protocol features %#x, want %#x (MQ, CONFIGURE_MEM_SLOTS, REPLY_ACK, LOG_SHMFD, INFLIGHT_SHMFD)", uint64(c.protocol), uint64(wantProto))
 	}
 	wantFeatures := chFeatures &^ (vhostuser.Bit(vhostuser.NetFCtrlVQ) | vhostuser.Bit(vhostuser.NetFMAC) |
 		vhostuser.Bit(vhostuser.FInOrder) | vhostuser.Bit(vhostuser.FOrderPlatform) | vhostuser.Bit(vhostuser.FNotificationData))

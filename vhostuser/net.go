@@ -61,6 +61,7 @@ const netOfferedProtocolFeatures = Features(1)<<ProtocolFMQ |
 	Features(1)<<ProtocolFReplyAck |
 	Features(1)<<ProtocolFNetMTU |
 	Features(1)<<ProtocolFConfigureMemSlots |
+	Features(1)<<ProtocolFInflightShmfd |
 	Features(1)<<ProtocolFStatus
 
 // NetStats are a NetDevice's counters since it was created (they survive
@@ -123,15 +124,17 @@ type NetDevice struct {
 	// regionRefs counts the ADD_MEM_REGs of each mapped region (see
 	// AddMemReg); guarded by mu.
 	regionRefs map[MemoryRegion]int
-	dirty      *DirtyLog                 // guarded by mu
-	vrings     []vring                   // guarded by mu; 2 per queue pair: RX even, TX odd
-	pollers    []*poller                 // guarded by mu; per queue pair, nil when stopped
-	running    atomic.Pointer[[]*poller] // a copy of pollers for Wake, which takes no lock
-	mtu        uint16                    // guarded by mu
-	status     uint8                     // guarded by mu
-	logBases   uint64                    // guarded by mu
-	rarps      uint64                    // guarded by mu
-	conn       *net.UnixConn             // guarded by mu; the frontend being served
+	// inflight is the inflight region (GET/SET_INFLIGHT_FD); guarded by mu.
+	inflight *inflightRegion
+	dirty    *DirtyLog                 // guarded by mu
+	vrings   []vring                   // guarded by mu; 2 per queue pair: RX even, TX odd
+	pollers  []*poller                 // guarded by mu; per queue pair, nil when stopped
+	running  atomic.Pointer[[]*poller] // a copy of pollers for Wake, which takes no lock
+	mtu      uint16                    // guarded by mu
+	status   uint8                     // guarded by mu
+	logBases uint64                    // guarded by mu
+	rarps    uint64                    // guarded by mu
+	conn     *net.UnixConn             // guarded by mu; the frontend being served
 	// announced[qp] is set once the Announcer's frame went out on the
 	// queue pair since the frontend connected.
 	announced []atomic.Bool // replaced under mu on reset
@@ -530,6 +533,45 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		return nil
 	case GetStatus:
 		return ReplyU64(conn, m.Request, uint64(d.status))
+	case GetInflightFD:
+		in, err := m.Inflight()
+		if err != nil {
+			return err
+		}
+		if int(in.NumQueues) > len(d.vrings) {
+			return fail("%d queues, the device has %d", in.NumQueues, len(d.vrings))
+		}
+		region, err := newInflightRegion(int(in.NumQueues), in.QueueSize)
+		if err != nil {
+			return err
+		}
+		d.stopAllLocked()
+		if d.inflight != nil {
+			d.inflight.close()
+		}
+		d.inflight = region
+		in.MmapSize, in.MmapOffset = uint64(len(region.mapping)), 0
+		if err := ReplyInflight(conn, in, region.fd); err != nil {
+			return err
+		}
+		return d.reconcileLocked()
+	case SetInflightFD:
+		in, err := m.Inflight()
+		if err != nil {
+			return err
+		}
+		fd := fds[0]
+		fds = nil
+		region, err := mapInflightRegion(fd, in)
+		if err != nil {
+			return err
+		}
+		d.stopAllLocked()
+		if d.inflight != nil {
+			d.inflight.close()
+		}
+		d.inflight = region
+		return d.reconcileLocked()
 	case SetVringEndian:
 		return fail("legacy cross-endian rings are not supported")
 	default:
@@ -586,6 +628,10 @@ func (d *NetDevice) resetLocked() {
 		d.mem = nil
 	}
 	d.regionRefs = map[MemoryRegion]int{}
+	if d.inflight != nil {
+		d.inflight.close()
+		d.inflight = nil
+	}
 	if d.dirty != nil {
 		d.dirty.Close()
 		d.dirty = nil
@@ -708,7 +754,12 @@ func (d *NetDevice) ringLocked(vr *vring) (*SplitRing, error) {
 	if d.loggingLocked() {
 		dl = d.dirty
 	}
+	var inflight []byte
+	if r := d.inflight; r != nil && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
+		inflight = r.queue(int(vr.addr.Index))
+	}
 	return NewSplitRing(d.mem, SplitRingOptions{
+		Inflight:     inflight,
 		Size:         vr.num,
 		Addr:         vr.addr,
 		LastAvailIdx: vr.base,

@@ -191,6 +191,12 @@ type SplitRingOptions struct {
 	// Log is the dirty log when VHOST_F_LOG_ALL is on, else nil. The used
 	// ring is logged at Addr.Log when Addr.Flags has VringFLog.
 	Log *DirtyLog
+	// Inflight, when set, is the queue's part of the inflight region
+	// (GET/SET_INFLIGHT_FD): the ring records there the chains it took and
+	// has not returned, and on start resubmits those a crashed backend
+	// left, setting the next available index past them (as DPDK does: the
+	// frontend then sets the base to the used index).
+	Inflight []byte
 }
 
 // SplitRing is the device side of a split virtqueue (virtio 1.1, 2.6)
@@ -221,7 +227,8 @@ type SplitRing struct {
 	broken     bool
 	fenceWord  uint32
 	logState   atomic.Pointer[ringLog]
-	errorCount atomic.Uint64 // written by the poller only
+	errorCount atomic.Uint64  // written by the poller only
+	inflight   *inflightState // nil without inflight tracking
 }
 
 // ringLog is an immutable logging configuration, swapped atomically.
@@ -286,7 +293,28 @@ func NewSplitRing(mem *Memory, opts SplitRingOptions) (*SplitRing, error) {
 	r.lastAvail = opts.LastAvailIdx
 	r.availIdx = opts.LastAvailIdx
 	r.SetLogging(opts.Log, a.Flags&VringFLog != 0, a.Log)
+	if opts.Inflight != nil {
+		if uint64(len(opts.Inflight)) < InflightQueueSize(r.size) {
+			return bad("inflight region of %d bytes for %d descriptors", len(opts.Inflight), size)
+		}
+		r.inflight = &inflightState{region: opts.Inflight}
+		n, err := r.inflight.recover(r.used, r.usedIdx, r.size)
+		if err != nil {
+			return bad("%v", err)
+		}
+		r.lastAvail += uint16(n)
+		r.availIdx = r.lastAvail
+	}
 	return r, nil
+}
+
+// Resubmitting returns how many chains left by a crashed backend are still
+// to be handed out again.
+func (r *SplitRing) Resubmitting() int {
+	if r.inflight == nil {
+		return 0
+	}
+	return len(r.inflight.resubmit)
 }
 
 // Size returns the queue size.
@@ -324,13 +352,27 @@ func (r *SplitRing) countError() {
 // the device has not popped yet. It reads avail->idx.
 func (r *SplitRing) Pending() uint16 {
 	r.availIdx = load16(r.avail, 2)
-	return r.availIdx - r.lastAvail
+	return r.availIdx - r.lastAvail + uint16(r.Resubmitting())
 }
 
 // Pop implements Queue.
 func (r *SplitRing) Pop(c *Chain) (bool, error) {
 	if r.broken {
 		return false, ErrRingBroken
+	}
+	if r.inflight != nil && len(r.inflight.resubmit) > 0 {
+		head := r.inflight.resubmit[0]
+		r.inflight.resubmit = r.inflight.resubmit[1:]
+		c.reset()
+		c.head = head
+		if err := r.walk(c, head); err != nil {
+			c.reset()
+			r.countError()
+			r.pushUsed(head, 0)
+			return false, err
+		}
+		c.owner = r
+		return true, nil
 	}
 	if r.lastAvail == r.availIdx {
 		r.availIdx = load16(r.avail, 2) // acquire: ring entries and descriptors are visible
@@ -357,6 +399,9 @@ func (r *SplitRing) Pop(c *Chain) (bool, error) {
 		r.countError()
 		r.pushUsed(head, 0)
 		return false, err
+	}
+	if r.inflight != nil {
+		r.inflight.taken(head)
 	}
 	c.owner = r
 	return true, nil
@@ -536,6 +581,9 @@ func (r *SplitRing) Publish() {
 		return
 	}
 	store32(r.used, 0, uint32(r.usedFlags)|uint32(r.usedIdx)<<16)
+	if r.inflight != nil {
+		r.inflight.returned(r.used, r.pubUsed, r.usedIdx, r.mask)
+	}
 	r.pubUsed = r.usedIdx
 	r.logUsed(2, 2)
 }
