@@ -1,0 +1,409 @@
+// Package benchstreams measures Veloce's stream runtime between two hosts
+// against raw UDP over the same link, in one run (veloce-bench streams).
+//
+// The two hosts are two network namespaces (ip netns) joined by a veth,
+// addressed 10.99.77.1 and .2. The reference is plain Go UDP sockets, one
+// opened inside each namespace: ping-pong round trips (A sends, B echoes)
+// and one-way throughput (A sends, B counts). Veloce is two in-process
+// daemons (backend.Daemon), one per namespace, each with the kernel-UDP
+// datapath (plugins/udp) opened inside its namespace, the other as its
+// peer, and an app socket; applications use guestlib's host transport.
+// The Veloce path of one message is thus app -> unix datagram -> daemon
+// -> udp plugin -> veth -> udp plugin -> daemon -> unix datagram -> app.
+//
+//   - Ping-pong: A's application emits on channel 1; B's consumes each
+//     message from its sink and emits it back on channel 2; A consumes it.
+//     After Warmup round trips, RoundTrips are timed (at most MaxRTTTime).
+//   - Throughput: A sends as fast as it can while at most Window messages
+//     per sink are in flight (sent, not yet counted by the receiver: the
+//     receiver's count is shared in-process, simple credit flow control, the
+//     same for raw and Veloce); the rate is what the receiver counted over
+//     Duration after Warm. Messages still missing after a drain are lost.
+//   - Sinks: Veloce throughput with N sinks on B (each in its own session)
+//     on channel 1: the rate per sink and all deliveries.
+//   - One daemon: the Veloce ping-pong at the first size with both
+//     applications on daemon A: the host transport alone, no datapath (to
+//     tell where the overhead goes).
+//
+// Everything runs in one process on a shared two-core machine: the
+// sender, receiver, both daemons' threads and the Go runtime share the
+// cores, so absolute numbers depend on the machine and its load; the raw
+// reference is measured in the same run, just before Veloce at each size.
+package benchstreams
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Config configures a run.
+type Config struct {
+	// Sizes are the message sizes (payload bytes); default 64, 256, 1024, 1400.
+	Sizes []int
+	// SinkCounts are the sink counts of the sinks rows; default 1 and 8.
+	SinkCounts []int
+	// SinkSize is the message size of the sinks rows; default 64.
+	SinkSize int
+	// RoundTrips timed per ping-pong after Warmup; at most MaxRTTTime.
+	RoundTrips, Warmup int
+	MaxRTTTime         time.Duration
+	// Warm and Duration: throughput warm-up and measured window.
+	Warm, Duration time.Duration
+	// Window is the most messages per sink in flight.
+	Window int
+	// DirectoryInterval of both daemons.
+	DirectoryInterval time.Duration
+	// ProfileDir, when set, receives CPU profiles of the Veloce ping-pong
+	// at ProfileSizes: streams-veloce-rtt-64.pprof, ...
+	ProfileDir   string
+	ProfileSizes []int
+	// NoLocal skips the ping-pong with both applications on one daemon
+	// (at the first size): the host transport alone, no datapath.
+	NoLocal bool
+	// Log receives progress lines.
+	Log io.Writer
+}
+
+func (c *Config) defaults() {
+	if len(c.Sizes) == 0 {
+		c.Sizes = []int{64, 256, 1024, 1400}
+	}
+	if c.SinkCounts == nil {
+		c.SinkCounts = []int{1, 8}
+	}
+	if c.SinkSize == 0 {
+		c.SinkSize = 64
+	}
+	if c.RoundTrips <= 0 {
+		c.RoundTrips = 20000
+	}
+	if c.Warmup < 0 {
+		c.Warmup = 0
+	}
+	if c.MaxRTTTime <= 0 {
+		c.MaxRTTTime = 5 * time.Second
+	}
+	if c.Warm <= 0 {
+		c.Warm = 250 * time.Millisecond
+	}
+	if c.Duration <= 0 {
+		c.Duration = 2 * time.Second
+	}
+	if c.Window <= 0 {
+		c.Window = 256
+	}
+	if c.DirectoryInterval <= 0 {
+		c.DirectoryInterval = 50 * time.Millisecond
+	}
+	if c.ProfileSizes == nil {
+		c.ProfileSizes = []int{64}
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+}
+
+// Result is one message size.
+type Result struct {
+	Size      int     `json:"size"`
+	RawRTT    Latency `json:"raw_rtt"`
+	VeloceRTT Latency `json:"veloce_rtt"`
+	// OverheadUS is the median RTT of Veloce minus raw UDP's.
+	OverheadUS float64    `json:"overhead_us"`
+	RawTput    Throughput `json:"raw_throughput"`
+	VeloceTput Throughput `json:"veloce_throughput"`
+	// Ratio is Veloce's throughput over raw UDP's.
+	Ratio       float64     `json:"ratio"`
+	VeloceDrops VeloceDrops `json:"veloce_drops"`
+	Profile     string      `json:"veloce_rtt_profile,omitempty"`
+}
+
+// SinkResult is one sinks row: Veloce throughput with Sinks sinks on B.
+type SinkResult struct {
+	Sinks int         `json:"sinks"`
+	Size  int         `json:"size"`
+	Tput  Throughput  `json:"veloce_throughput"`
+	Drops VeloceDrops `json:"veloce_drops"`
+	// RawMmsgs is the raw UDP reference at Size (one receiver), and
+	// Ratio the per-sink rate over it.
+	RawMmsgs float64 `json:"raw_mmsgs"`
+	Ratio    float64 `json:"ratio"`
+}
+
+// LocalResult is the Veloce ping-pong with both applications on daemon A:
+// unix sockets and one daemon, no datapath, no veth.
+type LocalResult struct {
+	Size int     `json:"size"`
+	RTT  Latency `json:"veloce_rtt"`
+}
+
+// Report is the whole run.
+type Report struct {
+	Benchmark   string       `json:"benchmark"`
+	LoadAverage string       `json:"load_average"`
+	CPUs        int          `json:"cpus"`
+	RoundTrips  int          `json:"round_trips"`
+	Window      int          `json:"window"`
+	Seconds     float64      `json:"duration_seconds"`
+	Results     []Result     `json:"results"`
+	Sinks       []SinkResult `json:"sinks"`
+	Local       *LocalResult `json:"one_daemon,omitempty"`
+	TotalSecs   float64      `json:"total_seconds"`
+}
+
+type bench struct {
+	cfg Config
+	h   *hosts
+}
+
+// Run measures everything; on error it returns what it has so far.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.defaults()
+	start := time.Now()
+	rep := &Report{Benchmark: "streams", CPUs: runtime.NumCPU(), RoundTrips: cfg.RoundTrips, Window: cfg.Window, Seconds: cfg.Duration.Seconds()}
+	if cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return rep, err
+		}
+	}
+	h, err := newHosts()
+	if err != nil {
+		return rep, err
+	}
+	defer h.close()
+	dir, err := os.MkdirTemp("", "veloce-bench-streams-")
+	if err != nil {
+		return rep, err
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{cfg: cfg, h: h}
+	ds, err := b.startDaemons(ctx, dir)
+	if err != nil {
+		return rep, err
+	}
+	defer ds.stop()
+	log := cfg.Log
+	raw := map[int]float64{}
+	for _, size := range cfg.Sizes {
+		r := Result{Size: size}
+		fmt.Fprintf(log, "%4d B: raw rtt", size)
+		if r.RawRTT, err = b.rawRTT(ctx, size); err != nil {
+			return rep, fmt.Errorf("raw rtt %d B: %w", size, err)
+		}
+		fmt.Fprintf(log, " %.1f µs, veloce rtt", r.RawRTT.MedianUS)
+		profile := ""
+		if cfg.ProfileDir != "" && contains(cfg.ProfileSizes, size) {
+			profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("streams-veloce-rtt-%d.pprof", size))
+		}
+		if r.VeloceRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, profile); err != nil {
+			return rep, fmt.Errorf("veloce rtt %d B: %w", size, err)
+		}
+		r.Profile = profile
+		r.OverheadUS = round2(r.VeloceRTT.MedianUS - r.RawRTT.MedianUS)
+		fmt.Fprintf(log, " %.1f µs; raw tput", r.VeloceRTT.MedianUS)
+		if r.RawTput, err = b.rawThroughput(ctx, size); err != nil {
+			return rep, fmt.Errorf("raw throughput %d B: %w", size, err)
+		}
+		fmt.Fprintf(log, " %.3f Mmsg/s, veloce tput", r.RawTput.Mmsgs)
+		if r.VeloceTput, r.VeloceDrops, err = b.veloceThroughput(ctx, ds, size, 1); err != nil {
+			return rep, fmt.Errorf("veloce throughput %d B: %w", size, err)
+		}
+		fmt.Fprintf(log, " %.3f Mmsg/s\n", r.VeloceTput.Mmsgs)
+		if r.RawTput.Mmsgs > 0 {
+			r.Ratio = round2(r.VeloceTput.Mmsgs / r.RawTput.Mmsgs)
+		}
+		raw[size] = r.RawTput.Mmsgs
+		rep.Results = append(rep.Results, r)
+	}
+	if !cfg.NoLocal {
+		size := cfg.Sizes[0]
+		fmt.Fprintf(log, "%4d B: veloce rtt, both applications on daemon A", size)
+		l, err := b.veloceRTT(ctx, ds.sockA, ds.sockA, size, "")
+		if err != nil {
+			return rep, fmt.Errorf("veloce rtt on one daemon, %d B: %w", size, err)
+		}
+		fmt.Fprintf(log, " %.1f µs\n", l.MedianUS)
+		rep.Local = &LocalResult{Size: size, RTT: l}
+	}
+	for _, n := range cfg.SinkCounts {
+		sr := SinkResult{Sinks: n, Size: cfg.SinkSize}
+		if _, ok := raw[cfg.SinkSize]; !ok {
+			th, err := b.rawThroughput(ctx, cfg.SinkSize)
+			if err != nil {
+				return rep, fmt.Errorf("raw throughput %d B: %w", cfg.SinkSize, err)
+			}
+			raw[cfg.SinkSize] = th.Mmsgs
+		}
+		sr.RawMmsgs = raw[cfg.SinkSize]
+		fmt.Fprintf(log, "%d sink(s), %d B: veloce tput", n, cfg.SinkSize)
+		if sr.Tput, sr.Drops, err = b.veloceThroughput(ctx, ds, cfg.SinkSize, n); err != nil {
+			return rep, fmt.Errorf("veloce throughput, %d sinks: %w", n, err)
+		}
+		fmt.Fprintf(log, " %.3f Mmsg/s per sink, %.3f deliveries\n", sr.Tput.Mmsgs, sr.Tput.DeliveriesMmsgs)
+		if sr.RawMmsgs > 0 {
+			sr.Ratio = round2(sr.Tput.Mmsgs / sr.RawMmsgs)
+		}
+		rep.Sinks = append(rep.Sinks, sr)
+	}
+	rep.TotalSecs = round2(time.Since(start).Seconds())
+	rep.LoadAverage = loadAverage()
+	return rep, nil
+}
+
+func contains(xs []int, x int) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// WriteTable prints the report's tables.
+func WriteTable(w io.Writer, rep *Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "SIZE\tRAW RTT µs\t(p99)\tVELOCE RTT µs\t(p99)\tOVERHEAD µs\tRAW Mmsg/s\tVELOCE Mmsg/s\tRATIO\tLOST raw/veloce\t")
+	for _, r := range rep.Results {
+		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%d/%d\t\n", r.Size, r.RawRTT.MedianUS, r.RawRTT.P99US,
+			r.VeloceRTT.MedianUS, r.VeloceRTT.P99US, r.OverheadUS, r.RawTput.Mmsgs, r.VeloceTput.Mmsgs, r.Ratio, r.RawTput.Lost, r.VeloceTput.Lost)
+	}
+	for _, s := range rep.Sinks {
+		fmt.Fprintf(tw, "%d, %d sink%s\t-\t-\t-\t-\t-\t%.3f\t%.3f\t%.2f\t-/%d\t\n", s.Size, s.Sinks, plural(s.Sinks), s.RawMmsgs, s.Tput.Mmsgs, s.Ratio, s.Tput.Lost)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l := rep.Local; l != nil {
+		fmt.Fprintf(w, "Veloce RTT with both applications on one daemon (host transport only, no datapath), %d B: %.1f µs (p99 %.1f)\n",
+			l.Size, l.RTT.MedianUS, l.RTT.P99US)
+	}
+	if len(rep.Sinks) > 0 {
+		fmt.Fprintln(w, "Sinks rows: Veloce Mmsg/s is per sink (each in its own session); all deliveries:")
+		for _, s := range rep.Sinks {
+			fmt.Fprintf(w, "  %d sink%s: %.3f M deliveries/s, lost %d (guestlib queue %d, daemon outbox %d), %d stalls\n",
+				s.Sinks, plural(s.Sinks), s.Tput.DeliveriesMmsgs, s.Tput.Lost, s.Drops.Guestlib, s.Drops.DaemonSink, s.Tput.Stalls)
+		}
+	}
+	return nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// WriteJSON prints the report as JSON.
+func WriteJSON(w io.Writer, rep *Report) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(rep)
+}
+
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+const usage = `usage: veloce-bench streams [--sizes 64,256,1024,1400] [--sinks 1,8] [--sink-size 64]
+                            [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256]
+                            [--cpuprofile DIR] [--profile-sizes 64] [--no-local] [-o table|json] [-q]
+
+Raw UDP vs Veloce (two in-process daemons, guestlib host applications)
+between two network namespaces joined by a veth: ping-pong RTT and
+one-way throughput per message size, and throughput with N sinks. Needs
+root and ip(8).
+`
+
+// Main is the streams subcommand of veloce-bench.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("veloce-bench streams", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	sizes := fs.String("sizes", "64,256,1024,1400", "message sizes in bytes, comma-separated")
+	sinks := fs.String("sinks", "1,8", "sink counts of the sinks rows (empty: none)")
+	sinkSize := fs.Int("sink-size", 64, "message size of the sinks rows")
+	rtts := fs.Int("round-trips", 20000, "timed round trips per ping-pong")
+	warmup := fs.Int("warmup", 2000, "untimed round trips first")
+	maxRTT := fs.Duration("max-rtt-time", 5*time.Second, "time limit of one ping-pong's timed round trips")
+	dur := fs.Duration("duration", 2*time.Second, "measured window of a throughput run (after 250 ms of warm-up)")
+	window := fs.Int("window", 256, "flow control: most messages per sink in flight")
+	profileDir := fs.String("cpuprofile", "", "write CPU profiles of the Veloce ping-pong to this directory")
+	profileSizes := fs.String("profile-sizes", "64", "message sizes to profile (with --cpuprofile)")
+	output := fs.String("o", "table", "output format: table or json")
+	quiet := fs.Bool("q", false, "no progress lines on stderr")
+	noLocal := fs.Bool("no-local", false, "skip the ping-pong with both applications on one daemon")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("-o %q: want table or json", *output)
+	}
+	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Duration: *dur, Window: *window,
+		ProfileDir: *profileDir, SinkSize: *sinkSize, NoLocal: *noLocal, Log: stderr}
+	if *quiet {
+		cfg.Log = io.Discard
+	}
+	var err error
+	if cfg.Sizes, err = ParseSizes(*sizes); err != nil {
+		return err
+	}
+	if cfg.ProfileSizes, err = ParseSizes(*profileSizes); err != nil {
+		return err
+	}
+	if cfg.SinkCounts, err = ParseCounts(*sinks); err != nil {
+		return err
+	}
+	if cfg.SinkCounts == nil {
+		cfg.SinkCounts = []int{}
+	}
+	if *sinkSize < 8 || *sinkSize > MaxSize {
+		return fmt.Errorf("--sink-size %d: want 8 to %d", *sinkSize, MaxSize)
+	}
+	if *rtts < 1 || *warmup < 0 || *window < 1 || *dur <= 0 || *maxRTT <= 0 {
+		return errors.New("--round-trips, --window, --duration and --max-rtt-time must be positive, --warmup at least 0")
+	}
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		if len(rep.Results) > 0 && *output == "table" {
+			WriteTable(stdout, rep)
+		}
+		return err
+	}
+	if *output == "json" {
+		return WriteJSON(stdout, rep)
+	}
+	fmt.Fprintf(stdout, "streams: raw UDP vs Veloce (guestlib host apps, two daemons, kernel-UDP datapath), two netns joined by a veth\n"+
+		"(RTT: median (p99) of %d round trips; throughput: receiver-counted over %v, window %d; lost after drain)\n", cfg.RoundTrips, cfg.Duration, cfg.Window)
+	if err := WriteTable(stdout, rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Load average at the end %s on %d CPUs; whole run %.1f s.\n", rep.LoadAverage, rep.CPUs, rep.TotalSecs)
+	for _, r := range rep.Results {
+		if r.Profile != "" {
+			fmt.Fprintf(stdout, "CPU profile of the Veloce ping-pong, %d B: %s (go tool pprof -top %s)\n", r.Size, r.Profile, r.Profile)
+		}
+	}
+	return nil
+}

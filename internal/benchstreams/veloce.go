@@ -1,0 +1,373 @@
+package benchstreams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/plugins/udp"
+)
+
+// Channels of the Veloce measurements.
+const (
+	chanPing = 1 // A -> B (and the throughput channel)
+	chanPong = 2 // B -> A
+)
+
+// daemons are the two in-process veloced instances, one per namespace.
+type daemons struct {
+	sockA, sockB string
+	dA, dB       *backend.Daemon
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	errs         chan error
+}
+
+func (b *bench) startDaemons(ctx context.Context, dir string) (*daemons, error) {
+	const port = 7078
+	dpA, err := b.udpPlugin(b.h.a, b.h.addrA, port)
+	if err != nil {
+		return nil, err
+	}
+	dpB, err := b.udpPlugin(b.h.b, b.h.addrB, port)
+	if err != nil {
+		dpA.Close()
+		return nil, err
+	}
+	ds := &daemons{sockA: filepath.Join(dir, "app-a.sock"), sockB: filepath.Join(dir, "app-b.sock"), errs: make(chan error, 2)}
+	mk := func(dp, peer *udp.Plugin, node uint32, name, sock string) (*backend.Daemon, error) {
+		return backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control-"+name+".sock"), AppSocket: sock,
+			Runtime: backend.RuntimeOptions{NodeID: node, Remote: backend.RemoteOptions{Datapath: dp,
+				Peers: []netip.AddrPort{peer.LocalAddr()}, DirectoryInterval: b.cfg.DirectoryInterval}}})
+	}
+	if ds.dA, err = mk(dpA, dpB, 1, "a", ds.sockA); err == nil {
+		ds.dB, err = mk(dpB, dpA, 2, "b", ds.sockB)
+	}
+	if err != nil {
+		dpA.Close()
+		dpB.Close()
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	ds.cancel = cancel
+	for _, d := range []*backend.Daemon{ds.dA, ds.dB} {
+		ds.wg.Add(1)
+		go func() {
+			defer ds.wg.Done()
+			if err := d.Run(rctx); err != nil {
+				ds.errs <- err
+			}
+		}()
+	}
+	// Wait until both answer on their app sockets.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, sock := range []string{ds.sockA, ds.sockB} {
+		for {
+			s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock, RequestTimeout: 50 * time.Millisecond})
+			if err == nil {
+				s.Close()
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				ds.stop()
+				return nil, fmt.Errorf("daemon at %s did not answer: %w", sock, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return ds, nil
+}
+
+func (ds *daemons) stop() error {
+	ds.cancel()
+	ds.wg.Wait()
+	close(ds.errs)
+	return <-ds.errs
+}
+
+func (b *bench) udpPlugin(ns *netns, addr string, port uint16) (*udp.Plugin, error) {
+	var p *udp.Plugin
+	err := ns.do(func() (err error) {
+		p, err = udp.New(udp.Options{Listen: netip.AddrPortFrom(netip.MustParseAddr(addr), port), RecvBuffer: 16 << 20, SendBuffer: 16 << 20})
+		return err
+	})
+	return p, err
+}
+
+func open(ctx context.Context, sock string) (*guestlib.Session, error) {
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return guestlib.Open(octx, guestlib.Options{Socket: sock})
+}
+
+// emitSize emits a message of size bytes from src.
+func emitSize(src *guestlib.Source, size int) error {
+	buf, err := src.GetBuffer(size)
+	if err != nil {
+		return err
+	}
+	_, err = src.Emit(buf)
+	return err
+}
+
+// veloceRTT: an application on A (at sockA) emits on channel 1; one on B
+// (at sockB) consumes each message from its sink and emits it back on
+// channel 2; A consumes it. With sockA == sockB both applications are on
+// one daemon and no datapath is involved. With profile set, a CPU profile of the measured round trips goes
+// there.
+func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, profile string) (Latency, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sa, err := open(ctx, sockA)
+	if err != nil {
+		return Latency{}, err
+	}
+	defer sa.Close()
+	sb, err := open(ctx, sockB)
+	if err != nil {
+		return Latency{}, err
+	}
+	defer sb.Close()
+	stA, err := sa.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		return Latency{}, err
+	}
+	srcA, err := stA.CreateSource(ctx, chanPing)
+	if err != nil {
+		return Latency{}, err
+	}
+	sinkA, err := stA.CreateSink(ctx, chanPong, guestlib.SinkOptions{})
+	if err != nil {
+		return Latency{}, err
+	}
+	stB, err := sb.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		return Latency{}, err
+	}
+	sinkB, err := stB.CreateSink(ctx, chanPing, guestlib.SinkOptions{})
+	if err != nil {
+		return Latency{}, err
+	}
+	srcB, err := stB.CreateSource(ctx, chanPong)
+	if err != nil {
+		return Latency{}, err
+	}
+	go func() { // B: echo
+		for {
+			m, err := sinkB.Consume(ctx)
+			if err != nil {
+				return
+			}
+			buf, err := srcB.GetBuffer(len(m.Data))
+			if err != nil {
+				m.Release()
+				return
+			}
+			copy(buf.Data, m.Data)
+			m.Release()
+			if _, err := srcB.Emit(buf); err != nil {
+				return
+			}
+		}
+	}()
+	// Both daemons learn of the other's sinks by directory: ping until an
+	// answer comes, then let stragglers arrive and drop them.
+	if err := ready(ctx, func() error { return emitSize(srcA, size) }, func(c context.Context) error {
+		m, err := sinkA.Consume(c)
+		if err == nil {
+			m.Release()
+		}
+		return err
+	}); err != nil {
+		return Latency{}, err
+	}
+	drain(sinkA)
+	ping := func() error { return emitSize(srcA, size) }
+	pong := func() error {
+		m, err := sinkA.Consume(ctx)
+		if err != nil {
+			return err
+		}
+		m.Release()
+		return nil
+	}
+	var perr error
+	var pf *os.File
+	onMeasure := func(start bool) {
+		if profile == "" {
+			return
+		}
+		if start {
+			if pf, perr = os.Create(profile); perr == nil {
+				if perr = pprof.StartCPUProfile(pf); perr != nil {
+					pf.Close()
+					pf = nil
+				}
+			}
+			return
+		}
+		if pf != nil {
+			pprof.StopCPUProfile()
+			perr = pf.Close()
+		}
+	}
+	l, err := pingPong(ctx, b.cfg.Warmup, b.cfg.RoundTrips, b.cfg.MaxRTTTime, ping, pong, onMeasure)
+	if err == nil && perr != nil {
+		err = fmt.Errorf("cpu profile: %w", perr)
+	}
+	return l, err
+}
+
+// ready calls probe every 20 ms until answer returns nil.
+func ready(ctx context.Context, probe func() error, answer func(context.Context) error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := probe(); err != nil {
+			return err
+		}
+		c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		err := answer(c)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the daemons never exchanged a message (directory)")
+		}
+	}
+}
+
+// drain drops what a sink receives until it has been quiet for 50 ms.
+func drain(sk *guestlib.Sink) {
+	for quiet := time.Now(); time.Since(quiet) < 50*time.Millisecond; {
+		if m, ok := sk.TryConsume(); ok {
+			m.Release()
+			quiet = time.Now()
+			continue
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// VeloceDrops are the places a Veloce throughput run lost messages.
+type VeloceDrops struct {
+	// Guestlib counts messages B's sinks dropped with their queue full.
+	Guestlib uint64 `json:"guestlib_sink_queue"`
+	// DaemonSink counts B's daemon's deliveries refused by a full host
+	// outbox (velocectl streams' dropped).
+	DaemonSink uint64 `json:"daemon_sink"`
+}
+
+// veloceThroughput: an application on A emits on channel 1 as fast as
+// the window allows; sinks on B (each in its own session: its own socket
+// to the daemon) consume and count.
+func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks int) (Throughput, VeloceDrops, error) {
+	var vd VeloceDrops
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sa, err := open(ctx, ds.sockA)
+	if err != nil {
+		return Throughput{}, vd, err
+	}
+	defer sa.Close()
+	stA, err := sa.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		return Throughput{}, vd, err
+	}
+	srcA, err := stA.CreateSource(ctx, chanPing)
+	if err != nil {
+		return Throughput{}, vd, err
+	}
+	p := newProgress()
+	var sks []*guestlib.Sink
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range sinks {
+		sb, err := open(ctx, ds.sockB)
+		if err != nil {
+			return Throughput{}, vd, err
+		}
+		defer sb.Close()
+		stB, err := sb.CreateStream(ctx, guestlib.StreamOptions{})
+		if err != nil {
+			return Throughput{}, vd, err
+		}
+		sk, err := stB.CreateSink(ctx, chanPing, guestlib.SinkOptions{Queue: 8192})
+		if err != nil {
+			return Throughput{}, vd, err
+		}
+		sks = append(sks, sk)
+	}
+	first := make(chan struct{}, 1)
+	for _, sk := range sks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				m, err := sk.Consume(ctx)
+				if err != nil {
+					return
+				}
+				m.Release()
+				p.add(1)
+				select {
+				case first <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	if err := ready(ctx, func() error { return emitSize(srcA, size) }, func(c context.Context) error {
+		select {
+		case <-first:
+			return nil
+		case <-c.Done():
+			return c.Err()
+		}
+	}); err != nil {
+		return Throughput{}, vd, err
+	}
+	// Let the probes' copies reach every sink.
+	for last := p.n.Load(); ; {
+		time.Sleep(50 * time.Millisecond)
+		if n := p.n.Load(); n == last {
+			break
+		} else {
+			last = n
+		}
+	}
+	g0, d0 := sinkDrops(sks), daemonSinkDrops(ds.dB)
+	send := func() error { return emitSize(srcA, size) }
+	th, err := throughput(ctx, b.cfg.Warm, b.cfg.Duration, b.cfg.Window, sinks, send, p)
+	vd.Guestlib, vd.DaemonSink = sinkDrops(sks)-g0, daemonSinkDrops(ds.dB)-d0
+	return th, vd, err
+}
+
+func sinkDrops(sks []*guestlib.Sink) uint64 {
+	var n uint64
+	for _, sk := range sks {
+		n += sk.Dropped()
+	}
+	return n
+}
+
+func daemonSinkDrops(d *backend.Daemon) uint64 {
+	var n uint64
+	for _, st := range d.Streams() {
+		for _, sk := range st.Sinks {
+			n += sk.Dropped
+		}
+	}
+	return n
+}
