@@ -291,3 +291,50 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestGuestPingPongWithHostEcho: veloce-perf's ping-pong from inside a VM
+// against an echo on the host: every round trip completes.
+func TestGuestPingPongWithHostEcho(t *testing.T) {
+	testutil.RequiresRoot(t)
+	var app string
+	_, socks := startDaemonWith(t, func(o *DaemonOptions) {
+		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
+		o.AppSocket = app
+	}, "vm")
+	kernel, initramfs := perfImage(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	echo := exec.CommandContext(ctx, perfPath, "echo", "--socket", app, "--in", "31", "--out", "32", "--timeout", "4m")
+	var out syncBuf
+	echo.Stdout, echo.Stderr = &out, &out
+	if err := echo.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { echo.Process.Kill(); echo.Wait() }()
+	for !strings.Contains(out.String(), "ready") {
+		if ctx.Err() != nil {
+			t.Fatalf("host echo never ready:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	vm := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[0]}},
+		Guest: &guestinit.Config{Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}},
+			Run: []string{"/bin/veloce-perf", "pingpong", "--out", "31", "--in", "32", "--count", "200", "--wait", "5s"}}})
+	r, err := vm.Wait(ctx)
+	if err != nil || r.Err() != nil {
+		t.Fatalf("guest pingpong: %v %v\n%s", err, r.Err(), r.Output)
+	}
+	lines := strings.Split(strings.TrimSpace(r.Output), "\n")
+	var s struct {
+		Samples  int     `json:"samples"`
+		Lost     int     `json:"lost"`
+		MedianUS float64 `json:"median_us"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err != nil {
+		t.Fatalf("no summary:\n%s", r.Output)
+	}
+	t.Logf("guest <-> host round trips: %+v (TCG guest: absolute times mean little)", s)
+	if s.Samples != 200 || s.Lost != 0 || s.MedianUS <= 0 {
+		t.Errorf("summary %+v", s)
+	}
+}

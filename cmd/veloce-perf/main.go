@@ -1,10 +1,13 @@
-// Command veloce-perf drives the Veloce API from a guest or the host:
-// a sink that counts and checks what it receives, and a source that emits
-// at a given rate. (Ping-pong and throughput against raw UDP sockets come
-// with the benchmark work.)
+// Command veloce-perf drives the Veloce API from a guest or the host: a
+// sink that counts and checks what it receives (throughput), a source that
+// emits at a given rate, and the paper's ping-pong (RTT), on the Veloce API
+// or, for reference, on plain UDP sockets.
 //
-//	veloce-perf sink   --channel 1 --count 10000
-//	veloce-perf source --channel 1 --count 10000 --size 64 --rate 2000
+//	veloce-perf sink     --channel 1 --count 10000
+//	veloce-perf source   --channel 1 --count 10000 --size 64 --rate 2000
+//	veloce-perf echo     --in 1 --out 2
+//	veloce-perf pingpong --out 1 --in 2 --count 10000 --size 64
+//	veloce-perf echo --raw 10.0.0.2:7090 & veloce-perf pingpong --raw 10.0.0.2:7090
 package main
 
 import (
@@ -34,10 +37,13 @@ func main() {
 	}
 }
 
-const usage = `usage: veloce-perf sink|source|junk [flags]
+const usage = `usage: veloce-perf sink|source|pingpong|echo|junk [flags]
 
   sink     receive --count messages on --channel, check each source's order
   source   emit --count messages of --size bytes on --channel at --rate per second
+  pingpong send a message on --out and wait for it on --in, --count times: RTT
+  echo     return every message from --in on --out (the other side of pingpong)
+           (pingpong and echo with --raw ADDR: the same over plain UDP sockets)
   junk     send --count malformed datagrams to the daemon's service port
            (robustness testing: the daemon counts and drops them)
 
@@ -60,9 +66,12 @@ type Summary struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "pingpong" || args[0] == "echo") {
+		return runPingPong(ctx, args, stdout, stderr)
+	}
 	if len(args) == 0 || (args[0] != "sink" && args[0] != "source" && args[0] != "junk") {
 		fmt.Fprint(stderr, usage)
-		return errors.New("want sink, source or junk")
+		return errors.New("want sink, source, pingpong, echo or junk")
 	}
 	fs := flag.NewFlagSet("veloce-perf "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
