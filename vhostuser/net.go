@@ -545,11 +545,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		if err != nil {
 			return err
 		}
-		d.stopAllLocked()
-		if d.inflight != nil {
-			d.inflight.close()
-		}
-		d.inflight = region
+		d.replaceInflightLocked(region)
 		in.MmapSize, in.MmapOffset = uint64(len(region.mapping)), 0
 		if err := ReplyInflight(conn, in, region.fd); err != nil {
 			return err
@@ -566,11 +562,7 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error)
 		if err != nil {
 			return err
 		}
-		d.stopAllLocked()
-		if d.inflight != nil {
-			d.inflight.close()
-		}
-		d.inflight = region
+		d.replaceInflightLocked(region)
 		return d.reconcileLocked()
 	case SetVringEndian:
 		return fail("legacy cross-endian rings are not supported")
@@ -666,6 +658,16 @@ func (d *NetDevice) stopPairLocked(qp int) {
 // ready says whether a ring can run.
 func (d *NetDevice) readyLocked(vr *vring) bool {
 	return d.mem != nil && vr.num > 0 && vr.addrSet && vr.kickSet && vr.enabled && !vr.stopped
+}
+
+// replaceInflightLocked installs a new inflight region; the rings restart
+// on it at the next reconcile.
+func (d *NetDevice) replaceInflightLocked(region *inflightRegion) {
+	d.stopAllLocked()
+	if d.inflight != nil {
+		d.inflight.close()
+	}
+	d.inflight = region
 }
 
 // applyLoggingLocked turns dirty logging on or off on the running rings,

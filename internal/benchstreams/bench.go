@@ -37,11 +37,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/veloce-io/veloce/internal/benchvhost"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -311,17 +311,7 @@ func WriteJSON(w io.Writer, rep *Report) error {
 	return e.Encode(rep)
 }
 
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
-}
+func loadAverage() string { return benchvhost.LoadAverage() }
 
 const usage = `usage: veloce-bench streams [--sizes 64,256,1024,1400] [--sinks 1,8] [--sink-size 64]
                             [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256]

@@ -3,12 +3,10 @@ package benchstreams
 import (
 	"errors"
 	"fmt"
+	vnetns "github.com/veloce-io/veloce/internal/netns"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // netns is a network namespace the bench created with ip netns add: one
@@ -69,40 +67,8 @@ func veth(a *netns, va, aAddr string, b *netns, vb, bAddr string) error {
 	return nil
 }
 
-// do runs f on an OS thread inside the namespace: sockets f opens belong
-// to it for good, whichever goroutine uses them later (as
-// testutil.Netns.Do).
-func (n *netns) do(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(own)
-		target, err := unix.Open("/run/netns/"+n.name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(own, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and dies with the goroutine.
-			errc <- fmt.Errorf("leave netns %s: %w", n.name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// do runs f on an OS thread inside the namespace (see internal/netns).
+func (n *netns) do(f func() error) error { return vnetns.Do(n.name, f) }
 
 // hosts are the two namespaces joined by a veth.
 type hosts struct {

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/veloce-io/veloce/internal/netns"
 )
 
 // Netns is a network namespace a test created (ip netns add): one of the
@@ -55,39 +54,8 @@ func Veth(t testing.TB, a *Netns, aAddr string, b *Netns, bAddr string) {
 	b.IP(t, "link", "set", vb, "up")
 }
 
-// Do runs f on an OS thread inside the namespace: sockets f opens belong
-// to it for good, whichever goroutine uses them later.
-func (n *Netns) Do(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(own)
-		target, err := unix.Open("/run/netns/"+n.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(own, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and dies with the goroutine.
-			errc <- fmt.Errorf("leave netns %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// Do runs f on an OS thread inside the namespace (see internal/netns).
+func (n *Netns) Do(f func() error) error { return netns.Do(n.Name, f) }
 
 // Run runs a command and fails the test with its output if it fails.
 func Run(t testing.TB, name string, args ...string) {
