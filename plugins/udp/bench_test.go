@@ -99,3 +99,54 @@ func benchNetConn(b *testing.B, size int) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// BenchmarkPingPong is the latency case: one 64-byte message goes from a to
+// b, b echoes it, and a waits for the echo, each side blocking in
+// RecvBatch with no timeout, as the runtime's receive loop does. ns/op is
+// one round trip over loopback, including both receivers' wake-ups.
+func BenchmarkPingPong(b *testing.B) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		b.Run(addr, func(b *testing.B) {
+			pa := newPlugin(b, addr, Options{})
+			pb := newPlugin(b, addr, Options{})
+			echoDone := make(chan error, 1)
+			go func() {
+				pkts := []wire.Packet{{Buf: make([]byte, 2048)}}
+				for {
+					n, err := pb.RecvBatch(pkts, -1)
+					if err == ErrClosed {
+						echoDone <- nil
+						return
+					}
+					if err != nil || n != 1 {
+						echoDone <- fmt.Errorf("echo RecvBatch = %d, %v", n, err)
+						return
+					}
+					// Echo in place: N and Addr are what arrived.
+					if m, err := pb.SendBatch(pkts[:1]); m != 1 || err != nil {
+						echoDone <- fmt.Errorf("echo SendBatch = %d, %v", m, err)
+						return
+					}
+				}
+			}()
+			buf := make([]byte, 64)
+			out := []wire.Packet{{Addr: pb.LocalAddr(), Buf: buf, N: fillMessage(b, buf, 1, 1, 64)}}
+			in := []wire.Packet{{Buf: make([]byte, 2048)}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if n, err := pa.SendBatch(out); n != 1 || err != nil {
+					b.Fatalf("SendBatch = %d, %v", n, err)
+				}
+				if n, err := pa.RecvBatch(in, -1); n != 1 || err != nil {
+					b.Fatalf("RecvBatch = %d, %v", n, err)
+				}
+			}
+			b.StopTimer()
+			pb.Close()
+			if err := <-echoDone; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

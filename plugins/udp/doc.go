@@ -41,8 +41,9 @@
 // the batch the kernel took; fewer than all with a nil error means the
 // socket's send buffer is full, and the caller keeps the rest for later.
 // RecvBatch waits at most timeout for the first datagram (0: do not wait,
-// negative: wait until one arrives or Close), then takes as many as are
-// queued, up to the batch size, without waiting further.
+// negative: wait until one arrives or Close), in the runtime's network
+// poller, then takes as many as are queued, up to the batch size, without
+// waiting further.
 //
 // Both IPv4 and IPv6 work. A socket bound to an IPv4 address speaks IPv4
 // only; one bound to an IPv6 address speaks IPv6, and one bound to the
@@ -60,9 +61,16 @@
 //
 // # Resources
 //
-// A Plugin owns two file descriptors, its UDP socket and an eventfd that
-// Close uses to wake the receiver; Close releases both. A Plugin that is
-// dropped without Close has them closed by a cleanup (and logs a warning).
-// Every unsafe operation (the message headers, socket addresses and raw
-// system calls) is in mmsg_unsafe.go.
+// A Plugin owns one file descriptor, its non-blocking UDP socket, which it
+// wraps in an *os.File so that the socket is registered with the Go
+// runtime's network poller. RecvBatch waits there, like a read on a
+// net.Conn: the goroutine parks without holding a thread, the poller
+// wakes it when a datagram arrives, a positive timeout is a read deadline,
+// and Close closes the file, which wakes it. (A raw blocking poll(2)
+// instead would hold an OS thread and cost the scheduler a thread handoff
+// on every wake-up.) The system calls themselves are raw sendmmsg(2) and
+// recvmmsg(2) run through the file's syscall.RawConn. A Plugin that is
+// dropped without Close has its socket closed by a cleanup (and logs a
+// warning). Every unsafe operation (the message headers, socket addresses
+// and raw system calls) is in mmsg_unsafe.go.
 package udp

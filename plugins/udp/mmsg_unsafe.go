@@ -178,19 +178,3 @@ func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, unix.Errno) {
 	}
 	return int(r), 0
 }
-
-// ppoll waits for fds up to *ts (forever for nil) and returns how many
-// are ready.
-func ppoll(fds []unix.PollFd, ts *unix.Timespec) (int, unix.Errno) {
-	r, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), uintptr(unsafe.Pointer(ts)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), 0
-}
-
-// wakeUp makes the eventfd readable for good (Close never reads it).
-func wakeUp(fd int) {
-	one := uint64(1)
-	unix.Write(fd, (*[8]byte)(unsafe.Pointer(&one))[:])
-}

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,7 +75,7 @@ type Stats struct {
 	SendErrors      uint64 // packets SendBatch returned an error for
 	SendBufferFull  uint64 // SendBatch calls that stopped at a full send buffer
 	RecvTruncated   uint64 // datagrams longer than the buffer offered (cut short)
-	RecvErrors      uint64 // recvmmsg(2) or poll(2) failures RecvBatch returned
+	RecvErrors      uint64 // recvmmsg(2) or poller failures RecvBatch returned
 }
 
 // Plugin is a kernel-UDP datapath: one UDP socket with batched send and
@@ -84,13 +86,17 @@ type Plugin struct {
 	batch int
 	log   *slog.Logger
 	fds   *fdSet
+	// raw reaches the socket through the runtime poller (fds.file's
+	// SyscallConn): every system call on the socket goes through it, so
+	// the descriptor stays valid during the call even if Close runs.
+	raw syscall.RawConn
 
-	// closing is set once by Close before it wakes the receiver.
+	// closing is set once by Close before it closes the socket (which
+	// wakes the receiver).
 	closing atomic.Bool
-	// mu guards closed and, through it, the validity of fds: the batch
-	// methods hold it for reading while they use the descriptors (one
-	// uncontended atomic per batch), Close holds it for writing to close
-	// them.
+	// mu guards closed: the batch methods hold it for reading while they
+	// run (one uncontended atomic per batch), Close holds it for writing
+	// to wait for them.
 	mu     sync.RWMutex
 	closed bool // +checklocks:mu
 
@@ -101,41 +107,79 @@ type Plugin struct {
 // txState is the sender's preallocated state and counters; rxState the
 // receiver's. They are separate allocations so the two goroutines do not
 // share cache lines.
+//
+// The system calls run in callbacks handed to syscall.RawConn, which take
+// their arguments and leave their results in these structs: the callbacks
+// are method values made once in New, so a batch allocates no closure.
 type txState struct {
-	mmsg    mmsgBatch
+	mmsg mmsgBatch
+	// send is tx.sendOnce; k, n and errno its argument and results.
+	send    func(fd uintptr)
+	k, n    int
+	errno   unix.Errno
 	packets atomic.Uint64
 	bytes   atomic.Uint64
 	errors  atomic.Uint64
 	full    atomic.Uint64
 }
 
+// sendOnce is one sendmmsg(2) of the first k prepared headers.
+func (tx *txState) sendOnce(fd uintptr) {
+	tx.n, tx.errno = sendmmsg(int(fd), tx.mmsg.hdrs[:tx.k])
+}
+
 type rxState struct {
-	mmsg      mmsgBatch
-	pollFDs   [2]unix.PollFd // the socket and the wake eventfd
-	timeout   unix.Timespec
+	mmsg mmsgBatch
+	// try is rx.recvOnce and wait rx.recvReady; k, n and errno their
+	// argument and results.
+	try   func(fd uintptr)
+	wait  func(fd uintptr) bool
+	k, n  int
+	errno unix.Errno
+	// deadline says the socket has a read deadline set (by a RecvBatch
+	// with a positive timeout), which a RecvBatch without one must clear.
+	deadline  bool
 	packets   atomic.Uint64
 	bytes     atomic.Uint64
 	truncated atomic.Uint64
 	errors    atomic.Uint64
 }
 
-// fdSet owns the socket and the wake eventfd. The leak cleanup holds it,
-// not the Plugin.
-type fdSet struct {
-	sock, wake int
-	closed     bool
+// recvOnce is one non-blocking recvmmsg(2) into the first k prepared
+// headers.
+func (rx *rxState) recvOnce(fd uintptr) {
+	for {
+		rx.n, rx.errno = recvmmsg(int(fd), rx.mmsg.hdrs[:rx.k])
+		if rx.errno != unix.EINTR {
+			return
+		}
+	}
 }
 
+// recvReady is recvOnce for RawConn.Read: false (park the goroutine in
+// the poller until the socket is readable) when nothing is queued.
+func (rx *rxState) recvReady(fd uintptr) bool {
+	rx.recvOnce(fd)
+	return rx.errno != unix.EAGAIN
+}
+
+// fdSet owns the socket, as an *os.File registered with the runtime
+// poller. The leak cleanup holds it, not the Plugin.
+type fdSet struct {
+	file   *os.File
+	closed bool
+}
+
+// close closes the socket. A receiver parked in the poller wakes (with
+// an error, which RecvBatch reports as ErrClosed), and the descriptor
+// itself is closed once the system calls under way on it have returned;
+// close waits for that.
 func (f *fdSet) close() error {
 	if f.closed {
 		return nil
 	}
 	f.closed = true
-	err := unix.Close(f.sock)
-	if werr := unix.Close(f.wake); err == nil {
-		err = werr
-	}
-	if err != nil {
+	if err := f.file.Close(); err != nil {
 		return fmt.Errorf("close socket: %w", err)
 	}
 	return nil
@@ -170,16 +214,23 @@ func New(opts Options) (*Plugin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new udp plugin: %w", err)
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(sock)
-		return nil, fmt.Errorf("new udp plugin: create eventfd: %w", err)
-	}
-	fds := &fdSet{sock: sock, wake: wake}
 	local, err := localAddr(sock)
 	if err != nil {
-		fds.close()
+		unix.Close(sock)
 		return nil, fmt.Errorf("new udp plugin: %w", err)
+	}
+	// The socket is non-blocking (O_NONBLOCK), so os.NewFile registers it
+	// with the runtime poller: RecvBatch parks in the poller like any Go
+	// network read, and Close wakes it by closing the file.
+	fds := &fdSet{file: os.NewFile(uintptr(sock), "udp "+local.String())}
+	raw, err := fds.file.SyscallConn()
+	if err == nil {
+		// Fails (os.ErrNoDeadline) when the poller did not take the socket.
+		err = fds.file.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		fds.close()
+		return nil, fmt.Errorf("new udp plugin: register socket with the runtime poller: %w", err)
 	}
 	p := &Plugin{
 		local: local,
@@ -187,13 +238,13 @@ func New(opts Options) (*Plugin, error) {
 		batch: batch,
 		log:   log,
 		fds:   fds,
+		raw:   raw,
 		tx:    &txState{mmsg: newMmsgBatch(batch)},
 		rx:    &rxState{mmsg: newMmsgBatch(batch)},
 	}
-	p.rx.pollFDs = [2]unix.PollFd{
-		{Fd: int32(sock), Events: unix.POLLIN},
-		{Fd: int32(wake), Events: unix.POLLIN},
-	}
+	p.tx.send = p.tx.sendOnce
+	p.rx.try = p.rx.recvOnce
+	p.rx.wait = p.rx.recvReady
 	log.Debug("udp plugin open", "addr", local, "batch", batch)
 	runtime.AddCleanup(p, func(f *fdSet) {
 		if !f.closed {
@@ -226,18 +277,32 @@ func (p *Plugin) Stats() Stats {
 	}
 }
 
-// Close wakes a receiver blocked in RecvBatch, waits until the batch
-// calls under way have returned, and closes the socket. It is safe to call
+// Close wakes a receiver blocked in RecvBatch, closes the socket, and
+// waits until the batch calls under way have returned. It is safe to call
 // from any goroutine and more than once; calls after the first return nil.
 func (p *Plugin) Close() error {
 	if !p.closing.CompareAndSwap(false, true) {
 		return nil
 	}
-	wakeUp(p.fds.wake)
+	// Closing the file evicts the socket from the poller, which wakes a
+	// parked receiver; the descriptor is closed once no system call is
+	// using it (fds.close waits for that), and calls that get to the
+	// socket after this see closing and return ErrClosed.
+	err := p.fds.close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
-	return p.fds.close()
+	return err
+}
+
+// rawError turns an error from the poller (RawConn, SetReadDeadline)
+// into RecvBatch's or SendBatch's: ErrClosed once Close has begun (the
+// poller then reports the file closed), else wrapped.
+func (p *Plugin) rawError(op string, err error) error {
+	if p.closing.Load() {
+		return ErrClosed
+	}
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 // enter starts a batch call: it reports false once the Plugin is closed.
@@ -280,8 +345,13 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 		k, bad := tx.mmsg.fillSend(chunk, p.v6)
 		var n int
 		if k > 0 {
-			var errno unix.Errno
-			n, errno = sendmmsg(p.fds.sock, tx.mmsg.hdrs[:k])
+			tx.k = k
+			if cerr := p.raw.Control(tx.send); cerr != nil {
+				err = p.rawError("send batch", cerr)
+				break
+			}
+			n = tx.n
+			errno := tx.errno
 			for i := range n {
 				bytes += uint64(chunk[i].N)
 			}
@@ -303,7 +373,7 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 		// does not report with a partial count); the next round tells.
 	}
 	tx.mmsg.release()
-	if err != nil {
+	if err != nil && err != ErrClosed {
 		tx.errors.Add(1)
 	}
 	tx.packets.Add(uint64(sent))
@@ -313,14 +383,19 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 
 // RecvBatch receives up to min(len(pkts), BatchSize) datagrams with one
 // recvmmsg(2), filling pkts[i].Buf, pkts[i].N and pkts[i].Addr for i < n,
-// and returns n (0 at once when pkts is empty). When none is queued it waits for one up to timeout with
-// poll(2): timeout 0 does not wait, a negative timeout waits until a
-// datagram arrives or Close is called. After the wait it takes what is
-// queued without waiting for more. It returns 0, nil when the time runs
-// out; ErrClosed when the Plugin is closed (also while waiting); a wrapped
-// system call error otherwise. A datagram longer than len(Buf) is cut to
-// len(Buf) and counted in Stats.RecvTruncated (see wire.Packet). It keeps
-// no reference to pkts or their buffers after it returns.
+// and returns n (0 at once when pkts is empty). When none is queued it
+// waits for one up to timeout in the runtime's network poller, as a read
+// on a net.Conn does: timeout 0 does not wait, a negative timeout waits
+// until a datagram arrives or Close is called. After the wait it takes
+// what is queued without waiting for more. It returns 0, nil when the
+// time runs out; ErrClosed when the Plugin is closed (also while
+// waiting); a wrapped system call error otherwise. A datagram longer than
+// len(Buf) is cut to len(Buf) and counted in Stats.RecvTruncated (see
+// wire.Packet). It keeps no reference to pkts or their buffers after it
+// returns.
+//
+// A positive timeout is a read deadline on the socket, set only when
+// RecvBatch has to wait; a later call without a timeout clears it.
 //
 // Only one goroutine may be in RecvBatch at a time.
 func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, error) {
@@ -336,52 +411,55 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 	pkts = pkts[:k]
 	rx.mmsg.fillRecv(pkts)
 	defer rx.mmsg.release()
-	var deadline time.Time
-	for {
-		n, errno := recvmmsg(p.fds.sock, rx.mmsg.hdrs[:k])
-		switch errno {
-		case 0:
-			var bytes uint64
-			truncated := rx.mmsg.finishRecv(pkts[:n], &bytes)
-			rx.packets.Add(uint64(n))
-			rx.bytes.Add(bytes)
-			if truncated > 0 {
-				rx.truncated.Add(uint64(truncated))
-			}
-			return n, nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-		default:
-			rx.errors.Add(1)
-			return 0, fmt.Errorf("receive batch: recvmmsg: %w", errno)
-		}
+	rx.k = k
+	// First try without the poller's read path (no deadline check).
+	if err := p.raw.Control(rx.try); err != nil {
+		return 0, p.rawError("receive batch", err)
+	}
+	if rx.errno == unix.EAGAIN {
 		if timeout == 0 {
 			return 0, nil
 		}
-		var ts *unix.Timespec
-		if timeout > 0 {
-			if deadline.IsZero() {
-				deadline = time.Now().Add(timeout)
-			}
-			left := time.Until(deadline)
-			if left <= 0 {
-				return 0, nil
-			}
-			rx.timeout = unix.NsecToTimespec(int64(left))
-			ts = &rx.timeout
+		if err := p.setDeadline(timeout); err != nil {
+			return 0, p.rawError("receive batch: set deadline", err)
 		}
-		ready, errno := ppoll(rx.pollFDs[:], ts)
-		switch {
-		case errno == unix.EINTR:
-			continue
-		case errno != 0:
-			rx.errors.Add(1)
-			return 0, fmt.Errorf("receive batch: poll: %w", errno)
-		case rx.pollFDs[1].Revents != 0:
-			return 0, ErrClosed
-		case ready == 0:
+		// Read calls rx.wait, and while that reports nothing queued parks
+		// the goroutine until the poller says the socket is readable, the
+		// deadline passes, or Close closes the file.
+		switch err := p.raw.Read(rx.wait); {
+		case err == nil:
+		case err == os.ErrDeadlineExceeded:
 			return 0, nil
+		default:
+			return 0, p.rawError("receive batch: wait", err)
 		}
 	}
+	if rx.errno != 0 {
+		rx.errors.Add(1)
+		return 0, fmt.Errorf("receive batch: recvmmsg: %w", rx.errno)
+	}
+	n := rx.n
+	var bytes uint64
+	truncated := rx.mmsg.finishRecv(pkts[:n], &bytes)
+	rx.packets.Add(uint64(n))
+	rx.bytes.Add(bytes)
+	if truncated > 0 {
+		rx.truncated.Add(uint64(truncated))
+	}
+	return n, nil
+}
+
+// setDeadline sets the socket's read deadline for a wait of timeout
+// (non-zero): now+timeout when positive, none when negative.
+func (p *Plugin) setDeadline(timeout time.Duration) error {
+	rx := p.rx
+	if timeout > 0 {
+		rx.deadline = true
+		return p.fds.file.SetReadDeadline(time.Now().Add(timeout))
+	}
+	if !rx.deadline {
+		return nil
+	}
+	rx.deadline = false
+	return p.fds.file.SetReadDeadline(time.Time{})
 }

@@ -358,3 +358,50 @@ func TestDroppedPluginClosesSocket(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A wait without a timeout after one with a timeout that ran out waits for
+// the datagram: the earlier read deadline does not linger.
+func TestRecvWaitAfterTimeout(t *testing.T) {
+	a := newPlugin(t, "127.0.0.1:0", Options{})
+	b := newPlugin(t, "127.0.0.1:0", Options{})
+	pkts := []wire.Packet{{Buf: make([]byte, 2048)}}
+	if n, err := b.RecvBatch(pkts, time.Millisecond); n != 0 || err != nil {
+		t.Fatalf("timed RecvBatch = %d, %v", n, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		n, err := b.RecvBatch(pkts, -1)
+		if err == nil && n != 1 {
+			err = errors.New("returned without a datagram")
+		}
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // past the old deadline (not required for correctness)
+	buf := make([]byte, 64)
+	if n, err := a.SendBatch([]wire.Packet{{Addr: b.LocalAddr(), Buf: buf, N: fillMessage(t, buf, 1, 1, 64)}}); n != 1 || err != nil {
+		t.Fatalf("SendBatch = %d, %v", n, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("RecvBatch: %v", err)
+	}
+}
+
+// Close also wakes a receiver waiting with a (long) timeout.
+func TestCloseWakesTimedReceiver(t *testing.T) {
+	p, err := New(Options{Listen: netip.MustParseAddrPort("[::1]:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.RecvBatch([]wire.Packet{{Buf: make([]byte, 2048)}}, time.Hour)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let it block (not required for correctness)
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-done; err != ErrClosed {
+		t.Fatalf("blocked RecvBatch returned %v, want ErrClosed", err)
+	}
+}
