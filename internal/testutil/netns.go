@@ -42,17 +42,24 @@ func (n *Netns) IP(t testing.TB, args ...string) {
 }
 
 // Veth links a and b with a veth pair, addressed aAddr and bAddr (CIDR),
-// both up.
+// both up, with permanent neighbour entries both ways: the first
+// datagrams of a test must not wait for ARP (Linux queues a few and drops
+// the oldest of them while it resolves).
 func Veth(t testing.TB, a *Netns, aAddr string, b *Netns, bAddr string) {
 	t.Helper()
-	va, vb := "va"+strings.TrimPrefix(a.Name, "veloce-"), "vb"+strings.TrimPrefix(b.Name, "veloce-")
-	va, vb = va[:min(len(va), 15)], vb[:min(len(vb), 15)]
-	Run(t, "ip", "link", "add", va, "netns", a.Name, "type", "veth", "peer", "name", vb, "netns", b.Name)
+	n := vethSeq.Add(1)
+	va, vb := fmt.Sprintf("vva%d-%d", os.Getpid()%100000, n), fmt.Sprintf("vvb%d-%d", os.Getpid()%100000, n)
+	macA, macB := fmt.Sprintf("02:76:00:%02x:%02x:01", n>>8&0xff, n&0xff), fmt.Sprintf("02:76:00:%02x:%02x:02", n>>8&0xff, n&0xff)
+	Run(t, "ip", "link", "add", va, "address", macA, "netns", a.Name, "type", "veth", "peer", "name", vb, "address", macB, "netns", b.Name)
 	a.IP(t, "addr", "add", aAddr, "dev", va)
 	b.IP(t, "addr", "add", bAddr, "dev", vb)
 	a.IP(t, "link", "set", va, "up")
 	b.IP(t, "link", "set", vb, "up")
+	a.IP(t, "neigh", "replace", strings.Split(bAddr, "/")[0], "lladdr", macB, "dev", va, "nud", "permanent")
+	b.IP(t, "neigh", "replace", strings.Split(aAddr, "/")[0], "lladdr", macA, "dev", vb, "nud", "permanent")
 }
+
+var vethSeq atomic.Uint32
 
 // Do runs f on an OS thread inside the namespace (see internal/netns).
 func (n *Netns) Do(f func() error) error { return netns.Do(n.Name, f) }
