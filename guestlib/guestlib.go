@@ -366,7 +366,9 @@ func (s *Session) receive() {
 				s.bufs.Put(bp)
 				continue
 			}
-			sk.push(&Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk})
+			msg := messagePool.Get().(*Message)
+			*msg = Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk}
+			sk.push(msg)
 		default:
 			s.bufs.Put(bp)
 		}
@@ -456,7 +458,9 @@ func (so *Source) GetBuffer(size int) (*Buffer, error) {
 		return nil, ErrTooLarge
 	}
 	bp := so.s.bufs.Get().(*[]byte)
-	return &Buffer{Data: (*bp)[guestproto.EmitOverhead : guestproto.EmitOverhead+size], raw: bp}, nil
+	b := bufferPool.Get().(*Buffer)
+	*b = Buffer{Data: (*bp)[guestproto.EmitOverhead : guestproto.EmitOverhead+size], raw: bp}
+	return b, nil
 }
 
 // Token identifies an emitted message for Outcome.
@@ -480,6 +484,7 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	so.mu.Unlock()
 	so.s.bufs.Put(b.raw)
 	b.raw, b.Data = nil, nil
+	bufferPool.Put(b)
 	if err != nil {
 		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
 	}
@@ -521,13 +526,22 @@ type Message struct {
 	sink    *Sink
 }
 
-// Release gives the message's memory back.
+// Release gives the message's memory back; the Message must not be used
+// afterwards.
 func (m *Message) Release() {
 	if m.buf != nil {
 		m.sink.s.bufs.Put(m.buf)
-		m.buf, m.Data = nil, nil
+		*m = Message{}
+		messagePool.Put(m)
 	}
 }
+
+// Messages and Buffers are reused, so receiving and emitting allocate
+// nothing in the steady state.
+var (
+	messagePool = sync.Pool{New: func() any { return new(Message) }}
+	bufferPool  = sync.Pool{New: func() any { return new(Buffer) }}
+)
 
 // Sink receives a channel's messages.
 type Sink struct {
