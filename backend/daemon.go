@@ -197,6 +197,9 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/streams", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, d.Streams())
 	})
+	mux.HandleFunc("GET /v1/remote", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, d.rt.Remote())
+	})
 	return mux
 }
 
@@ -229,6 +232,12 @@ func (c *ControlClient) Ports(ctx context.Context) ([]PortInfo, error) {
 func (c *ControlClient) Streams(ctx context.Context) ([]StreamInfo, error) {
 	var out []StreamInfo
 	return out, c.get(ctx, "/v1/streams", &out)
+}
+
+// Remote returns the daemon's datapaths to other hosts and its peers.
+func (c *ControlClient) Remote(ctx context.Context) (RemoteInfo, error) {
+	var out RemoteInfo
+	return out, c.get(ctx, "/v1/remote", &out)
 }
 
 func (c *ControlClient) get(ctx context.Context, path string, out any) error {

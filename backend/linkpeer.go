@@ -12,6 +12,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
 
+	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"
 )
 
@@ -49,9 +50,9 @@ var (
 	// cannot work.
 	ErrInvalidOptions = errors.New("invalid options")
 	// ErrShortBuffer means a destination buffer is too small for the frame.
-	ErrShortBuffer = errors.New("buffer too short for frame")
+	ErrShortBuffer = netstack.ErrShortBuffer
 	// ErrNotIPv4 means an address given for the link is not an IPv4 address.
-	ErrNotIPv4 = errors.New("not an IPv4 address")
+	ErrNotIPv4 = netstack.ErrNotIPv4
 )
 
 const (
@@ -94,99 +95,42 @@ type LinkPeerOptions struct {
 	TrustGuestChecksums bool
 }
 
-// Verdict says what LinkPeer.Handle did with a frame.
-type Verdict uint8
+// Verdict says what LinkPeer.Handle did with a frame. The link peer is
+// internal/netstack's host with DHCP and the learned guest MAC on top: the
+// DPDK datapath parses and builds frames with the same code.
+type Verdict = netstack.Verdict
 
 // Verdicts.
 const (
 	// VerdictDropped means the frame was counted and dropped; Result.Reason
 	// says why.
-	VerdictDropped Verdict = iota
+	VerdictDropped = netstack.VerdictDropped
 	// VerdictReplied means a reply frame was written to the reply buffer,
 	// for the caller to put on the guest's RX queue.
-	VerdictReplied
+	VerdictReplied = netstack.VerdictReplied
 	// VerdictDeliver means the frame holds a UDP datagram for the service
 	// address and port; Result.Src and Result.Payload describe it.
-	VerdictDeliver
+	VerdictDeliver = netstack.VerdictDeliver
 )
-
-var verdictNames = [...]string{
-	VerdictDropped: "dropped",
-	VerdictReplied: "replied",
-	VerdictDeliver: "deliver",
-}
-
-// String returns the verdict's name.
-func (v Verdict) String() string {
-	if int(v) < len(verdictNames) {
-		return verdictNames[v]
-	}
-	return fmt.Sprintf("Verdict(%d)", uint8(v))
-}
 
 // DropReason says why LinkPeer.Handle dropped a frame.
-type DropReason uint8
+type DropReason = netstack.DropReason
 
-// Drop reasons.
+// Drop reasons (see internal/netstack).
 const (
-	// DropNone is the reason of frames that were not dropped.
-	DropNone DropReason = iota
-	// DropNotForUs: addressed elsewhere (another MAC, IPv4 address or UDP
-	// port, or ARP for another address).
-	DropNotForUs
-	// DropMalformed: a header or DHCP message failed to parse.
-	DropMalformed
-	// DropChecksum: an IPv4, UDP or ICMP checksum did not verify.
-	DropChecksum
-	// DropUnsupported: well formed but not handled (IPv6, TCP, VLAN tags,
-	// ICMP other than echo request, DHCP messages other than DISCOVER,
-	// REQUEST and INFORM, ARP for other hardware or protocols).
-	DropUnsupported
-	// DropFragment: an IPv4 fragment addressed to the service.
-	DropFragment
-	// DropIgnored: understood, needs no answer (ARP replies, DHCP RELEASE
-	// and DECLINE).
-	DropIgnored
-	// DropNoRoom: a reply was due but the reply buffer was too small.
-	DropNoRoom
-	numDropReasons
+	DropNone        = netstack.DropNone
+	DropNotForUs    = netstack.DropNotForUs
+	DropMalformed   = netstack.DropMalformed
+	DropChecksum    = netstack.DropChecksum
+	DropUnsupported = netstack.DropUnsupported
+	DropFragment    = netstack.DropFragment
+	DropIgnored     = netstack.DropIgnored
+	DropNoRoom      = netstack.DropNoRoom
+	numDropReasons  = netstack.NumDropReasons
 )
 
-var dropReasonNames = [...]string{
-	DropNone:        "none",
-	DropNotForUs:    "not-for-us",
-	DropMalformed:   "malformed",
-	DropChecksum:    "checksum",
-	DropUnsupported: "unsupported",
-	DropFragment:    "fragment",
-	DropIgnored:     "ignored",
-	DropNoRoom:      "no-room",
-}
-
-// String returns the reason's name, as shown in statistics.
-func (r DropReason) String() string {
-	if r < numDropReasons {
-		return dropReasonNames[r]
-	}
-	return fmt.Sprintf("DropReason(%d)", uint8(r))
-}
-
 // Result is the detailed outcome of LinkPeer.Handle.
-type Result struct {
-	// Verdict is what happened to the frame.
-	Verdict Verdict
-	// Reason says why a dropped frame was dropped; DropNone otherwise.
-	Reason DropReason
-	// ReplyLen is the length of the reply frame when Verdict is
-	// VerdictReplied.
-	ReplyLen int
-	// Src is the guest's source address and port when Verdict is
-	// VerdictDeliver.
-	Src netip.AddrPort
-	// Payload is the UDP payload when Verdict is VerdictDeliver: a view of
-	// the frame, valid as long as the frame buffer is.
-	Payload []byte
-}
+type Result = netstack.Result
 
 // LinkPeerStats is a snapshot of a LinkPeer's counters. Each counts frames.
 type LinkPeerStats struct {
@@ -204,6 +148,7 @@ type LinkPeerStats struct {
 // locks and, except for DHCP, does not allocate.
 type LinkPeer struct {
 	opts LinkPeerOptions // with defaults applied; read-only
+	host *netstack.Host
 
 	mac      pkt.MAC
 	ip       [4]byte
@@ -217,14 +162,14 @@ type LinkPeer struct {
 	// once one was seen.
 	learned atomic.Uint64
 
-	replied, delivered, dropped   atomic.Uint64
-	arpReplies, echoReplies, dhcp atomic.Uint64
-	droppedBy                     [numDropReasons]atomic.Uint64
+	replied, delivered, dropped atomic.Uint64
+	dhcp                        atomic.Uint64
+	droppedBy                   [numDropReasons]atomic.Uint64
 }
 
 const learnedValid = 1 << 63
 
-var limitedBroadcast = [4]byte{255, 255, 255, 255}
+var limitedBroadcast = netstack.LimitedBroadcast
 
 // NewLinkPeer returns a link peer configured by opts, with defaults applied
 // to zero fields. Errors wrap ErrInvalidOptions.
@@ -301,6 +246,12 @@ func NewLinkPeer(opts LinkPeerOptions) (*LinkPeer, error) {
 	if opts.MTU != 0 && opts.MTU < 68 {
 		return invalid("MTU %d is below the IPv4 minimum of 68", opts.MTU)
 	}
+	host, err := netstack.New(netstack.Config{MAC: mac, Addr: netip.PrefixFrom(sip, g.Bits()),
+		AcceptBroadcast: true, TrustChecksums: opts.TrustGuestChecksums})
+	if err != nil {
+		return invalid("%v", err)
+	}
+	p.host = host
 	p.opts = opts
 	return p, nil
 }
@@ -357,10 +308,9 @@ func (p *LinkPeer) Stats() LinkPeerStats {
 		Replied:     p.replied.Load(),
 		Delivered:   p.delivered.Load(),
 		Dropped:     p.dropped.Load(),
-		ARPReplies:  p.arpReplies.Load(),
-		EchoReplies: p.echoReplies.Load(),
 		DHCPReplies: p.dhcp.Load(),
 	}
+	s.ARPReplies, s.EchoReplies = p.host.Replies()
 	for i := range s.DroppedBy {
 		s.DroppedBy[i] = p.droppedBy[i].Load()
 	}
@@ -402,163 +352,18 @@ func (p *LinkPeer) Handle(frame, reply []byte, res *Result) (Verdict, int) {
 	return res.Verdict, res.ReplyLen
 }
 
-// drop records a drop reason.
-func drop(res *Result, r DropReason) { res.Verdict, res.Reason = VerdictDropped, r }
-
-// replied records a reply of n bytes.
-func replied(res *Result, n int) { res.Verdict, res.ReplyLen = VerdictReplied, n }
-
-// parseDrop maps a pkt parse error to a drop reason.
-func parseDrop(err error) DropReason {
-	switch err {
-	case pkt.ErrChecksum:
-		return DropChecksum
-	case pkt.ErrUnsupported:
-		return DropUnsupported
-	default:
-		return DropMalformed
-	}
-}
+func drop(res *Result, r DropReason) { res.Drop(r) }
 
 func (p *LinkPeer) handle(frame, reply []byte, res *Result) {
-	eth, err := pkt.ParseEthernet(frame)
-	if err != nil {
-		drop(res, parseDrop(err))
-		return
-	}
-	p.learn(eth.Src)
-	if eth.Dst != p.mac && !eth.Dst.IsMulticast() {
-		drop(res, DropNotForUs)
-		return
-	}
-	if eth.Tags != 0 {
-		drop(res, DropUnsupported)
-		return
-	}
-	switch eth.Type {
-	case pkt.EtherTypeARP:
-		p.handleARP(&eth, reply, res)
-	case pkt.EtherTypeIPv4:
-		p.handleIPv4(&eth, reply, res)
-	default:
-		drop(res, DropUnsupported)
-	}
-}
-
-func (p *LinkPeer) handleARP(eth *pkt.Ethernet, reply []byte, res *Result) {
-	a, err := pkt.ParseARP(eth.Payload)
-	if err != nil {
-		drop(res, parseDrop(err))
+	p.host.Handle(frame, reply, res)
+	p.learn(res.SrcMAC)
+	if res.Verdict != VerdictDeliver {
 		return
 	}
 	switch {
-	case a.Op == pkt.ARPReply:
-		drop(res, DropIgnored)
-		return
-	case a.Op != pkt.ARPRequest:
-		drop(res, DropUnsupported)
-		return
-	case a.TargetIP != p.ip:
-		drop(res, DropNotForUs)
-		return
-	case a.SenderMAC.IsMulticast():
-		drop(res, DropMalformed)
-		return
-	}
-	// A probe (sender 0.0.0.0) for the service address is answered too:
-	// it tells the guest the address is taken (RFC 5227).
-	rep := pkt.ARPReplyTo(&a, p.mac)
-	n, err := pkt.PutARPFrame(reply, a.SenderMAC, &rep)
-	if err != nil {
-		drop(res, DropNoRoom)
-		return
-	}
-	p.arpReplies.Add(1)
-	replied(res, n)
-}
-
-func (p *LinkPeer) handleIPv4(eth *pkt.Ethernet, reply []byte, res *Result) {
-	ip, err := pkt.ParseIPv4(eth.Payload)
-	if err != nil {
-		drop(res, parseDrop(err))
-		return
-	}
-	toService := ip.Dst == p.ip
-	if !toService && ip.Dst != limitedBroadcast && !(p.hasBcast && ip.Dst == p.bcast) {
-		drop(res, DropNotForUs)
-		return
-	}
-	if ip.IsFragment() {
-		drop(res, DropFragment)
-		return
-	}
-	switch {
-	case ip.Protocol == pkt.ProtocolUDP:
-		p.handleUDP(eth, &ip, toService, reply, res)
-	case !toService:
-		drop(res, DropNotForUs)
-	case ip.Protocol == pkt.ProtocolICMP:
-		p.handleICMP(eth, &ip, reply, res)
-	default:
-		drop(res, DropUnsupported)
-	}
-}
-
-func (p *LinkPeer) handleICMP(eth *pkt.Ethernet, ip *pkt.IPv4, reply []byte, res *Result) {
-	var m pkt.ICMPv4
-	var err error
-	if p.opts.TrustGuestChecksums {
-		m, err = pkt.ParseICMPv4NoChecksum(ip.Payload)
-	} else {
-		m, err = pkt.ParseICMPv4(ip.Payload)
-	}
-	if err != nil {
-		drop(res, parseDrop(err))
-		return
-	}
-	if m.Type != pkt.ICMPEchoRequest || m.Code != 0 {
-		drop(res, DropUnsupported)
-		return
-	}
-	const hdrs = pkt.EthernetHeaderLen + pkt.IPv4MinHeaderLen
-	if len(reply) < hdrs+pkt.ICMPv4HeaderLen+len(m.Payload) {
-		drop(res, DropNoRoom)
-		return
-	}
-	// Payload first: when reply is frame, the headers below overwrite the
-	// request's headers, never its payload before it has moved.
-	il, err := pkt.PutICMPv4Echo(reply[hdrs:], pkt.ICMPEchoReply, m.ID(), m.Seq(), m.Payload)
-	if err != nil {
-		drop(res, DropNoRoom)
-		return
-	}
-	h := pkt.IPv4Header{Src: p.ip, Dst: ip.Src, Protocol: pkt.ProtocolICMP, TOS: ip.TOS}
-	if _, err := pkt.PutIPv4Header(reply[pkt.EthernetHeaderLen:], &h, il); err != nil {
-		drop(res, DropNoRoom)
-		return
-	}
-	pkt.PutEthernetHeader(reply, eth.Src, p.mac, pkt.EtherTypeIPv4)
-	p.echoReplies.Add(1)
-	replied(res, hdrs+il)
-}
-
-func (p *LinkPeer) handleUDP(eth *pkt.Ethernet, ip *pkt.IPv4, toService bool, reply []byte, res *Result) {
-	u, err := pkt.ParseUDP(ip.Payload)
-	if err != nil {
-		drop(res, parseDrop(err))
-		return
-	}
-	if !p.opts.TrustGuestChecksums && !u.ChecksumValid(ip.Src, ip.Dst) {
-		drop(res, DropChecksum)
-		return
-	}
-	switch {
-	case u.DstPort == dhcpServerPort && u.SrcPort == dhcpClientPort:
-		p.handleDHCP(eth, &u, reply, res)
-	case toService && u.DstPort == p.port:
-		res.Verdict = VerdictDeliver
-		res.Src = netip.AddrPortFrom(netip.AddrFrom4(ip.Src), u.SrcPort)
-		res.Payload = u.Payload
+	case res.DstPort == dhcpServerPort && res.Src.Port() == dhcpClientPort:
+		p.handleDHCP(res.SrcMAC, res.Payload, reply, res)
+	case !res.Broadcast && res.DstPort == p.port:
 	default:
 		drop(res, DropNotForUs)
 	}
@@ -566,8 +371,8 @@ func (p *LinkPeer) handleUDP(eth *pkt.Ethernet, ip *pkt.IPv4, toService bool, re
 
 // handleDHCP answers DHCPDISCOVER, DHCPREQUEST and DHCPINFORM (RFC 2131).
 // It allocates: DHCP is not on the hot path.
-func (p *LinkPeer) handleDHCP(eth *pkt.Ethernet, u *pkt.UDP, reply []byte, res *Result) {
-	req, err := dhcpv4.FromBytes(u.Payload)
+func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
+	req, err := dhcpv4.FromBytes(payload)
 	if err != nil {
 		drop(res, DropMalformed)
 		return
@@ -650,7 +455,7 @@ func (p *LinkPeer) handleDHCP(eth *pkt.Ethernet, u *pkt.UDP, reply []byte, res *
 	switch {
 	case typ == dhcpv4.MessageTypeNak:
 	case !ciaddr.IsUnspecified():
-		dstIP, dstMAC = [4]byte(ciaddr), eth.Src
+		dstIP, dstMAC = [4]byte(ciaddr), src
 	case req.IsBroadcast():
 	default:
 		chaddr, _ := pkt.MACFrom(req.ClientHWAddr) // length checked above
@@ -662,28 +467,11 @@ func (p *LinkPeer) handleDHCP(eth *pkt.Ethernet, u *pkt.UDP, reply []byte, res *
 		return
 	}
 	p.dhcp.Add(1)
-	replied(res, n)
+	res.Replied(n)
 }
 
-// putUDPFrame writes an Ethernet/IPv4/UDP frame from the service address and
-// port srcPort to dstIP:dstPort at dstMAC.
 func (p *LinkPeer) putUDPFrame(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte) (int, error) {
-	if len(b) < DatagramHeaderLen+len(payload) {
-		return 0, ErrShortBuffer
-	}
-	const ipOff = pkt.EthernetHeaderLen
-	const udpOff = ipOff + pkt.IPv4MinHeaderLen
-	uh := pkt.UDPv4Header{Src: p.ip, Dst: dstIP, SrcPort: srcPort, DstPort: dstPort}
-	ul, err := pkt.PutUDPv4(b[udpOff:], &uh, payload)
-	if err != nil {
-		return 0, ErrShortBuffer // ErrTooLong: a payload over 65507 bytes
-	}
-	ih := pkt.IPv4Header{Src: p.ip, Dst: dstIP, Protocol: pkt.ProtocolUDP}
-	if _, err := pkt.PutIPv4Header(b[ipOff:], &ih, ul); err != nil {
-		return 0, ErrShortBuffer
-	}
-	pkt.PutEthernetHeader(b, dstMAC, p.mac, pkt.EtherTypeIPv4)
-	return udpOff + ul, nil
+	return p.host.PutUDPFrame(b, dstMAC, dstIP, srcPort, dstPort, payload)
 }
 
 // PutDatagram writes to b an Ethernet/IPv4/UDP frame carrying payload from
@@ -709,10 +497,5 @@ func (p *LinkPeer) PutDatagram(b []byte, dst netip.AddrPort, payload []byte) (in
 // refreshes its neighbour entry for the service address. It returns
 // ErrShortBuffer when b is shorter than 42 bytes.
 func (p *LinkPeer) GratuitousARP(b []byte) (int, error) {
-	a := pkt.ARP{Op: pkt.ARPRequest, SenderMAC: p.mac, SenderIP: p.ip, TargetIP: p.ip}
-	n, err := pkt.PutARPFrame(b, pkt.BroadcastMAC, &a)
-	if err != nil {
-		return 0, ErrShortBuffer
-	}
-	return n, nil
+	return p.host.GratuitousARP(b)
 }

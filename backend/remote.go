@@ -30,10 +30,32 @@ type Datapath interface {
 	Close() error
 }
 
+// Poller is a Datapath that runs its own receive loop — a busy-polling
+// thread pinned to a core, say — and hands each received batch to the
+// runtime instead of being asked for it with RecvBatch.
+type Poller interface {
+	// Poll receives until ctx ends and calls handle with each batch from
+	// the polling thread. The packets are valid only during the call.
+	Poll(ctx context.Context, handle func(pkts []wire.Packet)) error
+}
+
+// Reacher is a Datapath that can tell whether it reaches an address (a
+// userspace stack owns one link; the kernel has routes). Datapaths that do
+// not implement it are assumed to reach every peer.
+type Reacher interface {
+	Reaches(addr netip.Addr) bool
+}
+
 // RemoteOptions connect a runtime to its peers.
 type RemoteOptions struct {
-	// Datapath carries messages between daemons; nil means none.
+	// Datapath carries messages between daemons by default (kernel UDP);
+	// nil means none.
 	Datapath Datapath
+	// Accelerated are further datapaths (DPDK, AF_XDP, RDMA) for streams
+	// the policy maps to them. Each message goes to a peer over its
+	// stream's datapath when that reaches the peer, else over the first
+	// datapath that does.
+	Accelerated []Datapath
 	// Peers are the other daemons' datapath addresses.
 	Peers []netip.AddrPort
 	// DirectoryInterval is how often the daemon tells its peers which
@@ -54,25 +76,34 @@ const (
 // channel and delivers peers' messages to local sinks.
 type remote struct {
 	rt    *Runtime
-	dp    Datapath
 	opts  RemoteOptions
+	dps   []*datapathState // opts.Datapath first, then opts.Accelerated
 	peers []*peer
 
-	mem   []byte
-	lens  []uint16
-	dest  []uint16 // peer index of each slot
-	free  *ring.Queue
-	ready *ring.Queue
-	kick  chan struct{} // wakes the sender; buffered 1
+	mem  []byte
+	lens []uint16
+	dest []uint16 // peer index of each slot
+	free *ring.Queue
 
-	dirChanged chan struct{} // buffered 1
-	generation uint64        // owned by the sender goroutine
+	generation atomic.Uint64
 
 	sent, received, dropped, malformed atomic.Uint64
 }
 
+// datapathState is one datapath's queue of slots to send.
+type datapathState struct {
+	dp         Datapath
+	index      int
+	ready      *ring.Queue
+	kick       chan struct{} // wakes the sender; buffered 1
+	dirChanged chan struct{} // buffered 1
+}
+
 type peer struct {
 	addr netip.AddrPort
+	// via lists the indices of the datapaths that reach the peer, the
+	// default datapath first when it does.
+	via []int
 	// channels this peer has sinks for: an immutable snapshot.
 	channels atomic.Pointer[[]uint32]
 	node     atomic.Uint32
@@ -84,21 +115,53 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.DirectoryInterval <= 0 {
 		opts.DirectoryInterval = time.Second
 	}
-	rm := &remote{rt: rt, dp: opts.Datapath, opts: opts,
+	rm := &remote{rt: rt, opts: opts,
 		mem: make([]byte, remoteSlots*remoteSlotSize), lens: make([]uint16, remoteSlots), dest: make([]uint16, remoteSlots),
-		kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
+	}
 	rm.free, _ = ring.New(remoteSlots)
-	rm.ready, _ = ring.New(remoteSlots)
 	for i := uint32(0); i < remoteSlots; i++ {
 		rm.free.Push(i)
+	}
+	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
+		if dp == nil {
+			continue
+		}
+		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
+		st.ready, _ = ring.New(remoteSlots)
+		rm.dps = append(rm.dps, st)
 	}
 	for _, a := range opts.Peers {
 		p := &peer{addr: a}
 		empty := []uint32{}
 		p.channels.Store(&empty)
+		for _, st := range rm.dps {
+			if r, ok := st.dp.(Reacher); !ok || r.Reaches(a.Addr()) {
+				p.via = append(p.via, st.index)
+			}
+		}
+		if len(p.via) == 0 {
+			rt.log.Warn("no datapath reaches peer", "peer", a)
+		}
 		rm.peers = append(rm.peers, p)
 	}
 	return rm
+}
+
+// datapathIndex returns the index of the datapath called name, or -1.
+func (rm *remote) datapathIndex(name string) int {
+	for _, st := range rm.dps {
+		if st.dp.Name() == name {
+			return st.index
+		}
+	}
+	return -1
+}
+
+// close closes every datapath.
+func (rm *remote) close() {
+	for _, st := range rm.dps {
+		st.dp.Close()
+	}
 }
 
 func (rm *remote) slot(id uint32) []byte {
@@ -122,17 +185,28 @@ func classOf(o StreamOptions) wire.Class {
 	return c
 }
 
-// emit queues a message for every peer with sinks on its channel. It
-// takes no lock and does not allocate.
+// emit queues a message for every peer with sinks on its channel, on the
+// stream's datapath where that reaches the peer. It takes no lock and does
+// not allocate.
 func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
 	if len(payload) > MaxRemotePayload {
 		rm.dropped.Add(1)
 		return
 	}
-	queued := false
+	want := src.Stream.dpIndex
 	for i, p := range rm.peers {
+		if len(p.via) == 0 {
+			continue
+		}
 		if _, ok := slices.BinarySearch(*p.channels.Load(), src.Channel); !ok {
 			continue
+		}
+		dpi := p.via[0]
+		for _, v := range p.via {
+			if v == want {
+				dpi = v
+				break
+			}
 		}
 		id, ok := rm.free.Pop()
 		if !ok {
@@ -148,12 +222,10 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
 			continue
 		}
 		rm.lens[id], rm.dest[id] = uint16(n), uint16(i)
-		rm.ready.Push(id)
-		queued = true
-	}
-	if queued {
+		st := rm.dps[dpi]
+		st.ready.Push(id)
 		select {
-		case rm.kick <- struct{}{}:
+		case st.kick <- struct{}{}:
 		default:
 		}
 	}
@@ -161,18 +233,22 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
 
 // channelsChanged is called (under rt.mu) when local sinks came or went.
 func (rm *remote) channelsChanged() {
-	select {
-	case rm.dirChanged <- struct{}{}:
-	default:
+	for _, st := range rm.dps {
+		select {
+		case st.dirChanged <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// run drives the sender and the receiver until ctx ends.
+// run drives each datapath's sender and receiver until ctx ends.
 func (rm *remote) run(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); rm.sender(ctx) }()
-	go func() { defer wg.Done(); rm.receiver(ctx) }()
+	for _, st := range rm.dps {
+		wg.Add(2)
+		go func() { defer wg.Done(); rm.sender(ctx, st) }()
+		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
+	}
 	wg.Wait()
 }
 
@@ -180,17 +256,17 @@ func (rm *remote) run(ctx context.Context) {
 // calls when idle, and handing a locked thread back and forth cost ~150 µs
 // per round trip (veloce-bench streams). Pinning belongs to busy-polling
 // plugins on dedicated cores.
-func (rm *remote) sender(ctx context.Context) {
+func (rm *remote) sender(ctx context.Context, st *datapathState) {
 	pkts := make([]wire.Packet, remoteBatch)
 	ids := make([]uint32, remoteBatch)
 	dirBuf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen)
 	tick := time.NewTicker(rm.opts.DirectoryInterval)
 	defer tick.Stop()
-	rm.sendDirectory(dirBuf)
+	rm.sendDirectory(st, dirBuf)
 	for {
 		n := 0
 		for n < remoteBatch {
-			id, ok := rm.ready.Pop()
+			id, ok := st.ready.Pop()
 			if !ok {
 				break
 			}
@@ -201,7 +277,7 @@ func (rm *remote) sender(ctx context.Context) {
 		if n > 0 {
 			done := 0
 			for done < n {
-				k, err := rm.dp.SendBatch(pkts[done:n])
+				k, err := st.dp.SendBatch(pkts[done:n])
 				done += k
 				if err != nil {
 					done++ // that packet cannot go: skip it
@@ -223,18 +299,19 @@ func (rm *remote) sender(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-rm.kick:
-		case <-rm.dirChanged:
-			rm.sendDirectory(dirBuf)
+		case <-st.kick:
+		case <-st.dirChanged:
+			rm.sendDirectory(st, dirBuf)
 		case <-tick.C:
-			rm.sendDirectory(dirBuf)
+			rm.sendDirectory(st, dirBuf)
 		}
 	}
 }
 
-// sendDirectory tells every peer which channels have local sinks.
-func (rm *remote) sendDirectory(buf []byte) {
-	rm.generation++
+// sendDirectory tells every peer st reaches which channels have local
+// sinks.
+func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
+	gen := rm.generation.Add(1)
 	var chans []uint32
 	for ch, sinks := range rm.rt.channels.Load() {
 		if len(sinks) > 0 {
@@ -246,34 +323,43 @@ func (rm *remote) sendDirectory(buf []byte) {
 	pkts := make([]wire.Packet, 0, len(rm.peers))
 	for frag := 0; frag < total; frag++ {
 		part := chans[min(frag*wire.MaxDirectoryChannels, len(chans)):min((frag+1)*wire.MaxDirectoryChannels, len(chans))]
-		d := wire.Directory{Node: rm.rt.opts.NodeID, Generation: rm.generation, Channels: part}
+		d := wire.Directory{Node: rm.rt.opts.NodeID, Generation: gen, Channels: part}
 		n, err := d.Marshal(buf[wire.HeaderLen:])
 		if err != nil {
 			continue
 		}
 		h := wire.Header{Kind: wire.KindDirectory, FragIndex: uint16(frag), FragCount: uint16(total), PayloadLen: uint16(n),
-			Source: wire.NewSourceID(rm.rt.opts.NodeID, 0), Seq: rm.generation}
+			Source: wire.NewSourceID(rm.rt.opts.NodeID, 0), Seq: gen}
 		m, err := h.MarshalPacket(buf, buf[wire.HeaderLen:wire.HeaderLen+n])
 		if err != nil {
 			continue
 		}
 		pkts = pkts[:0]
 		for _, p := range rm.peers {
-			pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: m})
+			if slices.Contains(p.via, st.index) {
+				pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: m})
+			}
 		}
-		rm.dp.SendBatch(pkts)
+		if len(pkts) > 0 {
+			st.dp.SendBatch(pkts)
+		}
 	}
 }
 
-func (rm *remote) receiver(ctx context.Context) {
+func (rm *remote) receiver(ctx context.Context, st *datapathState) {
+	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort][]uint32{}}
+	if p, ok := st.dp.(Poller); ok {
+		if err := p.Poll(ctx, rx.handle); err != nil && ctx.Err() == nil {
+			rm.rt.log.Error("datapath stopped receiving", "datapath", st.dp.Name(), "err", err)
+		}
+		return
+	}
 	pkts := make([]wire.Packet, remoteBatch)
 	for i := range pkts {
 		pkts[i].Buf = make([]byte, 65536)
 	}
-	chans := make([]uint32, 0, wire.MaxDirectoryChannels)
-	pending := map[netip.AddrPort][]uint32{} // directory fragments being collected
 	for ctx.Err() == nil {
-		n, err := rm.dp.RecvBatch(pkts, 100*time.Millisecond)
+		n, err := st.dp.RecvBatch(pkts, 100*time.Millisecond)
 		if err != nil {
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return
@@ -281,47 +367,62 @@ func (rm *remote) receiver(ctx context.Context) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		for i := range pkts[:n] {
-			h, payload, err := wire.Parse(pkts[i].Bytes())
+		rx.handle(pkts[:n])
+	}
+}
+
+// receiveState is one datapath receiver's: directory fragments being
+// collected, by sender.
+type receiveState struct {
+	rm      *remote
+	chans   []uint32
+	pending map[netip.AddrPort][]uint32
+}
+
+// handle dispatches a received batch: data to local sinks, directories to
+// the peer table.
+func (rx *receiveState) handle(pkts []wire.Packet) {
+	rm := rx.rm
+	for i := range pkts {
+		h, payload, err := wire.Parse(pkts[i].Bytes())
+		if err != nil {
+			rm.malformed.Add(1)
+			continue
+		}
+		switch h.Kind {
+		case wire.KindData:
+			if h.FragCount != 1 {
+				rm.malformed.Add(1) // fragmented messages are not sent yet
+				continue
+			}
+			rm.received.Add(1)
+			rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
+		case wire.KindDirectory:
+			d, err := wire.ParseDirectory(payload, rx.chans[:0])
 			if err != nil {
 				rm.malformed.Add(1)
 				continue
 			}
-			switch h.Kind {
-			case wire.KindData:
-				if h.FragCount != 1 {
-					rm.malformed.Add(1) // fragmented messages are not sent yet
-					continue
-				}
-				rm.received.Add(1)
-				rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
-			case wire.KindDirectory:
-				d, err := wire.ParseDirectory(payload, chans[:0])
-				if err != nil {
-					rm.malformed.Add(1)
-					continue
-				}
-				p := rm.peerAt(pkts[i].Addr)
-				if p == nil || d.Generation < p.gen.Load() {
-					continue
-				}
-				acc := append(pending[pkts[i].Addr][:0:0], pending[pkts[i].Addr]...)
-				if h.FragIndex == 0 {
-					acc = acc[:0]
-				}
-				acc = append(acc, d.Channels...)
-				if int(h.FragIndex)+1 < int(h.FragCount) {
-					pending[pkts[i].Addr] = acc
-					continue
-				}
-				delete(pending, pkts[i].Addr)
-				list := slices.Clone(acc)
-				slices.Sort(list)
-				p.channels.Store(&list)
-				p.node.Store(d.Node)
-				p.gen.Store(d.Generation)
-				p.seen.Store(time.Now().UnixNano())
+			p := rm.peerAt(pkts[i].Addr)
+			if p == nil || d.Generation < p.gen.Load() {
+				continue
 			}
+			acc := append(rx.pending[pkts[i].Addr][:0:0], rx.pending[pkts[i].Addr]...)
+			if h.FragIndex == 0 {
+				acc = acc[:0]
+			}
+			acc = append(acc, d.Channels...)
+			if int(h.FragIndex)+1 < int(h.FragCount) {
+				rx.pending[pkts[i].Addr] = acc
+				continue
+			}
+			delete(rx.pending, pkts[i].Addr)
+			list := slices.Clone(acc)
+			slices.Sort(list)
+			p.channels.Store(&list)
+			p.node.Store(d.Node)
+			p.gen.Store(d.Generation)
+			p.seen.Store(time.Now().UnixNano())
 		}
 	}
 }
@@ -341,4 +442,62 @@ type PeerInfo struct {
 	Node     uint32   `json:"node"`
 	Channels []uint32 `json:"channels"`
 	LastSeen string   `json:"last_directory,omitempty"`
+}
+
+// StatsReporter is a Datapath with counters for velocectl.
+type StatsReporter interface {
+	// DatapathStats returns a JSON-encodable snapshot of the counters.
+	DatapathStats() any
+}
+
+// DatapathInfo is what velocectl shows for a datapath to other hosts.
+type DatapathInfo struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Default bool   `json:"default"`
+	// Peers are the peers the datapath reaches.
+	Peers  []string `json:"peers"`
+	Queued int      `json:"queued"`
+	Stats  any      `json:"stats,omitempty"`
+}
+
+// RemoteInfo is the daemon's view of other hosts: its datapaths and peers.
+type RemoteInfo struct {
+	Datapaths []DatapathInfo `json:"datapaths"`
+	Peers     []PeerInfo     `json:"peers"`
+	Sent      uint64         `json:"sent"`
+	Received  uint64         `json:"received"`
+	Dropped   uint64         `json:"dropped"`
+	Malformed uint64         `json:"malformed"`
+}
+
+// Remote returns the datapaths to other hosts and the peers.
+func (r *Runtime) Remote() RemoteInfo {
+	info := RemoteInfo{Datapaths: []DatapathInfo{}, Peers: []PeerInfo{}}
+	rm := r.remote
+	if rm == nil {
+		return info
+	}
+	info.Sent, info.Received, info.Dropped, info.Malformed = rm.sent.Load(), rm.received.Load(), rm.dropped.Load(), rm.malformed.Load()
+	for _, st := range rm.dps {
+		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,
+			Peers: []string{}, Queued: st.ready.Len()}
+		for _, p := range rm.peers {
+			if slices.Contains(p.via, st.index) {
+				d.Peers = append(d.Peers, p.addr.String())
+			}
+		}
+		if sr, ok := st.dp.(StatsReporter); ok {
+			d.Stats = sr.DatapathStats()
+		}
+		info.Datapaths = append(info.Datapaths, d)
+	}
+	for _, p := range rm.peers {
+		pi := PeerInfo{Addr: p.addr.String(), Node: p.node.Load(), Channels: slices.Clone(*p.channels.Load())}
+		if ns := p.seen.Load(); ns != 0 {
+			pi.LastSeen = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+		}
+		info.Peers = append(info.Peers, pi)
+	}
+	return info
 }

@@ -107,7 +107,7 @@ func TestTwoDaemonsInNamespacesExchangeMessages(t *testing.T) {
 		}
 		// Flow control as an application would: keep the queue to the
 		// wire and the receiver's lag bounded.
-		for rtA.remote.ready.Len() > 1024 || uint64(2*(i+1))-check.got.Load() > 4096 {
+		for rtA.remote.dps[0].ready.Len() > 1024 || uint64(2*(i+1))-check.got.Load() > 4096 {
 			if ctx.Err() != nil {
 				t.Fatalf("stuck after %d messages", check.got.Load())
 			}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -67,8 +68,13 @@ func NewRuntime(opts RuntimeOptions) *Runtime {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}}
-	if opts.Remote.Datapath != nil {
+	if opts.Remote.Datapath != nil || len(opts.Remote.Accelerated) > 0 {
 		r.remote = newRemote(r, opts.Remote)
+		for _, dp := range opts.Remote.Accelerated {
+			if !slices.Contains(r.opts.Datapaths, dp.Name()) {
+				r.opts.Datapaths = append(r.opts.Datapaths, dp.Name())
+			}
+		}
 	}
 	return r
 }
@@ -81,7 +87,7 @@ func (r *Runtime) Run(ctx context.Context) {
 		return
 	}
 	r.remote.run(ctx)
-	r.remote.dp.Close()
+	r.remote.close()
 }
 
 // endpoint is where a session's application lives (a VM port, a host
@@ -120,6 +126,9 @@ type Stream struct {
 	Datapath string
 	Warning  string
 	session  *Session
+	// dpIndex is the remote datapath the stream's messages take, -1 for
+	// the default.
+	dpIndex int
 }
 
 // Source emits on a channel.
@@ -167,7 +176,10 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 		return nil, ErrClosed
 	}
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
-	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s}
+	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
+	if r.remote != nil {
+		st.dpIndex = r.remote.datapathIndex(dp)
+	}
 	s.streams[st.ID] = st
 	if warn != "" {
 		r.log.Warn("stream options not met", "session", s.ID, "stream", st.ID, "datapath", dp, "warning", warn)

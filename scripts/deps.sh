@@ -8,7 +8,7 @@ packages=(
 	dpdk dpdk-dev libdpdk-dev pkg-config # DPDK 22.11: libraries, testpmd, pkg-config libdpdk
 	rdma-core libibverbs-dev            # RDMA verbs (soft-RoCE inside guests)
 	busybox-static                      # guest userland: sh, ping, udhcpc, ip
-	iproute2 gcc make                   # namespaces and veths; cgo; this Makefile
+	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
 )
 

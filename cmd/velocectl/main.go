@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -24,6 +25,8 @@ const usage = `usage: velocectl [--control PATH] COMMAND [flags]
 Commands:
   ports    list VM ports: state, negotiated features, queues, counters
   streams  list streams: owner, options, datapath (and fallback warning), sources, sinks
+  remote   list datapaths to other hosts (udp, dpdk) with their counters, and peers
+           with the channels they have sinks for
 
 Flags:
   --control PATH   veloced's control socket (default %s)
@@ -102,6 +105,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
 				st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
 		}
+		return tw.Flush()
+	case "remote":
+		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
+		if err != nil {
+			return err
+		}
+		info, err := client.Remote(ctx)
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			e := json.NewEncoder(stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(info)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DATAPATH\tADDRESS\tDEFAULT\tQUEUED\tREACHES")
+		for _, d := range info.Datapaths {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "PEER\tNODE\tCHANNELS\tLAST DIRECTORY")
+		for _, p := range info.Peers {
+			var chans []string
+			for _, c := range p.Channels {
+				chans = append(chans, strconv.FormatUint(uint64(c), 10))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", p.Addr, p.Node, dash(strings.Join(chans, ",")), dash(p.LastSeen))
+		}
+		fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
 		return tw.Flush()
 	default:
 		fs.Usage()

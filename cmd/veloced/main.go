@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
 
@@ -61,6 +62,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var peers listFlag
 	fs.Var(&peers, "peer", "another daemon's --listen address (repeatable)")
 	nodeID := fs.Uint("node-id", 0, "this daemon's id in global source ids, distinct among peers; default random")
+	dpdkDev := fs.String("dpdk", "", "DPDK device arguments for the accelerated datapath (e.g. a PCI address on the EAL allowlist, or net_af_packet0,iface=eth1); streams asking for acceleration use it. If DPDK cannot start, veloced warns and such streams fall back to UDP")
+	dpdkAddr := fs.String("dpdk-addr", "", "the DPDK port's IPv4 address and link prefix (e.g. 10.0.1.1/24); its UDP port is --listen's, or 7000")
+	dpdkEAL := fs.String("dpdk-eal", strings.Join(dpdk.DefaultEAL, " "), "DPDK EAL arguments (space-separated)")
+	dpdkCPU := fs.Int("dpdk-cpu", -1, "pin the DPDK polling thread to this CPU; -1: unpinned")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -101,26 +106,50 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	opts := backend.DaemonOptions{ControlSocket: *control, AppSocket: *appSocket, Logger: log}
 	opts.Runtime.NodeID = uint32(*nodeID)
-	if len(peers) > 0 && *listen == "" {
-		return errors.New("--peer needs --listen")
+	if len(peers) > 0 && *listen == "" && *dpdkDev == "" {
+		return errors.New("--peer needs --listen or --dpdk")
 	}
+	for _, p := range peers {
+		pa, err := netip.ParseAddrPort(p)
+		if err != nil {
+			return fmt.Errorf("--peer: %w", err)
+		}
+		opts.Runtime.Remote.Peers = append(opts.Runtime.Remote.Peers, pa)
+	}
+	udpPort := uint16(dpdk.DefaultPort)
 	if *listen != "" {
 		la, err := netip.ParseAddrPort(*listen)
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
-		}
-		for _, p := range peers {
-			pa, err := netip.ParseAddrPort(p)
-			if err != nil {
-				return fmt.Errorf("--peer: %w", err)
-			}
-			opts.Runtime.Remote.Peers = append(opts.Runtime.Remote.Peers, pa)
 		}
 		dp, err := udp.New(udp.Options{Listen: la, Logger: log})
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
 		}
 		opts.Runtime.Remote.Datapath = dp
+		udpPort = dp.LocalAddr().Port()
+	}
+	if *dpdkDev != "" {
+		if *dpdkAddr == "" {
+			return errors.New("--dpdk needs --dpdk-addr")
+		}
+		pa, err := netip.ParsePrefix(*dpdkAddr)
+		if err != nil {
+			return fmt.Errorf("--dpdk-addr: %w", err)
+		}
+		if *dpdkCPU < -1 || *dpdkCPU >= runtime.NumCPU() {
+			return fmt.Errorf("--dpdk-cpu: %d is not a CPU of this machine (0-%d)", *dpdkCPU, runtime.NumCPU()-1)
+		}
+		dp, err := dpdk.New(dpdk.Options{EAL: strings.Fields(*dpdkEAL), Device: *dpdkDev, Addr: pa, Port: udpPort, CPU: *dpdkCPU, Logger: log})
+		if err != nil {
+			// The policy warns each stream that asked for acceleration.
+			log.Warn("DPDK datapath unavailable; streams asking for acceleration will use kernel UDP", "err", err)
+		} else {
+			opts.Runtime.Remote.Accelerated = append(opts.Runtime.Remote.Accelerated, dp)
+		}
+	}
+	if len(peers) > 0 && opts.Runtime.Remote.Datapath == nil && len(opts.Runtime.Remote.Accelerated) == 0 {
+		return errors.New("--peer: no datapath to reach peers (DPDK failed and no --listen)")
 	}
 	for _, s := range servers {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link, PollCPUs: cpus})

@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/testutil"
 )
 
 func TestFlagErrors(t *testing.T) {
@@ -22,7 +28,10 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--vhost-user", "/tmp/x.sock", "extra"}, "unexpected argument"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "0,9999"}, "--poll-cpus"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--poll-cpus", "a"}, "--poll-cpus"},
-		{[]string{"--vhost-user", "/tmp/x.sock", "--peer", "127.0.0.1:7078"}, "--peer needs --listen"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--peer", "127.0.0.1:7078"}, "--peer needs --listen or --dpdk"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--dpdk", "net_null0"}, "--dpdk needs --dpdk-addr"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--dpdk", "net_null0", "--dpdk-addr", "10.0.0.1"}, "--dpdk-addr"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--dpdk", "net_null0", "--dpdk-addr", "10.0.0.1/24", "--dpdk-cpu", "999"}, "--dpdk-cpu"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "nowhere"}, "--listen"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "127.0.0.1:0", "--peer", "x"}, "--peer"},
 	} {
@@ -32,4 +41,69 @@ func TestFlagErrors(t *testing.T) {
 			t.Errorf("%v: got %v, want an error mentioning %q", tc.args, err, tc.want)
 		}
 	}
+}
+
+// TestNoDPDKFallsBackToUDP: a DPDK device that cannot start (here bad
+// device arguments; in a build without DPDK, any) leaves veloced running
+// on kernel UDP, and a stream asking for acceleration gets UDP with the
+// policy's warning, visible to the application and in the log.
+func TestNoDPDKFallsBackToUDP(t *testing.T) {
+	testutil.RequiresRoot(t)
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app.sock")
+	var stderr syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--app-socket", app, "--control", filepath.Join(dir, "control.sock"),
+			"--listen", "127.0.0.1:0", "--dpdk", "net_bogus0,iface=nothing-here", "--dpdk-addr", "10.77.0.1/24"}, &stderr)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("veloced: %v\n%s", err, stderr.String())
+		}
+	}()
+	octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ocancel()
+	var s *guestlib.Session
+	for {
+		var err error
+		if s, err = guestlib.Open(octx, guestlib.Options{Socket: app}); err == nil {
+			break
+		}
+		if octx.Err() != nil {
+			t.Fatalf("open a session: %v\n%s", err, stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer s.Close()
+	st, err := s.CreateStream(octx, guestlib.StreamOptions{Acceleration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Datapath != "udp" || !strings.Contains(st.Warning, "no accelerated datapath") {
+		t.Errorf("stream asking for acceleration: datapath %q, warning %q; want udp and a warning", st.Datapath, st.Warning)
+	}
+	if log := stderr.String(); !strings.Contains(log, "DPDK datapath unavailable") {
+		t.Errorf("veloced did not warn that DPDK is unavailable:\n%s", log)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

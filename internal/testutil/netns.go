@@ -71,3 +71,28 @@ func Run(t testing.TB, name string, args ...string) {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
 }
+
+// BareVeth links a and b with a veth pair that has no IPv4 addresses, for
+// a userspace stack (DPDK's net_af_packet) to own an end, and returns the
+// two interface names. The kernel then drops what arrives for addresses it
+// does not have, so only the userspace stack answers.
+func BareVeth(t testing.TB, a, b *Netns) (va, vb string) {
+	t.Helper()
+	n := vethSeq.Add(1)
+	va, vb = fmt.Sprintf("vva%d-%d", os.Getpid()%100000, n), fmt.Sprintf("vvb%d-%d", os.Getpid()%100000, n)
+	macA, macB := fmt.Sprintf("02:76:00:%02x:%02x:01", n>>8&0xff, n&0xff), fmt.Sprintf("02:76:00:%02x:%02x:02", n>>8&0xff, n&0xff)
+	Run(t, "ip", "link", "add", va, "address", macA, "netns", a.Name, "type", "veth", "peer", "name", vb, "address", macB, "netns", b.Name)
+	a.IP(t, "link", "set", va, "up")
+	b.IP(t, "link", "set", vb, "up")
+	return va, vb
+}
+
+// NoTxChecksum turns transmit checksum offload off on dev in ns. A veth
+// leaves UDP checksums to "hardware" that does not exist, so a userspace
+// stack reading the peer end (net_af_packet) sees partial checksums;
+// with offload off the kernel computes them as a wire would carry them.
+func NoTxChecksum(t testing.TB, ns *Netns, dev string) {
+	t.Helper()
+	RequiresCommand(t, "ethtool", "ethtool")
+	Run(t, "ip", "netns", "exec", ns.Name, "ethtool", "-K", dev, "tx", "off")
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	netnsx "github.com/veloce-io/veloce/internal/netns"
 	"github.com/veloce-io/veloce/internal/wire"
 )
 
@@ -81,6 +83,7 @@ type Stats struct {
 // Plugin is a kernel-UDP datapath: one UDP socket with batched send and
 // receive. Create it with New.
 type Plugin struct {
+	netns int // the socket's network namespace (for Reaches), or -1
 	local netip.AddrPort
 	v6    bool // the socket is AF_INET6
 	batch int
@@ -232,7 +235,12 @@ func New(opts Options) (*Plugin, error) {
 		fds.close()
 		return nil, fmt.Errorf("new udp plugin: register socket with the runtime poller: %w", err)
 	}
+	nsfd, err := netnsx.Self()
+	if err != nil {
+		nsfd = -1
+	}
 	p := &Plugin{
+		netns: nsfd,
 		local: local,
 		v6:    v6,
 		batch: batch,
@@ -262,6 +270,39 @@ func (p *Plugin) Name() string { return Name }
 // 0 in Options.Listen, the port the kernel picked.
 func (p *Plugin) LocalAddr() netip.AddrPort { return p.local }
 
+// Reaches reports whether the kernel has a route from the plugin's local
+// address to addr: it connects a throwaway UDP socket bound to that
+// address, which resolves the route without sending anything. A peer on a
+// link the kernel does not own (a DPDK port's) is not reached.
+func (p *Plugin) Reaches(addr netip.Addr) bool {
+	if p.netns < 0 {
+		return p.reaches(addr)
+	}
+	// The route is the socket's namespace's, not the caller's.
+	ok := false
+	if err := netnsx.DoFd(p.netns, func() error { ok = p.reaches(addr); return nil }); err != nil {
+		return p.reaches(addr)
+	}
+	return ok
+}
+
+func (p *Plugin) reaches(addr netip.Addr) bool {
+	local := p.local.Addr()
+	if local.Is4() != addr.Unmap().Is4() && !p.v6 {
+		return false
+	}
+	laddr := &net.UDPAddr{IP: local.AsSlice()}
+	if local.IsUnspecified() {
+		laddr = nil
+	}
+	c, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr.Unmap(), 9)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
 // Stats returns a snapshot of the counters. It may be called from any
 // goroutine, also after Close.
 func (p *Plugin) Stats() Stats {
@@ -289,6 +330,9 @@ func (p *Plugin) Close() error {
 	// using it (fds.close waits for that), and calls that get to the
 	// socket after this see closing and return ErrClosed.
 	err := p.fds.close()
+	if p.netns >= 0 {
+		unix.Close(p.netns)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
@@ -463,3 +507,6 @@ func (p *Plugin) setDeadline(timeout time.Duration) error {
 	rx.deadline = false
 	return p.fds.file.SetReadDeadline(time.Time{})
 }
+
+// DatapathStats returns Stats for velocectl remote.
+func (p *Plugin) DatapathStats() any { return p.Stats() }

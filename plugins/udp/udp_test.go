@@ -405,3 +405,22 @@ func TestCloseWakesTimedReceiver(t *testing.T) {
 		t.Fatalf("blocked RecvBatch returned %v, want ErrClosed", err)
 	}
 }
+
+func TestReaches(t *testing.T) {
+	p, err := New(Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if !p.Reaches(netip.MustParseAddr("127.0.0.5")) {
+		t.Error("a loopback socket does not reach 127.0.0.5")
+	}
+	// A socket bound to loopback cannot send off the host: the kernel
+	// refuses the route (the documentation prefix is never used).
+	if p.Reaches(netip.MustParseAddr("192.0.2.1")) {
+		t.Error("a loopback socket reaches 192.0.2.1")
+	}
+	if p.Reaches(netip.MustParseAddr("2001:db8::1")) {
+		t.Error("an IPv4 socket reaches an IPv6 address")
+	}
+}

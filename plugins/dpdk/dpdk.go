@@ -1,0 +1,505 @@
+// Package dpdk is the DPDK datapath: streams that ask for acceleration,
+// where resource use is no concern, leave and enter the host through a DPDK
+// port, polled from userspace, bypassing the kernel.
+//
+// The plugin speaks the same wire as the kernel-UDP plugin: Ethernet, IPv4
+// and UDP built and parsed by internal/netstack (the code the vhost-user
+// link peer uses too), carrying the wire header of internal/wire. So a DPDK
+// host and a kernel-UDP host exchange the same stream, and a peer neither
+// knows nor cares which datapath the other end uses.
+//
+// # Threads
+//
+// One polling thread per port (Poll, started by the runtime): locked to an
+// OS thread, registered with DPDK's EAL, pinned to Options.CPU when given.
+// It receives bursts, answers ARP and ICMP echo, and hands each burst's
+// datagrams to the runtime without copying them (their payloads are views
+// of the mbufs, freed after the runtime returns). When no packet came for
+// Options.SpinIdle it pauses: it sleeps, doubling the sleep up to
+// Options.MaxSleep, and spins again from the first packet on.
+//
+// SendBatch runs on the runtime's sender: it resolves each destination's
+// MAC (ARP, paced by a netstack.Resolver), copies each datagram once into
+// an mbuf behind the headers and hands the burst to the port in one call.
+// The port's one TX queue is shared with the polling thread's ARP and echo
+// replies under a mutex that is, in practice, never contended.
+//
+// # Availability
+//
+// The binding to DPDK (internal/dpdk) needs cgo and the build tag `dpdk`
+// (make build and make test use both). Without them New returns an error
+// wrapping dpdk.ErrUnavailable, and veloced falls back to kernel UDP with
+// the policy's visible warning. Device arguments select any DPDK port: a
+// PCI device on the EAL allowlist in production, `net_af_packet` or
+// `net_tap` on a veth for tests.
+package dpdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/veloce-io/veloce/internal/dpdk"
+	"github.com/veloce-io/veloce/internal/netstack"
+	"github.com/veloce-io/veloce/internal/pkt"
+	"github.com/veloce-io/veloce/internal/wire"
+)
+
+// Name is the datapath's name in the QoS policy (backend.DatapathDPDK).
+const Name = "dpdk"
+
+// DefaultEAL are the EAL arguments used when Options.EAL is nil: no
+// hugepages (256 MiB of ordinary memory; --in-memory is refused with
+// --no-huge, --no-shconf keeps processes apart), no PCI scan, one
+// main lcore. With hugepages mounted, drop --no-huge and -m.
+var DefaultEAL = []string{"--no-huge", "-m", "256", "--no-shconf", "--no-pci", "--no-telemetry", "-l", "0", "--log-level", "*:error"}
+
+// Defaults.
+const (
+	DefaultPort     = 7000
+	DefaultMbufs    = 8191
+	DefaultBurst    = 32
+	DefaultSpinIdle = 200 * time.Microsecond
+	DefaultMaxSleep = time.Millisecond
+	// mbufDataRoom holds any wire datagram in one segment with the frame
+	// headers in front.
+	mbufDataRoom = 2048
+)
+
+// Errors.
+var (
+	// ErrUnresolved means a destination did not answer ARP.
+	ErrUnresolved = errors.New("dpdk: destination did not answer ARP")
+	// ErrClosed means the plugin was closed.
+	ErrClosed = errors.New("dpdk: plugin closed")
+)
+
+// Options configure New.
+type Options struct {
+	// EAL are the DPDK EAL arguments (the first plugin in a process
+	// initialises the EAL; later ones share it). Default DefaultEAL.
+	EAL []string
+	// Device are the port's device arguments, e.g.
+	// "net_af_packet0,iface=eth1" or a PCI address on the EAL allowlist.
+	// A net_af_packet port gets framecnt=8192 unless the arguments say
+	// otherwise: the PMD's default ring of 512 frames overflows (and
+	// loses datagrams) whenever the polling thread pauses for a
+	// millisecond at a few hundred thousand packets per second.
+	Device string
+	// Addr is the plugin's IPv4 address on the port's link and the link's
+	// prefix. Peers on the prefix are reached directly (ARP); there is no
+	// router.
+	Addr netip.Prefix
+	// Port is the UDP port peers send to; default DefaultPort.
+	Port uint16
+	// CPU pins the polling thread to that CPU; -1 leaves it unpinned.
+	CPU int
+	// Mbufs is the size of the port's mbuf pool; default DefaultMbufs.
+	Mbufs int
+	// Burst is the most packets one receive moves; default DefaultBurst.
+	Burst int
+	// SpinIdle is how long the polling thread spins without packets before
+	// it starts to sleep; default DefaultSpinIdle. MaxSleep bounds a sleep
+	// (and so the latency of the first packet after a pause); default
+	// DefaultMaxSleep.
+	SpinIdle, MaxSleep time.Duration
+	// Logger receives setup messages; nil discards.
+	Logger *slog.Logger
+}
+
+// Stats are the plugin's counters.
+type Stats struct {
+	RxPackets    uint64            `json:"rx_packets"`
+	RxDatagrams  uint64            `json:"rx_datagrams"`
+	TxDatagrams  uint64            `json:"tx_datagrams"`
+	TxFull       uint64            `json:"tx_full"`
+	NoMbufs      uint64            `json:"no_mbufs"`
+	ARPRequests  uint64            `json:"arp_requests"`
+	Unresolved   uint64            `json:"unresolved"`
+	ARPReplies   uint64            `json:"arp_replies"`
+	EchoReplies  uint64            `json:"echo_replies"`
+	Dropped      map[string]uint64 `json:"dropped,omitempty"`
+	Sleeps       uint64            `json:"sleeps"`
+	Neighbours   int               `json:"neighbours"`
+	PortIPackets uint64            `json:"port_ipackets"`
+	PortOPackets uint64            `json:"port_opackets"`
+	PortIMissed  uint64            `json:"port_imissed"`
+}
+
+// Plugin is a DPDK port carrying wire datagrams. It implements the
+// runtime's Datapath, Poller and Reacher interfaces.
+type Plugin struct {
+	opts  Options
+	log   *slog.Logger
+	port  *dpdk.Port
+	pool  *dpdk.Mempool
+	host  *netstack.Host
+	res   netstack.Resolver
+	local netip.AddrPort
+
+	txMu   sync.Mutex
+	txBufs []*dpdk.Mbuf // guarded by txMu
+	macs   []pkt.MAC    // guarded by txMu
+
+	polling atomic.Bool
+	closed  atomic.Bool
+	stop    chan struct{}
+	stopped sync.WaitGroup
+
+	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
+	arpRequests, unresolved, sleeps                      atomic.Uint64
+	dropped                                              [netstack.NumDropReasons]atomic.Uint64
+	wrongPort                                            atomic.Uint64
+}
+
+var poolSeq atomic.Uint32
+
+// Available reports whether this build can run DPDK at all.
+func Available() bool { return dpdk.Available() }
+
+// New initialises the EAL if need be, opens and starts the port, and
+// returns the plugin. Errors say which step failed; without DPDK in the
+// build they wrap dpdk.ErrUnavailable.
+func New(opts Options) (*Plugin, error) {
+	if opts.Device == "" {
+		return nil, errors.New("dpdk: no device arguments")
+	}
+	a := opts.Addr.Addr().Unmap()
+	if !a.Is4() || opts.Addr.Bits() < 1 || opts.Addr.Bits() > 32 {
+		return nil, fmt.Errorf("dpdk: address %v is not an IPv4 address with its prefix", opts.Addr)
+	}
+	if opts.EAL == nil {
+		opts.EAL = DefaultEAL
+	}
+	if strings.HasPrefix(opts.Device, "net_af_packet") && !strings.Contains(opts.Device, "framecnt=") {
+		opts.Device += ",framecnt=8192"
+	}
+	if opts.Port == 0 {
+		opts.Port = DefaultPort
+	}
+	if opts.Mbufs <= 0 {
+		opts.Mbufs = DefaultMbufs
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = DefaultBurst
+	}
+	if opts.SpinIdle <= 0 {
+		opts.SpinIdle = DefaultSpinIdle
+	}
+	if opts.MaxSleep <= 0 {
+		opts.MaxSleep = DefaultMaxSleep
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := dpdk.Init(opts.EAL); err != nil {
+		return nil, fmt.Errorf("dpdk: EAL (%s): %w", strings.Join(opts.EAL, " "), err)
+	}
+	// Mempool names are short (RTE_MEMPOOL_NAMESIZE) and unique.
+	pool, err := dpdk.NewMempool(fmt.Sprintf("veloce%d", poolSeq.Add(1)), opts.Mbufs, 256, mbufDataRoom)
+	if err != nil {
+		return nil, fmt.Errorf("dpdk: mbuf pool for %s: %w", opts.Device, err)
+	}
+	port, err := dpdk.OpenPort(opts.Device, dpdk.PortConfig{Pool: pool, Promiscuous: false})
+	if err != nil {
+		pool.Free()
+		return nil, fmt.Errorf("dpdk: port %s: %w", opts.Device, err)
+	}
+	host, err := netstack.New(netstack.Config{MAC: pkt.MAC(port.MAC()), Addr: netip.PrefixFrom(a, opts.Addr.Bits()), Neighbours: 256})
+	if err != nil {
+		port.Close()
+		pool.Free()
+		return nil, fmt.Errorf("dpdk: %w", err)
+	}
+	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
+		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
+		local: netip.AddrPortFrom(a, opts.Port), stop: make(chan struct{}),
+		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
+	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr(), "addr", opts.Addr, "udp", opts.Port)
+	// Announce ourselves so that the link's hosts (and switches) learn
+	// where we are before the first datagram.
+	p.sendControl(func(b []byte) (int, error) { return host.GratuitousARP(b) })
+	return p, nil
+}
+
+// Name implements the runtime's Datapath.
+func (p *Plugin) Name() string { return Name }
+
+// LocalAddr is where peers reach this plugin.
+func (p *Plugin) LocalAddr() netip.AddrPort { return p.local }
+
+// Reaches reports whether addr is on the port's link.
+func (p *Plugin) Reaches(addr netip.Addr) bool { return p.host.OnLink(addr) }
+
+// Host returns the plugin's userspace IPv4 host (its neighbour table).
+func (p *Plugin) Host() *netstack.Host { return p.host }
+
+// SendBatch sends pkts, each a wire datagram for its Addr. It returns how
+// many went: fewer, with a nil error, when the port or the mbuf pool is
+// full or the next destination's MAC is still being resolved (try again);
+// fewer with ErrUnresolved when that destination did not answer ARP for a
+// second (skip it). One burst is one call into DPDK.
+func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
+	if p.closed.Load() {
+		return 0, ErrClosed
+	}
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	done := 0
+	for done < len(pkts) {
+		// Resolve as many destinations in a row as we can.
+		n := 0
+		for n < len(pkts)-done && n < len(p.txBufs) {
+			mac, ok := p.host.Neighbour(pkts[done+n].Addr.Addr())
+			if !ok {
+				break
+			}
+			p.macs[n] = mac
+			n++
+		}
+		if n == 0 {
+			return done, p.resolveLocked(pkts[done].Addr.Addr())
+		}
+		bufs := p.txBufs[:n]
+		if err := p.pool.AllocBulk(bufs); err != nil {
+			p.noMbufs.Add(1)
+			return done, nil
+		}
+		for i, m := range bufs {
+			d := &pkts[done+i]
+			a := d.Addr.Addr().Unmap()
+			l, err := p.host.PutUDPFrame(m.Room(), p.macs[i], a.As4(), p.opts.Port, d.Addr.Port(), d.Bytes())
+			if err != nil {
+				// Too long for one mbuf: the runtime never sends such.
+				l = 0
+			}
+			m.SetLen(l)
+		}
+		sent := p.port.TxBurst(0, bufs)
+		p.txDatagrams.Add(uint64(sent))
+		if sent < n {
+			dpdk.FreeBulk(bufs[sent:])
+			p.txFull.Add(1)
+			return done + sent, nil
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// resolveLocked asks for addr's MAC when it is time to, and says whether
+// to wait (nil) or give up (ErrUnresolved).
+func (p *Plugin) resolveLocked(addr netip.Addr) error {
+	if !p.host.OnLink(addr) {
+		p.unresolved.Add(1)
+		return fmt.Errorf("dpdk: %v is not on the port's link %v: %w", addr, p.host.Prefix(), ErrUnresolved)
+	}
+	send, fail := p.res.Want(addr, time.Now())
+	if fail {
+		p.unresolved.Add(1)
+		return ErrUnresolved
+	}
+	if send {
+		p.arpRequests.Add(1)
+		p.sendControlLocked(func(b []byte) (int, error) { return p.host.PutARPRequest(b, addr) })
+	}
+	return nil
+}
+
+// sendControl sends one frame built by put (ARP, echo replies).
+func (p *Plugin) sendControl(put func(b []byte) (int, error)) {
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	p.sendControlLocked(put)
+}
+
+func (p *Plugin) sendControlLocked(put func(b []byte) (int, error)) {
+	one := p.txBufs[:1]
+	if err := p.pool.AllocBulk(one); err != nil {
+		p.noMbufs.Add(1)
+		return
+	}
+	n, err := put(one[0].Room())
+	if err != nil {
+		dpdk.FreeBulk(one)
+		return
+	}
+	one[0].SetLen(n)
+	if p.port.TxBurst(0, one) != 1 {
+		dpdk.FreeBulk(one)
+		p.txFull.Add(1)
+	}
+}
+
+// Poll runs the polling thread until ctx ends or the plugin closes: it
+// hands every burst of datagrams for the plugin's UDP port to handle.
+func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet)) error {
+	if !p.polling.CompareAndSwap(false, true) {
+		return errors.New("dpdk: the port is polled already")
+	}
+	defer p.polling.Store(false)
+	p.stopped.Add(1)
+	defer p.stopped.Done()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if p.opts.CPU >= 0 {
+		var set unix.CPUSet
+		set.Set(p.opts.CPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			p.log.Warn("dpdk: cannot pin the polling thread", "cpu", p.opts.CPU, "err", err)
+		}
+	}
+	if err := dpdk.RegisterThread(); err != nil {
+		p.log.Warn("dpdk: polling thread not registered with the EAL (no mempool cache)", "err", err)
+	} else {
+		defer dpdk.UnregisterThread()
+	}
+	var done atomic.Bool
+	stopCtx := context.AfterFunc(ctx, func() { done.Store(true) })
+	defer stopCtx()
+
+	mbufs := make([]*dpdk.Mbuf, p.opts.Burst)
+	pkts := make([]wire.Packet, p.opts.Burst)
+	reply := make([]byte, mbufDataRoom)
+	var res netstack.Result
+	last := time.Now()
+	sleep := time.Microsecond
+	for polls := 0; ; polls++ {
+		if done.Load() || p.closed.Load() {
+			return nil
+		}
+		n := p.port.RxBurst(0, mbufs)
+		if n == 0 {
+			if polls&63 != 0 {
+				continue
+			}
+			now := time.Now()
+			if now.Sub(last) < p.opts.SpinIdle {
+				continue
+			}
+			p.sleeps.Add(1)
+			time.Sleep(sleep)
+			sleep = min(2*sleep, p.opts.MaxSleep)
+			continue
+		}
+		last, sleep = time.Now(), time.Microsecond
+		p.rxPackets.Add(uint64(n))
+		k := p.classify(mbufs[:n], pkts, reply, &res)
+		if k > 0 {
+			p.rxDatagrams.Add(uint64(k))
+			handle(pkts[:k])
+		}
+		dpdk.FreeBulk(mbufs[:n])
+	}
+}
+
+// classify runs each received frame through the host and collects the
+// datagrams for the plugin's port in pkts (views of the mbufs).
+func (p *Plugin) classify(mbufs []*dpdk.Mbuf, pkts []wire.Packet, reply []byte, res *netstack.Result) int {
+	k := 0
+	for _, m := range mbufs {
+		p.host.Handle(m.Data(), reply, res)
+		switch res.Verdict {
+		case netstack.VerdictDeliver:
+			if res.Broadcast || res.DstPort != p.opts.Port {
+				p.wrongPort.Add(1)
+				continue
+			}
+			pkts[k] = wire.Packet{Addr: res.Src, Buf: res.Payload, N: len(res.Payload)}
+			k++
+		case netstack.VerdictReplied:
+			n := res.ReplyLen
+			p.sendControl(func(b []byte) (int, error) { return copy(b, reply[:n]), nil })
+		default:
+			p.dropped[res.Reason].Add(1)
+		}
+	}
+	return k
+}
+
+// RecvBatch receives like Poll but on the caller's thread, for callers
+// that pull: it waits up to timeout for the first datagram and copies
+// each into pkts[i].Buf. Do not use it while Poll runs.
+func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, error) {
+	if p.closed.Load() {
+		return 0, ErrClosed
+	}
+	mbufs := make([]*dpdk.Mbuf, min(len(pkts), p.opts.Burst))
+	views := make([]wire.Packet, len(mbufs))
+	reply := make([]byte, mbufDataRoom)
+	var res netstack.Result
+	deadline := time.Now().Add(timeout)
+	for {
+		n := p.port.RxBurst(0, mbufs)
+		if n > 0 {
+			p.rxPackets.Add(uint64(n))
+			k := p.classify(mbufs[:n], views, reply, &res)
+			for i := range views[:k] {
+				pkts[i].Addr = views[i].Addr
+				pkts[i].N = copy(pkts[i].Buf, views[i].Bytes())
+			}
+			dpdk.FreeBulk(mbufs[:n])
+			if k > 0 {
+				p.rxDatagrams.Add(uint64(k))
+				return k, nil
+			}
+			continue
+		}
+		if time.Now().After(deadline) {
+			return 0, nil
+		}
+		time.Sleep(10 * time.Microsecond)
+	}
+}
+
+// Stats returns the counters.
+func (p *Plugin) Stats() Stats {
+	s := Stats{RxPackets: p.rxPackets.Load(), RxDatagrams: p.rxDatagrams.Load(), TxDatagrams: p.txDatagrams.Load(),
+		TxFull: p.txFull.Load(), NoMbufs: p.noMbufs.Load(), ARPRequests: p.arpRequests.Load(),
+		Unresolved: p.unresolved.Load(), Sleeps: p.sleeps.Load(), Neighbours: len(p.host.Neighbours())}
+	s.ARPReplies, s.EchoReplies = p.host.Replies()
+	for r := range p.dropped {
+		if v := p.dropped[r].Load(); v > 0 {
+			if s.Dropped == nil {
+				s.Dropped = map[string]uint64{}
+			}
+			s.Dropped[netstack.DropReason(r).String()] = v
+		}
+	}
+	if v := p.wrongPort.Load(); v > 0 {
+		if s.Dropped == nil {
+			s.Dropped = map[string]uint64{}
+		}
+		s.Dropped["other-port"] = v
+	}
+	if ps, err := p.port.Stats(); err == nil {
+		s.PortIPackets, s.PortOPackets, s.PortIMissed = ps.IPackets, ps.OPackets, ps.IMissed
+	}
+	return s
+}
+
+// Close stops the polling thread, then the port, and frees the pool.
+func (p *Plugin) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	p.stopped.Wait()
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	err := p.port.Close()
+	p.pool.Free()
+	return err
+}
+
+// DatapathStats returns Stats for velocectl remote.
+func (p *Plugin) DatapathStats() any { return p.Stats() }
