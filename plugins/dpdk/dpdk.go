@@ -152,7 +152,7 @@ type Plugin struct {
 
 	polling atomic.Bool
 	closed  atomic.Bool
-	stop    chan struct{}
+	rx      *pullState // RecvBatch's buffers, made on its first call
 	stopped sync.WaitGroup
 
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
@@ -162,6 +162,14 @@ type Plugin struct {
 }
 
 var poolSeq atomic.Uint32
+
+// pullState is what RecvBatch receives with.
+type pullState struct {
+	mbufs []*dpdk.Mbuf
+	views []wire.Packet
+	reply []byte
+	res   netstack.Result
+}
 
 // Available reports whether this build can run DPDK at all.
 func Available() bool { return dpdk.Available() }
@@ -223,7 +231,7 @@ func New(opts Options) (*Plugin, error) {
 	}
 	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
 		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
-		local: netip.AddrPortFrom(a, opts.Port), stop: make(chan struct{}),
+		local: netip.AddrPortFrom(a, opts.Port),
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
 	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
@@ -255,6 +263,9 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 	}
 	p.txMu.Lock()
 	defer p.txMu.Unlock()
+	if p.closed.Load() { // closed while this call waited for the lock
+		return 0, ErrClosed
+	}
 	done := 0
 	for done < len(pkts) {
 		// Resolve as many destinations in a row as we can.
@@ -434,16 +445,19 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 	if p.closed.Load() {
 		return 0, ErrClosed
 	}
-	mbufs := make([]*dpdk.Mbuf, min(len(pkts), p.opts.Burst))
-	views := make([]wire.Packet, len(mbufs))
-	reply := make([]byte, mbufDataRoom)
-	var res netstack.Result
+	if p.polling.Load() {
+		return 0, errors.New("dpdk: RecvBatch while the port is polled")
+	}
+	if p.rx == nil {
+		p.rx = &pullState{mbufs: make([]*dpdk.Mbuf, p.opts.Burst), views: make([]wire.Packet, p.opts.Burst), reply: make([]byte, mbufDataRoom)}
+	}
+	mbufs, views, reply, res := p.rx.mbufs[:min(len(pkts), p.opts.Burst)], p.rx.views, p.rx.reply, &p.rx.res
 	deadline := time.Now().Add(timeout)
 	for {
 		n := p.port.RxBurst(0, mbufs)
 		if n > 0 {
 			p.rxPackets.Add(uint64(n))
-			k := p.classify(mbufs[:n], views, reply, &res)
+			k := p.classify(mbufs[:n], views, reply, res)
 			for i := range views[:k] {
 				pkts[i].Addr = views[i].Addr
 				pkts[i].N = copy(pkts[i].Buf, views[i].Bytes())

@@ -178,3 +178,63 @@ func TestUnresolvedAndOffLink(t *testing.T) {
 		t.Error("Reaches is not the link's prefix")
 	}
 }
+
+// TestRecvBatch: the pull interface copies datagrams out and answers ARP
+// on the caller's thread.
+func TestRecvBatch(t *testing.T) {
+	requireDPDK(t)
+	a, b := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.Poll(ctx, func([]wire.Packet) {}) }()
+	defer func() { cancel(); wg.Wait() }()
+
+	const count = 300
+	errc := make(chan error, 1)
+	go func() {
+		payload := make([]byte, 64)
+		for seq := uint64(1); seq <= count; {
+			h := wire.Header{Kind: wire.KindData, FragCount: 1, PayloadLen: 64, Channel: 2, Source: 3, Seq: seq}
+			buf := make([]byte, 128)
+			n, _ := h.MarshalPacket(buf, payload)
+			k, err := a.SendBatch([]wire.Packet{{Addr: b.LocalAddr(), Buf: buf, N: n}})
+			if err != nil {
+				errc <- err
+				return
+			}
+			if k == 1 {
+				seq++
+				time.Sleep(100 * time.Microsecond)
+			} else {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		errc <- nil
+	}()
+	pkts := make([]wire.Packet, 8)
+	for i := range pkts {
+		pkts[i].Buf = make([]byte, 2048)
+	}
+	want := uint64(1)
+	for want <= count && ctx.Err() == nil {
+		n, err := b.RecvBatch(pkts, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range pkts[:n] {
+			h, _, err := wire.Parse(pkts[i].Bytes())
+			if err != nil || h.Seq != want || pkts[i].Addr != a.LocalAddr() {
+				t.Fatalf("datagram %d: %+v %v from %v", want, h, err, pkts[i].Addr)
+			}
+			want++
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.RecvBatch(pkts, time.Millisecond); err != nil {
+		t.Errorf("idle RecvBatch: %v", err)
+	}
+}
