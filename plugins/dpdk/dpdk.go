@@ -230,8 +230,8 @@ func New(opts Options) (*Plugin, error) {
 		return nil, fmt.Errorf("dpdk: %w", err)
 	}
 	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
-		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
-		local: netip.AddrPortFrom(a, opts.Port),
+		res:    netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
+		local:  netip.AddrPortFrom(a, opts.Port),
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
 	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
