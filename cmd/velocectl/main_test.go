@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/plugins/udp"
 )
 
 func startDaemon(t *testing.T) string {
@@ -105,5 +107,56 @@ func TestStreamsEmpty(t *testing.T) {
 	out.Reset()
 	if err := run(context.Background(), []string{"--control", ctl, "streams"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "STREAM") {
 		t.Errorf("table: %v %q", err, out.String())
+	}
+}
+
+// TestRemote: the datapaths to other hosts and the peers, as JSON and as a
+// table.
+func TestRemote(t *testing.T) {
+	dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctl := filepath.Join(dir, "control.sock")
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: ctl, AppSocket: filepath.Join(dir, "app.sock"),
+		Runtime: backend.RuntimeOptions{Remote: backend.RemoteOptions{Datapath: dp, Peers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var out, errb bytes.Buffer
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out.Reset()
+		if err = run(context.Background(), []string{"--control", ctl, "remote", "-o", "json"}, &out, &errb); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v: %s", err, errb.String())
+		}
+	}
+	var info struct {
+		Datapaths []map[string]any `json:"datapaths"`
+		Peers     []map[string]any `json:"peers"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &info); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if len(info.Datapaths) != 1 || info.Datapaths[0]["name"] != "udp" || info.Datapaths[0]["addr"] != dp.LocalAddr().String() ||
+		info.Datapaths[0]["default"] != true || info.Datapaths[0]["stats"] == nil {
+		t.Errorf("datapaths: %v", info.Datapaths)
+	}
+	if len(info.Peers) != 1 || info.Peers[0]["addr"] != "127.0.0.1:9" {
+		t.Errorf("peers: %v", info.Peers)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--control", ctl, "remote"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "DATAPATH") || !strings.Contains(s, "127.0.0.1:9") || !strings.Contains(s, "messages: 0 sent") {
+		t.Errorf("table:\n%s", s)
 	}
 }
