@@ -233,7 +233,7 @@ func New(opts Options) (*Plugin, error) {
 		res:    netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
 		local:  netip.AddrPortFrom(a, opts.Port),
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
-	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr(), "addr", opts.Addr, "udp", opts.Port)
+	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
 	// where we are before the first datagram.
 	p.sendControl(func(b []byte) (int, error) { return host.GratuitousARP(b) })
