@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/veloce-io/veloce/internal/guestproto"
@@ -156,8 +157,25 @@ func (p *Port) session(id uint32, src netip.AddrPort) *Session {
 	return s
 }
 
-// control runs a control request. It allocates; control is not the hot path.
+// control runs a control request. It allocates; control is not the hot
+// path. guestlib resends a request whose reply was lost with the same
+// request id: the request is answered from the replay cache instead of
+// being run twice (a second session, source or sink the application never
+// learns of; a close answered "not found").
 func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
+	if m.Type == guestproto.Ping || m.RequestID == 0 { // 0: the client does not resend
+		return p.runControl(m, src, now)
+	}
+	key := replayKey{src: src, session: m.Session, request: m.RequestID, typ: m.Type}
+	if res, ok := p.replies.get(key, now); ok {
+		return res
+	}
+	res := p.runControl(m, src, now)
+	p.replies.put(key, res, now)
+	return res
+}
+
+func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
 	if m.Type == guestproto.OpenSession {
 		s := p.rt.OpenSession(p, src)
 		s.lastSeen.Store(now)
@@ -252,4 +270,47 @@ func (p *Port) dropSessions() {
 		}
 		p.out.free.Push(id)
 	}
+}
+
+// replayCache remembers the replies to the last control requests for
+// replayWindow, so that a resent request gets the first answer again.
+type replayCache struct {
+	mu      sync.Mutex
+	entries [64]replayEntry
+	next    int
+}
+
+// replayWindow covers guestlib resending a request (every RequestTimeout)
+// and is no longer than an idle session lives.
+const replayWindow = int64(10 * time.Second)
+
+type replayKey struct {
+	src     netip.AddrPort
+	session uint32
+	request uint32
+	typ     guestproto.Type
+}
+
+type replayEntry struct {
+	key replayKey
+	at  int64
+	res guestproto.Result
+}
+
+func (c *replayCache) get(k replayKey, now int64) (guestproto.Result, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.entries {
+		if e := &c.entries[i]; e.at != 0 && e.key == k && now-e.at < replayWindow {
+			return e.res, true
+		}
+	}
+	return guestproto.Result{}, false
+}
+
+func (c *replayCache) put(k replayKey, res guestproto.Result, now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries[c.next] = replayEntry{key: k, at: now, res: res}
+	c.next = (c.next + 1) % len(c.entries)
 }

@@ -59,3 +59,60 @@ func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%d malformed", p.malformed.Load())
 	}
 }
+
+// TestResentRequestsRunOnce: guestlib resends a request whose reply was
+// lost with the same request id; the port answers it from its replay
+// cache, so the session gets one source, not two, and a resent close is
+// not answered "not found".
+func TestResentRequestsRunOnce(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := netip.MustParseAddrPort("169.254.77.2:40001")
+	reply := make([]byte, 4096)
+	call := func(m *guestproto.Message) guestproto.Result {
+		t.Helper()
+		var b [64]byte
+		n, _ := guestproto.PutRequest(b[:], m)
+		rn := p.handleGuest(guest, b[:n], reply)
+		var r guestproto.Message
+		if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Result
+	}
+	open := &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession, RequestID: 1}}
+	sess := call(open).ID
+	if again := call(open).ID; again != sess {
+		t.Fatalf("resent OpenSession opened session %d after %d", again, sess)
+	}
+	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, RequestID: 2, Session: sess}}).ID
+	create := &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, RequestID: 3, Session: sess}, Stream: st, Channel: 1}
+	src := call(create).ID
+	if again := call(create).ID; again != src {
+		t.Fatalf("resent CreateSource made source %d after %d", again, src)
+	}
+	// A new request (new id) makes a new source.
+	create.RequestID = 4
+	if other := call(create).ID; other == src {
+		t.Fatal("a new request was answered from the cache")
+	}
+	if n := len(rt.Streams()[0].Sources); n != 2 {
+		t.Fatalf("%d sources, want 2", n)
+	}
+	closeSrc := &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSource, RequestID: 5, Session: sess}, ID: src}
+	if r := call(closeSrc); r.Status != guestproto.StatusOK {
+		t.Fatalf("close: %v", r.Status)
+	}
+	if r := call(closeSrc); r.Status != guestproto.StatusOK {
+		t.Fatalf("resent close: %v %s", r.Status, r.Message)
+	}
+	rt.mu.Lock()
+	n := len(rt.sessions)
+	rt.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d sessions, want 1", n)
+	}
+}

@@ -54,6 +54,7 @@ type Port struct {
 	sessMu    sync.Mutex               // serialises updates of sessions
 	sessions  cowMap[uint32, *Session] // the port's sessions by id; read without a lock
 	malformed atomic.Uint64            // guestproto datagrams that did not parse
+	replies   replayCache              // recent control replies, for resent requests
 }
 
 // NewPort creates a port; Run serves it.
