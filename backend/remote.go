@@ -30,13 +30,24 @@ type Datapath interface {
 	Close() error
 }
 
-// Poller is a Datapath that runs its own receive loop — a busy-polling
-// thread pinned to a core, say — and hands each received batch to the
-// runtime instead of being asked for it with RecvBatch.
+// Poller is a Datapath that runs its own loop — a busy-polling thread
+// pinned to a core, say — and runs to completion on it: each received
+// batch is handed to the runtime from that thread, and the messages the
+// runtime queued for the datapath are sent from it too. Nothing is handed
+// from one thread to another, which on a busy host costs more than
+// everything else on the path (a woken goroutine waits for a core the
+// pollers hold).
 type Poller interface {
-	// Poll receives until ctx ends and calls handle with each batch from
-	// the polling thread. The packets are valid only during the call.
-	Poll(ctx context.Context, handle func(pkts []wire.Packet)) error
+	// Poll runs until ctx ends. It calls handle with each received batch
+	// (the packets are valid only during the call) and flush on every turn
+	// of its loop; flush sends some of what the runtime queued, through
+	// SendBatch, and reports whether there was anything — activity, like
+	// a received packet, that keeps the thread from pausing.
+	Poll(ctx context.Context, handle func(pkts []wire.Packet), flush func() bool) error
+	// Wake ends a pause of the polling thread: the runtime queued
+	// messages. It is called on every emit, so it must be cheap when the
+	// thread is not pausing.
+	Wake()
 }
 
 // Reacher is a Datapath that can tell whether it reaches an address (a
@@ -93,6 +104,7 @@ type remote struct {
 // datapathState is one datapath's queue of slots to send.
 type datapathState struct {
 	dp         Datapath
+	poller     Poller // dp, when it runs its own loop; nil otherwise
 	index      int
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
@@ -127,6 +139,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 			continue
 		}
 		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
+		st.poller, _ = dp.(Poller)
 		st.ready, _ = ring.New(remoteSlots)
 		rm.dps = append(rm.dps, st)
 	}
@@ -186,12 +199,12 @@ func classOf(o StreamOptions) wire.Class {
 }
 
 // emit queues a message for every peer with sinks on its channel, on the
-// stream's datapath where that reaches the peer. It takes no lock and does
-// not allocate.
-func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
+// stream's datapath where that reaches the peer, and returns for how many
+// peers it found no free slot. It takes no lock and does not allocate.
+func (rm *remote) emit(src *Source, seq uint64, payload []byte) (full int) {
 	if len(payload) > MaxRemotePayload {
 		rm.dropped.Add(1)
-		return
+		return 0
 	}
 	want := src.Stream.dpIndex
 	for i, p := range rm.peers {
@@ -211,6 +224,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
 		id, ok := rm.free.Pop()
 		if !ok {
 			rm.dropped.Add(1)
+			full++
 			continue
 		}
 		h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
@@ -224,11 +238,16 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) {
 		rm.lens[id], rm.dest[id] = uint16(n), uint16(i)
 		st := rm.dps[dpi]
 		st.ready.Push(id)
+		if st.poller != nil {
+			st.poller.Wake()
+			continue
+		}
 		select {
 		case st.kick <- struct{}{}:
 		default:
 		}
 	}
+	return full
 }
 
 // channelsChanged is called (under rt.mu) when local sinks came or went.
@@ -263,6 +282,20 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 	tick := time.NewTicker(rm.opts.DirectoryInterval)
 	defer tick.Stop()
 	rm.sendDirectory(st, dirBuf)
+	if st.poller != nil {
+		// The polling thread sends the messages (flusher); this
+		// goroutine only keeps the peers' directories current.
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-st.dirChanged:
+				rm.sendDirectory(st, dirBuf)
+			case <-tick.C:
+				rm.sendDirectory(st, dirBuf)
+			}
+		}
+	}
 	for {
 		n := 0
 		for n < remoteBatch {
@@ -348,8 +381,9 @@ func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 
 func (rm *remote) receiver(ctx context.Context, st *datapathState) {
 	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort][]uint32{}}
-	if p, ok := st.dp.(Poller); ok {
-		if err := p.Poll(ctx, rx.handle); err != nil && ctx.Err() == nil {
+	if st.poller != nil {
+		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch)}
+		if err := st.poller.Poll(ctx, rx.handle, f.flush); err != nil && ctx.Err() == nil {
 			rm.rt.log.Error("datapath stopped receiving", "datapath", st.dp.Name(), "err", err)
 		}
 		return
@@ -369,6 +403,52 @@ func (rm *remote) receiver(ctx context.Context, st *datapathState) {
 		}
 		rx.handle(pkts[:n])
 	}
+}
+
+// flusher sends a Poller datapath's queued messages from its polling
+// thread, a batch per call.
+type flusher struct {
+	rm      *remote
+	st      *datapathState
+	pkts    []wire.Packet
+	ids     []uint32
+	n, done int // the batch in hand and how much of it went
+}
+
+// flush sends (some of) a batch and reports whether there was one. A batch
+// the datapath could not take whole (a full queue, a neighbour being
+// resolved) stays in hand for the next call.
+func (f *flusher) flush() bool {
+	rm := f.rm
+	if f.done == f.n {
+		f.n, f.done = 0, 0
+		for f.n < len(f.ids) {
+			id, ok := f.st.ready.Pop()
+			if !ok {
+				break
+			}
+			f.ids[f.n] = id
+			f.pkts[f.n] = wire.Packet{Addr: rm.peers[rm.dest[id]].addr, Buf: rm.slot(id), N: int(rm.lens[id])}
+			f.n++
+		}
+		if f.n == 0 {
+			return false
+		}
+	}
+	k, err := f.st.dp.SendBatch(f.pkts[f.done:f.n])
+	f.done += k
+	if err != nil {
+		f.done++ // that packet cannot go: skip it
+		rm.dropped.Add(1)
+	}
+	if f.done >= f.n {
+		rm.sent.Add(uint64(f.n))
+		for _, id := range f.ids[:f.n] {
+			rm.free.Push(id)
+		}
+		f.done = f.n
+	}
+	return true
 }
 
 // receiveState is one datapath receiver's: directory fragments being

@@ -34,6 +34,7 @@ Commands:
   vhost    veloced's vhost-user device vs DPDK net_vhost, driven by testpmd
            net_virtio_user: tx (guest transmits) and rx (guest receives),
            Mpps and the ratio veloced/DPDK per frame size
+  dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runVhost(ctx, args[1:], stdout, stderr)
 	case "streams": // raw UDP vs Veloce between two netns (internal/benchstreams)
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
+	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (internal/benchdpdk)
+		return runDPDK(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -152,7 +152,10 @@ type Plugin struct {
 
 	polling atomic.Bool
 	closed  atomic.Bool
-	rx      *pullState // RecvBatch's buffers, made on its first call
+	pausing atomic.Bool   // the polling thread is pausing (Wake signals it)
+	wake    chan struct{} // buffered 1
+	lifeMu  sync.Mutex    // orders Close after a Poll that started
+	rx      *pullState    // RecvBatch's buffers, made on its first call
 	stopped sync.WaitGroup
 
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
@@ -230,8 +233,8 @@ func New(opts Options) (*Plugin, error) {
 		return nil, fmt.Errorf("dpdk: %w", err)
 	}
 	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
-		res:    netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
-		local:  netip.AddrPortFrom(a, opts.Port),
+		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
+		local: netip.AddrPortFrom(a, opts.Port), wake: make(chan struct{}, 1),
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
 	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
@@ -353,64 +356,125 @@ func (p *Plugin) sendControlLocked(put func(b []byte) (int, error)) {
 }
 
 // Poll runs the polling thread until ctx ends or the plugin closes: it
-// hands every burst of datagrams for the plugin's UDP port to handle.
-func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet)) error {
+// hands every burst of datagrams for the plugin's UDP port to handle, and
+// calls flush (when not nil) on every turn, so that what the runtime
+// queued is sent from this thread. After Options.SpinIdle without packets
+// either way it pauses, doubling the pause up to Options.MaxSleep, until
+// the pause ends or Wake cuts it short.
+func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet), flush func() bool) error {
 	if !p.polling.CompareAndSwap(false, true) {
 		return errors.New("dpdk: the port is polled already")
 	}
 	defer p.polling.Store(false)
+	p.lifeMu.Lock()
+	if p.closed.Load() {
+		p.lifeMu.Unlock()
+		return ErrClosed
+	}
 	p.stopped.Add(1)
+	p.lifeMu.Unlock()
 	defer p.stopped.Done()
+
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	var saved unix.CPUSet
+	pinned := false
 	if p.opts.CPU >= 0 {
 		var set unix.CPUSet
 		set.Set(p.opts.CPU)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
+		if err := unix.SchedGetaffinity(0, &saved); err != nil {
+			p.log.Warn("dpdk: cannot read the polling thread's CPUs", "err", err)
+		} else if err := unix.SchedSetaffinity(0, &set); err != nil {
 			p.log.Warn("dpdk: cannot pin the polling thread", "cpu", p.opts.CPU, "err", err)
+		} else {
+			pinned = true
 		}
 	}
+	defer func() {
+		// The thread goes back to Go's pool: give it back its CPUs.
+		if pinned {
+			if err := unix.SchedSetaffinity(0, &saved); err != nil {
+				return // stays locked, and exits with this goroutine
+			}
+		}
+		runtime.UnlockOSThread()
+	}()
 	if err := dpdk.RegisterThread(); err != nil {
 		p.log.Warn("dpdk: polling thread not registered with the EAL (no mempool cache)", "err", err)
 	} else {
 		defer dpdk.UnregisterThread()
 	}
 	var done atomic.Bool
-	stopCtx := context.AfterFunc(ctx, func() { done.Store(true) })
+	stopCtx := context.AfterFunc(ctx, func() { done.Store(true); p.Wake() })
 	defer stopCtx()
+	if flush == nil {
+		flush = func() bool { return false }
+	}
 
 	mbufs := make([]*dpdk.Mbuf, p.opts.Burst)
 	pkts := make([]wire.Packet, p.opts.Burst)
 	reply := make([]byte, mbufDataRoom)
 	var res netstack.Result
-	last := time.Now()
+	pause := time.NewTimer(time.Hour)
+	pause.Stop()
+	last, busy := time.Now(), false
 	sleep := time.Microsecond
 	for polls := 0; ; polls++ {
 		if done.Load() || p.closed.Load() {
 			return nil
 		}
+		sent := flush()
 		n := p.port.RxBurst(0, mbufs)
-		if n == 0 {
-			if polls&63 != 0 {
-				continue
+		if n > 0 {
+			p.rxPackets.Add(uint64(n))
+			k := p.classify(mbufs[:n], pkts, reply, &res)
+			if k > 0 {
+				p.rxDatagrams.Add(uint64(k))
+				handle(pkts[:k])
 			}
-			now := time.Now()
-			if now.Sub(last) < p.opts.SpinIdle {
-				continue
-			}
-			p.sleeps.Add(1)
-			time.Sleep(sleep)
-			sleep = min(2*sleep, p.opts.MaxSleep)
+			dpdk.FreeBulk(mbufs[:n])
+		}
+		if n > 0 || sent {
+			busy = true
+		}
+		if polls&63 != 0 {
 			continue
 		}
-		last, sleep = time.Now(), time.Microsecond
-		p.rxPackets.Add(uint64(n))
-		k := p.classify(mbufs[:n], pkts, reply, &res)
-		if k > 0 {
-			p.rxDatagrams.Add(uint64(k))
-			handle(pkts[:k])
+		now := time.Now()
+		if busy {
+			last, sleep, busy = now, time.Microsecond, false
+			continue
 		}
-		dpdk.FreeBulk(mbufs[:n])
+		if now.Sub(last) < p.opts.SpinIdle {
+			continue
+		}
+		// Pause. Announce it first, then look once more for work queued
+		// before the announcement (whose Wake saw no pause to end).
+		p.pausing.Store(true)
+		if flush() {
+			p.pausing.Store(false)
+			last = time.Now()
+			continue
+		}
+		p.sleeps.Add(1)
+		pause.Reset(sleep)
+		select {
+		case <-p.wake:
+			pause.Stop()
+		case <-pause.C:
+		}
+		p.pausing.Store(false)
+		sleep = min(2*sleep, p.opts.MaxSleep)
+	}
+}
+
+// Wake ends a pause of the polling thread (the runtime queued messages).
+// It costs one atomic load when the thread is not pausing.
+func (p *Plugin) Wake() {
+	if p.pausing.Load() {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -504,9 +568,13 @@ func (p *Plugin) Stats() Stats {
 
 // Close stops the polling thread, then the port, and frees the pool.
 func (p *Plugin) Close() error {
+	p.lifeMu.Lock()
 	if p.closed.Swap(true) {
+		p.lifeMu.Unlock()
 		return nil
 	}
+	p.lifeMu.Unlock()
+	p.Wake()
 	p.stopped.Wait()
 	p.txMu.Lock()
 	defer p.txMu.Unlock()

@@ -74,7 +74,7 @@ func TestSendAndPoll(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	// a's polling thread takes in b's ARP reply.
-	go func() { defer wg.Done(); a.Poll(ctx, func([]wire.Packet) {}) }()
+	go func() { defer wg.Done(); a.Poll(ctx, func([]wire.Packet) {}, nil) }()
 	go func() {
 		defer wg.Done()
 		b.Poll(ctx, func(pkts []wire.Packet) {
@@ -85,7 +85,7 @@ func TestSendAndPoll(t *testing.T) {
 				}
 				got.Add(1)
 			}
-		})
+		}, nil)
 	}()
 	defer func() { cancel(); wg.Wait() }()
 
@@ -137,7 +137,7 @@ func TestSendAndPoll(t *testing.T) {
 	if sa.ARPRequests == 0 || sb.ARPReplies == 0 || sa.TxDatagrams != seq || sb.RxDatagrams != seq {
 		t.Errorf("counters: a %+v b %+v", sa, sb)
 	}
-	if b.Poll(ctx, func([]wire.Packet) {}) == nil {
+	if b.Poll(ctx, func([]wire.Packet) {}, nil) == nil {
 		t.Error("a second Poll on the same port was allowed")
 	}
 }
@@ -188,7 +188,7 @@ func TestRecvBatch(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); a.Poll(ctx, func([]wire.Packet) {}) }()
+	go func() { defer wg.Done(); a.Poll(ctx, func([]wire.Packet) {}, nil) }()
 	defer func() { cancel(); wg.Wait() }()
 
 	const count = 300
