@@ -25,8 +25,8 @@
 // sends it back on channel 2, A takes it and sends the next; each round
 // trip is a sample, after a warm-up, for at most MaxRTTTime. Veloce's
 // round trips are also split into four legs on the clock both runtimes
-// share (Legs): Emit until the runtime's sender goroutine calls the
-// datapath's SendBatch, and from there until the other side's sink runs,
+// share (Legs): Emit until the datapath's SendBatch is called (by the
+// DPDK polling thread's flush; by UDP's sender goroutine), and from there until the other side's sink runs,
 // each way. Throughput:
 // A sends as fast as a window of N messages in flight allows (sent, not
 // yet counted by B: in-process credit, the same for every path); the rate
@@ -392,7 +392,7 @@ func WriteTable(w io.Writer, rep *Report) error {
 	}
 	if rb || rc {
 		fmt.Fprintf(w, "\nVeloce round trips in legs, median µs (p99), on the clock both runtimes share: EMIT->SEND is an Emit until the\n"+
-			"runtime's sender goroutine calls the datapath's SendBatch (queue, goroutine wake-up); SEND->SINK is from there until\n"+
+			"datapath's SendBatch (DPDK: the polling thread's flush; UDP: the sender goroutine's wake-up); SEND->SINK from there until\n"+
 			"the other side's sink function runs (frame, send, veth, receive loop, parse, deliver)\n")
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "SIZE\tPATH\tEMIT->SEND A\tSEND A->SINK B\tEMIT->SEND B\tSEND B->SINK A\tEMIT->SEND SHARE\t")

@@ -24,7 +24,7 @@ import (
 // copied in once, the UDP checksum computed) and parsed with Host.Handle
 // (checksums verified), exactly as plugins/dpdk does. What raw leaves out
 // is Veloce's: the wire header, the runtime's slots and queues, the
-// sender goroutine, ARP (raw knows the peer's MAC).
+// flush from the runtime's queue, ARP (raw knows the peer's MAC).
 
 const (
 	rawUDPPort = 7000

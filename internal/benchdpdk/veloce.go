@@ -27,7 +27,7 @@ import (
 // functions the runtime calls synchronously on its receive loop (for the
 // DPDK plugin, its pinned polling thread). So the Veloce path of a
 // message is Emit (wire header, copy into a slot, queue, wake the
-// sender goroutine) -> sender: SendBatch (frame headers, copy into an
+// polling thread) -> its flush: SendBatch (frame headers, copy into an
 // mbuf, TxBurst) -> veth -> polling thread: RxBurst, parse, deliver ->
 // the sink's function. No application transport (guestlib, host socket)
 // is involved: that is veloce-bench streams' subject.
@@ -409,9 +409,9 @@ func (r *rig) rtt(ctx context.Context, size, warmup, count int, maxTime time.Dur
 // trip add up to its RTT, but medians need not.
 type Legs struct {
 	Samples int `json:"samples"`
-	// WakeA: Emit on A until A's sender goroutine hands the message to
-	// the datapath (SendBatch): the runtime's queue and goroutine
-	// wake-up.
+	// WakeA: Emit on A until the message reaches the datapath's
+	// SendBatch: the runtime's queue, then the DPDK polling thread's
+	// flush (UDP: the sender goroutine's wake-up).
 	WakeA LegStat `json:"emit_to_sendbatch_a"`
 	// WireAB: from there until B's sink function runs: frame, TxBurst
 	// (or sendmmsg), veth, B's receive loop noticing it, parse, deliver.
