@@ -118,7 +118,13 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		case len(m.Payload) > MaxGuestPayload:
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
 		}
+		// Back-pressure: a message that found a pool empty on its way
+		// is reported to the source (guestlib's Outcome: ErrNoBuffers).
+		full := so.full.Load()
 		p.rt.Emit(so, m.Payload)
+		if so.full.Load() != full {
+			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoBuffers)
+		}
 		return 0
 	}
 	if m.Type >= guestproto.Reply {

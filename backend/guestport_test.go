@@ -116,3 +116,54 @@ func TestResentRequestsRunOnce(t *testing.T) {
 		t.Fatalf("%d sessions, want 1", n)
 	}
 }
+
+// TestBackPressureReachesTheSource: when a sink's queue is full, the
+// guest's emit is answered with an Outcome of StatusNoBuffers (guestlib's
+// ErrNoBuffers for that token), and velocectl streams counts it.
+func TestBackPressureReachesTheSource(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := netip.MustParseAddrPort("169.254.77.2:40002")
+	reply := make([]byte, 4096)
+	call := func(m *guestproto.Message) guestproto.Result {
+		t.Helper()
+		var b [64]byte
+		n, _ := guestproto.PutRequest(b[:], m)
+		rn := p.handleGuest(guest, b[:n], reply)
+		var r guestproto.Message
+		if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Result
+	}
+	sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID
+	call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: 1})
+
+	emit := make([]byte, 1500)
+	for token := uint64(1); token <= outboxSlots; token++ {
+		n, _ := guestproto.PutEmit(emit, sess, src, token, make([]byte, 64))
+		if rn := p.handleGuest(guest, emit[:n], reply); rn != 0 {
+			t.Fatalf("emit %d answered while the queue had room", token)
+		}
+	}
+	n, _ := guestproto.PutEmit(emit, sess, src, 9999, make([]byte, 64))
+	rn := p.handleGuest(guest, emit[:n], reply)
+	if rn == 0 {
+		t.Fatal("no outcome for a message that found the sink's queue full")
+	}
+	var m guestproto.Message
+	if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Type != guestproto.Outcome || m.Status != guestproto.StatusNoBuffers || m.Token != 9999 || m.ID != src {
+		t.Fatalf("outcome %+v", m)
+	}
+	if s := rt.Streams()[0].Sources[0]; s.Full != 1 || s.Emitted != outboxSlots+1 {
+		t.Errorf("source info %+v", s)
+	}
+}

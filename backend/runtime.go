@@ -139,7 +139,15 @@ type Source struct {
 	Stream  *Stream
 	seq     atomic.Uint64
 	emitted atomic.Uint64
+	// full counts messages that found a pool empty on the way to some
+	// destination (a sink's queue, the slots to other hosts): the
+	// source's back-pressure signal.
+	full atomic.Uint64
 }
+
+// Full returns how many of the source's messages found a pool empty for
+// at least one destination.
+func (so *Source) Full() uint64 { return so.full.Load() }
 
 // Sink receives a channel's messages.
 type Sink struct {
@@ -332,25 +340,30 @@ func (s *Session) Source(id uint32) *Source { return s.sources.Get(id) }
 func (r *Runtime) Emit(src *Source, payload []byte) int {
 	seq := src.seq.Add(1)
 	src.emitted.Add(1)
+	full := false
 	if r.remote != nil {
-		r.remote.emit(src, seq, payload)
+		full = r.remote.emit(src, seq, payload) > 0
 	}
-	return r.deliverLocal(src.Channel, src.Global, seq, payload)
+	n, dropped := r.deliverLocal(src.Channel, src.Global, seq, payload)
+	if full || dropped > 0 {
+		src.full.Add(1)
+	}
+	return n
 }
 
 // deliverLocal hands a message to the local sinks of channel and returns
 // how many took it.
-func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) int {
-	n := 0
+func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
 	for _, sk := range r.channels.Get(channel) {
 		if sk.session.ep.deliver(sk, source, seq, payload) {
 			sk.delivered.Add(1)
-			n++
+			delivered++
 		} else {
 			sk.dropped.Add(1)
+			dropped++
 		}
 	}
-	return n
+	return delivered, dropped
 }
 
 // StreamInfo is what velocectl streams shows for a stream.
@@ -371,6 +384,8 @@ type SourceInfo struct {
 	ID      uint32 `json:"id"`
 	Channel uint32 `json:"channel"`
 	Emitted uint64 `json:"emitted"`
+	// Full counts messages that found a pool empty (back-pressure).
+	Full uint64 `json:"full"`
 }
 
 // SinkInfo describes a sink.
@@ -396,7 +411,7 @@ func (r *Runtime) Streams() []StreamInfo {
 			}
 			for _, src := range srcs {
 				if src.Stream == st {
-					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load()})
+					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load()})
 				}
 			}
 			for _, sk := range s.sinks {
