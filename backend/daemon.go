@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,7 @@ type Daemon struct {
 	log   *slog.Logger
 	rt    *Runtime
 	ports []*Port
+	apps  atomic.Pointer[hostApps] // the host transport while Run serves it
 }
 
 // NewDaemon validates opts and creates the ports; nothing runs yet.
@@ -122,6 +124,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if apps, err = listenHostApps(d.rt, d.opts.AppSocket); err != nil {
 			return err
 		}
+		d.apps.Store(apps)
+		defer d.apps.Store(nil)
 	}
 	ln, err := net.Listen("unix", d.opts.ControlSocket)
 	if err != nil {
@@ -200,6 +204,9 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/remote", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, d.rt.Remote())
 	})
+	mux.HandleFunc("GET /v1/apps", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, d.HostApps())
+	})
 	return mux
 }
 
@@ -232,6 +239,12 @@ func (c *ControlClient) Ports(ctx context.Context) ([]PortInfo, error) {
 func (c *ControlClient) Streams(ctx context.Context) ([]StreamInfo, error) {
 	var out []StreamInfo
 	return out, c.get(ctx, "/v1/streams", &out)
+}
+
+// Apps returns the daemon's host applications (the host transport).
+func (c *ControlClient) Apps(ctx context.Context) (HostAppsInfo, error) {
+	var out HostAppsInfo
+	return out, c.get(ctx, "/v1/apps", &out)
 }
 
 // Remote returns the daemon's datapaths to other hosts and its peers.

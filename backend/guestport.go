@@ -43,7 +43,7 @@ func newOutbox() *outbox {
 	o.free, _ = ring.New(outboxSlots)
 	o.ready, _ = ring.New(outboxSlots)
 	for i := uint32(0); i < outboxSlots; i++ {
-		o.free.Push(i)
+		o.free.PushWait(i)
 	}
 	return o
 }
@@ -70,11 +70,11 @@ func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
 		n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
 	}
 	if err != nil {
-		p.out.free.Push(id)
+		p.out.free.PushWait(id)
 		return false
 	}
 	p.out.lens[id] = uint16(n)
-	p.out.ready.Push(id) // never full: it has a cell for every slot
+	p.out.ready.PushWait(id)
 	p.dev.Wake()
 	return true
 }
@@ -89,7 +89,7 @@ func (p *Port) FillRX(qp int, buf []byte) int {
 		return 0
 	}
 	n := copy(buf, p.out.slot(id)[:p.out.lens[id]])
-	p.out.free.Push(id)
+	p.out.free.PushWait(id)
 	return n
 }
 
@@ -274,7 +274,7 @@ func (p *Port) dropSessions() {
 		if !ok {
 			break
 		}
-		p.out.free.Push(id)
+		p.out.free.PushWait(id)
 	}
 }
 

@@ -132,7 +132,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	}
 	rm.free, _ = ring.New(remoteSlots)
 	for i := uint32(0); i < remoteSlots; i++ {
-		rm.free.Push(i)
+		rm.free.PushWait(i)
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
 		if dp == nil {
@@ -231,13 +231,13 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (full int) {
 			PayloadLen: uint16(len(payload)), Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
 		n, err := h.MarshalPacket(rm.slot(id), payload)
 		if err != nil {
-			rm.free.Push(id)
+			rm.free.PushWait(id)
 			rm.dropped.Add(1)
 			continue
 		}
 		rm.lens[id], rm.dest[id] = uint16(n), uint16(i)
 		st := rm.dps[dpi]
-		st.ready.Push(id)
+		st.ready.PushWait(id)
 		if st.poller != nil {
 			st.poller.Wake()
 			continue
@@ -325,7 +325,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			}
 			rm.sent.Add(uint64(n))
 			for _, id := range ids[:n] {
-				rm.free.Push(id)
+				rm.free.PushWait(id)
 			}
 			continue
 		}
@@ -444,7 +444,7 @@ func (f *flusher) flush() bool {
 	if f.done >= f.n {
 		rm.sent.Add(uint64(f.n))
 		for _, id := range f.ids[:f.n] {
-			rm.free.Push(id)
+			rm.free.PushWait(id)
 		}
 		f.done = f.n
 	}

@@ -8,9 +8,22 @@
 // Inside a VM the library speaks to the daemon over the VM's virtio-net
 // link: UDP datagrams to the service address (default 169.254.77.1:7077,
 // which every Veloce port answers; override with $VELOCE_SERVICE). It needs
-// no root, no cgo and no driver. On the host, the same API reaches the
-// daemon over its unix socket (Options.Socket, $VELOCE_APP_SOCKET, or
-// /run/veloce/app.sock when it exists). The protocol is internal/guestproto.
+// no root, no cgo and no driver. The protocol is internal/guestproto.
+//
+// On the host, the same API reaches the daemon over its unix socket
+// (Options.Socket, $VELOCE_APP_SOCKET, or /run/veloce/app.sock when it
+// exists) with messages in shared memory: the daemon hands the session a
+// memfd region of slots, mapped by both. GetBuffer returns a free TX slot,
+// written in place; Emit puts its id on a ring the daemon reads, so
+// nothing is copied on the way in. A received Message's Data is the RX
+// slot the daemon copied the message into, read in place until Release
+// gives the slot back. A busy stream makes no system call per message
+// (see internal/shm for the layout and the wake-up protocol). The slots
+// are a fixed pool per session (512 to send, 1024 to receive): GetBuffer
+// fails with ErrNoBuffers when every TX slot is in flight, and
+// GetBufferContext waits for one; a session that holds all its RX slots
+// (unreleased or queued messages) gets no more messages until it releases
+// some — the daemon drops them and counts them for the sink.
 //
 // The API follows the paper's (section 5.1): get a buffer, write into it,
 // emit it and get a token, ask for the token's outcome; sinks deliver by
@@ -29,9 +42,11 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/veloce-io/veloce/internal/guestproto"
+	"github.com/veloce-io/veloce/internal/shm"
 )
 
 // DefaultService is where a Veloce daemon answers on every VM link.
@@ -52,8 +67,14 @@ var (
 	ErrNoSession = errors.New("guestlib: session unknown to the daemon")
 	// ErrNotFound: the daemon does not know the stream, source or sink.
 	ErrNotFound = errors.New("guestlib: no such stream, source or sink")
-	// ErrBackPressure: the daemon had no room for the message.
-	ErrBackPressure = errors.New("guestlib: daemon out of buffers")
+	// ErrNoBuffers: no buffer is free; on the host transport, every TX
+	// slot of the session is in flight (back-pressure: retry, or use
+	// GetBufferContext to wait). Status guestproto.StatusNoBuffers.
+	ErrNoBuffers = errors.New("guestlib: out of buffers")
+	// ErrBackPressure is the former name of ErrNoBuffers.
+	//
+	// Deprecated: use ErrNoBuffers.
+	ErrBackPressure = ErrNoBuffers
 )
 
 // RequestError is a request the daemon refused.
@@ -79,7 +100,7 @@ func statusErr(st guestproto.Status) error {
 	case guestproto.StatusNotFound:
 		return ErrNotFound
 	case guestproto.StatusNoBuffers:
-		return ErrBackPressure
+		return ErrNoBuffers
 	case guestproto.StatusTooLarge:
 		return ErrTooLarge
 	}
@@ -93,13 +114,16 @@ type Options struct {
 	Service netip.AddrPort
 	// PingInterval is how often an otherwise silent session tells the
 	// daemon it is alive (the daemon releases silent sessions); default 1s.
+	// Virtio transport only: on the host the daemon watches the
+	// connection.
 	PingInterval time.Duration
 	// RequestTimeout bounds one control request attempt before it is
 	// retried (UDP); default 250ms. The caller's context bounds the whole.
 	RequestTimeout time.Duration
 	// Socket selects the host transport: the daemon's unix socket for
-	// host applications. Empty means $VELOCE_APP_SOCKET, else
-	// DefaultAppSocket if it exists, else the virtio transport.
+	// host applications (SOCK_SEQPACKET; messages in shared memory). Empty
+	// means $VELOCE_APP_SOCKET, else DefaultAppSocket if it exists, else
+	// the virtio transport.
 	Socket string
 }
 
@@ -107,14 +131,13 @@ type Options struct {
 // applications.
 const DefaultAppSocket = "/run/veloce/app.sock"
 
-// conn is the transport: a connected datagram socket.
+// conn is the transport's socket: a connected UDP socket (virtio) or a
+// unix SOCK_SEQPACKET connection (host).
 type conn interface {
 	Read([]byte) (int, error)
 	Write([]byte) (int, error)
 	Close() error
 }
-
-var appSeq atomic.Uint32
 
 func dial(o *Options) (conn, string, error) {
 	sock := o.Socket
@@ -127,13 +150,10 @@ func dial(o *Options) (conn, string, error) {
 		}
 	}
 	if sock != "" {
-		// An abstract, autonamed local address, so the daemon can answer.
-		laddr := &net.UnixAddr{Name: fmt.Sprintf("@veloce-app-%d-%d", os.Getpid(), appSeq.Add(1)), Net: "unixgram"}
-		c, err := net.DialUnix("unixgram", laddr, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
 		if err != nil {
 			return nil, sock, err
 		}
-		c.SetReadBuffer(8 << 20)
 		return c, sock, nil
 	}
 	if !o.Service.IsValid() {
@@ -160,6 +180,12 @@ type Session struct {
 	conn conn
 	peer string // the daemon's address, for errors
 	id   uint32
+	// host is the host transport's shared memory; nil on the virtio
+	// transport. Set by Open before any other goroutine uses it.
+	host *hostShm
+	// lost is closed when the host transport's connection ends.
+	lost     chan struct{}
+	lostOnce sync.Once
 
 	nextReq atomic.Uint32
 	bufs    sync.Pool // of *[]byte, datagram-sized
@@ -184,6 +210,7 @@ type reply struct {
 	id      uint32
 	plugin  string
 	message string
+	fds     []int // descriptors that came with it (host transport)
 }
 
 const datagramSize = 2048
@@ -201,16 +228,32 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
 	}
 	s := &Session{opts: opts, conn: conn, peer: peer, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
-		failures: map[failKey]guestproto.Status{}, done: make(chan struct{})}
+		failures: map[failKey]guestproto.Status{}, done: make(chan struct{}), lost: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, datagramSize); return &b }
+	uc, host := conn.(*net.UnixConn)
 	s.wg.Add(1)
-	go s.receive()
+	if host {
+		go s.receiveHost(uc)
+	} else {
+		go s.receive()
+	}
 	r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}})
 	if err != nil {
 		s.shutdown()
 		return nil, err
 	}
 	s.id = r.id
+	if host {
+		// The daemon watches the connection: no pings.
+		if s.host, err = newHostShm(r.fds); err != nil {
+			s.shutdown()
+			return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
+		}
+		s.wg.Add(1)
+		go s.host.receive(s)
+		return s, nil
+	}
+	shm.CloseFDs(r.fds)
 	s.wg.Add(1)
 	go s.ping()
 	return s, nil
@@ -247,9 +290,15 @@ func (s *Session) shutdown() {
 	s.mu.Unlock()
 	close(s.done)
 	s.conn.Close()
+	if s.host != nil {
+		s.host.stop() // wakes its receive goroutine
+	}
 	s.wg.Wait()
 	for _, sk := range sinks {
 		sk.closeLocal()
+	}
+	if s.host != nil {
+		s.host.close()
 	}
 }
 
@@ -270,6 +319,11 @@ func (s *Session) request(ctx context.Context, m *guestproto.Message) (reply, er
 		s.mu.Lock()
 		delete(s.pending, m.RequestID)
 		s.mu.Unlock()
+		select {
+		case r := <-ch: // a reply that came too late
+			shm.CloseFDs(r.fds)
+		default:
+		}
 	}()
 	var b [64]byte
 	n, err := guestproto.PutRequest(b[:], m)
@@ -277,26 +331,47 @@ func (s *Session) request(ctx context.Context, m *guestproto.Message) (reply, er
 		return reply{}, err
 	}
 	op := m.Type.String()
+	// UDP may lose a request or its reply: resend after RequestTimeout.
+	// The host transport's connection loses nothing: wait for the reply.
+	_, host := s.conn.(*net.UnixConn)
 	for {
 		if _, err := s.conn.Write(b[:n]); err != nil {
+			if host && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+				return reply{}, fmt.Errorf("guestlib: %s: connection to %s lost: %w", op, s.peer, ErrNoSession)
+			}
 			return reply{}, fmt.Errorf("guestlib: %s: %w", op, err)
 		}
 		t := time.NewTimer(s.opts.RequestTimeout)
+		resend := t.C
+		if host {
+			resend = nil
+		}
+		var r reply
 		select {
-		case r := <-ch:
-			t.Stop()
-			if r.status != guestproto.StatusOK {
-				return r, &RequestError{Op: op, Status: r.status, Message: r.message}
-			}
-			return r, nil
+		case r = <-ch:
 		case <-ctx.Done():
 			t.Stop()
 			return reply{}, fmt.Errorf("guestlib: %s: no answer from %s: %w", op, s.peer, ctx.Err())
 		case <-s.done:
 			t.Stop()
 			return reply{}, ErrClosed
-		case <-t.C:
+		case <-s.lost:
+			// The reply, if it came, was queued before the connection ended.
+			select {
+			case r = <-ch:
+			default:
+				t.Stop()
+				return reply{}, fmt.Errorf("guestlib: %s: connection to %s lost: %w", op, s.peer, ErrNoSession)
+			}
+		case <-resend:
+			continue
 		}
+		t.Stop()
+		if r.status != guestproto.StatusOK {
+			shm.CloseFDs(r.fds)
+			return r, &RequestError{Op: op, Status: r.status, Message: r.message}
+		}
+		return r, nil
 	}
 }
 
@@ -346,7 +421,7 @@ func (s *Session) receive() {
 			s.mu.Unlock()
 			if ch != nil {
 				select {
-				case ch <- reply{m.Result.Status, m.Result.ID, string(m.Result.Plugin), string(m.Result.Message)}:
+				case ch <- reply{m.Result.Status, m.Result.ID, string(m.Result.Plugin), string(m.Result.Message), nil}:
 				default:
 				}
 			}
@@ -446,21 +521,50 @@ func (st *Stream) CreateSource(ctx context.Context, channel uint32) (*Source, er
 // Buffer is a message being written: fill Data, then Emit it.
 type Buffer struct {
 	// Data is where the message goes; its length is what was asked for
-	// and may be shortened before Emit.
+	// and may be shortened before Emit. On the host transport it is a
+	// slot of the memory shared with the daemon.
 	Data []byte
-	raw  *[]byte
+	raw  *[]byte  // virtio transport
+	host *hostShm // host transport: Data is TX slot slot
+	slot uint32
 }
 
 // GetBuffer returns a buffer for a message of size bytes (at most
-// MaxMessage). The message is built in place: Emit sends it without a copy.
+// MaxMessage). The message is built in place: Emit sends it without a
+// copy. It does not wait: on the host transport, when every TX slot of the
+// session is in flight, it returns an error wrapping ErrNoBuffers (see
+// GetBufferContext). It may also return ErrTooLarge and ErrClosed.
 func (so *Source) GetBuffer(size int) (*Buffer, error) {
 	if size < 0 || size > MaxMessage {
 		return nil, ErrTooLarge
+	}
+	if h := so.s.host; h != nil {
+		id, err := h.allocTX()
+		if err != nil {
+			return nil, err
+		}
+		return h.buffer(id, size), nil
 	}
 	bp := so.s.bufs.Get().(*[]byte)
 	b := bufferPool.Get().(*Buffer)
 	*b = Buffer{Data: (*bp)[guestproto.EmitOverhead : guestproto.EmitOverhead+size], raw: bp}
 	return b, nil
+}
+
+// GetBufferContext is GetBuffer that waits, until ctx ends, for a TX slot
+// when none is free (the daemon returns each slot as soon as it has
+// passed the message on). On the virtio transport it never waits. The
+// error when ctx ends wraps both ctx.Err() and ErrNoBuffers.
+func (so *Source) GetBufferContext(ctx context.Context, size int) (*Buffer, error) {
+	h := so.s.host
+	if h == nil || size < 0 || size > MaxMessage {
+		return so.GetBuffer(size)
+	}
+	id, err := h.waitTX(ctx, so.s.done)
+	if err != nil {
+		return nil, err
+	}
+	return h.buffer(id, size), nil
 }
 
 // Token identifies an emitted message for Outcome.
@@ -469,6 +573,9 @@ type Token uint64
 // Emit sends the buffer's message and gives the buffer back: it must not
 // be used afterwards. The token asks Outcome for what became of it.
 func (so *Source) Emit(b *Buffer) (Token, error) {
+	if b.host != nil {
+		return so.emitHost(b)
+	}
 	if b.raw == nil {
 		return 0, errors.New("guestlib: buffer already emitted")
 	}
@@ -522,18 +629,25 @@ type Message struct {
 	Seq uint64
 	// Channel is the channel it was emitted on.
 	Channel uint32
-	buf     *[]byte
+	buf     *[]byte  // virtio transport
+	host    *hostShm // host transport: Data is RX slot slot
+	slot    uint32
 	sink    *Sink
 }
 
-// Release gives the message's memory back; the Message must not be used
-// afterwards.
+// Release gives the message's memory back (on the host transport, its
+// slot to the daemon); the Message must not be used afterwards.
 func (m *Message) Release() {
-	if m.buf != nil {
+	switch {
+	case m.host != nil:
+		m.host.releaseRX(m.slot)
+	case m.buf != nil:
 		m.sink.s.bufs.Put(m.buf)
-		*m = Message{}
-		messagePool.Put(m)
+	default:
+		return
 	}
+	*m = Message{}
+	messagePool.Put(m)
 }
 
 // Messages and Buffers are reused, so receiving and emitting allocate
@@ -562,7 +676,8 @@ type SinkOptions struct {
 	// the message); Consume then returns nothing.
 	Callback func(*Message)
 	// Queue is how many messages wait for Consume before new ones are
-	// dropped; default 4096.
+	// dropped; default 4096. On the host transport a waiting message
+	// holds one of the session's RX slots.
 	Queue int
 }
 

@@ -183,3 +183,190 @@ func TestCloseReleasesEverything(t *testing.T) {
 		t.Errorf("stream on a closed session: %v", err)
 	}
 }
+
+// pair opens a session with a source and a sink on one channel.
+func pair(t *testing.T, sock string, channel uint32) (*guestlib.Session, *guestlib.Source, *guestlib.Sink) {
+	t.Helper()
+	ctx := context.Background()
+	s := open(t, sock)
+	st, err := s.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := st.CreateSink(ctx, channel, guestlib.SinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := st.CreateSource(ctx, channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, src, sink
+}
+
+// In the steady state, GetBuffer, Emit, Consume and Release allocate
+// nothing — in the application nor in the daemon, which runs in this
+// process (AllocsPerRun counts every goroutine's allocations).
+func TestHostSteadyStateAllocatesNothing(t *testing.T) {
+	_, sock := daemon(t)
+	_, src, sink := pair(t, sock, 3)
+	ctx := context.Background()
+	var n byte
+	step := func() {
+		b, err := src.GetBuffer(64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		b.Data[0] = n
+		if _, err := src.Emit(b); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sink.Consume(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Data[0] != n || len(m.Data) != 64 {
+			t.Fatalf("got %d (%d bytes), want %d", m.Data[0], len(m.Data), n)
+		}
+		m.Release()
+	}
+	for range 5000 { // every slot used
+		step()
+	}
+	if a := testing.AllocsPerRun(5000, step); a != 0 {
+		t.Errorf("%.2f allocations per message", a)
+	}
+}
+
+// Back-pressure: with every TX slot taken, GetBuffer fails with
+// ErrNoBuffers at once; GetBufferContext waits, until its context ends
+// or a slot comes back.
+func TestHostBufferBackPressure(t *testing.T) {
+	_, sock := daemon(t)
+	_, src, sink := pair(t, sock, 4)
+	var held []*guestlib.Buffer
+	for {
+		b, err := src.GetBuffer(8)
+		if err != nil {
+			if !errors.Is(err, guestlib.ErrNoBuffers) {
+				t.Fatalf("after %d buffers: %v", len(held), err)
+			}
+			break
+		}
+		held = append(held, b)
+	}
+	if len(held) < 2 {
+		t.Fatalf("%d buffers before back-pressure", len(held))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err := src.GetBufferContext(ctx, 8)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, guestlib.ErrNoBuffers) {
+		t.Errorf("GetBufferContext with every slot taken: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		b, err := src.GetBufferContext(ctx, 8)
+		if err == nil {
+			_, err = src.Emit(b)
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("GetBufferContext returned with no slot free: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := src.Emit(held[0]); err != nil { // the daemon returns its slot
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("waiting GetBufferContext: %v", err)
+	}
+	for _, b := range held[1:] {
+		if _, err := src.Emit(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range len(held) + 1 {
+		m, err := sink.Consume(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		m.Release()
+	}
+}
+
+// A received message stays readable after its session closed, until it
+// is released (its shared memory is unmapped only then).
+func TestHostMessageOutlivesSession(t *testing.T) {
+	_, sock := daemon(t)
+	s, src, sink := pair(t, sock, 6)
+	b, _ := src.GetBuffer(5)
+	copy(b.Data, "hello")
+	src.Emit(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := sink.Consume(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsent, _ := src.GetBuffer(3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Data) != "hello" {
+		t.Errorf("message after close: %q", m.Data)
+	}
+	m.Release()
+	if _, err := src.Emit(unsent); !errors.Is(err, guestlib.ErrClosed) {
+		t.Errorf("emit after close: %v", err)
+	}
+	if _, err := src.GetBuffer(3); !errors.Is(err, guestlib.ErrClosed) {
+		t.Errorf("buffer after close: %v", err)
+	}
+}
+
+// When the daemon goes away, the session notices at once: requests fail
+// with ErrNoSession and sinks close.
+func TestHostDaemonGoesAway(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "app.sock")
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var s *guestlib.Session
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if s, err = guestlib.Open(context.Background(), guestlib.Options{Socket: sock}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	defer s.Close()
+	st, _ := s.CreateStream(context.Background(), guestlib.StreamOptions{})
+	sink, err := st.CreateSink(context.Background(), 1, guestlib.SinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	if _, err := sink.Consume(wctx); !errors.Is(err, guestlib.ErrClosed) {
+		t.Errorf("consume after the daemon stopped: %v", err)
+	}
+	if _, err := s.CreateStream(wctx, guestlib.StreamOptions{}); !errors.Is(err, guestlib.ErrNoSession) {
+		t.Errorf("request after the daemon stopped: %v", err)
+	}
+}

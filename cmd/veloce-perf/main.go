@@ -173,7 +173,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if *text != "" {
 				sz = len(*text) + 24
 			}
-			b, err := so.GetBuffer(sz)
+			b, err := so.GetBufferContext(ctx, sz) // waits while every slot is in flight
 			if err != nil {
 				return err
 			}

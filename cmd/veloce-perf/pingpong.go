@@ -106,7 +106,7 @@ func runPingPong(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 		send = func(b []byte) error {
-			buf, err := src.GetBuffer(len(b))
+			buf, err := src.GetBufferContext(ctx, len(b))
 			if err != nil {
 				return err
 			}

@@ -25,6 +25,8 @@ const usage = `usage: velocectl [--control PATH] COMMAND [flags]
 Commands:
   ports    list VM ports: state, negotiated features, queues, counters
   streams  list streams: owner, options, datapath (and fallback warning), sources, sinks
+  apps     list host applications (the app socket's clients): session, shared
+           region, RX slots they hold, malformed ring entries
   remote   list datapaths to other hosts (udp, dpdk) with their counters, and peers
            with the channels they have sinks for
 
@@ -105,6 +107,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
 				st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
 		}
+		return tw.Flush()
+	case "apps":
+		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
+		if err != nil {
+			return err
+		}
+		info, err := client.Apps(ctx)
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			e := json.NewEncoder(stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(info)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS")
+		for _, c := range info.Clients {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
+		}
+		fmt.Fprintf(tw, "\nsocket %s: %d sessions, %d bytes mapped, %d malformed in all\n", dash(info.Socket), info.Sessions, info.MappedBytes, info.Malformed)
 		return tw.Flush()
 	case "remote":
 		output, err := parseOutput(cmd, fs.Args()[1:], stderr)

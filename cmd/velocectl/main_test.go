@@ -153,6 +153,13 @@ func TestRemote(t *testing.T) {
 		t.Errorf("peers: %v", info.Peers)
 	}
 	out.Reset()
+	if err := run(context.Background(), []string{"--control", ctl, "apps", "-o", "json"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"socket": "`+filepath.Join(dir, "app.sock")+`"`) {
+		t.Errorf("apps: %s", out.String())
+	}
+	out.Reset()
 	if err := run(context.Background(), []string{"--control", ctl, "remote"}, &out, &errb); err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func (b *Bus) Publish(ctx context.Context, topic string, data []byte) error {
 		}
 		b.mu.Unlock()
 	}
-	buf, err := src.GetBuffer(1 + len(topic) + len(data))
+	buf, err := src.GetBufferContext(ctx, 1+len(topic)+len(data))
 	if err != nil {
 		return fmt.Errorf("pubsub: publish on %q: %w", topic, err)
 	}

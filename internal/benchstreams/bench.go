@@ -8,8 +8,9 @@
 // daemons (backend.Daemon), one per namespace, each with the kernel-UDP
 // datapath (plugins/udp) opened inside its namespace, the other as its
 // peer, and an app socket; applications use guestlib's host transport.
-// The Veloce path of one message is thus app -> unix datagram -> daemon
-// -> udp plugin -> veth -> udp plugin -> daemon -> unix datagram -> app.
+// The Veloce path of one message is thus app -> shared-memory slot ->
+// daemon -> udp plugin -> veth -> udp plugin -> daemon -> shared-memory
+// slot -> app.
 //
 //   - Ping-pong: A's application emits on channel 1; B's consumes each
 //     message from its sink and emits it back on channel 2; A consumes it.
@@ -290,7 +291,7 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if len(rep.Sinks) > 0 {
 		fmt.Fprintln(w, "Sinks rows: Veloce Mmsg/s is per sink (each in its own session); all deliveries:")
 		for _, s := range rep.Sinks {
-			fmt.Fprintf(w, "  %d sink%s: %.3f M deliveries/s, lost %d (guestlib queue %d, daemon outbox %d), %d stalls\n",
+			fmt.Fprintf(w, "  %d sink%s: %.3f M deliveries/s, lost %d (guestlib queue %d, daemon: no RX slot %d), %d stalls\n",
 				s.Sinks, plural(s.Sinks), s.Tput.DeliveriesMmsgs, s.Tput.Lost, s.Drops.Guestlib, s.Drops.DaemonSink, s.Tput.Stalls)
 		}
 	}

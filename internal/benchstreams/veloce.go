@@ -108,9 +108,10 @@ func open(ctx context.Context, sock string) (*guestlib.Session, error) {
 	return guestlib.Open(octx, guestlib.Options{Socket: sock})
 }
 
-// emitSize emits a message of size bytes from src.
-func emitSize(src *guestlib.Source, size int) error {
-	buf, err := src.GetBuffer(size)
+// emitSize emits a message of size bytes from src, waiting for a buffer
+// while every one is in flight.
+func emitSize(ctx context.Context, src *guestlib.Source, size int) error {
+	buf, err := src.GetBufferContext(ctx, size)
 	if err != nil {
 		return err
 	}
@@ -166,7 +167,7 @@ func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, pr
 			if err != nil {
 				return
 			}
-			buf, err := srcB.GetBuffer(len(m.Data))
+			buf, err := srcB.GetBufferContext(ctx, len(m.Data))
 			if err != nil {
 				m.Release()
 				return
@@ -180,7 +181,7 @@ func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, pr
 	}()
 	// Both daemons learn of the other's sinks by directory: ping until an
 	// answer comes, then let stragglers arrive and drop them.
-	if err := ready(ctx, func() error { return emitSize(srcA, size) }, func(c context.Context) error {
+	if err := ready(ctx, func() error { return emitSize(ctx, srcA, size) }, func(c context.Context) error {
 		m, err := sinkA.Consume(c)
 		if err == nil {
 			m.Release()
@@ -190,7 +191,7 @@ func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, pr
 		return Latency{}, err
 	}
 	drain(sinkA)
-	ping := func() error { return emitSize(srcA, size) }
+	ping := func() error { return emitSize(ctx, srcA, size) }
 	pong := func() error {
 		m, err := sinkA.Consume(ctx)
 		if err != nil {
@@ -264,8 +265,8 @@ func drain(sk *guestlib.Sink) {
 type VeloceDrops struct {
 	// Guestlib counts messages B's sinks dropped with their queue full.
 	Guestlib uint64 `json:"guestlib_sink_queue"`
-	// DaemonSink counts B's daemon's deliveries refused by a full host
-	// outbox (velocectl streams' dropped).
+	// DaemonSink counts B's daemon's deliveries refused for want of a free
+	// RX slot in the sink's session (velocectl streams' dropped).
 	DaemonSink uint64 `json:"daemon_sink"`
 }
 
@@ -328,7 +329,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 			}
 		}()
 	}
-	if err := ready(ctx, func() error { return emitSize(srcA, size) }, func(c context.Context) error {
+	if err := ready(ctx, func() error { return emitSize(ctx, srcA, size) }, func(c context.Context) error {
 		select {
 		case <-first:
 			return nil
@@ -348,7 +349,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 		}
 	}
 	g0, d0 := sinkDrops(sks), daemonSinkDrops(ds.dB)
-	send := func() error { return emitSize(srcA, size) }
+	send := func() error { return emitSize(ctx, srcA, size) }
 	th, err := throughput(ctx, b.cfg.Warm, b.cfg.Duration, b.cfg.Window, sinks, send, p)
 	vd.Guestlib, vd.DaemonSink = sinkDrops(sks)-g0, daemonSinkDrops(ds.dB)-d0
 	return th, vd, err

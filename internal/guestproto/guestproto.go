@@ -1,8 +1,11 @@
 // Package guestproto is the protocol between guestlib and the daemon: the
 // INSANE API's operations (open a session, create streams, sources and
 // sinks, emit and deliver messages) as datagrams. Inside a VM they travel
-// as UDP datagrams to the service address and port over the virtio link;
-// on the host, over a unix socket. One message per datagram.
+// as UDP datagrams to the service address and port over the virtio link.
+// One message per datagram. On the host, requests, replies and outcomes
+// travel over a unix SOCK_SEQPACKET connection, one per packet, while
+// Emit and Deliver are replaced by slot ids on shared-memory rings
+// (internal/shm).
 //
 // Every message starts with a 12-byte header, little endian:
 //

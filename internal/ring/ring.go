@@ -11,6 +11,7 @@ package ring
 
 import (
 	"errors"
+	"runtime"
 	"sync/atomic"
 )
 
@@ -72,6 +73,20 @@ func (q *Queue) Push(v uint32) bool {
 			return false // the cell still holds a value from a lap ago: full
 		}
 		// Another producer took this position; try the next.
+	}
+}
+
+// PushWait adds v, waiting while Push reports the queue full. Use it on
+// queues sized for every value that can be in them (the ids of a pool no
+// larger than the queue), where a value must never be lost: there Push
+// fails only while a consumer that claimed the cell a lap behind has not
+// yet released it (it was preempted between its claim and its release),
+// which lasts until that goroutine runs again.
+func (q *Queue) PushWait(v uint32) {
+	for i := 0; !q.Push(v); i++ {
+		if i >= 64 {
+			runtime.Gosched()
+		}
 	}
 }
 

@@ -108,3 +108,38 @@ func BenchmarkPushPop(b *testing.B) {
 		q.Pop()
 	}
 }
+
+// TestPushWaitNeverLosesAValue: a pool of ids circulating through a queue
+// its size, by many goroutines: Push can report full while a Pop is half
+// done; PushWait waits it out, and every id is still there at the end.
+func TestPushWaitNeverLosesAValue(t *testing.T) {
+	const size = 64
+	q, _ := New(size)
+	for i := uint32(0); i < size; i++ {
+		q.PushWait(i)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20000; i++ {
+				if v, ok := q.Pop(); ok {
+					q.PushWait(v)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[uint32]bool{}
+	for {
+		v, ok := q.Pop()
+		if !ok {
+			break
+		}
+		seen[v] = true
+	}
+	if len(seen) != size {
+		t.Fatalf("%d of %d ids left", len(seen), size)
+	}
+}

@@ -1,0 +1,359 @@
+package guestlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/veloce-io/veloce/internal/guestproto"
+	"github.com/veloce-io/veloce/internal/shm"
+)
+
+// The host transport: control requests over the daemon's unix
+// SOCK_SEQPACKET socket, messages in the session's shared region (see
+// internal/shm and backend/hostapp.go for the daemon's side).
+
+// errNoTXSlot is GetBuffer's error when every TX slot is in flight; made
+// once, so back-pressure costs no allocation.
+var errNoTXSlot = fmt.Errorf("guestlib: get buffer: every slot in flight: %w", ErrNoBuffers)
+
+// hostShm is a session's shared region and the application's ends of its
+// rings.
+type hostShm struct {
+	region *shm.Region
+	layout shm.Layout
+	txNote *shm.Notifier // signalled for the daemon: TX entries wait
+	rxNote *shm.Notifier // signalled by the daemon: RX or TX-done entries
+	// refs counts the session and every Buffer and Message holding a
+	// slot: the region is unmapped when the last goes, so a slice the
+	// application still holds never faults.
+	refs    atomic.Int64
+	stopped atomic.Bool // the session is closed
+
+	txMu   sync.Mutex
+	tx     shm.Producer // guarded by txMu
+	done   shm.Consumer // guarded by txMu
+	txFree []uint32     // guarded by txMu: TX slots free for GetBuffer
+
+	rxMu   sync.Mutex
+	rxFree shm.Producer // guarded by rxMu
+	rx     shm.Consumer // the receive goroutine's
+
+	// GetBufferContext's waiters: woken (waitCh closed) by the receive
+	// goroutine after the daemon signalled returned slots.
+	waiters atomic.Int32
+	waitMu  sync.Mutex
+	waitCh  chan struct{} // guarded by waitMu
+}
+
+// newHostShm maps the region and eventfds that came with the reply to
+// OpenSession: [region, TX eventfd, RX eventfd]. It takes ownership of
+// fds.
+func newHostShm(fds []int) (*hostShm, error) {
+	if len(fds) != 3 {
+		shm.CloseFDs(fds)
+		return nil, fmt.Errorf("the daemon sent %d descriptors, want 3 (region, 2 eventfds)", len(fds))
+	}
+	region, err := shm.Open(fds[0])
+	if err != nil {
+		shm.CloseFDs(fds[1:])
+		return nil, err
+	}
+	tx, err := shm.NotifierFromFD(fds[1])
+	if err != nil {
+		unix.Close(fds[2])
+		region.Close()
+		return nil, err
+	}
+	rx, err := shm.NotifierFromFD(fds[2])
+	if err != nil {
+		tx.Close()
+		region.Close()
+		return nil, err
+	}
+	region.CloseFD() // mapped: the descriptor is no longer needed
+	l := region.Layout()
+	h := &hostShm{region: region, layout: l, txNote: tx, rxNote: rx,
+		tx: region.TXProducer(), done: region.DoneConsumer(), rxFree: region.FreeProducer(), rx: region.RXConsumer(),
+		txFree: make([]uint32, 0, l.TXSlots)}
+	for i := l.TXSlots; i > 0; i-- {
+		h.txFree = append(h.txFree, i-1)
+	}
+	h.refs.Store(1)
+	return h, nil
+}
+
+// unref drops a reference; the last unmaps the region.
+func (h *hostShm) unref() {
+	if h.refs.Add(-1) == 0 {
+		h.region.Close()
+	}
+}
+
+// stop marks the session closed and wakes the receive goroutine.
+func (h *hostShm) stop() {
+	h.stopped.Store(true)
+	h.rxNote.Close()
+	h.wakeTXWaiters()
+}
+
+// close releases the eventfds and the session's reference, after the
+// receive goroutine has ended.
+func (h *hostShm) close() {
+	h.txNote.Close()
+	h.unref()
+}
+
+// allocTX takes a free TX slot: one the application never emitted, or
+// one the daemon returned on the TX-done ring.
+func (h *hostShm) allocTX() (uint32, error) {
+	h.txMu.Lock()
+	if h.stopped.Load() {
+		h.txMu.Unlock()
+		return 0, ErrClosed
+	}
+	if len(h.txFree) == 0 {
+		h.reclaimLocked()
+	}
+	n := len(h.txFree)
+	if n == 0 {
+		h.txMu.Unlock()
+		return 0, errNoTXSlot
+	}
+	id := h.txFree[n-1]
+	h.txFree = h.txFree[:n-1]
+	h.txMu.Unlock()
+	h.refs.Add(1)
+	return id, nil
+}
+
+func (h *hostShm) reclaimLocked() {
+	n, ok := h.done.Available()
+	if !ok {
+		h.done.Resync()
+		return
+	}
+	for k := uint32(0); k < n; k++ {
+		if id := shm.GetID(h.done.Entry(k)); id < h.layout.TXSlots && len(h.txFree) < cap(h.txFree) {
+			h.txFree = append(h.txFree, id)
+		}
+	}
+	h.done.Release(n)
+}
+
+// waitTX is allocTX that waits for a slot until ctx ends or the session
+// closes.
+func (h *hostShm) waitTX(ctx context.Context, closed <-chan struct{}) (uint32, error) {
+	for {
+		id, err := h.allocTX()
+		if err != errNoTXSlot {
+			return id, err
+		}
+		h.waitMu.Lock()
+		if h.waitCh == nil {
+			h.waitCh = make(chan struct{})
+		}
+		ch := h.waitCh
+		h.waitMu.Unlock()
+		h.waiters.Add(1)
+		// Raise the flag, then look again: the daemon publishes returned
+		// slots, then looks at the flag (internal/shm's wake-up protocol).
+		h.region.AppWaitingTX().Set()
+		if id, err = h.allocTX(); err != errNoTXSlot {
+			h.waiters.Add(-1)
+			return id, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			h.waiters.Add(-1)
+			return 0, fmt.Errorf("guestlib: get buffer: no slot came back: %w: %w", ctx.Err(), ErrNoBuffers)
+		case <-closed:
+			h.waiters.Add(-1)
+			return 0, ErrClosed
+		}
+		h.waiters.Add(-1)
+	}
+}
+
+func (h *hostShm) wakeTXWaiters() {
+	h.waitMu.Lock()
+	if h.waitCh != nil {
+		close(h.waitCh)
+		h.waitCh = nil
+	}
+	h.waitMu.Unlock()
+}
+
+func (h *hostShm) buffer(id uint32, size int) *Buffer {
+	b := bufferPool.Get().(*Buffer)
+	*b = Buffer{Data: h.region.TXSlot(id)[:size], host: h, slot: id}
+	return b
+}
+
+// emitHost puts a buffer's slot on the TX ring; the daemon is signalled
+// only if it sleeps.
+func (so *Source) emitHost(b *Buffer) (Token, error) {
+	h := b.host
+	if len(b.Data) > MaxMessage || (len(b.Data) > 0 && &b.Data[0] != &h.region.TXSlot(b.slot)[0]) {
+		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
+	}
+	so.mu.Lock()
+	so.token++
+	tok := so.token
+	h.txMu.Lock()
+	ok := !h.stopped.Load() && h.tx.Space(1) > 0 // the ring has room for every slot
+	if ok {
+		shm.PutTX(h.tx.Entry(0), shm.TXEntry{Slot: b.slot, Len: uint32(len(b.Data)), Source: so.id, Token: tok})
+		h.tx.Publish(1)
+	} else {
+		h.txFree = append(h.txFree, b.slot)
+	}
+	h.txMu.Unlock()
+	so.mu.Unlock()
+	*b = Buffer{}
+	bufferPool.Put(b)
+	if !ok {
+		h.unref()
+		return Token(tok), ErrClosed
+	}
+	if h.region.DaemonWaiting().TakeIfSet() {
+		h.txNote.Signal()
+	}
+	h.unref()
+	return Token(tok), nil
+}
+
+// releaseRX gives an RX slot back to the daemon.
+func (h *hostShm) releaseRX(slot uint32) {
+	h.rxMu.Lock()
+	if h.rxFree.Space(1) > 0 { // always: the ring has room for every slot
+		shm.PutID(h.rxFree.Entry(0), slot)
+		h.rxFree.Publish(1)
+	}
+	h.rxMu.Unlock()
+	h.unref()
+}
+
+// receive takes delivered messages off the RX ring and hands them to
+// their sinks, until the session closes. It sleeps on the RX eventfd as
+// soon as the ring is empty, after raising its flag.
+func (h *hostShm) receive(s *Session) {
+	defer s.wg.Done()
+	wait := h.region.AppWaitingRX()
+	for {
+		if h.waiters.Load() > 0 {
+			h.wakeTXWaiters()
+		}
+		if h.receiveOnce(s) > 0 {
+			continue
+		}
+		if h.stopped.Load() {
+			return
+		}
+		wait.Set()
+		if h.rx.Pending() {
+			wait.Clear()
+			continue
+		}
+		if h.rxNote.Wait() != nil {
+			return
+		}
+		wait.Clear()
+	}
+}
+
+func (h *hostShm) receiveOnce(s *Session) uint32 {
+	n, ok := h.rx.Available()
+	if !ok {
+		h.rx.Resync()
+		return 1
+	}
+	for k := uint32(0); k < n; k++ {
+		e := shm.GetRX(h.rx.Entry(k))
+		if e.Slot >= h.layout.RXSlots || e.Len > h.layout.SlotSize {
+			continue // not from a working daemon
+		}
+		s.mu.Lock()
+		sk := s.sinks[e.Sink]
+		s.mu.Unlock()
+		h.refs.Add(1)
+		if sk == nil { // closed here already
+			h.releaseRX(e.Slot)
+			continue
+		}
+		m := messagePool.Get().(*Message)
+		*m = Message{Data: h.region.RXSlot(e.Slot)[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
+		sk.push(m)
+	}
+	if n > 0 {
+		h.rx.Release(n)
+	}
+	return n
+}
+
+// receiveHost reads the daemon's messages on the host transport's socket:
+// replies (the one to OpenSession with the region's descriptors) and
+// outcomes of refused emits.
+func (s *Session) receiveHost(c *net.UnixConn) {
+	defer s.wg.Done()
+	buf := make([]byte, datagramSize)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for {
+		n, fds, err := shm.ReadMsg(c, buf, oob)
+		if err != nil {
+			if errors.Is(err, shm.ErrBadRegion) {
+				continue
+			}
+			s.connectionLost()
+			return
+		}
+		var m guestproto.Message
+		if guestproto.Parse(buf[:n], &m) != nil {
+			shm.CloseFDs(fds)
+			continue
+		}
+		switch m.Type {
+		case guestproto.Reply:
+			s.mu.Lock()
+			ch := s.pending[m.RequestID]
+			s.mu.Unlock()
+			r := reply{m.Result.Status, m.Result.ID, string(m.Result.Plugin), string(m.Result.Message), fds}
+			select {
+			case ch <- r: // ch nil (no one waits): never ready
+			default:
+				shm.CloseFDs(fds)
+			}
+		case guestproto.Outcome:
+			shm.CloseFDs(fds)
+			s.mu.Lock()
+			if len(s.failures) < 1<<16 {
+				s.failures[failKey{m.ID, m.Token}] = m.Status
+			}
+			s.mu.Unlock()
+		default:
+			shm.CloseFDs(fds)
+		}
+	}
+}
+
+// connectionLost is called when the daemon closed the connection (it
+// stopped, or closed the session): requests fail with ErrNoSession and
+// sinks close, so Consume returns ErrClosed once their queues are empty.
+func (s *Session) connectionLost() {
+	s.lostOnce.Do(func() { close(s.lost) })
+	s.mu.Lock()
+	sinks := make([]*Sink, 0, len(s.sinks))
+	for _, sk := range s.sinks {
+		sinks = append(sinks, sk)
+	}
+	s.mu.Unlock()
+	for _, sk := range sinks {
+		sk.closeLocal()
+	}
+}
