@@ -8,17 +8,16 @@ import (
 	"github.com/veloce-io/veloce/internal/guestproto"
 )
 
-// TestGuestEmitPathDoesNotAllocate drives a port's virtio transport as
-// its poller does: a guest's Emit datagram (after the link peer) goes
-// through the runtime to a sink of the same port, whose Deliver frame is
-// then taken for the RX ring. None of it allocates.
-func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
+// newGuestPort returns a port with a runtime, driven as its poller would
+// drive it with a guest at guest, and call, which sends a control request
+// and returns the reply's result.
+func newGuestPort(t *testing.T, guest netip.AddrPort) (*Port, *Runtime, func(*guestproto.Message) guestproto.Result) {
+	t.Helper()
 	rt := NewRuntime(RuntimeOptions{})
 	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest := netip.MustParseAddrPort("169.254.77.2:40000")
 	reply := make([]byte, 4096)
 	call := func(m *guestproto.Message) guestproto.Result {
 		t.Helper()
@@ -37,6 +36,17 @@ func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
 		}
 		return r.Result
 	}
+	return p, rt, call
+}
+
+// TestGuestEmitPathDoesNotAllocate drives a port's virtio transport as
+// its poller does: a guest's Emit datagram (after the link peer) goes
+// through the runtime to a sink of the same port, whose Deliver frame is
+// then taken for the RX ring. None of it allocates.
+func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
+	guest := netip.MustParseAddrPort("169.254.77.2:40000")
+	p, _, call := newGuestPort(t, guest)
+	reply := make([]byte, 4096)
 	sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
 	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
 	src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID
@@ -65,24 +75,7 @@ func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
 // cache, so the session gets one source, not two, and a resent close is
 // not answered "not found".
 func TestResentRequestsRunOnce(t *testing.T) {
-	rt := NewRuntime(RuntimeOptions{})
-	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
-	if err != nil {
-		t.Fatal(err)
-	}
-	guest := netip.MustParseAddrPort("169.254.77.2:40001")
-	reply := make([]byte, 4096)
-	call := func(m *guestproto.Message) guestproto.Result {
-		t.Helper()
-		var b [64]byte
-		n, _ := guestproto.PutRequest(b[:], m)
-		rn := p.handleGuest(guest, b[:n], reply)
-		var r guestproto.Message
-		if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &r); err != nil {
-			t.Fatal(err)
-		}
-		return r.Result
-	}
+	_, rt, call := newGuestPort(t, netip.MustParseAddrPort("169.254.77.2:40001"))
 	open := &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession, RequestID: 1}}
 	sess := call(open).ID
 	if again := call(open).ID; again != sess {
@@ -121,24 +114,9 @@ func TestResentRequestsRunOnce(t *testing.T) {
 // guest's emit is answered with an Outcome of StatusNoBuffers (guestlib's
 // ErrNoBuffers for that token), and velocectl streams counts it.
 func TestBackPressureReachesTheSource(t *testing.T) {
-	rt := NewRuntime(RuntimeOptions{})
-	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
-	if err != nil {
-		t.Fatal(err)
-	}
 	guest := netip.MustParseAddrPort("169.254.77.2:40002")
+	p, rt, call := newGuestPort(t, guest)
 	reply := make([]byte, 4096)
-	call := func(m *guestproto.Message) guestproto.Result {
-		t.Helper()
-		var b [64]byte
-		n, _ := guestproto.PutRequest(b[:], m)
-		rn := p.handleGuest(guest, b[:n], reply)
-		var r guestproto.Message
-		if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &r); err != nil {
-			t.Fatal(err)
-		}
-		return r.Result
-	}
 	sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
 	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
 	src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID

@@ -58,111 +58,83 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("no command")
 	}
 	client := backend.NewControlClient(*control)
-	switch cmd := fs.Arg(0); cmd {
+	cmd, args := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
 	case "ports":
-		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
-		if err != nil {
-			return err
-		}
-		ports, err := client.Ports(ctx)
-		if err != nil {
-			return err
-		}
-		if output == "json" {
-			e := json.NewEncoder(stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(ports)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tMODE\tSTATE\tQUEUES\tGUEST IP\tGUEST MAC\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS\tERRORS\tFEATURES")
-		for _, p := range ports {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Mode, p.State, p.Queues, p.MaxQueues,
-				p.GuestIP, dash(p.GuestMAC), p.GuestTXPackets, p.GuestTXBytes, p.GuestRXPackets, p.GuestRXBytes, p.Drops, p.Errors, p.Features)
-		}
-		return tw.Flush()
+		return show(ctx, cmd, args, stdout, stderr, client.Ports, func(tw io.Writer, ports []backend.PortInfo) {
+			fmt.Fprintln(tw, "NAME\tMODE\tSTATE\tQUEUES\tGUEST IP\tGUEST MAC\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS\tERRORS\tFEATURES")
+			for _, p := range ports {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Mode, p.State, p.Queues, p.MaxQueues,
+					p.GuestIP, dash(p.GuestMAC), p.GuestTXPackets, p.GuestTXBytes, p.GuestRXPackets, p.GuestRXBytes, p.Drops, p.Errors, p.Features)
+			}
+		})
 	case "streams":
-		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
-		if err != nil {
-			return err
-		}
-		streams, err := client.Streams(ctx)
-		if err != nil {
-			return err
-		}
-		if output == "json" {
-			e := json.NewEncoder(stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(streams)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING")
-		for _, st := range streams {
-			var srcs, sinks []string
-			for _, so := range st.Sources {
-				srcs = append(srcs, fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted))
+		return show(ctx, cmd, args, stdout, stderr, client.Streams, func(tw io.Writer, streams []backend.StreamInfo) {
+			fmt.Fprintln(tw, "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING")
+			for _, st := range streams {
+				var srcs, sinks []string
+				for _, so := range st.Sources {
+					srcs = append(srcs, fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted))
+				}
+				for _, sk := range st.Sinks {
+					sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
+					st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
 			}
-			for _, sk := range st.Sinks {
-				sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
-			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
-				st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
-		}
-		return tw.Flush()
+		})
 	case "apps":
-		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
-		if err != nil {
-			return err
-		}
-		info, err := client.Apps(ctx)
-		if err != nil {
-			return err
-		}
-		if output == "json" {
-			e := json.NewEncoder(stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(info)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS")
-		for _, c := range info.Clients {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
-		}
-		fmt.Fprintf(tw, "\nsocket %s: %d sessions, %d bytes mapped, %d malformed in all\n", dash(info.Socket), info.Sessions, info.MappedBytes, info.Malformed)
-		return tw.Flush()
-	case "remote":
-		output, err := parseOutput(cmd, fs.Args()[1:], stderr)
-		if err != nil {
-			return err
-		}
-		info, err := client.Remote(ctx)
-		if err != nil {
-			return err
-		}
-		if output == "json" {
-			e := json.NewEncoder(stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(info)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DATAPATH\tADDRESS\tDEFAULT\tQUEUED\tREACHES")
-		for _, d := range info.Datapaths {
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
-		}
-		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "PEER\tNODE\tCHANNELS\tLAST DIRECTORY")
-		for _, p := range info.Peers {
-			var chans []string
-			for _, c := range p.Channels {
-				chans = append(chans, strconv.FormatUint(uint64(c), 10))
+		return show(ctx, cmd, args, stdout, stderr, client.Apps, func(tw io.Writer, info backend.HostAppsInfo) {
+			fmt.Fprintln(tw, "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS")
+			for _, c := range info.Clients {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", p.Addr, p.Node, dash(strings.Join(chans, ",")), dash(p.LastSeen))
-		}
-		fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
-		return tw.Flush()
+			fmt.Fprintf(tw, "\nsocket %s: %d sessions, %d bytes mapped, %d malformed in all\n", dash(info.Socket), info.Sessions, info.MappedBytes, info.Malformed)
+		})
+	case "remote":
+		return show(ctx, cmd, args, stdout, stderr, client.Remote, func(tw io.Writer, info backend.RemoteInfo) {
+			fmt.Fprintln(tw, "DATAPATH\tADDRESS\tDEFAULT\tQUEUED\tREACHES")
+			for _, d := range info.Datapaths {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
+			}
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "PEER\tNODE\tCHANNELS\tLAST DIRECTORY")
+			for _, p := range info.Peers {
+				var chans []string
+				for _, c := range p.Channels {
+					chans = append(chans, strconv.FormatUint(uint64(c), 10))
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", p.Addr, p.Node, dash(strings.Join(chans, ",")), dash(p.LastSeen))
+			}
+			fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
+		})
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
 	}
+}
+
+// show runs one listing command: it parses its -o flag, fetches the data
+// with get, and prints it as indented JSON or as the table that table
+// writes (tab-separated columns, aligned).
+func show[T any](ctx context.Context, cmd string, args []string, stdout, stderr io.Writer,
+	get func(context.Context) (T, error), table func(tw io.Writer, v T)) error {
+	output, err := parseOutput(cmd, args, stderr)
+	if err != nil {
+		return err
+	}
+	v, err := get(ctx)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(v)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	table(tw, v)
+	return tw.Flush()
 }
 
 func optionString(o backend.StreamOptions) string {
