@@ -118,11 +118,13 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		case len(m.Payload) > MaxGuestPayload:
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
 		}
-		// Back-pressure: a message that found a pool empty on its way
-		// is reported to the source (guestlib's Outcome: ErrNoBuffers).
-		full := so.full.Load()
-		p.rt.Emit(so, m.Payload)
-		if so.full.Load() != full {
+		// Back-pressure: a message no destination had room for is
+		// refused (guestlib's Outcome: ErrNoBuffers; retrying it
+		// duplicates nothing). One that some destinations took is not:
+		// the full ones count it (velocectl streams: the source's full,
+		// the sink's dropped), and a stuck sink cannot make every emit
+		// on its channel cost the source an Outcome frame.
+		if taken, full := p.rt.emit(so, m.Payload); full > 0 && taken == 0 {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoBuffers)
 		}
 		return 0

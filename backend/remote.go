@@ -200,11 +200,12 @@ func classOf(o StreamOptions) wire.Class {
 
 // emit queues a message for every peer with sinks on its channel, on the
 // stream's datapath where that reaches the peer, and returns for how many
-// peers it found no free slot. It takes no lock and does not allocate.
-func (rm *remote) emit(src *Source, seq uint64, payload []byte) (full int) {
+// peers it queued the message and for how many it found no free slot. It
+// takes no lock and does not allocate.
+func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full int) {
 	if len(payload) > MaxRemotePayload {
 		rm.dropped.Add(1)
-		return 0
+		return 0, 0
 	}
 	want := src.Stream.dpIndex
 	for i, p := range rm.peers {
@@ -238,6 +239,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (full int) {
 		rm.lens[id], rm.dest[id] = uint16(n), uint16(i)
 		st := rm.dps[dpi]
 		st.ready.PushWait(id)
+		queued++
 		if st.poller != nil {
 			st.poller.Wake()
 			continue
@@ -247,7 +249,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (full int) {
 		default:
 		}
 	}
-	return full
+	return queued, full
 }
 
 // channelsChanged is called (under rt.mu) when local sinks came or went.
@@ -380,7 +382,7 @@ func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 }
 
 func (rm *remote) receiver(ctx context.Context, st *datapathState) {
-	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort][]uint32{}}
+	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
 	if st.poller != nil {
 		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch)}
 		if err := st.poller.Poll(ctx, rx.handle, f.flush); err != nil && ctx.Err() == nil {
@@ -456,8 +458,18 @@ func (f *flusher) flush() bool {
 type receiveState struct {
 	rm      *remote
 	chans   []uint32
-	pending map[netip.AddrPort][]uint32
+	pending map[netip.AddrPort]*directoryParts
 }
+
+// directoryParts collects one peer's directory fragments.
+type directoryParts struct {
+	gen   uint64
+	next  uint16
+	chans []uint32
+}
+
+// maxDirectoryChannels bounds one peer's directory.
+const maxDirectoryChannels = 1 << 16
 
 // handle dispatches a received batch: data to local sinks, directories to
 // the peer table.
@@ -487,16 +499,32 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 			if p == nil || d.Generation < p.gen.Load() {
 				continue
 			}
-			acc := append(rx.pending[pkts[i].Addr][:0:0], rx.pending[pkts[i].Addr]...)
-			if h.FragIndex == 0 {
-				acc = acc[:0]
+			// Fragments come in order, one generation at a time; anything
+			// else starts over, and a directory never grows past
+			// maxDirectoryChannels (a spoofed fragment count cannot make
+			// this loop collect forever).
+			part := rx.pending[pkts[i].Addr]
+			if h.FragIndex == 0 || part == nil || h.FragIndex != part.next || d.Generation != part.gen {
+				if h.FragIndex != 0 {
+					delete(rx.pending, pkts[i].Addr)
+					rm.malformed.Add(1)
+					continue
+				}
+				part = &directoryParts{gen: d.Generation}
+				rx.pending[pkts[i].Addr] = part
 			}
-			acc = append(acc, d.Channels...)
+			if len(part.chans)+len(d.Channels) > maxDirectoryChannels {
+				delete(rx.pending, pkts[i].Addr)
+				rm.malformed.Add(1)
+				continue
+			}
+			part.chans = append(part.chans, d.Channels...)
+			part.next++
 			if int(h.FragIndex)+1 < int(h.FragCount) {
-				rx.pending[pkts[i].Addr] = acc
 				continue
 			}
 			delete(rx.pending, pkts[i].Addr)
+			acc := part.chans
 			list := slices.Clone(acc)
 			slices.Sort(list)
 			p.channels.Store(&list)

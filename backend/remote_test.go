@@ -11,6 +11,7 @@ import (
 
 	"github.com/veloce-io/veloce/images/guestinit"
 	"github.com/veloce-io/veloce/internal/testutil"
+	"github.com/veloce-io/veloce/internal/wire"
 	"github.com/veloce-io/veloce/plugins/udp"
 	"github.com/veloce-io/veloce/vmtest"
 )
@@ -193,5 +194,60 @@ func TestVMStreamsToVMOnAnotherHost(t *testing.T) {
 	t.Logf("sink on the other host: %+v", s)
 	if s.Messages != count || s.Gaps != 0 || s.OutOfOrder != 0 || s.Sources != 1 {
 		t.Errorf("sink summary %+v", s)
+	}
+}
+
+// TestDirectoryFragments: a peer's directory in fragments is taken in
+// order only; a fragment out of order starts over, counted; a spoofed
+// fragment count cannot make the receiver collect without bound.
+func TestDirectoryFragments(t *testing.T) {
+	dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	peerAddr := netip.MustParseAddrPort("127.0.0.1:9")
+	rt := NewRuntime(RuntimeOptions{Remote: RemoteOptions{Datapath: dp, Peers: []netip.AddrPort{peerAddr}}})
+	rm := rt.remote
+	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	frag := func(gen uint64, index, count uint16, chans ...uint32) wire.Packet {
+		buf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen)
+		n, err := (&wire.Directory{Node: 7, Generation: gen, Channels: chans}).Marshal(buf[wire.HeaderLen:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := wire.Header{Kind: wire.KindDirectory, FragIndex: index, FragCount: count, PayloadLen: uint16(n), Seq: gen}
+		m, err := h.MarshalPacket(buf, buf[wire.HeaderLen:wire.HeaderLen+n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wire.Packet{Addr: peerAddr, Buf: buf, N: m}
+	}
+	channels := func() []uint32 { return *rm.peers[0].channels.Load() }
+
+	rx.handle([]wire.Packet{frag(1, 0, 2, 1, 5), frag(1, 1, 2, 3)})
+	if got := channels(); !slices.Equal(got, []uint32{1, 3, 5}) {
+		t.Fatalf("two fragments in order: %v", got)
+	}
+	bad := rm.malformed.Load()
+	rx.handle([]wire.Packet{frag(2, 1, 2, 9)})
+	if got := channels(); !slices.Equal(got, []uint32{1, 3, 5}) || rm.malformed.Load() != bad+1 {
+		t.Fatalf("a lone second fragment changed the directory to %v (malformed %d)", got, rm.malformed.Load())
+	}
+	// 65535 fragments announced: collecting stops at the bound.
+	var pkts []wire.Packet
+	for i := range uint16(maxDirectoryChannels/wire.MaxDirectoryChannels + 2) {
+		chunk := make([]uint32, wire.MaxDirectoryChannels)
+		for j := range chunk {
+			chunk[j] = uint32(i)*wire.MaxDirectoryChannels + uint32(j)
+		}
+		pkts = append(pkts, frag(3, i, 65535, chunk...))
+	}
+	rx.handle(pkts)
+	if p := rx.pending[peerAddr]; p != nil && len(p.chans) > maxDirectoryChannels {
+		t.Fatalf("collected %d channels", len(p.chans))
+	}
+	if rm.malformed.Load() <= bad+1 {
+		t.Error("an oversized directory was not counted")
 	}
 }

@@ -338,17 +338,25 @@ func (s *Session) Source(id uint32) *Source { return s.sources.Get(id) }
 // source's order, and returns how many sinks took it. It takes no lock
 // and does not allocate.
 func (r *Runtime) Emit(src *Source, payload []byte) int {
+	n, _ := r.emit(src, payload)
+	return n
+}
+
+// emit is Emit, also reporting how many destinations took the message
+// (local sinks, peers' send queues) and how many found their pool full.
+func (r *Runtime) emit(src *Source, payload []byte) (taken, full int) {
 	seq := src.seq.Add(1)
 	src.emitted.Add(1)
-	full := false
 	if r.remote != nil {
-		full = r.remote.emit(src, seq, payload) > 0
+		taken, full = r.remote.emit(src, seq, payload)
 	}
 	n, dropped := r.deliverLocal(src.Channel, src.Global, seq, payload)
-	if full || dropped > 0 {
+	taken += n
+	full += dropped
+	if full > 0 {
 		src.full.Add(1)
 	}
-	return n
+	return taken, full
 }
 
 // deliverLocal hands a message to the local sinks of channel and returns

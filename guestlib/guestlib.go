@@ -555,6 +555,10 @@ func (so *Source) GetBuffer(size int) (*Buffer, error) {
 // when none is free (the daemon returns each slot as soon as it has
 // passed the message on). On the virtio transport it never waits. The
 // error when ctx ends wraps both ctx.Err() and ErrNoBuffers.
+//
+// Do not call it from a sink's Callback: callbacks run on the goroutine
+// that learns of returned TX slots, so a callback waiting for one waits
+// until ctx ends. Use GetBuffer there and handle ErrNoBuffers.
 func (so *Source) GetBufferContext(ctx context.Context, size int) (*Buffer, error) {
 	h := so.s.host
 	if h == nil || size < 0 || size > MaxMessage {
@@ -672,8 +676,9 @@ type Sink struct {
 // SinkOptions configure a sink.
 type SinkOptions struct {
 	// Callback, when set, is called for every message on the session's
-	// receive goroutine (it must not block for long, and should Release
-	// the message); Consume then returns nothing.
+	// receive goroutine (it must not block for long — in particular not
+	// in Source.GetBufferContext — and should Release the message);
+	// Consume then returns nothing.
 	Callback func(*Message)
 	// Queue is how many messages wait for Consume before new ones are
 	// dropped; default 4096. On the host transport a waiting message

@@ -126,7 +126,10 @@ func TestCallbackSinkAndOutcome(t *testing.T) {
 	}
 	src, _ := st.CreateSource(ctx, 1)
 	for i := 0; i < 100; i++ {
-		b, _ := src.GetBuffer(8)
+		b, err := src.GetBufferContext(ctx, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
 		tok, err := src.Emit(b)
 		if err != nil || src.Outcome(tok) != nil {
 			t.Fatal(err, src.Outcome(tok))
@@ -134,6 +137,9 @@ func TestCallbackSinkAndOutcome(t *testing.T) {
 	}
 	for got.Load() < 100 && ctx.Err() == nil {
 		time.Sleep(time.Millisecond)
+	}
+	if got.Load() != 100 {
+		t.Fatalf("callback sink got %d of 100", got.Load())
 	}
 	if _, err := src.GetBuffer(guestlib.MaxMessage + 1); !errors.Is(err, guestlib.ErrTooLarge) {
 		t.Errorf("oversized buffer: %v", err)

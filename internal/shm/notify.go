@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,10 +16,12 @@ import (
 // wakes a Wait in progress. Signal and Close are safe for concurrent use
 // (Signal after Close does nothing); Wait has one caller at a time.
 type Notifier struct {
-	f   *os.File
-	fd  int // the raw descriptor, valid while f is open (for FD)
-	one [8]byte
-	buf [8]byte
+	f     *os.File
+	raw   syscall.RawConn // f's, for Signal's write that never waits
+	write func(fd uintptr) bool
+	fd    int // the raw descriptor, valid while f is open (for FD)
+	one   [8]byte
+	buf   [8]byte
 }
 
 // NewNotifier creates an eventfd.
@@ -51,6 +54,8 @@ func NotifierFromFD(fd int) (*Notifier, error) {
 func newNotifier(fd int) *Notifier {
 	n := &Notifier{f: os.NewFile(uintptr(fd), "eventfd"), fd: fd}
 	n.one[0] = 1
+	n.raw, _ = n.f.SyscallConn()
+	n.write = n.writeOnce // a method value made once: Signal allocates nothing
 	return n
 }
 
@@ -58,8 +63,22 @@ func newNotifier(fd int) *Notifier {
 // Close.
 func (n *Notifier) FD() int { return n.fd }
 
-// Signal wakes the waiter (one write(2); an eventfd write never blocks).
-func (n *Notifier) Signal() { n.f.Write(n.one[:]) }
+// Signal wakes the waiter: one write(2) that never waits. The other side
+// holds the same eventfd and may have filled its counter (a hostile
+// application can): the write then fails with EAGAIN, which is fine — a
+// full counter already reads as signalled — whereas waiting for the fd
+// to become writable would block whoever signals (another client's
+// delivery, a VM's poller) for good.
+func (n *Notifier) Signal() {
+	if n.raw != nil {
+		n.raw.Write(n.write)
+	}
+}
+
+func (n *Notifier) writeOnce(fd uintptr) bool {
+	unix.Write(int(fd), n.one[:])
+	return true // done, whatever write said: never park in the poller
+}
 
 // Wait blocks until the notifier was signalled at least once since the
 // last Wait returned. It returns an error once the Notifier is closed.

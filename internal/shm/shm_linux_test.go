@@ -1,9 +1,11 @@
 package shm
 
 import (
+	"encoding/binary"
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -220,4 +222,34 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatalf("round trip %+v: %+v, %v", l, l2, err)
 		}
 	})
+}
+
+// TestSignalNeverBlocks: the other side (a hostile application) fills the
+// eventfd's counter; Signal must return at once, not wait for room.
+func TestSignalNeverBlocks(t *testing.T) {
+	n, err := NewNotifier()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var max [8]byte
+	binary.LittleEndian.PutUint64(max[:], 0xfffffffffffffffe)
+	if _, err := unix.Write(n.FD(), max[:]); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		for range 100 {
+			n.Signal()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Signal blocked on a full eventfd")
+	}
+	if a := testing.AllocsPerRun(100, n.Signal); a != 0 {
+		t.Errorf("Signal allocates %.1f", a)
+	}
 }

@@ -85,6 +85,8 @@ var (
 	ErrUnresolved = errors.New("dpdk: destination did not answer ARP")
 	// ErrClosed means the plugin was closed.
 	ErrClosed = errors.New("dpdk: plugin closed")
+	// ErrTooLong means a datagram does not fit the port's MTU.
+	ErrTooLong = errors.New("dpdk: datagram too long")
 )
 
 // Options configure New.
@@ -105,6 +107,9 @@ type Options struct {
 	Addr netip.Prefix
 	// Port is the UDP port peers send to; default DefaultPort.
 	Port uint16
+	// MTU is the link's IP MTU; default 1500. Longer datagrams are
+	// refused (ErrTooLong), not sent to be dropped on the way.
+	MTU int
 	// CPU pins the polling thread to that CPU; -1 leaves it unpinned.
 	CPU int
 	// Mbufs is the size of the port's mbuf pool; default DefaultMbufs.
@@ -126,6 +131,7 @@ type Stats struct {
 	RxDatagrams  uint64            `json:"rx_datagrams"`
 	TxDatagrams  uint64            `json:"tx_datagrams"`
 	TxFull       uint64            `json:"tx_full"`
+	TooLong      uint64            `json:"too_long"`
 	NoMbufs      uint64            `json:"no_mbufs"`
 	ARPRequests  uint64            `json:"arp_requests"`
 	Unresolved   uint64            `json:"unresolved"`
@@ -162,7 +168,10 @@ type Plugin struct {
 	rx      *pullState    // RecvBatch's buffers, made on its first call
 	stopped sync.WaitGroup
 
+	maxDatagram int // the largest UDP payload the MTU allows
+
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
+	tooLong                                              atomic.Uint64
 	arpRequests, unresolved, sleeps                      atomic.Uint64
 	dropped                                              [netstack.NumDropReasons]atomic.Uint64
 	wrongPort                                            atomic.Uint64
@@ -204,6 +213,12 @@ func New(opts Options) (*Plugin, error) {
 	if opts.Mbufs <= 0 {
 		opts.Mbufs = DefaultMbufs
 	}
+	if opts.MTU <= 0 {
+		opts.MTU = 1500
+	}
+	if opts.MTU+14 > mbufDataRoom {
+		return nil, fmt.Errorf("dpdk: MTU %d does not fit an mbuf's %d bytes", opts.MTU, mbufDataRoom)
+	}
 	if opts.Burst <= 0 {
 		opts.Burst = DefaultBurst
 	}
@@ -238,7 +253,7 @@ func New(opts Options) (*Plugin, error) {
 	}
 	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
 		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
-		local: netip.AddrPortFrom(a, opts.Port), wake: make(chan struct{}, 1),
+		local: netip.AddrPortFrom(a, opts.Port), wake: make(chan struct{}, 1), maxDatagram: opts.MTU - 28,
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
 	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
@@ -293,13 +308,19 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 			p.noMbufs.Add(1)
 			return done, nil
 		}
+		var tooLong error
 		for i, m := range bufs {
 			d := &pkts[done+i]
 			a := d.Addr.Addr().Unmap()
-			l, err := p.host.PutUDPFrame(m.Room(), p.macs[i], a.As4(), p.opts.Port, d.Addr.Port(), d.Bytes())
+			l, err := 0, ErrTooLong
+			if d.N <= p.maxDatagram {
+				l, err = p.host.PutUDPFrame(m.Room(), p.macs[i], a.As4(), p.opts.Port, d.Addr.Port(), d.Bytes())
+			}
 			if err != nil {
-				// Too long for one mbuf: the runtime never sends such.
-				l = 0
+				// Send what came before; the caller skips this one.
+				dpdk.FreeBulk(bufs[i:])
+				bufs, n, tooLong = bufs[:i], i, fmt.Errorf("dpdk: %d-byte datagram over the port's MTU %d: %w", d.N, p.opts.MTU, ErrTooLong)
+				break
 			}
 			m.SetLen(l)
 		}
@@ -311,6 +332,10 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 			return done + sent, nil
 		}
 		done += n
+		if tooLong != nil {
+			p.tooLong.Add(1)
+			return done, tooLong
+		}
 	}
 	return done, nil
 }
@@ -513,9 +538,18 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 	if p.closed.Load() {
 		return 0, ErrClosed
 	}
-	if p.polling.Load() {
+	if !p.polling.CompareAndSwap(false, true) {
 		return 0, errors.New("dpdk: RecvBatch while the port is polled")
 	}
+	defer p.polling.Store(false)
+	p.lifeMu.Lock()
+	if p.closed.Load() {
+		p.lifeMu.Unlock()
+		return 0, ErrClosed
+	}
+	p.stopped.Add(1) // Close waits for this call
+	p.lifeMu.Unlock()
+	defer p.stopped.Done()
 	if p.rx == nil {
 		p.rx = &pullState{mbufs: make([]*dpdk.Mbuf, p.opts.Burst), views: make([]wire.Packet, p.opts.Burst), reply: make([]byte, mbufDataRoom)}
 	}
@@ -540,6 +574,9 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 		if time.Now().After(deadline) {
 			return 0, nil
 		}
+		if p.closed.Load() {
+			return 0, ErrClosed
+		}
 		time.Sleep(10 * time.Microsecond)
 	}
 }
@@ -547,7 +584,7 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 // Stats returns the counters.
 func (p *Plugin) Stats() Stats {
 	s := Stats{RxPackets: p.rxPackets.Load(), RxDatagrams: p.rxDatagrams.Load(), TxDatagrams: p.txDatagrams.Load(),
-		TxFull: p.txFull.Load(), NoMbufs: p.noMbufs.Load(), ARPRequests: p.arpRequests.Load(),
+		TxFull: p.txFull.Load(), TooLong: p.tooLong.Load(), NoMbufs: p.noMbufs.Load(), ARPRequests: p.arpRequests.Load(),
 		Unresolved: p.unresolved.Load(), Sleeps: p.sleeps.Load(), Neighbours: len(p.host.Neighbours())}
 	s.ARPReplies, s.EchoReplies = p.host.Replies()
 	for r := range p.dropped {

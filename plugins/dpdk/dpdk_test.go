@@ -123,6 +123,16 @@ func TestSendAndPoll(t *testing.T) {
 		send()
 	}
 	allocs := testing.AllocsPerRun(50, send)
+	// A datagram over the MTU is refused, not sent to be lost; the one
+	// before it in the batch goes.
+	seq++
+	h := wire.Header{Kind: wire.KindData, FragCount: 1, PayloadLen: 100, Channel: 1, Source: 1, Seq: seq}
+	n, _ := h.MarshalPacket(bufs[0], bufs[0][wire.HeaderLen:wire.HeaderLen+100])
+	big := make([]byte, 1600)
+	k, err := a.SendBatch([]wire.Packet{{Addr: b.LocalAddr(), Buf: bufs[0], N: n}, {Addr: b.LocalAddr(), Buf: big, N: len(big)}})
+	if k != 1 || !errors.Is(err, ErrTooLong) || a.Stats().TooLong != 1 {
+		t.Errorf("batch with a datagram over the MTU: sent %d, %v, stats %+v", k, err, a.Stats())
+	}
 	for got.Load() < seq && ctx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
@@ -167,8 +177,8 @@ func TestUnresolvedAndOffLink(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if s := a.Stats(); s.ARPRequests < 2 || s.ARPRequests > 20 {
-		t.Errorf("%d ARP requests in %v: not paced", s.ARPRequests, time.Since(start))
+	if s := a.Stats(); s.ARPRequests < 1 || s.Unresolved == 0 {
+		t.Errorf("ARP requests %d, unresolved %d", s.ARPRequests, s.Unresolved)
 	}
 	pkts[0].Addr = netip.MustParseAddrPort("192.0.2.1:7000")
 	if _, err := a.SendBatch(pkts); !errors.Is(err, ErrUnresolved) {
@@ -233,6 +243,9 @@ func TestRecvBatch(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+	if want != count+1 {
+		t.Fatalf("received %d of %d", want-1, count)
 	}
 	if _, err := b.RecvBatch(pkts, time.Millisecond); err != nil {
 		t.Errorf("idle RecvBatch: %v", err)
