@@ -43,7 +43,6 @@ package benchdpdk
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,6 +57,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/internal/benchvhost"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
 )
@@ -209,7 +210,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		LoadBefore: loadAverage(), Paths: cfg.Paths, PluginSpin: orDefault(cfg.SpinIdle, dpdkplug.DefaultSpinIdle),
 		PluginSleep: orDefault(cfg.MaxSleep, dpdkplug.DefaultMaxSleep)}
 	defer func() {
-		rep.TotalSecs = round2(time.Since(start).Seconds())
+		rep.TotalSecs = benchutil.Round2(time.Since(start).Seconds())
 		rep.LoadAfter = loadAverage()
 	}()
 	if !dpdk.Available() {
@@ -276,7 +277,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		fmt.Fprintln(log)
 		if has(PathRaw) && has(PathDPDK) {
-			r.OverheadUS = round2(r.VeloceDPDK.RTT.MedianUS - r.RawDPDK.RTT.MedianUS)
+			r.OverheadUS = benchutil.Round2(r.VeloceDPDK.RTT.MedianUS - r.RawDPDK.RTT.MedianUS)
 		}
 		for i := range cfg.Windows {
 			if has(PathRaw) && has(PathDPDK) {
@@ -301,16 +302,7 @@ func measureRaw(ctx context.Context, cfg *Config, h *hosts, size int, out *Path,
 		return err
 	}
 	fmt.Fprintf(log, " rtt %.1f µs", out.RTT.MedianUS)
-	for _, w := range cfg.Windows {
-		th, err := rp.throughput(ctx, size, w, cfg.Warm, cfg.Duration)
-		if err != nil {
-			return err
-		}
-		th.Window = w
-		out.Throughput = append(out.Throughput, th)
-		fmt.Fprintf(log, ", w%d %.3f Mmsg/s", w, th.Mmsgs)
-	}
-	return nil
+	return measureThroughput(ctx, cfg, size, out, log, rp.throughput)
 }
 
 func measureVeloce(ctx context.Context, cfg *Config, h *hosts, kind string, size int, out *Path, sleeps *[2]uint64, profile string, log io.Writer) error {
@@ -329,8 +321,15 @@ func measureVeloce(ctx context.Context, cfg *Config, h *hosts, kind string, size
 		*sleeps = [2]uint64{a1.Sleeps - a0.Sleeps, b1.Sleeps - b0.Sleeps}
 	}
 	fmt.Fprintf(log, " rtt %.1f µs", out.RTT.MedianUS)
+	return measureThroughput(ctx, cfg, size, out, log, r.throughput)
+}
+
+// measureThroughput runs throughput at size for each of cfg.Windows and
+// appends the results to out.Throughput.
+func measureThroughput(ctx context.Context, cfg *Config, size int, out *Path, log io.Writer,
+	throughput func(ctx context.Context, size, window int, warm, dur time.Duration) (Throughput, error)) error {
 	for _, w := range cfg.Windows {
-		th, err := r.throughput(ctx, size, w, cfg.Warm, cfg.Duration)
+		th, err := throughput(ctx, size, w, cfg.Warm, cfg.Duration)
 		if err != nil {
 			return err
 		}
@@ -345,7 +344,7 @@ func ratio(a, b float64) float64 {
 	if b <= 0 {
 		return 0
 	}
-	return round2(a / b)
+	return benchutil.Round2(a / b)
 }
 
 func orDefault(d, def time.Duration) string {
@@ -356,17 +355,7 @@ func orDefault(d, def time.Duration) string {
 }
 
 // loadAverage is /proc/loadavg's first three fields.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
-}
+func loadAverage() string { return benchvhost.LoadAverage() }
 
 // WriteTable prints the report's tables (RTT, its legs, throughput) and
 // notes. A path not measured shows as "-".
@@ -491,11 +480,7 @@ func opt(ok bool, format string, v any) string {
 }
 
 // WriteJSON prints the report as JSON.
-func WriteJSON(w io.Writer, rep *Report) error {
-	e := json.NewEncoder(w)
-	e.SetIndent("", "  ")
-	return e.Encode(rep)
-}
+func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, rep) }
 
 const usage = `usage: veloce-bench dpdk [--sizes 64,256,512,1024,1500] [--windows 32,256]
                          [--round-trips 5000] [--warmup 500] [--max-rtt-time 2s]
@@ -531,14 +516,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	profileSizes := fs.String("profile-sizes", "64", "message sizes to profile (with --cpuprofile)")
 	output := fs.String("o", "table", "output format: table or json")
 	verbose := fs.Bool("v", false, "progress lines on stderr")
-	if err := fs.Parse(args); err != nil {
+	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
 	}
 	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Warm: *warm, Duration: *dur, GOMAXPROCS: *procs,
 		SpinIdle: *spin, MaxSleep: *sleep, ProfileDir: *profileDir}
@@ -581,14 +560,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("--round-trips, --duration and --max-rtt-time must be positive; --warmup, --warm, --gomaxprocs, --spin-idle and --max-sleep at least 0")
 	}
 	rep, err := Run(ctx, cfg)
-	if err != nil {
-		if len(rep.Results) > 0 && *output == "table" {
-			WriteTable(stdout, rep)
-		}
+	table := func(w io.Writer) error { return WriteTable(w, rep) }
+	if done, err := benchutil.Written(stdout, *output, rep, len(rep.Results) > 0, err, table); done {
 		return err
 	}
-	if *output == "json" {
-		return WriteJSON(stdout, rep)
-	}
-	return WriteTable(stdout, rep)
+	return table(stdout)
 }

@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/benchutil/benchtest"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/testutil"
 )
 
 // Bad arguments are refused before anything is set up (no root needed).
 func TestMainRefusesBadArguments(t *testing.T) {
-	for _, args := range [][]string{
+	benchtest.RefusesArgs(t, Main, [][]string{
 		{"--sizes", "64,x"},
 		{"--sizes", "4"},
 		{"--sizes", "1501"},
@@ -31,15 +32,7 @@ func TestMainRefusesBadArguments(t *testing.T) {
 		{"--profile-sizes", ""},
 		{"-o", "yaml"},
 		{"extra"},
-	} {
-		var out, errb bytes.Buffer
-		if err := Main(context.Background(), args, &out, &errb); err == nil {
-			t.Errorf("%q: no error", args)
-		}
-		if out.Len() != 0 {
-			t.Errorf("%q: printed %q", args, out.String())
-		}
-	}
+	})
 }
 
 func TestSummarizeAndParse(t *testing.T) {

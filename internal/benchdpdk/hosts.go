@@ -1,15 +1,12 @@
 package benchdpdk
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strings"
 	"sync/atomic"
 
-	vnetns "github.com/veloce-io/veloce/internal/netns"
+	"github.com/veloce-io/veloce/internal/benchutil"
 )
 
 // The link's addressing. The userspace stacks (raw DPDK and the DPDK
@@ -31,40 +28,9 @@ var (
 // 2048-byte mbufs hold it.
 const LinkMTU = 2000
 
-// netns is a network namespace the bench created with ip netns add: one
-// of the two "hosts". del removes it, and the veth end inside it.
-type netns struct{ name string }
-
-func newNetns(name string) (*netns, error) {
-	if err := ipCmd("netns", "add", name); err != nil {
-		return nil, err
-	}
-	n := &netns{name: name}
-	if err := n.ip("link", "set", "lo", "up"); err != nil {
-		n.del()
-		return nil, err
-	}
-	return n, nil
-}
-
-func (n *netns) ip(args ...string) error { return ipCmd(append([]string{"-n", n.name}, args...)...) }
-func (n *netns) del() error              { return ipCmd("netns", "del", n.name) }
-
-// do runs f on an OS thread inside the namespace: sockets and DPDK ports
-// (net_af_packet binds at probe time) opened by f belong to it.
-func (n *netns) do(f func() error) error { return vnetns.Do(n.name, f) }
-
-func ipCmd(args ...string) error {
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
 // hosts are two namespaces joined by one veth pair (va in a, vb in b).
 type hosts struct {
-	a, b       *netns
+	a, b       *benchutil.Netns
 	va, vb     string
 	macA, macB string
 }
@@ -75,56 +41,38 @@ type hosts struct {
 // first kernel-UDP datagrams do not wait for ARP (Linux queues a few and
 // drops the oldest while it resolves). On error it removes what it made.
 func newHosts() (*hosts, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("needs root (network namespaces, DPDK)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		return nil, fmt.Errorf("needs ip(8) (iproute2): %w", err)
-	}
 	pid := os.Getpid()
 	seq := hostSeq.Add(1)
-	a, err := newNetns(fmt.Sprintf("vbdpdk-%d-%d-a", pid, seq))
+	a, b, err := benchutil.NewPair("network namespaces, DPDK", fmt.Sprintf("vbdpdk-%d-%d-a", pid, seq), fmt.Sprintf("vbdpdk-%d-%d-b", pid, seq))
 	if err != nil {
-		return nil, err
-	}
-	b, err := newNetns(fmt.Sprintf("vbdpdk-%d-%d-b", pid, seq))
-	if err != nil {
-		a.del()
 		return nil, err
 	}
 	tag := fmt.Sprintf("%d%d", pid%100000, seq)
-	h := &hosts{a: a, b: b, va: trim15("vdpa" + tag), vb: trim15("vdpb" + tag),
+	h := &hosts{a: a, b: b, va: benchutil.IfName("vdpa" + tag), vb: benchutil.IfName("vdpb" + tag),
 		macA: fmt.Sprintf("02:76:01:%02x:%02x:01", seq&0xff, pid&0xff), macB: fmt.Sprintf("02:76:01:%02x:%02x:02", seq&0xff, pid&0xff)}
 	mtu := fmt.Sprint(LinkMTU)
-	if err := ipCmd("link", "add", h.va, "address", h.macA, "mtu", mtu, "netns", a.name, "type", "veth",
-		"peer", "name", h.vb, "address", h.macB, "mtu", mtu, "netns", b.name); err != nil {
+	if err := benchutil.IP("link", "add", h.va, "address", h.macA, "mtu", mtu, "netns", a.Name, "type", "veth",
+		"peer", "name", h.vb, "address", h.macB, "mtu", mtu, "netns", b.Name); err != nil {
 		h.close()
 		return nil, err
 	}
-	for _, step := range []struct {
-		n    *netns
-		args []string
-	}{
-		{a, []string{"link", "set", h.va, "addrgenmode", "none"}},
-		{b, []string{"link", "set", h.vb, "addrgenmode", "none"}},
-		{a, []string{"addr", "add", kernAddrA.String(), "dev", h.va}},
-		{b, []string{"addr", "add", kernAddrB.String(), "dev", h.vb}},
-		{a, []string{"link", "set", h.va, "up"}},
-		{b, []string{"link", "set", h.vb, "up"}},
-		{a, []string{"neigh", "replace", kernAddrB.Addr().String(), "lladdr", h.macB, "dev", h.va, "nud", "permanent"}},
-		{b, []string{"neigh", "replace", kernAddrA.Addr().String(), "lladdr", h.macA, "dev", h.vb, "nud", "permanent"}},
-	} {
-		if err := step.n.ip(step.args...); err != nil {
-			h.close()
-			return nil, err
-		}
+	if err := benchutil.RunSteps(
+		benchutil.Step{NS: a, Args: []string{"link", "set", h.va, "addrgenmode", "none"}},
+		benchutil.Step{NS: b, Args: []string{"link", "set", h.vb, "addrgenmode", "none"}},
+		benchutil.Step{NS: a, Args: []string{"addr", "add", kernAddrA.String(), "dev", h.va}},
+		benchutil.Step{NS: b, Args: []string{"addr", "add", kernAddrB.String(), "dev", h.vb}},
+		benchutil.Step{NS: a, Args: []string{"link", "set", h.va, "up"}},
+		benchutil.Step{NS: b, Args: []string{"link", "set", h.vb, "up"}},
+		benchutil.Step{NS: a, Args: []string{"neigh", "replace", kernAddrB.Addr().String(), "lladdr", h.macB, "dev", h.va, "nud", "permanent"}},
+		benchutil.Step{NS: b, Args: []string{"neigh", "replace", kernAddrA.Addr().String(), "lladdr", h.macA, "dev", h.vb, "nud", "permanent"}},
+	); err != nil {
+		h.close()
+		return nil, err
 	}
 	return h, nil
 }
 
 var hostSeq atomic.Uint32
 
-func trim15(s string) string { return s[:min(len(s), 15)] } // IFNAMSIZ-1
-
 // close deletes both namespaces (the veth goes with them).
-func (h *hosts) close() error { return errors.Join(h.a.del(), h.b.del()) }
+func (h *hosts) close() error { return benchutil.DelPair(h.a, h.b) }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/veloce-io/veloce/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"
@@ -55,7 +56,7 @@ type rawPort struct {
 var rawSeq atomic.Uint32
 
 // openRaw opens a net_af_packet port on iface inside ns.
-func openRaw(ns *netns, iface string, addr netip.Prefix) (*rawPort, error) {
+func openRaw(ns *benchutil.Netns, iface string, addr netip.Prefix) (*rawPort, error) {
 	n := rawSeq.Add(1)
 	pool, err := dpdk.NewMempool(fmt.Sprintf("vbraw%d", n), rawMbufs, 256, rawRoom)
 	if err != nil {
@@ -63,7 +64,7 @@ func openRaw(ns *netns, iface string, addr netip.Prefix) (*rawPort, error) {
 	}
 	var port *dpdk.Port
 	devargs := fmt.Sprintf("net_af_packet_vbraw%d,iface=%s,framecnt=8192", n, iface)
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		port, err = dpdk.OpenPort(devargs, dpdk.PortConfig{Pool: pool})
 		return err
 	}); err != nil {

@@ -4,54 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
-	"strconv"
-	"strings"
-	"sync/atomic"
 	"time"
+
+	"github.com/veloce-io/veloce/internal/benchstreams"
+	"github.com/veloce-io/veloce/internal/benchutil"
 )
 
-// Latency summarises round-trip times (the same fields and rules as
-// internal/benchstreams, so the two reports read alike).
-type Latency struct {
-	Samples  int     `json:"samples"`
-	MedianUS float64 `json:"median_us"`
-	P99US    float64 `json:"p99_us"`
-	MinUS    float64 `json:"min_us"`
-	MeanUS   float64 `json:"mean_us"`
-	// Lost counts round trips whose message never came back within a
-	// second (re-sent; not in the samples).
-	Lost int `json:"lost"`
-}
+// Latency summarises round-trip times: internal/benchstreams' type (the
+// same fields and rules, so the two reports read alike).
+type Latency = benchstreams.Latency
 
 // Summarize returns the statistics of rtts (sorted in place); percentiles
-// are nearest-rank.
-func Summarize(rtts []time.Duration) Latency {
-	l := Latency{Samples: len(rtts)}
-	if len(rtts) == 0 {
-		return l
-	}
-	slices.Sort(rtts)
-	var sum time.Duration
-	for _, d := range rtts {
-		sum += d
-	}
-	l.MedianUS = us(Percentile(rtts, 50))
-	l.P99US = us(Percentile(rtts, 99))
-	l.MinUS = us(rtts[0])
-	l.MeanUS = round2(float64(sum) / float64(len(rtts)) / 1e3)
-	return l
-}
+// are nearest-rank (benchstreams.Summarize).
+func Summarize(rtts []time.Duration) Latency { return benchstreams.Summarize(rtts) }
 
 // Percentile returns the p-th percentile (0 < p <= 100, nearest rank) of
-// sorted; 0 for none.
+// sorted; 0 for none (benchstreams.Percentile).
 func Percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	return sorted[min(max(rank, 1), len(sorted))-1]
+	return benchstreams.Percentile(sorted, p)
 }
 
 // Throughput is one one-way throughput measurement: the sender keeps at
@@ -127,11 +98,11 @@ func (m *meter) tick(now time.Time) bool {
 	var rates []float64
 	for i := 1; i < len(m.marks); i++ {
 		if el := m.marks[i].t.Sub(m.marks[i-1].t); el >= SubWindow/2 {
-			rates = append(rates, rate(m.marks[i].n-m.marks[i-1].n, el))
+			rates = append(rates, benchstreams.Rate(m.marks[i].n-m.marks[i-1].n, el))
 		}
 	}
 	el := now.Sub(m.t0)
-	mean := rate(n-m.r0, el)
+	mean := benchstreams.Rate(n-m.r0, el)
 	med := mean
 	if len(rates) > 0 {
 		slices.Sort(rates)
@@ -140,10 +111,10 @@ func (m *meter) tick(now time.Time) bool {
 			med = (rates[len(rates)/2-1] + rates[len(rates)/2]) / 2
 		}
 	}
-	m.th.Mmsgs = round4(med / 1e6)
-	m.th.MeanMmsgs = round4(mean / 1e6)
-	m.th.Gbps = round4(med * float64(m.size) * 8 / 1e9)
-	m.th.WindowSeconds = round2(el.Seconds())
+	m.th.Mmsgs = benchutil.Round4(med / 1e6)
+	m.th.MeanMmsgs = benchutil.Round4(mean / 1e6)
+	m.th.Gbps = benchutil.Round4(med * float64(m.size) * 8 / 1e9)
+	m.th.WindowSeconds = benchutil.Round2(el.Seconds())
 	m.th.SubWindows = len(rates)
 	return false
 }
@@ -181,58 +152,6 @@ func (m *meter) drain(ctx context.Context) Throughput {
 	return m.th
 }
 
-// progress counts what a receiver got and wakes a sender waiting for the
-// count to reach a target (flow control without polling).
-type progress struct {
-	n      atomic.Uint64
-	target atomic.Uint64 // 0: nobody waits
-	wake   chan struct{}
-}
-
-func newProgress() *progress { return &progress{wake: make(chan struct{}, 1)} }
-
-func (p *progress) add(k uint64) {
-	v := p.n.Add(k)
-	if t := p.target.Load(); t != 0 && v >= t && p.target.CompareAndSwap(t, 0) {
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// waitAtLeast waits until the count reaches t, for at most timeout, and
-// reports whether it did.
-func (p *progress) waitAtLeast(t uint64, timer *time.Timer, timeout time.Duration) bool {
-	timer.Reset(timeout)
-	defer timer.Stop()
-	for p.n.Load() < t {
-		p.target.Store(t)
-		if p.n.Load() >= t {
-			p.target.Store(0)
-			return true
-		}
-		select {
-		case <-p.wake:
-		case <-timer.C:
-			p.target.Store(0)
-			return p.n.Load() >= t
-		}
-	}
-	return true
-}
-
-func rate(count uint64, elapsed time.Duration) float64 {
-	if elapsed <= 0 {
-		return 0
-	}
-	return float64(count) / elapsed.Seconds()
-}
-
-func us(d time.Duration) float64 { return round2(float64(d) / 1e3) }
-func round2(v float64) float64   { return math.Round(v*100) / 100 }
-func round4(v float64) float64   { return math.Round(v*1e4) / 1e4 }
-
 // MinSize and MaxSize bound message sizes: 8 bytes carry the round
 // number; 1500 plus the Veloce wire header and frame headers fit the
 // link's MTU (LinkMTU) and one 2048-byte mbuf.
@@ -242,24 +161,13 @@ const (
 )
 
 // ParseInts parses a comma-separated list of integers in [lo, hi]; what
-// names them in errors.
+// names them in errors, and an empty list is one.
 func ParseInts(s, what string, lo, hi int) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		n, err := strconv.Atoi(f)
-		if err != nil || n < lo || n > hi {
-			return nil, fmt.Errorf("%s %q: want %d to %d", what, f, lo, hi)
-		}
-		out = append(out, n)
-	}
-	if len(out) == 0 {
+	out, err := benchutil.ParseInts(s, what, lo, hi)
+	if err == nil && len(out) == 0 {
 		return nil, fmt.Errorf("no %ss", what)
 	}
-	return out, nil
+	return out, err
 }
 
 var errNoDPDK = errors.New("this veloce-bench has no DPDK: build it with cgo and -tags dpdk (make build)")

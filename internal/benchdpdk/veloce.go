@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/wire"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"
@@ -97,7 +98,7 @@ type rig struct {
 
 	// B: echo (ping-pong) or count (throughput).
 	echo    atomic.Bool
-	counted *progress
+	counted *benchutil.Progress
 	// A: the ping-pong under way, or nil (probing: any pong is news).
 	ping  atomic.Pointer[pingState]
 	probe chan struct{}
@@ -114,15 +115,15 @@ type rigOptions struct {
 // runtimes and the sessions, and waits until a ping gets its pong (both
 // directories known, ARP resolved).
 func startRig(ctx context.Context, h *hosts, o rigOptions) (*rig, error) {
-	r := &rig{kind: o.kind, counted: newProgress(), probe: make(chan struct{}, 1)}
+	r := &rig{kind: o.kind, counted: benchutil.NewProgress(), probe: make(chan struct{}, 1)}
 	r.echo.Store(true)
 	var optsA, optsB backend.RemoteOptions
 	switch o.kind {
 	case "dpdk":
-		open := func(ns *netns, iface string, addr netip.Prefix, cpu int) (p *dpdkplug.Plugin, err error) {
-			err = ns.do(func() error {
+		open := func(ns *benchutil.Netns, iface string, addr netip.Prefix, cpu int) (p *dpdkplug.Plugin, err error) {
+			err = ns.Do(func() error {
 				p, err = dpdkplug.New(dpdkplug.Options{Device: "net_af_packet_" + iface + ",iface=" + iface, Addr: addr,
-					Port: veloceUDPPort, CPU: cpu, SpinIdle: o.spinIdle, MaxSleep: o.maxSleep})
+					Port: veloceUDPPort, MTU: LinkMTU, CPU: cpu, SpinIdle: o.spinIdle, MaxSleep: o.maxSleep})
 				return err
 			})
 			return p, err
@@ -138,8 +139,8 @@ func startRig(ctx context.Context, h *hosts, o rigOptions) (*rig, error) {
 		optsA = backend.RemoteOptions{Accelerated: []backend.Datapath{&timedDPDK{r.dpA, r.stampSend(false)}}, Peers: []netip.AddrPort{r.dpB.LocalAddr()}}
 		optsB = backend.RemoteOptions{Accelerated: []backend.Datapath{&timedDPDK{r.dpB, r.stampSend(true)}}, Peers: []netip.AddrPort{r.dpA.LocalAddr()}}
 	case "udp":
-		open := func(ns *netns, addr netip.Prefix) (p *udp.Plugin, err error) {
-			err = ns.do(func() error {
+		open := func(ns *benchutil.Netns, addr netip.Prefix) (p *udp.Plugin, err error) {
+			err = ns.Do(func() error {
 				p, err = udp.New(udp.Options{Listen: netip.AddrPortFrom(addr.Addr(), veloceUDPPort), RecvBuffer: 16 << 20, SendBuffer: 16 << 20})
 				return err
 			})
@@ -250,7 +251,7 @@ func (r *rig) deliverB(_ uint32, _, _ uint64, payload []byte) bool {
 		r.rtB.Emit(r.srcB, payload) // copies payload
 		return true
 	}
-	r.counted.add(1)
+	r.counted.Add(1)
 	return true
 }
 
@@ -447,8 +448,8 @@ func (r *rig) throughput(ctx context.Context, size, window int, warm, dur time.D
 	r.echo.Store(false)
 	defer r.echo.Store(true)
 	p := r.counted
-	base := p.n.Load()
-	recv := func() uint64 { return p.n.Load() - base }
+	base := p.Count()
+	recv := func() uint64 { return p.Count() - base }
 	payload := make([]byte, size)
 	m := newMeter(size, window, warm, dur, recv)
 	timer := time.NewTimer(time.Hour)
@@ -460,7 +461,7 @@ func (r *rig) throughput(ctx context.Context, size, window int, warm, dur time.D
 		if m.room() == 0 {
 			before := recv()
 			target := m.sent - m.writtenOff - uint64(window/2)
-			if !p.waitAtLeast(target+base, timer, stallAfter) && recv() == before {
+			if !p.WaitAtLeast(target+base, timer, stallAfter) && recv() == before {
 				m.stalled()
 			}
 			continue

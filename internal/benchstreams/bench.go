@@ -34,17 +34,18 @@ package benchstreams
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/veloce-io/veloce/internal/benchvhost"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"text/tabwriter"
 	"time"
+
+	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/internal/benchvhost"
 )
 
 // Config configures a run.
@@ -210,7 +211,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return rep, fmt.Errorf("veloce rtt %d B: %w", size, err)
 		}
 		r.Profile = profile
-		r.OverheadUS = round2(r.VeloceRTT.MedianUS - r.RawRTT.MedianUS)
+		r.OverheadUS = benchutil.Round2(r.VeloceRTT.MedianUS - r.RawRTT.MedianUS)
 		fmt.Fprintf(log, " %.1f µs; raw tput", r.VeloceRTT.MedianUS)
 		if r.RawTput, err = b.rawThroughput(ctx, size); err != nil {
 			return rep, fmt.Errorf("raw throughput %d B: %w", size, err)
@@ -221,7 +222,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		fmt.Fprintf(log, " %.3f Mmsg/s\n", r.VeloceTput.Mmsgs)
 		if r.RawTput.Mmsgs > 0 {
-			r.Ratio = round2(r.VeloceTput.Mmsgs / r.RawTput.Mmsgs)
+			r.Ratio = benchutil.Round2(r.VeloceTput.Mmsgs / r.RawTput.Mmsgs)
 		}
 		raw[size] = r.RawTput.Mmsgs
 		rep.Results = append(rep.Results, r)
@@ -252,11 +253,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		fmt.Fprintf(log, " %.3f Mmsg/s per sink, %.3f deliveries\n", sr.Tput.Mmsgs, sr.Tput.DeliveriesMmsgs)
 		if sr.RawMmsgs > 0 {
-			sr.Ratio = round2(sr.Tput.Mmsgs / sr.RawMmsgs)
+			sr.Ratio = benchutil.Round2(sr.Tput.Mmsgs / sr.RawMmsgs)
 		}
 		rep.Sinks = append(rep.Sinks, sr)
 	}
-	rep.TotalSecs = round2(time.Since(start).Seconds())
+	rep.TotalSecs = benchutil.Round2(time.Since(start).Seconds())
 	rep.LoadAverage = loadAverage()
 	return rep, nil
 }
@@ -306,11 +307,7 @@ func plural(n int) string {
 }
 
 // WriteJSON prints the report as JSON.
-func WriteJSON(w io.Writer, rep *Report) error {
-	e := json.NewEncoder(w)
-	e.SetIndent("", "  ")
-	return e.Encode(rep)
-}
+func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, rep) }
 
 func loadAverage() string { return benchvhost.LoadAverage() }
 
@@ -342,14 +339,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	output := fs.String("o", "table", "output format: table or json")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	noLocal := fs.Bool("no-local", false, "skip the ping-pong with both applications on one daemon")
-	if err := fs.Parse(args); err != nil {
+	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
 	}
 	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Duration: *dur, Window: *window,
 		ProfileDir: *profileDir, SinkSize: *sinkSize, NoLocal: *noLocal, Log: stderr}
@@ -376,14 +367,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("--round-trips, --window, --duration and --max-rtt-time must be positive, --warmup at least 0")
 	}
 	rep, err := Run(ctx, cfg)
-	if err != nil {
-		if len(rep.Results) > 0 && *output == "table" {
-			WriteTable(stdout, rep)
-		}
+	table := func(w io.Writer) error { return WriteTable(w, rep) }
+	if done, err := benchutil.Written(stdout, *output, rep, len(rep.Results) > 0, err, table); done {
 		return err
-	}
-	if *output == "json" {
-		return WriteJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "streams: raw UDP vs Veloce (guestlib host apps, two daemons, kernel-UDP datapath), two netns joined by a veth\n"+
 		"(RTT: median (p99) of %d round trips; throughput: receiver-counted over %v, window %d; lost after drain)\n", cfg.RoundTrips, cfg.Duration, cfg.Window)

@@ -2,14 +2,15 @@ package benchstreams
 
 import (
 	"bytes"
-	"context"
 	"strings"
 	"testing"
+
+	"github.com/veloce-io/veloce/internal/benchutil/benchtest"
 )
 
 // Bad arguments are refused before anything is set up (no root needed).
 func TestMainRefusesBadArguments(t *testing.T) {
-	for _, args := range [][]string{
+	benchtest.RefusesArgs(t, Main, [][]string{
 		{"--sizes", "64,x"},
 		{"--sizes", "2000"},
 		{"--sinks", "0"},
@@ -20,15 +21,7 @@ func TestMainRefusesBadArguments(t *testing.T) {
 		{"--profile-sizes", ""},
 		{"-o", "yaml"},
 		{"extra"},
-	} {
-		var out, errb bytes.Buffer
-		if err := Main(context.Background(), args, &out, &errb); err == nil {
-			t.Errorf("%q: no error", args)
-		}
-		if out.Len() != 0 {
-			t.Errorf("%q: printed %q", args, out.String())
-		}
-	}
+	})
 }
 
 func TestWriteTable(t *testing.T) {

@@ -4,48 +4,9 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/veloce-io/veloce/internal/benchutil"
 )
-
-// progress counts what a receiver got and wakes a sender waiting for it
-// to reach a target (flow control without polling).
-type progress struct {
-	n      atomic.Uint64
-	target atomic.Uint64 // 0: nobody waits
-	wake   chan struct{}
-}
-
-func newProgress() *progress { return &progress{wake: make(chan struct{}, 1)} }
-
-func (p *progress) add(k uint64) {
-	v := p.n.Add(k)
-	if t := p.target.Load(); t != 0 && v >= t && p.target.CompareAndSwap(t, 0) {
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// waitAtLeast waits until the count reaches t, for at most timeout; it
-// reports whether it did.
-func (p *progress) waitAtLeast(t uint64, timer *time.Timer, timeout time.Duration) bool {
-	timer.Reset(timeout)
-	defer timer.Stop()
-	for p.n.Load() < t {
-		p.target.Store(t)
-		if p.n.Load() >= t {
-			p.target.Store(0)
-			return true
-		}
-		select {
-		case <-p.wake:
-		case <-timer.C:
-			p.target.Store(0)
-			return p.n.Load() >= t
-		}
-	}
-	return true
-}
 
 // pingPong runs warmup unmeasured, then up to count measured round trips
 // (fewer when maxTime runs out): ping sends a message, pong waits for the
@@ -143,10 +104,10 @@ type Throughput struct {
 // throughput sends as fast as send allows, with at most window messages
 // per sink in flight (sent but not yet counted by p), for warm + dur; the
 // rate is what p counted during dur, divided by sinks.
-func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int, send func() error, p *progress) (Throughput, error) {
+func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int, send func() error, p *benchutil.Progress) (Throughput, error) {
 	k := uint64(sinks)
-	base := p.n.Load()
-	recv := func() uint64 { return p.n.Load() - base }
+	base := p.Count()
+	recv := func() uint64 { return p.Count() - base }
 	var sent uint64
 	var writtenOff int64
 	var th Throughput
@@ -166,9 +127,9 @@ func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int,
 			if now.After(measureTo) {
 				r1 := recv()
 				el := now.Sub(t0)
-				th.DeliveriesMmsgs = round4(Rate(r1-r0, el) / 1e6)
-				th.Mmsgs = round4(Rate(r1-r0, el) / 1e6 / float64(k))
-				th.WindowSeconds = round2(el.Seconds())
+				th.DeliveriesMmsgs = benchutil.Round4(Rate(r1-r0, el) / 1e6)
+				th.Mmsgs = benchutil.Round4(Rate(r1-r0, el) / 1e6 / float64(k))
+				th.WindowSeconds = benchutil.Round2(el.Seconds())
 				break
 			}
 			if ctx.Err() != nil {
@@ -178,7 +139,7 @@ func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int,
 		for int64(k*sent)-writtenOff-int64(recv()) >= int64(k)*int64(window) {
 			before := recv()
 			target := int64(k*sent) - writtenOff - int64(k)*int64(window)/2
-			if target <= 0 || p.waitAtLeast(uint64(target)+base, timer, 50*time.Millisecond) || recv() != before {
+			if target <= 0 || p.WaitAtLeast(uint64(target)+base, timer, 50*time.Millisecond) || recv() != before {
 				continue
 			}
 			th.Stalls++

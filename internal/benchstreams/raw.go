@@ -4,14 +4,16 @@ import (
 	"context"
 	"net"
 	"net/netip"
+
+	"github.com/veloce-io/veloce/internal/benchutil"
 )
 
 // The raw UDP reference: plain Go UDP sockets, one in each namespace,
 // over the same veth Veloce's datapath uses.
 
-func (b *bench) listenUDP(ns *netns, addr string) (*net.UDPConn, error) {
+func (b *bench) listenUDP(ns *benchutil.Netns, addr string) (*net.UDPConn, error) {
 	var c *net.UDPConn
-	err := ns.do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(addr), 0)))
 		if err == nil {
 			c.SetReadBuffer(4 << 20)
@@ -27,7 +29,7 @@ func (b *bench) rawPair() (a, bconn *net.UDPConn, err error) {
 	if bconn, err = b.listenUDP(b.h.b, b.h.addrB); err != nil {
 		return nil, nil, err
 	}
-	err = b.h.a.do(func() (err error) {
+	err = b.h.a.Do(func() (err error) {
 		a, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(b.h.addrA), 0)), bconn.LocalAddr().(*net.UDPAddr))
 		if err == nil {
 			a.SetReadBuffer(4 << 20)
@@ -77,14 +79,14 @@ func (b *bench) rawThroughput(ctx context.Context, size int) (Throughput, error)
 	}
 	defer a.Close()
 	defer bc.Close()
-	p := newProgress()
+	p := benchutil.NewProgress()
 	go func() {
 		buf := make([]byte, 2048)
 		for {
 			if _, err := bc.Read(buf); err != nil {
 				return
 			}
-			p.add(1)
+			p.Add(1)
 		}
 	}()
 	out := make([]byte, size)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/veloce-io/veloce/internal/benchutil"
 )
 
 // MaxSize is the largest message size the bench accepts: what guestlib
@@ -40,31 +42,18 @@ func ParseSizes(s string) ([]int, error) {
 }
 
 // ParseCounts parses a comma-separated list of sink counts (1 to 64).
-func ParseCounts(s string) ([]int, error) {
-	var counts []int
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		n, err := strconv.Atoi(f)
-		if err != nil || n < 1 || n > 64 {
-			return nil, fmt.Errorf("sink count %q: want 1 to 64", f)
-		}
-		counts = append(counts, n)
-	}
-	return counts, nil
-}
+func ParseCounts(s string) ([]int, error) { return benchutil.ParseInts(s, "sink count", 1, 64) }
 
-// Latency summarises round-trip times.
+// Latency summarises round-trip times (internal/benchdpdk reports them
+// with this type too, so the two reports read alike).
 type Latency struct {
 	Samples  int     `json:"samples"`
 	MedianUS float64 `json:"median_us"`
 	P99US    float64 `json:"p99_us"`
 	MinUS    float64 `json:"min_us"`
 	MeanUS   float64 `json:"mean_us"`
-	// Lost counts round trips whose message never came back (the
-	// watchdog re-sent after a second); they are not in the samples.
+	// Lost counts round trips whose message never came back within a
+	// second (re-sent); they are not in the samples.
 	Lost int `json:"lost"`
 }
 
@@ -80,10 +69,10 @@ func Summarize(rtts []time.Duration) Latency {
 	for _, d := range rtts {
 		sum += d
 	}
-	l.MedianUS = us(Percentile(rtts, 50))
-	l.P99US = us(Percentile(rtts, 99))
-	l.MinUS = us(rtts[0])
-	l.MeanUS = round2(float64(sum) / float64(len(rtts)) / 1e3)
+	l.MedianUS = benchutil.Micros(Percentile(rtts, 50))
+	l.P99US = benchutil.Micros(Percentile(rtts, 99))
+	l.MinUS = benchutil.Micros(rtts[0])
+	l.MeanUS = benchutil.Round2(float64(sum) / float64(len(rtts)) / 1e3)
 	return l
 }
 
@@ -105,9 +94,3 @@ func Rate(count uint64, elapsed time.Duration) float64 {
 	}
 	return float64(count) / elapsed.Seconds()
 }
-
-func us(d time.Duration) float64 { return round2(float64(d) / 1e3) }
-
-func round2(v float64) float64 { return math.Round(v*100) / 100 }
-
-func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/benchutil"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
 
@@ -93,9 +94,9 @@ func (ds *daemons) stop() error {
 	return <-ds.errs
 }
 
-func (b *bench) udpPlugin(ns *netns, addr string, port uint16) (*udp.Plugin, error) {
+func (b *bench) udpPlugin(ns *benchutil.Netns, addr string, port uint16) (*udp.Plugin, error) {
 	var p *udp.Plugin
-	err := ns.do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		p, err = udp.New(udp.Options{Listen: netip.AddrPortFrom(netip.MustParseAddr(addr), port), RecvBuffer: 16 << 20, SendBuffer: 16 << 20})
 		return err
 	})
@@ -290,7 +291,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 	if err != nil {
 		return Throughput{}, vd, err
 	}
-	p := newProgress()
+	p := benchutil.NewProgress()
 	var sks []*guestlib.Sink
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -321,7 +322,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 					return
 				}
 				m.Release()
-				p.add(1)
+				p.Add(1)
 				select {
 				case first <- struct{}{}:
 				default:
@@ -340,9 +341,9 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 		return Throughput{}, vd, err
 	}
 	// Let the probes' copies reach every sink.
-	for last := p.n.Load(); ; {
+	for last := p.Count(); ; {
 		time.Sleep(50 * time.Millisecond)
-		if n := p.n.Load(); n == last {
+		if n := p.Count(); n == last {
 			break
 		} else {
 			last = n

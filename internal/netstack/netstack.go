@@ -509,9 +509,12 @@ func (h *Host) Neighbours() map[netip.Addr]pkt.MAC {
 	return out
 }
 
-// Resolver paces ARP requests for unresolved neighbours: at most one per
-// address per Interval, and gives up on an address after Timeout without an
-// answer (until asked again after another Timeout).
+// Resolver paces ARP requests for unresolved neighbours: one per address
+// per Interval for as long as the address stays unresolved. Packets for
+// an address wait (the caller holds them) for its first Timeout; after
+// that they are given up at once, so one silent neighbour holds up the
+// caller's queue only once, while requests keep going out in case it
+// comes back.
 type Resolver struct {
 	Interval, Timeout time.Duration
 
@@ -534,18 +537,15 @@ func (r *Resolver) Want(ip netip.Addr, now time.Time) (send, fail bool) {
 		r.pending = map[[4]byte]*pendingARP{}
 	}
 	p := r.pending[k]
-	if p == nil || now.Sub(p.first) > 2*r.Timeout {
+	if p == nil {
 		r.pending[k] = &pendingARP{first: now, last: now}
 		return true, false
 	}
-	if now.Sub(p.first) > r.Timeout {
-		return false, true
-	}
 	if now.Sub(p.last) >= r.Interval {
 		p.last = now
-		return true, false
+		send = true
 	}
-	return false, false
+	return send, now.Sub(p.first) > r.Timeout
 }
 
 // Resolved forgets ip's pending state.

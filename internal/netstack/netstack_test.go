@@ -187,8 +187,8 @@ func TestResolverPacesAndGivesUp(t *testing.T) {
 	if send, fail := r.Want(theirIP, t0); !send || fail {
 		t.Fatal("first want does not send")
 	}
-	if send, _ := r.Want(theirIP, t0.Add(50*time.Millisecond)); send {
-		t.Error("sent again within the interval")
+	if send, fail := r.Want(theirIP, t0.Add(50*time.Millisecond)); send || fail {
+		t.Error("sent again within the interval, or gave up early")
 	}
 	if send, _ := r.Want(theirIP, t0.Add(150*time.Millisecond)); !send {
 		t.Error("did not resend after the interval")
@@ -196,11 +196,15 @@ func TestResolverPacesAndGivesUp(t *testing.T) {
 	if _, fail := r.Want(theirIP, t0.Add(1500*time.Millisecond)); !fail {
 		t.Error("did not give up after the timeout")
 	}
-	if send, fail := r.Want(theirIP, t0.Add(3*time.Second)); !send || fail {
-		t.Error("did not start over after twice the timeout")
+	// Given up, it keeps asking, paced, and keeps failing at once.
+	if send, fail := r.Want(theirIP, t0.Add(5*time.Second)); !send || !fail {
+		t.Errorf("long after: send %v fail %v, want both", send, fail)
+	}
+	if send, _ := r.Want(theirIP, t0.Add(5*time.Second+time.Millisecond)); send {
+		t.Error("not paced after giving up")
 	}
 	r.Resolved(theirIP)
-	if send, _ := r.Want(theirIP, t0.Add(3*time.Second+time.Millisecond)); !send {
+	if send, fail := r.Want(theirIP, t0.Add(6*time.Second)); !send || fail {
 		t.Error("Resolved did not forget the address")
 	}
 }

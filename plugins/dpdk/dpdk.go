@@ -252,7 +252,7 @@ func New(opts Options) (*Plugin, error) {
 		return nil, fmt.Errorf("dpdk: %w", err)
 	}
 	p := &Plugin{opts: opts, log: log, port: port, pool: pool, host: host,
-		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: time.Second},
+		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond},
 		local: netip.AddrPortFrom(a, opts.Port), wake: make(chan struct{}, 1), maxDatagram: opts.MTU - 28,
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
 	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
@@ -277,8 +277,9 @@ func (p *Plugin) Host() *netstack.Host { return p.host }
 // SendBatch sends pkts, each a wire datagram for its Addr. It returns how
 // many went: fewer, with a nil error, when the port or the mbuf pool is
 // full or the next destination's MAC is still being resolved (try again);
-// fewer with ErrUnresolved when that destination did not answer ARP for a
-// second (skip it). One burst is one call into DPDK.
+// fewer with ErrUnresolved when that destination has not answered ARP for
+// half a second (skip it: later packets for it fail at once, while ARP
+// requests keep going out, so a silent neighbour holds the queue up once). One burst is one call into DPDK.
 func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 	if p.closed.Load() {
 		return 0, ErrClosed
