@@ -260,7 +260,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				r.Profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("dpdk-veloce-rtt-%d.pprof", size))
 			}
 			err := measureVeloce(ctx, &cfg, h, PathDPDK, size, &r.VeloceDPDK, &r.PollerSleeps, r.Profile, log)
-			if uerr := unpinAll(&all); err == nil {
+			if uerr := benchutil.SetAllThreads(&all); err == nil {
 				err = uerr
 			}
 			if err != nil {

@@ -3,17 +3,13 @@ package benchdpdk
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"runtime/pprof"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/internal/benchutil"
@@ -480,25 +476,4 @@ func (r *rig) dpdkStats() (a, b dpdkplug.Stats) {
 		a, b = r.dpA.Stats(), r.dpB.Stats()
 	}
 	return
-}
-
-// unpinAll gives every thread of the process the CPU set given: the DPDK
-// plugin's polling threads pin themselves and go back to the Go scheduler
-// still pinned when they stop (plugins/dpdk Poll unlocks without
-// restoring the affinity), and must not carry that into later runs.
-func unpinAll(set *unix.CPUSet) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("sched_setaffinity thread %d: %w", tid, err)
-		}
-	}
-	return nil
 }

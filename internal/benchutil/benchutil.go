@@ -6,14 +6,18 @@ package benchutil
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Micros is d in microseconds, rounded to two decimals.
@@ -129,4 +133,25 @@ func Written(w io.Writer, output string, rep any, partial bool, runErr error, ta
 		return true, WriteJSON(w, rep)
 	}
 	return false, nil
+}
+
+// SetAllThreads applies set to every thread of the process
+// (/proc/self/task): a benchmark's pinned polling threads go back to Go's
+// pool when they stop, and later runs must not inherit their pinning. A
+// thread that exits meanwhile is skipped.
+func SetAllThreads(set *unix.CPUSet) error {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("sched_setaffinity thread %d: %w", tid, err)
+		}
+	}
+	return nil
 }

@@ -60,6 +60,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/testpmd"
 	"github.com/veloce-io/veloce/vhostuser"
 )
@@ -471,7 +472,7 @@ func (b *bench) veloced(ctx context.Context, d Direction, size, round int) (p po
 	stopServer := func() {
 		srvCancel()
 		wg.Wait()
-		setAllThreads(&affinity) // the poller's thread is back in Go's pool
+		benchutil.SetAllThreads(&affinity) // the poller's thread is back in Go's pool
 	}
 	defer func() {
 		if stopServer != nil {

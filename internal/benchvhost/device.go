@@ -2,8 +2,6 @@ package benchvhost
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -131,26 +129,6 @@ func processAffinity() (unix.CPUSet, error) {
 	var set unix.CPUSet
 	err := unix.SchedGetaffinity(0, &set)
 	return set, err
-}
-
-// setAllThreads applies set to every thread in /proc/self/task: after a
-// point, the thread that ran the pinned poller goes back to Go's pool and
-// must not stay pinned. A thread that exits meanwhile is skipped.
-func setAllThreads(set *unix.CPUSet) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("sched_setaffinity thread %d: %w", tid, err)
-		}
-	}
-	return nil
 }
 
 // PendingRX implements vhostuser.RXSource: the generator never runs dry.
