@@ -74,7 +74,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			for _, st := range streams {
 				var srcs, sinks []string
 				for _, so := range st.Sources {
-					srcs = append(srcs, fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted))
+					src := fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted)
+					if so.Full > 0 {
+						src += fmt.Sprintf("(%d full)", so.Full)
+					}
+					srcs = append(srcs, src)
 				}
 				for _, sk := range st.Sinks {
 					sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
