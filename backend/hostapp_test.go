@@ -29,21 +29,8 @@ import (
 // it answers there.
 func hostDaemon(t *testing.T) (*Daemon, string) {
 	t.Helper()
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "app.sock")
-	d, err := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) { o.AppSocket = sock })
 	openApp(t, sock).Close()
 	return d, sock
 }
