@@ -329,13 +329,21 @@ func (c *hostClient) open() (*Session, error) {
 // release closes the client's session and, once no goroutine can touch
 // it, unmaps its region.
 func (c *hostClient) release() {
-	if s := c.sess.Load(); s != nil {
-		s.Close() // its sinks leave their channels
-	}
 	c.closed.Store(true)
 	if c.region != nil {
 		c.txNote.Close() // wakes the drain goroutine
 		<-c.drainDone
+		// What the application emitted before it went (a clean exit
+		// right after its last Emit, or a crash) still goes out: drain
+		// the TX ring once more. Bounded: a live, hostile process may
+		// still have the region mapped and keep writing entries.
+		for i := 0; i <= hostTXSlots/hostBatch && c.drainOnce() > 0; i++ {
+		}
+	}
+	if s := c.sess.Load(); s != nil {
+		s.Close() // its sinks leave their channels
+	}
+	if c.region != nil {
 		// A delivery that read the channel's sinks before the session
 		// closed may still be writing into the region.
 		for c.active.Load() != 0 {
@@ -349,8 +357,6 @@ func (c *hostClient) release() {
 	c.apps.goneWakeups.Add(c.wakeups.Load())
 }
 
-// send writes one message to the client without waiting: when its socket
-// buffer is full the message is dropped (and counted).
 func (c *hostClient) send(b []byte, fds []int) {
 	var oob []byte
 	if len(fds) > 0 {

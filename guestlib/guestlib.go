@@ -273,6 +273,9 @@ func (s *Session) Close() error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	if s.host != nil {
+		s.host.flush(ctx) // what was emitted goes out before the session closes
+	}
 	_, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSession}})
 	s.shutdown()
 	return err

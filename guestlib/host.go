@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,6 +40,9 @@ type hostShm struct {
 	tx     shm.Producer // guarded by txMu
 	done   shm.Consumer // guarded by txMu
 	txFree []uint32     // guarded by txMu: TX slots free for GetBuffer
+	// inFlight counts emitted messages whose slots the daemon has not
+	// yet returned (guarded by txMu): Close waits for them.
+	inFlight int
 
 	rxMu   sync.Mutex
 	rxFree shm.Producer // guarded by rxMu
@@ -141,9 +145,26 @@ func (h *hostShm) reclaimLocked() {
 	for k := uint32(0); k < n; k++ {
 		if id := shm.GetID(h.done.Entry(k)); id < h.layout.TXSlots && len(h.txFree) < cap(h.txFree) {
 			h.txFree = append(h.txFree, id)
+			h.inFlight = max(0, h.inFlight-1)
 		}
 	}
 	h.done.Release(n)
+}
+
+// flush waits, until ctx ends, for the daemon to have taken every
+// emitted message off the TX ring (it returns their slots): Close calls
+// it so that a session closed right after its last Emit loses nothing.
+func (h *hostShm) flush(ctx context.Context) {
+	for wait := 20 * time.Microsecond; ; wait = min(2*wait, 5*time.Millisecond) {
+		h.txMu.Lock()
+		h.reclaimLocked()
+		n := h.inFlight
+		h.txMu.Unlock()
+		if n == 0 || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(wait)
+	}
 }
 
 // waitTX is allocTX that waits for a slot until ctx ends or the session
@@ -211,6 +232,7 @@ func (so *Source) emitHost(b *Buffer) (Token, error) {
 	if ok {
 		shm.PutTX(h.tx.Entry(0), shm.TXEntry{Slot: b.slot, Len: uint32(len(b.Data)), Source: so.id, Token: tok})
 		h.tx.Publish(1)
+		h.inFlight++
 	} else {
 		h.txFree = append(h.txFree, b.slot)
 	}
