@@ -39,6 +39,16 @@ func newGuestPort(t *testing.T, guest netip.AddrPort) (*Port, *Runtime, func(*gu
 	return p, rt, call
 }
 
+// loopbackStream opens a session with a stream that has a source and a
+// sink on channel 1, and returns the session and source ids.
+func loopbackStream(call func(*guestproto.Message) guestproto.Result) (sess, src uint32) {
+	sess = call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src = call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID
+	call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: 1})
+	return sess, src
+}
+
 // TestGuestEmitPathDoesNotAllocate drives a port's virtio transport as
 // its poller does: a guest's Emit datagram (after the link peer) goes
 // through the runtime to a sink of the same port, whose Deliver frame is
@@ -47,10 +57,7 @@ func TestGuestEmitPathDoesNotAllocate(t *testing.T) {
 	guest := netip.MustParseAddrPort("169.254.77.2:40000")
 	p, _, call := newGuestPort(t, guest)
 	reply := make([]byte, 4096)
-	sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
-	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
-	src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID
-	call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: 1})
+	sess, src := loopbackStream(call)
 
 	emit := make([]byte, 1500)
 	n, _ := guestproto.PutEmit(emit, sess, src, 1, make([]byte, 512))
@@ -117,10 +124,7 @@ func TestBackPressureReachesTheSource(t *testing.T) {
 	guest := netip.MustParseAddrPort("169.254.77.2:40002")
 	p, rt, call := newGuestPort(t, guest)
 	reply := make([]byte, 4096)
-	sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
-	st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
-	src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 1}).ID
-	call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: 1})
+	sess, src := loopbackStream(call)
 
 	emit := make([]byte, 1500)
 	for token := uint64(1); token <= outboxSlots; token++ {

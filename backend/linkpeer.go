@@ -169,8 +169,6 @@ type LinkPeer struct {
 
 const learnedValid = 1 << 63
 
-var limitedBroadcast = netstack.LimitedBroadcast
-
 // NewLinkPeer returns a link peer configured by opts, with defaults applied
 // to zero fields. Errors wrap ErrInvalidOptions.
 func NewLinkPeer(opts LinkPeerOptions) (*LinkPeer, error) {
@@ -203,7 +201,7 @@ func NewLinkPeer(opts LinkPeerOptions) (*LinkPeer, error) {
 
 	opts.ServiceIP = opts.ServiceIP.Unmap()
 	sip := opts.ServiceIP
-	if !sip.Is4() || sip.IsUnspecified() || sip.IsMulticast() || sip == netip.AddrFrom4(limitedBroadcast) {
+	if !sip.Is4() || sip.IsUnspecified() || sip.IsMulticast() || sip == netip.AddrFrom4(netstack.LimitedBroadcast) {
 		return invalid("service IP %v is not a unicast IPv4 address", sip)
 	}
 	p.ip = sip.As4()
@@ -352,8 +350,6 @@ func (p *LinkPeer) Handle(frame, reply []byte, res *Result) (Verdict, int) {
 	return res.Verdict, res.ReplyLen
 }
 
-func drop(res *Result, r DropReason) { res.Drop(r) }
-
 func (p *LinkPeer) handle(frame, reply []byte, res *Result) {
 	p.host.Handle(frame, reply, res)
 	p.learn(res.SrcMAC)
@@ -365,7 +361,7 @@ func (p *LinkPeer) handle(frame, reply []byte, res *Result) {
 		p.handleDHCP(res.SrcMAC, res.Payload, reply, res)
 	case !res.Broadcast && res.DstPort == p.port:
 	default:
-		drop(res, DropNotForUs)
+		res.Drop(DropNotForUs)
 	}
 }
 
@@ -374,15 +370,15 @@ func (p *LinkPeer) handle(frame, reply []byte, res *Result) {
 func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 	req, err := dhcpv4.FromBytes(payload)
 	if err != nil {
-		drop(res, DropMalformed)
+		res.Drop(DropMalformed)
 		return
 	}
 	if req.OpCode != dhcpv4.OpcodeBootRequest {
-		drop(res, DropMalformed)
+		res.Drop(DropMalformed)
 		return
 	}
 	if req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
-		drop(res, DropUnsupported)
+		res.Drop(DropUnsupported)
 		return
 	}
 	guest := net.IP(p.guest[:])
@@ -399,7 +395,7 @@ func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 	case dhcpv4.MessageTypeRequest:
 		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(net.IP(p.ip[:])) {
 			// SELECTING another server's offer.
-			drop(res, DropNotForUs)
+			res.Drop(DropNotForUs)
 			return
 		}
 		want := req.RequestedIPAddress() // SELECTING, INIT-REBOOT
@@ -414,10 +410,10 @@ func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 	case dhcpv4.MessageTypeInform:
 		typ, lease = dhcpv4.MessageTypeAck, false
 	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
-		drop(res, DropIgnored)
+		res.Drop(DropIgnored)
 		return
 	default:
-		drop(res, DropUnsupported)
+		res.Drop(DropUnsupported)
 		return
 	}
 
@@ -446,12 +442,12 @@ func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 	}
 	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
 	if err != nil {
-		drop(res, DropMalformed)
+		res.Drop(DropMalformed)
 		return
 	}
 
 	// Where the reply goes (RFC 2131, 4.1; no relays on this link).
-	dstIP, dstMAC := limitedBroadcast, pkt.BroadcastMAC
+	dstIP, dstMAC := netstack.LimitedBroadcast, pkt.BroadcastMAC
 	switch {
 	case typ == dhcpv4.MessageTypeNak:
 	case !ciaddr.IsUnspecified():
@@ -461,17 +457,13 @@ func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 		chaddr, _ := pkt.MACFrom(req.ClientHWAddr) // length checked above
 		dstIP, dstMAC = p.guest, chaddr
 	}
-	n, err := p.putUDPFrame(reply, dstMAC, dstIP, dhcpServerPort, dhcpClientPort, resp.ToBytes())
+	n, err := p.host.PutUDPFrame(reply, dstMAC, dstIP, dhcpServerPort, dhcpClientPort, resp.ToBytes())
 	if err != nil {
-		drop(res, DropNoRoom)
+		res.Drop(DropNoRoom)
 		return
 	}
 	p.dhcp.Add(1)
 	res.Replied(n)
-}
-
-func (p *LinkPeer) putUDPFrame(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte) (int, error) {
-	return p.host.PutUDPFrame(b, dstMAC, dstIP, srcPort, dstPort, payload)
 }
 
 // PutDatagram writes to b an Ethernet/IPv4/UDP frame carrying payload from
@@ -488,7 +480,7 @@ func (p *LinkPeer) PutDatagram(b []byte, dst netip.AddrPort, payload []byte) (in
 	if !a.Is4() {
 		return 0, ErrNotIPv4
 	}
-	return p.putUDPFrame(b, p.guestMAC(), a.As4(), p.port, dst.Port(), payload)
+	return p.host.PutUDPFrame(b, p.guestMAC(), a.As4(), p.port, dst.Port(), payload)
 }
 
 // GratuitousARP writes to b a broadcast ARP announcement (RFC 5227, 3) of
