@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +16,14 @@ import (
 // daemon runs a veloced with only the host transport.
 func daemon(t *testing.T) (*backend.Daemon, string) {
 	t.Helper()
+	d, sock, _ := stoppableDaemon(t)
+	return d, sock
+}
+
+// stoppableDaemon is daemon, also returning a function that stops it
+// (and waits for it); the test's end stops it too.
+func stoppableDaemon(t *testing.T) (*backend.Daemon, string, func()) {
+	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "app.sock")
 	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
@@ -24,12 +33,14 @@ func daemon(t *testing.T) (*backend.Daemon, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if s, err := guestlib.Open(context.Background(), guestlib.Options{Socket: sock, RequestTimeout: 50 * time.Millisecond}); err == nil {
 			s.Close()
-			return d, sock
+			return d, sock, stop
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("daemon did not answer")
@@ -341,32 +352,15 @@ func TestHostMessageOutlivesSession(t *testing.T) {
 // When the daemon goes away, the session notices at once: requests fail
 // with ErrNoSession and sinks close.
 func TestHostDaemonGoesAway(t *testing.T) {
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "app.sock")
-	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var s *guestlib.Session
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if s, err = guestlib.Open(context.Background(), guestlib.Options{Socket: sock}); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-	}
+	_, sock, stop := stoppableDaemon(t)
+	s := open(t, sock)
 	defer s.Close()
 	st, _ := s.CreateStream(context.Background(), guestlib.StreamOptions{})
 	sink, err := st.CreateSink(context.Background(), 1, guestlib.SinkOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	<-done
+	stop()
 	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer wcancel()
 	if _, err := sink.Consume(wctx); !errors.Is(err, guestlib.ErrClosed) {
