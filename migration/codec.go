@@ -90,6 +90,12 @@ func encode(s *PortSnapshot, key []byte) ([]byte, error) {
 	if size > MaxSnapshotSize {
 		return nil, fmt.Errorf("encode snapshot: %w", tooLarge("MaxSnapshotSize", MaxSnapshotSize, uint64(size)))
 	}
+	return marshal(s, key, size), nil
+}
+
+// marshal encodes s, valid or not, in size bytes (encodedSize); tests use
+// it to build invalid snapshots.
+func marshal(s *PortSnapshot, key []byte, size int) []byte {
 	w := writer{b: make([]byte, 0, size)}
 	w.b = append(w.b, Magic...)
 	w.u16(Version)
@@ -167,7 +173,15 @@ func encode(s *PortSnapshot, key []byte) ([]byte, error) {
 			w.b = append(w.b, e.Reply...)
 		}
 	})
-	w.section(secExtensions, func() { w.u32(0) }) // Validate: none in version 1
+	w.section(secExtensions, func() {
+		w.u32(uint32(len(s.Extensions)))
+		for i := range s.Extensions {
+			e := &s.Extensions[i]
+			w.u16(e.Tag)
+			w.u32(uint32(len(e.Data)))
+			w.b = append(w.b, e.Data...)
+		}
+	})
 
 	w.u32(crc32.Checksum(w.b, castagnoli))
 	if key != nil {
@@ -178,7 +192,7 @@ func encode(s *PortSnapshot, key []byte) ([]byte, error) {
 	if len(w.b) != size {
 		panic(fmt.Sprintf("migration: encoded %d bytes, computed %d", len(w.b), size))
 	}
-	return w.b, nil
+	return w.b
 }
 
 // encodedSize is the length of s's encoding. It does not overflow: every
@@ -210,6 +224,9 @@ func encodedSize(s *PortSnapshot, signed bool) int {
 		n += minReplayLen + addrBytes(s.Replay[i].Src) + len(s.Replay[i].Reply)
 	}
 	n += 4
+	for i := range s.Extensions {
+		n += minExtLen + len(s.Extensions[i].Data)
+	}
 	return n
 }
 
@@ -489,36 +506,45 @@ type decoder struct {
 	queued int // messages queued so far, all sinks
 }
 
+// sectionNames name the sections by tag.
+var sectionNames = [numSections + 1]string{"", "port", "link", "sessions", "streams", "sources", "sinks", "replay", "extensions"}
+
 // snapshot parses the body's sections.
 func (d *decoder) snapshot() (*PortSnapshot, error) {
 	s := new(PortSnapshot)
-	parts := [numSections]struct {
-		name  string
-		parse func(r *reader) error
-	}{
-		{"port", func(r *reader) (err error) { s.Port, err = r.str16("MaxNameLen", MaxNameLen); return err }},
-		{"link", func(r *reader) error { return d.link(r, &s.Link) }},
-		{"sessions", func(r *reader) (err error) { s.Sessions, err = d.sessions(r); return err }},
-		{"streams", func(r *reader) (err error) { s.Streams, err = d.streams(r); return err }},
-		{"sources", func(r *reader) (err error) { s.Sources, err = d.sources(r); return err }},
-		{"sinks", func(r *reader) (err error) { s.Sinks, err = d.sinks(r); return err }},
-		{"replay", func(r *reader) (err error) { s.Replay, err = d.replay(r); return err }},
-		{"extensions", func(r *reader) (err error) { s.Extensions, err = d.extensions(r); return err }},
-	}
-	for i, p := range parts {
+	for want := uint16(1); want <= numSections; want++ {
+		name := sectionNames[want]
 		tag, n := d.r.u16(), int(d.r.u32())
 		if d.r.err != nil {
-			return nil, fmt.Errorf("%s section: %w", p.name, d.r.err)
+			return nil, fmt.Errorf("%s section: %w", name, d.r.err)
 		}
-		if tag != uint16(i+1) {
-			return nil, fmt.Errorf("section tag %d where %s (%d) belongs: %w", tag, p.name, i+1, ErrCorrupt)
+		if tag != want {
+			return nil, fmt.Errorf("section tag %d where %s (%d) belongs: %w", tag, name, want, ErrCorrupt)
 		}
 		content := d.r.take(n)
 		if d.r.err != nil {
-			return nil, fmt.Errorf("%s section of %d bytes: %w", p.name, n, d.r.err)
+			return nil, fmt.Errorf("%s section of %d bytes: %w", name, n, d.r.err)
 		}
-		r := reader{b: content}
-		err := p.parse(&r)
+		r := &reader{b: content}
+		var err error
+		switch want {
+		case secPort:
+			s.Port, err = r.str16("MaxNameLen", MaxNameLen)
+		case secLink:
+			err = d.link(r, &s.Link)
+		case secSessions:
+			s.Sessions, err = d.sessions(r)
+		case secStreams:
+			s.Streams, err = d.streams(r)
+		case secSources:
+			s.Sources, err = d.sources(r)
+		case secSinks:
+			s.Sinks, err = d.sinks(r)
+		case secReplay:
+			s.Replay, err = d.replay(r)
+		case secExtensions:
+			s.Extensions, err = d.extensions(r)
+		}
 		if err == nil {
 			err = r.err
 		}
@@ -526,7 +552,7 @@ func (d *decoder) snapshot() (*PortSnapshot, error) {
 			err = fmt.Errorf("%d bytes left over: %w", r.left(), ErrCorrupt)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s section: %w", p.name, err)
+			return nil, fmt.Errorf("%s section: %w", name, err)
 		}
 	}
 	if d.r.left() != 0 {
