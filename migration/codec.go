@@ -402,7 +402,7 @@ func (r *reader) left() int { return len(r.b) - r.off }
 
 // take returns the next n bytes, a full-capacity view of b.
 func (r *reader) take(n int) []byte {
-	if r.err != nil || n > r.left() {
+	if r.err != nil || n < 0 || n > r.left() { // n < 0: a u32 length on a 32-bit int
 		if r.err == nil {
 			r.err = ErrTruncated
 		}

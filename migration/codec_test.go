@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"hash/crc32"
+	"math"
 	"net/netip"
 	"reflect"
 	"runtime"
@@ -393,7 +394,7 @@ func inflate(t *testing.T, n uint32) []byte {
 
 func TestDecodeHugeCountsAllocateLittle(t *testing.T) {
 	huge := inflate(t, 1<<31)
-	roomy := &DecodeOptions{MaxMessagesPerSink: 1 << 31, MaxMessages: 1 << 31}
+	roomy := &DecodeOptions{MaxMessagesPerSink: math.MaxInt32, MaxMessages: math.MaxInt32}
 	short := make([]byte, 64) // a header claiming 2^31 bytes
 	copy(short, Magic)
 	le.PutUint16(short[4:], Version)
@@ -405,7 +406,7 @@ func TestDecodeHugeCountsAllocateLittle(t *testing.T) {
 		want error
 	}{
 		{"over-limit", huge, nil, ErrTooLarge},
-		{"over-input", huge, roomy, ErrTruncated},
+		{"over-input", inflate(t, 1<<30), roomy, ErrTruncated},
 		{"64-byte-header-claims-2GiB", short, &DecodeOptions{MaxBytes: MaxSnapshotSize}, ErrTooLarge},
 		{"64-byte-prefix", mustEncode(t, sample())[:64], nil, ErrTruncated},
 	} {
