@@ -11,6 +11,19 @@
 // for Go pointers kept in C memory. This one is small enough to read in
 // one sitting and follows the rules below throughout.
 //
+// # Where it sits
+//
+// The binding is private mechanics (internal/dpdk); the datapath users
+// configure is the public plugin, plugins/dpdk, which is pure Go over this
+// package. That is the split cilium/ebpf makes between its public packages
+// and internal/sys: the plugin's API can stay small and stable while the
+// binding follows DPDK's releases, and nothing outside the module can come
+// to depend on the C-level API. An RDMA binding (internal/rdma, tag rdma)
+// follows the same pattern. Every file that uses cgo or unsafe is named
+// *_unsafe.go: dpdk_unsafe.go (the cgo binding), mbuf_unsafe.go (the
+// pure-Go mbuf accessors) and stub_unsafe.go (the stub, whose API carries
+// unsafe.Pointer for external buffers).
+//
 // # Builds
 //
 // The real binding needs -tags dpdk, cgo and libdpdk (pkg-config libdpdk;

@@ -36,6 +36,11 @@
 // the policy's visible warning. Device arguments select any DPDK port: a
 // PCI device on the EAL allowlist in production, `net_af_packet` or
 // `net_tap` on a veth for tests.
+//
+// This package has no cgo and no unsafe of its own: the C binding is
+// internal/dpdk (private mechanics behind a public plugin, as cilium/ebpf
+// splits its packages), so the plugin's API does not change when the
+// binding follows a DPDK release.
 package dpdk
 
 import (

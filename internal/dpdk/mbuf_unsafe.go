@@ -8,7 +8,7 @@ import (
 )
 
 // The per-packet accessors are pure Go: loads and stores at the offsets
-// dpdk.go took from the C headers. No cgo call, no allocation.
+// dpdk_unsafe.go took from the C headers. No cgo call, no allocation.
 //
 // Pointers are stored into C memory as uintptr (no write barrier: they
 // are never Go pointers) and loaded as unsafe.Pointer.

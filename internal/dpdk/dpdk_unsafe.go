@@ -167,7 +167,7 @@ import (
 	"unsafe"
 )
 
-// Field offsets and flags for the pure-Go mbuf accessors (mbuf.go).
+// Field offsets and flags for the pure-Go mbuf accessors (mbuf_unsafe.go).
 const (
 	offBufAddr  = C.veloce_off_buf_addr
 	hasBufIOVA  = C.veloce_has_buf_iova != 0 // DPDK built with RTE_IOVA_AS_PA
