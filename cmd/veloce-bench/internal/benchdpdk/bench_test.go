@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil/benchtest"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil/benchtest"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/testutil"
 )

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 )
 
 // veth links a and b with a veth pair named va and vb, addressed aAddr

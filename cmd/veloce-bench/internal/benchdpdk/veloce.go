@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/wire"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"

@@ -7,8 +7,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchstreams"
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 )
 
 // Latency summarises round-trip times: internal/benchstreams' type (the

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"

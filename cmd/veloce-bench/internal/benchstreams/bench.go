@@ -44,8 +44,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
-	"github.com/veloce-io/veloce/internal/benchvhost"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
 
 // Config configures a run.

@@ -57,8 +57,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
-	"github.com/veloce-io/veloce/internal/benchvhost"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
 )
