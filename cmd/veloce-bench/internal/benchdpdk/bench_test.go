@@ -119,7 +119,6 @@ func TestWriteTable(t *testing.T) {
 // timing (CI machines are too noisy for that).
 func TestTinyRun(t *testing.T) {
 	testutil.RequiresRoot(t)
-	testutil.RequiresCommand(t, "ip", "iproute2")
 	testutil.Require(t, dpdk.Available(), "needs DPDK: build with -tags dpdk and cgo")
 	cfg := Config{Sizes: []int{64}, RoundTrips: 200, Warmup: 20, MaxRTTTime: 10 * time.Second, Windows: []int{32},
 		Warm: 50 * time.Millisecond, Duration: 200 * time.Millisecond, CPUA: 0, CPUB: 1}

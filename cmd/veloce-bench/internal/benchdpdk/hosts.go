@@ -2,11 +2,13 @@ package benchdpdk
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync/atomic"
 
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/internal/netns"
 )
 
 // The link's addressing. The userspace stacks (raw DPDK and the DPDK
@@ -32,14 +34,14 @@ const LinkMTU = 2000
 type hosts struct {
 	a, b       *benchutil.Netns
 	va, vb     string
-	macA, macB string
+	macA, macB net.HardwareAddr
 }
 
 // newHosts creates the namespaces and the veth: MTU LinkMTU, no IPv6
-// address generation (no neighbour discovery chatter on the link), the
-// kernel addresses, and permanent neighbour entries both ways, so the
-// first kernel-UDP datagrams do not wait for ARP (Linux queues a few and
-// drops the oldest while it resolves). On error it removes what it made.
+// address generation (no neighbour discovery chatter on the link), fixed
+// MACs, the kernel addresses, and permanent neighbour entries both ways,
+// so the first kernel-UDP datagrams do not wait for ARP (see netns.Veth).
+// On error it removes what it made.
 func newHosts() (*hosts, error) {
 	pid := os.Getpid()
 	seq := hostSeq.Add(1)
@@ -48,24 +50,13 @@ func newHosts() (*hosts, error) {
 		return nil, err
 	}
 	tag := fmt.Sprintf("%d%d", pid%100000, seq)
-	h := &hosts{a: a, b: b, va: benchutil.IfName("vdpa" + tag), vb: benchutil.IfName("vdpb" + tag),
-		macA: fmt.Sprintf("02:76:01:%02x:%02x:01", seq&0xff, pid&0xff), macB: fmt.Sprintf("02:76:01:%02x:%02x:02", seq&0xff, pid&0xff)}
-	mtu := fmt.Sprint(LinkMTU)
-	if err := benchutil.IP("link", "add", h.va, "address", h.macA, "mtu", mtu, "netns", a.Name, "type", "veth",
-		"peer", "name", h.vb, "address", h.macB, "mtu", mtu, "netns", b.Name); err != nil {
-		h.close()
-		return nil, err
-	}
-	if err := benchutil.RunSteps(
-		benchutil.Step{NS: a, Args: []string{"link", "set", h.va, "addrgenmode", "none"}},
-		benchutil.Step{NS: b, Args: []string{"link", "set", h.vb, "addrgenmode", "none"}},
-		benchutil.Step{NS: a, Args: []string{"addr", "add", kernAddrA.String(), "dev", h.va}},
-		benchutil.Step{NS: b, Args: []string{"addr", "add", kernAddrB.String(), "dev", h.vb}},
-		benchutil.Step{NS: a, Args: []string{"link", "set", h.va, "up"}},
-		benchutil.Step{NS: b, Args: []string{"link", "set", h.vb, "up"}},
-		benchutil.Step{NS: a, Args: []string{"neigh", "replace", kernAddrB.Addr().String(), "lladdr", h.macB, "dev", h.va, "nud", "permanent"}},
-		benchutil.Step{NS: b, Args: []string{"neigh", "replace", kernAddrA.Addr().String(), "lladdr", h.macA, "dev", h.vb, "nud", "permanent"}},
-	); err != nil {
+	h := &hosts{a: a, b: b, va: netns.IfName("vdpa" + tag), vb: netns.IfName("vdpb" + tag),
+		macA: net.HardwareAddr{0x02, 0x76, 0x01, byte(seq), byte(pid), 0x01}, macB: net.HardwareAddr{0x02, 0x76, 0x01, byte(seq), byte(pid), 0x02}}
+	if err := netns.AddVeth(netns.Veth{
+		A:   netns.VethEnd{NS: a.Name, Name: h.va, MAC: h.macA, Addr: kernAddrA},
+		B:   netns.VethEnd{NS: b.Name, Name: h.vb, MAC: h.macB, Addr: kernAddrB},
+		MTU: LinkMTU, NoIPv6: true,
+	}); err != nil {
 		h.close()
 		return nil, err
 	}
