@@ -24,8 +24,8 @@ var (
 	kernAddrB = netip.MustParsePrefix("10.97.2.2/24")
 )
 
-// LinkMTU is the veth's MTU: a 1500-byte message with the Veloce wire
-// header and UDP/IPv4 headers (1560 bytes of IPv4) is one frame, for all
+// LinkMTU is the veth's MTU: a MaxSize message with the Veloce wire
+// header and UDP/IPv4 headers (under 1500 bytes of IPv4) is one frame, for all
 // three paths; net_af_packet's 2048-byte frames and the DPDK plugin's
 // 2048-byte mbufs hold it.
 const LinkMTU = 2000
