@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -50,9 +51,9 @@ type VethEnd struct {
 func IfName(name string) string { return name[:min(len(name), unix.IFNAMSIZ-1)] }
 
 // AddVeth creates the pair with one end in each namespace, gives each end
-// its MTU and address, sets both up and, when both have an address, adds
-// a permanent neighbour entry on each end for the other. On error the
-// pair is removed again.
+// its MTU and address, sets both up and waits until both pass frames,
+// and, when both have an address, adds a permanent neighbour entry on
+// each end for the other. On error the pair is removed again.
 func AddVeth(v Veth) (err error) {
 	ha, err := handle(v.A.NS)
 	if err != nil {
@@ -116,6 +117,11 @@ func AddVeth(v Veth) (err error) {
 			return fmt.Errorf("set %s up in netns %s: %w", e.end.Name, e.end.NS, err)
 		}
 	}
+	for _, e := range ends {
+		if err := waitRunning(e.h, e.end); err != nil {
+			return err
+		}
+	}
 	if !v.A.Addr.IsValid() || !v.B.Addr.IsValid() {
 		return nil
 	}
@@ -127,6 +133,36 @@ func AddVeth(v Veth) (err error) {
 		}
 	}
 	return nil
+}
+
+// waitRunning waits until end is operationally up with its queueing
+// discipline attached. Setting a link up only starts that: the kernel's
+// link watcher turns the carrier on and replaces the "noop" qdisc, which
+// drops every frame, a moment later (longer on a loaded machine), and a
+// test that sends right away would lose its first datagrams.
+func waitRunning(h *netlink.Handle, end VethEnd) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := h.LinkByName(end.Name)
+		if err != nil {
+			return fmt.Errorf("find %s in netns %s: %w", end.Name, end.NS, err)
+		}
+		qs, err := h.QdiscList(l)
+		if err != nil {
+			return fmt.Errorf("list qdiscs of %s: %w", end.Name, err)
+		}
+		running := l.Attrs().OperState == netlink.OperUp && len(qs) > 0
+		for _, q := range qs {
+			running = running && q.Type() != "noop"
+		}
+		if running {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wait for %s in netns %s to run: still %s, qdiscs %v", end.Name, end.NS, l.Attrs().OperState, qs)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // AddAddr gives dev in namespace ns the IPv4 (or IPv6) address addr.
