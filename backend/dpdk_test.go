@@ -146,7 +146,7 @@ func TestDPDKInteropsWithKernelUDP(t *testing.T) {
 	requireDPDK(t)
 	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
 	va, vb := testutil.BareVeth(t, a, b)
-	b.IP(t, "addr", "add", "10.98.1.2/24", "dev", vb)
+	b.AddAddr(t, vb, "10.98.1.2/24")
 	testutil.NoTxChecksum(t, b, vb)
 	dpA := openDPDK(t, a, va, "10.98.1.1/24")
 	var dpB *udp.Plugin

@@ -8,7 +8,7 @@
 //	                   [--no-reference] [-v] [-q]
 //
 // vhost: veloced's vhost-user virtio-net device against DPDK's net_vhost,
-// both driven by testpmd net_virtio_user (see internal/benchvhost). Needs
+// both driven by testpmd net_virtio_user (see cmd/veloce-bench/internal/benchvhost). Needs
 // root and dpdk-testpmd (make deps).
 package main
 
@@ -24,8 +24,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/veloce-io/veloce/internal/benchstreams"
-	"github.com/veloce-io/veloce/internal/benchvhost"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
 
 const usage = `usage: veloce-bench COMMAND [flags]
@@ -58,9 +58,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "vhost":
 		return runVhost(ctx, args[1:], stdout, stderr)
-	case "streams": // raw UDP vs Veloce between two netns (internal/benchstreams)
+	case "streams": // raw UDP vs Veloce between two netns (cmd/veloce-bench/internal/benchstreams)
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
-	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (internal/benchdpdk)
+	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (cmd/veloce-bench/internal/benchdpdk)
 		return runDPDK(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)

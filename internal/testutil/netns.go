@@ -2,6 +2,8 @@ package testutil
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,64 +13,64 @@ import (
 	"github.com/veloce-io/veloce/internal/netns"
 )
 
-// Netns is a network namespace a test created (ip netns add): one of the
-// project's test hosts. It is deleted when the test ends.
+// Netns is a network namespace a test created (internal/netns, bound at
+// /run/netns/NAME, so ip netns exec NAME works): one of the project's
+// test hosts. It is deleted when the test ends.
 type Netns struct {
 	Name string
 }
 
 var netnsSeq atomic.Uint32
 
-// NewNetns creates a namespace with lo up. It needs root and ip(8).
+// NewNetns creates a namespace with lo up. It needs root.
 func NewNetns(t testing.TB) *Netns {
 	t.Helper()
 	RequiresRoot(t)
-	RequiresCommand(t, "ip", "iproute2")
 	n := &Netns{Name: fmt.Sprintf("veloce-%d-%d", os.Getpid(), netnsSeq.Add(1))}
-	Run(t, "ip", "netns", "add", n.Name)
+	if err := netns.Create(n.Name); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
+		if err := netns.Delete(n.Name); err != nil {
+			t.Error(err)
 		}
 	})
-	n.IP(t, "link", "set", "lo", "up")
 	return n
 }
-
-// IP runs ip(8) inside the namespace.
-func (n *Netns) IP(t testing.TB, args ...string) {
-	t.Helper()
-	Run(t, "ip", append([]string{"-n", n.Name}, args...)...)
-}
-
-// Veth links a and b with a veth pair, addressed aAddr and bAddr (CIDR),
-// both up, with permanent neighbour entries both ways: the first
-// datagrams of a test must not wait for ARP (Linux queues a few and drops
-// the oldest of them while it resolves).
-func Veth(t testing.TB, a *Netns, aAddr string, b *Netns, bAddr string) {
-	t.Helper()
-	n := vethSeq.Add(1)
-	va, vb := fmt.Sprintf("vva%d-%d", os.Getpid()%100000, n), fmt.Sprintf("vvb%d-%d", os.Getpid()%100000, n)
-	macA, macB := fmt.Sprintf("02:76:00:%02x:%02x:01", n>>8&0xff, n&0xff), fmt.Sprintf("02:76:00:%02x:%02x:02", n>>8&0xff, n&0xff)
-	Run(t, "ip", "link", "add", va, "address", macA, "netns", a.Name, "type", "veth", "peer", "name", vb, "address", macB, "netns", b.Name)
-	a.IP(t, "addr", "add", aAddr, "dev", va)
-	b.IP(t, "addr", "add", bAddr, "dev", vb)
-	a.IP(t, "link", "set", va, "up")
-	b.IP(t, "link", "set", vb, "up")
-	a.IP(t, "neigh", "replace", strings.Split(bAddr, "/")[0], "lladdr", macB, "dev", va, "nud", "permanent")
-	b.IP(t, "neigh", "replace", strings.Split(aAddr, "/")[0], "lladdr", macA, "dev", vb, "nud", "permanent")
-}
-
-var vethSeq atomic.Uint32
 
 // Do runs f on an OS thread inside the namespace (see internal/netns).
 func (n *Netns) Do(f func() error) error { return netns.Do(n.Name, f) }
 
-// Run runs a command and fails the test with its output if it fails.
-func Run(t testing.TB, name string, args ...string) {
+// AddAddr gives dev in the namespace the address cidr ("10.0.0.1/24").
+func (n *Netns) AddAddr(t testing.TB, dev, cidr string) {
 	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	if err := netns.AddAddr(n.Name, dev, netip.MustParsePrefix(cidr)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var vethSeq atomic.Uint32
+
+// vethEnds names a new veth pair and gives it fixed MACs (see
+// netns.Veth for why).
+func vethEnds(a, b *Netns) (ea, eb netns.VethEnd) {
+	n := vethSeq.Add(1)
+	pid := os.Getpid() % 100000
+	mac := func(end byte) net.HardwareAddr { return net.HardwareAddr{0x02, 0x76, 0x00, byte(n >> 8), byte(n), end} }
+	return netns.VethEnd{NS: a.Name, Name: fmt.Sprintf("vva%d-%d", pid, n), MAC: mac(1)},
+		netns.VethEnd{NS: b.Name, Name: fmt.Sprintf("vvb%d-%d", pid, n), MAC: mac(2)}
+}
+
+// Veth links a and b with a veth pair, addressed aAddr and bAddr (CIDR),
+// both up, with fixed MACs and permanent neighbour entries both ways: the
+// first datagrams of a test must not wait for ARP (Linux queues a few and
+// drops the oldest of them while it resolves).
+func Veth(t testing.TB, a *Netns, aAddr string, b *Netns, bAddr string) {
+	t.Helper()
+	ea, eb := vethEnds(a, b)
+	ea.Addr, eb.Addr = netip.MustParsePrefix(aAddr), netip.MustParsePrefix(bAddr)
+	if err := netns.AddVeth(netns.Veth{A: ea, B: eb}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -78,13 +80,11 @@ func Run(t testing.TB, name string, args ...string) {
 // does not have, so only the userspace stack answers.
 func BareVeth(t testing.TB, a, b *Netns) (va, vb string) {
 	t.Helper()
-	n := vethSeq.Add(1)
-	va, vb = fmt.Sprintf("vva%d-%d", os.Getpid()%100000, n), fmt.Sprintf("vvb%d-%d", os.Getpid()%100000, n)
-	macA, macB := fmt.Sprintf("02:76:00:%02x:%02x:01", n>>8&0xff, n&0xff), fmt.Sprintf("02:76:00:%02x:%02x:02", n>>8&0xff, n&0xff)
-	Run(t, "ip", "link", "add", va, "address", macA, "netns", a.Name, "type", "veth", "peer", "name", vb, "address", macB, "netns", b.Name)
-	a.IP(t, "link", "set", va, "up")
-	b.IP(t, "link", "set", vb, "up")
-	return va, vb
+	ea, eb := vethEnds(a, b)
+	if err := netns.AddVeth(netns.Veth{A: ea, B: eb}); err != nil {
+		t.Fatal(err)
+	}
+	return ea.Name, eb.Name
 }
 
 // NoTxChecksum turns transmit checksum offload off on dev in ns. A veth
@@ -93,6 +93,15 @@ func BareVeth(t testing.TB, a, b *Netns) (va, vb string) {
 // with offload off the kernel computes them as a wire would carry them.
 func NoTxChecksum(t testing.TB, ns *Netns, dev string) {
 	t.Helper()
-	RequiresCommand(t, "ethtool", "ethtool")
-	Run(t, "ip", "netns", "exec", ns.Name, "ethtool", "-K", dev, "tx", "off")
+	if err := netns.NoTxChecksum(ns.Name, dev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Run runs a command and fails the test with its output if it fails.
+func Run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
 }

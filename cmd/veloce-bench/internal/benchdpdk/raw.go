@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"
@@ -24,8 +24,9 @@ import (
 // netstack.Host; a frame is built with Host.PutUDPFrame (the payload
 // copied in once, the UDP checksum computed) and parsed with Host.Handle
 // (checksums verified), exactly as plugins/dpdk does. What raw leaves out
-// is Veloce's: the wire header, the runtime's slots and queues, the
-// flush from the runtime's queue, ARP (raw knows the peer's MAC).
+// is Veloce's: the host transport between application and daemon, the
+// wire header, the runtime's slots and queues, the flush from the
+// runtime's queue, ARP (raw knows the peer's MAC).
 
 const (
 	rawUDPPort = 7000

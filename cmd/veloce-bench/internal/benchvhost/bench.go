@@ -60,7 +60,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/testpmd"
 	"github.com/veloce-io/veloce/vhostuser"
 )

@@ -1,7 +1,7 @@
 // Package benchstreams measures Veloce's stream runtime between two hosts
 // against raw UDP over the same link, in one run (veloce-bench streams).
 //
-// The two hosts are two network namespaces (ip netns) joined by a veth,
+// The two hosts are two network namespaces (internal/netns) joined by a veth,
 // addressed 10.99.77.1 and .2. The reference is plain Go UDP sockets, one
 // opened inside each namespace: ping-pong round trips (A sends, B echoes)
 // and one-way throughput (A sends, B counts). Veloce is two in-process
@@ -44,8 +44,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
-	"github.com/veloce-io/veloce/internal/benchvhost"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
 
 // Config configures a run.
@@ -318,7 +318,7 @@ const usage = `usage: veloce-bench streams [--sizes 64,256,1024,1400] [--sinks 1
 Raw UDP vs Veloce (two in-process daemons, guestlib host applications)
 between two network namespaces joined by a veth: ping-pong RTT and
 one-way throughput per message size, and throughput with N sinks. Needs
-root and ip(8).
+root.
 `
 
 // Main is the streams subcommand of veloce-bench.

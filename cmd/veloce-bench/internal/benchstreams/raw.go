@@ -5,7 +5,7 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 )
 
 // The raw UDP reference: plain Go UDP sockets, one in each namespace,

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/veloce-io/veloce/internal/benchutil/benchtest"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil/benchtest"
 )
 
 // Bad arguments are refused before anything is set up (no root needed).

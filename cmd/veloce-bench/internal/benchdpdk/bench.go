@@ -11,31 +11,35 @@
 //     thread, pinned to its core and registered with the EAL. Frames are
 //     Ethernet/IPv4/UDP built and parsed with internal/netstack, as the
 //     plugin does: the reference for what DPDK on this link can do.
-//   - (b) Veloce on DPDK: two backend.Runtimes, each with a plugins/dpdk
-//     Plugin on its veth end (the same link; polling threads pinned to
-//     the same two cores) and its streams asking for acceleration. The
-//     applications are local sessions (backend.Runtime.OpenLocalSession):
-//     functions the runtime calls on its polling thread, so no
-//     application transport is measured.
-//   - (c) Veloce on kernel UDP: the same two runtimes with plugins/udp on
-//     kernel addresses of the same veth ends (permanent neighbour
-//     entries).
+//   - (b) Veloce on DPDK: two daemons (backend.Daemon, as veloced runs
+//     it), each with a plugins/dpdk Plugin on its veth end (the same
+//     link; polling threads pinned to the same two cores) and an app
+//     socket. The applications are host applications like veloce-perf:
+//     guestlib sessions over the host transport (unix socket, messages in
+//     shared-memory slots) whose streams ask for acceleration, their
+//     sinks' callbacks on the session's receive goroutine. So (b) is
+//     application to application over DPDK, what a user gets.
+//   - (c) Veloce on kernel UDP: the same two daemons and applications with
+//     plugins/udp on kernel addresses of the same veth ends (permanent
+//     neighbour entries).
 //
 // Ping-pong: A emits a message on channel 1 (raw: sends a datagram), B
 // sends it back on channel 2, A takes it and sends the next; each round
 // trip is a sample, after a warm-up, for at most MaxRTTTime. Veloce's
-// round trips are also split into four legs on the clock both runtimes
-// share (Legs): Emit until the datapath's SendBatch is called (by the
-// DPDK polling thread's flush; by UDP's sender goroutine), and from there until the other side's sink runs,
-// each way. Throughput:
+// round trips are also split into four legs on the clock the daemons and
+// applications share (Legs): the application's Emit until its daemon's
+// datapath's SendBatch is called (by the DPDK polling thread's flush; by
+// UDP's sender goroutine), and from there until the other application's
+// sink callback runs, each way. Throughput:
 // A sends as fast as a window of N messages in flight allows (sent, not
 // yet counted by B: in-process credit, the same for every path); the rate
 // is what B counted after Warm, the median of its rates over SubWindow
 // slices of Duration.
 //
 // Everything shares one machine: on two cores, the two busy-polling
-// threads own one core each, and whatever else runs (Veloce's sender
-// goroutines, the kernel's UDP work, other load) preempts them. The
+// threads own one core each, and whatever else runs (the daemons' and
+// applications' goroutines, the kernel's UDP work, other load) preempts
+// them. The
 // three paths run back to back at each size, so their ratios are the
 // figures to compare; absolute numbers depend on the machine and its
 // load.
@@ -57,8 +61,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
-	"github.com/veloce-io/veloce/internal/benchvhost"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
 )
@@ -66,7 +70,7 @@ import (
 // Config configures a run; zero fields take the defaults (but see CPUA).
 type Config struct {
 	// Sizes are the message sizes in bytes (MinSize to MaxSize); default
-	// 64, 256, 512, 1024, 1500.
+	// 64, 256, 512, 1024, 1400.
 	Sizes []int
 	// RoundTrips are timed per ping-pong, after Warmup untimed ones, for
 	// at most MaxRTTTime; default 5000, 500, 2 s.
@@ -102,7 +106,7 @@ type Config struct {
 
 func (c *Config) defaults() {
 	if len(c.Sizes) == 0 {
-		c.Sizes = []int{64, 256, 512, 1024, 1500}
+		c.Sizes = []int{64, 256, 512, 1024, 1400}
 	}
 	if c.RoundTrips <= 0 {
 		c.RoundTrips = 5000
@@ -194,8 +198,8 @@ type Report struct {
 var notes = []string{
 	"one veth pair between two network namespaces; the three paths use it in turn at each size",
 	"(a) raw DPDK: net_af_packet ports (framecnt=8192), busy-polling pinger and echoer on their own pinned, EAL-registered threads, frames built and parsed by internal/netstack",
-	"(b) Veloce on DPDK: two runtimes with plugins/dpdk on the same veth ends, polling threads pinned to the same cores; applications are local sessions (callbacks on the polling thread), no application transport",
-	"(c) Veloce on kernel UDP: the same two runtimes with plugins/udp on kernel addresses of the same veth ends",
+	"(b) Veloce on DPDK: two daemons with plugins/dpdk on the same veth ends, polling threads pinned to the same cores; applications are guestlib host-transport sessions (unix socket, shared-memory slots), sink callbacks on their receive goroutines: application to application",
+	"(c) Veloce on kernel UDP: the same two daemons and applications with plugins/udp on kernel addresses of the same veth ends",
 	"net_af_packet is a kernel socket: each TxBurst is a sendto(2), and the veth delivers the frame into the peer's ring in softirq on the sender's core; DPDK here saves wake-ups (busy polling), not the kernel",
 	"legs of (b) and (c): the SendBatch stamp is a wrapper around the plugin (one wire.Parse and clock read per batch)",
 	"RTT: one message in flight, from before the send to after the echo is parsed; throughput: receiver-counted, sender limited to a window of messages in flight (in-process credit)",
@@ -215,6 +219,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}()
 	if !dpdk.Available() {
 		return rep, errNoDPDK
+	}
+	for _, s := range cfg.Sizes {
+		if s < MinSize || s > MaxSize {
+			return rep, fmt.Errorf("message size %d: want %d to %d", s, MinSize, MaxSize)
+		}
 	}
 	for _, c := range []int{cfg.CPUA, cfg.CPUB} {
 		if c >= runtime.NumCPU() {
@@ -305,13 +314,13 @@ func measureRaw(ctx context.Context, cfg *Config, h *hosts, size int, out *Path,
 	return measureThroughput(ctx, cfg, size, out, log, rp.throughput)
 }
 
-func measureVeloce(ctx context.Context, cfg *Config, h *hosts, kind string, size int, out *Path, sleeps *[2]uint64, profile string, log io.Writer) error {
+func measureVeloce(ctx context.Context, cfg *Config, h *hosts, kind string, size int, out *Path, sleeps *[2]uint64, profile string, log io.Writer) (err error) {
 	r, err := startRig(ctx, h, rigOptions{kind: kind, cpuA: cfg.CPUA, cpuB: cfg.CPUB, directoryInterval: 50 * time.Millisecond,
 		spinIdle: cfg.SpinIdle, maxSleep: cfg.MaxSleep})
 	if err != nil {
 		return err
 	}
-	defer r.stop()
+	defer func() { err = errors.Join(err, r.stop()) }()
 	a0, b0 := r.dpdkStats()
 	if out.RTT, out.Legs, err = r.rtt(ctx, size, cfg.Warmup, cfg.RoundTrips, cfg.MaxRTTTime, profile); err != nil {
 		return err
@@ -380,9 +389,10 @@ func WriteTable(w io.Writer, rep *Report) error {
 		return err
 	}
 	if rb || rc {
-		fmt.Fprintf(w, "\nVeloce round trips in legs, median µs (p99), on the clock both runtimes share: EMIT->SEND is an Emit until the\n"+
-			"datapath's SendBatch (DPDK: the polling thread's flush; UDP: the sender goroutine's wake-up); SEND->SINK from there until\n"+
-			"the other side's sink function runs (frame, send, veth, receive loop, parse, deliver)\n")
+		fmt.Fprintf(w, "\nVeloce round trips in legs, median µs (p99), on the clock daemons and applications share: EMIT->SEND is an\n"+
+			"application's Emit until its daemon's datapath's SendBatch (host transport, runtime queue; DPDK: the polling thread's\n"+
+			"flush; UDP: the sender goroutine's wake-up); SEND->SINK from there until the other application's sink callback runs\n"+
+			"(frame, send, veth, receive loop, parse, deliver into its RX slot, its receive goroutine)\n")
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "SIZE\tPATH\tEMIT->SEND A\tSEND A->SINK B\tEMIT->SEND B\tSEND B->SINK A\tEMIT->SEND SHARE\t")
 		for _, r := range rep.Results {
@@ -482,7 +492,7 @@ func opt(ok bool, format string, v any) string {
 // WriteJSON prints the report as JSON.
 func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, rep) }
 
-const usage = `usage: veloce-bench dpdk [--sizes 64,256,512,1024,1500] [--windows 32,256]
+const usage = `usage: veloce-bench dpdk [--sizes 64,256,512,1024,1400] [--windows 32,256]
                          [--round-trips 5000] [--warmup 500] [--max-rtt-time 2s]
                          [--duration 500ms] [--warm 100ms] [--cpus 0,1] [--gomaxprocs N]
                          [--spin-idle D] [--max-sleep D] [--paths raw,dpdk,udp]
@@ -490,9 +500,10 @@ const usage = `usage: veloce-bench dpdk [--sizes 64,256,512,1024,1500] [--window
 
 Ping-pong RTT and one-way throughput per message size over one veth
 between two network namespaces: (a) raw DPDK (net_af_packet, busy-polling
-pinger and echoer), (b) Veloce on DPDK (two runtimes, plugins/dpdk),
-(c) Veloce on kernel UDP (the same runtimes, plugins/udp). Needs root,
-ip(8) and a build with DPDK (make build).
+pinger and echoer), (b) Veloce on DPDK (two daemons, plugins/dpdk,
+guestlib host applications), (c) Veloce on kernel UDP (the same daemons
+and applications, plugins/udp). Needs root and a build with DPDK (make
+build).
 `
 
 // Main is the dpdk subcommand of veloce-bench.
@@ -500,7 +511,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("veloce-bench dpdk", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	sizes := fs.String("sizes", "64,256,512,1024,1500", "message sizes in bytes, comma-separated")
+	sizes := fs.String("sizes", "64,256,512,1024,1400", "message sizes in bytes, comma-separated")
 	windows := fs.String("windows", "32,256", "throughput windows (messages in flight), comma-separated")
 	rtts := fs.Int("round-trips", 5000, "timed round trips per ping-pong")
 	warmup := fs.Int("warmup", 500, "untimed round trips first")

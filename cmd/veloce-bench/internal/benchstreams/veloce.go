@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/guestlib"
-	"github.com/veloce-io/veloce/internal/benchutil"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 )
 
 // MaxSize is the largest message size the bench accepts: what guestlib

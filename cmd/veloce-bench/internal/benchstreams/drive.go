@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 )
 
 // pingPong runs warmup unmeasured, then up to count measured round trips

@@ -7,8 +7,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/veloce-io/veloce/internal/benchstreams"
-	"github.com/veloce-io/veloce/internal/benchutil"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/guestlib"
 )
 
 // Latency summarises round-trip times: internal/benchstreams' type (the
@@ -153,11 +154,12 @@ func (m *meter) drain(ctx context.Context) Throughput {
 }
 
 // MinSize and MaxSize bound message sizes: 8 bytes carry the round
-// number; 1500 plus the Veloce wire header and frame headers fit the
-// link's MTU (LinkMTU) and one 2048-byte mbuf.
+// number; MaxSize is the largest message a guestlib application may emit
+// (guestlib.MaxMessage, 1436), which with the Veloce wire header and frame
+// headers fits the link's MTU (LinkMTU) and one 2048-byte mbuf.
 const (
 	MinSize = 8
-	MaxSize = 1500
+	MaxSize = guestlib.MaxMessage
 )
 
 // ParseInts parses a comma-separated list of integers in [lo, hi]; what
