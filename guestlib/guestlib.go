@@ -31,6 +31,11 @@
 // is waiting; a received message is released when done. All methods are
 // safe for concurrent use; a Source's Emit calls are ordered as they are
 // made.
+//
+// Outcome answers for a source's last OutcomeWindow tokens and returns
+// ErrOutcomeUnknown for older ones. (It used to answer nil, accepted, for
+// any token it held no refusal for, and held at most 65,536 refusals a
+// session: past that, refused messages read as accepted.)
 package guestlib
 
 import (
