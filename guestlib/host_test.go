@@ -416,6 +416,9 @@ func TestOutcomeReportsRefusalsPastAnyCount(t *testing.T) {
 			t.Fatalf("emit %d, refused: outcome %v", n+batch, err)
 		}
 	}
+	if a := testing.AllocsPerRun(100, func() { src.Outcome(last); src.Outcome(first) }); a != 0 {
+		t.Errorf("Outcome: %.2f allocations", a)
+	}
 	if err := src.Outcome(first); !errors.Is(err, guestlib.ErrOutcomeUnknown) {
 		t.Errorf("outcome of the first of %d refused emits: %v, want ErrOutcomeUnknown", total, err)
 	}
