@@ -31,6 +31,11 @@
 // is waiting; a received message is released when done. All methods are
 // safe for concurrent use; a Source's Emit calls are ordered as they are
 // made.
+//
+// Outcome answers for a source's last OutcomeWindow tokens and returns
+// ErrOutcomeUnknown for older ones. (It used to answer nil, accepted, for
+// any token it held no refusal for, and held at most 65,536 refusals a
+// session: past that, refused messages read as accepted.)
 package guestlib
 
 import (
@@ -71,6 +76,10 @@ var (
 	// slot of the session is in flight (back-pressure: retry, or use
 	// GetBufferContext to wait). Status guestproto.StatusNoBuffers.
 	ErrNoBuffers = errors.New("guestlib: out of buffers")
+	// ErrOutcomeUnknown: Source.Outcome no longer knows what became of
+	// the message (its token is more than OutcomeWindow emits old), or the
+	// token is not one the source handed out.
+	ErrOutcomeUnknown = errors.New("guestlib: outcome no longer known")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -190,19 +199,17 @@ type Session struct {
 	nextReq atomic.Uint32
 	bufs    sync.Pool // of *[]byte, datagram-sized
 
-	mu       sync.Mutex
-	pending  map[uint32]chan reply // guarded by mu
-	sinks    map[uint32]*Sink      // guarded by mu
-	failures map[failKey]guestproto.Status
-	closed   bool
+	mu      sync.Mutex
+	pending map[uint32]chan reply // guarded by mu
+	sinks   map[uint32]*Sink      // guarded by mu
+	// sources are the session's sources by id, for their outcomes. A
+	// closed source stays (the daemon still refuses its late emits) until
+	// the daemon reuses its id or the session goes.
+	sources map[uint32]*Source // guarded by mu
+	closed  bool
 
 	done chan struct{}
 	wg   sync.WaitGroup
-}
-
-type failKey struct {
-	source uint32
-	token  uint64
 }
 
 type reply struct {
@@ -228,7 +235,7 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
 	}
 	s := &Session{opts: opts, conn: conn, peer: peer, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
-		failures: map[failKey]guestproto.Status{}, done: make(chan struct{}), lost: make(chan struct{})}
+		sources: map[uint32]*Source{}, done: make(chan struct{}), lost: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, datagramSize); return &b }
 	uc, host := conn.(*net.UnixConn)
 	s.wg.Add(1)
@@ -430,11 +437,7 @@ func (s *Session) receive() {
 			}
 			s.bufs.Put(bp)
 		case guestproto.Outcome:
-			s.mu.Lock()
-			if len(s.failures) < 1<<16 {
-				s.failures[failKey{m.ID, m.Token}] = m.Status
-			}
-			s.mu.Unlock()
+			s.refused(m.ID, m.Token, m.Status)
 			s.bufs.Put(bp)
 		case guestproto.Deliver:
 			s.mu.Lock()
@@ -509,7 +512,10 @@ type Source struct {
 	id      uint32
 	channel uint32
 	mu      sync.Mutex // orders Emit calls
-	token   uint64     // guarded by mu
+	// token is the last token handed out; written under mu, read
+	// without it (by outcomes).
+	token    atomic.Uint64
+	outcomes outcomes
 }
 
 // CreateSource opens a source on channel.
@@ -518,7 +524,11 @@ func (st *Stream) CreateSource(ctx context.Context, channel uint32) (*Source, er
 	if err != nil {
 		return nil, err
 	}
-	return &Source{s: st.s, id: r.id, channel: channel}, nil
+	so := &Source{s: st.s, id: r.id, channel: channel}
+	st.s.mu.Lock()
+	st.s.sources[so.id] = so
+	st.s.mu.Unlock()
+	return so, nil
 }
 
 // Buffer is a message being written: fill Data, then Emit it.
@@ -591,8 +601,7 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
 	}
 	so.mu.Lock()
-	so.token++
-	tok := so.token
+	tok := so.token.Add(1)
 	n, _ := guestproto.PutEmit(raw, so.s.id, so.id, tok, b.Data)
 	_, err := so.s.conn.Write(raw[:n])
 	so.mu.Unlock()
@@ -603,19 +612,6 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
 	}
 	return Token(tok), nil
-}
-
-// Outcome reports what the daemon did with an emitted message: nil when
-// it accepted it (or has not refused it yet: the daemon reports only
-// refusals), else why not (ErrTooLarge, ErrNotFound, ErrNoSession...).
-func (so *Source) Outcome(t Token) error {
-	so.s.mu.Lock()
-	st, ok := so.s.failures[failKey{so.id, uint64(t)}]
-	so.s.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	return statusErr(st)
 }
 
 // Close closes the source.

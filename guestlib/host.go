@@ -225,8 +225,7 @@ func (so *Source) emitHost(b *Buffer) (Token, error) {
 		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
 	}
 	so.mu.Lock()
-	so.token++
-	tok := so.token
+	tok := so.token.Add(1)
 	h.txMu.Lock()
 	ok := !h.stopped.Load() && h.tx.Space(1) > 0 // the ring has room for every slot
 	if ok {
@@ -353,11 +352,7 @@ func (s *Session) receiveHost(c *net.UnixConn) {
 			}
 		case guestproto.Outcome:
 			shm.CloseFDs(fds)
-			s.mu.Lock()
-			if len(s.failures) < 1<<16 {
-				s.failures[failKey{m.ID, m.Token}] = m.Status
-			}
-			s.mu.Unlock()
+			s.refused(m.ID, m.Token, m.Status)
 		default:
 			shm.CloseFDs(fds)
 		}

@@ -370,3 +370,59 @@ func TestHostDaemonGoesAway(t *testing.T) {
 		t.Errorf("request after the daemon stopped: %v", err)
 	}
 }
+
+// Refusals past any fixed count are still reported: after more than
+// 65,536 refused emits (the size of the table guestlib once kept and never
+// pruned) a refused message reports its refusal, never success, and a
+// token too old to remember reports ErrOutcomeUnknown.
+func TestOutcomeReportsRefusalsPastAnyCount(t *testing.T) {
+	_, sock := daemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s := open(t, sock)
+	st, err := s.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := st.CreateSource(ctx, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Close(ctx); err != nil { // every emit from now on is refused
+		t.Fatal(err)
+	}
+	// Batches small enough that the daemon's outcome messages never
+	// overflow the socket (it drops them rather than wait).
+	const total, batch = 1<<16 + 4096, 64
+	var first, last guestlib.Token
+	for n := 0; n < total; n += batch {
+		for range batch {
+			b, err := src.GetBufferContext(ctx, 8)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last, err = src.Emit(b); err != nil {
+				t.Fatal(err)
+			}
+			if first == 0 {
+				first = last
+			}
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for src.Outcome(last) == nil && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Microsecond)
+		}
+		if err := src.Outcome(last); !errors.Is(err, guestlib.ErrNotFound) {
+			t.Fatalf("emit %d, refused: outcome %v", n+batch, err)
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { src.Outcome(last); src.Outcome(first) }); a != 0 {
+		t.Errorf("Outcome: %.2f allocations", a)
+	}
+	if err := src.Outcome(first); !errors.Is(err, guestlib.ErrOutcomeUnknown) {
+		t.Errorf("outcome of the first of %d refused emits: %v, want ErrOutcomeUnknown", total, err)
+	}
+	if err := src.Outcome(last + 1); !errors.Is(err, guestlib.ErrOutcomeUnknown) {
+		t.Errorf("outcome of a token not handed out: %v, want ErrOutcomeUnknown", err)
+	}
+}
