@@ -2,6 +2,8 @@ package fd
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -10,13 +12,13 @@ import (
 // RecvMsg reads one message from c (a unix socket) with recvmsg(2): data
 // into b, ancillary data into oob. The descriptors that came with it
 // (SCM_RIGHTS, received close-on-exec) are appended to fds as owners,
-// which the caller then holds. n is 0 with a nil error at the end of a
-// stream. RecvMsg waits in the Go netpoller and honours c's read deadline.
+// which the caller then holds. RecvMsg waits in the Go netpoller and honours c's read deadline.
 //
 // On error, the descriptors this call received are closed and fds is
 // returned as it came; n still says how many bytes were read.
 //
-// Errors: ErrTruncated (more ancillary data than oob holds), ErrBadControl,
+// Errors: io.EOF when the peer closed (nothing read, no descriptors; on a
+// datagram socket an empty datagram reads the same), ErrTruncated (more ancillary data than oob holds), ErrBadControl,
 // or the socket's.
 func RecvMsg(c syscall.Conn, b, oob []byte, fds []*FD) (n int, _ []*FD, err error) {
 	rc, err := c.SyscallConn()
@@ -33,8 +35,11 @@ func RecvMsg(c syscall.Conn, b, oob []byte, fds []*FD) (n int, _ []*FD, err erro
 			}
 		}
 	})
-	if err == nil {
-		err = rerr
+	if err == nil && rerr != nil {
+		err = fmt.Errorf("receive message: %w", os.NewSyscallError("recvmsg", rerr))
+	}
+	if err == nil && n == 0 && oobn == 0 && len(b) > 0 {
+		err = io.EOF // as net.UnixConn reads: the peer closed
 	}
 	if n < 0 {
 		n = 0
