@@ -217,6 +217,12 @@ var ErrBusy = errors.New("vhostuser: device already has a frontend")
 // something the device cannot accept; then every ring stops, memory is
 // unmapped and every descriptor received is closed, so the next frontend
 // starts clean. A clean disconnect returns nil.
+//
+// Errors: a *ProtocolError for a message the codec or the device refused
+// (match its sentinel with errors.Is: ErrBadMessage, ErrBadFDs, ErrBadFD,
+// ErrBadPayload, ErrNotOffered, ErrNoMemory, ErrUnsupported,
+// ErrUnknownRequest, ErrBadRegion, ErrBadLog, ErrBadRing, ...), ErrBusy,
+// or the socket's.
 func (d *NetDevice) Serve(conn *net.UnixConn) error {
 	d.mu.Lock()
 	if d.conn != nil {
