@@ -141,8 +141,9 @@ func (e *ProtocolError) Error() string {
 // Unwrap returns the sentinel.
 func (e *ProtocolError) Unwrap() error { return e.Err }
 
-// Is reports whether target is the sentinel of e.
-func (e *ProtocolError) Is(target error) bool { return target == e.Err }
+// Is reports whether target is e's sentinel, or matches the error Err
+// wraps.
+func (e *ProtocolError) Is(target error) bool { return e.Err != nil && errors.Is(e.Err, target) }
 
 func protoErr(req Request, sentinel error, format string, args ...any) error {
 	return &ProtocolError{Request: req, Reason: fmt.Sprintf(format, args...), Err: sentinel}

@@ -262,7 +262,10 @@ func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds *FDSet) (err error
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r := &request{Message: m, conn: conn, fds: fds}
-	h := netHandlers[m.Request] // m.Request is Known: ReadMessage checked
+	var h func(*NetDevice, *request) error
+	if m.Request.Known() { // always, from ReadMessage
+		h = netHandlers[m.Request]
+	}
 	if h == nil {
 		err = protoErr(m.Request, ErrUnknownRequest, "not supported by the virtio-net device")
 	} else if err = h(d, r); err != nil {

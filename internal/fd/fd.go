@@ -179,8 +179,9 @@ var leakHook atomic.Pointer[func(Leak)]
 // stack, and calls report for every FD the garbage collector finds
 // unreachable but open (after closing it). report runs on the runtime's
 // cleanup goroutine: it must be quick. The returned function stops the
-// tracing. Meant for tests (see the package's own TestMain for the use:
-// run the tests, force collections, fail on any report).
+// tracing. Meant for tests: a TestMain turns it on, runs the tests,
+// forces a few collections (runtime.GC) and fails the run on any report
+// (TestLeakIsReportedAndClosed shows the mechanics).
 func TraceLeaks(report func(Leak)) (stop func()) {
 	leakHook.Store(&report)
 	return func() { leakHook.CompareAndSwap(&report, nil) }

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/veloce-io/veloce/internal/fd"
+	"golang.org/x/sys/unix"
 )
 
 // Notifier is an eventfd one side signals and the other waits on, read
@@ -98,8 +99,6 @@ func ReadMsg(c *net.UnixConn, b, oob []byte) (n int, fds []int, err error) {
 // CloseFDs closes descriptors the caller does not want.
 func CloseFDs(fds []int) {
 	for _, raw := range fds {
-		if f, err := fd.New(raw); err == nil {
-			f.Close()
-		}
+		unix.Close(raw)
 	}
 }
