@@ -30,8 +30,8 @@ type DirtyLog struct {
 	size    uint64 // bitmap size in bytes, as the frontend sent it
 	pages   uint64 // number of pages covered: size*8
 
-	mu sync.Mutex // guards fd
-	fd int        // guarded by mu; -1 once closed
+	mu sync.Mutex // guards fd and mapping's release
+	fd *FD        // guarded by mu; nil once closed
 }
 
 // NewDirtyLog maps the log of a SET_LOG_BASE message: size bytes at offset
@@ -39,9 +39,9 @@ type DirtyLog struct {
 // multiple of 8 (QEMU and rust-vmm send 0).
 //
 // Errors: ErrBadLog.
-func NewDirtyLog(fd int, l Log) (*DirtyLog, error) {
+func NewDirtyLog(fd *FD, l Log) (*DirtyLog, error) {
 	bad := func(why string, args ...any) (*DirtyLog, error) {
-		unix.Close(fd)
+		fd.Close()
 		return nil, fmt.Errorf("map dirty log (size %#x offset %#x): %s: %w", l.Size, l.Offset, fmt.Sprintf(why, args...), ErrBadLog)
 	}
 	if l.Size == 0 || l.Size > maxLogSize {
@@ -50,10 +50,13 @@ func NewDirtyLog(fd int, l Log) (*DirtyLog, error) {
 	if l.Offset%8 != 0 || l.Offset > 1<<62 {
 		return bad("offset not 8-byte aligned")
 	}
+	if fd.Int() < 0 {
+		return bad("no file descriptor")
+	}
 	page := uint64(unix.Getpagesize())
 	skip := l.Offset % page
 	length := (skip + l.Size + page - 1) &^ (page - 1)
-	mapping, err := unix.Mmap(fd, int64(l.Offset-skip), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mapping, err := unix.Mmap(fd.Int(), int64(l.Offset-skip), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return bad("mmap: %v", err)
 	}
@@ -102,14 +105,14 @@ func (l *DirtyLog) Mark(gpa, length uint64) error {
 func (l *DirtyLog) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.fd < 0 {
+	if l.fd == nil {
 		return nil
 	}
 	err := unix.Munmap(l.mapping)
-	if cerr := unix.Close(l.fd); err == nil {
+	if cerr := l.fd.Close(); err == nil {
 		err = cerr
 	}
-	l.fd = -1
+	l.fd = nil
 	if err != nil {
 		return fmt.Errorf("close dirty log: %w", err)
 	}

@@ -19,7 +19,7 @@ func newLog(t testing.TB, size, offset uint64) (*vhostuser.DirtyLog, []byte) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Munmap(view) })
-	l, err := vhostuser.NewDirtyLog(fd, vhostuser.Log{Size: size, Offset: offset})
+	l, err := vhostuser.NewDirtyLog(own(t, fd), vhostuser.Log{Size: size, Offset: offset})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestDirtyLogOffset(t *testing.T) {
 func TestDirtyLogValidation(t *testing.T) {
 	for _, l := range []vhostuser.Log{{Size: 0}, {Size: 64, Offset: 3}, {Size: 1 << 40}} {
 		fd := memfd(t, 4096)
-		if _, err := vhostuser.NewDirtyLog(fd, l); !errors.Is(err, vhostuser.ErrBadLog) {
+		if _, err := vhostuser.NewDirtyLog(own(t, fd), l); !errors.Is(err, vhostuser.ErrBadLog) {
 			t.Errorf("NewDirtyLog(%+v) err = %v, want ErrBadLog", l, err)
 		}
 		if fdIsOpen(fd) {

@@ -8,7 +8,7 @@
 //
 //   - The message codec (vhost-user.rst, "Message Specification"):
 //     [ReadMessage] reads one request with its SCM_RIGHTS file descriptors
-//     and validates it (known request, version, payload size exact or
+//     (an [FDSet] of owners, received close-on-exec) and validates it (known request, version, payload size exact or
 //     bounded per request, descriptor count per request); typed accessors
 //     such as [Message.VringAddr] decode payloads; [ReplyU64],
 //     [ReplyVringState], [ReplyConfig], [ReplyInflight] and [WriteReply]
@@ -45,15 +45,16 @@
 //			vhostuser.ReplyU64(conn, msg.Request, features)
 //		case vhostuser.SetMemTable:
 //			t, _ := msg.MemoryTable()
-//			mem, err := vhostuser.NewMemoryFromTable(t.Regions, fds) // takes the fds
+//			mem, err := vhostuser.NewMemoryFromTable(t.Regions, fds.TakeAll()) // takes the fds
 //			// quiesce pollers, rebuild rings against mem, close the old Memory
 //		case vhostuser.SetLogBase:
 //			l, _ := msg.Log()
-//			log, err := vhostuser.NewDirtyLog(fds[0], l) // takes the fd
+//			log, err := vhostuser.NewDirtyLog(fds.Take(0), l) // takes the fd
 //			// ring.SetLogging(log, ...) on every ring, then:
-//			vhostuser.ReplyU64(conn, msg.Request, 0) // must be answered
+//			vhostuser.WriteReply(conn, msg.Request, msg.Payload, nil) // must be answered
 //		...
 //		}
+//		fds.Close() // closes what no case took
 //		if msg.NeedsAck() { vhostuser.ReplyU64(conn, msg.Request, status) }
 //	}
 //
@@ -75,6 +76,23 @@
 //
 // # Decisions
 //
+//   - Every descriptor has one owner, visible in the types: a message's
+//     arrive in an [FDSet], from which a handler takes ([FDSet.Take]) the
+//     ones it keeps; Memory, DirtyLog and the inflight region own theirs
+//     as [FD]s; a vring owns its kick, call and err eventfds, which its
+//     queue pair's poller borrows while it runs (the device stops the
+//     poller before it closes or replaces them). The owner types live in
+//     internal/fd.
+//   - NetDevice handles each request in a method of its own (the table
+//     netHandlers in net.go); every refusal is a *ProtocolError naming the
+//     request and matching a sentinel (ErrBadPayload, ErrBadFD,
+//     ErrNotOffered, ErrNoMemory, ErrUnsupported, ErrUnknownRequest, or
+//     the Memory/DirtyLog/ring error that caused it).
+//   - Kick, call and err descriptors must be eventfds (checked with
+//     /proc/self/fd); a socket, pipe or file is refused with ErrBadFD and
+//     the frontend dropped. Adopted eventfds are made non-blocking, so a
+//     call never blocks a poller even when the frontend filled its
+//     counter.
 //   - Every payload is validated before it is decoded; decoders never panic,
 //     whatever the input (fuzzed: FuzzReadMessage). Unknown requests are
 //     refused rather than skipped: after one the stream cannot be trusted.

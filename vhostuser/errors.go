@@ -22,6 +22,23 @@ var (
 	// ErrBadFDs reports a message that carries a number of file descriptors
 	// the request does not allow, or more than MaxFDs.
 	ErrBadFDs = errors.New("vhostuser: wrong number of file descriptors")
+	// ErrBadFD reports a descriptor of the wrong kind: a kick, call or
+	// err descriptor that is not an eventfd (a socket, a pipe, a file).
+	// The error also matches internal/fd's ErrNotEventFD.
+	ErrBadFD = errors.New("vhostuser: wrong kind of file descriptor")
+	// ErrBadPayload reports a well-formed request whose values the device
+	// refuses: a queue size that is not a power of two, a vring index past
+	// the device's rings, an MTU, status or enable value out of range.
+	ErrBadPayload = errors.New("vhostuser: payload value refused")
+	// ErrNotOffered reports a SET_FEATURES or SET_PROTOCOL_FEATURES that
+	// acks bits the device did not offer.
+	ErrNotOffered = errors.New("vhostuser: feature acked that was not offered")
+	// ErrNoMemory reports a request that needs a memory table before the
+	// frontend sent one (REM_MEM_REG on an empty table).
+	ErrNoMemory = errors.New("vhostuser: no memory table")
+	// ErrUnsupported reports a known request whose form the device does
+	// not implement (legacy cross-endian rings).
+	ErrUnsupported = errors.New("vhostuser: not supported by the device")
 	// ErrWrongPayload reports a call to a Message accessor that does not
 	// match the message's request (for example VringAddr on SET_FEATURES).
 	ErrWrongPayload = errors.New("vhostuser: payload type does not match request")
@@ -95,29 +112,38 @@ var (
 	ErrBadPush = errors.New("vhostuser: bad push")
 )
 
-// ProtocolError describes a vhost-user message that was rejected. It matches
-// its Err sentinel (ErrBadMessage, ErrUnknownRequest, ErrPayloadTooLarge,
-// ErrBadFDs, ...) with errors.Is.
+// ProtocolError describes a vhost-user message that was rejected, by the
+// codec (ReadMessage, ParseMessage) or by the device (NetDevice.Serve
+// returns one for every request it refuses). It matches its Err with
+// errors.Is: a sentinel (ErrBadMessage, ErrUnknownRequest,
+// ErrPayloadTooLarge, ErrBadFDs, ErrBadFD, ErrBadPayload, ErrNotOffered,
+// ErrNoMemory, ErrUnsupported, ...) or a wrapped error that leads to one
+// (ErrBadRegion, ErrBadLog, ErrBadRing, ...).
 type ProtocolError struct {
 	// Request is the request code from the message header (0 if the
 	// header could not be read).
 	Request Request
-	// Reason says, for people, what was wrong.
+	// Reason says, for people, what was wrong; empty when Err says it.
 	Reason string
-	// Err is the sentinel this error matches.
+	// Err is the sentinel this error matches, or the error that made the
+	// device refuse the request.
 	Err error
 }
 
 // Error formats the request and the reason.
 func (e *ProtocolError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("vhostuser: %v: %v", e.Request, e.Err)
+	}
 	return fmt.Sprintf("vhostuser: %v: %s", e.Request, e.Reason)
 }
 
 // Unwrap returns the sentinel.
 func (e *ProtocolError) Unwrap() error { return e.Err }
 
-// Is reports whether target is the sentinel of e.
-func (e *ProtocolError) Is(target error) bool { return target == e.Err }
+// Is reports whether target is e's sentinel, or matches the error Err
+// wraps.
+func (e *ProtocolError) Is(target error) bool { return e.Err != nil && errors.Is(e.Err, target) }
 
 func protoErr(req Request, sentinel error, format string, args ...any) error {
 	return &ProtocolError{Request: req, Reason: fmt.Sprintf(format, args...), Err: sentinel}

@@ -1,5 +1,10 @@
 package vhostuser
 
+import (
+	"github.com/veloce-io/veloce/internal/fd"
+	"golang.org/x/sys/unix"
+)
+
 // Hooks for the external tests (package vhostuser_test), which cannot live
 // in this package because vhostusertest imports it.
 
@@ -9,15 +14,37 @@ type TestPoller struct{ p *poller }
 
 // NewTestPoller returns a poller for queue pair qp of d over the given
 // rings (either may be nil), as if the frontend had negotiated features.
-// rxCall and txCall are eventfds to signal, or -1. d must have no
-// frontend.
+// rxCall and txCall are eventfds to signal, or -1; the poller signals
+// duplicates, which Close releases. d must have no frontend.
 func NewTestPoller(d *NetDevice, qp int, features Features, rx, tx *SplitRing, rxCall, txCall int) *TestPoller {
 	d.mu.Lock()
 	d.features = features
 	p := newPoller(d, qp)
 	d.mu.Unlock()
-	p.rx, p.tx, p.rxCall, p.txCall = rx, tx, rxCall, txCall
+	p.rx, p.tx, p.rxCall, p.txCall = rx, tx, dupEventFD(rxCall), dupEventFD(txCall)
 	return &TestPoller{p: p}
+}
+
+func dupEventFD(raw int) *fd.EventFD {
+	if raw < 0 {
+		return nil
+	}
+	d, err := unix.FcntlInt(uintptr(raw), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		panic(err)
+	}
+	f, _ := fd.New(d)
+	e, err := fd.NewEventFDFrom(f)
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// Close releases the duplicated call eventfds.
+func (tp *TestPoller) Close() {
+	tp.p.rxCall.Close()
+	tp.p.txCall.Close()
 }
 
 // ProcessTX runs one TX round (frames to the handler, replies to RX) and

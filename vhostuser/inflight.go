@@ -37,7 +37,7 @@ func InflightQueueSize(queueSize uint16) uint64 {
 // inflightRegion is a mapped inflight buffer.
 type inflightRegion struct {
 	mapping   []byte
-	fd        int
+	fd        *FD // owned: closed by close
 	queues    int
 	queueSize uint16
 }
@@ -49,18 +49,22 @@ func newInflightRegion(queues int, queueSize uint16) (*inflightRegion, error) {
 		return nil, fmt.Errorf("inflight region: %d queues of %d descriptors: %w", queues, queueSize, ErrBadRing)
 	}
 	size := uint64(queues) * InflightQueueSize(queueSize)
-	fd, err := unix.MemfdCreate("veloce-inflight", unix.MFD_CLOEXEC)
+	raw, err := unix.MemfdCreate("veloce-inflight", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("inflight region: %w", err)
+		return nil, fmt.Errorf("create inflight region: %w", err)
 	}
-	if err := unix.Ftruncate(fd, int64(size)); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("inflight region: %w", err)
-	}
-	m, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	fd, err := OwnFD(raw)
 	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("inflight region: %w", err)
+		return nil, fmt.Errorf("create inflight region: %w", err)
+	}
+	if err := unix.Ftruncate(raw, int64(size)); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("create inflight region: %w", err)
+	}
+	m, err := unix.Mmap(raw, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("create inflight region: %w", err)
 	}
 	r := &inflightRegion{mapping: m, fd: fd, queues: queues, queueSize: queueSize}
 	for q := 0; q < queues; q++ {
@@ -73,16 +77,19 @@ func newInflightRegion(queues int, queueSize uint16) (*inflightRegion, error) {
 
 // mapInflightRegion maps the buffer of SET_INFLIGHT_FD; it takes
 // ownership of fd.
-func mapInflightRegion(fd int, in Inflight) (*inflightRegion, error) {
+func mapInflightRegion(fd *FD, in Inflight) (*inflightRegion, error) {
 	need := uint64(in.NumQueues) * InflightQueueSize(in.QueueSize)
 	if in.NumQueues == 0 || in.QueueSize == 0 || in.QueueSize&(in.QueueSize-1) != 0 || in.MmapSize < need || in.MmapSize > 1<<30 {
-		unix.Close(fd)
-		return nil, fmt.Errorf("inflight region: %d queues of %d in %d bytes: %w", in.NumQueues, in.QueueSize, in.MmapSize, ErrBadRing)
+		fd.Close()
+		return nil, fmt.Errorf("map inflight region: %d queues of %d in %d bytes: %w", in.NumQueues, in.QueueSize, in.MmapSize, ErrBadRing)
 	}
-	m, err := unix.Mmap(fd, int64(in.MmapOffset), int(in.MmapSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if fd.Int() < 0 {
+		return nil, fmt.Errorf("map inflight region: no file descriptor: %w", ErrBadFDs)
+	}
+	m, err := unix.Mmap(fd.Int(), int64(in.MmapOffset), int(in.MmapSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("inflight region: %w", err)
+		fd.Close()
+		return nil, fmt.Errorf("map inflight region: %w", err)
 	}
 	return &inflightRegion{mapping: m, fd: fd, queues: int(in.NumQueues), queueSize: in.QueueSize}, nil
 }
@@ -95,7 +102,7 @@ func (r *inflightRegion) queue(q int) []byte {
 
 func (r *inflightRegion) close() {
 	unix.Munmap(r.mapping)
-	unix.Close(r.fd)
+	r.fd.Close()
 }
 
 // inflightState is a ring's view of its queue's region.

@@ -41,7 +41,7 @@ type memTable struct {
 
 type mappedRegion struct {
 	MemoryRegion
-	fd      int
+	fd      *FD    // owned: closed by release
 	mapping []byte // what unix.Mmap returned; passed back to Munmap
 	data    []byte // the region's bytes: mapping[skip : skip+Size]
 }
@@ -54,17 +54,17 @@ func NewMemory() *Memory {
 }
 
 // NewMemoryFromTable maps the regions of a SET_MEM_TABLE message, fds[i]
-// holding regions[i]. It takes ownership of every fd, also on error (they
-// are closed then).
-func NewMemoryFromTable(regions []MemoryRegion, fds []int) (*Memory, error) {
+// holding regions[i] (FDSet.TakeAll gives them in that order). It takes
+// ownership of every fd, also on error (they are closed then).
+func NewMemoryFromTable(regions []MemoryRegion, fds []*FD) (*Memory, error) {
 	if len(regions) != len(fds) {
-		closeFDs(fds)
+		closeAll(fds)
 		return nil, fmt.Errorf("map memory table: %d regions but %d file descriptors: %w", len(regions), len(fds), ErrBadRegion)
 	}
 	m := NewMemory()
 	for i, r := range regions {
 		if err := m.AddRegion(r, fds[i]); err != nil {
-			closeFDs(fds[i+1:])
+			closeAll(fds[i+1:])
 			m.Close()
 			return nil, err
 		}
@@ -75,34 +75,37 @@ func NewMemoryFromTable(regions []MemoryRegion, fds []int) (*Memory, error) {
 // AddRegion maps region r from fd (at r.MmapOffset) and adds it to the
 // table. Memory takes ownership of fd, also on error.
 //
-// Errors: ErrBadRegion (empty or overflowing region, mmap failure),
-// ErrRegionOverlap, ErrTooManyRegions, ErrClosed.
-func (m *Memory) AddRegion(r MemoryRegion, fd int) error {
+// Errors: ErrBadRegion (empty or overflowing region, no fd, mmap
+// failure), ErrRegionOverlap, ErrTooManyRegions, ErrClosed.
+func (m *Memory) AddRegion(r MemoryRegion, fd *FD) (err error) {
+	defer func() {
+		if err != nil {
+			fd.Close()
+		}
+	}()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		unix.Close(fd)
 		return fmt.Errorf("add memory region: %w", ErrClosed)
+	}
+	if fd.Int() < 0 {
+		return fmt.Errorf("add memory region gpa %#x: no file descriptor: %w", r.GuestAddr, ErrBadRegion)
 	}
 	t := m.table.Load()
 	if len(t.byGuest) >= MaxMemSlots {
-		unix.Close(fd)
 		return fmt.Errorf("add memory region: %d regions: %w", len(t.byGuest), ErrTooManyRegions)
 	}
 	if err := checkRegion(r); err != nil {
-		unix.Close(fd)
 		return err
 	}
 	for _, o := range t.byGuest {
 		if overlaps(r.GuestAddr, r.Size, o.GuestAddr, o.Size) || overlaps(r.UserAddr, r.Size, o.UserAddr, o.Size) {
-			unix.Close(fd)
 			return fmt.Errorf("add memory region gpa %#x+%#x uaddr %#x: overlaps gpa %#x+%#x uaddr %#x: %w",
 				r.GuestAddr, r.Size, r.UserAddr, o.GuestAddr, o.Size, o.UserAddr, ErrRegionOverlap)
 		}
 	}
 	mr, err := mapRegion(r, fd)
 	if err != nil {
-		unix.Close(fd)
 		return err
 	}
 	nt := &memTable{
@@ -334,7 +337,8 @@ const maxMapSize = 1 << 40
 // mapRegion maps r from fd. The offset is aligned down to the file's block
 // size (the huge page size on hugetlbfs, the page size elsewhere), as mmap
 // requires, and the extra bytes are skipped.
-func mapRegion(r MemoryRegion, fd int) (*mappedRegion, error) {
+func mapRegion(r MemoryRegion, f *FD) (*mappedRegion, error) {
+	fd := f.Int() // f stays referenced by the result, or is closed by the caller
 	align := uint64(unix.Getpagesize())
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -356,12 +360,12 @@ func mapRegion(r MemoryRegion, fd int) (*mappedRegion, error) {
 	if err != nil {
 		return nil, fmt.Errorf("add memory region gpa %#x+%#x: mmap fd %d at %#x: %v: %w", r.GuestAddr, r.Size, fd, r.MmapOffset, err, ErrBadRegion)
 	}
-	return &mappedRegion{MemoryRegion: r, fd: fd, mapping: mapping, data: mapping[skip : skip+r.Size : skip+r.Size]}, nil
+	return &mappedRegion{MemoryRegion: r, fd: f, mapping: mapping, data: mapping[skip : skip+r.Size : skip+r.Size]}, nil
 }
 
 func (r *mappedRegion) release() error {
 	err := unix.Munmap(r.mapping)
-	if cerr := unix.Close(r.fd); err == nil {
+	if cerr := r.fd.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {

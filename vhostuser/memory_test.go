@@ -21,6 +21,24 @@ func memfd(t testing.TB, size int64) int {
 	return fd
 }
 
+// own hands raw to an owner, as a frontend's descriptor arrives.
+func own(t testing.TB, raw int) *vhostuser.FD {
+	t.Helper()
+	f, err := vhostuser.OwnFD(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func owns(t testing.TB, raws ...int) []*vhostuser.FD {
+	out := make([]*vhostuser.FD, len(raws))
+	for i, raw := range raws {
+		out[i] = own(t, raw)
+	}
+	return out
+}
+
 func fdIsOpen(fd int) bool {
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
 	return err == nil
@@ -44,7 +62,7 @@ func TestMemoryAccess(t *testing.T) {
 	low := vhostuser.MemoryRegion{GuestAddr: 0, Size: page, UserAddr: 0x7000_0000_0000, MmapOffset: 0}
 	high := vhostuser.MemoryRegion{GuestAddr: 1 << 32, Size: 2 * page, UserAddr: 0x7000_0010_0000, MmapOffset: 2 * page}
 	dup, _ := unix.Dup(fd)
-	m, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{high, low}, []int{fd, dup})
+	m, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{high, low}, owns(t, fd, dup))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +126,10 @@ func TestMemoryAdjacentRegions(t *testing.T) {
 	g2 := vhostusertest.NewGuest(t, 0x11000, 0x7f00_0000_1000, 4096)
 	m := vhostuser.NewMemory()
 	defer m.Close()
-	if err := m.AddRegion(g1.Region, g1.DupFD(t)); err != nil {
+	if err := m.AddRegion(g1.Region, g1.OwnedFD(t)); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.AddRegion(g2.Region, g2.DupFD(t)); err != nil {
+	if err := m.AddRegion(g2.Region, g2.OwnedFD(t)); err != nil {
 		t.Fatal(err)
 	}
 	copy(g1.Mem[4090:], "hello ")
@@ -147,7 +165,7 @@ func TestMemoryRegionValidation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fd := memfd(t, 1<<16)
-			err := m.AddRegion(tt.r, fd)
+			err := m.AddRegion(tt.r, own(t, fd))
 			if !errors.Is(err, tt.want) {
 				t.Errorf("AddRegion err = %v, want %v", err, tt.want)
 			}
@@ -171,12 +189,12 @@ func TestMemorySlots(t *testing.T) {
 		return vhostuser.MemoryRegion{GuestAddr: uint64(i) << 20, Size: 4096, UserAddr: 1<<40 + uint64(i)<<20}
 	}
 	for i := range vhostuser.MaxMemSlots {
-		if err := m.AddRegion(region(i), memfd(t, 4096)); err != nil {
+		if err := m.AddRegion(region(i), own(t, memfd(t, 4096))); err != nil {
 			t.Fatalf("region %d: %v", i, err)
 		}
 	}
 	fd := memfd(t, 4096)
-	if err := m.AddRegion(region(vhostuser.MaxMemSlots), fd); !errors.Is(err, vhostuser.ErrTooManyRegions) {
+	if err := m.AddRegion(region(vhostuser.MaxMemSlots), own(t, fd)); !errors.Is(err, vhostuser.ErrTooManyRegions) {
 		t.Fatalf("region %d: err = %v, want ErrTooManyRegions", vhostuser.MaxMemSlots, err)
 	}
 	if fdIsOpen(fd) {
@@ -199,7 +217,7 @@ func TestMemorySlots(t *testing.T) {
 	if err := m.RemoveRegion(r); !errors.Is(err, vhostuser.ErrRegionNotFound) {
 		t.Errorf("second removal: %v", err)
 	}
-	if err := m.AddRegion(region(100), memfd(t, 4096)); err != nil {
+	if err := m.AddRegion(region(100), own(t, memfd(t, 4096))); err != nil {
 		t.Errorf("re-adding into the freed slot: %v", err)
 	}
 	if err := m.Close(); err != nil {
@@ -208,7 +226,7 @@ func TestMemorySlots(t *testing.T) {
 	if _, err := m.Translate(0, 1); err == nil {
 		t.Error("Translate after Close succeeded")
 	}
-	if err := m.AddRegion(region(0), memfd(t, 4096)); !errors.Is(err, vhostuser.ErrClosed) {
+	if err := m.AddRegion(region(0), own(t, memfd(t, 4096))); !errors.Is(err, vhostuser.ErrClosed) {
 		t.Errorf("AddRegion after Close: %v", err)
 	}
 }
@@ -216,7 +234,7 @@ func TestMemorySlots(t *testing.T) {
 func TestMemoryCloseReleasesFDs(t *testing.T) {
 	fd := memfd(t, 8192)
 	m := vhostuser.NewMemory()
-	if err := m.AddRegion(vhostuser.MemoryRegion{Size: 8192, UserAddr: 1 << 40}, fd); err != nil {
+	if err := m.AddRegion(vhostuser.MemoryRegion{Size: 8192, UserAddr: 1 << 40}, own(t, fd)); err != nil {
 		t.Fatal(err)
 	}
 	if !fdIsOpen(fd) {
@@ -251,7 +269,7 @@ func BenchmarkTranslate(b *testing.B) {
 	m := vhostuser.NewMemory()
 	defer m.Close()
 	for i := range 8 {
-		if err := m.AddRegion(vhostuser.MemoryRegion{GuestAddr: uint64(i) << 30, Size: 1 << 20, UserAddr: 1<<40 + uint64(i)<<30}, memfd(b, 1<<20)); err != nil {
+		if err := m.AddRegion(vhostuser.MemoryRegion{GuestAddr: uint64(i) << 30, Size: 1 << 20, UserAddr: 1<<40 + uint64(i)<<30}, own(b, memfd(b, 1<<20))); err != nil {
 			b.Fatal(err)
 		}
 	}

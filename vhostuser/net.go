@@ -9,7 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
+	"github.com/veloce-io/veloce/internal/fd"
 )
 
 // FrameHandler receives the frames a guest transmits. It is called on a
@@ -92,14 +92,16 @@ type NetState struct {
 	RARPs            uint64 // SEND_RARP requests seen
 }
 
+// vring is one ring's frontend-given state. It owns its eventfds.
 type vring struct {
+	index     uint32
 	num       uint32
 	addr      VringAddr
 	addrSet   bool
 	base      uint16
-	kick      int // -1 when none
-	call      int // -1 when none
-	errFD     int // -1 when none
+	kick      *fd.EventFD // nil when none
+	call      *fd.EventFD // nil when none
+	errFD     *fd.EventFD // nil when none
 	kickSet   bool
 	pollOnly  bool // SET_VRING_KICK with VringNoFD: poll without a kick fd
 	enabled   bool
@@ -215,6 +217,12 @@ var ErrBusy = errors.New("vhostuser: device already has a frontend")
 // something the device cannot accept; then every ring stops, memory is
 // unmapped and every descriptor received is closed, so the next frontend
 // starts clean. A clean disconnect returns nil.
+//
+// Errors: a *ProtocolError for a message the codec or the device refused
+// (match its sentinel with errors.Is: ErrBadMessage, ErrBadFDs, ErrBadFD,
+// ErrBadPayload, ErrNotOffered, ErrNoMemory, ErrUnsupported,
+// ErrUnknownRequest, ErrBadRegion, ErrBadLog, ErrBadRing, ...), ErrBusy,
+// or the socket's.
 func (d *NetDevice) Serve(conn *net.UnixConn) error {
 	d.mu.Lock()
 	if d.conn != nil {
@@ -238,337 +246,465 @@ func (d *NetDevice) Serve(conn *net.UnixConn) error {
 			}
 			return err
 		}
-		if err := d.handle(conn, m, fds); err != nil {
+		err = d.handle(conn, m, &fds)
+		fds.Close() // what the handler did not take
+		if err != nil {
 			d.log.Warn("vhost-user frontend dropped", "request", m.Request.String(), "err", err)
 			return err
 		}
 	}
 }
 
-// handle applies one message. fds are owned by handle. A returned error
-// disconnects the frontend (after a failed REPLY_ACK when one was asked).
-func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds []int) (err error) {
+// handle applies one message. The handler takes from fds the descriptors
+// it keeps; Serve closes the others. A returned error (a *ProtocolError)
+// disconnects the frontend, after a failed REPLY_ACK when one was asked.
+func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds *FDSet) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	acked := false
-	defer func() {
-		if err != nil {
-			closeFDs(fds)
-		}
-		if m.NeedsAck() && !acked && d.protocol.Has(ProtocolFReplyAck) {
-			var status uint64
-			if err != nil {
-				status = 1
-			}
-			if werr := ReplyU64(conn, m.Request, status); werr != nil && err == nil {
-				err = werr
-			}
-		}
-	}()
-	fail := func(format string, args ...any) error {
-		return fmt.Errorf("%v: %s", m.Request, fmt.Sprintf(format, args...))
+	r := &request{Message: m, conn: conn, fds: fds}
+	var h func(*NetDevice, *request) error
+	if m.Request.Known() { // always, from ReadMessage
+		h = netHandlers[m.Request]
 	}
-	switch m.Request {
-	case GetFeatures:
-		return ReplyU64(conn, m.Request, uint64(d.offeredFeatures()))
-	case SetFeatures:
-		v, err := m.U64()
-		if err != nil {
-			return err
+	if h == nil {
+		err = protoErr(m.Request, ErrUnknownRequest, "not supported by the virtio-net device")
+	} else if err = h(d, r); err != nil {
+		var pe *ProtocolError
+		if !errors.As(err, &pe) {
+			err = &ProtocolError{Request: m.Request, Err: err}
 		}
-		f := Features(v)
-		if extra := f &^ d.offeredFeatures(); extra != 0 {
-			return fail("frontend acked features %#x that were not offered", uint64(extra))
-		}
-		if (d.features^f)&^Bit(FLogAll) != 0 {
-			// Running rings and pollers were built with the old
-			// EVENT_IDX, INDIRECT_DESC, header size and MRG_RXBUF:
-			// rebuild them (bases are saved). A LOG_ALL toggle alone
-			// (migration start/end) is applied in place.
-			d.stopAllLocked()
-		}
-		d.features = f
-		d.applyLoggingLocked()
-		return d.reconcileLocked()
-	case GetProtocolFeatures:
-		return ReplyU64(conn, m.Request, uint64(netOfferedProtocolFeatures))
-	case SetProtocolFeatures:
-		v, err := m.U64()
-		if err != nil {
-			return err
-		}
-		if extra := Features(v) &^ netOfferedProtocolFeatures; extra != 0 {
-			return fail("frontend acked protocol features %#x that were not offered", uint64(extra))
-		}
-		d.protocol = Features(v)
-		return nil
-	case SetOwner:
-		d.owner = true
-		return nil
-	case ResetOwner:
-		d.resetLocked()
-		return nil
-	case GetQueueNum:
-		// Virtqueues, not queue pairs: Cloud Hypervisor refuses a backend
-		// whose answer is below its num_queues (2 per pair: "requested
-		// too many queues"), and rust-vmm backends, libvhost-user and
-		// passt answer virtqueues too. QEMU compares the answer with its
-		// queue pairs, so it accepts this (its own check is looser; a
-		// vring index past 2*QueuePairs is still refused below).
-		return ReplyU64(conn, m.Request, 2*uint64(d.opts.QueuePairs))
-	case GetMaxMemSlots:
-		return ReplyU64(conn, m.Request, MaxMemSlots)
-	case SetMemTable:
-		t, err := m.MemoryTable()
-		if err != nil {
-			return err
-		}
-		mem, err := NewMemoryFromTable(t.Regions, fds)
-		fds = nil // owned by the Memory now
-		if err != nil {
-			return err
-		}
-		d.stopAllLocked()
-		if d.mem != nil {
-			d.mem.Close()
-		}
-		d.mem = mem
-		clear(d.regionRefs)
-		for _, r := range t.Regions {
-			d.regionRefs[r] = 1
-		}
-		return d.reconcileLocked()
-	case AddMemReg:
-		r, err := m.MemRegion()
-		if err != nil {
-			return err
-		}
-		if d.mem == nil {
-			d.mem = NewMemory()
-		}
-		fd := fds[0]
-		fds = nil
-		// With multiqueue QEMU runs one vhost device per queue pair over
-		// the same connection, and each adds every region: an identical
-		// region is counted, not mapped twice.
-		if d.regionRefs[r] > 0 {
-			unix.Close(fd)
-			d.regionRefs[r]++
-			return nil
-		}
-		if err := d.mem.AddRegion(r, fd); err != nil {
-			return err
-		}
-		d.regionRefs[r] = 1
-		return d.reconcileLocked()
-	case RemMemReg:
-		r, err := m.MemRegion()
-		closeFDs(fds) // the frontend sends the region's fd; it is not needed
-		fds = nil
-		if err != nil {
-			return err
-		}
-		if d.mem == nil {
-			return fail("no memory table")
-		}
-		if d.regionRefs[r] > 1 {
-			d.regionRefs[r]--
-			return nil
-		}
-		d.stopAllLocked()
-		if err := d.mem.RemoveRegion(r); err != nil {
-			return err
-		}
-		delete(d.regionRefs, r)
-		return d.reconcileLocked()
-	case SetLogBase:
-		l, err := m.Log()
-		if err != nil {
-			return err
-		}
-		fd := fds[0]
-		fds = nil
-		dl, err := NewDirtyLog(fd, l)
-		if err != nil {
-			return err
-		}
-		d.stopAllLocked()
-		if d.dirty != nil {
-			d.dirty.Close()
-		}
-		d.dirty = dl
-		d.logBases++
-		// Frontends wait for this reply when LOG_SHMFD is negotiated;
-		// without it, migration hangs. The reply echoes the 16-byte log
-		// description: rust-vmm's frontend (vhost >= 0.16, so Cloud
-		// Hypervisor) reads exactly a VhostUserLog with a non-zero size
-		// and would block forever on a shorter u64 reply; QEMU reads
-		// whatever size the header says. rust-vmm's own backend sends
-		// the same echo.
-		acked = true
-		if err := WriteReply(conn, m.Request, m.Payload, nil); err != nil {
-			return err
-		}
-		return d.reconcileLocked()
-	case SetLogFD:
-		closeFDs(fds) // the log-sync eventfd: the device logs synchronously
-		fds = nil
-		return nil
-	case SetVringNum:
-		s, vr, err := d.vringStateLocked(m)
-		if err != nil {
-			return err
-		}
-		if s.Num == 0 || s.Num > MaxQueueSize || s.Num&(s.Num-1) != 0 {
-			return fail("queue size %d is not a power of two from 1 to %d", s.Num, MaxQueueSize)
-		}
-		vr.num = s.Num
-		return nil
-	case SetVringAddr:
-		a, err := m.VringAddr()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(a.Index)
-		if err != nil {
-			return err
-		}
-		d.stopPairLocked(int(a.Index) / 2)
-		vr.addr, vr.addrSet = a, true
-		return d.reconcileLocked()
-	case SetVringBase:
-		s, vr, err := d.vringStateLocked(m)
-		if err != nil {
-			return err
-		}
-		if s.Num > 0xffff {
-			return fail("vring base %d out of range", s.Num)
-		}
-		vr.base = uint16(s.Num)
-		return nil
-	case GetVringBase:
-		s, vr, err := d.vringStateLocked(m)
-		if err != nil {
-			return err
-		}
-		d.stopPairLocked(int(s.Index) / 2)
-		vr.stopped, vr.kickSet = true, false
-		closeFD(&vr.kick)
-		if err := ReplyVringState(conn, m.Request, VringState{Index: s.Index, Num: uint32(vr.base)}); err != nil {
-			return err
-		}
-		return d.reconcileLocked()
-	case SetVringKick, SetVringCall, SetVringErr:
-		v, err := m.U64()
-		if err != nil {
-			return err
-		}
-		vr, err := d.vringLocked(uint32(v & VringIndexMask))
-		if err != nil {
-			return err
-		}
-		fd := -1
-		if v&VringNoFD == 0 {
-			if len(fds) != 1 {
-				return fail("expected one file descriptor, got %d", len(fds))
-			}
-			fd = fds[0]
-		}
-		fds = nil
-		qp := int(v&VringIndexMask) / 2
-		switch m.Request {
-		case SetVringKick:
-			d.stopPairLocked(qp)
-			closeFD(&vr.kick)
-			vr.kick, vr.kickSet, vr.pollOnly, vr.stopped = fd, true, fd < 0, false
-			if !d.features.Has(FProtocolFeatures) {
-				// Without VHOST_USER_F_PROTOCOL_FEATURES a ring starts
-				// enabled as soon as it has a kick (vhost-user.rst,
-				// "Ring states").
-				vr.enabled = true
-			}
-		case SetVringCall:
-			d.stopPairLocked(qp)
-			closeFD(&vr.call)
-			vr.call = fd
-		case SetVringErr:
-			closeFD(&vr.errFD)
-			vr.errFD = fd
-			return nil
-		}
-		return d.reconcileLocked()
-	case SetVringEnable:
-		s, vr, err := d.vringStateLocked(m)
-		if err != nil {
-			return err
-		}
-		if s.Num > 1 {
-			return fail("enable value %d", s.Num)
-		}
-		d.stopPairLocked(int(s.Index) / 2)
-		vr.enabled = s.Num == 1
-		return d.reconcileLocked()
-	case SendRARP:
-		d.rarps++
-		return nil
-	case NetSetMTU:
-		v, err := m.U64()
-		if err != nil {
-			return err
-		}
-		if v < 68 || v > 65535 {
-			return fail("MTU %d out of range 68-65535", v)
-		}
-		d.mtu = uint16(v)
-		return nil
-	case SetStatus:
-		v, err := m.U64()
-		if err != nil {
-			return err
-		}
-		if v > 0xff {
-			return fail("status %#x out of range", v)
-		}
-		d.status = uint8(v)
-		return nil
-	case GetStatus:
-		return ReplyU64(conn, m.Request, uint64(d.status))
-	case GetInflightFD:
-		in, err := m.Inflight()
-		if err != nil {
-			return err
-		}
-		if int(in.NumQueues) > len(d.vrings) {
-			return fail("%d queues, the device has %d", in.NumQueues, len(d.vrings))
-		}
-		region, err := newInflightRegion(int(in.NumQueues), in.QueueSize)
-		if err != nil {
-			return err
-		}
-		d.replaceInflightLocked(region)
-		in.MmapSize, in.MmapOffset = uint64(len(region.mapping)), 0
-		if err := ReplyInflight(conn, in, region.fd); err != nil {
-			return err
-		}
-		return d.reconcileLocked()
-	case SetInflightFD:
-		in, err := m.Inflight()
-		if err != nil {
-			return err
-		}
-		fd := fds[0]
-		fds = nil
-		region, err := mapInflightRegion(fd, in)
-		if err != nil {
-			return err
-		}
-		d.replaceInflightLocked(region)
-		return d.reconcileLocked()
-	case SetVringEndian:
-		return fail("legacy cross-endian rings are not supported")
-	default:
-		return fmt.Errorf("%v: %w: not supported by the virtio-net device", m.Request, ErrUnknownRequest)
 	}
+	if m.NeedsAck() && !r.replied && d.protocol.Has(ProtocolFReplyAck) {
+		var status uint64
+		if err != nil {
+			status = 1
+		}
+		if werr := ReplyU64(conn, m.Request, status); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
+}
+
+// request is one frontend message being handled.
+type request struct {
+	Message
+	conn *net.UnixConn // to answer on
+	fds  *FDSet        // the message's descriptors: a handler takes those it keeps
+	// replied is set by a handler whose own reply stands for the
+	// REPLY_ACK (SET_LOG_BASE).
+	replied bool
+}
+
+// fail returns a *ProtocolError for the request matching sentinel.
+func (r *request) fail(sentinel error, format string, args ...any) error {
+	return protoErr(r.Request, sentinel, format, args...)
+}
+
+// netHandlers has one method per request the device serves; the others
+// are refused with ErrUnknownRequest. Each is called with d.mu held.
+var netHandlers = [maxRequest + 1]func(*NetDevice, *request) error{
+	GetFeatures:         (*NetDevice).getFeatures,
+	SetFeatures:         (*NetDevice).setFeatures,
+	GetProtocolFeatures: (*NetDevice).getProtocolFeatures,
+	SetProtocolFeatures: (*NetDevice).setProtocolFeatures,
+	SetOwner:            (*NetDevice).setOwner,
+	ResetOwner:          (*NetDevice).resetOwner,
+	GetQueueNum:         (*NetDevice).getQueueNum,
+	GetMaxMemSlots:      (*NetDevice).getMaxMemSlots,
+	SetMemTable:         (*NetDevice).setMemTable,
+	AddMemReg:           (*NetDevice).addMemReg,
+	RemMemReg:           (*NetDevice).remMemReg,
+	SetLogBase:          (*NetDevice).setLogBase,
+	SetLogFD:            (*NetDevice).setLogFD,
+	SetVringNum:         (*NetDevice).setVringNum,
+	SetVringAddr:        (*NetDevice).setVringAddr,
+	SetVringBase:        (*NetDevice).setVringBase,
+	GetVringBase:        (*NetDevice).getVringBase,
+	SetVringKick:        (*NetDevice).setVringKick,
+	SetVringCall:        (*NetDevice).setVringCall,
+	SetVringErr:         (*NetDevice).setVringErr,
+	SetVringEnable:      (*NetDevice).setVringEnable,
+	SendRARP:            (*NetDevice).sendRARP,
+	NetSetMTU:           (*NetDevice).netSetMTU,
+	SetStatus:           (*NetDevice).setStatus,
+	GetStatus:           (*NetDevice).getStatus,
+	GetInflightFD:       (*NetDevice).getInflightFD,
+	SetInflightFD:       (*NetDevice).setInflightFD,
+	SetVringEndian:      (*NetDevice).setVringEndian,
+}
+
+func (d *NetDevice) getFeatures(r *request) error {
+	return ReplyU64(r.conn, r.Request, uint64(d.offeredFeatures()))
+}
+
+func (d *NetDevice) setFeatures(r *request) error {
+	v, err := r.U64()
+	if err != nil {
+		return err
+	}
+	f := Features(v)
+	if extra := f &^ d.offeredFeatures(); extra != 0 {
+		return r.fail(ErrNotOffered, "frontend acked features %#x that were not offered", uint64(extra))
+	}
+	if (d.features^f)&^Bit(FLogAll) != 0 {
+		// Running rings and pollers were built with the old EVENT_IDX,
+		// INDIRECT_DESC, header size and MRG_RXBUF: rebuild them (bases
+		// are saved). A LOG_ALL toggle alone (migration start/end) is
+		// applied in place.
+		d.stopAllLocked()
+	}
+	d.features = f
+	d.applyLoggingLocked()
+	return d.reconcileLocked()
+}
+
+func (d *NetDevice) getProtocolFeatures(r *request) error {
+	return ReplyU64(r.conn, r.Request, uint64(netOfferedProtocolFeatures))
+}
+
+func (d *NetDevice) setProtocolFeatures(r *request) error {
+	v, err := r.U64()
+	if err != nil {
+		return err
+	}
+	if extra := Features(v) &^ netOfferedProtocolFeatures; extra != 0 {
+		return r.fail(ErrNotOffered, "frontend acked protocol features %#x that were not offered", uint64(extra))
+	}
+	d.protocol = Features(v)
+	return nil
+}
+
+func (d *NetDevice) setOwner(*request) error {
+	d.owner = true
+	return nil
+}
+
+func (d *NetDevice) resetOwner(*request) error {
+	d.resetLocked()
+	return nil
+}
+
+// getQueueNum answers virtqueues, not queue pairs: Cloud Hypervisor
+// refuses a backend whose answer is below its num_queues (2 per pair:
+// "requested too many queues"), and rust-vmm backends, libvhost-user and
+// passt answer virtqueues too. QEMU compares the answer with its queue
+// pairs, so it accepts this (its own check is looser; a vring index past
+// 2*QueuePairs is still refused by vringLocked).
+func (d *NetDevice) getQueueNum(r *request) error {
+	return ReplyU64(r.conn, r.Request, 2*uint64(d.opts.QueuePairs))
+}
+
+func (d *NetDevice) getMaxMemSlots(r *request) error {
+	return ReplyU64(r.conn, r.Request, MaxMemSlots)
+}
+
+// setMemTable replaces guest memory; the new Memory takes every fd.
+func (d *NetDevice) setMemTable(r *request) error {
+	t, err := r.MemoryTable()
+	if err != nil {
+		return err
+	}
+	mem, err := NewMemoryFromTable(t.Regions, r.fds.TakeAll())
+	if err != nil {
+		return err
+	}
+	d.stopAllLocked()
+	if d.mem != nil {
+		d.mem.Close()
+	}
+	d.mem = mem
+	clear(d.regionRefs)
+	for _, rg := range t.Regions {
+		d.regionRefs[rg] = 1
+	}
+	return d.reconcileLocked()
+}
+
+// addMemReg maps one region; Memory takes its fd. With multiqueue QEMU
+// runs one vhost device per queue pair over the same connection, and each
+// adds every region: an identical region is counted, not mapped twice
+// (its fd is then left to close with the message).
+func (d *NetDevice) addMemReg(r *request) error {
+	rg, err := r.MemRegion()
+	if err != nil {
+		return err
+	}
+	if d.mem == nil {
+		d.mem = NewMemory()
+	}
+	if d.regionRefs[rg] > 0 {
+		d.regionRefs[rg]++
+		return nil
+	}
+	if err := d.mem.AddRegion(rg, r.fds.Take(0)); err != nil {
+		return err
+	}
+	d.regionRefs[rg] = 1
+	return d.reconcileLocked()
+}
+
+// remMemReg unmaps a region once the last ADD_MEM_REG of it is removed.
+// Its optional fd was closed by ReadMessage.
+func (d *NetDevice) remMemReg(r *request) error {
+	rg, err := r.MemRegion()
+	if err != nil {
+		return err
+	}
+	if d.mem == nil {
+		return r.fail(ErrNoMemory, "no memory table")
+	}
+	if d.regionRefs[rg] > 1 {
+		d.regionRefs[rg]--
+		return nil
+	}
+	d.stopAllLocked()
+	if err := d.mem.RemoveRegion(rg); err != nil {
+		return err
+	}
+	delete(d.regionRefs, rg)
+	return d.reconcileLocked()
+}
+
+// setLogBase maps the dirty log, which takes the fd, and answers.
+// Frontends wait for this reply when LOG_SHMFD is negotiated; without it,
+// migration hangs. The reply echoes the 16-byte log description: rust-vmm's
+// frontend (vhost >= 0.16, so Cloud Hypervisor) reads exactly a
+// VhostUserLog with a non-zero size and would block forever on a shorter
+// u64 reply; QEMU reads whatever size the header says. rust-vmm's own
+// backend sends the same echo.
+func (d *NetDevice) setLogBase(r *request) error {
+	l, err := r.Log()
+	if err != nil {
+		return err
+	}
+	dl, err := NewDirtyLog(r.fds.Take(0), l)
+	if err != nil {
+		return err
+	}
+	d.stopAllLocked()
+	if d.dirty != nil {
+		d.dirty.Close()
+	}
+	d.dirty = dl
+	d.logBases++
+	r.replied = true
+	if err := WriteReply(r.conn, r.Request, r.Payload, nil); err != nil {
+		return err
+	}
+	return d.reconcileLocked()
+}
+
+// setLogFD leaves its fd, the log-sync eventfd, to close with the
+// message: the device logs synchronously.
+func (d *NetDevice) setLogFD(*request) error { return nil }
+
+func (d *NetDevice) setVringNum(r *request) error {
+	s, vr, err := d.vringStateLocked(r)
+	if err != nil {
+		return err
+	}
+	if s.Num == 0 || s.Num > MaxQueueSize || s.Num&(s.Num-1) != 0 {
+		return r.fail(ErrBadPayload, "queue size %d is not a power of two from 1 to %d", s.Num, MaxQueueSize)
+	}
+	vr.num = s.Num
+	return nil
+}
+
+func (d *NetDevice) setVringAddr(r *request) error {
+	a, err := r.VringAddr()
+	if err != nil {
+		return err
+	}
+	vr, err := d.vringLocked(r, a.Index)
+	if err != nil {
+		return err
+	}
+	d.stopPairLocked(int(a.Index) / 2)
+	vr.addr, vr.addrSet = a, true
+	return d.reconcileLocked()
+}
+
+func (d *NetDevice) setVringBase(r *request) error {
+	s, vr, err := d.vringStateLocked(r)
+	if err != nil {
+		return err
+	}
+	if s.Num > 0xffff {
+		return r.fail(ErrBadPayload, "vring base %d out of range", s.Num)
+	}
+	vr.base = uint16(s.Num)
+	return nil
+}
+
+// getVringBase stops the ring, closes its kick and answers its base.
+func (d *NetDevice) getVringBase(r *request) error {
+	s, vr, err := d.vringStateLocked(r)
+	if err != nil {
+		return err
+	}
+	d.stopPairLocked(int(s.Index) / 2)
+	vr.stopped, vr.kickSet = true, false
+	vr.kick.Close()
+	vr.kick = nil
+	if err := ReplyVringState(r.conn, r.Request, VringState{Index: s.Index, Num: uint32(vr.base)}); err != nil {
+		return err
+	}
+	return d.reconcileLocked()
+}
+
+// vringEventFD decodes SET_VRING_KICK/CALL/ERR: the ring, and the eventfd
+// it takes from the message (nil with VringNoFD). Anything but an eventfd
+// is refused with ErrBadFD.
+func (d *NetDevice) vringEventFD(r *request) (*vring, *fd.EventFD, error) {
+	v, err := r.U64()
+	if err != nil {
+		return nil, nil, err
+	}
+	vr, err := d.vringLocked(r, uint32(v&VringIndexMask))
+	if err != nil {
+		return nil, nil, err
+	}
+	if v&VringNoFD != 0 {
+		return vr, nil, nil
+	}
+	f := r.fds.Take(0)
+	if f == nil {
+		return nil, nil, r.fail(ErrBadFDs, "expected one file descriptor, got none")
+	}
+	ev, err := fd.NewEventFDFrom(f) // takes f
+	if err != nil {
+		return nil, nil, &ProtocolError{Request: r.Request, Err: fmt.Errorf("vring %d: %w: %w", v&VringIndexMask, ErrBadFD, err)}
+	}
+	return vr, ev, nil
+}
+
+// setVringKick installs the ring's kick (the vring owns it); VringNoFD
+// makes the ring poll-only.
+func (d *NetDevice) setVringKick(r *request) error {
+	vr, ev, err := d.vringEventFD(r)
+	if err != nil {
+		return err
+	}
+	d.stopPairLocked(int(vr.index) / 2)
+	vr.kick.Close()
+	vr.kick, vr.kickSet, vr.pollOnly, vr.stopped = ev, true, ev == nil, false
+	if !d.features.Has(FProtocolFeatures) {
+		// Without VHOST_USER_F_PROTOCOL_FEATURES a ring starts enabled as
+		// soon as it has a kick (vhost-user.rst, "Ring states").
+		vr.enabled = true
+	}
+	return d.reconcileLocked()
+}
+
+// setVringCall installs the ring's call (the vring owns it).
+func (d *NetDevice) setVringCall(r *request) error {
+	vr, ev, err := d.vringEventFD(r)
+	if err != nil {
+		return err
+	}
+	d.stopPairLocked(int(vr.index) / 2)
+	vr.call.Close()
+	vr.call = ev
+	return d.reconcileLocked()
+}
+
+// setVringErr keeps the ring's err eventfd (the vring owns it); no poller
+// uses it, so nothing stops.
+func (d *NetDevice) setVringErr(r *request) error {
+	vr, ev, err := d.vringEventFD(r)
+	if err != nil {
+		return err
+	}
+	vr.errFD.Close()
+	vr.errFD = ev
+	return nil
+}
+
+func (d *NetDevice) setVringEnable(r *request) error {
+	s, vr, err := d.vringStateLocked(r)
+	if err != nil {
+		return err
+	}
+	if s.Num > 1 {
+		return r.fail(ErrBadPayload, "enable value %d", s.Num)
+	}
+	d.stopPairLocked(int(s.Index) / 2)
+	vr.enabled = s.Num == 1
+	return d.reconcileLocked()
+}
+
+func (d *NetDevice) sendRARP(*request) error {
+	d.rarps++
+	return nil
+}
+
+func (d *NetDevice) netSetMTU(r *request) error {
+	v, err := r.U64()
+	if err != nil {
+		return err
+	}
+	if v < 68 || v > 65535 {
+		return r.fail(ErrBadPayload, "MTU %d out of range 68-65535", v)
+	}
+	d.mtu = uint16(v)
+	return nil
+}
+
+func (d *NetDevice) setStatus(r *request) error {
+	v, err := r.U64()
+	if err != nil {
+		return err
+	}
+	if v > 0xff {
+		return r.fail(ErrBadPayload, "status %#x out of range", v)
+	}
+	d.status = uint8(v)
+	return nil
+}
+
+func (d *NetDevice) getStatus(r *request) error {
+	return ReplyU64(r.conn, r.Request, uint64(d.status))
+}
+
+// getInflightFD creates the inflight region (the device owns its fd) and
+// sends the frontend a copy of the fd.
+func (d *NetDevice) getInflightFD(r *request) error {
+	in, err := r.Inflight()
+	if err != nil {
+		return err
+	}
+	if int(in.NumQueues) > len(d.vrings) {
+		return r.fail(ErrBadPayload, "%d queues, the device has %d", in.NumQueues, len(d.vrings))
+	}
+	region, err := newInflightRegion(int(in.NumQueues), in.QueueSize)
+	if err != nil {
+		return err
+	}
+	d.replaceInflightLocked(region)
+	in.MmapSize, in.MmapOffset = uint64(len(region.mapping)), 0
+	if err := ReplyInflight(r.conn, in, region.fd.Int()); err != nil {
+		return err
+	}
+	return d.reconcileLocked()
+}
+
+// setInflightFD maps the region a previous backend left; it takes the fd.
+func (d *NetDevice) setInflightFD(r *request) error {
+	in, err := r.Inflight()
+	if err != nil {
+		return err
+	}
+	region, err := mapInflightRegion(r.fds.Take(0), in)
+	if err != nil {
+		return err
+	}
+	d.replaceInflightLocked(region)
+	return d.reconcileLocked()
+}
+
+func (d *NetDevice) setVringEndian(r *request) error {
+	return r.fail(ErrUnsupported, "legacy cross-endian rings are not supported")
 }
 
 func (d *NetDevice) offeredFeatures() Features {
@@ -580,18 +716,18 @@ func (d *NetDevice) offeredFeatures() Features {
 }
 
 // vringStateLocked decodes a VringState payload and finds its ring.
-func (d *NetDevice) vringStateLocked(m Message) (VringState, *vring, error) {
-	s, err := m.VringState()
+func (d *NetDevice) vringStateLocked(r *request) (VringState, *vring, error) {
+	s, err := r.VringState()
 	if err != nil {
 		return s, nil, err
 	}
-	vr, err := d.vringLocked(s.Index)
+	vr, err := d.vringLocked(r, s.Index)
 	return s, vr, err
 }
 
-func (d *NetDevice) vringLocked(index uint32) (*vring, error) {
+func (d *NetDevice) vringLocked(r *request, index uint32) (*vring, error) {
 	if index >= uint32(len(d.vrings)) {
-		return nil, fmt.Errorf("vring index %d out of range (device has %d)", index, len(d.vrings))
+		return nil, r.fail(ErrBadPayload, "vring index %d out of range (device has %d)", index, len(d.vrings))
 	}
 	return &d.vrings[index], nil
 }
@@ -604,13 +740,14 @@ func (d *NetDevice) loggingLocked() bool {
 func (d *NetDevice) resetLocked() {
 	d.stopAllLocked()
 	for i := range d.vrings {
-		closeFD(&d.vrings[i].kick)
-		closeFD(&d.vrings[i].call)
-		closeFD(&d.vrings[i].errFD)
+		vr := &d.vrings[i]
+		vr.kick.Close()
+		vr.call.Close()
+		vr.errFD.Close()
 	}
 	d.vrings = make([]vring, 2*d.opts.QueuePairs)
 	for i := range d.vrings {
-		d.vrings[i] = vring{kick: -1, call: -1, errFD: -1}
+		d.vrings[i].index = uint32(i)
 	}
 	d.pollers = make([]*poller, d.opts.QueuePairs)
 	d.publishPollersLocked()
@@ -698,7 +835,7 @@ func (d *NetDevice) Wake() {
 	if ps := d.running.Load(); ps != nil {
 		for _, p := range *ps {
 			if p != nil && p.sleeping.Load() {
-				signal(p.wake)
+				p.wake.Signal() // a no-op once the poller stopped and closed it
 			}
 		}
 	}
@@ -777,11 +914,4 @@ func (d *NetDevice) netHeaderLenLocked() int {
 		return 12
 	}
 	return 10
-}
-
-func closeFD(fd *int) {
-	if *fd >= 0 {
-		unix.Close(*fd)
-		*fd = -1
-	}
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync/atomic"
 
+	"github.com/veloce-io/veloce/internal/fd"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,10 +32,14 @@ type poller struct {
 	hdrLen int
 	merge  bool // VIRTIO_NET_F_MRG_RXBUF
 
-	rx, tx                 *SplitRing
-	rxKick, txKick         int
-	rxCall, txCall         int
-	wake                   int // eventfd: stop requests
+	rx, tx *SplitRing
+	// The rings' kick and call eventfds, borrowed from the device's
+	// vrings (nil when none): the device stops the poller before it
+	// closes or replaces them.
+	rxKick, txKick         *fd.EventFD
+	rxCall, txCall         *fd.EventFD
+	wake                   *fd.EventFD   // owned: stop requests and NetDevice.Wake
+	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
 	stopping               atomic.Bool
 	sleeping               atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
 	done                   chan struct{}
@@ -82,7 +87,6 @@ type Announcer interface {
 func newPoller(d *NetDevice, qp int) *poller {
 	p := &poller{
 		dev: d, qp: qp, hdrLen: d.netHeaderLenLocked(), merge: d.features.Has(NetFMrgRxbuf),
-		rxKick: -1, txKick: -1, rxCall: -1, txCall: -1, wake: -1,
 		done:    make(chan struct{}),
 		txChain: NewChain(maxSegments),
 		linear:  make([]byte, 65536+64),
@@ -98,33 +102,39 @@ func newPoller(d *NetDevice, qp int) *poller {
 }
 
 func (p *poller) start() error {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	wake, err := fd.NewEventFD()
 	if err != nil {
-		return fmt.Errorf("start queue pair %d: eventfd: %w", p.qp, err)
+		return fmt.Errorf("start queue pair %d: %w", p.qp, err)
 	}
-	p.wake = fd
-	p.pollFDs = []unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}
-	if p.txKick >= 0 {
-		p.pollFDs = append(p.pollFDs, unix.PollFd{Fd: int32(p.txKick), Events: unix.POLLIN})
-	}
+	p.wake = wake
+	p.watch(p.wake)
+	p.watch(p.txKick)
 	if p.rx != nil {
 		if a, ok := p.dev.opts.Handler.(Announcer); ok && !p.dev.announced[p.qp].Load() {
 			p.announcer = a
 		}
 	}
-	if p.waitsForRX() && p.rxKick >= 0 {
-		p.pollFDs = append(p.pollFDs, unix.PollFd{Fd: int32(p.rxKick), Events: unix.POLLIN})
+	if p.waitsForRX() {
+		p.watch(p.rxKick)
 	}
 	go p.run()
 	return nil
 }
 
+// watch adds e (when there is one) to the eventfds sleep polls.
+func (p *poller) watch(e *fd.EventFD) {
+	if e.Int() >= 0 {
+		p.pollFDs = append(p.pollFDs, unix.PollFd{Fd: int32(e.Int()), Events: unix.POLLIN})
+		p.pollEvs = append(p.pollEvs, e)
+	}
+}
+
 // stop asks the poller to finish its round and waits for it.
 func (p *poller) stop() {
 	p.stopping.Store(true)
-	signal(p.wake)
+	p.wake.Signal()
 	<-p.done
-	unix.Close(p.wake)
+	p.wake.Close()
 }
 
 func (p *poller) ringErrors() uint64 {
@@ -238,14 +248,14 @@ func (p *poller) flush() {
 		p.txPublished = false
 		p.tx.Publish()
 		if p.tx.NeedsNotify() {
-			signal(p.txCall)
+			p.txCall.Signal()
 		}
 	}
 	if p.rxPending {
 		p.rxPending = false
 		p.rx.Publish()
 		if p.rx.NeedsNotify() {
-			signal(p.rxCall)
+			p.rxCall.Signal()
 		}
 	}
 }
@@ -298,9 +308,9 @@ func (p *poller) sleep() {
 	if err != nil && !errors.Is(err, unix.EINTR) {
 		return
 	}
-	for _, pfd := range p.pollFDs {
+	for i, pfd := range p.pollFDs {
 		if pfd.Revents&unix.POLLIN != 0 {
-			drain(int(pfd.Fd))
+			p.pollEvs[i].Drain()
 		}
 	}
 }
@@ -434,19 +444,4 @@ func (p *poller) deliver(frame []byte) {
 	p.rxPending = true
 	p.rxPackets++
 	p.rxBytes += uint64(len(frame))
-}
-
-var one = [8]byte{1}
-
-// signal writes 1 to an eventfd (a call or the wake fd); -1 is ignored.
-func signal(fd int) {
-	if fd >= 0 {
-		unix.Write(fd, one[:])
-	}
-}
-
-// drain empties an eventfd.
-func drain(fd int) {
-	var b [8]byte
-	unix.Read(fd, b[:])
 }

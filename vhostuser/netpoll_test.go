@@ -57,6 +57,7 @@ func TestDatapathDoesNotAllocate(t *testing.T) {
 	h := &arpResponder{genLen: 900}
 	dev := newNetDevice(t, 1, h)
 	tp := vhostuser.NewTestPoller(dev, 0, linuxFeatures|vhostuser.Bit(vhostuser.FLogAll), ring(rxDrv, 0), ring(txDrv, 1), newEventfd(t), newEventfd(t))
+	t.Cleanup(tp.Close)
 
 	// Fixed buffers: TX descriptor 0 holds header and ARP request; RX
 	// descriptors 0-3 are 512-byte receive buffers.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/veloce-io/veloce/internal/fd"
 	"golang.org/x/sys/unix"
 )
 
@@ -411,22 +412,23 @@ func validatePayload(m Message, nfds int) error {
 
 // ReadMessage reads one message from conn into buf, which must be at least
 // MaxMessageSize bytes, and returns it with the file descriptors that came
-// with it. The caller owns the returned descriptors. On error every
-// received descriptor has been closed, and so has the descriptor of a
-// REM_MEM_REG (which the spec says must be closed unused).
+// with it. The caller owns the returned set: it takes the descriptors it
+// keeps and closes the set (FDSet.Close) when done with the message. On
+// error every received descriptor has been closed, and so has the
+// descriptor of a REM_MEM_REG (which the spec says must be closed unused).
 //
 // Errors: io.EOF when the peer closed between messages; a *ProtocolError
 // (ErrBadMessage, ErrUnknownRequest, ErrPayloadTooLarge, ErrBadFDs) for a
 // message that breaks the protocol, after which the stream cannot be
 // trusted; other errors from the socket.
-func ReadMessage(conn *net.UnixConn, buf []byte) (Message, []int, error) {
+func ReadMessage(conn *net.UnixConn, buf []byte) (Message, FDSet, error) {
 	if len(buf) < MaxMessageSize {
-		return Message{}, nil, fmt.Errorf("read vhost-user message: buffer of %d bytes, need %d", len(buf), MaxMessageSize)
+		return Message{}, FDSet{}, fmt.Errorf("read vhost-user message: buffer of %d bytes, need %d", len(buf), MaxMessageSize)
 	}
-	var fds []int
-	fail := func(err error) (Message, []int, error) {
-		closeFDs(fds)
-		return Message{}, nil, err
+	var fds []*FD
+	fail := func(err error) (Message, FDSet, error) {
+		closeAll(fds)
+		return Message{}, FDSet{}, err
 	}
 	oob := make([]byte, unix.CmsgSpace(MaxFDs*4))
 	if err := readFull(conn, buf[:HeaderSize], oob, &fds); err != nil {
@@ -457,28 +459,31 @@ func ReadMessage(conn *net.UnixConn, buf []byte) (Message, []int, error) {
 		return fail(err)
 	}
 	if requestSpecs[m.Request].fds == fdOptional {
-		closeFDs(fds)
+		closeAll(fds)
 		fds = nil
 	}
-	return m, fds, nil
+	return m, FDSet{fds: fds}, nil
 }
 
-// readFull fills b from conn, collecting any SCM_RIGHTS descriptors into fds.
-// It returns io.EOF if the stream ended before the first byte and
-// io.ErrUnexpectedEOF if it ended after.
-func readFull(conn *net.UnixConn, b, oob []byte, fds *[]int) error {
+// readFull fills b from conn, collecting any SCM_RIGHTS descriptors into
+// fds (see fd.RecvMsg: close-on-exec, closed again on a truncated or
+// malformed control message). It returns io.EOF if the stream ended
+// before the first byte and io.ErrUnexpectedEOF if it ended after.
+func readFull(conn *net.UnixConn, b, oob []byte, fds *[]*FD) error {
 	got := 0
 	for got < len(b) {
-		n, oobn, flags, _, err := conn.ReadMsgUnix(b[got:], oob)
-		if oobn > 0 {
-			if perr := collectFDs(oob[:oobn], fds); perr != nil && err == nil {
-				err = perr
-			}
+		n, all, err := fd.RecvMsg(conn, b[got:], oob, *fds)
+		*fds = all
+		if errors.Is(err, fd.ErrTruncated) || errors.Is(err, fd.ErrBadControl) {
+			return protoErr(0, ErrBadFDs, "more than %d file descriptors or a bad control message: %v", MaxFDs, err)
 		}
-		if flags&unix.MSG_CTRUNC != 0 && err == nil {
-			err = protoErr(0, ErrBadFDs, "more than %d file descriptors", MaxFDs)
+		if err == nil && len(*fds) > MaxFDs {
+			return protoErr(0, ErrBadFDs, "more than %d file descriptors", MaxFDs)
 		}
 		got += n
+		if err == nil && n == 0 {
+			err = io.EOF // descriptors without data: nothing more will come
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				if got > 0 {
@@ -488,39 +493,8 @@ func readFull(conn *net.UnixConn, b, oob []byte, fds *[]int) error {
 			}
 			return err
 		}
-		if n == 0 {
-			if got > 0 {
-				return io.ErrUnexpectedEOF
-			}
-			return io.EOF
-		}
 	}
 	return nil
-}
-
-func collectFDs(oob []byte, fds *[]int) error {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return protoErr(0, ErrBadMessage, "bad control message: %v", err)
-	}
-	var bad error
-	for i := range msgs {
-		got, err := unix.ParseUnixRights(&msgs[i])
-		if err != nil {
-			continue // not SCM_RIGHTS (e.g. credentials): nothing to own
-		}
-		*fds = append(*fds, got...)
-		if len(*fds) > MaxFDs {
-			bad = protoErr(0, ErrBadFDs, "more than %d file descriptors", MaxFDs)
-		}
-	}
-	return bad
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
 }
 
 // payload checks that m's request has the given payload kind and returns

@@ -237,13 +237,17 @@ func TestReadMessageOverSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Request != vhostuser.SetVringKick || len(fds) != 1 {
-		t.Fatalf("got %v with %d fds", m.Request, len(fds))
+	if m.Request != vhostuser.SetVringKick || fds.Len() != 1 {
+		t.Fatalf("got %v with %d fds", m.Request, fds.Len())
 	}
 	if v, _ := m.U64(); v != 1 {
 		t.Errorf("payload %d, want 1", v)
 	}
-	unix.Close(fds[0])
+	if f := fds.Take(0); f == nil || fds.Take(0) != nil {
+		t.Error("Take(0) did not hand over the descriptor exactly once")
+	} else {
+		f.Close()
+	}
 
 	// Oversize payload, unknown request and fd mismatches close what came in.
 	before := openFDs(t)
@@ -267,8 +271,8 @@ func TestReadMessageOverSocket(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, fds, err := vhostuser.ReadMessage(be, buf)
-		if !errors.Is(err, c.want) || fds != nil {
-			t.Errorf("case %d: err = %v, fds = %v; want %v", i, err, fds, c.want)
+		if !errors.Is(err, c.want) || fds.Len() != 0 {
+			t.Errorf("case %d: err = %v, %d fds; want %v", i, err, fds.Len(), c.want)
 		}
 		be.Close()
 		fe.Conn.Close()
@@ -283,8 +287,8 @@ func TestReadMessageOverSocket(t *testing.T) {
 	if err := fe.Send(vhostuser.RemMemReg, 0, vhostuser.AppendMemRegion(nil, vhostuser.MemoryRegion{Size: 4096}), efd); err != nil {
 		t.Fatal(err)
 	}
-	if m, fds, err = vhostuser.ReadMessage(be, buf); err != nil || m.Request != vhostuser.RemMemReg || fds != nil {
-		t.Fatalf("REM_MEM_REG: %v, fds %v", err, fds)
+	if m, fds, err = vhostuser.ReadMessage(be, buf); err != nil || m.Request != vhostuser.RemMemReg || fds.Len() != 0 {
+		t.Fatalf("REM_MEM_REG: %v, %d fds", err, fds.Len())
 	}
 	if after := openFDs(t); after != before {
 		t.Errorf("REM_MEM_REG fd leaked: %d before, %d after", before, after)

@@ -6,7 +6,6 @@ import (
 
 	"github.com/veloce-io/veloce/vhostuser"
 	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
-	"golang.org/x/sys/unix"
 )
 
 // TestCloudHypervisorMessageSequence replays, over a real socket with real
@@ -22,7 +21,7 @@ func TestCloudHypervisorMessageSequence(t *testing.T) {
 		flags   uint32
 		payload []byte
 		fds     []int
-		check   func(t *testing.T, m vhostuser.Message, fds []int)
+		check   func(t *testing.T, m vhostuser.Message, fds *vhostuser.FDSet)
 	}
 	efd := eventfd(t)
 	steps := []step{
@@ -33,14 +32,14 @@ func TestCloudHypervisorMessageSequence(t *testing.T) {
 		{req: vhostuser.GetQueueNum},
 		{req: vhostuser.GetMaxMemSlots},
 		{req: vhostuser.SetFeatures, flags: need, payload: u64(1<<vhostuser.FVersion1 | 1<<vhostuser.FProtocolFeatures)},
-		{req: vhostuser.AddMemReg, flags: need, payload: vhostuser.AppendMemRegion(nil, g.Region), fds: []int{g.DupFD(t)}, check: func(t *testing.T, m vhostuser.Message, fds []int) {
+		{req: vhostuser.AddMemReg, flags: need, payload: vhostuser.AppendMemRegion(nil, g.Region), fds: []int{g.DupFD(t)}, check: func(t *testing.T, m vhostuser.Message, fds *vhostuser.FDSet) {
 			r, err := m.MemRegion()
-			if err != nil || r != g.Region || len(fds) != 1 {
-				t.Fatalf("ADD_MEM_REG = %+v, %v, fds %v", r, err, fds)
+			if err != nil || r != g.Region || fds.Len() != 1 {
+				t.Fatalf("ADD_MEM_REG = %+v, %v, %d fds", r, err, fds.Len())
 			}
 			mem := vhostuser.NewMemory()
 			defer mem.Close()
-			if err := mem.AddRegion(r, fds[0]); err != nil {
+			if err := mem.AddRegion(r, fds.Take(0)); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -66,16 +65,13 @@ func TestCloudHypervisorMessageSequence(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", s.req, err)
 		}
-		if m.Request != s.req || len(fds) != len(s.fds) || m.NeedReply() != (s.flags&need != 0) {
-			t.Fatalf("%v: got %v with %d fds", s.req, m.Request, len(fds))
+		if m.Request != s.req || fds.Len() != len(s.fds) || m.NeedReply() != (s.flags&need != 0) {
+			t.Fatalf("%v: got %v with %d fds", s.req, m.Request, fds.Len())
 		}
 		if s.check != nil {
-			s.check(t, m, fds)
-		} else {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+			s.check(t, m, &fds)
 		}
+		fds.Close()
 	}
 }
 
@@ -91,17 +87,17 @@ func TestFeatures(t *testing.T) {
 
 func TestNewMemoryFromTableOwnsFDs(t *testing.T) {
 	a, b := memfd(t, 4096), memfd(t, 4096)
-	_, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{Size: 4096, UserAddr: 1 << 40}}, []int{a, b})
+	_, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{Size: 4096, UserAddr: 1 << 40}}, owns(t, a, b))
 	if !errors.Is(err, vhostuser.ErrBadRegion) || fdIsOpen(a) || fdIsOpen(b) {
 		t.Errorf("count mismatch: %v, fds open %v %v", err, fdIsOpen(a), fdIsOpen(b))
 	}
 	a, b = memfd(t, 4096), memfd(t, 4096)
 	// The second region overlaps the first: both fds end up closed.
-	_, err = vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{Size: 4096, UserAddr: 1 << 40}, {Size: 4096, UserAddr: 1 << 41}}, []int{a, b})
+	_, err = vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{Size: 4096, UserAddr: 1 << 40}, {Size: 4096, UserAddr: 1 << 41}}, owns(t, a, b))
 	if !errors.Is(err, vhostuser.ErrRegionOverlap) || fdIsOpen(a) || fdIsOpen(b) {
 		t.Errorf("overlap: %v, fds open %v %v", err, fdIsOpen(a), fdIsOpen(b))
 	}
-	m, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}, {Size: 4096, UserAddr: 1 << 41}}, []int{memfd(t, 4096), memfd(t, 4096)})
+	m, err := vhostuser.NewMemoryFromTable([]vhostuser.MemoryRegion{{GuestAddr: 1 << 20, Size: 4096, UserAddr: 1 << 40}, {Size: 4096, UserAddr: 1 << 41}}, owns(t, memfd(t, 4096), memfd(t, 4096)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,5 +4,3 @@ package shm
 
 func sealedMemfd(string, int) (int, error) { return -1, ErrNotSupported }
 func checkSealed(int) error                { return ErrNotSupported }
-func newEventfd() (int, error)             { return -1, ErrNotSupported }
-func checkEventfd(int) error               { return ErrNotSupported }

@@ -56,12 +56,23 @@ func (g *Guest) DupFD(tb testing.TB) int {
 	return fd
 }
 
+// OwnedFD is DupFD as an owner, for Memory.AddRegion and
+// NewMemoryFromTable.
+func (g *Guest) OwnedFD(tb testing.TB) *vhostuser.FD {
+	tb.Helper()
+	f, err := vhostuser.OwnFD(g.DupFD(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return f
+}
+
 // Memory returns a vhostuser.Memory holding the guest's one region, closed
 // when the test ends.
 func (g *Guest) Memory(tb testing.TB) *vhostuser.Memory {
 	tb.Helper()
 	m := vhostuser.NewMemory()
-	if err := m.AddRegion(g.Region, g.DupFD(tb)); err != nil {
+	if err := m.AddRegion(g.Region, g.OwnedFD(tb)); err != nil {
 		tb.Fatalf("add guest region: %v", err)
 	}
 	tb.Cleanup(func() { m.Close() })
