@@ -243,17 +243,16 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 	return guestproto.Result{ID: m.ID}
 }
 
-// setSession adds (s non-nil) or removes a session of the port.
+// setSession adds (s non-nil) or removes a session of the port, in
+// O(log n) of the port's sessions (internal/cow).
 func (p *Port) setSession(id uint32, s *Session) {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
-	p.sessions.Update(func(m map[uint32]*Session) {
-		if s == nil {
-			delete(m, id)
-		} else {
-			m[id] = s
-		}
-	})
+	if s == nil {
+		p.sessions.Delete(id)
+	} else {
+		p.sessions.Store(id, s)
+	}
 }
 
 // sessionClosed implements endpoint.

@@ -353,7 +353,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 	gen := rm.generation.Add(1)
 	var chans []uint32
-	for ch, sinks := range rm.rt.channels.Load() {
+	for ch, sinks := range rm.rt.channels.All() {
 		if len(sinks) > 0 {
 			chans = append(chans, ch)
 		}
