@@ -9,6 +9,7 @@ import (
 
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/ring"
+	"github.com/veloce-io/veloce/internal/slots"
 )
 
 // The virtio transport: guestlib in a VM speaks guestproto in UDP
@@ -31,25 +32,19 @@ const (
 	MaxGuestPayload = GuestMTU - 20 - 8 - guestproto.DeliverOverhead
 )
 
+// outbox is a port's frames for its guest: slots of a pool, each with
+// its frame's length, and the queue of filled ones. A slot is held by
+// deliver from Get until it queues it on ready, then by FillRX (or
+// dropSessions) until Put.
 type outbox struct {
-	mem   []byte
-	lens  []uint16
-	free  *ring.Queue
+	slots *slots.Pool[uint16]
 	ready *ring.Queue
 }
 
 func newOutbox() *outbox {
-	o := &outbox{mem: make([]byte, outboxSlots*outboxSlotSize), lens: make([]uint16, outboxSlots)}
-	o.free, _ = ring.New(outboxSlots)
+	o := &outbox{slots: slots.MustNew[uint16](slots.Options{Slots: outboxSlots, SlotSize: outboxSlotSize})}
 	o.ready, _ = ring.New(outboxSlots)
-	for i := uint32(0); i < outboxSlots; i++ {
-		o.free.PushWait(i)
-	}
 	return o
-}
-
-func (o *outbox) slot(id uint32) []byte {
-	return o.mem[int(id)*outboxSlotSize : (int(id)+1)*outboxSlotSize]
 }
 
 var _ endpoint = (*Port)(nil)
@@ -60,20 +55,20 @@ func (p *Port) String() string { return "vm:" + p.opts.Name }
 // deliver implements endpoint: the message becomes a Deliver frame in the
 // outbox. It takes no lock and does not allocate.
 func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
-	id, ok := p.out.free.Pop()
+	id, ok := p.out.slots.Get()
 	if !ok {
 		return false
 	}
-	slot := p.out.slot(id)
+	slot := p.out.slots.Bytes(id)
 	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, source, seq, payload)
 	if err == nil {
 		n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
 	}
 	if err != nil {
-		p.out.free.PushWait(id)
+		p.out.slots.Put(id)
 		return false
 	}
-	p.out.lens[id] = uint16(n)
+	*p.out.slots.Meta(id) = uint16(n)
 	p.out.ready.PushWait(id)
 	p.dev.Wake()
 	return true
@@ -88,8 +83,8 @@ func (p *Port) FillRX(qp int, buf []byte) int {
 	if !ok {
 		return 0
 	}
-	n := copy(buf, p.out.slot(id)[:p.out.lens[id]])
-	p.out.free.PushWait(id)
+	n := copy(buf, p.out.slots.Bytes(id)[:*p.out.slots.Meta(id)])
+	p.out.slots.Put(id)
 	return n
 }
 
@@ -248,17 +243,16 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 	return guestproto.Result{ID: m.ID}
 }
 
-// setSession adds (s non-nil) or removes a session of the port.
+// setSession adds (s non-nil) or removes a session of the port, in
+// O(log n) of the port's sessions (internal/cow).
 func (p *Port) setSession(id uint32, s *Session) {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
-	p.sessions.Update(func(m map[uint32]*Session) {
-		if s == nil {
-			delete(m, id)
-		} else {
-			m[id] = s
-		}
-	})
+	if s == nil {
+		p.sessions.Delete(id)
+	} else {
+		p.sessions.Store(id, s)
+	}
 }
 
 // sessionClosed implements endpoint.
@@ -276,7 +270,7 @@ func (p *Port) dropSessions() {
 		if !ok {
 			break
 		}
-		p.out.free.PushWait(id)
+		p.out.slots.Put(id)
 	}
 }
 

@@ -3,6 +3,7 @@ package backend
 import (
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/veloce-io/veloce/internal/guestproto"
@@ -148,4 +149,61 @@ func TestBackPressureReachesTheSource(t *testing.T) {
 	if s := rt.Streams()[0].Sources[0]; s.Full != 1 || s.Emitted != outboxSlots+1 {
 		t.Errorf("source info %+v", s)
 	}
+}
+
+// TestSessionOpenCostDoesNotGrowWithSessions: what a guest's session
+// costs the daemon to open, use and close — OpenSession, CreateStream, a
+// sink on a channel of its own, CloseSession, through the port's control
+// path — allocates about as much with 10,000 sessions open (each with a
+// sink on a channel of its own) as with 10: the tables the datapath reads
+// without a lock (the port's sessions, the channels) change in O(log n)
+// (internal/cow), where copying them whole cost in proportion to the
+// sessions. No timing is measured: allocations and bytes are counted.
+func TestSessionOpenCostDoesNotGrowWithSessions(t *testing.T) {
+	cost := func(sessions int) (allocs float64, bytes uint64) {
+		_, _, call := newGuestPort(t, netip.MustParseAddrPort("169.254.77.2:40003"))
+		ch := uint32(1)
+		session := func() uint32 {
+			sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+			st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+			if r := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: ch}); r.Status != guestproto.StatusOK {
+				t.Fatalf("create sink: %v %s", r.Status, r.Message)
+			}
+			ch++
+			return sess
+		}
+		for range sessions {
+			session()
+		}
+		op := func() {
+			sess := session()
+			if r := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSession, Session: sess}}); r.Status != guestproto.StatusOK {
+				t.Fatalf("close session: %v", r.Status)
+			}
+		}
+		return testing.AllocsPerRun(300, op), bytesPerRun(300, op)
+	}
+	smallA, smallB := cost(10)
+	bigA, bigB := cost(10000)
+	t.Logf("open, stream, sink, close: %v allocations, %d bytes with 10 sessions; %v, %d with 10,000", smallA, smallB, bigA, bigB)
+	// A few trie levels more (internal/cow's TestStoreCostIsLogarithmic);
+	// copying two tables of 10,000 entries would add hundreds of
+	// allocations and over half a MiB.
+	if bigA > smallA+40 || bigB > smallB+16<<10 {
+		t.Errorf("with 10,000 sessions: %v allocations, %d bytes per session; with 10: %v, %d", bigA, bigB, smallA, smallB)
+	}
+}
+
+// bytesPerRun is testing.AllocsPerRun for bytes: the average heap bytes
+// f allocates per call.
+func bytesPerRun(runs int, f func()) uint64 {
+	f() // warm up
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/shm"
+	"github.com/veloce-io/veloce/internal/slots"
 )
 
 // The host transport: applications on the host (guestlib with
@@ -132,20 +133,20 @@ type hostClient struct {
 	outBuf    [guestproto.HeaderLen + 14]byte
 	drainDone chan struct{}
 
-	// RX side. free (RX slots in the daemon's custody) and ready (filled,
-	// not yet on the RX ring) are lock-free queues in daemon memory; meta
-	// is written by the delivering goroutine before it queues the slot.
-	// The ring ends have one user each: whoever holds their try-lock.
-	free, ready *ring.Queue
-	meta        []hostRXMeta
-	pubLock     atomic.Bool
-	rx          shm.Producer // guarded by pubLock
-	recMu       sync.Mutex
-	rxFree      shm.Consumer // guarded by recMu
-	// withApp says which RX slots the application holds: set when
-	// published, cleared (compare-and-swap) when it frees them, so a slot
-	// it did not hold is refused.
-	withApp []atomic.Bool
+	// RX side. rxSlots is a pool of ids over the region's RX slots, in
+	// daemon memory: a delivering goroutine gets a slot, copies the
+	// message into it, writes its metadata and queues it on ready (filled,
+	// not yet on the RX ring); the publisher lends it to the application
+	// as it puts it on the RX ring, and reclaimLocked takes back only the
+	// slots lent (slots.Pool.Reclaim), so a slot the application did not
+	// hold is refused. The ring ends have one user each: whoever holds
+	// their try-lock.
+	rxSlots *slots.Pool[hostRXMeta]
+	ready   *ring.Queue
+	pubLock atomic.Bool
+	rx      shm.Producer // guarded by pubLock
+	recMu   sync.Mutex
+	rxFree  shm.Consumer // guarded by recMu
 
 	malformed, wakeups, unsent atomic.Uint64
 }
@@ -311,13 +312,8 @@ func (c *hostClient) open() (*Session, error) {
 	c.region, c.txNote, c.rxNote = region, tx, rx
 	c.tx, c.done = region.TXConsumer(), region.DoneProducer()
 	c.rx, c.rxFree = region.RXProducer(), region.FreeConsumer()
-	c.free, _ = ring.New(hostRXSlots)
+	c.rxSlots = slots.MustNew[hostRXMeta](slots.Options{Slots: hostRXSlots}) // the memory is the region's
 	c.ready, _ = ring.New(hostRXSlots)
-	for i := uint32(0); i < hostRXSlots; i++ {
-		c.free.Push(i)
-	}
-	c.meta = make([]hostRXMeta, hostRXSlots)
-	c.withApp = make([]atomic.Bool, hostRXSlots)
 	c.drainDone = make(chan struct{})
 	c.opened.Store(true)
 	s := c.apps.rt.OpenSession(c, netip.AddrPort{})
@@ -475,19 +471,19 @@ func (c *hostClient) deliver(sk *Sink, source, seq uint64, payload []byte) bool 
 }
 
 func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
-	id, ok := c.free.Pop()
+	id, ok := c.rxSlots.Get()
 	for !ok {
 		// None left: take back what the application freed (waiting for
 		// the goroutine at it, if any: a short critical section).
 		c.recMu.Lock()
 		n := c.reclaimLocked()
 		c.recMu.Unlock()
-		if id, ok = c.free.Pop(); !ok && n == 0 {
+		if id, ok = c.rxSlots.Get(); !ok && n == 0 {
 			return false // the application holds every slot
 		}
 	}
 	copy(c.region.RXSlot(id), payload)
-	c.meta[id] = hostRXMeta{sink: sink, len: uint32(len(payload)), source: source, seq: seq}
+	*c.rxSlots.Meta(id) = hostRXMeta{sink: sink, len: uint32(len(payload)), source: source, seq: seq}
 	c.ready.PushWait(id)
 	c.publish()
 	return true
@@ -509,7 +505,7 @@ func (c *hostClient) publish() {
 			break
 		}
 	}
-	if c.free.Len() < hostRXSlots/2 && c.recMu.TryLock() {
+	if c.rxSlots.Free() < hostRXSlots/2 && c.recMu.TryLock() {
 		c.reclaimLocked()
 		c.recMu.Unlock()
 	}
@@ -521,9 +517,9 @@ func (c *hostClient) publishLocked() (n uint32, wake bool) {
 		if !ok {
 			break
 		}
-		m := &c.meta[id]
+		m := c.rxSlots.Meta(id)
 		shm.PutRX(c.rx.Entry(n), shm.RXEntry{Slot: id, Len: m.len, Sink: m.sink, Source: m.source, Seq: m.seq})
-		c.withApp[id].Store(true)
+		c.rxSlots.Lend(id) // before Publish: the application cannot free it sooner
 		n++
 	}
 	if n > 0 {
@@ -544,12 +540,10 @@ func (c *hostClient) reclaimLocked() int {
 	}
 	got := 0
 	for k := uint32(0); k < n; k++ {
-		id := shm.GetID(c.rxFree.Entry(k))
-		if id >= hostRXSlots || !c.withApp[id].CompareAndSwap(true, false) {
+		if !c.rxSlots.Reclaim(shm.GetID(c.rxFree.Entry(k))) {
 			c.malformed.Add(1) // out of range, or not the application's to free
 			continue
 		}
-		c.free.PushWait(id)
 		got++
 	}
 	if n > 0 {
@@ -614,7 +608,7 @@ func (h *hostApps) info() HostAppsInfo {
 		}
 		if c.opened.Load() && !c.closed.Load() {
 			ci.RegionBytes, ci.TXSlots, ci.RXSlots = hostLayout.Size(), hostTXSlots, hostRXSlots
-			ci.RXWithApp = max(0, hostRXSlots-c.free.Len()-c.ready.Len())
+			ci.RXWithApp = max(0, hostRXSlots-c.rxSlots.Free()-c.ready.Len())
 			out.MappedBytes += int64(ci.RegionBytes)
 		}
 		out.Malformed += ci.Malformed

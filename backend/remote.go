@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/internal/ring"
+	"github.com/veloce-io/veloce/internal/slots"
 	"github.com/veloce-io/veloce/internal/wire"
 )
 
@@ -91,10 +92,10 @@ type remote struct {
 	dps   []*datapathState // opts.Datapath first, then opts.Accelerated
 	peers []*peer
 
-	mem  []byte
-	lens []uint16
-	dest []uint16 // peer index of each slot
-	free *ring.Queue
+	// slots hold the messages queued for peers: held by emit from Get
+	// until it queues the slot on a datapath's ready queue, then by that
+	// datapath's sender (or flusher) until it is sent and Put.
+	slots *slots.Pool[remoteMeta]
 
 	generation atomic.Uint64
 
@@ -109,6 +110,12 @@ type datapathState struct {
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
 	dirChanged chan struct{} // buffered 1
+}
+
+// remoteMeta is a remote slot's datagram length and destination.
+type remoteMeta struct {
+	len  uint16
+	dest uint16 // index in remote.peers
 }
 
 type peer struct {
@@ -128,11 +135,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		opts.DirectoryInterval = time.Second
 	}
 	rm := &remote{rt: rt, opts: opts,
-		mem: make([]byte, remoteSlots*remoteSlotSize), lens: make([]uint16, remoteSlots), dest: make([]uint16, remoteSlots),
-	}
-	rm.free, _ = ring.New(remoteSlots)
-	for i := uint32(0); i < remoteSlots; i++ {
-		rm.free.PushWait(i)
+		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
 		if dp == nil {
@@ -177,8 +180,10 @@ func (rm *remote) close() {
 	}
 }
 
-func (rm *remote) slot(id uint32) []byte {
-	return rm.mem[int(id)*remoteSlotSize : (int(id)+1)*remoteSlotSize]
+// packet returns the datagram queued in slot id.
+func (rm *remote) packet(id uint32) wire.Packet {
+	m := rm.slots.Meta(id)
+	return wire.Packet{Addr: rm.peers[m.dest].addr, Buf: rm.slots.Bytes(id), N: int(m.len)}
 }
 
 func classOf(o StreamOptions) wire.Class {
@@ -222,7 +227,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 				break
 			}
 		}
-		id, ok := rm.free.Pop()
+		id, ok := rm.slots.Get()
 		if !ok {
 			rm.dropped.Add(1)
 			full++
@@ -230,13 +235,13 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		}
 		h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
 			PayloadLen: uint16(len(payload)), Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
-		n, err := h.MarshalPacket(rm.slot(id), payload)
+		n, err := h.MarshalPacket(rm.slots.Bytes(id), payload)
 		if err != nil {
-			rm.free.PushWait(id)
+			rm.slots.Put(id)
 			rm.dropped.Add(1)
 			continue
 		}
-		rm.lens[id], rm.dest[id] = uint16(n), uint16(i)
+		*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: uint16(i)}
 		st := rm.dps[dpi]
 		st.ready.PushWait(id)
 		queued++
@@ -306,7 +311,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 				break
 			}
 			ids[n] = id
-			pkts[n] = wire.Packet{Addr: rm.peers[rm.dest[id]].addr, Buf: rm.slot(id), N: int(rm.lens[id])}
+			pkts[n] = rm.packet(id)
 			n++
 		}
 		if n > 0 {
@@ -327,7 +332,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			}
 			rm.sent.Add(uint64(n))
 			for _, id := range ids[:n] {
-				rm.free.PushWait(id)
+				rm.slots.Put(id)
 			}
 			continue
 		}
@@ -348,7 +353,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 	gen := rm.generation.Add(1)
 	var chans []uint32
-	for ch, sinks := range rm.rt.channels.Load() {
+	for ch, sinks := range rm.rt.channels.All() {
 		if len(sinks) > 0 {
 			chans = append(chans, ch)
 		}
@@ -430,7 +435,7 @@ func (f *flusher) flush() bool {
 				break
 			}
 			f.ids[f.n] = id
-			f.pkts[f.n] = wire.Packet{Addr: rm.peers[rm.dest[id]].addr, Buf: rm.slot(id), N: int(rm.lens[id])}
+			f.pkts[f.n] = rm.packet(id)
 			f.n++
 		}
 		if f.n == 0 {
@@ -446,7 +451,7 @@ func (f *flusher) flush() bool {
 	if f.done >= f.n {
 		rm.sent.Add(uint64(f.n))
 		for _, id := range f.ids[:f.n] {
-			rm.free.PushWait(id)
+			rm.slots.Put(id)
 		}
 		f.done = f.n
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -40,8 +39,8 @@ type Runtime struct {
 	mu       sync.Mutex
 	nextID   uint32              // guarded by mu
 	sessions map[uint32]*Session // guarded by mu
-	// channels maps a channel id to its sinks: an immutable snapshot,
-	// replaced under mu, read by Emit without a lock.
+	// channels maps a channel id to its sinks (an immutable slice per
+	// channel): changed under mu, read by Emit without a lock.
 	channels cowMap[uint32, []*Sink]
 	remote   *remote // nil without a datapath to peers
 }
@@ -111,7 +110,7 @@ type Session struct {
 
 	streams map[uint32]*Stream // guarded by rt.mu
 	sinks   map[uint32]*Sink   // guarded by rt.mu
-	// sources is replaced under rt.mu and read by the datapath.
+	// sources is changed under rt.mu and read by the datapath.
 	sources cowMap[uint32, *Source]
 	closed  bool // guarded by rt.mu
 	// lastSeen is the unix nanosecond time of the session's last message.
@@ -206,7 +205,7 @@ func (s *Session) CreateSource(streamID, channel uint32) (*Source, error) {
 	}
 	src := &Source{ID: r.newIDLocked(), Channel: channel, Stream: st}
 	src.Global = uint64(r.opts.NodeID)<<32 | uint64(src.ID)
-	s.sources.Update(func(m map[uint32]*Source) { m[src.ID] = src })
+	s.sources.Store(src.ID, src)
 	return src, nil
 }
 
@@ -236,16 +235,14 @@ func (s *Session) streamLocked(id uint32) (*Stream, error) {
 	return st, nil
 }
 
-// updateChannelLocked replaces a channel's sink list.
+// updateChannelLocked replaces a channel's sink list with f applied to a
+// copy of it (readers hold the old one).
 func (r *Runtime) updateChannelLocked(ch uint32, f func([]*Sink) []*Sink) {
 	before := len(r.channels.Get(ch))
 	var l []*Sink
-	r.channels.Update(func(m map[uint32][]*Sink) {
-		if l = f(append([]*Sink(nil), m[ch]...)); len(l) == 0 {
-			delete(m, ch)
-		} else {
-			m[ch] = l
-		}
+	r.channels.Update(ch, func(old []*Sink, _ bool) ([]*Sink, bool) {
+		l = f(append([]*Sink(nil), old...))
+		return l, len(l) > 0
 	})
 	if r.remote != nil && (before == 0) != (len(l) == 0) {
 		r.remote.channelsChanged()
@@ -257,10 +254,9 @@ func (s *Session) CloseSource(id uint32) error {
 	r := s.rt
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if s.sources.Get(id) == nil {
+	if !s.sources.Delete(id) {
 		return fmt.Errorf("source %d: %w", id, ErrNotFound)
 	}
-	s.sources.Update(func(m map[uint32]*Source) { delete(m, id) })
 	return nil
 }
 
@@ -303,9 +299,7 @@ func (s *Session) CloseStream(id uint32) error {
 			s.closeSinkLocked(sk)
 		}
 	}
-	s.sources.Update(func(m map[uint32]*Source) {
-		maps.DeleteFunc(m, func(_ uint32, v *Source) bool { return v.Stream == st })
-	})
+	s.sources.DeleteFunc(func(_ uint32, v *Source) bool { return v.Stream == st })
 	delete(s.streams, id)
 	return nil
 }
@@ -322,7 +316,7 @@ func (s *Session) Close() {
 	for _, sk := range s.sinks {
 		s.closeSinkLocked(sk)
 	}
-	s.sources.Reset()
+	s.sources.Clear()
 	s.streams = map[uint32]*Stream{}
 	delete(r.sessions, s.ID)
 	r.log.Info("session closed", "session", s.ID, "endpoint", s.ep.String())
@@ -410,14 +404,13 @@ func (r *Runtime) Streams() []StreamInfo {
 	defer r.mu.Unlock()
 	var out []StreamInfo
 	for _, s := range r.sessions {
-		srcs := s.sources.Load()
 		for _, st := range s.streams {
 			info := StreamInfo{Session: s.ID, Stream: st.ID, Endpoint: s.ep.String(), Options: st.Options,
 				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}}
 			if s.Addr.IsValid() {
 				info.SessionRemote = s.Addr.String()
 			}
-			for _, src := range srcs {
+			for _, src := range s.sources.All() {
 				if src.Stream == st {
 					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load()})
 				}

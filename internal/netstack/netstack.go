@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/cow"
 	"github.com/veloce-io/veloce/internal/pkt"
 )
 
@@ -190,8 +191,10 @@ type Host struct {
 
 	arpReplies, echoReplies atomic.Uint64
 
-	neighMu  sync.Mutex
-	neigh    atomic.Pointer[map[[4]byte]pkt.MAC] // copy on write; nil without a table
+	// neigh is the neighbour table (copy-on-write: Handle and senders
+	// read it without a lock), used only when cfg.Neighbours > 0.
+	neighMu  sync.Mutex // serialises Learn's check-evict-store
+	neigh    cow.Map[[4]byte, pkt.MAC]
 	learnedN atomic.Uint64
 }
 
@@ -216,10 +219,6 @@ func New(cfg Config) (*Host, error) {
 			h.bcast[i] = network[i] | ^mask[i]
 		}
 		h.hasBcast = true
-	}
-	if cfg.Neighbours > 0 {
-		m := map[[4]byte]pkt.MAC{}
-		h.neigh.Store(&m)
 	}
 	return h, nil
 }
@@ -451,20 +450,14 @@ func (h *Host) GratuitousARP(b []byte) (int, error) {
 
 // Neighbour returns the MAC address learned for ip.
 func (h *Host) Neighbour(ip netip.Addr) (pkt.MAC, bool) {
-	m := h.neigh.Load()
-	if m == nil || !ip.Unmap().Is4() {
+	if !ip.Unmap().Is4() {
 		return pkt.MAC{}, false
 	}
-	mac, ok := (*m)[ip.Unmap().As4()]
-	return mac, ok
+	return h.neigh.Lookup(ip.Unmap().As4())
 }
 
 func (h *Host) knows(ip [4]byte) bool {
-	m := h.neigh.Load()
-	if m == nil {
-		return false
-	}
-	_, ok := (*m)[ip]
+	_, ok := h.neigh.Lookup(ip)
 	return ok
 }
 
@@ -472,39 +465,30 @@ func (h *Host) knows(ip [4]byte) bool {
 // on its link. A full table forgets an arbitrary entry. Learning a known
 // mapping costs no write.
 func (h *Host) Learn(ip netip.Addr, mac pkt.MAC) {
-	m := h.neigh.Load()
-	if m == nil || !ip.Unmap().Is4() || !h.OnLink(ip) {
+	if h.cfg.Neighbours <= 0 || !ip.Unmap().Is4() || !h.OnLink(ip) {
 		return
 	}
 	k := ip.Unmap().As4()
-	if old, ok := (*m)[k]; ok && old == mac {
+	if old, ok := h.neigh.Lookup(k); ok && old == mac {
 		return
 	}
 	h.neighMu.Lock()
 	defer h.neighMu.Unlock()
-	cur := *h.neigh.Load()
-	next := make(map[[4]byte]pkt.MAC, len(cur)+1)
-	for a, v := range cur {
-		next[a] = v
-	}
-	if _, ok := next[k]; !ok && len(next) >= h.cfg.Neighbours {
-		for a := range next {
-			delete(next, a)
+	if _, ok := h.neigh.Lookup(k); !ok && h.neigh.Len() >= h.cfg.Neighbours {
+		for a := range h.neigh.All() {
+			h.neigh.Delete(a)
 			break
 		}
 	}
-	next[k] = mac
-	h.neigh.Store(&next)
+	h.neigh.Store(k, mac)
 	h.learnedN.Add(1)
 }
 
 // Neighbours returns a copy of the neighbour table.
 func (h *Host) Neighbours() map[netip.Addr]pkt.MAC {
 	out := map[netip.Addr]pkt.MAC{}
-	if m := h.neigh.Load(); m != nil {
-		for a, v := range *m {
-			out[netip.AddrFrom4(a)] = v
-		}
+	for a, v := range h.neigh.All() {
+		out[netip.AddrFrom4(a)] = v
 	}
 	return out
 }
