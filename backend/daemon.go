@@ -151,11 +151,16 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.rt.Start(ctx); err != nil {
 		return d.life.Abort(err)
 	}
+	// Each part is also closed (and waited for) as a cleanup, so that it
+	// has stopped before Wait returns even if the context ended while
+	// Start ran; Close after a stop is a no-op.
+	d.life.Cleanup(func() { d.rt.Close() })
 	d.life.Go(func(context.Context) error { return d.rt.Wait() })
 	for _, p := range d.ports {
 		if err := p.Start(ctx); err != nil {
 			return d.life.Abort(err)
 		}
+		d.life.Cleanup(func() { p.Close() })
 		d.log.Info("port up", "port", p.Name(), "socket", p.opts.Socket, "client", p.opts.Client)
 		d.life.Go(func(context.Context) error {
 			if err := p.Wait(); err != nil {
