@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,13 +9,24 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/veloce-io/veloce/control"
+	"github.com/veloce-io/veloce/internal/lifecycle"
 )
 
 // DefaultControlSocket is where veloced listens for velocectl.
-const DefaultControlSocket = "/run/veloce/control.sock"
+const DefaultControlSocket = control.DefaultSocket
+
+// Errors of the lifecycle of a Daemon, Port and Runtime (New, Start,
+// Wait, Close).
+var (
+	// ErrStarted: Start on something already started or closed.
+	ErrStarted = lifecycle.ErrStarted
+	// ErrNotStarted: Wait on something never started.
+	ErrNotStarted = lifecycle.ErrNotStarted
+)
 
 // DaemonOptions configure a Daemon.
 type DaemonOptions struct {
@@ -37,13 +47,15 @@ type DaemonOptions struct {
 	SessionTimeout time.Duration
 }
 
-// Daemon is veloced: ports plus the control API. New, then Run.
+// Daemon is veloced: ports plus the control API. NewDaemon, then Start
+// (ready once it returns), then Wait or Close; Run is Start and Wait.
 type Daemon struct {
 	opts  DaemonOptions
 	log   *slog.Logger
 	rt    *Runtime
 	ports []*Port
-	apps  atomic.Pointer[hostApps] // the host transport while Run serves it
+	apps  atomic.Pointer[hostApps] // the host transport while the daemon serves it
+	life  lifecycle.Group          // Start, Wait, Close
 }
 
 // NewDaemon validates opts and creates the ports; nothing runs yet.
@@ -106,165 +118,156 @@ func (d *Daemon) Streams() []StreamInfo {
 	return s
 }
 
-// Run serves every port and the control API until ctx ends, then stops
-// them all and returns. A port that cannot start (its socket cannot be
-// created) fails Run before anything is served.
-func (d *Daemon) Run(ctx context.Context) error {
+// Start serves the runtime, every port, the app socket and the control
+// API, and returns once every socket listens: the daemon is ready (a
+// client-mode port is ready once its first connection attempt is under
+// way). It serves until ctx ends, Close is called or a part fails (Wait
+// returns that failure). If a socket cannot be created (another veloced
+// serves the control socket, a directory is missing), Start stops and
+// removes whatever it had started and returns the error. A Daemon starts
+// once (ErrStarted).
+func (d *Daemon) Start(ctx context.Context) error {
+	ctx, err := d.life.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	// Sockets first, in the order that refuses a second daemon before
+	// touching anything of the first one's; each is served once all
+	// listen.
 	if err := os.MkdirAll(filepath.Dir(d.opts.ControlSocket), 0o755); err != nil {
-		return fmt.Errorf("control socket: %w", err)
+		return d.life.Abort(fmt.Errorf("control socket: %w", err))
 	}
 	if c, err := net.Dial("unix", d.opts.ControlSocket); err == nil {
 		c.Close()
-		return fmt.Errorf("control socket %s: another veloced is running", d.opts.ControlSocket)
+		return d.life.Abort(fmt.Errorf("control socket %s: another veloced is running", d.opts.ControlSocket))
 	}
 	os.Remove(d.opts.ControlSocket)
-	var apps *hostApps
+	ln, err := net.Listen("unix", d.opts.ControlSocket) // removed when closed
+	if err != nil {
+		return d.life.Abort(fmt.Errorf("control socket: %w", err))
+	}
+	srv := &http.Server{Handler: control.Handler(daemonService{d}), ReadHeaderTimeout: 5 * time.Second}
+	d.life.Cleanup(func() { ln.Close() }) // Serve closes it too; this covers a failed Start
+	if err := d.rt.Start(ctx); err != nil {
+		return d.life.Abort(err)
+	}
+	// Each part is also closed (and waited for) as a cleanup, so that it
+	// has stopped before Wait returns even if the context ended while
+	// Start ran; Close after a stop is a no-op.
+	d.life.Cleanup(func() { d.rt.Close() })
+	d.life.Go(func(context.Context) error { return d.rt.Wait() })
+	for _, p := range d.ports {
+		if err := p.Start(ctx); err != nil {
+			return d.life.Abort(err)
+		}
+		d.life.Cleanup(func() { p.Close() })
+		d.log.Info("port up", "port", p.Name(), "socket", p.opts.Socket, "client", p.opts.Client)
+		d.life.Go(func(context.Context) error {
+			if err := p.Wait(); err != nil {
+				return fmt.Errorf("port %s: %w", p.Name(), err)
+			}
+			return nil
+		})
+	}
 	if d.opts.AppSocket != "" {
-		var err error
-		if apps, err = listenHostApps(d.rt, d.opts.AppSocket); err != nil {
-			return err
+		apps, err := listenHostApps(d.rt, d.opts.AppSocket)
+		if err != nil {
+			return d.life.Abort(err)
 		}
 		d.apps.Store(apps)
-		defer d.apps.Store(nil)
+		d.life.Cleanup(func() { d.apps.Store(nil); apps.conn.Close() }) // run closes it too; this covers a stop before run
+		d.life.Go(func(ctx context.Context) error { apps.run(ctx); return nil })
 	}
-	ln, err := net.Listen("unix", d.opts.ControlSocket)
-	if err != nil {
-		if apps != nil {
-			apps.conn.Close()
-		}
-		return fmt.Errorf("control socket: %w", err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	srv := &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 5 * time.Second}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(d.ports)+1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs <- fmt.Errorf("control API: %w", err)
-		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.rt.Run(ctx)
-	}()
-	if apps != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			apps.run(ctx)
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	d.life.Go(func(ctx context.Context) error {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case now := <-tick.C:
 				d.rt.reapIdle(now.Add(-d.opts.SessionTimeout).UnixNano())
 			}
 		}
-	}()
-	for _, p := range d.ports {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.log.Info("port up", "port", p.Name(), "socket", p.opts.Socket, "client", p.opts.Client)
-			if err := p.Run(ctx); err != nil {
-				errs <- fmt.Errorf("port %s: %w", p.Name(), err)
-				cancel()
-			}
-		}()
-	}
-	<-ctx.Done()
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(sctx)
-	scancel()
-	wg.Wait()
-	os.Remove(d.opts.ControlSocket)
-	close(errs)
-	return <-errs // nil when no port failed
-}
-
-func (d *Daemon) controlHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/ports", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, d.Ports())
 	})
-	mux.HandleFunc("GET /v1/streams", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, d.Streams())
+	d.life.Go(func(context.Context) error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("control API: %w", err)
+		}
+		return nil
 	})
-	mux.HandleFunc("GET /v1/remote", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, d.rt.Remote())
+	d.life.Go(func(ctx context.Context) error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		return nil
 	})
-	mux.HandleFunc("GET /v1/apps", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, d.HostApps())
-	})
-	return mux
+	return nil
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
+// Wait blocks until the daemon stopped, every part of it returned and its
+// sockets are removed, and returns the first failure of a part (nil when
+// it stopped because its context ended or Close was called).
+func (d *Daemon) Wait() error { return d.life.Wait() }
 
-// ControlClient talks to a daemon's control API.
-type ControlClient struct {
-	c *http.Client
-}
+// Close stops the daemon and waits for it, returning what Wait returns.
+// It may be called more than once, and before Start (which then fails).
+func (d *Daemon) Close() error { return d.life.Close() }
 
-// NewControlClient returns a client for the control socket at path.
-func NewControlClient(path string) *ControlClient {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}
-	return &ControlClient{c: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
-}
-
-// Ports lists the daemon's ports.
-func (c *ControlClient) Ports(ctx context.Context) ([]PortInfo, error) {
-	var out []PortInfo
-	return out, c.get(ctx, "/v1/ports", &out)
-}
-
-// Streams lists the daemon's streams.
-func (c *ControlClient) Streams(ctx context.Context) ([]StreamInfo, error) {
-	var out []StreamInfo
-	return out, c.get(ctx, "/v1/streams", &out)
-}
-
-// Apps returns the daemon's host applications (the host transport).
-func (c *ControlClient) Apps(ctx context.Context) (HostAppsInfo, error) {
-	var out HostAppsInfo
-	return out, c.get(ctx, "/v1/apps", &out)
-}
-
-// Remote returns the daemon's datapaths to other hosts and its peers.
-func (c *ControlClient) Remote(ctx context.Context) (RemoteInfo, error) {
-	var out RemoteInfo
-	return out, c.get(ctx, "/v1/remote", &out)
-}
-
-func (c *ControlClient) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://veloced"+path, nil)
-	if err != nil {
+// Run is Start then Wait: it serves until ctx ends, then stops everything
+// and returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.Start(ctx); err != nil {
 		return err
 	}
-	resp, err := c.c.Do(req)
-	if err != nil {
-		return fmt.Errorf("veloced control API: %w", err)
+	return d.Wait()
+}
+
+// daemonService serves the control API (package control) from a Daemon.
+type daemonService struct{ d *Daemon }
+
+var _ control.Service = daemonService{}
+
+func (s daemonService) Ports(context.Context) ([]control.PortInfo, error) { return s.d.Ports(), nil }
+
+func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
+	in := s.d.Streams()
+	out := make([]control.StreamInfo, len(in))
+	for i, st := range in {
+		out[i] = control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
+			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, Warning: st.Warning,
+			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: make([]control.SinkInfo, len(st.Sinks)),
+			SessionRemote: st.SessionRemote}
+		for j, so := range st.Sources {
+			out[i].Sources[j] = control.SourceInfo(so)
+		}
+		for j, sk := range st.Sinks {
+			out[i].Sinks[j] = control.SinkInfo(sk)
+		}
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("veloced control API: GET %s: %s", path, resp.Status)
+	return out, nil
+}
+
+func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {
+	in := s.d.HostApps()
+	out := control.HostAppsInfo{Socket: in.Socket, Clients: make([]control.HostClientInfo, len(in.Clients)),
+		Sessions: in.Sessions, MappedBytes: in.MappedBytes, Malformed: in.Malformed, Wakeups: in.Wakeups}
+	for i, c := range in.Clients {
+		out.Clients[i] = control.HostClientInfo(c)
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return out, nil
+}
+
+func (s daemonService) Remote(context.Context) (control.RemoteInfo, error) {
+	in := s.d.rt.Remote()
+	out := control.RemoteInfo{Datapaths: make([]control.DatapathInfo, len(in.Datapaths)), Peers: make([]control.PeerInfo, len(in.Peers)),
+		Sent: in.Sent, Received: in.Received, Dropped: in.Dropped, Malformed: in.Malformed}
+	for i, dp := range in.Datapaths {
+		out.Datapaths[i] = control.DatapathInfo(dp)
+	}
+	for i, p := range in.Peers {
+		out.Peers[i] = control.PeerInfo(p)
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/images/guestinit"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/vmtest"
@@ -48,25 +49,15 @@ func startDaemonWith(t *testing.T, edit func(*DaemonOptions), names ...string) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	// Every socket listens once Start returns.
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := d.Close(); err != nil {
 			t.Errorf("daemon: %v", err)
 		}
 	})
-	// The ports listen once Run has created their sockets.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, s := range append(socks, opts.ControlSocket) {
-		for !exists(s) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never appeared", s)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 	return d, socks
 }
 
@@ -124,7 +115,7 @@ func TestTwoVMsOnTwoPorts(t *testing.T) {
 	testutil.RequiresRoot(t)
 	_, socks := startDaemon(t, "a", "b")
 	kernel, initramfs := vmtest.Image(t, vmtest.Guest{})
-	client := NewControlClient(filepath.Join(filepath.Dir(socks[0]), "control.sock"))
+	client := control.NewClient(filepath.Join(filepath.Dir(socks[0]), "control.sock"))
 	var vms []*vmtest.VM
 	for _, s := range socks {
 		vms = append(vms, vmtest.Boot(t, vmtest.Options{

@@ -275,13 +275,10 @@ func TestVMMessagesLeaveThroughDPDK(t *testing.T) {
 	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Accelerated: []Datapath{dpB},
 		Peers: []netip.AddrPort{dpA.LocalAddr()}, DirectoryInterval: 200 * time.Millisecond}})
 	ctx := runRuntimes(t, rtB)
-	dctx, dcancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- dA.Run(dctx) }()
-	t.Cleanup(func() { dcancel(); <-done })
-	for !exists(sock) {
-		time.Sleep(10 * time.Millisecond)
+	if err := dA.Start(ctx); err != nil { // sock listens
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { dA.Close() })
 
 	check := &orderCheck{last: map[uint64]uint64{}}
 	sb := rtB.OpenSession(check, netip.AddrPort{})

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/vhostuser"
 )
 
@@ -57,7 +58,7 @@ type Port struct {
 	replies   replayCache              // recent control replies, for resent requests
 }
 
-// NewPort creates a port; Run serves it.
+// NewPort creates a port; Start serves it.
 func NewPort(opts PortOptions) (*Port, error) {
 	if opts.Socket == "" {
 		return nil, fmt.Errorf("port: no socket path")
@@ -122,44 +123,39 @@ func (p *Port) HandleFrame(qp int, frame, reply []byte) int {
 	return 0
 }
 
-// Run serves the port until ctx ends.
-func (p *Port) Run(ctx context.Context) error { return p.server.Run(ctx) }
+// Start serves the port: it returns once the vhost-user socket listens
+// (or, in client mode, once the first connection attempt is under way),
+// or with the error that kept it from listening, nothing left running.
+// The port serves until ctx ends or Close is called; it starts once
+// (ErrStarted).
+func (p *Port) Start(ctx context.Context) error {
+	if err := p.server.Start(ctx); err != nil {
+		return fmt.Errorf("start port %s: %w", p.opts.Name, err)
+	}
+	return nil
+}
+
+// Wait blocks until the port stopped and its frontend connection ended;
+// in server mode its socket file is gone by then.
+func (p *Port) Wait() error { return p.server.Wait() }
+
+// Close stops the port and waits for it; it may be called more than once.
+func (p *Port) Close() error { return p.server.Close() }
+
+// Run is Start then Wait: it serves the port until ctx ends.
+func (p *Port) Run(ctx context.Context) error {
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	return p.Wait()
+}
 
 // Name returns the port's name.
 func (p *Port) Name() string { return p.opts.Name }
 
-// PortInfo is what velocectl ports shows for a port. Field names are a
-// contract (DESIGN.md): keep them.
-type PortInfo struct {
-	Name             string `json:"name"`
-	Socket           string `json:"socket"`
-	Mode             string `json:"mode"`  // "server" (daemon listens) or "client"
-	State            string `json:"state"` // "waiting", "connected" or "running"
-	Features         string `json:"features"`
-	ProtocolFeatures string `json:"protocol_features"`
-	Queues           int    `json:"queues"`
-	MaxQueues        int    `json:"max_queues"`
-	MTU              int    `json:"mtu,omitempty"`
-	GuestIP          string `json:"guest_ip"`
-	GuestMAC         string `json:"guest_mac,omitempty"`
-	ServiceIP        string `json:"service_ip"`
-	GuestTXPackets   uint64 `json:"guest_tx_packets"`
-	GuestTXBytes     uint64 `json:"guest_tx_bytes"`
-	GuestRXPackets   uint64 `json:"guest_rx_packets"`
-	GuestRXBytes     uint64 `json:"guest_rx_bytes"`
-	Drops            uint64 `json:"drops"`
-	Errors           uint64 `json:"errors"`
-	ARPReplies       uint64 `json:"arp_replies"`
-	EchoReplies      uint64 `json:"echo_replies"`
-	DHCPReplies      uint64 `json:"dhcp_replies"`
-	LinkDrops        uint64 `json:"link_drops"`
-	ServiceDatagrams uint64 `json:"service_datagrams"`
-	Malformed        uint64 `json:"malformed_datagrams"`
-	Sessions         int    `json:"sessions"`
-	OutboxQueued     int    `json:"outbox_queued"`
-	Logging          bool   `json:"dirty_logging"`
-	LastError        string `json:"last_error,omitempty"`
-}
+// PortInfo is what velocectl ports shows for a port: the control API's
+// type (its JSON field names are a contract).
+type PortInfo = control.PortInfo
 
 // Info returns the port's state and counters.
 func (p *Port) Info() PortInfo {

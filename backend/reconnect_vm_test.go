@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/images/guestinit"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/vmtest"
@@ -26,22 +27,25 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
-	start := func(name string) *exec.Cmd {
+	type proc struct {
+		cmd    *exec.Cmd
+		exited chan struct{}
+	}
+	start := func(name string) proc {
 		os.Remove(ctl)
 		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
 		logf, _ := os.Create(filepath.Join(dir, name+".log"))
-		cmd.Stderr = logf
+		ready := testutil.WatchLine(control.ReadyLine, logf)
+		cmd.Stderr = ready
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		for deadline := time.Now().Add(10 * time.Second); !exists(ctl); time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not start", name)
-			}
-		}
-		return cmd
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+		ready.Wait(t, exited, time.Minute) // its sockets listen
+		return proc{cmd, exited}
 	}
 	first := start("veloced-1")
 
@@ -57,8 +61,10 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 	if _, err := vm.WaitConsole(ctx, "seq=10 "); err != nil {
 		t.Fatal(err)
 	}
-	first.Process.Signal(syscall.SIGKILL)
-	first.Wait()
+	first.cmd.Process.Signal(syscall.SIGKILL)
+	<-first.exited
+	// The daemon stays down a while (the scenario, not a readiness wait):
+	// QEMU sees the hang-up and retries every second (reconnect=1).
 	time.Sleep(time.Second)
 	start("veloced-2")
 	r, err := vm.Wait(ctx)
@@ -72,7 +78,7 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 			t.Errorf("no reply for %s after the daemon restarted", strings.TrimSpace(seq))
 		}
 	}
-	ports, err := NewControlClient(ctl).Ports(ctx)
+	ports, err := control.NewClient(ctl).Ports(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,12 +102,11 @@ func TestDaemonReconnectsToRestartedQEMU(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx) }()
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	defer func() {
-		stop()
-		if err := <-done; err != nil {
+		if err := d.Close(); err != nil {
 			t.Errorf("daemon: %v", err)
 		}
 	}()
@@ -138,19 +143,23 @@ func TestSIGTERMStopsDaemonCleanly(t *testing.T) {
 	}
 	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
 	cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	stderr := testutil.WatchLine(control.ReadyLine, nil)
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); !exists(ctl) || !exists(sock); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("veloced did not start:\n%s", stderr.String())
+	exited := make(chan error, 1)
+	exitedC := make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(exitedC) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exitedC })
+	stderr.Wait(t, exitedC, time.Minute)
+	for _, p := range []string{sock, ctl} {
+		if !exists(p) {
+			t.Errorf("%s missing once veloced said it was ready", p)
 		}
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
+	if err := <-exited; err != nil {
 		t.Fatalf("veloced after SIGTERM: %v\n%s", err, stderr.String())
 	}
 	for _, p := range []string{sock, ctl} {

@@ -153,13 +153,10 @@ func TestVMStreamsToVMOnAnotherHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- d.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		for !exists(sock) {
-			time.Sleep(10 * time.Millisecond)
+		if err := d.Start(context.Background()); err != nil { // sock listens
+			t.Fatal(err)
 		}
+		t.Cleanup(func() { d.Close() })
 		return d, sock
 	}
 	_, sockA := start(a, "10.99.1.1:7078", "10.99.1.2:7078", 1, "src")

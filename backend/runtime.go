@@ -11,6 +11,8 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+
+	"github.com/veloce-io/veloce/internal/lifecycle"
 )
 
 // RuntimeOptions configure the stream runtime.
@@ -43,6 +45,8 @@ type Runtime struct {
 	// channel): changed under mu, read by Emit without a lock.
 	channels cowMap[uint32, []*Sink]
 	remote   *remote // nil without a datapath to peers
+
+	life lifecycle.Group // Start, Wait, Close
 }
 
 // Errors of the control operations.
@@ -78,15 +82,34 @@ func NewRuntime(opts RuntimeOptions) *Runtime {
 	return r
 }
 
-// Run moves messages to and from peers until ctx ends; without peers it
-// just waits. The datapath is closed on return.
-func (r *Runtime) Run(ctx context.Context) {
-	if r.remote == nil {
-		<-ctx.Done()
-		return
+// Start moves messages to and from peers until ctx ends or Close is
+// called; without peers there is nothing to run. The datapaths are bound
+// by then (their plugins' New), so Start returns at once; a Runtime
+// starts once (ErrStarted).
+func (r *Runtime) Start(ctx context.Context) error {
+	if _, err := r.life.Begin(ctx); err != nil {
+		return fmt.Errorf("start runtime: %w", err)
 	}
-	r.remote.run(ctx)
-	r.remote.close()
+	if r.remote != nil {
+		r.life.Cleanup(r.remote.close)
+		r.life.Go(func(ctx context.Context) error { r.remote.run(ctx); return nil })
+	}
+	return nil
+}
+
+// Wait blocks until the runtime stopped; its datapaths are closed by then.
+func (r *Runtime) Wait() error { return r.life.Wait() }
+
+// Close stops the runtime and waits for it; it may be called more than
+// once.
+func (r *Runtime) Close() error { return r.life.Close() }
+
+// Run is Start then Wait: it moves messages to and from peers until ctx
+// ends; without peers it just waits. The datapath is closed on return.
+func (r *Runtime) Run(ctx context.Context) {
+	if r.Start(ctx) == nil {
+		r.Wait()
+	}
 }
 
 // endpoint is where a session's application lives (a VM port, a host

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,23 +29,16 @@ func stoppableDaemon(t *testing.T) (*backend.Daemon, string, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(stop)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if s, err := guestlib.Open(context.Background(), guestlib.Options{Socket: sock, RequestTimeout: 50 * time.Millisecond}); err == nil {
-			s.Close()
-			return d, sock, stop
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon did not answer")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := d.Start(context.Background()); err != nil { // the app socket listens
+		t.Fatal(err)
 	}
+	stop := func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return d, sock, stop
 }
 
 func open(t *testing.T, sock string) *guestlib.Session {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/veloce-io/veloce/internal/lifecycle"
 )
 
 // Server serves one vhost-user device on one unix socket, in either role:
@@ -15,6 +17,9 @@ import (
 // server=on; DPDK virtio-user) or connecting to a frontend that listens
 // (QEMU "server=on"; Cloud Hypervisor's default), reconnecting whenever the
 // connection drops.
+//
+// Set the fields, then Start (or Run); Wait or Close end it. A Server is
+// used once.
 type Server struct {
 	// Path is the socket path.
 	Path string
@@ -32,54 +37,102 @@ type Server struct {
 	// cleanly or not, once the device has stopped its rings.
 	OnDisconnect func()
 
+	life   lifecycle.Group // Start, Wait, Close
 	mu     sync.Mutex
-	ln     *net.UnixListener
-	active *net.UnixConn
+	ln     *net.UnixListener // guarded by mu
+	active *net.UnixConn     // guarded by mu
 }
 
-// Run serves until ctx ends. In listening mode it removes a stale socket
-// file first and removes its own on return.
-func (s *Server) Run(ctx context.Context) error {
+// Errors of the Server lifecycle.
+var (
+	// ErrStarted: Start on a Server already started or closed.
+	ErrStarted = lifecycle.ErrStarted
+	// ErrNotStarted: Wait on a Server never started.
+	ErrNotStarted = lifecycle.ErrNotStarted
+)
+
+// Start begins serving and returns once the server is ready: in listening
+// mode once the socket listens (a stale socket file removed first), in
+// client mode at once, with the first connection attempt under way. It
+// serves until ctx ends or Close is called. If the socket cannot be
+// created, Start returns the error and nothing runs. A Server starts once
+// (ErrStarted).
+func (s *Server) Start(ctx context.Context) error {
 	if s.Device == nil {
-		return errors.New("vhostuser: Server.Device is nil")
+		return errors.New("start vhost-user server: Server.Device is nil")
 	}
+	ctx, err := s.life.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("start vhost-user server %s: %w", s.Path, err)
+	}
+	// Ending the context ends the accept or dial loop and the connection
+	// being served.
+	s.life.Go(func(ctx context.Context) error {
+		<-ctx.Done()
+		s.closeAll()
+		return nil
+	})
 	if s.Client {
-		return s.runClient(ctx)
+		s.life.Go(s.runClient)
+		return nil
 	}
-	return s.runListener(ctx)
+	ln, err := s.listen()
+	if err != nil {
+		return s.life.Abort(err)
+	}
+	s.life.Cleanup(func() { ln.Close() }) // should ctx have ended already
+	s.life.Go(func(ctx context.Context) error { return s.accept(ctx, ln) })
+	return nil
 }
 
-func (s *Server) runListener(ctx context.Context) error {
+// Wait blocks until the server stopped (its context ended or Close was
+// called) and every connection it served ended; in listening mode the
+// socket file is gone by then. It returns nil, or ErrNotStarted.
+func (s *Server) Wait() error { return s.life.Wait() }
+
+// Close stops the server and waits for it, as Wait. It may be called
+// more than once, and before Start (which then fails).
+func (s *Server) Close() error { return s.life.Close() }
+
+// Run is Start then Wait: it serves until ctx ends. In listening mode it
+// removes a stale socket file first and removes its own on return.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	return s.Wait()
+}
+
+func (s *Server) listen() (*net.UnixListener, error) {
 	if fi, err := os.Lstat(s.Path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 		// A socket file left by a daemon that died: nobody can be
 		// listening on it if a connect fails.
 		if c, err := net.Dial("unix", s.Path); err == nil {
 			c.Close()
-			return fmt.Errorf("listen %s: another backend is serving this socket", s.Path)
+			return nil, fmt.Errorf("listen %s: another backend is serving this socket", s.Path)
 		}
 		os.Remove(s.Path)
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.Path, Net: "unix"})
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.Path, err)
+		return nil, fmt.Errorf("listen %s: %w", s.Path, err)
 	}
 	ln.SetUnlinkOnClose(true)
 	s.mu.Lock()
 	s.ln = ln
 	s.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() { s.closeAll() })
-	defer stop()
+	return ln, nil
+}
+
+func (s *Server) accept(ctx context.Context, ln *net.UnixListener) error {
 	defer ln.Close()
 	for {
 		conn, err := ln.AcceptUnix()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // EMFILE and the like
 			continue
 		}
 		s.serve(ctx, conn)
@@ -91,8 +144,6 @@ func (s *Server) runClient(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
 	}
-	stop := context.AfterFunc(ctx, func() { s.closeAll() })
-	defer stop()
 	for ctx.Err() == nil {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", s.Path)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,13 +14,14 @@ import (
 	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
 )
 
-// runServer runs s until the returned stop is called; stop waits for Run
-// and returns its result.
+// runServer starts s (in listening mode its socket listens when
+// runServer returns) until the returned stop is called; stop closes it and
+// returns what Close returns.
 func runServer(t testing.TB, s *vhostuser.Server) (stop func() error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatalf("Server.Start: %v", err)
+	}
 	stopped := false
 	var result error
 	stop = func() error {
@@ -27,11 +29,12 @@ func runServer(t testing.TB, s *vhostuser.Server) (stop func() error) {
 			return result
 		}
 		stopped = true
-		cancel()
+		closed := make(chan struct{})
+		go func() { result = s.Close(); close(closed) }()
 		select {
-		case result = <-done:
+		case <-closed:
 		case <-time.After(waitFor):
-			t.Fatalf("Server.Run did not return after its context ended")
+			t.Fatalf("Server.Close did not return")
 		}
 		return result
 	}
@@ -39,16 +42,13 @@ func runServer(t testing.TB, s *vhostuser.Server) (stop func() error) {
 	return stop
 }
 
-// dialRetry connects to a listening server, retrying while the socket is
-// not there yet.
-func dialRetry(t testing.TB, path string) *testFrontend {
+// dial connects to a listening server (started: its socket listens).
+func dial(t testing.TB, path string) *testFrontend {
 	t.Helper()
-	var c *net.UnixConn
-	eventually(t, "connect to "+path, func() bool {
-		var err error
-		c, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
-		return err == nil
-	})
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { c.Close() })
 	return &testFrontend{t: t, fe: &vhostusertest.Frontend{Conn: c}}
 }
@@ -84,7 +84,7 @@ func TestServerListensForFrontends(t *testing.T) {
 	var errs []error
 	stop := runServer(t, &vhostuser.Server{Path: path, Device: dev, OnError: func(err error) { errs = append(errs, err) }})
 	for i := range 2 {
-		f := dialRetry(t, path)
+		f := dial(t, path)
 		fg := newFakeGuest(t, 1)
 		f.startQEMU(fg, linuxFeatures)
 		exchangeARP(t, fg, rec, byte(i+1))
@@ -92,7 +92,7 @@ func TestServerListensForFrontends(t *testing.T) {
 		eventually(t, "device sees the hang-up", func() bool { return !dev.State().Connected })
 	}
 	if err := stop(); err != nil {
-		t.Errorf("Run = %v", err)
+		t.Errorf("Close = %v", err)
 	}
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket file after shutdown: %v", err)
@@ -128,7 +128,7 @@ func TestServerClientModeReconnects(t *testing.T) {
 		c.Close()
 	}
 	if err := stop(); err != nil {
-		t.Errorf("Run = %v", err)
+		t.Errorf("Close = %v", err)
 	}
 }
 
@@ -138,12 +138,68 @@ func TestServerStopsWhileServing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vhost.sock")
 	dev := newNetDevice(t, 1, newRecorder(nil))
 	stop := runServer(t, &vhostuser.Server{Path: path, Device: dev})
-	f := dialRetry(t, path)
+	f := dial(t, path)
 	f.startQEMU(newFakeGuest(t, 1), linuxFeatures)
 	if err := stop(); err != nil {
-		t.Errorf("Run = %v", err)
+		t.Errorf("Close = %v", err)
 	}
 	if dev.State().Connected {
-		t.Error("device still connected after Run returned")
+		t.Error("device still connected after Close returned")
+	}
+}
+
+// TestServerStartFailsAndLifecycle: Start reports a socket that cannot be
+// created and leaves nothing running; a Server starts once; Close may be
+// called again; Run is Start and Wait.
+func TestServerStartFailsAndLifecycle(t *testing.T) {
+	dev := newNetDevice(t, 1, newRecorder(nil))
+	bad := &vhostuser.Server{Path: filepath.Join(t.TempDir(), "no", "such", "dir", "vhost.sock"), Device: dev}
+	if err := bad.Start(context.Background()); err == nil {
+		t.Fatal("Start on a socket in a missing directory succeeded")
+	}
+	if err := bad.Wait(); err == nil {
+		t.Error("Wait after a failed Start = nil, want its error")
+	}
+	if err := bad.Close(); err == nil {
+		t.Error("Close after a failed Start = nil, want its error")
+	}
+
+	path := filepath.Join(t.TempDir(), "vhost.sock")
+	s := &vhostuser.Server{Path: path, Device: dev}
+	if err := s.Wait(); !errors.Is(err, vhostuser.ErrNotStarted) {
+		t.Errorf("Wait before Start = %v, want ErrNotStarted", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Errorf("socket after Start: %v", err)
+	}
+	if err := s.Start(ctx); !errors.Is(err, vhostuser.ErrStarted) {
+		t.Errorf("second Start = %v, want ErrStarted", err)
+	}
+	// A second server on the same socket is refused: the first listens.
+	other := &vhostuser.Server{Path: path, Device: newNetDevice(t, 1, newRecorder(nil))}
+	if err := other.Run(ctx); err == nil || !strings.Contains(err.Error(), "another backend") {
+		t.Errorf("Run on a served socket = %v, want another backend", err)
+	}
+	cancel()
+	if err := s.Wait(); err != nil {
+		t.Errorf("Wait after the context ended = %v", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file after Wait: %v", err)
+	}
+	for range 2 {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close after Wait = %v", err)
+		}
+	}
+	closed := &vhostuser.Server{Path: path, Device: dev}
+	closed.Close()
+	if err := closed.Start(context.Background()); !errors.Is(err, vhostuser.ErrStarted) {
+		t.Errorf("Start after Close = %v, want ErrStarted", err)
 	}
 }

@@ -51,9 +51,10 @@ func TestDPDKVirtioUserReceives(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	srv := &vhostuser.Server{Path: sock, Device: dev}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	if err := srv.Start(ctx); err != nil { // the socket listens before testpmd looks for it
+		t.Fatal(err)
+	}
+	defer srv.Close()
 	pmd, err := testpmd.Start(ctx, testpmd.Options{
 		Vdevs:       []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1", sock)},
 		ForwardMode: "rxonly",

@@ -7,20 +7,12 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/internal/testutil"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // pingPong runs echo in the background and pingpong against it, and
 // returns pingpong's summary.
@@ -28,16 +20,11 @@ func pingPong(t *testing.T, echoArgs, pingArgs []string) RTTSummary {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var echoOut syncBuf
+	echoOut := testutil.WatchLine("ready", nil)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, echoArgs, &echoOut, &echoOut) }()
-	for !strings.Contains(echoOut.String(), "ready") {
-		select {
-		case err := <-done:
-			t.Fatalf("echo ended: %v\n%s", err, echoOut.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	exited := make(chan struct{})
+	go func() { defer close(exited); done <- run(ctx, echoArgs, echoOut, echoOut) }()
+	echoOut.Wait(t, exited, time.Minute)
 	var out, errb bytes.Buffer
 	if err := run(ctx, pingArgs, &out, &errb); err != nil {
 		t.Fatalf("pingpong: %v\n%s", err, errb.String())
@@ -59,11 +46,10 @@ func TestPingPongOnVeloce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	dd := make(chan error, 1)
-	go func() { dd <- d.Run(ctx) }()
-	defer func() { cancel(); <-dd }()
-	time.Sleep(100 * time.Millisecond)
+	if err := d.Start(context.Background()); err != nil { // the app socket listens
+		t.Fatal(err)
+	}
+	defer d.Close()
 	s := pingPong(t, []string{"echo", "--socket", sock, "--in", "1", "--out", "2", "--timeout", "1m"},
 		[]string{"pingpong", "--socket", sock, "--out", "1", "--in", "2", "--count", "300", "--size", "100"})
 	t.Logf("%+v", s)

@@ -1,6 +1,7 @@
-// Command velocectl is the operator's CLI for veloced.
+// Command velocectl is the operator's CLI for veloced. It speaks the
+// control API (package control) and links nothing else of the project.
 //
-//	velocectl [--control PATH] ports [-o table|json]
+//	velocectl [--control PATH] ports|streams|apps|remote [-o table|json]
 package main
 
 import (
@@ -17,7 +18,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
-	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/control"
 )
 
 const usage = `usage: velocectl [--control PATH] COMMAND [flags]
@@ -48,8 +49,8 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("velocectl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, backend.DefaultControlSocket) }
-	control := fs.String("control", backend.DefaultControlSocket, "veloced's control socket")
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, control.DefaultSocket) }
+	socket := fs.String("control", control.DefaultSocket, "veloced's control socket")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,11 +58,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errors.New("no command")
 	}
-	client := backend.NewControlClient(*control)
+	client := control.NewClient(*socket)
 	cmd, args := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "ports":
-		return show(ctx, cmd, args, stdout, stderr, client.Ports, func(tw io.Writer, ports []backend.PortInfo) {
+		return show(ctx, cmd, args, stdout, stderr, client.Ports, func(tw io.Writer, ports []control.PortInfo) {
 			fmt.Fprintln(tw, "NAME\tMODE\tSTATE\tQUEUES\tGUEST IP\tGUEST MAC\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS\tERRORS\tFEATURES")
 			for _, p := range ports {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Mode, p.State, p.Queues, p.MaxQueues,
@@ -69,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	case "streams":
-		return show(ctx, cmd, args, stdout, stderr, client.Streams, func(tw io.Writer, streams []backend.StreamInfo) {
+		return show(ctx, cmd, args, stdout, stderr, client.Streams, func(tw io.Writer, streams []control.StreamInfo) {
 			fmt.Fprintln(tw, "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING")
 			for _, st := range streams {
 				var srcs, sinks []string
@@ -88,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	case "apps":
-		return show(ctx, cmd, args, stdout, stderr, client.Apps, func(tw io.Writer, info backend.HostAppsInfo) {
+		return show(ctx, cmd, args, stdout, stderr, client.Apps, func(tw io.Writer, info control.HostAppsInfo) {
 			fmt.Fprintln(tw, "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS")
 			for _, c := range info.Clients {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
@@ -96,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "\nsocket %s: %d sessions, %d bytes mapped, %d malformed in all\n", dash(info.Socket), info.Sessions, info.MappedBytes, info.Malformed)
 		})
 	case "remote":
-		return show(ctx, cmd, args, stdout, stderr, client.Remote, func(tw io.Writer, info backend.RemoteInfo) {
+		return show(ctx, cmd, args, stdout, stderr, client.Remote, func(tw io.Writer, info control.RemoteInfo) {
 			fmt.Fprintln(tw, "DATAPATH\tADDRESS\tDEFAULT\tQUEUED\tREACHES")
 			for _, d := range info.Datapaths {
 				fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
@@ -141,7 +142,7 @@ func show[T any](ctx context.Context, cmd string, args []string, stdout, stderr 
 	return tw.Flush()
 }
 
-func optionString(o backend.StreamOptions) string {
+func optionString(o control.StreamOptions) string {
 	var parts []string
 	for _, f := range []struct {
 		on   bool

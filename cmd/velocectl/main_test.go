@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
 
@@ -25,18 +26,22 @@ func startDaemon(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := backend.NewControlClient(ctl).Ports(context.Background()); err == nil {
-			return ctl
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon did not start")
-		}
+	startAndClose(t, d)
+	return ctl
+}
+
+// startAndClose starts d, ready when Start returns, and closes it when the
+// test ends.
+func startAndClose(t *testing.T, d *backend.Daemon) {
+	t.Helper()
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
 }
 
 // The JSON field names are a contract (DESIGN.md): outside tests read them.
@@ -124,19 +129,10 @@ func TestRemote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	startAndClose(t, d)
 	var out, errb bytes.Buffer
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		out.Reset()
-		if err = run(context.Background(), []string{"--control", ctl, "remote", "-o", "json"}, &out, &errb); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v: %s", err, errb.String())
-		}
+	if err := run(context.Background(), []string{"--control", ctl, "remote", "-o", "json"}, &out, &errb); err != nil {
+		t.Fatalf("%v: %s", err, errb.String())
 	}
 	var info struct {
 		Datapaths []map[string]any `json:"datapaths"`
@@ -165,5 +161,16 @@ func TestRemote(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "DATAPATH") || !strings.Contains(s, "127.0.0.1:9") || !strings.Contains(s, "messages: 0 sent") {
 		t.Errorf("table:\n%s", s)
+	}
+}
+
+// TestDaemonNotRunning: velocectl against a socket nobody serves says to
+// check that veloced runs, naming the socket.
+func TestDaemonNotRunning(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "control.sock")
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"--control", ctl, "streams"}, &out, &errb)
+	if !errors.Is(err, control.ErrUnreachable) || !strings.Contains(err.Error(), "is veloced running? (control socket "+ctl+")") {
+		t.Errorf("got %v, want ErrUnreachable naming %s", err, ctl)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/plugins/dpdk"
 )
@@ -48,7 +48,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 	va, vb := testutil.BareVeth(t, a, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	start := func(ns *testutil.Netns, name, iface, addr, peer, node string) (app, ctl string) {
+	start := func(ns *testutil.Netns, name, iface, addr, peer, node string) (app, ctl string, ready *testutil.LineWatcher, exited chan struct{}) {
 		app, ctl = filepath.Join(dir, name+".app"), filepath.Join(dir, name+".ctl")
 		logf, err := os.Create(filepath.Join(dir, name+".log"))
 		if err != nil {
@@ -56,23 +56,29 @@ func TestTwoDPDKDaemons(t *testing.T) {
 		}
 		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, veloced, "--app-socket", app, "--control", ctl,
 			"--dpdk", "net_af_packet0,iface="+iface, "--dpdk-addr", addr, "--peer", peer, "--node-id", node)
-		cmd.Stdout, cmd.Stderr = logf, logf
+		ready = testutil.WatchLine(control.ReadyLine, logf)
+		cmd.Stdout, cmd.Stderr = logf, ready
 		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		exited = make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
 		t.Cleanup(func() {
 			cmd.Process.Signal(os.Interrupt)
-			cmd.Wait()
+			<-exited
 			if t.Failed() {
 				b, _ := os.ReadFile(logf.Name())
 				t.Logf("%s's log:\n%s", name, b)
 			}
 		})
-		return app, ctl
+		return app, ctl, ready, exited
 	}
-	appA, ctlA := start(a, "a", va, "10.96.0.1/24", "10.96.0.2:7000", "1")
-	appB, ctlB := start(b, "b", vb, "10.96.0.2/24", "10.96.0.1:7000", "2")
+	appA, ctlA, readyA, exitedA := start(a, "a", va, "10.96.0.1/24", "10.96.0.2:7000", "1")
+	appB, ctlB, readyB, exitedB := start(b, "b", vb, "10.96.0.2/24", "10.96.0.1:7000", "2")
+	// Each daemon says when its sockets listen.
+	readyA.Wait(t, exitedA, time.Minute)
+	readyB.Wait(t, exitedB, time.Minute)
 
 	const count = "200000"
 	// Each application runs in its daemon's namespace, as on a real host:
@@ -80,14 +86,6 @@ func TestTwoDPDKDaemons(t *testing.T) {
 	sink := exec.CommandContext(ctx, "ip", "netns", "exec", b.Name, perf, "sink", "--socket", appB, "--accel", "--channel", "4", "--count", count, "--timeout", "60s")
 	sinkOut, _ := sink.StdoutPipe()
 	sink.Stderr = os.Stderr
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(appB); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon b did not open its app socket")
-		}
-	}
 	if err := sink.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +94,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 		t.Fatalf("sink: %q", lines.Text())
 	}
 	// The source side must know of the sink before it emits.
-	clientA := backend.NewControlClient(ctlA)
+	clientA := control.NewClient(ctlA)
 	for {
 		info, err := clientA.Remote(ctx)
 		if err == nil && len(info.Peers) == 1 && slices.Contains(info.Peers[0].Channels, 4) {
@@ -118,7 +116,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 	}
 	if err := sink.Wait(); err != nil {
 		for _, ctl := range []string{ctlA, ctlB} {
-			c := backend.NewControlClient(ctl)
+			c := control.NewClient(ctl)
 			info, _ := c.Remote(context.Background())
 			streams, _ := c.Streams(context.Background())
 			t.Logf("%s: remote %+v\nstreams %+v", ctl, info, streams)
@@ -140,7 +138,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 		t.Errorf("sink summary %+v", sum)
 	}
 	for _, c := range []struct{ ctl, role string }{{ctlA, "sent"}, {ctlB, "received"}} {
-		info, err := backend.NewControlClient(c.ctl).Remote(ctx)
+		info, err := control.NewClient(c.ctl).Remote(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,10 @@
 // DHCP). See package backend.
 //
 //	veloced --vhost-user /run/veloce/vm0.sock [--vhost-user-client PATH]... [--control PATH]
+//
+// Once every socket listens it writes the line "veloced: ready"
+// (control.ReadyLine) to stderr: the readiness signal for whoever started
+// it as a process.
 package main
 
 import (
@@ -22,6 +26,7 @@ import (
 	"syscall"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
@@ -46,13 +51,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\nReadiness: once the control socket, the app socket and every --vhost-user socket\nlisten, veloced writes the line %q alone on stderr; a supervisor or test\nwaits for that line instead of polling for socket files.\n\nFlags:\n", control.ReadyLine)
 		fs.PrintDefaults()
 	}
 	var servers, clients listFlag
 	fs.Var(&servers, "vhost-user", "vhost-user socket to listen on, one port each; QEMU connects (repeatable)")
 	fs.Var(&clients, "vhost-user-client", "vhost-user socket to connect to, one port each; the frontend listens, veloced reconnects when it restarts (repeatable)")
-	control := fs.String("control", backend.DefaultControlSocket, "unix socket for velocectl")
+	controlSock := fs.String("control", control.DefaultSocket, "unix socket for velocectl")
 	appSocket := fs.String("app-socket", backend.DefaultAppSocket, "unix socket for applications on the host (guestlib's host transport); empty disables")
 	serviceIP := fs.String("service-ip", backend.DefaultServiceIP.String(), "address the daemon answers at on every port")
 	serviceMAC := fs.String("service-mac", backend.DefaultServiceMAC.String(), "MAC the daemon answers with; keep it equal on every daemon so migrated guests' ARP entries stay valid")
@@ -104,7 +109,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			cpus = append(cpus, c)
 		}
 	}
-	opts := backend.DaemonOptions{ControlSocket: *control, AppSocket: *appSocket, Logger: log}
+	opts := backend.DaemonOptions{ControlSocket: *controlSock, AppSocket: *appSocket, Logger: log}
 	opts.Runtime.NodeID = uint32(*nodeID)
 	if len(peers) > 0 && *listen == "" && *dpdkDev == "" {
 		return errors.New("--peer needs --listen or --dpdk")
@@ -161,8 +166,22 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("veloced starting", "ports", len(opts.Ports), "control", *control)
-	err = d.Run(ctx)
+	log.Info("veloced starting", "ports", len(opts.Ports), "control", *controlSock)
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	log.Info("veloced ready", "ports", len(opts.Ports), "control", *controlSock)
+	ready(stderr)
+	err = d.Wait()
 	log.Info("veloced stopped")
 	return err
+}
+
+// ready tells whoever started veloced that every socket listens: the
+// documented line control.ReadyLine on stderr (the help says so).
+//
+// Hook: systemd readiness (sd_notify "READY=1" to $NOTIFY_SOCKET, for
+// Type=notify units) goes here, beside the line.
+func ready(stderr io.Writer) {
+	fmt.Fprintln(stderr, control.ReadyLine)
 }

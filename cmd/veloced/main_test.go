@@ -5,10 +5,10 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/testutil"
 )
@@ -51,12 +51,14 @@ func TestNoDPDKFallsBackToUDP(t *testing.T) {
 	testutil.RequiresRoot(t)
 	dir := t.TempDir()
 	app := filepath.Join(dir, "app.sock")
-	var stderr syncBuffer
+	stderr := testutil.WatchLine(control.ReadyLine, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		done <- run(ctx, []string{"--app-socket", app, "--control", filepath.Join(dir, "control.sock"),
-			"--listen", "127.0.0.1:0", "--dpdk", "net_bogus0,iface=nothing-here", "--dpdk-addr", "10.77.0.1/24"}, &stderr)
+			"--listen", "127.0.0.1:0", "--dpdk", "net_bogus0,iface=nothing-here", "--dpdk-addr", "10.77.0.1/24"}, stderr)
 	}()
 	defer func() {
 		cancel()
@@ -64,18 +66,12 @@ func TestNoDPDKFallsBackToUDP(t *testing.T) {
 			t.Errorf("veloced: %v\n%s", err, stderr.String())
 		}
 	}()
+	stderr.Wait(t, exited, time.Minute) // the app socket listens
 	octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
 	defer ocancel()
-	var s *guestlib.Session
-	for {
-		var err error
-		if s, err = guestlib.Open(octx, guestlib.Options{Socket: app}); err == nil {
-			break
-		}
-		if octx.Err() != nil {
-			t.Fatalf("open a session: %v\n%s", err, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	s, err := guestlib.Open(octx, guestlib.Options{Socket: app})
+	if err != nil {
+		t.Fatalf("open a session: %v\n%s", err, stderr.String())
 	}
 	defer s.Close()
 	st, err := s.CreateStream(octx, guestlib.StreamOptions{Acceleration: true})
@@ -88,22 +84,4 @@ func TestNoDPDKFallsBackToUDP(t *testing.T) {
 	if log := stderr.String(); !strings.Contains(log, "DPDK datapath unavailable") {
 		t.Errorf("veloced did not warn that DPDK is unavailable:\n%s", log)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -23,21 +23,17 @@ func TestTopics(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	if err := d.Start(ctx); err != nil { // the app socket listens
+		t.Fatal(err)
+	}
+	defer d.Close()
 	open := func() *guestlib.Session {
-		for {
-			s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock, RequestTimeout: 50 * time.Millisecond})
-			if err == nil {
-				t.Cleanup(func() { s.Close() })
-				return s
-			}
-			if ctx.Err() != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond)
+		s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
+		if err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(func() { s.Close() })
+		return s
 	}
 	pubBus, _ := pubsub.New(ctx, open(), guestlib.StreamOptions{})
 	subBus, _ := pubsub.New(ctx, open(), guestlib.StreamOptions{})

@@ -1,0 +1,175 @@
+package control
+
+// DefaultSocket is where veloced listens for velocectl.
+const DefaultSocket = "/run/veloce/control.sock"
+
+// Prefix is the version prefix of every path.
+const Prefix = "/v1/"
+
+// The API's paths. Each is served for GET.
+const (
+	// PathPorts lists the VM ports: []PortInfo.
+	PathPorts = Prefix + "ports"
+	// PathStreams lists the streams: []StreamInfo.
+	PathStreams = Prefix + "streams"
+	// PathApps describes the host applications: HostAppsInfo.
+	PathApps = Prefix + "apps"
+	// PathRemote describes the datapaths to other hosts and the peers:
+	// RemoteInfo.
+	PathRemote = Prefix + "remote"
+)
+
+// ErrorBody is the body of every response that is not 2xx.
+type ErrorBody struct {
+	// Error says what went wrong, for a human.
+	Error string `json:"error"`
+}
+
+// PortInfo is what velocectl ports shows for a port. Field names are a
+// contract (DESIGN.md): keep them.
+type PortInfo struct {
+	Name             string `json:"name"`
+	Socket           string `json:"socket"`
+	Mode             string `json:"mode"`  // "server" (daemon listens) or "client"
+	State            string `json:"state"` // "waiting", "connected" or "running"
+	Features         string `json:"features"`
+	ProtocolFeatures string `json:"protocol_features"`
+	Queues           int    `json:"queues"`
+	MaxQueues        int    `json:"max_queues"`
+	MTU              int    `json:"mtu,omitempty"`
+	GuestIP          string `json:"guest_ip"`
+	GuestMAC         string `json:"guest_mac,omitempty"`
+	ServiceIP        string `json:"service_ip"`
+	GuestTXPackets   uint64 `json:"guest_tx_packets"`
+	GuestTXBytes     uint64 `json:"guest_tx_bytes"`
+	GuestRXPackets   uint64 `json:"guest_rx_packets"`
+	GuestRXBytes     uint64 `json:"guest_rx_bytes"`
+	Drops            uint64 `json:"drops"`
+	Errors           uint64 `json:"errors"`
+	ARPReplies       uint64 `json:"arp_replies"`
+	EchoReplies      uint64 `json:"echo_replies"`
+	DHCPReplies      uint64 `json:"dhcp_replies"`
+	LinkDrops        uint64 `json:"link_drops"`
+	ServiceDatagrams uint64 `json:"service_datagrams"`
+	Malformed        uint64 `json:"malformed_datagrams"`
+	Sessions         int    `json:"sessions"`
+	OutboxQueued     int    `json:"outbox_queued"`
+	Logging          bool   `json:"dirty_logging"`
+	LastError        string `json:"last_error,omitempty"`
+}
+
+// StreamOptions are a stream's QoS options, as the application asked.
+type StreamOptions struct {
+	// Acceleration asks for a kernel-bypass datapath.
+	Acceleration bool `json:"acceleration"`
+	// Frugal says resource use matters (no core spinning on DPDK).
+	Frugal bool `json:"frugal"`
+	// TimeSensitive schedules the stream by the 802.1Qbv gate schedule
+	// instead of FIFO.
+	TimeSensitive bool `json:"time_sensitive"`
+	// Reliable asks for reliable, in-order delivery.
+	Reliable bool `json:"reliable"`
+}
+
+// StreamInfo is what velocectl streams shows for a stream. Field names
+// are a contract, as PortInfo's.
+type StreamInfo struct {
+	Session       uint32        `json:"session"`
+	Stream        uint32        `json:"stream"`
+	Endpoint      string        `json:"endpoint"`
+	Options       StreamOptions `json:"options"`
+	Datapath      string        `json:"datapath"`
+	Warning       string        `json:"warning,omitempty"`
+	Sources       []SourceInfo  `json:"sources"`
+	Sinks         []SinkInfo    `json:"sinks"`
+	SessionRemote string        `json:"session_addr,omitempty"`
+}
+
+// SourceInfo describes a source.
+type SourceInfo struct {
+	ID      uint32 `json:"id"`
+	Channel uint32 `json:"channel"`
+	Emitted uint64 `json:"emitted"`
+	// Full counts messages that found a pool empty (back-pressure).
+	Full uint64 `json:"full"`
+}
+
+// SinkInfo describes a sink.
+type SinkInfo struct {
+	ID        uint32 `json:"id"`
+	Channel   uint32 `json:"channel"`
+	Delivered uint64 `json:"delivered"`
+	Dropped   uint64 `json:"dropped"`
+}
+
+// HostAppsInfo describes the host transport: the applications on the
+// daemon's app socket.
+type HostAppsInfo struct {
+	// Socket is the app socket's path; empty without one.
+	Socket string `json:"socket"`
+	// Clients are the connected applications.
+	Clients []HostClientInfo `json:"clients"`
+	// Sessions counts the clients' open sessions.
+	Sessions int `json:"sessions"`
+	// MappedBytes is the shared memory mapped for the clients.
+	MappedBytes int64 `json:"mapped_bytes"`
+	// Malformed counts bad ring entries and requests, over every client
+	// since the daemon started.
+	Malformed uint64 `json:"malformed"`
+	// Wakeups counts eventfd signals to applications, likewise.
+	Wakeups uint64 `json:"wakeups"`
+}
+
+// HostClientInfo describes one connected application.
+type HostClientInfo struct {
+	Name    string `json:"name"`
+	Session uint32 `json:"session,omitempty"`
+	// RegionBytes is the size of its shared region (0 before it opened a
+	// session).
+	RegionBytes int `json:"region_bytes"`
+	TXSlots     int `json:"tx_slots"`
+	RXSlots     int `json:"rx_slots"`
+	// RXWithApp is how many RX slots the application holds (on the RX
+	// ring or in its hands), approximately.
+	RXWithApp int    `json:"rx_with_app"`
+	Malformed uint64 `json:"malformed"`
+	Wakeups   uint64 `json:"wakeups"`
+	Unsent    uint64 `json:"unsent_replies"`
+}
+
+// RemoteInfo is the daemon's view of other hosts: its datapaths and peers.
+type RemoteInfo struct {
+	Datapaths []DatapathInfo `json:"datapaths"`
+	Peers     []PeerInfo     `json:"peers"`
+	Sent      uint64         `json:"sent"`
+	Received  uint64         `json:"received"`
+	Dropped   uint64         `json:"dropped"`
+	Malformed uint64         `json:"malformed"`
+}
+
+// DatapathInfo describes a datapath to other hosts.
+type DatapathInfo struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Default bool   `json:"default"`
+	// Peers are the peers the datapath reaches.
+	Peers  []string `json:"peers"`
+	Queued int      `json:"queued"`
+	// Stats are the datapath's own counters (a JSON object whose fields
+	// depend on the datapath); a Client decodes them as a map.
+	Stats any `json:"stats,omitempty"`
+}
+
+// PeerInfo describes a peer daemon.
+type PeerInfo struct {
+	Addr     string   `json:"addr"`
+	Node     uint32   `json:"node"`
+	Channels []uint32 `json:"channels"`
+	LastSeen string   `json:"last_directory,omitempty"`
+}
+
+// ReadyLine is the line veloced writes to its standard error, alone on a
+// line, once it is ready: the control socket, the app socket and every
+// vhost-user socket listen. A supervisor or test that starts veloced as a
+// process waits for it instead of polling for socket files.
+const ReadyLine = "veloced: ready"
