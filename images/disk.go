@@ -264,6 +264,17 @@ func WriteDisk(out string, opts DiskOptions) (*Disk, error) {
 	if err := d.Close(); err != nil {
 		return nil, fmt.Errorf("close disk image: %w", err)
 	}
+	f, err := os.OpenFile(tmpName, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("write disk: %w", err)
+	}
+	err = fixRootDotDot(f, espStart)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
 	if err := os.Chmod(tmpName, 0o644); err != nil {
 		return nil, fmt.Errorf("write disk: %w", err)
 	}
