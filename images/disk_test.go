@@ -20,8 +20,8 @@ import (
 // gptHeader is what readGPT checks and returns of a GPT header.
 type gptHeader struct {
 	current, backup, firstUsable, lastUsable, entriesLBA uint64
-	entries, entrySize                                     uint32
-	entriesCRC                                             uint32
+	entries, entrySize                                   uint32
+	entriesCRC                                           uint32
 }
 
 // gptEntry is one used partition entry.
