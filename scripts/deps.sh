@@ -8,6 +8,8 @@ packages=(
 	dpdk dpdk-dev libdpdk-dev pkg-config # DPDK 22.11: libraries, testpmd, pkg-config libdpdk
 	rdma-core libibverbs-dev            # RDMA verbs (soft-RoCE inside guests)
 	busybox-static                      # guest userland: sh, ping, udhcpc, ip
+	ovmf systemd-boot-efi               # disk-image guests: UEFI firmware (stand-in for Cloud Hypervisor's), systemd-bootx64.efi
+	mtools dosfstools                   # tests check the disk image's FAT with mtype and fsck.fat
 	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
 )

@@ -97,7 +97,7 @@ func Image(t testing.TB, g Guest) (kernel, initramfs string) {
 func Boot(t testing.TB, opts Options) *VM {
 	t.Helper()
 	testutil.RequiresCommand(t, "qemu-system-x86_64", "qemu-system-x86")
-	if opts.Kernel == "" {
+	if opts.Kernel == "" && opts.Disk == nil {
 		opts.Kernel, opts.Initramfs = Image(t, Guest{})
 	}
 	opts.KeepDir = true

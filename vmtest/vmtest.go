@@ -62,7 +62,8 @@ type NIC struct {
 	DeviceProps []string
 }
 
-// Options configure a VM. Kernel and Initramfs are required.
+// Options configure a VM. Kernel and Initramfs are required unless Disk
+// is set.
 type Options struct {
 	// QEMU is the emulator binary; default qemu-system-x86_64.
 	QEMU string
@@ -95,6 +96,9 @@ type Options struct {
 	KeepDir bool
 	// Console, when set, receives a live copy of the serial console.
 	Console io.Writer
+	// Disk, when set, boots the VM from a disk image through UEFI firmware
+	// instead of Kernel and Initramfs (see DiskBoot).
+	Disk *DiskBoot
 }
 
 // ErrExited is returned by operations on a VM whose QEMU is gone.
@@ -124,7 +128,7 @@ type VM struct {
 
 // New validates opts and prepares the work directory. It starts nothing.
 func New(opts Options) (*VM, error) {
-	if opts.Kernel == "" || opts.Initramfs == "" {
+	if (opts.Kernel == "" || opts.Initramfs == "") && opts.Disk == nil {
 		return nil, errors.New("vmtest: Kernel and Initramfs are required")
 	}
 	if opts.QEMU == "" {
@@ -184,11 +188,17 @@ func (vm *VM) Args() ([]string, error) {
 		"-chardev", "stdio,id=con,signal=off",
 		"-serial", "chardev:con",
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
-		"-kernel", o.Kernel,
-		"-initrd", o.Initramfs,
-		"-append", strings.Join(cmdline, " "),
 		// Entropy: without it getrandom(2) blocks in a TCG guest.
 		"-device", "virtio-rng-pci,vectors=0",
+	}
+	if o.Disk != nil {
+		disk, err := o.Disk.diskArgs(&o, vm.dir)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, disk...)
+	} else {
+		args = append(args, "-kernel", o.Kernel, "-initrd", o.Initramfs, "-append", strings.Join(cmdline, " "))
 	}
 	for i, n := range o.NICs {
 		if n.Socket == "" {

@@ -1,8 +1,10 @@
-// Command veloce-image fetches a Debian guest kernel and builds Veloce guest
-// initramfs images. See package images.
+// Command veloce-image fetches a Debian guest kernel, builds Veloce guest
+// initramfs images, and writes bootable disk images of them (for Cloud
+// Hypervisor's firmware or any UEFI firmware). See package images.
 //
 //	veloce-image kernel [--flavor cloud-amd64] [-o json]
 //	veloce-image build --init PATH --out DIR [--flavor F] [--add SRC:DST]... [--module NAME]...
+//	veloce-image disk --out PATH [--kernel P] [--initrd P] [--cmdline S] [--run CMD] [--size N] [-o json]
 package main
 
 import (
@@ -26,6 +28,8 @@ const usage = `usage: veloce-image COMMAND [flags]
 Commands:
   kernel   fetch (once) and print the guest kernel of a Debian flavor
   build    build a guest: kernel + initramfs with the given /init and files
+  disk     write a raw GPT disk image (ESP, Boot Loader Spec entry, systemd-boot)
+           that rust-hypervisor-firmware and OVMF boot
 
 Run 'veloce-image COMMAND -h' for a command's flags.
 `
@@ -116,6 +120,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printKernel(stdout, *output, &images.Kernel{Package: k.Package, Release: k.Release, Vmlinuz: vmlinuz, ModulesDir: k.ModulesDir}, initrd)
+	case "disk":
+		return runDisk(fs, args[1:], stdout, output)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", args[0])
