@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/lifecycle"
+	"github.com/veloce-io/veloce/internal/sockfile"
 )
 
 // DefaultControlSocket is where veloced listens for velocectl.
@@ -45,7 +45,25 @@ type DaemonOptions struct {
 	// SessionTimeout releases a session that sent nothing (guestlib pings
 	// every second) for this long: its application died. Default 10s.
 	SessionTimeout time.Duration
+	// SocketMode and SocketGroup are the permission bits (0: 0660) and
+	// group (a name or gid; empty: the daemon's) of the control socket
+	// and of every port's listening socket that does not set its own.
+	// Give QEMU's group (libvirt-qemu under libvirt) to let it connect.
+	SocketMode  os.FileMode
+	SocketGroup string
+	// AppSocketMode and AppSocketGroup are the host-application socket's
+	// (0: 0660; empty: the daemon's): host applications of other users
+	// need the group, or a mode such as 0666.
+	AppSocketMode  os.FileMode
+	AppSocketGroup string
+	// MaxAppClients caps the host-application sessions open at once
+	// (each holds a 3 MiB shared region); an application past it gets
+	// guestlib.ErrLimit. 0 means DefaultMaxAppClients; negative, no cap.
+	MaxAppClients int
 }
+
+// DefaultMaxAppClients is DaemonOptions.MaxAppClients's default.
+const DefaultMaxAppClients = 256
 
 // Daemon is veloced: ports plus the control API. NewDaemon, then Start
 // (ready once it returns), then Wait or Close; Run is Start and Wait.
@@ -70,6 +88,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	if opts.SessionTimeout <= 0 {
 		opts.SessionTimeout = 10 * time.Second
 	}
+	if opts.MaxAppClients == 0 {
+		opts.MaxAppClients = DefaultMaxAppClients
+	}
 	if opts.Runtime.Logger == nil {
 		opts.Runtime.Logger = log
 	}
@@ -89,6 +110,12 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		names[po.Name], sockets[po.Socket] = true, true
 		if po.Logger == nil {
 			po.Logger = log
+		}
+		if po.SocketMode == 0 {
+			po.SocketMode = opts.SocketMode
+		}
+		if po.SocketGroup == "" {
+			po.SocketGroup = opts.SocketGroup
 		}
 		po.Runtime = d.rt
 		p, err := NewPort(po)
@@ -134,15 +161,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 	// Sockets first, in the order that refuses a second daemon before
 	// touching anything of the first one's; each is served once all
 	// listen.
-	if err := os.MkdirAll(filepath.Dir(d.opts.ControlSocket), 0o755); err != nil {
-		return d.life.Abort(fmt.Errorf("control socket: %w", err))
-	}
-	if c, err := net.Dial("unix", d.opts.ControlSocket); err == nil {
-		c.Close()
-		return d.life.Abort(fmt.Errorf("control socket %s: another veloced is running", d.opts.ControlSocket))
-	}
-	os.Remove(d.opts.ControlSocket)
-	ln, err := net.Listen("unix", d.opts.ControlSocket) // removed when closed
+	// internal/sockfile refuses a socket another daemon serves and a
+	// path that is not a socket, and replaces only a stale socket.
+	ln, err := sockfile.Listen("unix", d.opts.ControlSocket, sockfile.Options{Mode: d.opts.SocketMode, Group: d.opts.SocketGroup})
 	if err != nil {
 		return d.life.Abort(fmt.Errorf("control socket: %w", err))
 	}
@@ -170,7 +191,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 		})
 	}
 	if d.opts.AppSocket != "" {
-		apps, err := listenHostApps(d.rt, d.opts.AppSocket)
+		apps, err := listenHostApps(d.rt, d.opts.AppSocket,
+			sockfile.Options{Mode: d.opts.AppSocketMode, Group: d.opts.AppSocketGroup}, d.opts.MaxAppClients)
 		if err != nil {
 			return d.life.Abort(err)
 		}

@@ -9,9 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/veloce-io/veloce/control"
+	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/sockfile"
 )
 
 // TestDaemonStartIsReadiness: once Start returns, every socket listens and
@@ -69,7 +73,7 @@ func TestDaemonStartFailsCleanly(t *testing.T) {
 	}
 	defer first.Close()
 	second, _ := NewDaemon(DaemonOptions{ControlSocket: ctl, Ports: []PortOptions{{Socket: filepath.Join(dir, "vm.sock")}}})
-	if err := second.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "another veloced is running") {
+	if err := second.Start(context.Background()); !errors.Is(err, sockfile.ErrInUse) || !strings.Contains(err.Error(), "another veloced") {
 		t.Fatalf("second daemon: %v", err)
 	}
 	if _, err := control.NewClient(ctl).Ports(context.Background()); err != nil {
@@ -135,4 +139,114 @@ func TestControlAPIErrors(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSocketsAreNeverStolen: a daemon never removes what is not a stale
+// socket. A regular file at the control path is refused and kept; a
+// second daemon given the first one's app socket (with its own control
+// socket) is refused, and the first daemon's applications can still
+// attach; a stale socket left by a dead daemon is replaced.
+func TestSocketsAreNeverStolen(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "control.sock")
+	if err := os.WriteFile(file, []byte("keep me"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := NewDaemon(DaemonOptions{ControlSocket: file})
+	if err := d.Start(context.Background()); !errors.Is(err, sockfile.ErrNotSocket) {
+		t.Errorf("Start with a regular file at the control path = %v, want ErrNotSocket", err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep me" {
+		t.Errorf("the regular file after Start: %q, %v", b, err)
+	}
+
+	app := filepath.Join(dir, "app.sock")
+	first, _ := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "c1.sock"), AppSocket: app})
+	if err := first.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, _ := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "c2.sock"), AppSocket: app})
+	if err := second.Start(context.Background()); !errors.Is(err, sockfile.ErrInUse) {
+		t.Errorf("second daemon on the first one's app socket = %v, want ErrInUse", err)
+	}
+	openApp(t, app).Close() // the first daemon's socket still serves
+
+	// A stale socket (its daemon died without removing it) is replaced.
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	third, _ := NewDaemon(DaemonOptions{ControlSocket: stale})
+	if err := third.Start(context.Background()); err != nil {
+		t.Fatalf("Start over a stale socket: %v", err)
+	}
+	third.Close()
+}
+
+// TestSocketModes: every socket the daemon listens on gets 0660 unless
+// told otherwise, and the modes and group it is given.
+func TestSocketModes(t *testing.T) {
+	dir := t.TempDir()
+	ctl, app, vm := filepath.Join(dir, "control.sock"), filepath.Join(dir, "app.sock"), filepath.Join(dir, "vm.sock")
+	d, _ := NewDaemon(DaemonOptions{ControlSocket: ctl, AppSocket: app, Ports: []PortOptions{{Socket: vm}}})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{ctl, app, vm} {
+		if fi, err := os.Lstat(s); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+			t.Errorf("%s: %v %v, want a socket with mode 0660", s, fi.Mode(), err)
+		}
+	}
+	d.Close()
+
+	group := ""
+	if os.Geteuid() == 0 {
+		group = "65534" // nogroup: only root may give a group it is not in
+	}
+	d, _ = NewDaemon(DaemonOptions{ControlSocket: ctl, AppSocket: app, Ports: []PortOptions{{Socket: vm}},
+		SocketMode: 0o600, SocketGroup: group, AppSocketMode: 0o666})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for s, want := range map[string]os.FileMode{ctl: 0o600, vm: 0o600, app: 0o666} {
+		fi, err := os.Lstat(s)
+		if err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want mode %v", s, fi.Mode(), err, want)
+			continue
+		}
+		if gid := fi.Sys().(*syscall.Stat_t).Gid; group != "" && s != app && gid != 65534 {
+			t.Errorf("%s: gid %d, want 65534", s, gid)
+		}
+	}
+}
+
+// TestHostAppLimit: past DaemonOptions.MaxAppClients sessions, opening
+// another fails with guestlib.ErrLimit, and a slot freed by a closed
+// session is taken by the next.
+func TestHostAppLimit(t *testing.T) {
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app.sock")
+	d, _ := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: app, MaxAppClients: 2})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a, b := openApp(t, app), openApp(t, app)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s, err := guestlib.Open(ctx, guestlib.Options{Socket: app}); !errors.Is(err, guestlib.ErrLimit) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("third session = %v, want ErrLimit", err)
+	}
+	a.Close()
+	eventually(t, "the first session's region released", func() bool { return d.HostApps().Sessions == 1 })
+	openApp(t, app).Close()
+	b.Close()
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/shm"
 	"github.com/veloce-io/veloce/internal/slots"
+	"github.com/veloce-io/veloce/internal/sockfile"
 )
 
 // The host transport: applications on the host (guestlib with
@@ -99,8 +99,11 @@ var hostLayout = shm.Layout{SlotSize: hostSlotSize, TXSlots: hostTXSlots, RXSlot
 // hostApps serves the unix socket.
 type hostApps struct {
 	rt   *Runtime
-	conn *net.UnixListener // Daemon.Run closes it when it fails to start
+	conn *sockfile.Listener // the Daemon closes it too (a stop before run)
 	path string
+	// max caps the sessions (regions) open at once; <= 0: no cap.
+	max     int
+	regions atomic.Int32 // sessions open: open adds, release subtracts
 
 	mu      sync.Mutex
 	clients map[*hostClient]struct{} // guarded by mu
@@ -156,20 +159,12 @@ type hostRXMeta struct {
 	source, seq uint64
 }
 
-func listenHostApps(rt *Runtime, path string) (*hostApps, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("app socket: %w", err)
-	}
-	os.Remove(path)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+func listenHostApps(rt *Runtime, path string, perm sockfile.Options, max int) (*hostApps, error) {
+	ln, err := sockfile.Listen("unixpacket", path, perm)
 	if err != nil {
 		return nil, fmt.Errorf("app socket: %w", err)
 	}
-	// Host applications run as any user; access is for the operator to
-	// restrict (directory permissions, a group).
-	os.Chmod(path, 0o666)
-	h := &hostApps{rt: rt, conn: ln, path: path, clients: map[*hostClient]struct{}{}}
-	return h, nil
+	return &hostApps{rt: rt, conn: ln, path: path, max: max, clients: map[*hostClient]struct{}{}}, nil
 }
 
 func (h *hostApps) run(ctx context.Context) {
@@ -204,7 +199,6 @@ func (h *hostApps) run(ctx context.Context) {
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
-	os.Remove(h.path)
 }
 
 var hostClientSeq atomic.Uint64
@@ -268,6 +262,9 @@ func (c *hostClient) handle(b, reply []byte) {
 	switch {
 	case m.Type == guestproto.OpenSession && c.region != nil:
 		res = guestproto.Result{Status: guestproto.StatusBadRequest, Message: []byte("one session per connection")}
+	case m.Type == guestproto.OpenSession && c.apps.max > 0 && int(c.apps.regions.Load()) >= c.apps.max:
+		res = guestproto.Result{Status: guestproto.StatusLimit,
+			Message: fmt.Appendf(nil, "too many host applications (the daemon's limit is %d)", c.apps.max)}
 	case m.Type == guestproto.OpenSession:
 		s, err := c.open()
 		if err != nil {
@@ -315,6 +312,7 @@ func (c *hostClient) open() (*Session, error) {
 	c.rxSlots = slots.MustNew[hostRXMeta](slots.Options{Slots: hostRXSlots}) // the memory is the region's
 	c.ready, _ = ring.New(hostRXSlots)
 	c.drainDone = make(chan struct{})
+	c.apps.regions.Add(1)
 	c.opened.Store(true)
 	s := c.apps.rt.OpenSession(c, netip.AddrPort{})
 	s.lastSeen.Store(time.Now().UnixNano())
@@ -347,6 +345,7 @@ func (c *hostClient) release() {
 		}
 		c.rxNote.Close()
 		c.region.Close()
+		c.apps.regions.Add(-1)
 	}
 	c.conn.Close()
 	c.apps.goneMalformed.Add(c.malformed.Load())

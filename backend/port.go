@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -21,6 +22,11 @@ type PortOptions struct {
 	// Client makes the daemon connect to a frontend listening on Socket
 	// (and reconnect when it restarts) instead of listening itself.
 	Client bool
+	// SocketMode and SocketGroup are the listening socket's permission
+	// bits (0: 0660) and group (empty: the daemon's); see
+	// vhostuser.Server.
+	SocketMode  os.FileMode
+	SocketGroup string
 	// QueuePairs is the most queue pairs the guest may use; default 1.
 	QueuePairs int
 	// Link configures the port's link peer (service and guest addresses).
@@ -78,14 +84,15 @@ func NewPort(opts PortOptions) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev, OnDisconnect: p.dropSessions, OnError: func(err error) {
-		p.mu.Lock()
-		p.lastErr = err.Error()
-		p.mu.Unlock()
-		if opts.Logger != nil {
-			opts.Logger.Warn("frontend disconnected", "port", opts.Name, "err", err)
-		}
-	}}
+	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev,
+		SocketMode: opts.SocketMode, SocketGroup: opts.SocketGroup, OnDisconnect: p.dropSessions, OnError: func(err error) {
+			p.mu.Lock()
+			p.lastErr = err.Error()
+			p.mu.Unlock()
+			if opts.Logger != nil {
+				opts.Logger.Warn("frontend disconnected", "port", opts.Name, "err", err)
+			}
+		}}
 	return p, nil
 }
 

@@ -80,6 +80,11 @@ var (
 	// the message (its token is more than OutcomeWindow emits old), or the
 	// token is not one the source handed out.
 	ErrOutcomeUnknown = errors.New("guestlib: outcome no longer known")
+	// ErrLimit: the daemon refused the request because a limit was
+	// reached (host applications connected, sessions, streams or sinks
+	// of the port); the RequestError's message names it. Status
+	// guestproto.StatusLimit.
+	ErrLimit = errors.New("guestlib: a limit of the daemon was reached")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -112,6 +117,8 @@ func statusErr(st guestproto.Status) error {
 		return ErrNoBuffers
 	case guestproto.StatusTooLarge:
 		return ErrTooLarge
+	case guestproto.StatusLimit:
+		return ErrLimit
 	}
 	return fmt.Errorf("guestlib: daemon status %d", st)
 }

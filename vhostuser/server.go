@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/internal/lifecycle"
+	"github.com/veloce-io/veloce/internal/sockfile"
 )
 
 // Server serves one vhost-user device on one unix socket, in either role:
@@ -36,11 +37,19 @@ type Server struct {
 	// OnDisconnect, when set, is called after every connection ended,
 	// cleanly or not, once the device has stopped its rings.
 	OnDisconnect func()
+	// SocketMode and SocketGroup say who may connect to the listening
+	// socket: its permission bits (0: 0660) and its group (a name or a
+	// gid; empty: the process's), set before any frontend can connect. A
+	// frontend running as another user (QEMU under libvirt runs as
+	// libvirt-qemu) needs the group, or the daemon connects to it
+	// instead (Client). Client mode ignores both.
+	SocketMode  os.FileMode
+	SocketGroup string
 
 	life   lifecycle.Group // Start, Wait, Close
 	mu     sync.Mutex
-	ln     *net.UnixListener // guarded by mu
-	active *net.UnixConn     // guarded by mu
+	ln     *sockfile.Listener // guarded by mu
+	active *net.UnixConn      // guarded by mu
 }
 
 // Errors of the Server lifecycle.
@@ -103,28 +112,21 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Wait()
 }
 
-func (s *Server) listen() (*net.UnixListener, error) {
-	if fi, err := os.Lstat(s.Path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		// A socket file left by a daemon that died: nobody can be
-		// listening on it if a connect fails.
-		if c, err := net.Dial("unix", s.Path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("listen %s: another backend is serving this socket", s.Path)
-		}
-		os.Remove(s.Path)
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.Path, Net: "unix"})
+func (s *Server) listen() (*sockfile.Listener, error) {
+	// A socket file left by a daemon that died is replaced; a socket
+	// another process serves, or a path that is not a socket, is refused
+	// and left alone (internal/sockfile).
+	ln, err := sockfile.Listen("unix", s.Path, sockfile.Options{Mode: s.SocketMode, Group: s.SocketGroup, NoMkdir: true})
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", s.Path, err)
+		return nil, fmt.Errorf("vhost-user socket: %w", err)
 	}
-	ln.SetUnlinkOnClose(true)
 	s.mu.Lock()
 	s.ln = ln
 	s.mu.Unlock()
 	return ln, nil
 }
 
-func (s *Server) accept(ctx context.Context, ln *net.UnixListener) error {
+func (s *Server) accept(ctx context.Context, ln *sockfile.Listener) error {
 	defer ln.Close()
 	for {
 		conn, err := ln.AcceptUnix()

@@ -6,10 +6,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/sockfile"
 	"github.com/veloce-io/veloce/vhostuser"
 	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
 )
@@ -182,8 +182,8 @@ func TestServerStartFailsAndLifecycle(t *testing.T) {
 	}
 	// A second server on the same socket is refused: the first listens.
 	other := &vhostuser.Server{Path: path, Device: newNetDevice(t, 1, newRecorder(nil))}
-	if err := other.Run(ctx); err == nil || !strings.Contains(err.Error(), "another backend") {
-		t.Errorf("Run on a served socket = %v, want another backend", err)
+	if err := other.Run(ctx); !errors.Is(err, sockfile.ErrInUse) {
+		t.Errorf("Run on a served socket = %v, want ErrInUse", err)
 	}
 	cancel()
 	if err := s.Wait(); err != nil {

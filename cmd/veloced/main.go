@@ -27,6 +27,7 @@ import (
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/control"
+	"github.com/veloce-io/veloce/internal/sockfile"
 	"github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
@@ -73,6 +74,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dpdkCPU := fs.Int("dpdk-cpu", -1, "pin the DPDK polling thread to this CPU; -1: unpinned")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	sockMode := fs.String("socket-mode", "0660", "permission bits of the control socket and the vhost-user sockets veloced listens on")
+	sockGroup := fs.String("socket-group", "", "group of those sockets, a name or gid (QEMU under libvirt runs as libvirt-qemu: give its group, or use --vhost-user-client); default veloced's group")
+	appMode := fs.String("app-socket-mode", "0660", "permission bits of --app-socket (0666: any local user may attach applications)")
+	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
+	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,7 +115,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			cpus = append(cpus, c)
 		}
 	}
-	opts := backend.DaemonOptions{ControlSocket: *controlSock, AppSocket: *appSocket, Logger: log}
+	opts := backend.DaemonOptions{ControlSocket: *controlSock, AppSocket: *appSocket, Logger: log,
+		SocketGroup: *sockGroup, AppSocketGroup: *appGroup, MaxAppClients: *maxApps}
+	if opts.SocketMode, err = sockfile.ParseMode(*sockMode); err != nil {
+		return fmt.Errorf("--socket-mode: %w", err)
+	}
+	if opts.AppSocketMode, err = sockfile.ParseMode(*appMode); err != nil {
+		return fmt.Errorf("--app-socket-mode: %w", err)
+	}
+	if *maxApps == 0 || *maxApps < -1 {
+		return fmt.Errorf("--max-app-clients: %d: give a positive number, or -1 for no limit", *maxApps)
+	}
 	opts.Runtime.NodeID = uint32(*nodeID)
 	if len(peers) > 0 && *listen == "" && *dpdkDev == "" {
 		return errors.New("--peer needs --listen or --dpdk")

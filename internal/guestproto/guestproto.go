@@ -128,6 +128,7 @@ const (
 	StatusNoBuffers  Status = 4 // back-pressure: the pool is empty
 	StatusTooLarge   Status = 5 // the message exceeds what the stream carries
 	StatusInternal   Status = 6
+	StatusLimit      Status = 7 // a limit of the daemon or port was reached (the message says which)
 )
 
 // Result is the body of a Reply.

@@ -108,6 +108,9 @@ type Options struct {
 	// they are missing (less the umask); 0 means DefaultMkdirMode (0755).
 	// Existing directories are left as they are.
 	MkdirMode os.FileMode
+	// NoMkdir makes a missing parent directory an error instead (a
+	// vhost-user socket path is the operator's, as with QEMU's).
+	NoMkdir bool
 }
 
 // Listener is a listening unix socket at a path. It is a
@@ -190,7 +193,11 @@ func Listen(network, path string, opts Options) (*Listener, error) {
 		}
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, mkdirMode); err != nil {
+	if opts.NoMkdir {
+		if _, err := os.Stat(dir); err != nil {
+			return nil, &fs.PathError{Op: "listen", Path: path, Err: fmt.Errorf("socket directory: %w", err)}
+		}
+	} else if err := os.MkdirAll(dir, mkdirMode); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
 
