@@ -261,7 +261,6 @@ func (d *Driver) Prepare(ctx context.Context) error {
 		return fmt.Errorf("prepare destination: %w", hypervisor.ErrStarted)
 	}
 	d.prepared = true
-	d.received = make(chan struct{})
 	d.mu.Unlock()
 	sctx, cancel := d.short(ctx)
 	state, err := d.dst.VMState(sctx)
@@ -280,17 +279,21 @@ func (d *Driver) Prepare(ctx context.Context) error {
 	}
 	wrote := make(chan struct{})
 	var once sync.Once
+	received := make(chan struct{})
+	d.mu.Lock()
+	d.received = received // only now: waitReceive and Cancel wait on it
+	d.mu.Unlock()
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		err := d.dst.Do(d.runCtx, http.MethodPut, "/vm.receive-migration",
 			map[string]any{"receiver_url": d.opts.ReceiverURL}, nil, func() { once.Do(func() { close(wrote) }) })
 		d.recvErr = err
-		close(d.received)
+		close(received)
 	}()
 	for {
 		select {
-		case <-d.received:
+		case <-received:
 			if d.recvErr != nil {
 				return fmt.Errorf("prepare destination: %w", d.recvErr)
 			}
@@ -305,7 +308,7 @@ func (d *Driver) Prepare(ctx context.Context) error {
 				return nil
 			}
 			select {
-			case <-d.received:
+			case <-received:
 			case <-ctx.Done():
 			case <-time.After(5 * time.Millisecond):
 			}
