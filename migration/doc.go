@@ -24,11 +24,12 @@
 //     sequence numbers in another. Where the frontend speaks vhost-user
 //     DEVICE_STATE (Cloud Hypervisor, QEMU 8.1+) the same signed bytes may
 //     ride in the hypervisor's own migration stream instead.
-//   - Hypervisor drivers (to come): `velocectl migrate` prepares the
-//     destination daemon, starts the hypervisor's migration (QMP migrate
-//     for QEMU through go-qemu; vm.send-migration / vm.receive-migration for
-//     Cloud Hypervisor's HTTP API) and triggers the snapshot handover at
-//     switchover.
+//   - Hypervisor drivers (package migration/hypervisor and its qemu and
+//     chv packages): `velocectl migrate` prepares the destination, starts
+//     the hypervisor's migration (QMP migrate for QEMU through go-qemu;
+//     vm.send-migration / vm.receive-migration for Cloud Hypervisor's HTTP
+//     API) and triggers the snapshot handover at switchover through the
+//     drivers' Switchover hook.
 //
 // # Format
 //
