@@ -84,7 +84,7 @@ const (
 // Register a socket before traffic is expected: until then, and for any
 // queue without a socket, the program passes every frame to the kernel.
 // Errors are *StageError.
-func LoadProgram(cfg ProgramConfig) (p *Program, err error) {
+func LoadProgram(cfg ProgramConfig) (_ *Program, err error) {
 	if cfg.Queues < 1 {
 		cfg.Queues = 1
 	}
@@ -92,11 +92,10 @@ func LoadProgram(cfg ProgramConfig) (p *Program, err error) {
 	if err != nil {
 		return nil, &StageError{StageMap, err}
 	}
-	p = &Program{xsks: xsks}
+	p := &Program{xsks: xsks}
 	defer func() {
 		if err != nil {
 			p.Close()
-			p = nil
 		}
 	}()
 	p.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "veloce_xdp", Type: ebpf.XDP, License: "Dual MIT/GPL",

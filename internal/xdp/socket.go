@@ -65,7 +65,7 @@ type Socket struct {
 // step that failed and wrap the errno (EPERM without CAP_NET_RAW,
 // EAFNOSUPPORT without AF_XDP in the kernel, EOPNOTSUPP for zero-copy on
 // a driver without it, EBUSY for a queue another socket holds).
-func OpenSocket(cfg SocketConfig) (s *Socket, err error) {
+func OpenSocket(cfg SocketConfig) (_ *Socket, err error) {
 	if cfg.Frames < 4 || cfg.Frames&(cfg.Frames-1) != 0 {
 		return nil, fmt.Errorf("open xsk: %d frames is not a power of two of at least 4", cfg.Frames)
 	}
@@ -76,11 +76,10 @@ func OpenSocket(cfg SocketConfig) (s *Socket, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create AF_XDP socket: %w", err)
 	}
-	s = &Socket{fd: fd, frameSize: uint64(cfg.FrameSize)}
+	s := &Socket{fd: fd, frameSize: uint64(cfg.FrameSize)}
 	defer func() {
 		if err != nil {
 			s.Close()
-			s = nil
 		}
 	}()
 	s.umem, err = unix.Mmap(-1, 0, cfg.Frames*cfg.FrameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)

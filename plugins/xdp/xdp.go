@@ -224,7 +224,7 @@ var one = [8]byte{1}
 // working from any thread afterwards. Every failure of the system to
 // provide XDP returns an *UnavailableError (errors.Is ErrUnavailable);
 // invalid Options return a plain error.
-func New(opts Options) (p *Plugin, err error) {
+func New(opts Options) (_ *Plugin, err error) {
 	if opts.Interface == "" {
 		return nil, errors.New("xdp: no interface")
 	}
@@ -244,11 +244,10 @@ func New(opts Options) (p *Plugin, err error) {
 	if err != nil {
 		return nil, unavailable("open netlink", err)
 	}
-	p = &Plugin{opts: opts, log: log, nl: nl, evfd: -1}
+	p := &Plugin{opts: opts, log: log, nl: nl, evfd: -1}
 	defer func() {
 		if err != nil {
 			p.release()
-			p = nil
 		}
 	}()
 	lnk, err := nl.LinkByName(opts.Interface)
