@@ -77,7 +77,7 @@ func TestInteropWithKernelUDP100kBothWays(t *testing.T) {
 func TestXDPToXDPMillionFromTwoSenders(t *testing.T) {
 	a, b := vethHosts(t, false)
 	xa := a.newXDP(t, Options{})
-	xb := b.newXDP(t, Options{})
+	xb := b.newXDP(t, Options{Burst: batch}) // polled hands whole bursts to a batch-sized receiver
 	na := &node{name: "xdp-a", dp: xa}
 	nb := &node{name: "xdp-b", dp: &polled{p: xb}}
 	const total = 1_000_000
@@ -212,10 +212,26 @@ func TestCloseLeavesNoProgram(t *testing.T) {
 	}
 }
 
-// A SendBatch and RecvBatch round allocates nothing.
+// A SendBatch and RecvBatch round allocates nothing, with the program in
+// the veth driver and in generic mode with busy polling on.
 func TestRoundAllocatesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"native", Options{Attach: AttachNative}},
+		{"generic busy-poll", Options{Attach: AttachGeneric, Bind: BindCopy, BusyPoll: 50 * time.Microsecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRoundAllocatesNothing(t, tc.opts) })
+	}
+}
+
+func testRoundAllocatesNothing(t *testing.T, opts Options) {
 	a, b := vethHosts(t, true)
-	xa, xb := a.newXDP(t, Options{}), b.newXDP(t, Options{})
+	xa, xb := a.newXDP(t, opts), b.newXDP(t, opts)
+	if s := xa.Stats(); s.Attach != opts.Attach.String() || s.Mode != "copy" || s.BusyPoll != (opts.BusyPoll > 0) {
+		t.Errorf("stats %+v for options %+v", s, opts)
+	}
 	tx, rx := make([]wire.Packet, batch), make([]wire.Packet, batch)
 	for i := range tx {
 		tx[i] = wire.Packet{Addr: xb.LocalAddr(), Buf: make([]byte, 256)}
@@ -281,5 +297,26 @@ func TestIdlePollCostsNoCPU(t *testing.T) {
 	wg.Wait()
 	if perr != nil {
 		t.Errorf("Poll = %v", perr)
+	}
+}
+
+// Zero-copy, when demanded, fails on veth (its driver has no AF_XDP
+// buffer pool) with ErrUnavailable; the default (BindAuto) gets copy mode.
+func TestZeroCopyRefusedOnVeth(t *testing.T) {
+	a, _ := vethHosts(t, true)
+	err := a.Do(func() error {
+		p, err := New(Options{Interface: a.dev, Bind: BindZeroCopy})
+		if err == nil {
+			p.Close()
+		}
+		return err
+	})
+	var ue *UnavailableError
+	if !errors.As(err, &ue) || !errors.Is(err, ErrUnavailable) || ue.Reason != "open AF_XDP socket" {
+		t.Fatalf("New with BindZeroCopy on veth = %v, want an UnavailableError", err)
+	}
+	t.Log(err)
+	if a.xdpAttached(t) {
+		t.Error("the failed New left its program on the interface")
 	}
 }
