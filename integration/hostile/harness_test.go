@@ -161,6 +161,8 @@ func (d *daemon) stop() {
 	}
 }
 
+var fatalStart = regexp.MustCompile(`(?m)^(fatal error: |panic: |unexpected fault address )`)
+
 var fatalLine = regexp.MustCompile(`(?m)^(fatal error: .*|panic: .*|unexpected fault address .*|\[signal [^\]]*\])$`)
 
 // dead reports whether the daemon exited (by itself) and how.
@@ -171,10 +173,19 @@ func (d *daemon) dead() (bool, string) {
 		// Not reaped: check /proc too (a zombie is dead).
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.pid)); err == nil {
 			if f := statFields(b); len(f) > 0 && f[0] == "Z" {
-				return true, "zombie"
+				select {
+				case <-d.done: // reaped: report how it died
+				case <-time.After(5 * time.Second):
+					return true, "zombie"
+				}
+				break
 			}
 		}
-		return false, ""
+		select {
+		case <-d.done:
+		default:
+			return false, ""
+		}
 	}
 	how := "exited"
 	var ee *exec.ExitError
@@ -203,6 +214,11 @@ func (d *daemon) log() string {
 }
 
 func (d *daemon) tail(n int) string {
+	if l := d.log(); fatalStart.MatchString(l) {
+		// A crash: its first lines say where, not the goroutine dump's end.
+		lines := strings.Split(l[fatalStart.FindStringIndex(l)[0]:], "\n")
+		return strings.Join(lines[:min(len(lines), 12)], "\n")
+	}
 	lines := strings.Split(strings.TrimRight(d.log(), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

@@ -44,8 +44,8 @@ func TestHostileFrontend(t *testing.T) {
 // attack runs one attack of a class as its own subtest.
 func (h *harness) attack(t *testing.T, name string, f func(t *testing.T)) {
 	t.Run(name, func(t *testing.T) {
+		defer h.afterCase(t) // also after t.Fatal
 		f(t)
-		h.afterCase(t)
 	})
 }
 
@@ -304,23 +304,27 @@ func memoryTables(t *testing.T, h *harness) {
 // ---- file descriptors of the wrong kind ----
 
 func wrongFDKinds(t *testing.T, h *harness) {
+	// Each kind comes with poke, which makes the daemon's end readable
+	// (what a kick from the frontend would be for that kind of file).
+	write8 := func(fd int) func() { return func() { unix.Write(fd, make([]byte, 8)) } }
 	kinds := []struct {
 		name string
-		fd   func(t *testing.T) int
+		fd   func(t *testing.T) (fd int, poke func())
 	}{
-		{"unix socket", func(t *testing.T) int { return vt.SocketFD(t) }},
-		{"pipe read end", func(t *testing.T) int { r, _ := vt.Pipe(t); return r }},
-		{"pipe write end", func(t *testing.T) int { _, w := vt.Pipe(t); return w }},
-		{"pipe read end, writer closed", func(t *testing.T) int { r, w := vt.Pipe(t); unix.Close(w); return r }},
-		{"regular file", func(t *testing.T) int { return vt.RegularFile(t, 0) }},
-		{"/dev/zero", func(t *testing.T) int { return vt.DevZero(t) }},
-		{"memfd", func(t *testing.T) int { return vt.Memfd(t, 4096) }},
+		{"unix socket", func(t *testing.T) (int, func()) { a, b := vt.SocketPair(t); return a, write8(b) }},
+		{"pipe read end", func(t *testing.T) (int, func()) { r, w := vt.Pipe(t); return r, write8(w) }},
+		{"pipe write end", func(t *testing.T) (int, func()) { _, w := vt.Pipe(t); return w, func() {} }},
+		{"pipe read end, writer closed", func(t *testing.T) (int, func()) { r, w := vt.Pipe(t); unix.Close(w); return r, func() {} }},
+		{"regular file", func(t *testing.T) (int, func()) { return vt.RegularFile(t, 0), func() {} }},
+		{"/dev/zero", func(t *testing.T) (int, func()) { return vt.DevZero(t), func() {} }},
+		{"memfd", func(t *testing.T) (int, func()) { return vt.Memfd(t, 4096), func() {} }},
 	}
 	for _, k := range kinds {
 		for _, role := range []string{"kick", "call"} {
 			h.attack(t, k.name+" as "+role, func(t *testing.T) {
 				opts := vt.NetPeerOptions{}
-				f := func(int) int { return k.fd(t) }
+				var pokes []func()
+				f := func(int) int { fd, poke := k.fd(t); pokes = append(pokes, poke); return fd }
 				if role == "kick" {
 					opts.KickFD = f
 				} else {
@@ -332,15 +336,19 @@ func wrongFDKinds(t *testing.T, h *harness) {
 					return
 				}
 				t.Logf("accepted as %s", role)
-				// A port whose poller is stuck on the fd no longer serves
-				// its own frontend either.
-				if role == "call" {
-					for i := range 3 {
-						if err := p.ARP(replyWithin); err != nil {
-							t.Logf("ARP %d with a %s call fd: %v", i, k.name, err)
+				// Traffic: the daemon reads the kicks / writes the calls.
+				for i := range 3 {
+					if role == "kick" {
+						for _, poke := range pokes {
+							poke()
 						}
 					}
+					if err := p.ARP(replyWithin); err != nil {
+						t.Logf("ARP %d with a %s %s fd: %v", i, k.name, role, err)
+					}
 				}
+				// A port whose poller is stuck on the fd no longer serves
+				// its own frontend's control messages either.
 				if !p.C.Responsive(replyWithin) {
 					t.Errorf("port 1 wedged: GET_FEATURES unanswered within %v with a %s %s fd", replyWithin, k.name, role)
 				}

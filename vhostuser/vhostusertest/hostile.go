@@ -250,6 +250,17 @@ func SocketFD(tb testing.TB) int {
 	return p[0]
 }
 
+// SocketPair returns both ends of a stream socketpair.
+func SocketPair(tb testing.TB) (a, b int) {
+	tb.Helper()
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatalf("socketpair: %v", err)
+	}
+	tb.Cleanup(func() { unix.Close(p[0]); unix.Close(p[1]) })
+	return p[0], p[1]
+}
+
 // RegularFile returns a read-write descriptor of a regular file of size
 // bytes in a temporary directory.
 func RegularFile(tb testing.TB, size int64) int {
