@@ -48,6 +48,7 @@ type poller struct {
 	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
 	stopping               atomic.Bool
 	sleeping               atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain
 	rxChains               [maxMerge]*Chain
@@ -353,6 +354,7 @@ func (p *poller) sleep() bool {
 	for i := range fds {
 		fds[i].Revents = 0
 	}
+	p.sleeps.Add(1)
 	n, err := unix.Poll(fds, sleepTimeoutM)
 	if err != nil {
 		return errors.Is(err, unix.EINTR)
