@@ -47,7 +47,7 @@ type poller struct {
 	wake                   *fd.EventFD   // owned: stop requests and NetDevice.Wake
 	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
 	stopping               atomic.Bool
-	sleeping               atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	sleeping               atomic.Bool   // in (or about to enter) poll(2); NetDevice.Wake signals only then
 	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain

@@ -416,3 +416,27 @@ func (h *harness) logCPU(t *testing.T, window time.Duration) {
 		t.Errorf("daemon busy after port 1's attackers left: %v CPU over %v idle", c, window)
 	}
 }
+
+// expectLastError waits for velocectl to show, as port 1's last error,
+// one that contains want (the daemon records it once it dropped the
+// frontend), and fails the test otherwise.
+func (h *harness) expectLastError(t *testing.T, want string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(fdSettle); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		ps, err := h.d.ports(controlWithin)
+		if err != nil {
+			t.Errorf("control API: %v", err)
+			return
+		}
+		for _, p := range ps {
+			if p.Socket == h.d.p1 {
+				last = p.LastError
+			}
+		}
+		if strings.Contains(last, want) {
+			return
+		}
+	}
+	t.Errorf("port 1's last error is %q, want one that says %q", last, want)
+}

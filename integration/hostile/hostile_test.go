@@ -332,10 +332,11 @@ func wrongFDKinds(t *testing.T, h *harness) {
 				}
 				p, err := vt.NewNetPeer(t, h.d.p1, opts)
 				if err != nil {
-					t.Logf("refused during setup: %v", err)
+					// Refused, as it must be: check it was for the fd's kind.
+					h.expectLastError(t, vhostuser.ErrBadFD.Error())
 					return
 				}
-				t.Logf("accepted as %s", role)
+				t.Errorf("daemon accepted a %s as %s", k.name, role)
 				// Traffic: the daemon reads the kicks / writes the calls.
 				for i := range 3 {
 					if role == "kick" {
@@ -363,10 +364,10 @@ func wrongFDKinds(t *testing.T, h *harness) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("SET_VRING_ERR with a pipe: %v", o)
-		if o != vt.HungUp && !p.C.Responsive(replyWithin) {
-			t.Errorf("port 1 wedged after SET_VRING_ERR with a pipe")
+		if !o.Refused() {
+			t.Fatalf("daemon %v a pipe as err fd", o)
 		}
+		h.expectLastError(t, vhostuser.ErrBadFD.Error())
 	})
 	for _, k := range []struct {
 		name string
@@ -405,7 +406,22 @@ func shrinkingMemory(t *testing.T, h *harness) {
 		if addMemReg {
 			how = "ADD_MEM_REG"
 		}
-		opts := vt.NetPeerOptions{AddMemReg: addMemReg}
+		opts := vt.NetPeerOptions{AddMemReg: addMemReg, ErrFD: true}
+		// The daemon survives, drops that frontend (hangs up), signals its
+		// rings' err eventfds and says why.
+		dropped := func(t *testing.T, p *vt.NetPeer) {
+			t.Helper()
+			if !p.C.WaitHangup(replyWithin) {
+				t.Errorf("daemon kept serving a frontend whose memory faulted")
+			}
+			for i := range 2 {
+				if !p.ErrSignalled(i, replyWithin) {
+					t.Errorf("ring %d's err eventfd not signalled", i)
+				}
+			}
+			h.expectLastError(t, "memory file shrunk")
+			p.C.Close()
+		}
 		h.attack(t, how+" memfd shrunk to 0 while idle, then kicked", func(t *testing.T) {
 			p := h.running(t, opts)
 			if err := p.Shrink(0); err != nil {
@@ -417,8 +433,7 @@ func shrinkingMemory(t *testing.T, h *harness) {
 				return
 			}
 			p.KickTX()
-			p.C.Responsive(replyWithin)
-			p.C.Close()
+			dropped(t, p)
 		})
 		h.attack(t, how+" memfd shrunk below the buffers while the port runs", func(t *testing.T) {
 			p := h.running(t, opts)
@@ -436,8 +451,7 @@ func shrinkingMemory(t *testing.T, h *harness) {
 			p.TX.SetDesc(100, 512<<10, 64, 0, 0)
 			p.TX.Offer(100)
 			p.KickTX()
-			p.C.Responsive(replyWithin)
-			p.C.Close()
+			dropped(t, p)
 		})
 	}
 }
@@ -483,13 +497,17 @@ func logAndInflight(t *testing.T, h *harness) {
 				return err
 			}
 			t.Logf("inflight area of %d bytes", size)
-			return unix.Ftruncate(fd, 0)
+			if err := unix.Ftruncate(fd, 0); err == nil {
+				t.Errorf("the frontend could truncate the daemon's inflight memfd (not sealed)")
+			}
+			return nil
 		}})
 		if err != nil {
-			t.Logf("refused: %v", err)
-			return
+			t.Fatalf("well-behaved setup after GET_INFLIGHT_FD: %v", err)
 		}
-		p.ARP(replyWithin)
+		if err := p.ARP(arpWithin); err != nil {
+			t.Errorf("port 1 with an inflight area: %v", err)
+		}
 		p.C.Close()
 	})
 	need := 2 * vhostuser.InflightQueueSize(256)
@@ -524,18 +542,28 @@ func logAndInflight(t *testing.T, h *harness) {
 func ringsAndDescriptors(t *testing.T, h *harness) {
 	for _, a := range vt.RingAttacks() {
 		h.attack(t, a.Name, func(t *testing.T) {
-			p := h.running(t, vt.NetPeerOptions{})
+			p := h.running(t, vt.NetPeerOptions{ErrFD: true})
 			a.Do(p)
 			p.KickTX()
+			if a.BreaksRing {
+				// A broken ring drops the frontend, like a fault: hang-up,
+				// err eventfd, the reason shown.
+				if !p.C.WaitHangup(replyWithin) {
+					t.Errorf("daemon kept serving a frontend that broke its ring")
+				}
+				if !p.ErrSignalled(1, replyWithin) {
+					t.Errorf("TX ring's err eventfd not signalled")
+				}
+				h.expectLastError(t, "ring 1 broken")
+				p.C.Close()
+				return
+			}
 			if !p.C.Responsive(replyWithin) {
 				t.Errorf("port 1's control path stopped answering after the malformed chain")
 			}
-			if !a.BreaksRing {
-				// A malformed chain is returned with length 0; the
-				// ring goes on.
-				if err := p.ARP(arpWithin); err != nil {
-					t.Errorf("port 1 no longer answers its frontend after one malformed chain: %v", err)
-				}
+			// A malformed chain is returned with length 0; the ring goes on.
+			if err := p.ARP(arpWithin); err != nil {
+				t.Errorf("port 1 no longer answers its frontend after one malformed chain: %v", err)
 			}
 			p.C.Close()
 		})
@@ -612,9 +640,11 @@ func floods(t *testing.T, h *harness) {
 			return r
 		}})
 		if err != nil {
-			t.Logf("refused: %v", err)
+			h.expectLastError(t, vhostuser.ErrBadFD.Error())
+			duringFlood(t)
 			return
 		}
+		t.Errorf("daemon accepted a pipe as kick fd")
 		duringFlood(t)
 		c, err := h.d.cpuOver(5 * time.Second)
 		if err != nil {
@@ -665,4 +695,23 @@ func TestIdleCPU(t *testing.T) {
 		idle(t, "both ports running, no traffic")
 		p.C.Close()
 	})
+	// A guest driver keeps its RX queue full of buffers and, idle, sends
+	// nothing: a poller must not stay awake for buffers it has nothing
+	// to put in.
+	for _, eventIdx := range []bool{false, true} {
+		name, feat := "rxBuffersPostedNoEventIdx", vhostuser.Features(0)
+		if eventIdx {
+			name = "rxBuffersPostedEventIdx"
+			feat = vhostuser.Bit(vhostuser.FVersion1) | vhostuser.Bit(vhostuser.FProtocolFeatures) |
+				vhostuser.Bit(vhostuser.FRingIndirectDesc) | vhostuser.Bit(vhostuser.FRingEventIdx)
+		}
+		t.Run(name, func(t *testing.T) {
+			p := h.running(t, vt.NetPeerOptions{Features: feat})
+			if err := p.PostRX(128); err != nil {
+				t.Fatal(err)
+			}
+			idle(t, "port 1 with 128 RX buffers posted, no traffic")
+			p.C.Close()
+		})
+	}
 }

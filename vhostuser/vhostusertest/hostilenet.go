@@ -36,6 +36,9 @@ type NetPeerOptions struct {
 	// KickFD and CallFD, when set, give the descriptor to send as ring
 	// i's kick or call instead of a fresh eventfd (the hostile kinds).
 	KickFD, CallFD func(ring int) int
+	// ErrFD sends each ring an err eventfd (SET_VRING_ERR), kept in
+	// NetPeer.Err, for the backend to signal when it drops the rings.
+	ErrFD bool
 	// BeforeRings runs after the memory is set and before the rings are:
 	// GET_INFLIGHT_FD, SET_LOG_BASE and the like go there.
 	BeforeRings func(p *NetPeer) error
@@ -56,7 +59,9 @@ type NetPeer struct {
 	// Kick and Call are the descriptors sent for rings 0 and 1 (owned by
 	// the test's cleanup).
 	Kick, Call [2]int
-	Opts       NetPeerOptions
+	// Err are the rings' err eventfds with NetPeerOptions.ErrFD, else -1.
+	Err  [2]int
+	Opts NetPeerOptions
 
 	rxBufs map[uint16]uint64 // posted RX head -> buffer address
 }
@@ -221,6 +226,13 @@ func (p *NetPeer) SetupRings(tb testing.TB) error {
 		if err := p.Ask(vhostuser.SetVringCall, vhostuser.AppendU64(nil, uint64(idx)), p.Call[i]); err != nil {
 			return err
 		}
+		p.Err[i] = -1
+		if p.Opts.ErrFD {
+			p.Err[i] = Eventfd(tb)
+			if err := p.Ask(vhostuser.SetVringErr, vhostuser.AppendU64(nil, uint64(idx)), p.Err[i]); err != nil {
+				return err
+			}
+		}
 		if err := p.Ask(vhostuser.SetVringKick, vhostuser.AppendU64(nil, uint64(idx)), p.Kick[i]); err != nil {
 			return err
 		}
@@ -231,6 +243,27 @@ func (p *NetPeer) SetupRings(tb testing.TB) error {
 		}
 	}
 	return nil
+}
+
+// ErrSignalled waits up to timeout for the backend to signal ring i's err
+// eventfd (NetPeerOptions.ErrFD).
+func (p *NetPeer) ErrSignalled(i int, timeout time.Duration) bool {
+	if p.Err[i] < 0 {
+		return false
+	}
+	fds := []unix.PollFd{{Fd: int32(p.Err[i]), Events: unix.POLLIN}}
+	n, _ := unix.Poll(fds, int(timeout/time.Millisecond))
+	return n > 0
+}
+
+// PostRX offers n receive buffers and kicks the RX ring, as a guest
+// driver does when it fills its RX queue.
+func (p *NetPeer) PostRX(n int) error {
+	for range n {
+		head, addrs := p.RX.AddChain(Buf{WriteLen: NetHeaderLen + 1514})
+		p.rxBufs[head] = addrs[0]
+	}
+	return Kick(p.Kick[0])
 }
 
 // KickTX notifies the TX ring.
