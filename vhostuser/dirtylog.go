@@ -26,7 +26,7 @@ type DirtyLog struct {
 	// in host memory (page-aligned mapping, 8-aligned offset) and lies in
 	// the page-rounded mapping; bits past size*8 are never set.
 	words   []byte
-	mapping []byte // what unix.Mmap returned
+	mapping []byte // what mapShared returned
 	size    uint64 // bitmap size in bytes, as the frontend sent it
 	pages   uint64 // number of pages covered: size*8
 
@@ -53,10 +53,18 @@ func NewDirtyLog(fd *FD, l Log) (*DirtyLog, error) {
 	if fd.Int() < 0 {
 		return bad("no file descriptor")
 	}
+	// A log the file does not hold would fault at the first Mark.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd.Int(), &st); err != nil {
+		return bad("fstat: %v", err)
+	}
+	if !backs(&st, l.Offset, l.Size) {
+		return bad("beyond the end of the fd (%d bytes)", st.Size)
+	}
 	page := uint64(unix.Getpagesize())
 	skip := l.Offset % page
 	length := (skip + l.Size + page - 1) &^ (page - 1)
-	mapping, err := unix.Mmap(fd.Int(), int64(l.Offset-skip), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mapping, err := mapShared(fd.Int(), int64(l.Offset-skip), int(length), 0)
 	if err != nil {
 		return bad("mmap: %v", err)
 	}
@@ -108,7 +116,7 @@ func (l *DirtyLog) Close() error {
 	if l.fd == nil {
 		return nil
 	}
-	err := unix.Munmap(l.mapping)
+	err := unmap(l.mapping)
 	if cerr := l.fd.Close(); err == nil {
 		err = cerr
 	}

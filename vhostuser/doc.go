@@ -122,8 +122,59 @@
 //     the caller to have quiesced the rings that use the memory.
 //   - The package supports little-endian hosts only (virtio 1.x rings are
 //     little-endian); building for a big-endian GOARCH fails on purpose.
-//   - unsafe is confined to memory_unsafe.go: atomic 32/64-bit access to
-//     shared memory and a fence.
+//   - unsafe and mmap are confined to memory_unsafe.go: atomic 32/64-bit
+//     access to shared memory, a fence, the one mapping call and the
+//     address test used to attribute faults.
+//   - Memory a frontend hands over can never fault the daemon. Seals are
+//     not required: QEMU's memory-backend-memfd seals by default (seal=on:
+//     F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL), but memory-backend-file on
+//     hugetlbfs or /dev/shm cannot be sealed, and DPDK virtio-user and
+//     Cloud Hypervisor hand over memfds they do not seal (as far as we
+//     read their sources); requiring F_SEAL_SHRINK would refuse stock
+//     frontends. Instead, two layers. (1) At map time every fd is
+//     checked with fstat: a regular file must hold offset+size (guest
+//     memory regions, the SET_LOG_BASE log, the SET_INFLIGHT_FD region),
+//     else the request is refused (ErrBadRegion, ErrBadLog, ErrBadRing).
+//     (2) A file can still shrink later, so every goroutine that touches
+//     frontend memory runs with debug.SetPanicOnFault(true): each
+//     queue-pair poller (which also runs the FrameHandler and RXSource,
+//     so their reads of frames in guest memory and the runtime's memmove
+//     into RX buffers are covered) and Serve's control goroutine (ring
+//     set-up, inflight recovery). The resulting panic is recovered at the
+//     poller loop and at the message-handler boundary, attributed by
+//     address to a mapping the frontend handed over (any other panic is
+//     a bug and goes on), and becomes a *FaultError (ErrMemoryFault):
+//     that frontend is dropped. This is gVisor's safecopy idea with the
+//     Go runtime doing the signal work; nothing is added per packet (one
+//     deferred recover per poller, not per frame). A FrameHandler must
+//     therefore not hold a lock while it reads a frame unless it
+//     releases it with defer.
+//   - One failure path for a frontend that faults the device's memory or
+//     breaks a ring (ErrRingBroken: avail->idx moved by more than the
+//     queue size): the poller stops, the device logs it once, counts it
+//     (NetStats.Failures), shows it (NetState.Failure), signals the err
+//     eventfd (SET_VRING_ERR) of the rings concerned, drops the
+//     connection (Serve returns the error) and serves the next frontend
+//     from a clean state. A malformed chain is not a failure: it is
+//     returned with length 0 and counted.
+//   - The device's own memfd (the GET_INFLIGHT_FD region) is sealed
+//     F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL once sized, so the frontend
+//     it is sent to cannot truncate it (internal/shm seals its regions
+//     the same way).
+//   - The control plane never waits for one frontend: handlers build
+//     their reply under the device lock, and it is written after the
+//     lock is released, with a one-second write deadline (a frontend
+//     that does not read its replies is dropped, and the reads stop
+//     meanwhile, so replies never queue up). Stats and State take no
+//     lock: counters are atomics and the negotiated state is a snapshot
+//     published after every message.
+//   - An idle port costs no CPU, with or without EVENT_IDX: a poller
+//     spins for a while, then sleeps in poll(2) on the TX kick and its
+//     wake eventfd. It asks for RX kicks (and wakes on them) only while
+//     something waits for RX buffers the guest has not posted (an
+//     announcement, or a frame the RXSource has pending), so an RX ring
+//     full of posted buffers with nothing to deliver does not keep it
+//     awake; NetDevice.Wake wakes it when the source gets a frame.
 //
 // The companion package vhostusertest provides a fake guest (memfd-backed
 // memory and a split-ring driver) and a fake frontend for tests.

@@ -148,3 +148,40 @@ func (e *ProtocolError) Is(target error) bool { return e.Err != nil && errors.Is
 func protoErr(req Request, sentinel error, format string, args ...any) error {
 	return &ProtocolError{Request: req, Reason: fmt.Sprintf(format, args...), Err: sentinel}
 }
+
+// ErrMemoryFault reports an access to memory a frontend handed over
+// (guest memory, the dirty log, the inflight region) that faulted: the
+// frontend shrank the file behind it after the device mapped it. The
+// error is a *FaultError.
+var ErrMemoryFault = errors.New("vhostuser: shared memory fault")
+
+// FaultError reports a fault (SIGBUS or SIGSEGV) on memory a frontend
+// handed over, absorbed by the device: the frontend is dropped instead of
+// the daemon. It matches ErrMemoryFault.
+type FaultError struct {
+	// Addr is the faulting host address.
+	Addr uintptr
+	// Where names the mapping ("guest memory", "dirty log", "inflight
+	// region") and, when known, the code path ("queue pair 0").
+	Where string
+}
+
+func (e *FaultError) Error() string {
+	return fmt.Sprintf("%s fault at %#x: memory file shrunk", e.Where, e.Addr)
+}
+
+// Is reports whether target is ErrMemoryFault.
+func (e *FaultError) Is(target error) bool { return target == ErrMemoryFault }
+
+// RingError reports a ring the device stopped serving because the driver
+// broke it (ErrRingBroken: the available index moved by more than the
+// queue size). It matches its Err.
+type RingError struct {
+	Ring int   // the vring index (RX even, TX odd)
+	Err  error // ErrRingBroken
+}
+
+func (e *RingError) Error() string { return fmt.Sprintf("ring %d broken: %v", e.Ring, e.Err) }
+
+// Unwrap returns Err.
+func (e *RingError) Unwrap() error { return e.Err }

@@ -67,3 +67,13 @@ func (tp *TestPoller) ProcessRX() int {
 	tp.p.flush()
 	return n
 }
+
+// PollerSleeps returns how many times queue pair qp's running poller went
+// to sleep in poll(2), or -1 when none runs.
+func (d *NetDevice) PollerSleeps(qp int) int64 {
+	ps := d.running.Load()
+	if ps == nil || (*ps)[qp] == nil {
+		return -1
+	}
+	return int64((*ps)[qp].sleeps.Load())
+}

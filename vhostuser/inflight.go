@@ -34,6 +34,9 @@ func InflightQueueSize(queueSize uint16) uint64 {
 	return (n + inflightAlign - 1) &^ (inflightAlign - 1)
 }
 
+// inflightSeals fix the size of the region the device creates for good.
+const inflightSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
 // inflightRegion is a mapped inflight buffer.
 type inflightRegion struct {
 	mapping   []byte
@@ -49,7 +52,7 @@ func newInflightRegion(queues int, queueSize uint16) (*inflightRegion, error) {
 		return nil, fmt.Errorf("inflight region: %d queues of %d descriptors: %w", queues, queueSize, ErrBadRing)
 	}
 	size := uint64(queues) * InflightQueueSize(queueSize)
-	raw, err := unix.MemfdCreate("veloce-inflight", unix.MFD_CLOEXEC)
+	raw, err := unix.MemfdCreate("veloce-inflight", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("create inflight region: %w", err)
 	}
@@ -61,7 +64,13 @@ func newInflightRegion(queues int, queueSize uint16) (*inflightRegion, error) {
 		fd.Close()
 		return nil, fmt.Errorf("create inflight region: %w", err)
 	}
-	m, err := unix.Mmap(raw, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	// Sealed at its size: the frontend gets this fd and could otherwise
+	// truncate it under the device's mapping.
+	if _, err := unix.FcntlInt(uintptr(raw), unix.F_ADD_SEALS, inflightSeals); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("create inflight region: seal: %w", err)
+	}
+	m, err := mapShared(raw, 0, int(size), 0)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("create inflight region: %w", err)
@@ -86,7 +95,16 @@ func mapInflightRegion(fd *FD, in Inflight) (*inflightRegion, error) {
 	if fd.Int() < 0 {
 		return nil, fmt.Errorf("map inflight region: no file descriptor: %w", ErrBadFDs)
 	}
-	m, err := unix.Mmap(fd.Int(), int64(in.MmapOffset), int(in.MmapSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd.Int(), &st); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("map inflight region: fstat: %v: %w", err, ErrBadRing)
+	}
+	if in.MmapOffset > 1<<40 || !backs(&st, in.MmapOffset, in.MmapSize) {
+		fd.Close()
+		return nil, fmt.Errorf("map inflight region: offset %#x+%#x is beyond the end of the fd (%d bytes): %w", in.MmapOffset, in.MmapSize, st.Size, ErrBadRing)
+	}
+	m, err := mapShared(fd.Int(), int64(in.MmapOffset), int(in.MmapSize), 0)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("map inflight region: %w", err)
@@ -101,7 +119,7 @@ func (r *inflightRegion) queue(q int) []byte {
 }
 
 func (r *inflightRegion) close() {
-	unix.Munmap(r.mapping)
+	unmap(r.mapping)
 	r.fd.Close()
 }
 

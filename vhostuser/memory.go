@@ -42,7 +42,7 @@ type memTable struct {
 type mappedRegion struct {
 	MemoryRegion
 	fd      *FD    // owned: closed by release
-	mapping []byte // what unix.Mmap returned; passed back to Munmap
+	mapping []byte // what mapShared returned; passed back to unmap
 	data    []byte // the region's bytes: mapping[skip : skip+Size]
 }
 
@@ -347,24 +347,34 @@ func mapRegion(r MemoryRegion, f *FD) (*mappedRegion, error) {
 	if bs := uint64(st.Blksize); bs > align && bs&(bs-1) == 0 && bs <= 1<<30 {
 		align = bs
 	}
-	// Touching a mapping beyond the end of its file raises SIGBUS, which
-	// would kill the daemon on a guest's say-so: refuse regions the file
-	// does not back. (A frontend that shrinks the file afterwards can
-	// still cause that; QEMU and Cloud Hypervisor do not.)
-	if st.Mode&unix.S_IFMT == unix.S_IFREG && (st.Size < 0 || r.MmapOffset+r.Size > uint64(st.Size)) {
+	// Touching a mapping beyond the end of its file raises SIGBUS: refuse
+	// regions the file does not back. (A frontend that shrinks the file
+	// afterwards still can; the device absorbs that fault, see fault.go.)
+	if !backs(&st, r.MmapOffset, r.Size) {
 		return nil, fmt.Errorf("add memory region gpa %#x+%#x: offset %#x+%#x is beyond the end of fd %d (%d bytes): %w",
 			r.GuestAddr, r.Size, r.MmapOffset, r.Size, fd, st.Size, ErrBadRegion)
 	}
 	skip := r.MmapOffset % align
-	mapping, err := unix.Mmap(fd, int64(r.MmapOffset-skip), int(r.Size+skip), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
+	mapping, err := mapShared(fd, int64(r.MmapOffset-skip), int(r.Size+skip), unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, fmt.Errorf("add memory region gpa %#x+%#x: mmap fd %d at %#x: %v: %w", r.GuestAddr, r.Size, fd, r.MmapOffset, err, ErrBadRegion)
 	}
 	return &mappedRegion{MemoryRegion: r, fd: f, mapping: mapping, data: mapping[skip : skip+r.Size : skip+r.Size]}, nil
 }
 
+// backs reports whether the file st describes holds bytes [off, off+size)
+// (both known not to overflow). Only regular files (memfd, tmpfs,
+// hugetlbfs, ordinary files) have an end past which a mapping faults;
+// other mappable files (/dev/zero) have none.
+func backs(st *unix.Stat_t, off, size uint64) bool {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return true
+	}
+	return st.Size >= 0 && off+size <= uint64(st.Size)
+}
+
 func (r *mappedRegion) release() error {
-	err := unix.Munmap(r.mapping)
+	err := unmap(r.mapping)
 	if cerr := r.fd.Close(); err == nil {
 		err = cerr
 	}

@@ -3,6 +3,8 @@ package vhostuser
 import (
 	"sync/atomic"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Shared-memory access primitives for rings and the dirty log. Guest
@@ -73,3 +75,22 @@ func or64(b []byte, off int, v uint64) {
 // on arm64), so plain loads and stores on either side are not reordered
 // across it.
 func fence(w *uint32) { atomic.AddUint32(w, 1) }
+
+// spans reports whether host address addr lies inside b (a mapping).
+func spans(b []byte, addr uintptr) bool {
+	if len(b) == 0 {
+		return false
+	}
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return addr >= base && addr-base < uintptr(len(b))
+}
+
+// mapShared maps length bytes of fd at offset, shared and writable; extra
+// is added to the flags (MAP_NORESERVE for guest memory). Every mapping of
+// frontend memory is made here and released by unmap.
+func mapShared(fd int, offset int64, length int, extra int) ([]byte, error) {
+	return unix.Mmap(fd, offset, length, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|extra)
+}
+
+// unmap releases a mapping made by mapShared.
+func unmap(b []byte) error { return unix.Munmap(b) }

@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/veloce-io/veloce/internal/fd"
 )
@@ -76,6 +78,10 @@ type NetStats struct {
 	Drops uint64
 	// Errors counts malformed descriptor chains and ring errors.
 	Errors uint64
+	// Failures counts frontends the device dropped on its own: a fault on
+	// memory the frontend handed over, or a ring the driver broke (see
+	// NetState.Failure).
+	Failures uint64
 }
 
 // NetState is a snapshot of a NetDevice's negotiated state.
@@ -90,6 +96,12 @@ type NetState struct {
 	Logging          bool // VHOST_F_LOG_ALL on with a dirty log mapped
 	LogBaseReceived  uint64
 	RARPs            uint64 // SEND_RARP requests seen
+	// Failure says why the device dropped its last frontend on its own
+	// ("queue pair 0: guest memory (queue pair 0) fault at 0x7f...: memory
+	// file shrunk", "queue pair 0: ring 1 broken: ..."), or is empty. It
+	// is cleared when the next frontend connects. A backend shows the
+	// port as failed while it is set.
+	Failure string
 }
 
 // vring is one ring's frontend-given state. It owns its eventfds.
@@ -118,6 +130,15 @@ type NetDevice struct {
 
 	stats netCounters
 
+	// active is the frontend connection being served (nil when none);
+	// failure, once set, is why the device dropped it (the first failure
+	// wins); snap is the NetState the control path last published. All
+	// three are read without mu, so Stats and State never wait for a
+	// message handler.
+	active  atomic.Pointer[net.UnixConn]
+	failure atomic.Pointer[failure]
+	snap    atomic.Pointer[NetState]
+
 	mu       sync.Mutex // serialises the control path
 	features Features   // guarded by mu
 	protocol Features   // guarded by mu
@@ -136,14 +157,19 @@ type NetDevice struct {
 	status   uint8                     // guarded by mu
 	logBases uint64                    // guarded by mu
 	rarps    uint64                    // guarded by mu
-	conn     *net.UnixConn             // guarded by mu; the frontend being served
 	// announced[qp] is set once the Announcer's frame went out on the
 	// queue pair since the frontend connected.
 	announced []atomic.Bool // replaced under mu on reset
 }
 
 type netCounters struct {
-	txPackets, txBytes, rxPackets, rxBytes, drops, errors atomic.Uint64
+	txPackets, txBytes, rxPackets, rxBytes, drops, errors, failures atomic.Uint64
+}
+
+// failure is why the device dropped its frontend.
+type failure struct {
+	qp  int   // the queue pair whose poller failed; -1 for the control path
+	err error // a *FaultError or *RingError, wrapped
 }
 
 // NewNetDevice returns a device with no frontend.
@@ -168,32 +194,43 @@ func NewNetDevice(opts NetOptions) (*NetDevice, error) {
 	}
 	d := &NetDevice{opts: opts, log: log}
 	d.resetLocked()
+	d.publishStateLocked()
 	return d, nil
 }
 
-// Stats returns the device's counters.
+// Stats returns the device's counters. It takes no lock: it never waits
+// for the control path.
 func (d *NetDevice) Stats() NetStats {
 	s := NetStats{
 		GuestTXPackets: d.stats.txPackets.Load(), GuestTXBytes: d.stats.txBytes.Load(),
 		GuestRXPackets: d.stats.rxPackets.Load(), GuestRXBytes: d.stats.rxBytes.Load(),
-		Drops: d.stats.drops.Load(), Errors: d.stats.errors.Load(),
+		Drops: d.stats.drops.Load(), Errors: d.stats.errors.Load(), Failures: d.stats.failures.Load(),
 	}
-	d.mu.Lock()
-	for _, p := range d.pollers {
-		if p != nil {
-			s.Errors += p.ringErrors()
+	if ps := d.running.Load(); ps != nil {
+		for _, p := range *ps {
+			if p != nil {
+				s.Errors += p.ringErrors()
+			}
 		}
 	}
-	d.mu.Unlock()
 	return s
 }
 
-// State returns the negotiated state.
+// State returns the negotiated state, as of the last message handled. It
+// takes no lock: it never waits for the control path.
 func (d *NetDevice) State() NetState {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s := NetState{
-		Connected: d.conn != nil, Features: d.features, ProtocolFeatures: d.protocol,
+	s := *d.snap.Load()
+	s.Connected = d.active.Load() != nil
+	if f := d.failure.Load(); f != nil {
+		s.Failure = f.err.Error()
+	}
+	return s
+}
+
+// publishStateLocked records the state State reports.
+func (d *NetDevice) publishStateLocked() {
+	s := &NetState{
+		Features: d.features, ProtocolFeatures: d.protocol,
 		MTU: d.mtu, Status: d.status, Logging: d.loggingLocked(), LogBaseReceived: d.logBases, RARPs: d.rarps,
 	}
 	if d.mem != nil {
@@ -204,7 +241,7 @@ func (d *NetDevice) State() NetState {
 			s.QueuePairs++
 		}
 	}
-	return s
+	d.snap.Store(s)
 }
 
 // MaxQueuePairs returns NetOptions.QueuePairs.
@@ -213,33 +250,57 @@ func (d *NetDevice) MaxQueuePairs() int { return d.opts.QueuePairs }
 // ErrBusy is returned by Serve when another frontend is connected.
 var ErrBusy = errors.New("vhostuser: device already has a frontend")
 
+// replyTimeout bounds every reply write: a frontend that does not read
+// its replies for that long is dropped.
+const replyTimeout = time.Second
+
 // Serve speaks vhost-user with one frontend until it disconnects or sends
 // something the device cannot accept; then every ring stops, memory is
 // unmapped and every descriptor received is closed, so the next frontend
 // starts clean. A clean disconnect returns nil.
 //
+// The device also drops the frontend on its own when memory it handed
+// over faults (it shrank the file: a *FaultError, matching
+// ErrMemoryFault) or when the driver breaks a ring (a *RingError matching
+// ErrRingBroken), on a poller or on the control path: the failure is
+// logged once, counted (NetStats.Failures), shown by NetState.Failure,
+// and the err eventfd (SET_VRING_ERR) of every ring concerned is
+// signalled before the rings stop.
+//
 // Errors: a *ProtocolError for a message the codec or the device refused
 // (match its sentinel with errors.Is: ErrBadMessage, ErrBadFDs, ErrBadFD,
 // ErrBadPayload, ErrNotOffered, ErrNoMemory, ErrUnsupported,
-// ErrUnknownRequest, ErrBadRegion, ErrBadLog, ErrBadRing, ...), ErrBusy,
-// or the socket's.
+// ErrUnknownRequest, ErrBadRegion, ErrBadLog, ErrBadRing,
+// ErrMemoryFault, ...), an error matching ErrMemoryFault or ErrRingBroken
+// for a failure a poller met, one matching os.ErrDeadlineExceeded for a
+// frontend that did not read a reply within a second, ErrBusy, or the
+// socket's.
 func (d *NetDevice) Serve(conn *net.UnixConn) error {
-	d.mu.Lock()
-	if d.conn != nil {
-		d.mu.Unlock()
+	if !d.active.CompareAndSwap(nil, conn) {
 		return ErrBusy
 	}
-	d.conn = conn
-	d.mu.Unlock()
+	d.failure.Store(nil)
+	// Faults on frontend memory touched by this goroutine (ring set-up,
+	// inflight recovery) become panics that handle recovers.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		d.mu.Lock()
+		d.stopAllLocked()
+		if f := d.failure.Load(); f != nil {
+			d.signalErrLocked(f.qp)
+		}
 		d.resetLocked()
-		d.conn = nil
+		d.active.Store(nil)
+		d.publishStateLocked()
 		d.mu.Unlock()
 	}()
 	buf := make([]byte, MaxMessageSize)
 	for {
 		m, fds, err := ReadMessage(conn, buf)
+		if f := d.failure.Load(); f != nil {
+			fds.Close()
+			return f.err // a poller failed and woke this read
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -249,52 +310,128 @@ func (d *NetDevice) Serve(conn *net.UnixConn) error {
 		err = d.handle(conn, m, &fds)
 		fds.Close() // what the handler did not take
 		if err != nil {
-			d.log.Warn("vhost-user frontend dropped", "request", m.Request.String(), "err", err)
+			if errors.Is(err, ErrMemoryFault) {
+				d.fail(-1, err)
+			} else {
+				d.log.Warn("vhost-user frontend dropped", "request", m.Request.String(), "err", err)
+			}
 			return err
 		}
 	}
 }
 
-// handle applies one message. The handler takes from fds the descriptors
-// it keeps; Serve closes the others. A returned error (a *ProtocolError)
-// disconnects the frontend, after a failed REPLY_ACK when one was asked.
-func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds *FDSet) (err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r := &request{Message: m, conn: conn, fds: fds}
-	var h func(*NetDevice, *request) error
-	if m.Request.Known() { // always, from ReadMessage
-		h = netHandlers[m.Request]
+// fail drops the frontend for err, a fault or a broken ring met on queue
+// pair qp's poller (-1: on the control path). Only the first failure of a
+// connection counts; it wakes Serve's read, which returns err. It takes no
+// lock: a poller calls it.
+func (d *NetDevice) fail(qp int, err error) {
+	if !d.failure.CompareAndSwap(nil, &failure{qp: qp, err: err}) {
+		return
 	}
-	if h == nil {
-		err = protoErr(m.Request, ErrUnknownRequest, "not supported by the virtio-net device")
-	} else if err = h(d, r); err != nil {
-		var pe *ProtocolError
-		if !errors.As(err, &pe) {
-			err = &ProtocolError{Request: m.Request, Err: err}
+	d.stats.failures.Add(1)
+	d.log.Error("vhost-user frontend dropped", "queue_pair", qp, "err", err)
+	if c := d.active.Load(); c != nil {
+		c.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// signalErrLocked signals the err eventfd of queue pair qp's rings, or of
+// every ring for qp < 0.
+func (d *NetDevice) signalErrLocked(qp int) {
+	for i := range d.vrings {
+		if qp < 0 || i/2 == qp {
+			d.vrings[i].errFD.Signal()
 		}
 	}
-	if m.NeedsAck() && !r.replied && d.protocol.Has(ProtocolFReplyAck) {
+}
+
+// handle applies one message, then writes its reply (or REPLY_ACK) after
+// releasing the device lock, with a deadline. The handler takes from fds
+// the descriptors it keeps; Serve closes the others. A returned error
+// disconnects the frontend, after a failed REPLY_ACK when one was asked.
+func (d *NetDevice) handle(conn *net.UnixConn, m Message, fds *FDSet) (err error) {
+	r := &request{Message: m, fds: fds}
+	defer func() { r.replyFD.Close() }() // set by the handler
+	err = d.apply(r)
+	if r.out != nil {
+		var fdl []int
+		if n := r.replyFD.Int(); n >= 0 {
+			fdl = []int{n}
+		}
+		if werr := writeReply(conn, m.Request, r.out, fdl); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if m.NeedsAck() && r.out == nil && r.ack {
 		var status uint64
 		if err != nil {
 			status = 1
 		}
-		if werr := ReplyU64(conn, m.Request, status); werr != nil && err == nil {
+		if werr := writeReply(conn, m.Request, AppendU64(nil, status), nil); werr != nil && err == nil {
 			err = werr
 		}
 	}
 	return err
 }
 
+// writeReply sends one reply, giving up after replyTimeout.
+func writeReply(conn *net.UnixConn, req Request, payload []byte, fds []int) error {
+	conn.SetWriteDeadline(time.Now().Add(replyTimeout))
+	if err := WriteReply(conn, req, payload, fds); err != nil {
+		return fmt.Errorf("vhostuser: reply to %v: %w", req, err)
+	}
+	return nil
+}
+
+// apply runs the request's handler under the device lock. A fault on
+// frontend memory while it runs becomes a *ProtocolError matching
+// ErrMemoryFault.
+func (d *NetDevice) apply(r *request) (err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.publishStateLocked()
+	defer func() {
+		if v := recover(); v != nil {
+			f := faultFrom(v, "control path", mappings{mem: d.mem, dirty: d.dirty, inflight: d.inflight})
+			err = &ProtocolError{Request: r.Request, Err: f}
+		}
+	}()
+	var h func(*NetDevice, *request) error
+	if r.Request.Known() { // always, from ReadMessage
+		h = netHandlers[r.Request]
+	}
+	if h == nil {
+		err = protoErr(r.Request, ErrUnknownRequest, "not supported by the virtio-net device")
+	} else if err = h(d, r); err != nil {
+		var pe *ProtocolError
+		if !errors.As(err, &pe) {
+			err = &ProtocolError{Request: r.Request, Err: err}
+		}
+	}
+	r.ack = d.protocol.Has(ProtocolFReplyAck)
+	return err
+}
+
 // request is one frontend message being handled.
 type request struct {
 	Message
-	conn *net.UnixConn // to answer on
-	fds  *FDSet        // the message's descriptors: a handler takes those it keeps
-	// replied is set by a handler whose own reply stands for the
-	// REPLY_ACK (SET_LOG_BASE).
-	replied bool
+	fds *FDSet // the message's descriptors: a handler takes those it keeps
+	// out is the reply a handler queued (nil: none); handle writes it
+	// once the device lock is released. It stands for the REPLY_ACK.
+	out []byte
+	// replyFD goes with out (GET_INFLIGHT_FD); owned, closed by handle.
+	replyFD *fd.FD
+	ack     bool // REPLY_ACK negotiated, as of the end of the handler
 }
+
+// reply queues the reply payload.
+func (r *request) reply(payload []byte) error {
+	r.out = payload
+	return nil
+}
+
+// replyU64 queues a u64 reply.
+func (r *request) replyU64(v uint64) error { return r.reply(AppendU64(nil, v)) }
 
 // fail returns a *ProtocolError for the request matching sentinel.
 func (r *request) fail(sentinel error, format string, args ...any) error {
@@ -335,7 +472,7 @@ var netHandlers = [maxRequest + 1]func(*NetDevice, *request) error{
 }
 
 func (d *NetDevice) getFeatures(r *request) error {
-	return ReplyU64(r.conn, r.Request, uint64(d.offeredFeatures()))
+	return r.replyU64(uint64(d.offeredFeatures()))
 }
 
 func (d *NetDevice) setFeatures(r *request) error {
@@ -360,7 +497,7 @@ func (d *NetDevice) setFeatures(r *request) error {
 }
 
 func (d *NetDevice) getProtocolFeatures(r *request) error {
-	return ReplyU64(r.conn, r.Request, uint64(netOfferedProtocolFeatures))
+	return r.replyU64(uint64(netOfferedProtocolFeatures))
 }
 
 func (d *NetDevice) setProtocolFeatures(r *request) error {
@@ -392,11 +529,11 @@ func (d *NetDevice) resetOwner(*request) error {
 // pairs, so it accepts this (its own check is looser; a vring index past
 // 2*QueuePairs is still refused by vringLocked).
 func (d *NetDevice) getQueueNum(r *request) error {
-	return ReplyU64(r.conn, r.Request, 2*uint64(d.opts.QueuePairs))
+	return r.replyU64(2 * uint64(d.opts.QueuePairs))
 }
 
 func (d *NetDevice) getMaxMemSlots(r *request) error {
-	return ReplyU64(r.conn, r.Request, MaxMemSlots)
+	return r.replyU64(MaxMemSlots)
 }
 
 // setMemTable replaces guest memory; the new Memory takes every fd.
@@ -488,10 +625,7 @@ func (d *NetDevice) setLogBase(r *request) error {
 	}
 	d.dirty = dl
 	d.logBases++
-	r.replied = true
-	if err := WriteReply(r.conn, r.Request, r.Payload, nil); err != nil {
-		return err
-	}
+	r.reply(r.Payload)
 	return d.reconcileLocked()
 }
 
@@ -547,9 +681,7 @@ func (d *NetDevice) getVringBase(r *request) error {
 	vr.stopped, vr.kickSet = true, false
 	vr.kick.Close()
 	vr.kick = nil
-	if err := ReplyVringState(r.conn, r.Request, VringState{Index: s.Index, Num: uint32(vr.base)}); err != nil {
-		return err
-	}
+	r.reply(AppendVringState(nil, VringState{Index: s.Index, Num: uint32(vr.base)}))
 	return d.reconcileLocked()
 }
 
@@ -664,7 +796,7 @@ func (d *NetDevice) setStatus(r *request) error {
 }
 
 func (d *NetDevice) getStatus(r *request) error {
-	return ReplyU64(r.conn, r.Request, uint64(d.status))
+	return r.replyU64(uint64(d.status))
 }
 
 // getInflightFD creates the inflight region (the device owns its fd) and
@@ -683,9 +815,14 @@ func (d *NetDevice) getInflightFD(r *request) error {
 	}
 	d.replaceInflightLocked(region)
 	in.MmapSize, in.MmapOffset = uint64(len(region.mapping)), 0
-	if err := ReplyInflight(r.conn, in, region.fd.Int()); err != nil {
-		return err
+	// A duplicate goes with the reply, which is written after the lock
+	// is released (the region may be replaced by then).
+	dup, err := region.fd.Dup()
+	if err != nil {
+		return fmt.Errorf("reply inflight fd: %w", err)
 	}
+	r.replyFD = dup
+	r.reply(AppendInflight(nil, in))
 	return d.reconcileLocked()
 }
 
@@ -781,7 +918,6 @@ func (d *NetDevice) stopPairLocked(qp int) {
 		return
 	}
 	p.stop()
-	d.stats.errors.Add(p.ringErrors())
 	if p.rx != nil {
 		d.vrings[2*qp].base = uint16(p.rx.VringBase())
 	}
@@ -790,6 +926,7 @@ func (d *NetDevice) stopPairLocked(qp int) {
 	}
 	d.pollers[qp] = nil
 	d.publishPollersLocked()
+	d.stats.errors.Add(p.ringErrors()) // after Stats stopped seeing p
 }
 
 // ready says whether a ring can run.
@@ -860,6 +997,7 @@ func (d *NetDevice) reconcileLocked() error {
 			continue
 		}
 		p := newPoller(d, qp)
+		p.maps = mappings{mem: d.mem, dirty: d.dirty, inflight: d.inflight}
 		if rxOK {
 			q, err := d.ringLocked(rxv)
 			if err != nil {

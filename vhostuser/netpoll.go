@@ -5,15 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 
 	"github.com/veloce-io/veloce/internal/fd"
 	"golang.org/x/sys/unix"
 )
 
-// Poller tuning. An idle poller spins (yielding the processor) for
-// spinRounds empty rounds, then re-enables guest notifications and sleeps
-// on the kick eventfd: an idle port costs no CPU, a busy one no syscalls.
+// Poller tuning. An idle poller spins for spinRounds empty rounds, then
+// re-enables guest notifications and sleeps on the kick eventfds: an idle
+// port costs no CPU, a busy one no syscalls. It sleeps on the TX kick
+// always, and on the RX kick only while something waits for RX buffers
+// the guest has not posted (an announcement, or a frame the RXSource has
+// pending): an RX ring full of posted buffers with nothing to deliver
+// does not keep it awake. NetDevice.Wake wakes it when the source gets a
+// frame.
 const (
 	txBurst       = 64   // chains taken off the TX ring per round
 	spinRounds    = 2048 // empty rounds before sleeping
@@ -41,7 +47,8 @@ type poller struct {
 	wake                   *fd.EventFD   // owned: stop requests and NetDevice.Wake
 	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
 	stopping               atomic.Bool
-	sleeping               atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	sleeping               atomic.Bool   // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain
 	rxChains               [maxMerge]*Chain
@@ -49,6 +56,9 @@ type poller struct {
 	linear                 []byte // a TX frame gathered from several segments
 	reply                  []byte
 	pollFDs                []unix.PollFd
+	rxPoll                 int      // index of the RX kick in pollFDs, -1 when not there
+	rxNotify               bool     // RX notifications enabled for this sleep
+	maps                   mappings // the frontend memory this poller touches (fault.go)
 	errorsAtStop           uint64
 	rxPending, txPublished bool
 	// Counters of the current round, added to the device's once per
@@ -88,6 +98,7 @@ func newPoller(d *NetDevice, qp int) *poller {
 	p := &poller{
 		dev: d, qp: qp, hdrLen: d.netHeaderLenLocked(), merge: d.features.Has(NetFMrgRxbuf),
 		done:    make(chan struct{}),
+		rxPoll:  -1,
 		txChain: NewChain(maxSegments),
 		linear:  make([]byte, 65536+64),
 		reply:   make([]byte, replyCap),
@@ -114,7 +125,8 @@ func (p *poller) start() error {
 			p.announcer = a
 		}
 	}
-	if p.waitsForRX() {
+	if p.rx != nil && p.rxKick.Int() >= 0 {
+		p.rxPoll = len(p.pollFDs) // last: sleep leaves it out when not waiting for RX
 		p.watch(p.rxKick)
 	}
 	go p.run()
@@ -151,6 +163,12 @@ func (p *poller) ringErrors() uint64 {
 func (p *poller) run() {
 	runtime.LockOSThread()
 	defer close(p.done)
+	// A fault on frontend memory (a shrunk memfd), here or in the
+	// FrameHandler and RXSource called from here, becomes a panic that
+	// recoverFault turns into a dropped frontend. The setting belongs to
+	// this goroutine, which ends with run.
+	debug.SetPanicOnFault(true)
+	defer p.recoverFault()
 	if cpus := p.dev.opts.PollCPUs; len(cpus) > 0 {
 		var set unix.CPUSet
 		set.Set(cpus[p.qp%len(cpus)])
@@ -188,19 +206,42 @@ func (p *poller) run() {
 		}
 		// Going to sleep: ask for kicks, then look once more, since a
 		// buffer posted before the driver saw the request is not kicked,
-		// and a source's frame queued before it saw sleeping is not woken.
+		// and a source's frame queued before it saw sleeping is woken
+		// (Wake signals once sleeping is set).
 		p.sleeping.Store(true)
-		if p.enableNotifications() || (p.src != nil && p.rx != nil && p.src.PendingRX(p.qp)) {
+		if p.enableNotifications() {
 			p.sleeping.Store(false)
 			p.disableNotifications()
 			idle = 0
 			continue
 		}
-		p.sleep()
+		woken := p.sleep()
 		p.sleeping.Store(false)
 		p.disableNotifications()
 		idle = 0
+		if !woken {
+			idle = spinRounds - 1 // a timeout: look once, then sleep again
+		}
 	}
+}
+
+// recoverFault ends a poller that faulted on frontend memory: the device
+// drops the frontend. Other panics are bugs and go on.
+func (p *poller) recoverFault() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	f := faultFrom(v, fmt.Sprintf("queue pair %d", p.qp), p.maps)
+	p.addStats()
+	p.dev.fail(p.qp, fmt.Errorf("queue pair %d: %w", p.qp, f))
+}
+
+// ringBroken stops the poller for good and has the device drop the
+// frontend: the driver broke ring (its vring index).
+func (p *poller) ringBroken(ring int, err error) {
+	p.stopping.Store(true)
+	p.dev.fail(p.qp, fmt.Errorf("queue pair %d: %w", p.qp, &RingError{Ring: ring, Err: err}))
 }
 
 // announce delivers the Announcer's frame, once per frontend connection.
@@ -213,19 +254,22 @@ func (p *poller) announce() {
 	p.announcer = nil
 }
 
-// waitsForRX says whether the poller needs the guest's RX kicks: a source
-// or an announcement waits for buffers.
+// waitsForRX says whether something waits for RX buffers: an
+// announcement, or a frame the source has pending. Only then do the
+// guest's RX kicks matter.
 func (p *poller) waitsForRX() bool {
-	return p.rx != nil && (p.src != nil || p.announcer != nil)
+	return p.rx != nil && (p.announcer != nil || (p.src != nil && p.src.PendingRX(p.qp)))
 }
 
-// The rings whose kicks wake the poller: TX always, RX when something
-// waits for the guest's buffers.
+// enableNotifications asks for the kicks that should wake the poller (TX
+// always, RX while something waits for RX buffers) and reports whether
+// there is work already: TX chains, or RX buffers for what waits.
 func (p *poller) enableNotifications() (pending bool) {
 	if p.tx != nil && p.tx.EnableNotifications() {
 		pending = true
 	}
-	if p.waitsForRX() && p.rx.EnableNotifications() {
+	p.rxNotify = p.waitsForRX()
+	if p.rxNotify && p.rx.EnableNotifications() {
 		pending = true
 	}
 	return pending
@@ -235,9 +279,10 @@ func (p *poller) disableNotifications() {
 	if p.tx != nil {
 		p.tx.DisableNotifications()
 	}
-	if p.waitsForRX() {
+	if p.rx != nil {
 		p.rx.DisableNotifications()
 	}
+	p.rxNotify = false
 }
 
 // flush publishes what the round pushed and notifies the guest where it
@@ -299,20 +344,27 @@ func (p *poller) processRX() int {
 	return n
 }
 
-// sleep waits for a kick or a stop request.
-func (p *poller) sleep() {
-	for i := range p.pollFDs {
-		p.pollFDs[i].Revents = 0
+// sleep waits for a kick (of the RX ring only when rxNotify) or a wake-up
+// (Wake, stop), and reports whether one came before the timeout.
+func (p *poller) sleep() bool {
+	fds := p.pollFDs
+	if p.rxPoll >= 0 && !p.rxNotify {
+		fds = fds[:p.rxPoll]
 	}
-	_, err := unix.Poll(p.pollFDs, sleepTimeoutM)
-	if err != nil && !errors.Is(err, unix.EINTR) {
-		return
+	for i := range fds {
+		fds[i].Revents = 0
 	}
-	for i, pfd := range p.pollFDs {
+	p.sleeps.Add(1)
+	n, err := unix.Poll(fds, sleepTimeoutM)
+	if err != nil {
+		return errors.Is(err, unix.EINTR)
+	}
+	for i, pfd := range fds {
 		if pfd.Revents&unix.POLLIN != 0 {
 			p.pollEvs[i].Drain()
 		}
 	}
+	return n > 0
 }
 
 // processTX handles up to txBurst frames and returns how many it took.
@@ -322,7 +374,7 @@ func (p *poller) processTX() int {
 		ok, err := p.tx.Pop(p.txChain)
 		if err != nil {
 			if errors.Is(err, ErrRingBroken) {
-				p.stopping.Store(true)
+				p.ringBroken(2*p.qp+1, err)
 				break
 			}
 			n++ // the bad chain was returned to the guest with length 0
@@ -390,6 +442,7 @@ func (p *poller) deliver(frame []byte) {
 		ok, err := p.rx.Pop(c)
 		if err != nil {
 			if errors.Is(err, ErrRingBroken) {
+				p.ringBroken(2*p.qp, err)
 				break
 			}
 			// The malformed chain went back to the used ring with
