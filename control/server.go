@@ -77,7 +77,9 @@ func Post[Req, Resp any](mux *http.ServeMux, path string, f func(context.Context
 const maxBody = 1 << 20
 
 // Get routes path to f for GET (and HEAD), as the read-only endpoints are.
-func Get[T any](mux *http.ServeMux, path string, f func(context.Context) (T, error)) { get(mux, path, f) }
+func Get[T any](mux *http.ServeMux, path string, f func(context.Context) (T, error)) {
+	get(mux, path, f)
+}
 
 // get routes path to f for GET (and HEAD); other methods get a 405.
 func get[T any](mux *http.ServeMux, path string, f func(context.Context) (T, error)) {
