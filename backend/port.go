@@ -189,6 +189,11 @@ func (p *Port) Info() PortInfo {
 		info.OutboxQueued = p.out.ready.Len()
 	}
 	switch {
+	case st.Failure != "":
+		// The frontend broke a ring or faulted its memory: dropped, and
+		// served again when it reconnects (vhostuser doc, "Faults").
+		info.State = "failed"
+		info.LastError = st.Failure
 	case st.QueuePairs > 0:
 		info.State = "running"
 	case st.Connected:
