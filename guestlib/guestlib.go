@@ -207,13 +207,13 @@ type Session struct {
 	bufs    sync.Pool // of *[]byte, datagram-sized
 
 	mu      sync.Mutex
-	pending map[uint32]chan reply // guarded by mu
-	sinks   map[uint32]*Sink      // guarded by mu
+	pending map[uint32]chan reply // +checklocks:mu
+	sinks   map[uint32]*Sink      // +checklocks:mu
 	// sources are the session's sources by id, for their outcomes. A
 	// closed source stays (the daemon still refuses its late emits) until
 	// the daemon reuses its id or the session goes.
-	sources map[uint32]*Source // guarded by mu
-	closed  bool
+	sources map[uint32]*Source // +checklocks:mu
+	closed  bool               // +checklocks:mu
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -676,7 +676,7 @@ type Sink struct {
 	cb      func(*Message)
 	dropped atomic.Uint64
 	mu      sync.RWMutex // push holds it shared; closeLocal exclusively
-	closed  bool         // guarded by mu
+	closed  bool         // +checklocks:mu
 }
 
 // SinkOptions configure a sink.

@@ -36,23 +36,24 @@ type hostShm struct {
 	refs    atomic.Int64
 	stopped atomic.Bool // the session is closed
 
-	txMu   sync.Mutex
-	tx     shm.Producer // guarded by txMu
-	done   shm.Consumer // guarded by txMu
-	txFree []uint32     // guarded by txMu: TX slots free for GetBuffer
+	txMu sync.Mutex
+	tx   shm.Producer // +checklocks:txMu
+	done shm.Consumer // +checklocks:txMu
+	// TX slots free for GetBuffer
+	txFree []uint32 // +checklocks:txMu
 	// inFlight counts emitted messages whose slots the daemon has not
-	// yet returned (guarded by txMu): Close waits for them.
-	inFlight int
+	// yet returned: Close waits for them.
+	inFlight int // +checklocks:txMu
 
 	rxMu   sync.Mutex
-	rxFree shm.Producer // guarded by rxMu
+	rxFree shm.Producer // +checklocks:rxMu
 	rx     shm.Consumer // the receive goroutine's
 
 	// GetBufferContext's waiters: woken (waitCh closed) by the receive
 	// goroutine after the daemon signalled returned slots.
 	waiters atomic.Int32
 	waitMu  sync.Mutex
-	waitCh  chan struct{} // guarded by waitMu
+	waitCh  chan struct{} // +checklocks:waitMu
 }
 
 // newHostShm maps the region and eventfds that came with the reply to
@@ -136,6 +137,7 @@ func (h *hostShm) allocTX() (uint32, error) {
 	return id, nil
 }
 
+// +checklocks:h.txMu
 func (h *hostShm) reclaimLocked() {
 	n, ok := h.done.Available()
 	if !ok {

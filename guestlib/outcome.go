@@ -16,8 +16,9 @@ const OutcomeWindow = 1 << 12
 
 // outcomes holds a source's refusals, by token modulo OutcomeWindow.
 type outcomes struct {
-	mu   sync.Mutex
-	ring []refusal // nil until the first refusal; guarded by mu
+	mu sync.Mutex
+	// Nil until the first refusal
+	ring []refusal // +checklocks:mu
 }
 
 type refusal struct {

@@ -115,11 +115,12 @@ type VM struct {
 	console consoleBuffer
 
 	monMu sync.Mutex
-	mon   *qmp.SocketMonitor // guarded by monMu; nil before Start
+	// Nil before Start
+	mon *qmp.SocketMonitor // +checklocks:monMu
 
 	eventsMu sync.Mutex
-	events   []qmp.Event // guarded by eventsMu
-	eventsCh chan struct{}
+	events   []qmp.Event   // +checklocks:eventsMu
+	eventsCh chan struct{} // +checklocks:eventsMu
 
 	done    chan struct{} // closed when QEMU has exited
 	waitErr error         // QEMU's exit, valid after done
@@ -585,9 +586,10 @@ func shellQuote(args []string) string {
 
 // consoleBuffer collects the serial console and wakes waiters on writes.
 type consoleBuffer struct {
-	mu      sync.Mutex
-	buf     []byte        // guarded by mu
-	changed chan struct{} // guarded by mu; closed and replaced on each write
+	mu  sync.Mutex
+	buf []byte // +checklocks:mu
+	// Closed and replaced on each write
+	changed chan struct{} // +checklocks:mu
 }
 
 func (c *consoleBuffer) Write(p []byte) (int, error) {

@@ -34,8 +34,8 @@ type Bus struct {
 	st *guestlib.Stream
 
 	mu         sync.Mutex
-	publishers map[string]*guestlib.Source // guarded by mu
-	subs       []*guestlib.Sink            // guarded by mu
+	publishers map[string]*guestlib.Source // +checklocks:mu
+	subs       []*guestlib.Sink            // +checklocks:mu
 }
 
 // New opens the bus's stream on s with opts.

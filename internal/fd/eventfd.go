@@ -20,10 +20,12 @@ import (
 type EventFD struct {
 	fd *FD
 
-	mu     sync.Mutex // guards file and closed
-	file   *os.File   // a duplicate for Wait, through the netpoller; nil until the first Wait
-	closed bool
-	buf    [8]byte // Wait's read buffer
+	mu sync.Mutex
+	// file is a duplicate for Wait, through the netpoller; nil until the
+	// first Wait.
+	file   *os.File // +checklocks:mu
+	closed bool     // +checklocks:mu
+	buf    [8]byte  // Wait's read buffer
 }
 
 // one is an eventfd increment of 1 (counters are host-endian).

@@ -51,15 +51,20 @@ const (
 
 // Group tracks a component's goroutines. The zero Group is ready to Begin.
 type Group struct {
-	mu       sync.Mutex
-	state    state              // guarded by mu
-	stopping bool               // guarded by mu: Go refuses new goroutines
-	cancel   context.CancelFunc // guarded by mu; set by Begin
-	ctx      context.Context    // guarded by mu; set by Begin
-	cleanups []func()           // guarded by mu; run LIFO after the goroutines
-	err      error              // guarded by mu: the first failure
-	wg       sync.WaitGroup     // the goroutines started by Go
-	done     chan struct{}      // closed once stopped and cleaned up
+	mu    sync.Mutex
+	state state // +checklocks:mu
+	// Go refuses new goroutines
+	stopping bool // +checklocks:mu
+	// Set by Begin
+	cancel context.CancelFunc // +checklocks:mu
+	// Set by Begin
+	ctx context.Context // +checklocks:mu
+	// Run LIFO after the goroutines
+	cleanups []func() // +checklocks:mu
+	// The first failure
+	err  error          // +checklocks:mu
+	wg   sync.WaitGroup // the goroutines started by Go
+	done chan struct{}  // closed once stopped and cleaned up
 }
 
 // Begin starts the group: it returns the context its goroutines run

@@ -193,8 +193,10 @@ type Host struct {
 
 	// neigh is the neighbour table (copy-on-write: Handle and senders
 	// read it without a lock), used only when cfg.Neighbours > 0.
-	neighMu  sync.Mutex // serialises Learn's check-evict-store
-	neigh    cow.Map[[4]byte, pkt.MAC]
+	neighMu sync.Mutex // serialises Learn's check-evict-store
+	// neigh's readers take no lock (a copy-on-write map); its writers
+	// hold neighMu.
+	neigh    cow.Map[[4]byte, pkt.MAC] // +checklocksignore
 	learnedN atomic.Uint64
 }
 
@@ -500,9 +502,10 @@ func (h *Host) Neighbours() map[netip.Addr]pkt.MAC {
 // caller's queue only once, while requests keep going out in case it
 // comes back.
 type Resolver struct {
-	Interval, Timeout time.Duration
+	Interval, Timeout time.Duration // set before first use; +checklocksignore
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	pending map[[4]byte]*pendingARP
 }
 

@@ -124,8 +124,8 @@ type Listener struct {
 	id      fileID // the socket file as placed at path
 
 	mu     sync.Mutex
-	unlink bool // guarded by mu
-	closed bool // guarded by mu
+	unlink bool // +checklocks:mu
+	closed bool // +checklocks:mu
 }
 
 var _ net.Listener = (*Listener)(nil)

@@ -189,7 +189,7 @@ func tailBytes(b []byte, n int) []byte {
 
 type syncBuffer struct {
 	mu sync.Mutex
-	b  []byte
+	b  []byte // +checklocks:mu
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {

@@ -19,10 +19,11 @@ type LineWatcher struct {
 	next io.Writer
 	seen chan struct{}
 
-	mu      sync.Mutex
-	all     bytes.Buffer // guarded by mu
-	partial []byte       // guarded by mu: the unfinished last line
-	found   bool         // guarded by mu
+	mu  sync.Mutex
+	all bytes.Buffer // +checklocks:mu
+	// The unfinished last line
+	partial []byte // +checklocks:mu
+	found   bool   // +checklocks:mu
 }
 
 // WatchLine returns a writer that signals once line (without its

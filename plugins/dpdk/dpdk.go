@@ -156,14 +156,14 @@ type Plugin struct {
 	opts  Options
 	log   *slog.Logger
 	port  *dpdk.Port
-	pool  *dpdk.Mempool
+	pool  *dpdk.Mempool // +checklocksignore: set once by New; the mempool is thread-safe
 	host  *netstack.Host
-	res   netstack.Resolver
+	res   netstack.Resolver // +checklocks:txMu
 	local netip.AddrPort
 
 	txMu   sync.Mutex
-	txBufs []*dpdk.Mbuf // guarded by txMu
-	macs   []pkt.MAC    // guarded by txMu
+	txBufs []*dpdk.Mbuf // +checklocks:txMu
+	macs   []pkt.MAC    // +checklocks:txMu
 
 	polling atomic.Bool
 	closed  atomic.Bool
@@ -173,7 +173,8 @@ type Plugin struct {
 	rx      *pullState    // RecvBatch's buffers, made on its first call
 	stopped sync.WaitGroup
 
-	maxDatagram int // the largest UDP payload the MTU allows
+	// maxDatagram is the largest UDP payload the MTU allows.
+	maxDatagram int // +checklocks:txMu
 
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
 	tooLong                                              atomic.Uint64
@@ -348,6 +349,7 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 
 // resolveLocked asks for addr's MAC when it is time to, and says whether
 // to wait (nil) or give up (ErrUnresolved).
+// +checklocks:p.txMu
 func (p *Plugin) resolveLocked(addr netip.Addr) error {
 	if !p.host.OnLink(addr) {
 		p.unresolved.Add(1)
@@ -372,6 +374,7 @@ func (p *Plugin) sendControl(put func(b []byte) (int, error)) {
 	p.sendControlLocked(put)
 }
 
+// +checklocks:p.txMu
 func (p *Plugin) sendControlLocked(put func(b []byte) (int, error)) {
 	one := p.txBufs[:1]
 	if err := p.pool.AllocBulk(one); err != nil {

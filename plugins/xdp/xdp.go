@@ -186,8 +186,9 @@ type Plugin struct {
 
 	maxDatagram int
 
-	txMu    sync.Mutex
-	txFree  []uint64       // +checklocks:txMu  transmit frames not in flight
+	txMu sync.Mutex
+	// txFree are the transmit frames not in flight.
+	txFree  []uint64       // +checklocks:txMu
 	txDescs []unix.XDPDesc // +checklocks:txMu
 	txComp  []uint64       // +checklocks:txMu
 

@@ -204,8 +204,8 @@ type Driver struct {
 	wg       sync.WaitGroup // the receive and send requests, the watcher
 
 	mu       sync.Mutex
-	prepared bool          // guarded by mu
-	started  bool          // guarded by mu
+	prepared bool          // +checklocks:mu
+	started  bool          // +checklocks:mu
 	received chan struct{} // closed when the receive request has its answer
 	recvErr  error         // valid after received is closed
 	done     chan struct{} // closed when sum is final

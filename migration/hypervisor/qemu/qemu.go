@@ -67,8 +67,9 @@ type Driver struct {
 	opts Options
 
 	mu      sync.Mutex
-	started bool               // guarded by mu
-	stop    context.CancelFunc // guarded by mu; ends the monitoring
+	started bool // +checklocks:mu
+	// Ends the monitoring
+	stop context.CancelFunc // +checklocks:mu
 
 	cancelOnce sync.Once
 	cancelReq  chan struct{} // closed by Cancel: send migrate_cancel

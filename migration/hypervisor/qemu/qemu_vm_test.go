@@ -97,7 +97,7 @@ func migrationStatus(t *testing.T, ctx context.Context, vm *vmtest.VM) string {
 // progressLog records Progress calls.
 type progressLog struct {
 	mu   sync.Mutex
-	list []hypervisor.Progress // guarded by mu
+	list []hypervisor.Progress // +checklocks:mu
 	// past, when set, is closed once a report shows more than pastBytes
 	// transferred.
 	past      chan struct{}

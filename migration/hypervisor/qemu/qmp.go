@@ -33,7 +33,7 @@ type Conn struct {
 	wg  sync.WaitGroup // the event drain and commands abandoned by their ctx
 
 	mu     sync.Mutex
-	closed bool // guarded by mu
+	closed bool // +checklocks:mu
 }
 
 // Dial connects to the QMP unix socket at path and does the capabilities

@@ -120,12 +120,15 @@ type Server struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu       sync.Mutex
-	state    string             // guarded by mu
-	calls    []Call             // guarded by mu
-	failNext map[string]failure // guarded by mu; path -> injected answer
-	busy     bool               // guarded by mu; a migration runs
-	received int                // guarded by mu; memory bytes received
+	mu    sync.Mutex
+	state string // +checklocks:mu
+	calls []Call // +checklocks:mu
+	// Path -> injected answer
+	failNext map[string]failure // +checklocks:mu
+	// A migration runs
+	busy bool // +checklocks:mu
+	// Memory bytes received
+	received int // +checklocks:mu
 }
 
 type failure struct {
