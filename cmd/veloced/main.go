@@ -3,6 +3,8 @@
 // DHCP). See package backend.
 //
 //	veloced --vhost-user /run/veloce/vm0.sock [--vhost-user-client PATH]... [--control PATH]
+//	        [--tenant PORT=TENANT]... [--app-tenant uid:N=TENANT]... [--shared-channel C]...
+//	        [--max-sessions N] [--max-streams N] [--max-sources N] [--max-sinks N] [--control-rate N]
 //
 // Once every socket listens it writes the line "veloced: ready"
 // (control.ReadyLine) to stderr: the readiness signal for whoever started
@@ -51,7 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\nReadiness: once the control socket, the app socket and every --vhost-user socket\nlisten, veloced writes the line %q alone on stderr; a supervisor or test\nwaits for that line instead of polling for socket files.\n\nFlags:\n", control.ReadyLine)
+		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\n%s\nReadiness: once the control socket, the app socket and every --vhost-user socket\nlisten, veloced writes the line %q alone on stderr; a supervisor or test\nwaits for that line instead of polling for socket files.\n\nFlags:\n", tenantsHelp, control.ReadyLine)
 		fs.PrintDefaults()
 	}
 	var servers, clients listFlag
@@ -73,6 +75,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dpdkCPU := fs.Int("dpdk-cpu", -1, "pin the DPDK polling thread to this CPU; -1: unpinned")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	ten := tenantFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +164,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	for _, s := range clients {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
+	}
+	if err := ten.apply(&opts); err != nil {
+		return err
 	}
 	d, err := backend.NewDaemon(opts)
 	if err != nil {
