@@ -1,12 +1,15 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/guestproto"
 )
 
@@ -333,5 +336,97 @@ func TestControlRateLimit(t *testing.T) {
 	}
 	if n := p.Info().LimitRefusals[guestproto.LimitControlRate]; n != 1 {
 		t.Errorf("control-rate refusals %d", n)
+	}
+}
+
+// TestHostSourceSeesBackPressure: a host application's source emitting
+// into a sink that never consumes: once the sink's pool is empty its
+// emits are refused, and the application's Outcome says so
+// (ErrNoBuffers) for exactly as many tokens as velocectl streams counts
+// the source "full".
+func TestHostSourceSeesBackPressure(t *testing.T) {
+	d, sock := hostDaemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sinkS, srcS := openApp(t, sock), openApp(t, sock)
+	sst, _ := sinkS.CreateStream(ctx, guestlib.StreamOptions{})
+	if _, err := sst.CreateSink(ctx, 5, guestlib.SinkOptions{Queue: 1 << 16}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := srcS.CreateStream(ctx, guestlib.StreamOptions{})
+	src, err := st.CreateSource(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000 // within guestlib.OutcomeWindow
+	tokens := make([]guestlib.Token, 0, n)
+	for i := range n {
+		b, err := src.GetBufferContext(ctx, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pattern(b.Data, uint64(i))
+		tok, err := src.Emit(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens = append(tokens, tok)
+	}
+	full := func() uint64 {
+		for _, s := range d.Streams() {
+			if s.Session == srcS.ID() && len(s.Sources) == 1 {
+				return s.Sources[0].Full
+			}
+		}
+		return 0
+	}
+	refused := func() (n uint64) {
+		for _, tok := range tokens {
+			if errors.Is(src.Outcome(tok), guestlib.ErrNoBuffers) {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, "every emit counted", func() bool {
+		s := sinkInfo(d, sinkS.ID())
+		return len(s) == 1 && s[0].Delivered+s[0].Dropped == n
+	})
+	if full() != n-hostRXSlots {
+		t.Errorf("source full %d, want %d (the sink holds %d)", full(), n-hostRXSlots, hostRXSlots)
+	}
+	// Outcomes travel on the socket, after the counts: wait for them.
+	for deadline := time.Now().Add(10 * time.Second); refused() != full() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r, f := refused(), full(); r != f || r == 0 {
+		t.Errorf("%d outcomes ErrNoBuffers, source full %d", r, f)
+	}
+	for _, c := range d.HostApps().Clients {
+		if c.Unsent != 0 {
+			t.Errorf("client %s: %d unsent replies", c.Name, c.Unsent)
+		}
+	}
+}
+
+// TestHostAppsHitSessionLimitWithErrLimit: host applications of one
+// tenant share its account: past MaxSessions, guestlib's Open fails with
+// ErrLimit naming "sessions", and the tenant's counters show it.
+func TestHostAppsHitSessionLimitWithErrLimit(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) { o.AppSocket = sock; o.Limits.MaxSessions = 2 })
+	openApp(t, sock)
+	openApp(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
+	var re *guestlib.RequestError
+	if !errors.Is(err, guestlib.ErrLimit) || !errors.As(err, &re) || re.Limit != guestproto.LimitSessions {
+		t.Fatalf("third session: %v", err)
+	}
+	t.Logf("the application sees: %v", err)
+	info := d.HostApps()
+	if len(info.Tenants) != 1 || info.Tenants[0].Name != HostTenant || info.Tenants[0].Sessions != 2 || info.Tenants[0].LimitRefusals["sessions"] != 1 {
+		t.Errorf("tenants %+v", info.Tenants)
 	}
 }
