@@ -185,7 +185,7 @@ type Source struct {
 	// the shared one), fixed at creation: Emit looks up nothing else.
 	key chanKey
 	// remote: the source's messages go to peers too (tenants.go).
-	remote bool
+	remote  bool
 	seq     atomic.Uint64
 	emitted atomic.Uint64
 	// full counts messages that found a pool empty on the way to some
