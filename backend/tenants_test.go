@@ -1,8 +1,10 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -428,5 +430,41 @@ func TestHostAppsHitSessionLimitWithErrLimit(t *testing.T) {
 	info := d.HostApps()
 	if len(info.Tenants) != 1 || info.Tenants[0].Name != HostTenant || info.Tenants[0].Sessions != 2 || info.Tenants[0].LimitRefusals["sessions"] != 1 {
 		t.Errorf("tenants %+v", info.Tenants)
+	}
+}
+
+// lineCounter counts the lines written to it.
+type lineCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *lineCounter) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += bytes.Count(b, []byte("\n"))
+	return len(b), nil
+}
+
+// TestTenThousandSessionsDoNotFloodTheLog: a guest opening 10,000
+// sessions (past its limit of 256) and closing them writes a handful of
+// lines at the INFO level, not two per session: opens and closes are
+// DEBUG, limit refusals a rate-limited WARN.
+func TestTenThousandSessionsDoNotFloodTheLog(t *testing.T) {
+	lines := &lineCounter{}
+	log := slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	rt := NewRuntime(RuntimeOptions{Logger: log})
+	_, call := guestPortOn(t, rt, PortOptions{Name: "vm", Logger: log, Limits: Limits{ControlRate: -1}}, netip.MustParseAddrPort("169.254.77.2:41009"))
+	var open []uint32
+	for range 10000 {
+		if r := guestCalls(call).open(); r.Status == guestproto.StatusOK {
+			open = append(open, r.ID)
+		}
+	}
+	for _, s := range open {
+		call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSession, Session: s}})
+	}
+	if len(open) != DefaultLimits.MaxSessions || lines.n > limitLogBurst+1 {
+		t.Errorf("%d sessions opened, %d log lines", len(open), lines.n)
 	}
 }
