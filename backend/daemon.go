@@ -60,6 +60,15 @@ type DaemonOptions struct {
 	// (each holds a 3 MiB shared region); an application past it gets
 	// guestlib.ErrLimit. 0 means DefaultMaxAppClients; negative, no cap.
 	MaxAppClients int
+	// Limits bound each port's guest and each host tenant's applications
+	// (their sessions, streams, sources, sinks, control rate); a port's
+	// own PortOptions.Limits fields, where set, win. Zero fields take
+	// DefaultLimits.
+	Limits Limits
+	// AppTenants map host applications to tenants by their peer
+	// credentials; see AppTenant for the defaults. Channels are scoped to
+	// tenants but for Runtime.SharedChannels.
+	AppTenants []AppTenant
 }
 
 // DefaultMaxAppClients is DaemonOptions.MaxAppClients's default.
@@ -118,6 +127,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 			po.SocketGroup = opts.SocketGroup
 		}
 		po.Runtime = d.rt
+		po.Limits = po.Limits.or(opts.Limits)
 		p, err := NewPort(po)
 		if err != nil {
 			return nil, fmt.Errorf("port %s: %w", po.Name, err)
@@ -196,6 +206,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if err != nil {
 			return d.life.Abort(err)
 		}
+		apps.tenants, apps.limits, apps.log = d.opts.AppTenants, d.opts.Limits, d.log
 		d.apps.Store(apps)
 		d.life.Cleanup(func() { d.apps.Store(nil); apps.conn.Close() }) // run closes it too; this covers a stop before run
 		d.life.Go(func(ctx context.Context) error { apps.run(ctx); return nil })
@@ -260,7 +271,7 @@ func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
 		out[i] = control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
 			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, Warning: st.Warning,
 			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: make([]control.SinkInfo, len(st.Sinks)),
-			SessionRemote: st.SessionRemote}
+			SessionRemote: st.SessionRemote, Tenant: st.Tenant}
 		for j, so := range st.Sources {
 			out[i].Sources[j] = control.SourceInfo(so)
 		}
@@ -274,7 +285,7 @@ func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
 func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {
 	in := s.d.HostApps()
 	out := control.HostAppsInfo{Socket: in.Socket, Clients: make([]control.HostClientInfo, len(in.Clients)),
-		Sessions: in.Sessions, MappedBytes: in.MappedBytes, Malformed: in.Malformed, Wakeups: in.Wakeups}
+		Sessions: in.Sessions, MappedBytes: in.MappedBytes, Malformed: in.Malformed, Wakeups: in.Wakeups, Tenants: in.Tenants}
 	for i, c := range in.Clients {
 		out.Clients[i] = control.HostClientInfo(c)
 	}

@@ -33,6 +33,15 @@ func startDaemonQueues(t *testing.T, queuePairs int, names ...string) (*Daemon, 
 	}, names...)
 }
 
+// oneTenant puts every port in tenant: their guests share channels.
+func oneTenant(tenant string) func(*DaemonOptions) {
+	return func(o *DaemonOptions) {
+		for i := range o.Ports {
+			o.Ports[i].Tenant = tenant
+		}
+	}
+}
+
 // startDaemonWith is startDaemon with options adjusted by edit.
 func startDaemonWith(t *testing.T, edit func(*DaemonOptions), names ...string) (*Daemon, []string) {
 	t.Helper()

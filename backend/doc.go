@@ -15,6 +15,16 @@
 //     control API velocectl uses.
 //   - [LinkPeer]: the daemon's end of the point-to-point link every VM port
 //     is.
+//   - Tenants (tenants.go): every session belongs to a tenant (a port's,
+//     or the one a host application's uid/gid maps to); channels are
+//     scoped to tenants but for RuntimeOptions.SharedChannels; peers'
+//     messages are the operator tenant's ([HostTenant]) until the wire
+//     carries a tenant id (Runtime.deliverRemote is the hook).
+//   - [Limits] (limits.go) per port and per host tenant: sessions, streams,
+//     sources, sinks and control requests per second; a refusal is
+//     guestproto.StatusLimit naming the limit (guestlib.ErrLimit),
+//     counted in PortInfo.LimitRefusals and logged as a rate-limited
+//     warning. Session opens and closes log at DEBUG.
 //
 // The vhost-user device model hands each frame the guest transmits to
 // [LinkPeer.Handle], which answers ARP,

@@ -267,8 +267,9 @@ func TestVMMessagesLeaveThroughDPDK(t *testing.T) {
 	dir := t.TempDir()
 	sock := dir + "/src.sock"
 	dA, err := NewDaemon(DaemonOptions{ControlSocket: dir + "/control.sock", AppSocket: "",
-		Ports:   []PortOptions{{Name: "src", Socket: sock}},
-		Runtime: RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Accelerated: []Datapath{dpA}, Peers: []netip.AddrPort{dpB.LocalAddr()}, DirectoryInterval: 200 * time.Millisecond}}})
+		Ports: []PortOptions{{Name: "src", Socket: sock}},
+		Runtime: RuntimeOptions{NodeID: 1, SharedChannels: []uint32{9}, // peers reach shared channels (tenants.go)
+			Remote: RemoteOptions{Accelerated: []Datapath{dpA}, Peers: []netip.AddrPort{dpB.LocalAddr()}, DirectoryInterval: 200 * time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)
 	}

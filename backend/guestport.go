@@ -166,21 +166,34 @@ func (p *Port) session(id uint32, src netip.AddrPort) *Session {
 // being run twice (a second session, source or sink the application never
 // learns of; a close answered "not found").
 func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
-	if m.Type == guestproto.Ping || m.RequestID == 0 { // 0: the client does not resend
+	if m.Type == guestproto.Ping { // liveness: never limited, nothing to replay
 		return p.runControl(m, src, now)
 	}
+	cached := m.RequestID != 0 // 0: the client does not resend
 	key := replayKey{src: src, session: m.Session, request: m.RequestID, typ: m.Type}
-	if res, ok := p.replies.get(key, now); ok {
-		return res
+	if cached {
+		if res, ok := p.replies.get(key, now); ok {
+			return res
+		}
+	}
+	// Past the port's control rate the request is refused, not run, and
+	// the refusal not remembered: resent later, it runs.
+	if err := p.acct.allowControl(now); err != nil {
+		return errorResult(err)
 	}
 	res := p.runControl(m, src, now)
-	p.replies.put(key, res, now)
+	if cached {
+		p.replies.put(key, res, now)
+	}
 	return res
 }
 
 func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
 	if m.Type == guestproto.OpenSession {
-		s := p.rt.OpenSession(p, src)
+		s, err := p.rt.openSession(p, src, p.opts.Tenant, p.acct)
+		if err != nil {
+			return errorResult(err)
+		}
 		s.lastSeen.Store(now)
 		p.setSession(s.ID, s)
 		return guestproto.Result{ID: s.ID}
@@ -199,6 +212,7 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 	fail := func(st guestproto.Status, err error) guestproto.Result {
 		return guestproto.Result{Status: st, Message: []byte(err.Error())}
 	}
+
 	var err error
 	switch m.Type {
 	case guestproto.Ping:
@@ -212,7 +226,7 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 			TimeSensitive: m.Options.TimeSensitive != 0, Reliable: m.Options.Reliable != 0,
 		})
 		if err != nil {
-			return fail(guestproto.StatusInternal, err)
+			return errorResult(err)
 		}
 		return guestproto.Result{ID: st.ID, Plugin: []byte(st.Datapath), Message: []byte(st.Warning)}
 	case guestproto.CreateSource:
@@ -235,12 +249,27 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 		return fail(guestproto.StatusBadRequest, fmt.Errorf("request %v not supported", m.Type))
 	}
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return fail(guestproto.StatusNotFound, err)
-		}
-		return fail(guestproto.StatusInternal, err)
+		return errorResult(err)
 	}
 	return guestproto.Result{ID: m.ID}
+}
+
+// errorResult is the reply refusing a request for err: a LimitError is
+// StatusLimit naming the limit (guestlib: ErrLimit), ErrNotFound
+// StatusNotFound, ErrTenantCollision StatusDenied (ErrPermission),
+// anything else StatusInternal.
+func errorResult(err error) guestproto.Result {
+	var le *LimitError
+	st := guestproto.StatusInternal
+	switch {
+	case errors.As(err, &le):
+		return guestproto.Result{Status: guestproto.StatusLimit, Plugin: []byte(le.Limit), Message: []byte(err.Error())}
+	case errors.Is(err, ErrNotFound):
+		st = guestproto.StatusNotFound
+	case errors.Is(err, ErrTenantCollision):
+		st = guestproto.StatusDenied
+	}
+	return guestproto.Result{Status: st, Message: []byte(err.Error())}
 }
 
 // setSession adds (s non-nil) or removes a session of the port, in

@@ -15,7 +15,19 @@ import (
 func newGuestPort(t *testing.T, guest netip.AddrPort) (*Port, *Runtime, func(*guestproto.Message) guestproto.Result) {
 	t.Helper()
 	rt := NewRuntime(RuntimeOptions{})
-	p, err := NewPort(PortOptions{Name: "vm", Socket: filepath.Join(t.TempDir(), "vm.sock"), Runtime: rt})
+	p, call := guestPortOn(t, rt, PortOptions{Name: "vm"}, guest)
+	return p, rt, call
+}
+
+// noLimits lifts every limit.
+var noLimits = Limits{MaxSessions: -1, MaxStreams: -1, MaxSources: -1, MaxSinks: -1, ControlRate: -1}
+
+// guestPortOn is newGuestPort for a port with opts on rt.
+func guestPortOn(t *testing.T, rt *Runtime, opts PortOptions, guest netip.AddrPort) (*Port, func(*guestproto.Message) guestproto.Result) {
+	t.Helper()
+	opts.Runtime = rt
+	opts.Socket = filepath.Join(t.TempDir(), opts.Name+".sock")
+	p, err := NewPort(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +49,7 @@ func newGuestPort(t *testing.T, guest netip.AddrPort) (*Port, *Runtime, func(*gu
 		}
 		return r.Result
 	}
-	return p, rt, call
+	return p, call
 }
 
 // loopbackStream opens a session with a stream that has a source and a
@@ -161,7 +173,7 @@ func TestBackPressureReachesTheSource(t *testing.T) {
 // sessions. No timing is measured: allocations and bytes are counted.
 func TestSessionOpenCostDoesNotGrowWithSessions(t *testing.T) {
 	cost := func(sessions int) (allocs float64, bytes uint64) {
-		_, _, call := newGuestPort(t, netip.MustParseAddrPort("169.254.77.2:40003"))
+		_, call := guestPortOn(t, NewRuntime(RuntimeOptions{}), PortOptions{Name: "vm", Limits: noLimits}, netip.MustParseAddrPort("169.254.77.2:40003"))
 		ch := uint32(1)
 		session := func() uint32 {
 			sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/shm"
@@ -104,6 +108,13 @@ type hostApps struct {
 	// max caps the sessions (regions) open at once; <= 0: no cap.
 	max     int
 	regions atomic.Int32 // sessions open: open adds, release subtracts
+	// tenants map peer credentials to tenants; limits bound each tenant.
+	tenants []AppTenant
+	limits  Limits
+	log     *slog.Logger
+
+	acctMu   sync.Mutex
+	accounts map[string]*account // by tenant, created at first use; guarded by acctMu
 
 	mu      sync.Mutex
 	clients map[*hostClient]struct{} // guarded by mu
@@ -152,11 +163,74 @@ type hostClient struct {
 	rxFree  shm.Consumer // guarded by recMu
 
 	malformed, wakeups, unsent atomic.Uint64
+
+	// The application's peer credentials (SO_PEERCRED) and the tenant
+	// they map to; tenant is empty (every request denied) if the kernel
+	// gave no credentials.
+	uid, gid uint32
+	tenant   string
+	acct     *account
 }
 
 type hostRXMeta struct {
 	sink, len   uint32
 	source, seq uint64
+}
+
+// AppTenant maps host applications to a tenant by their connection's
+// peer credentials (SO_PEERCRED: the connecting process's effective uid
+// and gid). A uid rule wins over a gid rule; without a rule, uid 0 is
+// HostTenant and uid N the tenant "uid:N".
+type AppTenant struct {
+	// GID makes ID a group id (the process's effective gid, not its
+	// supplementary groups); otherwise ID is a user id.
+	GID bool
+	// ID is the uid or gid.
+	ID uint32
+	// Tenant is the tenant's name.
+	Tenant string
+}
+
+// String returns the rule as veloced's --app-tenant takes it.
+func (a AppTenant) String() string {
+	kind := "uid"
+	if a.GID {
+		kind = "gid"
+	}
+	return fmt.Sprintf("%s:%d=%s", kind, a.ID, a.Tenant)
+}
+
+// tenantFor returns the tenant of an application with uid and gid.
+func (h *hostApps) tenantFor(uid, gid uint32) string {
+	for _, r := range h.tenants {
+		if !r.GID && r.ID == uid {
+			return r.Tenant
+		}
+	}
+	for _, r := range h.tenants {
+		if r.GID && r.ID == gid {
+			return r.Tenant
+		}
+	}
+	if uid == 0 {
+		return HostTenant
+	}
+	return fmt.Sprintf("uid:%d", uid)
+}
+
+// account returns tenant's account, shared by its applications.
+func (h *hostApps) account(tenant string) *account {
+	h.acctMu.Lock()
+	defer h.acctMu.Unlock()
+	a := h.accounts[tenant]
+	if h.accounts == nil {
+		h.accounts = map[string]*account{}
+	}
+	if a == nil {
+		a = newAccount("tenant "+tenant, h.limits, h.log)
+		h.accounts[tenant] = a
+	}
+	return a
 }
 
 func listenHostApps(rt *Runtime, path string, perm sockfile.Options, max int) (*hostApps, error) {
@@ -210,8 +284,13 @@ func newHostClient(h *hostApps, conn *net.UnixConn) *hostClient {
 	c.raw.Control(func(fd uintptr) {
 		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
 			c.name = fmt.Sprintf("host:pid %d", cred.Pid)
+			c.uid, c.gid = cred.Uid, cred.Gid
+			c.tenant = h.tenantFor(cred.Uid, cred.Gid)
 		}
 	})
+	if c.tenant != "" {
+		c.acct = h.account(c.tenant)
+	}
 	return c
 }
 
@@ -259,16 +338,24 @@ func (c *hostClient) handle(b, reply []byte) {
 	var res guestproto.Result
 	var fds []int
 	s := c.sess.Load()
+	var limited error
+	if m.Type != guestproto.Ping {
+		limited = c.acct.allowControl(time.Now().UnixNano())
+	}
 	switch {
+	case c.tenant == "":
+		res = guestproto.Result{Status: guestproto.StatusDenied, Message: []byte("no peer credentials on the connection: no tenant")}
+	case limited != nil:
+		res = errorResult(limited)
 	case m.Type == guestproto.OpenSession && c.region != nil:
 		res = guestproto.Result{Status: guestproto.StatusBadRequest, Message: []byte("one session per connection")}
 	case m.Type == guestproto.OpenSession && c.apps.max > 0 && int(c.apps.regions.Load()) >= c.apps.max:
-		res = guestproto.Result{Status: guestproto.StatusLimit,
+		res = guestproto.Result{Status: guestproto.StatusLimit, Plugin: []byte(guestproto.LimitAppClients),
 			Message: fmt.Appendf(nil, "too many host applications (the daemon's limit is %d)", c.apps.max)}
 	case m.Type == guestproto.OpenSession:
 		s, err := c.open()
 		if err != nil {
-			res = guestproto.Result{Status: guestproto.StatusInternal, Message: []byte(err.Error())}
+			res = errorResult(err)
 			break
 		}
 		go c.drain()
@@ -291,20 +378,30 @@ func (c *hostClient) handle(b, reply []byte) {
 // open creates the client's region and notifiers and its session; the
 // caller starts drain.
 func (c *hostClient) open() (*Session, error) {
-	region, err := shm.Create("veloce-"+c.name, hostLayout)
+	// The session first: a refused one (a limit) costs no region. It
+	// has no sinks yet, so nothing is delivered before the region exists.
+	s, err := c.apps.rt.openSession(c, netip.AddrPort{}, c.tenant, c.acct)
 	if err != nil {
 		return nil, err
+	}
+	fail := func(err error) (*Session, error) {
+		s.Close() // not yet c.sess: the connection stays open
+		return nil, err
+	}
+	region, err := shm.Create("veloce-"+c.name, hostLayout)
+	if err != nil {
+		return fail(err)
 	}
 	tx, err := shm.NewNotifier()
 	if err != nil {
 		region.Close()
-		return nil, err
+		return fail(err)
 	}
 	rx, err := shm.NewNotifier()
 	if err != nil {
 		tx.Close()
 		region.Close()
-		return nil, err
+		return fail(err)
 	}
 	c.region, c.txNote, c.rxNote = region, tx, rx
 	c.tx, c.done = region.TXConsumer(), region.DoneProducer()
@@ -314,7 +411,6 @@ func (c *hostClient) open() (*Session, error) {
 	c.drainDone = make(chan struct{})
 	c.apps.regions.Add(1)
 	c.opened.Store(true)
-	s := c.apps.rt.OpenSession(c, netip.AddrPort{})
 	s.lastSeen.Store(time.Now().UnixNano())
 	c.sess.Store(s)
 	return s, nil
@@ -448,12 +544,45 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 		case so == nil:
 			st = guestproto.StatusNotFound
 		default:
-			c.apps.rt.Emit(so, c.region.TXSlot(e.Slot)[:e.Len])
-			return
+			// Back-pressure, as on the virtio transport: a message no
+			// destination had room for is refused (guestlib's Outcome:
+			// ErrNoBuffers), one that some took is not.
+			taken, full := c.apps.rt.emit(so, c.region.TXSlot(e.Slot)[:e.Len])
+			if full == 0 || taken > 0 {
+				return
+			}
+			st = guestproto.StatusNoBuffers
 		}
 	}
 	n, _ := guestproto.PutOutcome(c.outBuf[:], sid, e.Source, e.Token, st)
-	c.send(c.outBuf[:n], nil)
+	c.sendOutcome(c.outBuf[:n])
+}
+
+// sendOutcome sends an Outcome, waiting (up to hostAlive) while the
+// client's socket buffer is full: only the drain goroutine sends
+// outcomes, so the wait slows down this client's own emits — the
+// back-pressure it asks for — and no one else's. A client that does not
+// read its socket for that long loses the outcome (counted: unsent).
+func (c *hostClient) sendOutcome(b []byte) {
+	var serr error
+	try := func(fd uintptr) bool {
+		serr = unix.Sendmsg(int(fd), b, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true
+	}
+	deadline := time.Now().Add(hostAlive)
+	for pause := time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
+		if err := c.raw.Write(try); err != nil {
+			serr = err
+			break
+		}
+		if serr != unix.EAGAIN || c.closed.Load() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(pause)
+	}
+	if serr != nil {
+		c.unsent.Add(1)
+	}
 }
 
 // deliver implements endpoint: the message is copied into a free RX slot
@@ -566,6 +695,8 @@ type HostAppsInfo struct {
 	Malformed uint64 `json:"malformed"`
 	// Wakeups counts eventfd signals to applications, likewise.
 	Wakeups uint64 `json:"wakeups"`
+	// Tenants are the host tenants' accounts, by name.
+	Tenants []TenantInfo `json:"tenants,omitempty"`
 }
 
 // HostClientInfo describes one connected application.
@@ -583,7 +714,14 @@ type HostClientInfo struct {
 	Malformed uint64 `json:"malformed"`
 	Wakeups   uint64 `json:"wakeups"`
 	Unsent    uint64 `json:"unsent_replies"`
+	// Tenant is the tenant the application's peer credentials map to.
+	Tenant string `json:"tenant,omitempty"`
+	// UID is the application's user id (SO_PEERCRED).
+	UID uint32 `json:"uid"`
 }
+
+// TenantInfo is one host tenant's account.
+type TenantInfo = control.TenantInfo
 
 // HostApps reports the host transport's clients.
 func (d *Daemon) HostApps() HostAppsInfo {
@@ -600,7 +738,7 @@ func (h *hostApps) info() HostAppsInfo {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for c := range h.clients {
-		ci := HostClientInfo{Name: c.name, Malformed: c.malformed.Load(), Wakeups: c.wakeups.Load(), Unsent: c.unsent.Load()}
+		ci := HostClientInfo{Name: c.name, Malformed: c.malformed.Load(), Wakeups: c.wakeups.Load(), Unsent: c.unsent.Load(), Tenant: c.tenant, UID: c.uid}
 		if s := c.sess.Load(); s != nil {
 			ci.Session = s.ID
 			out.Sessions++
@@ -614,5 +752,12 @@ func (h *hostApps) info() HostAppsInfo {
 		out.Wakeups += ci.Wakeups
 		out.Clients = append(out.Clients, ci)
 	}
+	h.acctMu.Lock()
+	for name, a := range h.accounts {
+		out.Tenants = append(out.Tenants, TenantInfo{Name: name, Sessions: a.held[limitSessions].Load(), Streams: a.held[limitStreams].Load(),
+			Sources: a.held[limitSources].Load(), Sinks: a.held[limitSinks].Load(), LimitRefusals: a.refusals()})
+	}
+	h.acctMu.Unlock()
+	slices.SortFunc(out.Tenants, func(a, b TenantInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

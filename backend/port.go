@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -39,6 +40,13 @@ type PortOptions struct {
 	// nil leaves the port a plain link: datagrams for the service port
 	// are counted and dropped.
 	Runtime *Runtime
+	// Tenant is the tenant the guest's sessions belong to (their channels
+	// are the tenant's, see tenants.go); default the port's Name. Ports
+	// given the same tenant share its channels.
+	Tenant string
+	// Limits bound the guest's sessions, streams, sources, sinks and
+	// control request rate; zero fields take DefaultLimits.
+	Limits Limits
 }
 
 // Port is one VM's attachment: a virtio-net device over vhost-user whose
@@ -62,6 +70,7 @@ type Port struct {
 	sessions  cowMap[uint32, *Session] // the port's sessions by id; read without a lock
 	malformed atomic.Uint64            // guestproto datagrams that did not parse
 	replies   replayCache              // recent control replies, for resent requests
+	acct      *account                 // what the guest holds, against opts.Limits
 }
 
 // NewPort creates a port; Start serves it.
@@ -76,9 +85,16 @@ func NewPort(opts PortOptions) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Tenant == "" {
+		opts.Tenant = opts.Name
+	}
+	if opts.Tenant == "" {
+		opts.Tenant = filepath.Base(opts.Socket)
+	}
 	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs), rt: opts.Runtime}
 	if p.rt != nil {
 		p.out = newOutbox()
+		p.acct = newAccount("port "+opts.Name, opts.Limits, opts.Logger)
 	}
 	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs})
 	if err != nil {
@@ -187,6 +203,10 @@ func (p *Port) Info() PortInfo {
 	}
 	if p.out != nil {
 		info.OutboxQueued = p.out.ready.Len()
+	}
+	info.Tenant = p.opts.Tenant
+	if p.acct != nil {
+		info.LimitRefusals = p.acct.refusals()
 	}
 	switch {
 	case st.Failure != "":

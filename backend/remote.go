@@ -352,13 +352,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 // sinks.
 func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 	gen := rm.generation.Add(1)
-	var chans []uint32
-	for ch, sinks := range rm.rt.channels.All() {
-		if len(sinks) > 0 {
-			chans = append(chans, ch)
-		}
-	}
-	slices.Sort(chans)
+	chans := rm.rt.remoteChannels() // sorted; only channels peers may reach (tenants.go)
 	total := max(1, (len(chans)+wire.MaxDirectoryChannels-1)/wire.MaxDirectoryChannels)
 	pkts := make([]wire.Packet, 0, len(rm.peers))
 	for frag := 0; frag < total; frag++ {

@@ -148,7 +148,7 @@ func TestVMStreamsToVMOnAnotherHost(t *testing.T) {
 		sock := dir + "/" + name + ".sock"
 		d, err := NewDaemon(DaemonOptions{ControlSocket: dir + "/control.sock",
 			Ports: []PortOptions{{Name: name, Socket: sock}},
-			Runtime: RuntimeOptions{NodeID: node, Remote: RemoteOptions{Datapath: dp,
+			Runtime: RuntimeOptions{NodeID: node, SharedChannels: []uint32{9}, Remote: RemoteOptions{Datapath: dp,
 				Peers: []netip.AddrPort{netip.MustParseAddrPort(peer)}, DirectoryInterval: 200 * time.Millisecond}}})
 		if err != nil {
 			t.Fatal(err)

@@ -29,6 +29,10 @@ type RuntimeOptions struct {
 	// Remote connects the runtime to other daemons; zero means this host
 	// alone.
 	Remote RemoteOptions
+	// SharedChannels are the channel ids every tenant shares: a source or
+	// sink on one of them meets those of every tenant (and of peers).
+	// Every other channel is its tenant's own (tenants.go).
+	SharedChannels []uint32
 }
 
 // Runtime is the INSANE runtime: sessions with their streams, sources and
@@ -41,9 +45,17 @@ type Runtime struct {
 	mu       sync.Mutex
 	nextID   uint32              // guarded by mu
 	sessions map[uint32]*Session // guarded by mu
-	// channels maps a channel id to its sinks (an immutable slice per
-	// channel): changed under mu, read by Emit without a lock.
-	channels cowMap[uint32, []*Sink]
+	// tenants names the tenant ids in use, to refuse a second name that
+	// hashes to an id already taken.
+	tenants map[TenantID]string // guarded by mu
+	// shared is the set of SharedChannels; fixed after NewRuntime.
+	shared map[uint32]bool
+	// hostTenant is the operator tenant's id (HostTenant): the tenant of
+	// peers' messages, whose wire header carries no tenant yet.
+	hostTenant TenantID
+	// channels maps a (tenant, channel) key to its sinks (an immutable
+	// slice per key): changed under mu, read by Emit without a lock.
+	channels cowMap[chanKey, []*Sink]
 	remote   *remote // nil without a datapath to peers
 
 	life lifecycle.Group // Start, Wait, Close
@@ -70,7 +82,12 @@ func NewRuntime(opts RuntimeOptions) *Runtime {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}}
+	r := &Runtime{opts: opts, log: log, sessions: map[uint32]*Session{}, tenants: map[TenantID]string{}, shared: map[uint32]bool{},
+		hostTenant: TenantIDOf(HostTenant)}
+	for _, ch := range opts.SharedChannels {
+		r.shared[ch] = true
+	}
+	r.tenants[r.hostTenant] = HostTenant
 	if opts.Remote.Datapath != nil || len(opts.Remote.Accelerated) > 0 {
 		r.remote = newRemote(r, opts.Remote)
 		for _, dp := range opts.Remote.Accelerated {
@@ -130,6 +147,11 @@ type Session struct {
 	rt   *Runtime
 	ep   endpoint
 	Addr netip.AddrPort // the application's socket (virtio transport)
+	// Tenant names the tenant the session belongs to; tenant is its id.
+	Tenant string
+	tenant TenantID
+	// acct is charged for what the session holds; nil: no limits.
+	acct *account
 
 	streams map[uint32]*Stream // guarded by rt.mu
 	sinks   map[uint32]*Sink   // guarded by rt.mu
@@ -159,6 +181,11 @@ type Source struct {
 	Global  uint64 // NodeID<<32 | ID: unique among daemons
 	Channel uint32
 	Stream  *Stream
+	// key is the channel's key in the runtime's table (its tenant's, or
+	// the shared one), fixed at creation: Emit looks up nothing else.
+	key chanKey
+	// remote: the source's messages go to peers too (tenants.go).
+	remote  bool
 	seq     atomic.Uint64
 	emitted atomic.Uint64
 	// full counts messages that found a pool empty on the way to some
@@ -177,18 +204,36 @@ type Sink struct {
 	Channel   uint32
 	Stream    *Stream
 	session   *Session
+	key       chanKey
 	delivered atomic.Uint64
 	dropped   atomic.Uint64
 }
 
-// OpenSession attaches an application living at ep.
+// OpenSession attaches an application living at ep, in the operator
+// tenant (HostTenant), with no limits.
 func (r *Runtime) OpenSession(ep endpoint, addr netip.AddrPort) *Session {
+	s, _ := r.openSession(ep, addr, HostTenant, nil) // the host tenant is always registered
+	return s
+}
+
+// openSession attaches an application living at ep to tenant, charged
+// to acct (nil: no limits). It fails with a LimitError (MaxSessions) or
+// ErrTenantCollision.
+func (r *Runtime) openSession(ep endpoint, addr netip.AddrPort, tenant string, acct *account) (*Session, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := &Session{ID: r.newIDLocked(), rt: r, ep: ep, Addr: addr, streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
+	tid, err := r.tenantLocked(tenant)
+	if err != nil {
+		return nil, err
+	}
+	if err := acct.takeLocked(limitSessions); err != nil {
+		return nil, err
+	}
+	s := &Session{ID: r.newIDLocked(), rt: r, ep: ep, Addr: addr, Tenant: tenant, tenant: tid, acct: acct,
+		streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
 	r.sessions[s.ID] = s
-	r.log.Info("session opened", "session", s.ID, "endpoint", ep.String(), "addr", addr)
-	return s
+	r.log.Debug("session opened", "session", s.ID, "endpoint", ep.String(), "tenant", tenant, "addr", addr)
+	return s, nil
 }
 
 func (r *Runtime) newIDLocked() uint32 {
@@ -204,6 +249,9 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 	defer r.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
+	}
+	if err := s.acct.takeLocked(limitStreams); err != nil {
+		return nil, err
 	}
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
 	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
@@ -226,7 +274,11 @@ func (s *Session) CreateSource(streamID, channel uint32) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := &Source{ID: r.newIDLocked(), Channel: channel, Stream: st}
+	if err := s.acct.takeLocked(limitSources); err != nil {
+		return nil, err
+	}
+	key := r.keyLocked(s.tenant, channel)
+	src := &Source{ID: r.newIDLocked(), Channel: channel, Stream: st, key: key, remote: r.remoteKey(key)}
 	src.Global = uint64(r.opts.NodeID)<<32 | uint64(src.ID)
 	s.sources.Store(src.ID, src)
 	return src, nil
@@ -241,9 +293,12 @@ func (s *Session) CreateSink(streamID, channel uint32) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	sk := &Sink{ID: r.newIDLocked(), Channel: channel, Stream: st, session: s}
+	if err := s.acct.takeLocked(limitSinks); err != nil {
+		return nil, err
+	}
+	sk := &Sink{ID: r.newIDLocked(), Channel: channel, Stream: st, session: s, key: r.keyLocked(s.tenant, channel)}
 	s.sinks[sk.ID] = sk
-	r.updateChannelLocked(channel, func(l []*Sink) []*Sink { return append(l, sk) })
+	r.updateChannelLocked(sk.key, func(l []*Sink) []*Sink { return append(l, sk) })
 	return sk, nil
 }
 
@@ -260,14 +315,14 @@ func (s *Session) streamLocked(id uint32) (*Stream, error) {
 
 // updateChannelLocked replaces a channel's sink list with f applied to a
 // copy of it (readers hold the old one).
-func (r *Runtime) updateChannelLocked(ch uint32, f func([]*Sink) []*Sink) {
+func (r *Runtime) updateChannelLocked(ch chanKey, f func([]*Sink) []*Sink) {
 	before := len(r.channels.Get(ch))
 	var l []*Sink
 	r.channels.Update(ch, func(old []*Sink, _ bool) ([]*Sink, bool) {
 		l = f(append([]*Sink(nil), old...))
 		return l, len(l) > 0
 	})
-	if r.remote != nil && (before == 0) != (len(l) == 0) {
+	if r.remote != nil && r.remoteKey(ch) && (before == 0) != (len(l) == 0) {
 		r.remote.channelsChanged()
 	}
 }
@@ -280,6 +335,7 @@ func (s *Session) CloseSource(id uint32) error {
 	if !s.sources.Delete(id) {
 		return fmt.Errorf("source %d: %w", id, ErrNotFound)
 	}
+	s.acct.release(limitSources, 1)
 	return nil
 }
 
@@ -298,7 +354,8 @@ func (s *Session) CloseSink(id uint32) error {
 
 func (s *Session) closeSinkLocked(sk *Sink) {
 	delete(s.sinks, sk.ID)
-	s.rt.updateChannelLocked(sk.Channel, func(l []*Sink) []*Sink {
+	s.acct.release(limitSinks, 1)
+	s.rt.updateChannelLocked(sk.key, func(l []*Sink) []*Sink {
 		for i, x := range l {
 			if x == sk {
 				return append(l[:i], l[i+1:]...)
@@ -322,8 +379,17 @@ func (s *Session) CloseStream(id uint32) error {
 			s.closeSinkLocked(sk)
 		}
 	}
-	s.sources.DeleteFunc(func(_ uint32, v *Source) bool { return v.Stream == st })
+	gone := 0
+	s.sources.DeleteFunc(func(_ uint32, v *Source) bool {
+		if v.Stream == st {
+			gone++
+			return true
+		}
+		return false
+	})
+	s.acct.release(limitSources, gone)
 	delete(s.streams, id)
+	s.acct.release(limitStreams, 1)
 	return nil
 }
 
@@ -339,10 +405,13 @@ func (s *Session) Close() {
 	for _, sk := range s.sinks {
 		s.closeSinkLocked(sk)
 	}
+	s.acct.release(limitSources, s.sources.Len())
+	s.acct.release(limitStreams, len(s.streams))
+	s.acct.release(limitSessions, 1)
 	s.sources.Clear()
 	s.streams = map[uint32]*Stream{}
 	delete(r.sessions, s.ID)
-	r.log.Info("session closed", "session", s.ID, "endpoint", s.ep.String())
+	r.log.Debug("session closed", "session", s.ID, "endpoint", s.ep.String())
 	r.mu.Unlock()
 	s.ep.sessionClosed(s)
 	r.mu.Lock()
@@ -364,10 +433,10 @@ func (r *Runtime) Emit(src *Source, payload []byte) int {
 func (r *Runtime) emit(src *Source, payload []byte) (taken, full int) {
 	seq := src.seq.Add(1)
 	src.emitted.Add(1)
-	if r.remote != nil {
+	if r.remote != nil && src.remote {
 		taken, full = r.remote.emit(src, seq, payload)
 	}
-	n, dropped := r.deliverLocal(src.Channel, src.Global, seq, payload)
+	n, dropped := r.deliver(src.key, src.Global, seq, payload)
 	taken += n
 	full += dropped
 	if full > 0 {
@@ -376,10 +445,10 @@ func (r *Runtime) emit(src *Source, payload []byte) (taken, full int) {
 	return taken, full
 }
 
-// deliverLocal hands a message to the local sinks of channel and returns
-// how many took it.
-func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
-	for _, sk := range r.channels.Get(channel) {
+// deliver hands a message to the local sinks of key and returns how
+// many took it and how many had no room.
+func (r *Runtime) deliver(key chanKey, source, seq uint64, payload []byte) (delivered, dropped int) {
+	for _, sk := range r.channels.Get(key) {
 		if sk.session.ep.deliver(sk, source, seq, payload) {
 			sk.delivered.Add(1)
 			delivered++
@@ -402,6 +471,8 @@ type StreamInfo struct {
 	Sources       []SourceInfo  `json:"sources"`
 	Sinks         []SinkInfo    `json:"sinks"`
 	SessionRemote string        `json:"session_addr,omitempty"`
+	// Tenant is the tenant the stream's session belongs to.
+	Tenant string `json:"tenant"`
 }
 
 // SourceInfo describes a source.
@@ -429,7 +500,7 @@ func (r *Runtime) Streams() []StreamInfo {
 	for _, s := range r.sessions {
 		for _, st := range s.streams {
 			info := StreamInfo{Session: s.ID, Stream: st.ID, Endpoint: s.ep.String(), Options: st.Options,
-				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}}
+				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}, Tenant: s.Tenant}
 			if s.Addr.IsValid() {
 				info.SessionRemote = s.Addr.String()
 			}
@@ -479,7 +550,11 @@ func (r *Runtime) reapIdle(cutoff int64) {
 	}
 	r.mu.Unlock()
 	for _, s := range idle {
-		r.log.Info("session idle: releasing it", "session", s.ID, "endpoint", s.ep.String())
+		r.log.Debug("session idle: releasing it", "session", s.ID, "endpoint", s.ep.String())
 		s.Close()
+	}
+	if len(idle) > 0 {
+		// One line a round, however many sessions a dead guest left.
+		r.log.Info("released idle sessions", "sessions", len(idle))
 	}
 }

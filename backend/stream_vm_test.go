@@ -68,7 +68,7 @@ func lastSummary(t *testing.T, out string) perfSummary {
 func TestVMToVMStreaming(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const count = 3000
-	d, socks := startDaemon(t, "sinkvm", "sourcevm")
+	d, socks := startDaemonWith(t, oneTenant("pair"), "sinkvm", "sourcevm") // one tenant: they share channels
 	kernel, initramfs := perfImage(t)
 	net := []guestinit.NetConfig{{Name: "eth0", DHCP: true}}
 	sink := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: socks[0]}},
@@ -123,7 +123,7 @@ func makeTempDir() (string, error) { return os.MkdirTemp("", "veloce-perf-") }
 func TestEightSinksOnOneChannel(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const count = 300
-	_, socks := startDaemon(t, "sinks", "source")
+	_, socks := startDaemonWith(t, oneTenant("pair"), "sinks", "source")
 	kernel, initramfs := perfImage(t)
 	net := []guestinit.NetConfig{{Name: "eth0", DHCP: true}}
 	script := `for i in 1 2 3 4 5 6 7 8; do veloce-perf sink --channel 3 --count ` + itoaU(count) + ` --timeout 3m > /tmp/s$i 2>&1 & done
@@ -243,6 +243,7 @@ func TestVMToHostProcess(t *testing.T) {
 	_, socks := startDaemonWith(t, func(o *DaemonOptions) {
 		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
 		o.AppSocket = app
+		o.Runtime.SharedChannels = []uint32{21} // the VM's tenant and the host's (uid 0) meet there
 	}, "vm")
 	kernel, initramfs := perfImage(t) // also builds perfPath
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -300,6 +301,7 @@ func TestGuestPingPongWithHostEcho(t *testing.T) {
 	_, socks := startDaemonWith(t, func(o *DaemonOptions) {
 		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
 		o.AppSocket = app
+		o.Ports[0].Tenant = HostTenant // the VM is the operator's, as the host echo is
 	}, "vm")
 	kernel, initramfs := perfImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

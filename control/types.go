@@ -56,6 +56,13 @@ type PortInfo struct {
 	OutboxQueued     int    `json:"outbox_queued"`
 	Logging          bool   `json:"dirty_logging"`
 	LastError        string `json:"last_error,omitempty"`
+	// Tenant is the tenant the port's guest belongs to: its channels are
+	// the tenant's, but for the daemon's shared channels.
+	Tenant string `json:"tenant,omitempty"`
+	// LimitRefusals counts the guest's requests refused by the port's
+	// limits, by limit: "sessions", "streams", "sources", "sinks",
+	// "control-rate" (only those above zero).
+	LimitRefusals map[string]uint64 `json:"limit_refusals,omitempty"`
 }
 
 // StreamOptions are a stream's QoS options, as the application asked.
@@ -83,6 +90,8 @@ type StreamInfo struct {
 	Sources       []SourceInfo  `json:"sources"`
 	Sinks         []SinkInfo    `json:"sinks"`
 	SessionRemote string        `json:"session_addr,omitempty"`
+	// Tenant is the tenant of the stream's session.
+	Tenant string `json:"tenant,omitempty"`
 }
 
 // SourceInfo describes a source.
@@ -118,6 +127,20 @@ type HostAppsInfo struct {
 	Malformed uint64 `json:"malformed"`
 	// Wakeups counts eventfd signals to applications, likewise.
 	Wakeups uint64 `json:"wakeups"`
+	// Tenants are the host tenants' accounts: what their applications
+	// hold and how many of their requests the limits refused.
+	Tenants []TenantInfo `json:"tenants,omitempty"`
+}
+
+// TenantInfo is one host tenant's account.
+type TenantInfo struct {
+	Name     string `json:"name"`
+	Sessions int64  `json:"sessions"`
+	Streams  int64  `json:"streams"`
+	Sources  int64  `json:"sources"`
+	Sinks    int64  `json:"sinks"`
+	// LimitRefusals counts refused requests by limit, as PortInfo's.
+	LimitRefusals map[string]uint64 `json:"limit_refusals,omitempty"`
 }
 
 // HostClientInfo describes one connected application.
@@ -135,6 +158,10 @@ type HostClientInfo struct {
 	Malformed uint64 `json:"malformed"`
 	Wakeups   uint64 `json:"wakeups"`
 	Unsent    uint64 `json:"unsent_replies"`
+	// Tenant is the tenant the application's peer credentials map to.
+	Tenant string `json:"tenant,omitempty"`
+	// UID is the application's user id (SO_PEERCRED).
+	UID uint32 `json:"uid"`
 }
 
 // RemoteInfo is the daemon's view of other hosts: its datapaths and peers.

@@ -80,11 +80,16 @@ var (
 	// the message (its token is more than OutcomeWindow emits old), or the
 	// token is not one the source handed out.
 	ErrOutcomeUnknown = errors.New("guestlib: outcome no longer known")
-	// ErrLimit: the daemon refused the request because a limit was
-	// reached (host applications connected, sessions, streams or sinks
-	// of the port); the RequestError's message names it. Status
-	// guestproto.StatusLimit.
-	ErrLimit = errors.New("guestlib: a limit of the daemon was reached")
+	// ErrLimit: the daemon refused the request because it would exceed
+	// a limit the operator set for the port or tenant (sessions, streams,
+	// sources, sinks, control requests per second); the RequestError's
+	// Limit names which. Status guestproto.StatusLimit. Closing what the
+	// application no longer uses, or retrying later (control-rate),
+	// helps; retrying at once does not.
+	ErrLimit = errors.New("guestlib: daemon limit reached")
+	// ErrPermission: the daemon refused the request for the tenant the
+	// application belongs to. Status guestproto.StatusDenied.
+	ErrPermission = errors.New("guestlib: permission denied")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -93,9 +98,16 @@ var (
 
 // RequestError is a request the daemon refused.
 type RequestError struct {
-	Op      string
-	Status  guestproto.Status
+	// Op is the request ("open session", "create sink"...).
+	Op string
+	// Status is the daemon's status code.
+	Status guestproto.Status
+	// Message is the daemon's explanation.
 	Message string
+	// Limit names the limit a StatusLimit refusal hit: "sessions",
+	// "streams", "sources", "sinks" or "control-rate" (guestproto's
+	// Limit* names); empty for other statuses.
+	Limit string
 }
 
 func (e *RequestError) Error() string {
@@ -119,6 +131,8 @@ func statusErr(st guestproto.Status) error {
 		return ErrTooLarge
 	case guestproto.StatusLimit:
 		return ErrLimit
+	case guestproto.StatusDenied:
+		return ErrPermission
 	}
 	return fmt.Errorf("guestlib: daemon status %d", st)
 }
@@ -386,7 +400,11 @@ func (s *Session) request(ctx context.Context, m *guestproto.Message) (reply, er
 		t.Stop()
 		if r.status != guestproto.StatusOK {
 			shm.CloseFDs(r.fds)
-			return r, &RequestError{Op: op, Status: r.status, Message: r.message}
+			e := &RequestError{Op: op, Status: r.status, Message: r.message}
+			if r.status == guestproto.StatusLimit {
+				e.Limit = r.plugin
+			}
+			return r, e
 		}
 		return r, nil
 	}

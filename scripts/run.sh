@@ -17,8 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "run: veloced --vhost-user $sock --app-socket $app"
-"$bin/veloced" --vhost-user "$sock" --control "$ctl" --app-socket "$app" 2>"$work/veloced.log" &
+echo "run: veloced --vhost-user $sock --app-socket $app --shared-channel 1"
+"$bin/veloced" --vhost-user "$sock" --control "$ctl" --app-socket "$app" --shared-channel 1 2>"$work/veloced.log" &
 pids+=($!)
 for _ in $(seq 200); do [ -S "$ctl" ] && [ -S "$app" ] && break; sleep 0.05; done
 [ -S "$ctl" ] || { cat "$work/veloced.log"; echo "run: veloced did not start" >&2; exit 1; }

@@ -3,6 +3,8 @@
 // DHCP). See package backend.
 //
 //	veloced --vhost-user /run/veloce/vm0.sock [--vhost-user-client PATH]... [--control PATH]
+//	        [--tenant PORT=TENANT]... [--app-tenant uid:N=TENANT]... [--shared-channel C]...
+//	        [--max-sessions N] [--max-streams N] [--max-sources N] [--max-sinks N] [--control-rate N]
 //
 // Once every socket listens it writes the line "veloced: ready"
 // (control.ReadyLine) to stderr: the readiness signal for whoever started
@@ -52,7 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\nReadiness: once the control socket, the app socket and every --vhost-user socket\nlisten, veloced writes the line %q alone on stderr; a supervisor or test\nwaits for that line instead of polling for socket files.\n\nFlags:\n", control.ReadyLine)
+		fmt.Fprintf(stderr, "usage: veloced [flags]\n\nServes VMs virtio-net devices over vhost-user. One port per --vhost-user or\n--vhost-user-client socket.\n\n%s\nReadiness: once the control socket, the app socket and every --vhost-user socket\nlisten, veloced writes the line %q alone on stderr; a supervisor or test\nwaits for that line instead of polling for socket files.\n\nFlags:\n", tenantsHelp, control.ReadyLine)
 		fs.PrintDefaults()
 	}
 	var servers, clients listFlag
@@ -79,6 +81,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	appMode := fs.String("app-socket-mode", "0660", "permission bits of --app-socket (0666: any local user may attach applications)")
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
+	ten := tenantFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -177,6 +180,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	for _, s := range clients {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
+	}
+	if err := ten.apply(&opts); err != nil {
+		return err
 	}
 	d, err := backend.NewDaemon(opts)
 	if err != nil {

@@ -33,6 +33,11 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--vhost-user", "/tmp/x.sock", "--dpdk", "net_null0", "--dpdk-addr", "10.0.0.1"}, "--dpdk-addr"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--dpdk", "net_null0", "--dpdk-addr", "10.0.0.1/24", "--dpdk-cpu", "999"}, "--dpdk-cpu"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "nowhere"}, "--listen"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--tenant", "y.sock=a"}, "no port"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--tenant", "x.sock"}, "PORT=TENANT"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--app-tenant", "user:0=a"}, "--app-tenant"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--app-tenant", "uid:x=a"}, "--app-tenant"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--shared-channel", "1,b"}, "--shared-channel"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "127.0.0.1:0", "--peer", "x"}, "--peer"},
 	} {
 		var stderr bytes.Buffer

@@ -128,7 +128,24 @@ const (
 	StatusNoBuffers  Status = 4 // back-pressure: the pool is empty
 	StatusTooLarge   Status = 5 // the message exceeds what the stream carries
 	StatusInternal   Status = 6
-	StatusLimit      Status = 7 // a limit of the daemon or port was reached (the message says which)
+	// StatusLimit: the request would exceed one of the daemon's limits
+	// for the port or tenant (sessions, streams, sources, sinks, control
+	// requests per second). The reply's Plugin field names the limit
+	// (LimitSessions...), its Message says more for a human.
+	StatusLimit Status = 7
+	// StatusDenied: the tenant may not do this (its tenant id collides
+	// with another's, or a later access rule refuses it).
+	StatusDenied Status = 8
+)
+
+// The names of the limits a StatusLimit reply carries in Result.Plugin.
+const (
+	LimitSessions    = "sessions"
+	LimitStreams     = "streams"
+	LimitSources     = "sources"
+	LimitSinks       = "sinks"
+	LimitControlRate = "control-rate"
+	LimitAppClients  = "app-clients" // host applications attached to the daemon at once
 )
 
 // Result is the body of a Reply.
@@ -137,7 +154,8 @@ type Result struct {
 	// ID is the id of what the request created (session, stream, source,
 	// sink), 0 otherwise.
 	ID uint32
-	// Plugin names the datapath a created stream was mapped to.
+	// Plugin names the datapath a created stream was mapped to; in a
+	// StatusLimit reply, the limit that was hit (LimitSessions...).
 	Plugin []byte
 	// Message is the error text, or a warning for a successful request
 	// (a stream that asked for acceleration and fell back to UDP).
