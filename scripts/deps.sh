@@ -10,6 +10,7 @@ packages=(
 	busybox-static                      # guest userland: sh, ping, udhcpc, ip
 	ovmf systemd-boot-efi               # disk-image guests: UEFI firmware (stand-in for Cloud Hypervisor's), systemd-bootx64.efi
 	mtools dosfstools                   # tests check the disk image's FAT with mtype and fsck.fat
+	libvirt-daemon-system libvirt-clients # libvirt 9.0 (libvirtd, virtlogd, virsh; QEMU driver) for integration/libvirt
 	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
 )
