@@ -46,11 +46,17 @@ type DaemonOptions struct {
 	// every second) for this long: its application died. Default 10s.
 	SessionTimeout time.Duration
 	// SocketMode and SocketGroup are the permission bits (0: 0660) and
-	// group (a name or gid; empty: the daemon's) of the control socket
-	// and of every port's listening socket that does not set its own.
-	// Give QEMU's group (libvirt-qemu under libvirt) to let it connect.
+	// group (a name or gid; empty: the daemon's) of every port's
+	// listening socket that does not set its own. Give QEMU's group
+	// (libvirt-qemu under libvirt) to let it connect.
 	SocketMode  os.FileMode
 	SocketGroup string
+	// ControlSocketMode and ControlSocketGroup are the control socket's
+	// (0: 0660; empty: the daemon's): kept apart from the ports', so
+	// that letting QEMU reach a vhost-user socket does not let it drive
+	// velocectl.
+	ControlSocketMode  os.FileMode
+	ControlSocketGroup string
 	// AppSocketMode and AppSocketGroup are the host-application socket's
 	// (0: 0660; empty: the daemon's): host applications of other users
 	// need the group, or a mode such as 0666.
@@ -173,7 +179,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	// listen.
 	// internal/sockfile refuses a socket another daemon serves and a
 	// path that is not a socket, and replaces only a stale socket.
-	ln, err := sockfile.Listen("unix", d.opts.ControlSocket, sockfile.Options{Mode: d.opts.SocketMode, Group: d.opts.SocketGroup})
+	ln, err := sockfile.Listen("unix", d.opts.ControlSocket, sockfile.Options{Mode: d.opts.ControlSocketMode, Group: d.opts.ControlSocketGroup})
 	if err != nil {
 		return d.life.Abort(fmt.Errorf("control socket: %w", err))
 	}

@@ -208,7 +208,7 @@ func TestSocketModes(t *testing.T) {
 		group = "65534" // nogroup: only root may give a group it is not in
 	}
 	d, _ = NewDaemon(DaemonOptions{ControlSocket: ctl, AppSocket: app, Ports: []PortOptions{{Socket: vm}},
-		SocketMode: 0o600, SocketGroup: group, AppSocketMode: 0o666})
+		SocketMode: 0o600, SocketGroup: group, ControlSocketMode: 0o600, ControlSocketGroup: group, AppSocketMode: 0o666})
 	if err := d.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -76,8 +76,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dpdkCPU := fs.Int("dpdk-cpu", -1, "pin the DPDK polling thread to this CPU; -1: unpinned")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	sockMode := fs.String("socket-mode", "0660", "permission bits of the control socket and the vhost-user sockets veloced listens on")
+	sockMode := fs.String("socket-mode", "0660", "permission bits of the vhost-user sockets veloced listens on")
 	sockGroup := fs.String("socket-group", "", "group of those sockets, a name or gid (QEMU under libvirt runs as libvirt-qemu: give its group, or use --vhost-user-client); default veloced's group")
+	ctlMode := fs.String("control-mode", "0660", "permission bits of the --control socket")
+	ctlGroup := fs.String("control-group", "", "group of the --control socket (operators who may run velocectl), a name or gid; default veloced's group")
 	appMode := fs.String("app-socket-mode", "0660", "permission bits of --app-socket (0666: any local user may attach applications)")
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
@@ -119,7 +121,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	opts := backend.DaemonOptions{ControlSocket: *controlSock, AppSocket: *appSocket, Logger: log,
-		SocketGroup: *sockGroup, AppSocketGroup: *appGroup, MaxAppClients: *maxApps}
+		SocketGroup: *sockGroup, AppSocketGroup: *appGroup, ControlSocketGroup: *ctlGroup, MaxAppClients: *maxApps}
+	if opts.ControlSocketMode, err = sockfile.ParseMode(*ctlMode); err != nil {
+		return fmt.Errorf("--control-mode: %w", err)
+	}
 	if opts.SocketMode, err = sockfile.ParseMode(*sockMode); err != nil {
 		return fmt.Errorf("--socket-mode: %w", err)
 	}
