@@ -113,11 +113,12 @@ type hostApps struct {
 	limits  Limits
 	log     *slog.Logger
 
-	acctMu   sync.Mutex
-	accounts map[string]*account // by tenant, created at first use; guarded by acctMu
+	acctMu sync.Mutex
+	// By tenant, created at first use
+	accounts map[string]*account // +checklocks:acctMu
 
 	mu      sync.Mutex
-	clients map[*hostClient]struct{} // guarded by mu
+	clients map[*hostClient]struct{} // +checklocks:mu
 	wg      sync.WaitGroup           // one per client
 
 	// gone sums the counters of clients that have left.
@@ -158,9 +159,9 @@ type hostClient struct {
 	rxSlots *slots.Pool[hostRXMeta]
 	ready   *ring.Queue
 	pubLock atomic.Bool
-	rx      shm.Producer // guarded by pubLock
+	rx      shm.Producer // +checklocks:pubLock
 	recMu   sync.Mutex
-	rxFree  shm.Consumer // guarded by recMu
+	rxFree  shm.Consumer // +checklocks:recMu
 
 	malformed, wakeups, unsent atomic.Uint64
 

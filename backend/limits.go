@@ -193,8 +193,9 @@ type tokenBucket struct {
 	mu     sync.Mutex
 	rate   float64 // tokens per nanosecond
 	burst  float64
-	tokens float64 // guarded by mu
-	last   int64   // guarded by mu; 0: full
+	tokens float64 // +checklocks:mu
+	// 0: full
+	last int64 // +checklocks:mu
 }
 
 func (b *tokenBucket) init(rate, burst int) {

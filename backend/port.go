@@ -61,7 +61,7 @@ type Port struct {
 	results []Result
 
 	mu      sync.Mutex
-	lastErr string // guarded by mu
+	lastErr string // +checklocks:mu
 
 	// The virtio transport (guestport.go); rt is nil without a runtime.
 	rt        *Runtime

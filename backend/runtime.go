@@ -43,11 +43,11 @@ type Runtime struct {
 	log  *slog.Logger
 
 	mu       sync.Mutex
-	nextID   uint32              // guarded by mu
-	sessions map[uint32]*Session // guarded by mu
+	nextID   uint32              // +checklocks:mu
+	sessions map[uint32]*Session // +checklocks:mu
 	// tenants names the tenant ids in use, to refuse a second name that
 	// hashes to an id already taken.
-	tenants map[TenantID]string // guarded by mu
+	tenants map[TenantID]string // +checklocks:mu
 	// shared is the set of SharedChannels; fixed after NewRuntime.
 	shared map[uint32]bool
 	// hostTenant is the operator tenant's id (HostTenant): the tenant of
@@ -153,11 +153,14 @@ type Session struct {
 	// acct is charged for what the session holds; nil: no limits.
 	acct *account
 
-	streams map[uint32]*Stream // guarded by rt.mu
-	sinks   map[uint32]*Sink   // guarded by rt.mu
+	// .mu
+	streams map[uint32]*Stream // +checklocks:rt
+	// .mu
+	sinks map[uint32]*Sink // +checklocks:rt
 	// sources is changed under rt.mu and read by the datapath.
 	sources cowMap[uint32, *Source]
-	closed  bool // guarded by rt.mu
+	// .mu
+	closed bool // +checklocks:rt
 	// lastSeen is the unix nanosecond time of the session's last message.
 	lastSeen atomic.Int64
 }
