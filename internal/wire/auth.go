@@ -76,9 +76,9 @@ const (
 )
 
 var authErrorStrings = [...]string{
-	ErrNoAuth:  "wire: datagram not authenticated",
-	ErrBadTag:  "wire: authentication tag mismatch",
-	ErrReplay:  "wire: replayed datagram",
+	ErrNoAuth: "wire: datagram not authenticated",
+	ErrBadTag: "wire: authentication tag mismatch",
+	ErrReplay: "wire: replayed datagram",
 }
 
 // Error implements the error interface.
@@ -192,7 +192,7 @@ func (o *Opener) Open(b []byte) (Header, []byte, Trailer, error) {
 // value admits anything above zero. It is not safe for concurrent use:
 // one goroutine owns it.
 type ReplayWindow struct {
-	top  uint64                         // highest counter admitted
+	top  uint64                        // highest counter admitted
 	bits [ReplayWindowSize / 64]uint64 // bit c%ReplayWindowSize: counter c admitted
 }
 
