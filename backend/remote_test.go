@@ -85,7 +85,7 @@ func TestTwoDaemonsInNamespacesExchangeMessages(t *testing.T) {
 	if _, err := sb.CreateSink(stb.ID, 5); err != nil {
 		t.Fatal(err)
 	}
-	for !slices.Contains(*rtA.remote.peers[0].channels.Load(), 5) {
+	for !slices.Contains(*rtA.remote.peerList()[0].channels.Load(), 5) {
 		if ctx.Err() != nil {
 			t.Fatal("the source side never learned of the sink")
 		}
@@ -206,7 +206,7 @@ func TestDirectoryFragments(t *testing.T) {
 	peerAddr := netip.MustParseAddrPort("127.0.0.1:9")
 	rt := NewRuntime(RuntimeOptions{Remote: RemoteOptions{Datapath: dp, Peers: []netip.AddrPort{peerAddr}}})
 	rm := rt.remote
-	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	rx := rm.newReceiveState(0)
 	frag := func(gen uint64, index, count uint16, chans ...uint32) wire.Packet {
 		buf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen)
 		n, err := (&wire.Directory{Node: 7, Generation: gen, Channels: chans}).Marshal(buf[wire.HeaderLen:])
@@ -220,7 +220,7 @@ func TestDirectoryFragments(t *testing.T) {
 		}
 		return wire.Packet{Addr: peerAddr, Buf: buf, N: m}
 	}
-	channels := func() []uint32 { return *rm.peers[0].channels.Load() }
+	channels := func() []uint32 { return *rm.peerList()[0].channels.Load() }
 
 	rx.handle([]wire.Packet{frag(1, 0, 2, 1, 5), frag(1, 1, 2, 3)})
 	if got := channels(); !slices.Equal(got, []uint32{1, 3, 5}) {
