@@ -392,7 +392,7 @@ func TestAuthenticatedDaemonsExchangeMessages(t *testing.T) {
 	rtA := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Key: testFleetKey, Peers: []netip.AddrPort{dpB.LocalAddr()}, DirectoryInterval: iv}})
 	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Key: testFleetKey, Peers: []netip.AddrPort{dpA.LocalAddr(), dpC.LocalAddr()}, DirectoryInterval: iv}})
 	rtC := NewRuntime(RuntimeOptions{NodeID: 3, Remote: RemoteOptions{Datapath: dpC, Key: otherFleetKey, Peers: []netip.AddrPort{dpB.LocalAddr()}, DirectoryInterval: iv}})
-	ctx := runRuntimes(t, rtA, rtB, rtC)
+	ctx := runRuntimes(t, rtA, rtB)
 	check := &orderCheck{last: map[uint64]uint64{}}
 	sb := rtB.OpenSession(check, netip.AddrPort{})
 	stb, _ := sb.CreateStream(StreamOptions{})
@@ -402,8 +402,9 @@ func TestAuthenticatedDaemonsExchangeMessages(t *testing.T) {
 	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
 	sta, _ := sa.CreateStream(StreamOptions{})
 	src, _ := sa.CreateSource(sta.ID, 5)
-	// The wrong-key daemon injects data through its own datapath, and so
-	// does a sender without a key from the same address.
+	// The wrong-key daemon injects data through its own datapath (before
+	// it runs: a datapath has one sender), and so does a sender without a
+	// key from the same address.
 	injected := []wire.Packet{
 		{Addr: dpB.LocalAddr(), Buf: dataDatagram(t, otherFleetKey, 5, wire.NewSourceID(3, 1), 1)},
 		{Addr: dpB.LocalAddr(), Buf: dataDatagram(t, nil, 5, wire.NewSourceID(3, 2), 1)},
@@ -414,6 +415,11 @@ func TestAuthenticatedDaemonsExchangeMessages(t *testing.T) {
 	if _, err := dpC.SendBatch(injected); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, ctx, "the injections refused", func() bool { return rtB.Remote().Peers[1].BadAuth == 2 }, func() any { return rtB.Remote() })
+	if err := rtC.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rtC.Close() })
 	emitPaced(t, ctx, rtA, []*Source{src}, 100000, check)
 	waitFor(t, ctx, "C's directories refused", func() bool { return rtB.Remote().Peers[1].BadAuth >= 4 }, func() any { return rtB.Remote() })
 
@@ -608,5 +614,52 @@ func TestSilentPeerGoesStale(t *testing.T) {
 	waitDirectory(t, ctx, rtB, 3)
 	if p := rtB.Remote().Peers[0]; p.State != PeerUp {
 		t.Fatalf("back: %+v", p)
+	}
+}
+
+// countEndpoint counts deliveries without allocating.
+type countEndpoint struct{ n atomic.Uint64 }
+
+func (c *countEndpoint) deliver(*Sink, uint64, uint64, []byte) bool { c.n.Add(1); return true }
+func (c *countEndpoint) String() string                             { return "count" }
+func (c *countEndpoint) sessionClosed(*Session)                     {}
+
+// The authenticated path does not allocate per message: emit, seal on the
+// sender, open, replay check and delivery on the receiver.
+func TestAuthenticatedPathDoesNotAllocate(t *testing.T) {
+	dpA, dpB := openUDP(t, nil, "127.0.0.1:0"), openUDP(t, nil, "127.0.0.1:0")
+	defer dpA.Close()
+	defer dpB.Close()
+	rtA := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Key: testFleetKey, Peers: []netip.AddrPort{dpB.LocalAddr()}}})
+	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Key: testFleetKey, Peers: []netip.AddrPort{dpA.LocalAddr()}}})
+	chans := []uint32{5}
+	rtA.remote.peerList()[0].channels.Store(&chans)
+	sink := &countEndpoint{}
+	sb := rtB.OpenSession(sink, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{})
+	sb.CreateSink(stb.ID, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{})
+	src, _ := sa.CreateSource(sta.ID, 5)
+	seal, rx, st := rtA.remote.newSealer(), rtB.remote.newReceiveState(0), rtA.remote.dps[0]
+	pkts := make([]wire.Packet, 1)
+	payload := make([]byte, 256)
+	allocs := testing.AllocsPerRun(1000, func() {
+		rtA.Emit(src, payload)
+		id, ok := st.ready.Pop()
+		if !ok {
+			return
+		}
+		pkts[0] = rtA.remote.packet(id)
+		rtA.remote.seal(seal, &pkts[0])
+		pkts[0].Addr = dpA.LocalAddr() // as the receiving socket reports the sender
+		rx.handle(pkts)
+		rtA.remote.slots.Put(id)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per message, want 0", allocs)
+	}
+	if info := rtB.Remote(); sink.n.Load() != 1001 || info.BadAuth+info.Stale+info.Malformed != 0 {
+		t.Fatalf("delivered %d of 1001; %+v", sink.n.Load(), info)
 	}
 }
