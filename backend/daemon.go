@@ -301,7 +301,9 @@ func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {
 func (s daemonService) Remote(context.Context) (control.RemoteInfo, error) {
 	in := s.d.rt.Remote()
 	out := control.RemoteInfo{Datapaths: make([]control.DatapathInfo, len(in.Datapaths)), Peers: make([]control.PeerInfo, len(in.Peers)),
-		Sent: in.Sent, Received: in.Received, Dropped: in.Dropped, Malformed: in.Malformed}
+		Sent: in.Sent, Received: in.Received, Dropped: in.Dropped, Malformed: in.Malformed,
+		Authenticated: in.Authenticated, Boot: in.Boot, UnknownPeer: in.UnknownPeer, BadAuth: in.BadAuth, Stale: in.Stale,
+		BadVersion: in.BadVersion, Expired: in.Expired}
 	for i, dp := range in.Datapaths {
 		out.Datapaths[i] = control.DatapathInfo(dp)
 	}

@@ -53,7 +53,7 @@ func runRuntimes(t *testing.T, rts ...*Runtime) context.Context {
 // waitDirectory waits until rt's peers know of channel.
 func waitDirectory(t *testing.T, ctx context.Context, rt *Runtime, channel uint32) {
 	t.Helper()
-	for !slices.Contains(*rt.remote.peers[0].channels.Load(), channel) {
+	for !slices.Contains(*rt.remote.peerList()[0].channels.Load(), channel) {
 		if ctx.Err() != nil {
 			t.Fatalf("the source side never learned of the sink on channel %d; remote: %+v", channel, rt.Remote())
 		}

@@ -3,8 +3,13 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,11 +73,33 @@ type RemoteOptions struct {
 	// stream's datapath when that reaches the peer, else over the first
 	// datapath that does.
 	Accelerated []Datapath
-	// Peers are the other daemons' datapath addresses.
+	// Peers are the other daemons' datapath addresses: the initial peer
+	// set (Runtime.SetPeers replaces it later, e.g. from etcd). Datagrams
+	// of any kind are accepted only from these addresses, exactly as the
+	// datapath reports the sender (UDP source ip:port; the DPDK plugin's
+	// own stack reports ip:port too); anything else is dropped and
+	// counted (RemoteInfo.UnknownPeer) before it reaches a sink. That
+	// stops honest mistakes (a daemon of another fleet, a stray sender)
+	// and other hosts that cannot forge their source address; it does not
+	// stop a host that can spoof source addresses (off-path spoofing on
+	// an unfiltered network, or anyone on the path): that needs Key.
 	Peers []netip.AddrPort
 	// DirectoryInterval is how often the daemon tells its peers which
 	// channels it has sinks for (also at once after a change); default 1s.
 	DirectoryInterval time.Duration
+	// DirectoryExpiry is how long a peer's directory stays valid without
+	// a newer one: past it the peer is stale (RemoteInfo shows "stale"),
+	// its channels are dropped and sources stop sending to it, until its
+	// next directory. Default 3*DirectoryInterval; give every daemon of a
+	// fleet the same DirectoryInterval.
+	DirectoryExpiry time.Duration
+	// Key is the fleet key for the authenticated mode (see LoadPeerKey,
+	// wire.ParseKey; every daemon of the fleet has the same one). With a
+	// key, every datagram carries a MAC (wire.Sealer) and datagrams
+	// without a valid one, or replayed, are dropped and counted. Nil: no
+	// authentication, and authenticated datagrams are dropped (counted as
+	// BadAuth: the peers have a key this daemon lacks).
+	Key []byte
 }
 
 const (
@@ -80,17 +107,32 @@ const (
 	remoteSlotSize = 2048
 	remoteBatch    = 32
 	// MaxRemotePayload is the largest message sent to other hosts as one
-	// datagram.
-	MaxRemotePayload = remoteSlotSize - wire.HeaderLen
+	// datagram (room is kept for the authentication trailer, with or
+	// without a key, so the limit does not depend on the fleet's mode).
+	MaxRemotePayload = remoteSlotSize - wire.HeaderLen - wire.AuthTrailerLen
 )
 
 // remote sends the runtime's messages to peers that have sinks for their
 // channel and delivers peers' messages to local sinks.
 type remote struct {
-	rt    *Runtime
-	opts  RemoteOptions
-	dps   []*datapathState // opts.Datapath first, then opts.Accelerated
-	peers []*peer
+	rt   *Runtime
+	opts RemoteOptions
+	dps  []*datapathState // opts.Datapath first, then opts.Accelerated
+
+	// peers is the peer set, replaced whole (copy on write) by setPeers
+	// under peersMu and read without a lock by emit and the receivers.
+	peers   atomic.Pointer[peerTable]
+	peersMu sync.Mutex
+
+	// boot is this daemon's boot id, random per start; it goes in every
+	// directory and authentication trailer.
+	boot uint64
+	// authCounter numbers the datagrams this daemon seals. It starts at
+	// the wall clock in ns, and no daemon seals a datagram per ns, so a
+	// restarted daemon's counters start above its previous run's and the
+	// peers' replay windows take them (as long as the clock did not step
+	// back across the restart).
+	authCounter atomic.Uint64
 
 	// slots hold the messages queued for peers: held by emit from Get
 	// until it queues the slot on a datapath's ready queue, then by that
@@ -100,6 +142,16 @@ type remote struct {
 	generation atomic.Uint64
 
 	sent, received, dropped, malformed atomic.Uint64
+	// Datagrams dropped on receipt, by reason (malformed above).
+	unknownPeer, badAuth, stale, badVersion atomic.Uint64
+	// expired counts peers' directories dropped for age.
+	expired atomic.Uint64
+}
+
+// peerTable is one version of the peer set.
+type peerTable struct {
+	list   []*peer
+	byAddr map[netip.AddrPort]*peer
 }
 
 // datapathState is one datapath's queue of slots to send.
@@ -115,7 +167,7 @@ type datapathState struct {
 // remoteMeta is a remote slot's datagram length and destination.
 type remoteMeta struct {
 	len  uint16
-	dest uint16 // index in remote.peers
+	dest *peer
 }
 
 type peer struct {
@@ -127,14 +179,42 @@ type peer struct {
 	channels atomic.Pointer[[]uint32]
 	node     atomic.Uint32
 	gen      atomic.Uint64
-	seen     atomic.Int64 // unix ns of its last directory
+	boot     atomic.Uint64 // boot id of its last directory; 0 before
+	seen     atomic.Int64  // unix ns of its last directory
+	// expiredMark is set when its directory expired, cleared by the next.
+	expiredMark atomic.Bool
+
+	// Its datagrams dropped on receipt, by reason.
+	restarts, badAuth, stale, malformed, badVersion atomic.Uint64
+
+	// home is the index of the datapath whose receiver owns replay (set
+	// by the first authenticated datagram; -1 before): a peer's datagrams
+	// arrive on one datapath, and one goroutine owns the window.
+	home   atomic.Int32
+	replay wire.ReplayWindow // owned by the receiver of datapath home
+}
+
+func newRemotePeer(a netip.AddrPort, dps []*datapathState) *peer {
+	p := &peer{addr: a}
+	p.home.Store(-1)
+	empty := []uint32{}
+	p.channels.Store(&empty)
+	for _, st := range dps {
+		if r, ok := st.dp.(Reacher); !ok || r.Reaches(a.Addr()) {
+			p.via = append(p.via, st.index)
+		}
+	}
+	return p
 }
 
 func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.DirectoryInterval <= 0 {
 		opts.DirectoryInterval = time.Second
 	}
-	rm := &remote{rt: rt, opts: opts,
+	if opts.DirectoryExpiry <= 0 {
+		opts.DirectoryExpiry = 3 * opts.DirectoryInterval
+	}
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1,
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
@@ -146,22 +226,50 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		st.ready, _ = ring.New(remoteSlots)
 		rm.dps = append(rm.dps, st)
 	}
-	for _, a := range opts.Peers {
-		p := &peer{addr: a}
-		empty := []uint32{}
-		p.channels.Store(&empty)
-		for _, st := range rm.dps {
-			if r, ok := st.dp.(Reacher); !ok || r.Reaches(a.Addr()) {
-				p.via = append(p.via, st.index)
-			}
-		}
-		if len(p.via) == 0 {
-			rt.log.Warn("no datapath reaches peer", "peer", a)
-		}
-		rm.peers = append(rm.peers, p)
-	}
+	rm.authCounter.Store(uint64(time.Now().UnixNano()))
+	rm.setPeers(opts.Peers)
 	return rm
 }
+
+// SetPeers replaces the runtime's peer set (RemoteOptions.Peers at start):
+// the feed for a membership service such as etcd. Peers that stay keep
+// their state (directory, replay window, counters); new ones start
+// unknown until their first directory; messages stop at once for peers
+// that left, and their datagrams are dropped from then on. Without a
+// datapath to other hosts it does nothing.
+func (r *Runtime) SetPeers(addrs []netip.AddrPort) {
+	if r.remote != nil {
+		r.remote.setPeers(addrs)
+	}
+}
+
+func (rm *remote) setPeers(addrs []netip.AddrPort) {
+	rm.peersMu.Lock()
+	defer rm.peersMu.Unlock()
+	old := rm.peers.Load()
+	t := &peerTable{byAddr: make(map[netip.AddrPort]*peer, len(addrs))}
+	for _, a := range addrs {
+		if _, dup := t.byAddr[a]; dup {
+			continue
+		}
+		var p *peer
+		if old != nil {
+			p = old.byAddr[a]
+		}
+		if p == nil {
+			p = newRemotePeer(a, rm.dps)
+			if len(p.via) == 0 {
+				rm.rt.log.Warn("no datapath reaches peer", "peer", a)
+			}
+		}
+		t.list = append(t.list, p)
+		t.byAddr[a] = p
+	}
+	rm.peers.Store(t)
+}
+
+// peerList returns the current peers.
+func (rm *remote) peerList() []*peer { return rm.peers.Load().list }
 
 // datapathIndex returns the index of the datapath called name, or -1.
 func (rm *remote) datapathIndex(name string) int {
@@ -183,7 +291,31 @@ func (rm *remote) close() {
 // packet returns the datagram queued in slot id.
 func (rm *remote) packet(id uint32) wire.Packet {
 	m := rm.slots.Meta(id)
-	return wire.Packet{Addr: rm.peers[m.dest].addr, Buf: rm.slots.Bytes(id), N: int(m.len)}
+	return wire.Packet{Addr: m.dest.addr, Buf: rm.slots.Bytes(id), N: int(m.len)}
+}
+
+// newSealer returns a Sealer for one sending goroutine, nil without a key.
+func (rm *remote) newSealer() *wire.Sealer {
+	if rm.opts.Key == nil {
+		return nil
+	}
+	return wire.NewSealer(rm.opts.Key, rm.boot)
+}
+
+// seal authenticates pkt (a datagram in a buffer with room for the
+// trailer) when there is a key.
+func (rm *remote) seal(s *wire.Sealer, pkt *wire.Packet) {
+	if s == nil {
+		return
+	}
+	n, err := s.Seal(pkt.Buf, pkt.N, rm.authCounter.Add(1))
+	if err != nil {
+		// Every datagram the runtime builds has room: a bug. Send
+		// nothing the peers would drop anyway.
+		pkt.N = 0
+		return
+	}
+	pkt.N = n
 }
 
 func classOf(o StreamOptions) wire.Class {
@@ -213,7 +345,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		return 0, 0
 	}
 	want := src.Stream.dpIndex
-	for i, p := range rm.peers {
+	for _, p := range rm.peers.Load().list {
 		if len(p.via) == 0 {
 			continue
 		}
@@ -241,7 +373,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 			rm.dropped.Add(1)
 			continue
 		}
-		*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: uint16(i)}
+		*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: p}
 		st := rm.dps[dpi]
 		st.ready.PushWait(id)
 		queued++
@@ -275,7 +407,47 @@ func (rm *remote) run(ctx context.Context) {
 		go func() { defer wg.Done(); rm.sender(ctx, st) }()
 		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); rm.expirer(ctx) }()
 	wg.Wait()
+}
+
+// expirer drops the channels of peers whose directory is older than the
+// expiry, checking every directory interval.
+func (rm *remote) expirer(ctx context.Context) {
+	tick := time.NewTicker(rm.opts.DirectoryInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			rm.expire(now.UnixNano())
+		}
+	}
+}
+
+// expire drops the channels of every peer whose last directory is older
+// than the expiry at now (unix ns). A directory that arrives meanwhile
+// wins: its receiver stores the time before the list, and expire swaps
+// the list it judged only if it is still there.
+func (rm *remote) expire(now int64) {
+	empty := []uint32{}
+	for _, p := range rm.peers.Load().list {
+		old := p.channels.Load()
+		seen := p.seen.Load()
+		if seen == 0 || now-seen <= int64(rm.opts.DirectoryExpiry) {
+			continue
+		}
+		if len(*old) > 0 {
+			p.channels.CompareAndSwap(old, &empty)
+		}
+		if p.expiredMark.CompareAndSwap(false, true) {
+			rm.expired.Add(1)
+			rm.rt.log.Warn("peer stale: no directory within the expiry; its channels are dropped", "peer", p.addr,
+				"node", p.node.Load(), "expiry", rm.opts.DirectoryExpiry)
+		}
+	}
 }
 
 // sender and receiver are not locked to OS threads: they block in system
@@ -285,10 +457,11 @@ func (rm *remote) run(ctx context.Context) {
 func (rm *remote) sender(ctx context.Context, st *datapathState) {
 	pkts := make([]wire.Packet, remoteBatch)
 	ids := make([]uint32, remoteBatch)
-	dirBuf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen)
+	dirBuf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen+wire.AuthTrailerLen)
+	seal := rm.newSealer()
 	tick := time.NewTicker(rm.opts.DirectoryInterval)
 	defer tick.Stop()
-	rm.sendDirectory(st, dirBuf)
+	rm.sendDirectory(st, dirBuf, seal)
 	if st.poller != nil {
 		// The polling thread sends the messages (flusher); this
 		// goroutine only keeps the peers' directories current.
@@ -297,9 +470,9 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			case <-ctx.Done():
 				return
 			case <-st.dirChanged:
-				rm.sendDirectory(st, dirBuf)
+				rm.sendDirectory(st, dirBuf, seal)
 			case <-tick.C:
-				rm.sendDirectory(st, dirBuf)
+				rm.sendDirectory(st, dirBuf, seal)
 			}
 		}
 	}
@@ -312,6 +485,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			}
 			ids[n] = id
 			pkts[n] = rm.packet(id)
+			rm.seal(seal, &pkts[n])
 			n++
 		}
 		if n > 0 {
@@ -341,23 +515,23 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			return
 		case <-st.kick:
 		case <-st.dirChanged:
-			rm.sendDirectory(st, dirBuf)
+			rm.sendDirectory(st, dirBuf, seal)
 		case <-tick.C:
-			rm.sendDirectory(st, dirBuf)
+			rm.sendDirectory(st, dirBuf, seal)
 		}
 	}
 }
 
 // sendDirectory tells every peer st reaches which channels have local
 // sinks.
-func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
+func (rm *remote) sendDirectory(st *datapathState, buf []byte, seal *wire.Sealer) {
 	gen := rm.generation.Add(1)
 	chans := rm.rt.remoteChannels() // sorted; only channels peers may reach (tenants.go)
 	total := max(1, (len(chans)+wire.MaxDirectoryChannels-1)/wire.MaxDirectoryChannels)
-	pkts := make([]wire.Packet, 0, len(rm.peers))
+	pkts := make([]wire.Packet, 0, len(rm.peerList()))
 	for frag := 0; frag < total; frag++ {
 		part := chans[min(frag*wire.MaxDirectoryChannels, len(chans)):min((frag+1)*wire.MaxDirectoryChannels, len(chans))]
-		d := wire.Directory{Node: rm.rt.opts.NodeID, Generation: gen, Channels: part}
+		d := wire.Directory{Node: rm.rt.opts.NodeID, Generation: gen, Boot: rm.boot, Channels: part}
 		n, err := d.Marshal(buf[wire.HeaderLen:])
 		if err != nil {
 			continue
@@ -368,10 +542,12 @@ func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 		if err != nil {
 			continue
 		}
+		one := wire.Packet{Buf: buf, N: m}
+		rm.seal(seal, &one) // one datagram for every peer: the tag does not cover the destination
 		pkts = pkts[:0]
-		for _, p := range rm.peers {
+		for _, p := range rm.peers.Load().list {
 			if slices.Contains(p.via, st.index) {
-				pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: m})
+				pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: one.N})
 			}
 		}
 		if len(pkts) > 0 {
@@ -381,9 +557,9 @@ func (rm *remote) sendDirectory(st *datapathState, buf []byte) {
 }
 
 func (rm *remote) receiver(ctx context.Context, st *datapathState) {
-	rx := &receiveState{rm: rm, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	rx := rm.newReceiveState(st.index)
 	if st.poller != nil {
-		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch)}
+		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch), seal: rm.newSealer()}
 		if err := st.poller.Poll(ctx, rx.handle, f.flush); err != nil && ctx.Err() == nil {
 			rm.rt.log.Error("datapath stopped receiving", "datapath", st.dp.Name(), "err", err)
 		}
@@ -413,7 +589,8 @@ type flusher struct {
 	st      *datapathState
 	pkts    []wire.Packet
 	ids     []uint32
-	n, done int // the batch in hand and how much of it went
+	n, done int          // the batch in hand and how much of it went
+	seal    *wire.Sealer // nil without a key
 }
 
 // flush sends (some of) a batch and reports whether there was one. A batch
@@ -430,6 +607,7 @@ func (f *flusher) flush() bool {
 			}
 			f.ids[f.n] = id
 			f.pkts[f.n] = rm.packet(id)
+			rm.seal(f.seal, &f.pkts[f.n])
 			f.n++
 		}
 		if f.n == 0 {
@@ -453,95 +631,167 @@ func (f *flusher) flush() bool {
 }
 
 // receiveState is one datapath receiver's: directory fragments being
-// collected, by sender.
+// collected, by sender, and the receiver's MAC state.
 type receiveState struct {
 	rm      *remote
+	index   int // the datapath's
 	chans   []uint32
 	pending map[netip.AddrPort]*directoryParts
+	open    *wire.Opener // nil without a key
+}
+
+func (rm *remote) newReceiveState(index int) *receiveState {
+	rx := &receiveState{rm: rm, index: index, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	if rm.opts.Key != nil {
+		rx.open = wire.NewOpener(rm.opts.Key)
+	}
+	return rx
 }
 
 // directoryParts collects one peer's directory fragments.
 type directoryParts struct {
-	gen   uint64
-	next  uint16
-	chans []uint32
+	gen, boot uint64
+	next      uint16
+	chans     []uint32
 }
 
 // maxDirectoryChannels bounds one peer's directory.
 const maxDirectoryChannels = 1 << 16
 
 // handle dispatches a received batch: data to local sinks, directories to
-// the peer table.
+// the peer table. Each datagram passes, in order: the sender is a peer
+// (its address is in the peer set), its MAC verifies and its counter is
+// fresh (with a key), it parses, and a directory is no older than the
+// peer's current one. What fails is dropped and counted by reason, in all
+// and per peer. It takes no lock and, but for directories, does not
+// allocate.
 func (rx *receiveState) handle(pkts []wire.Packet) {
 	rm := rx.rm
+	peers := rm.peers.Load()
 	for i := range pkts {
-		h, payload, err := wire.Parse(pkts[i].Bytes())
+		b := pkts[i].Bytes()
+		p := peers.byAddr[pkts[i].Addr]
+		if p == nil {
+			rm.unknownPeer.Add(1)
+			continue
+		}
+		var h wire.Header
+		var payload []byte
+		var err error
+		if rx.open != nil {
+			var tr wire.Trailer
+			h, payload, tr, err = rx.open.Open(b)
+			if err == nil {
+				if home := p.home.Load(); home != int32(rx.index) && (home != -1 || !p.home.CompareAndSwap(-1, int32(rx.index))) {
+					// Its datagrams arrive on another datapath, whose
+					// receiver owns its replay window.
+					rm.unknownPeer.Add(1)
+					continue
+				}
+				if !p.replay.Admit(tr.Counter) {
+					err = wire.ErrReplay
+				}
+			}
+		} else if wire.IsAuthenticated(b) {
+			err = wire.ErrNoAuth // the peer has a key, this daemon none
+		} else {
+			h, payload, err = wire.Parse(b)
+		}
 		if err != nil {
-			rm.malformed.Add(1)
+			rm.reject(p, err)
 			continue
 		}
 		switch h.Kind {
 		case wire.KindData:
 			if h.FragCount != 1 {
-				rm.malformed.Add(1) // fragmented messages are not sent yet
+				rm.reject(p, wire.ErrMalformed) // fragmented messages are not sent yet
 				continue
 			}
 			rm.received.Add(1)
 			rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
 		case wire.KindDirectory:
-			d, err := wire.ParseDirectory(payload, rx.chans[:0])
-			if err != nil {
-				rm.malformed.Add(1)
-				continue
-			}
-			p := rm.peerAt(pkts[i].Addr)
-			if p == nil || d.Generation < p.gen.Load() {
-				continue
-			}
-			// Fragments come in order, one generation at a time; anything
-			// else starts over, and a directory never grows past
-			// maxDirectoryChannels (a spoofed fragment count cannot make
-			// this loop collect forever).
-			part := rx.pending[pkts[i].Addr]
-			if h.FragIndex == 0 || part == nil || h.FragIndex != part.next || d.Generation != part.gen {
-				if h.FragIndex != 0 {
-					delete(rx.pending, pkts[i].Addr)
-					rm.malformed.Add(1)
-					continue
-				}
-				part = &directoryParts{gen: d.Generation}
-				rx.pending[pkts[i].Addr] = part
-			}
-			if len(part.chans)+len(d.Channels) > maxDirectoryChannels {
-				delete(rx.pending, pkts[i].Addr)
-				rm.malformed.Add(1)
-				continue
-			}
-			part.chans = append(part.chans, d.Channels...)
-			part.next++
-			if int(h.FragIndex)+1 < int(h.FragCount) {
-				continue
-			}
-			delete(rx.pending, pkts[i].Addr)
-			acc := part.chans
-			list := slices.Clone(acc)
-			slices.Sort(list)
-			p.channels.Store(&list)
-			p.node.Store(d.Node)
-			p.gen.Store(d.Generation)
-			p.seen.Store(time.Now().UnixNano())
+			rx.directory(p, &pkts[i], h, payload)
 		}
 	}
 }
 
-func (rm *remote) peerAt(a netip.AddrPort) *peer {
-	for _, p := range rm.peers {
-		if p.addr == a {
-			return p
-		}
+// reject counts a datagram from p dropped for err.
+func (rm *remote) reject(p *peer, err error) {
+	switch err {
+	case wire.ErrNoAuth, wire.ErrBadTag:
+		rm.badAuth.Add(1)
+		p.badAuth.Add(1)
+	case wire.ErrReplay:
+		rm.stale.Add(1)
+		p.stale.Add(1)
+	case wire.ErrVersion:
+		rm.badVersion.Add(1)
+		p.badVersion.Add(1)
+	default:
+		rm.malformed.Add(1)
+		p.malformed.Add(1)
 	}
-	return nil
 }
+
+// directory takes a directory message from peer p.
+func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payload []byte) {
+	rm := rx.rm
+	d, err := wire.ParseDirectory(payload, rx.chans[:0])
+	if err != nil {
+		rm.reject(p, err)
+		return
+	}
+	// A new boot id is a restarted daemon: its directory replaces the
+	// old run's at once, whatever the generations. Within one run an
+	// older generation is stale (reordered or replayed).
+	if d.Boot == p.boot.Load() && d.Generation < p.gen.Load() {
+		rm.stale.Add(1)
+		p.stale.Add(1)
+		return
+	}
+	// Fragments come in order, one generation at a time; anything else
+	// starts over, and a directory never grows past maxDirectoryChannels
+	// (a spoofed fragment count cannot make this loop collect forever).
+	part := rx.pending[pkt.Addr]
+	if h.FragIndex == 0 || part == nil || h.FragIndex != part.next || d.Generation != part.gen || d.Boot != part.boot {
+		if h.FragIndex != 0 {
+			delete(rx.pending, pkt.Addr)
+			rm.reject(p, wire.ErrMalformed)
+			return
+		}
+		part = &directoryParts{gen: d.Generation, boot: d.Boot}
+		rx.pending[pkt.Addr] = part
+	}
+	if len(part.chans)+len(d.Channels) > maxDirectoryChannels {
+		delete(rx.pending, pkt.Addr)
+		rm.reject(p, wire.ErrMalformed)
+		return
+	}
+	part.chans = append(part.chans, d.Channels...)
+	part.next++
+	if int(h.FragIndex)+1 < int(h.FragCount) {
+		return
+	}
+	delete(rx.pending, pkt.Addr)
+	list := slices.Clone(part.chans)
+	slices.Sort(list)
+	if old := p.boot.Swap(d.Boot); old != 0 && old != d.Boot {
+		p.restarts.Add(1)
+		rm.rt.log.Info("peer restarted: its directory replaces the old run's", "peer", p.addr, "node", d.Node)
+	}
+	p.node.Store(d.Node)
+	p.gen.Store(d.Generation)
+	p.seen.Store(time.Now().UnixNano()) // before the list: see expire
+	p.expiredMark.Store(false)
+	p.channels.Store(&list)
+}
+
+// Peer states in PeerInfo.
+const (
+	PeerWaiting = "waiting" // no directory yet
+	PeerUp      = "up"      // its directory is current
+	PeerStale   = "stale"   // no directory within the expiry: its channels are dropped
+)
 
 // PeerInfo is what velocectl shows for a peer.
 type PeerInfo struct {
@@ -549,6 +799,18 @@ type PeerInfo struct {
 	Node     uint32   `json:"node"`
 	Channels []uint32 `json:"channels"`
 	LastSeen string   `json:"last_directory,omitempty"`
+	// State is PeerWaiting, PeerUp or PeerStale.
+	State string `json:"state"`
+	// Boot is the boot id of its last directory (hex), empty before.
+	Boot string `json:"boot_id,omitempty"`
+	// Restarts counts directories that came with a new boot id.
+	Restarts uint64 `json:"restarts"`
+	// BadAuth, Stale, Malformed and BadVersion count its datagrams
+	// dropped for those reasons (see RemoteInfo).
+	BadAuth    uint64 `json:"bad_auth"`
+	Stale      uint64 `json:"stale"`
+	Malformed  uint64 `json:"malformed"`
+	BadVersion uint64 `json:"bad_version"`
 }
 
 // StatsReporter is a Datapath with counters for velocectl.
@@ -576,6 +838,22 @@ type RemoteInfo struct {
 	Received  uint64         `json:"received"`
 	Dropped   uint64         `json:"dropped"`
 	Malformed uint64         `json:"malformed"`
+	// Authenticated says whether the daemon has a fleet key
+	// (RemoteOptions.Key).
+	Authenticated bool `json:"authenticated"`
+	// Boot is this daemon's boot id (hex).
+	Boot string `json:"boot_id"`
+	// Datagrams dropped on receipt, by reason (besides Malformed):
+	// UnknownPeer, from an address not in the peer set; BadAuth, without
+	// a valid MAC (or with one, on a daemon without a key); Stale,
+	// replayed or older than what the peer sent before; BadVersion, a
+	// directory layout this daemon does not speak.
+	UnknownPeer uint64 `json:"unknown_peer"`
+	BadAuth     uint64 `json:"bad_auth"`
+	Stale       uint64 `json:"stale"`
+	BadVersion  uint64 `json:"bad_version"`
+	// Expired counts peers' directories dropped for age.
+	Expired uint64 `json:"expired"`
 }
 
 // Remote returns the datapaths to other hosts and the peers.
@@ -586,10 +864,14 @@ func (r *Runtime) Remote() RemoteInfo {
 		return info
 	}
 	info.Sent, info.Received, info.Dropped, info.Malformed = rm.sent.Load(), rm.received.Load(), rm.dropped.Load(), rm.malformed.Load()
+	info.Authenticated, info.Boot = rm.opts.Key != nil, strconv.FormatUint(rm.boot, 16)
+	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
+	info.Expired = rm.expired.Load()
+	peers := rm.peerList()
 	for _, st := range rm.dps {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,
 			Peers: []string{}, Queued: st.ready.Len()}
-		for _, p := range rm.peers {
+		for _, p := range peers {
 			if slices.Contains(p.via, st.index) {
 				d.Peers = append(d.Peers, p.addr.String())
 			}
@@ -599,12 +881,58 @@ func (r *Runtime) Remote() RemoteInfo {
 		}
 		info.Datapaths = append(info.Datapaths, d)
 	}
-	for _, p := range rm.peers {
-		pi := PeerInfo{Addr: p.addr.String(), Node: p.node.Load(), Channels: slices.Clone(*p.channels.Load())}
+	now := time.Now().UnixNano()
+	for _, p := range peers {
+		pi := PeerInfo{Addr: p.addr.String(), Node: p.node.Load(), Channels: slices.Clone(*p.channels.Load()), State: PeerWaiting,
+			Restarts: p.restarts.Load(), BadAuth: p.badAuth.Load(), Stale: p.stale.Load(), Malformed: p.malformed.Load(), BadVersion: p.badVersion.Load()}
 		if ns := p.seen.Load(); ns != 0 {
 			pi.LastSeen = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+			pi.State = PeerUp
+			if p.expiredMark.Load() || now-ns > int64(rm.opts.DirectoryExpiry) {
+				pi.State = PeerStale
+			}
+		}
+		if b := p.boot.Load(); b != 0 {
+			pi.Boot = strconv.FormatUint(b, 16)
 		}
 		info.Peers = append(info.Peers, pi)
 	}
 	return info
+}
+
+// ErrKeyFileMode is returned (wrapped) by LoadPeerKey for a key file that
+// other users can access.
+var ErrKeyFileMode = errors.New("peer key file is accessible to other users")
+
+// LoadPeerKey reads the fleet key (RemoteOptions.Key) from the file at
+// path: at least wire.MinKeyLen random bytes, raw or in hex (see
+// wire.ParseKey). It refuses a file that users other than its owner and
+// group may read or write (ErrKeyFileMode: chmod 0400 or 0440) and a weak
+// key (wire.ErrWeakKey, as a *wire.KeyError that says why).
+func LoadPeerKey(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load peer key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("load peer key: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("load peer key %s: not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+		return nil, fmt.Errorf("load peer key %s (mode %04o): %w; chmod 0400 it", path, perm, ErrKeyFileMode)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return nil, fmt.Errorf("load peer key %s: %w", path, err)
+	}
+	key, err := wire.ParseKey(data)
+	clear(data)
+	if err != nil {
+		return nil, fmt.Errorf("load peer key %s: %w", path, err)
+	}
+	return key, nil
 }

@@ -172,6 +172,22 @@ type RemoteInfo struct {
 	Received  uint64         `json:"received"`
 	Dropped   uint64         `json:"dropped"`
 	Malformed uint64         `json:"malformed"`
+	// Authenticated says whether the daemon has a fleet key
+	// (veloced --peer-key).
+	Authenticated bool `json:"authenticated"`
+	// Boot is the daemon's boot id (hex), random per start.
+	Boot string `json:"boot_id"`
+	// Datagrams from other hosts dropped on receipt, by reason (besides
+	// Malformed): UnknownPeer, from an address that is not a peer;
+	// BadAuth, without a valid MAC (or with one, on a daemon without a
+	// key); Stale, replayed or older than what the peer sent before;
+	// BadVersion, a directory layout the daemon does not speak.
+	UnknownPeer uint64 `json:"unknown_peer"`
+	BadAuth     uint64 `json:"bad_auth"`
+	Stale       uint64 `json:"stale"`
+	BadVersion  uint64 `json:"bad_version"`
+	// Expired counts peers' directories dropped for age.
+	Expired uint64 `json:"expired"`
 }
 
 // DatapathInfo describes a datapath to other hosts.
@@ -193,6 +209,19 @@ type PeerInfo struct {
 	Node     uint32   `json:"node"`
 	Channels []uint32 `json:"channels"`
 	LastSeen string   `json:"last_directory,omitempty"`
+	// State is "waiting" (no directory yet), "up" or "stale" (no
+	// directory within the expiry: its channels are dropped).
+	State string `json:"state"`
+	// Boot is the boot id of its last directory (hex), empty before.
+	Boot string `json:"boot_id,omitempty"`
+	// Restarts counts directories that came with a new boot id.
+	Restarts uint64 `json:"restarts"`
+	// BadAuth, Stale, Malformed and BadVersion count its datagrams
+	// dropped for those reasons (see RemoteInfo).
+	BadAuth    uint64 `json:"bad_auth"`
+	Stale      uint64 `json:"stale"`
+	Malformed  uint64 `json:"malformed"`
+	BadVersion uint64 `json:"bad_version"`
 }
 
 // ReadyLine is the line veloced writes to its standard error, alone on a

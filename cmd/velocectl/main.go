@@ -103,15 +103,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
 			}
 			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "PEER\tNODE\tCHANNELS\tLAST DIRECTORY")
+			fmt.Fprintln(tw, "PEER\tNODE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
 			for _, p := range info.Peers {
 				var chans []string
 				for _, c := range p.Channels {
 					chans = append(chans, strconv.FormatUint(uint64(c), 10))
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", p.Addr, p.Node, dash(strings.Join(chans, ",")), dash(p.LastSeen))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
+					p.Restarts, p.BadAuth, p.Stale, p.Malformed, p.BadVersion)
 			}
 			fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
+			fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
+				info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))
 		})
 	default:
 		fs.Usage()

@@ -69,6 +69,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	listen := fs.String("listen", "", "UDP address for streams to and from other daemons (e.g. 10.0.0.1:7078); empty: this host only")
 	var peers listFlag
 	fs.Var(&peers, "peer", "another daemon's --listen address (repeatable)")
+	peerKey := fs.String("peer-key", "", "file with the fleet key (32+ random bytes, raw or hex; mode 0400) for the authenticated mode: every datagram between daemons carries a MAC, unauthenticated or replayed ones are dropped; every daemon of the fleet needs the same key")
+	peerExpiry := fs.Duration("peer-expiry", 0, "how long a peer's channel directory stays valid without a newer one (then the peer is stale and gets no messages); default 3 directory intervals")
 	nodeID := fs.Uint("node-id", 0, "this daemon's id in global source ids, distinct among peers; default random")
 	dpdkDev := fs.String("dpdk", "", "DPDK device arguments for the accelerated datapath (e.g. a PCI address on the EAL allowlist, or net_af_packet0,iface=eth1); streams asking for acceleration use it. If DPDK cannot start, veloced warns and such streams fall back to UDP")
 	dpdkAddr := fs.String("dpdk-addr", "", "the DPDK port's IPv4 address and link prefix (e.g. 10.0.1.1/24); its UDP port is --listen's, or 7000")
@@ -145,6 +147,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		opts.Runtime.Remote.Peers = append(opts.Runtime.Remote.Peers, pa)
 	}
+	if *peerKey != "" {
+		if opts.Runtime.Remote.Key, err = backend.LoadPeerKey(*peerKey); err != nil {
+			return fmt.Errorf("--peer-key: %w", err)
+		}
+	}
+	if *peerExpiry < 0 {
+		return errors.New("--peer-expiry: negative")
+	}
+	opts.Runtime.Remote.DirectoryExpiry = *peerExpiry
 	udpPort := uint16(dpdk.DefaultPort)
 	if *listen != "" {
 		la, err := netip.ParseAddrPort(*listen)

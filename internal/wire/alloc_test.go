@@ -55,3 +55,31 @@ func TestDirectoryDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per run, want 0 (sink %d)", allocs, sink)
 	}
 }
+
+// Sealing, opening (good and bad tags) and the replay window: the
+// authenticated per-packet path.
+func TestAuthDoesNotAllocate(t *testing.T) {
+	s, o := NewSealer(testKey, 7), NewOpener(testKey)
+	buf := make([]byte, 256)
+	g := mustUnhex(goldenHex)
+	bad := sealed(t, testKey, 1)
+	bad[len(bad)-1] ^= 1
+	var w ReplayWindow
+	var counter uint64 = 1 << 60
+	var sink int
+	allocs := testing.AllocsPerRun(1000, func() {
+		n := copy(buf, g)
+		m, _ := s.Seal(buf, n, counter)
+		counter++
+		h, p, tr, err := o.Open(buf[:m])
+		if err == nil && w.Admit(tr.Counter) {
+			sink += len(p) + int(h.FragIndex)
+		}
+		if _, _, _, err := o.Open(bad); err != nil {
+			sink++
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per run, want 0 (sink %d)", allocs, sink)
+	}
+}

@@ -5,14 +5,14 @@ import (
 	"testing"
 )
 
-// goldenDirHex is node 0x0a0b0c0d, generation 0x0102030405060708, channels
-// 1, 2 and 0x10000.
-const goldenDirHex = "0d0c0b0a" + "0300" + "0000" + "0807060504030201" +
+// goldenDirHex is node 0x0a0b0c0d, generation 0x0102030405060708, boot
+// 0x1112131415161718, channels 1, 2 and 0x10000.
+const goldenDirHex = "0d0c0b0a" + "0300" + "0200" + "0807060504030201" + "1817161514131211" +
 	"01000000" + "02000000" + "00000100"
 
 func TestDirectoryLayout(t *testing.T) {
 	want := mustUnhex(goldenDirHex)
-	d := Directory{Node: 0x0a0b0c0d, Generation: 0x0102030405060708, Channels: []uint32{1, 2, 0x10000}}
+	d := Directory{Node: 0x0a0b0c0d, Generation: 0x0102030405060708, Boot: 0x1112131415161718, Channels: []uint32{1, 2, 0x10000}}
 	b := make([]byte, MaxDirectoryLen)
 	n, err := d.Marshal(b)
 	if err != nil || n != len(want) || n != DirectoryLen(3) {
@@ -23,7 +23,7 @@ func TestDirectoryLayout(t *testing.T) {
 	}
 	chans := make([]uint32, 0, MaxDirectoryChannels)
 	got, err := ParseDirectory(want, chans)
-	if err != nil || got.Node != d.Node || got.Generation != d.Generation || !equal(got.Channels, d.Channels) {
+	if err != nil || got.Node != d.Node || got.Generation != d.Generation || got.Boot != d.Boot || !equal(got.Channels, d.Channels) {
 		t.Fatalf("ParseDirectory = %+v, %v", got, err)
 	}
 	if &got.Channels[0] != &chans[:1][0] {
@@ -44,7 +44,7 @@ func equal(a, b []uint32) bool {
 }
 
 func TestDirectoryLimits(t *testing.T) {
-	if l := HeaderLen + MaxDirectoryLen + 8 + 40; l > 1280 {
+	if l := HeaderLen + MaxDirectoryLen + AuthTrailerLen + 8 + 40; l > 1280 {
 		t.Fatalf("a full directory datagram over IPv6 is %d bytes, above the IPv6 minimum MTU", l)
 	}
 	full := make([]uint32, MaxDirectoryChannels)
@@ -110,7 +110,9 @@ func TestParseDirectoryValidation(t *testing.T) {
 		{"list cut short", g[:len(g)-1], 8, ErrTruncated},
 		{"count beyond buffer", patch(g, 4, 4, 0), 8, ErrTruncated},
 		{"count above limit", patch(g, 4, 1, 1), 1024, ErrTooLong},
-		{"reserved field", patch(g, 6, 0, 1), 8, ErrMalformed},
+		{"layout 0 (no boot id)", patch(g, 6, 0, 0), 8, ErrVersion},
+		{"unknown layout", patch(g, 6, 3, 0), 8, ErrVersion},
+		{"version only", g[:8], 8, ErrTruncated},
 		{"trailing bytes", append(bytes.Clone(g), 0), 8, ErrMalformed},
 		{"duplicate id", patch(g, DirectoryHeaderLen+4, 1), 8, ErrMalformed},
 		{"descending ids", patch(g, DirectoryHeaderLen, 5), 8, ErrMalformed},

@@ -48,7 +48,9 @@
 //     so sources send only where someone listens. Source is the sending
 //     daemon's own id (its node id, local number 0) and Channel is 0. A
 //     list longer than [MaxDirectoryChannels] travels as FragCount parts of
-//     the same generation, each a complete Directory payload.
+//     the same generation, each a complete Directory payload. The payload
+//     has its own layout version ([DirectoryVersion]) and carries the
+//     daemon's boot id, so a restarted daemon is recognised at once.
 //   - [KindAck]: acknowledgement for reliable streams. Source and Channel
 //     name the acknowledged source and channel; Seq is the highest sequence
 //     number received in order (cumulative). An ack has no payload and is
@@ -72,6 +74,16 @@
 //		d, err := wire.ParseDirectory(payload, chans[:0]) // cap(chans) >= MaxDirectoryChannels
 //		...
 //	}
+//
+// # Authentication
+//
+// Between daemons that share a fleet key, every datagram carries an
+// trailer after its payload (flag [FlagAuthenticated]): the sender's
+// boot id, a per-sender counter and an HMAC-SHA256 tag truncated to 16
+// bytes over header, payload, boot id and counter (see auth.go). [Sealer]
+// writes it, [Opener] verifies it, [ReplayWindow] drops replays by
+// counter; none of them allocates. Without a key nothing changes on the
+// wire; each side rejects the other's datagrams (fails closed).
 //
 // [Packet] is the unit datapath plugins move in batches.
 package wire

@@ -13,8 +13,8 @@ const (
 	// ErrNotVeloce means the buffer does not start with the magic 'V' 'L':
 	// the datagram is not Veloce's.
 	ErrNotVeloce
-	// ErrVersion means a Veloce header of a version this package does not
-	// speak.
+	// ErrVersion means a Veloce header, or a directory payload layout, of
+	// a version this package does not speak.
 	ErrVersion
 	// ErrUnknownKind means a header whose kind is reserved (not data,
 	// directory or ack).

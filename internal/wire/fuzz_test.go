@@ -69,3 +69,34 @@ func FuzzParseDirectory(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpen: whatever arrives, Open returns one of the package's errors or
+// a datagram whose tag verified; a parsed datagram seals back to the same
+// bytes (so nothing outside header, payload and trailer is accepted).
+func FuzzOpen(f *testing.F) {
+	f.Add(sealed(f, testKey, 1))
+	f.Add(mustUnhex(goldenHex))
+	f.Add([]byte{})
+	o, s := NewOpener(testKey), NewSealer(testKey, 0)
+	out := make([]byte, 1<<17)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, payload, tr, err := o.Open(b)
+		if err != nil {
+			switch err.(type) {
+			case Error, AuthError:
+			default:
+				t.Fatalf("error of type %T", err)
+			}
+			return
+		}
+		if h.Flags&FlagAuthenticated == 0 || len(b) != HeaderLen+len(payload)+AuthTrailerLen {
+			t.Fatalf("accepted %+v with %d payload bytes in %d", h, len(payload), len(b))
+		}
+		n := copy(out, b[:len(b)-AuthTrailerLen])
+		s.boot = tr.Boot
+		m, err := s.Seal(out, n, tr.Counter)
+		if err != nil || !bytes.Equal(out[:m], b) {
+			t.Fatalf("reseal: %v", err)
+		}
+	})
+}

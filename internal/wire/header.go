@@ -111,8 +111,11 @@ const (
 	// stream that migrated away from it, until peers learn the new location
 	// (DESIGN.md, "Migration").
 	FlagForwarded Flags = 1 << 1
+	// FlagAuthenticated marks a datagram that carries an AuthTrailer after
+	// its payload (see Sealer, in auth.go).
+	FlagAuthenticated Flags = 1 << 2
 
-	flagsDefined = FlagRetransmit | FlagForwarded
+	flagsDefined = FlagRetransmit | FlagForwarded | FlagAuthenticated
 )
 
 // Valid reports whether f has no reserved bits set.

@@ -142,7 +142,7 @@ func TestMarshalValidation(t *testing.T) {
 		{"zero header", Header{}, HeaderLen, ErrUnknownKind},
 		{"reserved kind", Header{Kind: 9, FragCount: 1}, HeaderLen, ErrUnknownKind},
 		{"reserved class", Header{Kind: KindData, FragCount: 1, Class: 0x80}, HeaderLen, ErrMalformed},
-		{"reserved flag", Header{Kind: KindData, FragCount: 1, Flags: 0x04}, HeaderLen, ErrMalformed},
+		{"reserved flag", Header{Kind: KindData, FragCount: 1, Flags: 0x08}, HeaderLen, ErrMalformed},
 		{"no fragments", Header{Kind: KindData}, HeaderLen, ErrMalformed},
 		{"index beyond count", Header{Kind: KindData, FragIndex: 1, FragCount: 1}, HeaderLen, ErrMalformed},
 		{"ack with payload", Header{Kind: KindAck, FragCount: 1, PayloadLen: 1}, HeaderLen, ErrMalformed},
