@@ -93,7 +93,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logLevelVar := new(slog.LevelVar) // velocectl log-level changes it at run time
+	logLevelVar.Set(level)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevelVar}))
 	link := backend.LinkPeerOptions{}
 	var err error
 	if link.ServiceIP, err = netip.ParseAddr(*serviceIP); err != nil {
@@ -178,6 +180,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	for _, s := range clients {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}
+	opts.Admin = backend.AdminOptions{LogLevel: logLevelVar, PortDefaults: backend.PortOptions{QueuePairs: *queues, Link: link, PollCPUs: cpus}}
 	d, err := backend.NewDaemon(opts)
 	if err != nil {
 		return err
