@@ -54,9 +54,7 @@ whatever -o says.`,
 				return err
 			}
 			fmt.Fprintln(a.stdout, strings.Join(frags, "\n\n"))
-			if !tcg {
-				fmt.Fprintln(a.stderr, tcgNote)
-			}
+			fmt.Fprintln(a.stderr, tcgNote)
 			return nil
 		},
 	}
