@@ -75,6 +75,9 @@ type DaemonOptions struct {
 	// credentials; see AppTenant for the defaults. Channels are scoped to
 	// tenants but for Runtime.SharedChannels.
 	AppTenants []AppTenant
+	// Admin configures run-time administration (AddPort, DelPort, the log
+	// level); see daemon_admin.go.
+	Admin AdminOptions
 }
 
 // DefaultMaxAppClients is DaemonOptions.MaxAppClients's default.
@@ -86,7 +89,8 @@ type Daemon struct {
 	opts  DaemonOptions
 	log   *slog.Logger
 	rt    *Runtime
-	ports []*Port
+	ports []*Port                  // guarded by admin.mu once Start returned: replaced whole, never changed in place (daemon_admin.go)
+	admin adminState               // run-time administration (daemon_admin.go)
 	apps  atomic.Pointer[hostApps] // the host transport while the daemon serves it
 	life  lifecycle.Group          // Start, Wait, Close
 }
@@ -145,8 +149,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 
 // Ports returns the ports' current information.
 func (d *Daemon) Ports() []PortInfo {
-	out := make([]PortInfo, len(d.ports))
-	for i, p := range d.ports {
+	ports := d.portList() // a snapshot: AddPort and DelPort replace the slice
+	out := make([]PortInfo, len(ports))
+	for i, p := range ports {
 		out[i] = p.Info()
 	}
 	return out
@@ -206,6 +211,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			return nil
 		})
 	}
+	d.adminReady(ctx) // AddPort and DelPort work from here on
 	if d.opts.AppSocket != "" {
 		apps, err := listenHostApps(d.rt, d.opts.AppSocket,
 			sockfile.Options{Mode: d.opts.AppSocketMode, Group: d.opts.AppSocketGroup}, d.opts.MaxAppClients)

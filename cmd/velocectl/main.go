@@ -1,183 +1,211 @@
 // Command velocectl is the operator's CLI for veloced. It speaks the
 // control API (package control) and links nothing else of the project.
 //
-//	velocectl [--control PATH] ports|streams|apps|remote [-o table|json]
+//	velocectl [--control PATH] [-o table|wide|json] COMMAND [ARGS] [flags]
+//
+// Flags go anywhere on the line. --control defaults to $VELOCE_CONTROL,
+// then to control.DefaultSocket. Exit status: 0 done, 1 failed, 2 the
+// command line was wrong.
+//
+// # Output
+//
+// -o table (the default) and -o wide (more columns) print aligned tables.
+// -o json prints what the daemon answered, indented: a JSON list for the
+// listing commands (ports, streams: one object per port or stream, with the
+// contract fields of DESIGN.md), one object for the commands that describe
+// one thing (apps, remote, stats, log-level, version, add-port, del-port).
+// Each command's help says which.
+//
+// # Adding a command
+//
+// A command is one file: a constructor func(*app) *cobra.Command, passed to
+// register from the file's init. It reads the global flags through app
+// (app.client, app.output) and returns errors without printing them: run's
+// caller prints each once (describe), and a usageError exits 2.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"github.com/veloce-io/veloce/control"
 )
 
-const usage = `usage: velocectl [--control PATH] COMMAND [flags]
-
-Commands:
-  ports    list VM ports: state, negotiated features, queues, counters
-  streams  list streams: owner, options, datapath (and fallback warning), sources, sinks
-  apps     list host applications (the app socket's clients): session, shared
-           region, RX slots they hold, malformed ring entries
-  remote   list datapaths to other hosts (udp, dpdk) with their counters, and peers
-           with the channels they have sinks for
-
-Flags:
-  --control PATH   veloced's control socket (default %s)
-`
+// envControl names the environment variable that gives --control's
+// default.
+const envControl = "VELOCE_CONTROL"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "velocectl:", err)
-		}
-		os.Exit(1)
-	}
+	code := exitCode(run(ctx, os.Args[1:], os.Stdout, os.Stderr), os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
+// exitCode prints err once, for a human, and returns the exit status: 0
+// for nil, 2 for a usage error, 1 otherwise.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "velocectl:", describe(err))
+	if _, ok := errors.AsType[*usageError](err); ok {
+		return 2
+	}
+	return 1
+}
+
+// app is what every command shares: the global flags and the output.
+type app struct {
+	ctx            context.Context
+	stdout, stderr io.Writer
+	socket         string // --control
+	output         string // -o
+	cl             *control.Client
+}
+
+// client returns the control-API client for --control.
+func (a *app) client() *control.Client {
+	if a.cl == nil {
+		a.cl = control.NewClient(a.socket)
+	}
+	return a.cl
+}
+
+// commands are velocectl's subcommands, one file each.
+var commands []func(a *app) *cobra.Command
+
+// register adds a subcommand; call it from the command file's init.
+func register(newCmd func(a *app) *cobra.Command) { commands = append(commands, newCmd) }
+
+// The help's command groups.
+const (
+	groupShow   = "show"
+	groupChange = "change"
+)
+
+// run runs velocectl with args; it prints results to stdout and help to
+// stdout, and returns errors without printing them.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("velocectl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, control.DefaultSocket) }
-	socket := fs.String("control", control.DefaultSocket, "veloced's control socket")
-	if err := fs.Parse(args); err != nil {
-		return err
+	a := &app{ctx: ctx, stdout: stdout, stderr: stderr}
+	root := newRoot(a)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if a.cl != nil {
+		a.cl.CloseIdleConnections()
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return errors.New("no command")
-	}
-	client := control.NewClient(*socket)
-	cmd, args := fs.Arg(0), fs.Args()[1:]
-	switch cmd {
-	case "ports":
-		return show(ctx, cmd, args, stdout, stderr, client.Ports, func(tw io.Writer, ports []control.PortInfo) {
-			fmt.Fprintln(tw, "NAME\tMODE\tSTATE\tQUEUES\tGUEST IP\tGUEST MAC\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS\tERRORS\tFEATURES")
-			for _, p := range ports {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Mode, p.State, p.Queues, p.MaxQueues,
-					p.GuestIP, dash(p.GuestMAC), p.GuestTXPackets, p.GuestTXBytes, p.GuestRXPackets, p.GuestRXBytes, p.Drops, p.Errors, p.Features)
-			}
-		})
-	case "streams":
-		return show(ctx, cmd, args, stdout, stderr, client.Streams, func(tw io.Writer, streams []control.StreamInfo) {
-			fmt.Fprintln(tw, "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING")
-			for _, st := range streams {
-				var srcs, sinks []string
-				for _, so := range st.Sources {
-					src := fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted)
-					if so.Full > 0 {
-						src += fmt.Sprintf("(%d full)", so.Full)
-					}
-					srcs = append(srcs, src)
-				}
-				for _, sk := range st.Sinks {
-					sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
-				}
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
-					st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
-			}
-		})
-	case "apps":
-		return show(ctx, cmd, args, stdout, stderr, client.Apps, func(tw io.Writer, info control.HostAppsInfo) {
-			fmt.Fprintln(tw, "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS")
-			for _, c := range info.Clients {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
-			}
-			fmt.Fprintf(tw, "\nsocket %s: %d sessions, %d bytes mapped, %d malformed in all\n", dash(info.Socket), info.Sessions, info.MappedBytes, info.Malformed)
-		})
-	case "remote":
-		return show(ctx, cmd, args, stdout, stderr, client.Remote, func(tw io.Writer, info control.RemoteInfo) {
-			fmt.Fprintln(tw, "DATAPATH\tADDRESS\tDEFAULT\tQUEUED\tREACHES")
-			for _, d := range info.Datapaths {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
-			}
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "PEER\tNODE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
-			for _, p := range info.Peers {
-				var chans []string
-				for _, c := range p.Channels {
-					chans = append(chans, strconv.FormatUint(uint64(c), 10))
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
-					p.Restarts, p.BadAuth, p.Stale, p.Malformed, p.BadVersion)
-			}
-			fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
-			fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
-				info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))
-		})
-	default:
-		fs.Usage()
-		return fmt.Errorf("unknown command %q", cmd)
-	}
+	return err
 }
 
-// show runs one listing command: it parses its -o flag, fetches the data
-// with get, and prints it as indented JSON or as the table that table
-// writes (tab-separated columns, aligned).
-func show[T any](ctx context.Context, cmd string, args []string, stdout, stderr io.Writer,
-	get func(context.Context) (T, error), table func(tw io.Writer, v T)) error {
-	output, err := parseOutput(cmd, args, stderr)
-	if err != nil {
-		return err
+func newRoot(a *app) *cobra.Command {
+	def := control.DefaultSocket
+	if env := os.Getenv(envControl); env != "" {
+		def = env
 	}
-	v, err := get(ctx)
-	if err != nil {
-		return err
-	}
-	if output == "json" {
-		e := json.NewEncoder(stdout)
-		e.SetIndent("", "  ")
-		return e.Encode(v)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	table(tw, v)
-	return tw.Flush()
-}
+	root := &cobra.Command{
+		Use:   "velocectl",
+		Short: "velocectl administers veloced, Veloce's host daemon",
+		Long: `velocectl shows and changes a running veloced through its control socket:
+its VM ports (vhost-user), streams, host applications, datapaths to other hosts
+and counters; it adds and removes ports and sets the log level at run time, and
+prints the libvirt XML that attaches a VM to a port.
 
-func optionString(o control.StreamOptions) string {
-	var parts []string
-	for _, f := range []struct {
-		on   bool
-		name string
-	}{{o.Acceleration, "accel"}, {o.Frugal, "frugal"}, {o.TimeSensitive, "tsn"}, {o.Reliable, "reliable"}} {
-		if f.on {
-			parts = append(parts, f.name)
+Flags go anywhere on the line. --control defaults to $` + envControl + `, then to
+` + control.DefaultSocket + `.
+
+Output (-o): table (default) and wide print aligned tables; json prints a JSON
+list for listing commands (ports, streams) and one object for the commands that
+describe one thing (each command's help says which).
+
+Exit status: 0 done, 1 failed, 2 the command line was wrong.`,
+		Example: `  velocectl ports
+  velocectl --control /run/veloce/control.sock streams -o json
+  VELOCE_CONTROL=/tmp/ctl.sock velocectl stats --watch 1s
+  velocectl add-port vm1 --socket /run/veloce/vm1.sock --queues 2
+  velocectl libvirt-xml vm1 --tcg`,
+		Version:                    versionString(),
+		SilenceErrors:              true,
+		SilenceUsage:               true,
+		SuggestionsMinimumDistance: 2,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q", args[0])
+			if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+			}
+			return usageErrorf(c, "%s", msg)
+		},
+		RunE: func(c *cobra.Command, _ []string) error {
+			var names []string
+			for _, sub := range c.Commands() {
+				if sub.IsAvailableCommand() && sub.Name() != "help" && sub.Name() != "completion" {
+					names = append(names, sub.Name())
+				}
+			}
+			return usageErrorf(c, "no command: give one of %s", strings.Join(names, ", "))
+		},
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			if a.socket == "" {
+				return usageErrorf(c, "--control \"\": give the path of veloced's control socket")
+			}
+			if !slices.Contains(outputFormats, a.output) {
+				return usageErrorf(c, "-o %q: want table or json, or wide (a table with every column)", a.output)
+			}
+			return nil
+		},
+	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	root.PersistentFlags().StringVar(&a.socket, "control", def, "veloced's control socket ($"+envControl+" sets the default)")
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: "+strings.Join(outputFormats, ", "))
+	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(outputFormats, cobra.ShellCompDirectiveNoFileComp))
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		msg := err.Error()
+		if rest, ok := strings.CutPrefix(msg, "unknown flag: "); ok {
+			msg = "flag provided but not defined: " + rest
 		}
+		return usageErrorf(c, "%s", msg)
+	})
+	root.AddGroup(&cobra.Group{ID: groupShow, Title: "Show:"}, &cobra.Group{ID: groupChange, Title: "Change:"})
+	for _, newCmd := range commands {
+		root.AddCommand(newCmd(a))
 	}
-	if len(parts) == 0 {
-		return "-"
-	}
-	return strings.Join(parts, ",")
+	return root
 }
 
-// parseOutput parses a command's flags, which are just -o.
-func parseOutput(cmd string, args []string, stderr io.Writer) (string, error) {
-	sub := flag.NewFlagSet("velocectl "+cmd, flag.ContinueOnError)
-	sub.SetOutput(stderr)
-	output := sub.String("o", "table", "output format: table or json")
-	if err := sub.Parse(args); err != nil {
-		return "", err
-	}
-	if *output != "table" && *output != "json" {
-		return "", fmt.Errorf("-o %q: want table or json", *output)
-	}
-	return *output, nil
+// usageError is a command line velocectl cannot run: exit status 2.
+type usageError struct {
+	cmd string // the command's path, for the help hint
+	msg string
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(c *cobra.Command, format string, args ...any) error {
+	return &usageError{cmd: c.CommandPath(), msg: fmt.Sprintf(format, args...)}
+}
+
+// args returns a cobra.PositionalArgs that accepts min to max (-1: any
+// number) arguments, named by use in its errors.
+func argsRange(min, max int, use string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		switch {
+		case len(args) < min:
+			return usageErrorf(c, "missing %s", use)
+		case max >= 0 && len(args) > max:
+			return usageErrorf(c, "unexpected argument %q (usage: %s)", args[max], c.UseLine())
+		}
+		return nil
 	}
-	return s
 }

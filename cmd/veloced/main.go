@@ -100,7 +100,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logLevelVar := new(slog.LevelVar) // velocectl log-level changes it at run time
+	logLevelVar.Set(level)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevelVar}))
 	link := backend.LinkPeerOptions{}
 	var err error
 	if link.ServiceIP, err = netip.ParseAddr(*serviceIP); err != nil {
@@ -200,6 +202,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := ten.apply(&opts); err != nil {
 		return err
 	}
+	opts.Admin = backend.AdminOptions{LogLevel: logLevelVar, PortDefaults: backend.PortOptions{QueuePairs: *queues, Link: link, PollCPUs: cpus}}
 	d, err := backend.NewDaemon(opts)
 	if err != nil {
 		return err

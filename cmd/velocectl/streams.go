@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/veloce-io/veloce/control"
+)
+
+func init() { register(newStreamsCmd) }
+
+func newStreamsCmd(a *app) *cobra.Command {
+	var port string
+	var session uint32
+	c := &cobra.Command{
+		Use:     "streams [--port NAME] [--session ID]",
+		Short:   "List streams: owner, options, datapath (and fallback warning), sources, sinks",
+		GroupID: groupShow,
+		Long: `List the daemon's streams: the session that opened each, its endpoint (vm:PORT
+for a guest, the host application's name otherwise), the QoS options asked
+for, the datapath chosen (with the warning when acceleration fell back), and
+its sources (channel:emitted) and sinks (channel:delivered/dropped).
+--port keeps the streams of one VM port's guest, --session those of one session.
+
+-o json prints a JSON list, one object per stream (session, stream, endpoint,
+options, datapath, warning, sources, sinks: a contract, as ports').`,
+		Example: `  velocectl streams
+  velocectl streams --port vm0 -o json`,
+		Args: argsRange(0, 0, ""),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if c.Flags().Changed("port") {
+				if _, err := a.ports([]string{port}); err != nil {
+					return fmt.Errorf("--port: %w", err)
+				}
+			}
+			all, err := a.client().Streams(a.ctx)
+			if err != nil {
+				return err
+			}
+			streams := make([]control.StreamInfo, 0, len(all))
+			for _, st := range all {
+				if (c.Flags().Changed("port") && st.Endpoint != "vm:"+port) || (c.Flags().Changed("session") && st.Session != session) {
+					continue
+				}
+				streams = append(streams, st)
+			}
+			return a.print(streams, func(tw io.Writer, wide bool) {
+				head := "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING"
+				if wide {
+					head += "\tSESSION ADDR"
+				}
+				fmt.Fprintln(tw, head)
+				for _, st := range streams {
+					var srcs, sinks []string
+					for _, so := range st.Sources {
+						src := fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted)
+						if so.Full > 0 {
+							src += fmt.Sprintf("(%d full)", so.Full)
+						}
+						srcs = append(srcs, src)
+					}
+					for _, sk := range st.Sinks {
+						sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
+					}
+					fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
+						st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
+					if wide {
+						fmt.Fprintf(tw, "\t%s", dash(st.SessionRemote))
+					}
+					fmt.Fprintln(tw)
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&port, "port", "", "only the streams of this VM port's guest")
+	c.Flags().Uint32Var(&session, "session", 0, "only the streams of this session id")
+	c.RegisterFlagCompletionFunc("port", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		return a.portNames(nil), cobra.ShellCompDirectiveNoFileComp
+	})
+	return c
+}
+
+func optionString(o control.StreamOptions) string {
+	var parts []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{o.Acceleration, "accel"}, {o.Frugal, "frugal"}, {o.TimeSensitive, "tsn"}, {o.Reliable, "reliable"}} {
+		if f.on {
+			parts = append(parts, f.name)
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
