@@ -118,7 +118,7 @@ func TestDefaultFile(t *testing.T) {
 func TestErrorsNameLineAndKey(t *testing.T) {
 	for _, tc := range []struct {
 		name, text, want string
-		is             error
+		is               error
 	}{
 		{"unknown key", "queues = 2\n\nlisten-addr = \"x\"\n", ":3: listen-addr: no such flag", ErrUnknownKey},
 		{"quoted unknown key", "\"bogus\" = 1\n", ":1: bogus: no such flag", ErrUnknownKey},
