@@ -12,6 +12,7 @@ packages=(
 	mtools dosfstools                   # tests check the disk image's FAT with mtype and fsck.fat
 	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
+	systemd                             # systemd-analyze: make lint verifies dist/veloced.service
 )
 
 missing=()
