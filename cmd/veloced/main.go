@@ -6,7 +6,12 @@
 //
 // Once every socket listens it writes the line "veloced: ready"
 // (control.ReadyLine) to stderr: the readiness signal for whoever started
-// it as a process.
+// it as a process; under systemd (Type=notify) it also sends READY=1 on
+// $NOTIFY_SOCKET, and STOPPING=1 when it shuts down (package sdnotify).
+//
+// Every flag can be set in /etc/veloce/veloced.toml (--config), keyed by
+// its name; the command line wins (package config, dist/veloced.toml).
+// --metrics serves Prometheus metrics (package metrics).
 package main
 
 import (
