@@ -17,7 +17,7 @@ TESTFLAGS ?=
 # deps); without it veloced reports DPDK unavailable and uses kernel UDP.
 TAGS ?= dpdk
 
-.PHONY: all deps build images test unit lint run bench fuzz clean
+.PHONY: all deps build images test unit lint lint-unit install run bench fuzz clean
 
 all: build
 
@@ -37,13 +37,57 @@ images: deps build
 	$(BIN)/veloce-image kernel
 	$(BIN)/veloce-image build --init $(BIN)/veloce-init --out $(IMAGE_DIR) --add $(BIN)/veloce-perf:/bin/veloce-perf
 
-## lint: gofmt and go vet (with and without cgo)
-lint:
+## lint: gofmt, go vet (with and without cgo), systemd-analyze verify of the unit
+lint: lint-unit
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags '$(TAGS)' ./...
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet ./...
+
+# The systemd unit and the default configuration (dist/); make install
+# rewrites the unit's paths for PREFIX.
+UNIT := dist/veloced.service
+UNIT_EXEC := /usr/local/bin/veloced
+UNIT_CONFIG := /etc/veloce/veloced.toml
+
+## lint-unit: systemd-analyze verify dist/veloced.service; any warning fails
+## (verify exits 0 on unknown keys). It needs no running systemd, only the
+## systemd package (make deps); without it the check is skipped, except
+## under CI (CI=true), where it fails.
+lint-unit:
+	@if ! command -v systemd-analyze >/dev/null; then \
+		case "$${CI:-}" in true|1) echo "lint: systemd-analyze not found (Debian package systemd: make deps)"; exit 1 ;; esac; \
+		echo "lint: systemd-analyze not found, skipping the check of $(UNIT) (make deps installs it)"; exit 0; \
+	fi; \
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	sed 's|$(UNIT_EXEC)|/bin/true|' $(UNIT) > "$$d/veloced.service" && \
+	out=$$(systemd-analyze verify "$$d/veloced.service" 2>&1); rc=$$?; \
+	if [ $$rc -ne 0 ] || [ -n "$$out" ]; then echo "$(UNIT): systemd-analyze verify:"; echo "$$out"; exit 1; fi; \
+	echo "lint: $(UNIT) verified"
+
+# make install: binaries to $(DESTDIR)$(PREFIX)/bin, the unit to
+# $(DESTDIR)$(UNITDIR), the configuration to $(DESTDIR)$(CONFDIR).
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= /lib/systemd/system
+CONFDIR ?= /etc/veloce
+INSTALL_CMDS := veloced velocectl veloce-perf
+
+## install: veloced, velocectl, veloce-perf, the systemd unit and, unless one
+## exists, /etc/veloce/veloced.toml (DESTDIR, PREFIX, UNITDIR, CONFDIR)
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	install -m 0755 $(addprefix $(BIN)/,$(INSTALL_CMDS)) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|$(UNIT_EXEC)|$(PREFIX)/bin/veloced|' -e 's|$(UNIT_CONFIG)|$(CONFDIR)/veloced.toml|' $(UNIT) > $(BIN)/veloced.service
+	install -m 0644 $(BIN)/veloced.service $(DESTDIR)$(UNITDIR)/veloced.service
+	@if [ -e $(DESTDIR)$(CONFDIR)/veloced.toml ]; then \
+		echo "install: keeping $(DESTDIR)$(CONFDIR)/veloced.toml (the default is dist/veloced.toml)"; \
+	else \
+		echo "install -m 0644 dist/veloced.toml $(DESTDIR)$(CONFDIR)/veloced.toml"; \
+		install -m 0644 dist/veloced.toml $(DESTDIR)$(CONFDIR)/veloced.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 ## test: everything — unit tests, fuzz seed corpora, VM and DPDK tests (needs root)
 test: deps images lint

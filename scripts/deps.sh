@@ -13,6 +13,7 @@ packages=(
 	libvirt-daemon-system libvirt-clients # libvirt 9.0 (libvirtd, virtlogd, virsh; QEMU driver) for integration/libvirt
 	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
+	systemd                             # systemd-analyze: make lint verifies dist/veloced.service
 )
 
 missing=()

@@ -8,7 +8,12 @@
 //
 // Once every socket listens it writes the line "veloced: ready"
 // (control.ReadyLine) to stderr: the readiness signal for whoever started
-// it as a process.
+// it as a process; under systemd (Type=notify) it also sends READY=1 on
+// $NOTIFY_SOCKET, and STOPPING=1 when it shuts down (package sdnotify).
+//
+// Every flag can be set in /etc/veloce/veloced.toml (--config), keyed by
+// its name; the command line wins (package config, dist/veloced.toml).
+// --metrics serves Prometheus metrics (package metrics).
 package main
 
 import (
@@ -29,6 +34,9 @@ import (
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/control"
+	"github.com/veloce-io/veloce/internal/config"
+	"github.com/veloce-io/veloce/internal/metrics"
+	"github.com/veloce-io/veloce/internal/sdnotify"
 	"github.com/veloce-io/veloce/internal/sockfile"
 	"github.com/veloce-io/veloce/plugins/dpdk"
 	"github.com/veloce-io/veloce/plugins/udp"
@@ -49,8 +57,16 @@ type listFlag []string
 
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+func (l *listFlag) Get() any           { return []string(*l) } // repeatable: an array in veloced.toml
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+// stdout receives --print-config; defaultConfig is --config's default
+// (tests clear it so that no /etc/veloce/veloced.toml reaches them).
+var (
+	stdout        io.Writer = os.Stdout
+	defaultConfig           = config.DefaultPath
+)
+
+func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -78,6 +94,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dpdkCPU := fs.Int("dpdk-cpu", -1, "pin the DPDK polling thread to this CPU; -1: unpinned")
 	pollCPUs := fs.String("poll-cpus", "", "pin polling threads to these CPUs (comma-separated, e.g. 2,3), queue pair i of each port on the i-th; default unpinned")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", config.LogText, "log format: text (key=value) or json (one object a line)")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on /metrics at this address: host:port (e.g. 127.0.0.1:9464) or unix:PATH; empty: none")
 	sockMode := fs.String("socket-mode", "0660", "permission bits of the vhost-user sockets veloced listens on")
 	sockGroup := fs.String("socket-group", "", "group of those sockets, a name or gid (QEMU under libvirt runs as libvirt-qemu: give its group, or use --vhost-user-client); default veloced's group")
 	ctlMode := fs.String("control-mode", "0660", "permission bits of the --control socket")
@@ -86,9 +104,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	ten := tenantFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
+	if err := cfg.Parse(args); err != nil {
 		return err
 	}
+	if cfg.Printing() {
+		return cfg.Print(stdout)
+	}
+	defer func() { rerr = cfg.Annotate(rerr) }() // a bad value from the file: name its line
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -96,15 +119,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		fs.Usage()
 		return errors.New("no ports: give --vhost-user, --vhost-user-client or --app-socket")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, logLevelVar, err := config.NewLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
 	}
-	logLevelVar := new(slog.LevelVar) // velocectl log-level changes it at run time
-	logLevelVar.Set(level)
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevelVar}))
 	link := backend.LinkPeerOptions{}
-	var err error
 	if link.ServiceIP, err = netip.ParseAddr(*serviceIP); err != nil {
 		return fmt.Errorf("--service-ip: %w", err)
 	}
@@ -211,18 +230,37 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := d.Start(ctx); err != nil {
 		return err
 	}
+	if *metricsAddr != "" {
+		m, err := metrics.New(metrics.Options{Addr: *metricsAddr, Service: control.NewClient(*controlSock),
+			SocketMode: opts.SocketMode, SocketGroup: *sockGroup, Logger: log})
+		if err == nil {
+			err = m.Start(ctx)
+		}
+		if err != nil {
+			d.Close()
+			return err
+		}
+		defer m.Close()
+	}
 	log.Info("veloced ready", "ports", len(opts.Ports), "control", *controlSock)
-	ready(stderr)
+	ready(ctx, stderr, log)
 	err = d.Wait()
 	log.Info("veloced stopped")
 	return err
 }
 
 // ready tells whoever started veloced that every socket listens: the
-// documented line control.ReadyLine on stderr (the help says so).
-//
-// Hook: systemd readiness (sd_notify "READY=1" to $NOTIFY_SOCKET, for
-// Type=notify units) goes here, beside the line.
-func ready(stderr io.Writer) {
+// documented line control.ReadyLine on stderr (the help says so), and
+// systemd's "READY=1" on $NOTIFY_SOCKET (Type=notify units). When ctx
+// ends, shutdown begins: systemd gets "STOPPING=1".
+func ready(ctx context.Context, stderr io.Writer, log *slog.Logger) {
 	fmt.Fprintln(stderr, control.ReadyLine)
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		log.Warn("telling systemd veloced is ready", "err", err)
+	}
+	context.AfterFunc(ctx, func() {
+		if _, err := sdnotify.Notify(sdnotify.Stopping); err != nil {
+			log.Warn("telling systemd veloced is stopping", "err", err)
+		}
+	})
 }
