@@ -21,8 +21,12 @@ var ErrLibraryNotFound = errors.New("shared library not found")
 
 // RDMAModules are the kernel modules of soft-RoCE and the verbs character
 // devices (their dependencies, ib_core and the rest, follow). Only the
-// generic kernel flavour ("amd64") ships them.
-var RDMAModules = []string{"rdma_rxe", "ib_uverbs"}
+// generic kernel flavour ("amd64") ships them. crc32_generic is not a
+// dependency on paper: rxe asks the crypto API for "crc32" (its ICRC)
+// when a device is added, and without a crc32 provider loaded (the
+// initramfs has no modprobe to load one on demand) `rdma link add`
+// fails with ENOENT.
+var RDMAModules = []string{"crc32_generic", "rdma_rxe", "ib_uverbs"}
 
 // RDMAProviderDir is where Debian's libibverbs loads its providers from.
 const RDMAProviderDir = "/usr/lib/x86_64-linux-gnu/libibverbs"
