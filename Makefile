@@ -13,9 +13,10 @@ export VELOCE_INIT := $(BIN)/veloce-init
 
 TEST_TIMEOUT ?= 60m
 TESTFLAGS ?=
-# The DPDK datapath needs cgo and this tag (Debian's libdpdk-dev, from make
+# The DPDK and RDMA datapaths need cgo and these tags (libdpdk-dev and
+# libibverbs-dev, from make
 # deps); without it veloced reports DPDK unavailable and uses kernel UDP.
-TAGS ?= dpdk
+TAGS ?= dpdk rdma
 
 .PHONY: all deps build images test unit lint run bench fuzz clean
 

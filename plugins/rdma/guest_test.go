@@ -411,9 +411,13 @@ func TestGuestPeerRestart(t *testing.T) {
 		return cmd, lines
 	}
 	waitGot := func(lines chan string, want uint64) uint64 {
-		deadline := time.After(5 * time.Minute) // a bound on a hang
+		deadline := time.After(3 * time.Minute) // a bound on a hang
+		tick := time.NewTicker(15 * time.Second)
+		defer tick.Stop()
 		for {
 			select {
+			case <-tick.C:
+				t.Logf("waiting; sender %+v", a.Stats())
 			case l, ok := <-lines:
 				if !ok {
 					t.Fatal("helper exited")

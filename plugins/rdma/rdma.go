@@ -36,6 +36,9 @@ const (
 	// DefaultTimeout is the ACK timeout code: 4.096 µs << 16 = 268 ms,
 	// so with 7 retries a dead peer is noticed in about two seconds.
 	DefaultTimeout = 16
+	// DefaultStallTimeout is how long a queue pair may hold sends with
+	// no completion before it is taken for dead.
+	DefaultStallTimeout = 5 * time.Second
 )
 
 // Errors.
@@ -103,6 +106,13 @@ type Options struct {
 	// RetryInterval is the pause between attempts to connect to a peer
 	// that is down; default DefaultRetryInterval.
 	RetryInterval time.Duration
+	// StallTimeout fails a queue pair whose sends saw no completion for
+	// that long, so that it is reconnected; default DefaultStallTimeout.
+	// Soft-RoCE does not always report a vanished peer queue pair as
+	// retries exceeded (a killed peer's device may answer RNR, which RC
+	// retries forever), so transport errors alone do not notice a
+	// restarted peer.
+	StallTimeout time.Duration
 	// Logger receives connection events; nil discards.
 	Logger *slog.Logger
 }
@@ -133,8 +143,11 @@ type conn struct {
 	remoteSlot int
 	failed     atomic.Bool
 	retired    bool // guarded by Plugin.txMu
-	// outstanding counts posted sends not completed; guarded by txMu.
+	// outstanding counts posted sends not completed; progress is when
+	// the last of them completed or the first was posted (unix ns). Both
+	// guarded by txMu.
 	outstanding int
+	progress    int64
 }
 
 // peerState is what the plugin knows of one peer address.
@@ -365,6 +378,9 @@ func setDefaults(o *Options) {
 	}
 	if o.RetryInterval <= 0 {
 		o.RetryInterval = DefaultRetryInterval
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
 	}
 }
 
@@ -701,6 +717,12 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 			p.reapLocked()
 			if len(p.free) == 0 || c.outstanding >= p.opts.MaxSendWR {
 				p.txFull.Add(1)
+				if c.outstanding > 0 && time.Now().UnixNano()-c.progress > int64(p.opts.StallTimeout) && !c.failed.Load() {
+					p.qpFailures.Add(1)
+					p.log.Info("rdma: queue pair to peer stalled", "peer", c.peer, "outstanding", c.outstanding)
+					c.failed.Store(true)
+					c.qp.ToError() // its sends flush; the next SendBatch reconnects
+				}
 				return done, nil
 			}
 		}
@@ -726,6 +748,9 @@ func (p *Plugin) flushLocked(c *conn) int {
 	}
 	wrs := p.txWRs
 	p.txWRs = p.txWRs[:0]
+	if c.outstanding == 0 {
+		c.progress = time.Now().UnixNano()
+	}
 	n, err := c.qp.PostSend(wrs)
 	c.outstanding += n
 	p.txMessages.Add(uint64(n))
@@ -752,6 +777,7 @@ func (p *Plugin) reapLocked() {
 			break
 		}
 		t := p.tbl.Load()
+		now := time.Now().UnixNano()
 		for _, wc := range p.txWCs[:n] {
 			p.free = append(p.free, uint32(wc.WRID))
 			c := t.byID[uint32(wc.WRID>>32)]
@@ -759,6 +785,7 @@ func (p *Plugin) reapLocked() {
 				continue
 			}
 			c.outstanding--
+			c.progress = now
 			if wc.Status != rdma.WCSuccess && !c.failed.Load() {
 				if wc.Status != rdma.WCFlushErr {
 					p.qpFailures.Add(1)
