@@ -13,9 +13,10 @@ export VELOCE_INIT := $(BIN)/veloce-init
 
 TEST_TIMEOUT ?= 60m
 TESTFLAGS ?=
-# The DPDK datapath needs cgo and this tag (Debian's libdpdk-dev, from make
-# deps); without it veloced reports DPDK unavailable and uses kernel UDP.
-TAGS ?= dpdk
+# The DPDK and RDMA datapaths need cgo and these tags (libdpdk-dev and
+# libibverbs-dev, from make deps); without them veloced reports the
+# datapath unavailable and uses kernel UDP.
+TAGS ?= dpdk rdma
 
 .PHONY: all deps build images test unit lint lint-unit install run bench fuzz clean
 

@@ -81,6 +81,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var adds, mods listFlag
 		fs.Var(&adds, "add", "add a host file as SRC:DST (repeatable)")
 		fs.Var(&mods, "module", "also load this kernel module and its dependencies (repeatable)")
+		var bins, libs listFlag
+		fs.Var(&bins, "add-bin", "add a dynamically linked host executable as SRC:DST with its loader and shared libraries (repeatable)")
+		fs.Var(&libs, "lib", "add a shared library (path or soname) and the libraries it needs (repeatable)")
+		rdma := fs.Bool("rdma", false, "add soft-RoCE: the rdma_rxe and ib_uverbs modules, libibverbs and the rxe provider (needs --flavor amd64)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -101,6 +105,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			b.SetBusybox(*busybox)
 		}
 		b.AddModules(mods...)
+		if *rdma {
+			b.AddModules(images.RDMAModules...)
+			if err := b.AddRDMAUserspace(); err != nil {
+				return fmt.Errorf("build: %w", err)
+			}
+		}
+		for _, l := range libs {
+			if err := b.AddLibrary(l); err != nil {
+				return fmt.Errorf("build: --lib %s: %w", l, err)
+			}
+		}
+		for _, a := range bins {
+			src, dst, ok := strings.Cut(a, ":")
+			if !ok || src == "" || !strings.HasPrefix(dst, "/") {
+				return fmt.Errorf("build: --add-bin %q: want SRC:/ABSOLUTE/DST", a)
+			}
+			if err := b.AddBinaryWithLibs(dst, src); err != nil {
+				return fmt.Errorf("build: --add-bin %s: %w", a, err)
+			}
+		}
 		for _, a := range adds {
 			src, dst, ok := strings.Cut(a, ":")
 			if !ok || src == "" || !strings.HasPrefix(dst, "/") {

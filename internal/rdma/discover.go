@@ -1,0 +1,73 @@
+package rdma
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/Mellanox/rdmamap"
+)
+
+// Discovery works from sysfs and netlink (github.com/Mellanox/rdmamap) and
+// needs neither cgo nor the verbs library, so it works in every build.
+
+// SysfsDir is where the kernel lists RDMA devices.
+const SysfsDir = "/sys/class/infiniband"
+
+// DeviceNames lists the RDMA devices the kernel has (none without RDMA).
+func DeviceNames() []string { return rdmamap.GetRdmaDeviceList() }
+
+// DeviceForNetdev returns the RDMA device whose port sits on the network
+// interface netdev (for RoCE: the netdev in the port's GID attributes). It
+// returns an error wrapping ErrNoDevice when there is none.
+func DeviceForNetdev(netdev string) (string, error) {
+	if len(DeviceNames()) == 0 {
+		return "", fmt.Errorf("rdma: device for %s: %w (the kernel has no RDMA devices)", netdev, ErrNoDevice)
+	}
+	d, err := rdmamap.GetRdmaDeviceForNetdevice(netdev)
+	if err != nil || d == "" {
+		return "", fmt.Errorf("rdma: device for %s: %w (%v)", netdev, ErrNoDevice, err)
+	}
+	return d, nil
+}
+
+// NetdevForAddr returns the network interface that has the address ip.
+func NetdevForAddr(ip netip.Addr) (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", fmt.Errorf("rdma: interfaces: %w", err)
+	}
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if x, ok := netip.AddrFromSlice(n.IP); ok && x.Unmap() == ip.Unmap() {
+					return ifc.Name, nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("rdma: no interface has %v: %w", ip, ErrNoDevice)
+}
+
+// GIDType returns the type of GID table entry index of device dev's port
+// ("RoCE v2", "IB/RoCE v1") from sysfs; empty entries have none (an error).
+func GIDType(dev string, port uint8, index int) (string, error) {
+	b, err := os.ReadFile(filepath.Join(SysfsDir, dev, "ports", fmt.Sprint(port), "gid_attrs", "types", fmt.Sprint(index)))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// GIDForAddr returns the GID RoCE v2 uses for ip: ip itself for IPv6,
+// the IPv4-mapped address for IPv4.
+func GIDForAddr(ip netip.Addr) GID {
+	return GID(netip.AddrFrom16(ip.As16()).As16())
+}
