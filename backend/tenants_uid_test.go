@@ -29,7 +29,11 @@ func TestHostAppsOfTwoUIDsAreTwoTenants(t *testing.T) {
 		}
 	}
 	sock := filepath.Join(dir, "app.sock")
-	d, _ := startDaemonWith(t, func(o *DaemonOptions) { o.AppSocket = sock; o.Runtime.SharedChannels = []uint32{9} })
+	// uid 65534 must be able to connect: the app socket is 0660 by default.
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket, o.AppSocketMode = sock, 0o666
+		o.Runtime.SharedChannels = []uint32{9}
+	})
 	// The test binary may sit in a directory only root can enter.
 	bin := filepath.Join(dir, "backend.test")
 	copyFile(t, os.Args[0], bin)
