@@ -114,7 +114,7 @@ type hostApps struct {
 	log     *slog.Logger
 
 	acctMu sync.Mutex
-	// By tenant, created at first use
+	// accounts are by tenant, each created at first use.
 	accounts map[string]*account // +checklocks:acctMu
 
 	mu      sync.Mutex
