@@ -38,13 +38,30 @@ images: deps build
 	$(BIN)/veloce-image kernel
 	$(BIN)/veloce-image build --init $(BIN)/veloce-init --out $(IMAGE_DIR) --add $(BIN)/veloce-perf:/bin/veloce-perf
 
-## lint: gofmt, go vet (with and without cgo), systemd-analyze verify of the unit
-lint: lint-unit
+# checklocks (gVisor) checks the // +checklocks:mu annotations on guarded
+# fields and functions; lint installs this pinned version once per version.
+CHECKLOCKS_VERSION := v0.0.0-20260905035102-160fafc42237
+CHECKLOCKS := $(VELOCE_CACHE)/tools/checklocks-$(CHECKLOCKS_VERSION)/checklocks
+# The packages checklocks must find clean: all but vhostuser/..., backend
+# (for backend/remote.go) and internal/wire, which are being changed on
+# other branches right now; the lead adds them once those land.
+CHECKLOCKS_SKIP := -e '/vhostuser$$' -e '/vhostuser/' -e '/backend$$' -e '/internal/wire$$'
+
+$(CHECKLOCKS):
+	GOBIN=$(dir $@) $(GO) install gvisor.dev/gvisor/tools/checklocks/cmd/checklocks@$(CHECKLOCKS_VERSION)
+
+## lint: gofmt, go vet (with and without cgo), checklocks (lock annotations),
+## systemd-analyze verify of the unit
+lint: lint-unit $(CHECKLOCKS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags '$(TAGS)' ./...
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet ./...
+	@pkgs=$$($(GO) list ./... | grep -v $(CHECKLOCKS_SKIP)) && \
+		echo "checklocks: $$(echo $$pkgs | wc -w) packages" && \
+		$(GO) vet -tags '$(TAGS)' -vettool=$(CHECKLOCKS) $$pkgs && \
+		$(GO) vet -vettool=$(CHECKLOCKS) $$pkgs
 
 # The systemd unit and the default configuration (dist/); make install
 # rewrites the unit's paths for PREFIX.

@@ -307,8 +307,8 @@ func (p *Port) dropSessions() {
 // replayWindow, so that a resent request gets the first answer again.
 type replayCache struct {
 	mu      sync.Mutex
-	entries [64]replayEntry
-	next    int
+	entries [64]replayEntry // +checklocks:mu
+	next    int             // +checklocks:mu
 }
 
 // replayWindow covers guestlib resending a request (every RequestTimeout)

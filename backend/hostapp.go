@@ -114,7 +114,7 @@ type hostApps struct {
 	log     *slog.Logger
 
 	acctMu sync.Mutex
-	// By tenant, created at first use
+	// accounts are by tenant, each created at first use.
 	accounts map[string]*account // +checklocks:acctMu
 
 	mu      sync.Mutex
@@ -159,9 +159,11 @@ type hostClient struct {
 	rxSlots *slots.Pool[hostRXMeta]
 	ready   *ring.Queue
 	pubLock atomic.Bool
-	rx      shm.Producer // +checklocks:pubLock
-	recMu   sync.Mutex
-	rxFree  shm.Consumer // +checklocks:recMu
+	// rx is guarded by pubLock, an atomic try-lock checklocks cannot
+	// follow (publish, publishLocked).
+	rx     shm.Producer // +checklocksignore
+	recMu  sync.Mutex
+	rxFree shm.Consumer // +checklocks:recMu
 
 	malformed, wakeups, unsent atomic.Uint64
 
@@ -406,7 +408,8 @@ func (c *hostClient) open() (*Session, error) {
 	}
 	c.region, c.txNote, c.rxNote = region, tx, rx
 	c.tx, c.done = region.TXConsumer(), region.DoneProducer()
-	c.rx, c.rxFree = region.RXProducer(), region.FreeConsumer()
+	// No other goroutine sees the ring ends before opened is set.
+	c.rx, c.rxFree = region.RXProducer(), region.FreeConsumer()              // +checklocksignore
 	c.rxSlots = slots.MustNew[hostRXMeta](slots.Options{Slots: hostRXSlots}) // the memory is the region's
 	c.ready, _ = ring.New(hostRXSlots)
 	c.drainDone = make(chan struct{})
@@ -635,11 +638,12 @@ func (c *hostClient) publish() {
 		}
 	}
 	if c.rxSlots.Free() < hostRXSlots/2 && c.recMu.TryLock() {
-		c.reclaimLocked()
+		c.reclaimLocked() // +checklocksforce: TryLock succeeded
 		c.recMu.Unlock()
 	}
 }
 
+// publishLocked is publish's body; the caller holds pubLock.
 func (c *hostClient) publishLocked() (n uint32, wake bool) {
 	for c.rx.Space(n+1) > n {
 		id, ok := c.ready.Pop()
@@ -660,6 +664,8 @@ func (c *hostClient) publishLocked() (n uint32, wake bool) {
 
 // reclaimLocked takes back the slots the application freed and returns
 // how many.
+//
+// +checklocks:c.recMu
 func (c *hostClient) reclaimLocked() int {
 	n, ok := c.rxFree.Available()
 	if !ok {

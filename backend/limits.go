@@ -190,14 +190,18 @@ func (a *account) refusals() map[string]uint64 {
 // tokenBucket admits rate events per second with bursts of burst. Its
 // clock is the caller's (unix ns), so tests drive it without sleeping.
 type tokenBucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens per nanosecond
-	burst  float64
+	mu sync.Mutex
+	// rate is in tokens per nanosecond.
+	rate   float64 // +checklocks:mu
+	burst  float64 // +checklocks:mu
 	tokens float64 // +checklocks:mu
-	// 0: full
+	// last is the time of the last take; 0: full.
 	last int64 // +checklocks:mu
 }
 
+// init sets the bucket up, full, before it is shared.
+//
+// +checklocksignore: no other goroutine sees b yet
 func (b *tokenBucket) init(rate, burst int) {
 	b.rate, b.burst, b.tokens = float64(rate)/1e9, float64(max(burst, 1)), float64(max(burst, 1))
 }

@@ -21,9 +21,9 @@ import (
 // source's sequence numbers arrive without gaps or repeats.
 type orderCheck struct {
 	mu       sync.Mutex
-	last     map[uint64]uint64
+	last     map[uint64]uint64 // +checklocks:mu
 	got      atomic.Uint64
-	problems []string
+	problems []string // +checklocks:mu
 }
 
 func (o *orderCheck) deliver(_ *Sink, source, seq uint64, payload []byte) bool {

@@ -278,7 +278,7 @@ func TestVMToHostProcess(t *testing.T) {
 
 type syncBuf struct {
 	mu sync.Mutex
-	b  strings.Builder
+	b  strings.Builder // +checklocks:mu
 }
 
 func (s *syncBuf) Write(p []byte) (int, error) {

@@ -64,7 +64,9 @@ type chanKey struct {
 }
 
 // tenantLocked returns name's id, registering it; it fails if another
-// name has that id. The caller holds r.mu.
+// name has that id.
+//
+// +checklocks:r.mu
 func (r *Runtime) tenantLocked(name string) (TenantID, error) {
 	if name == "" {
 		return 0, errors.New("tenant: empty name")
@@ -78,6 +80,8 @@ func (r *Runtime) tenantLocked(name string) (TenantID, error) {
 }
 
 // keyLocked is the table key of tenant's channel ch.
+//
+// +checklocks:r.mu
 func (r *Runtime) keyLocked(tenant TenantID, ch uint32) chanKey {
 	if r.shared[ch] {
 		return chanKey{SharedTenant, ch}

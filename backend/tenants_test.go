@@ -436,7 +436,7 @@ func TestHostAppsHitSessionLimitWithErrLimit(t *testing.T) {
 // lineCounter counts the lines written to it.
 type lineCounter struct {
 	mu sync.Mutex
-	n  int
+	n  int // +checklocks:mu
 }
 
 func (c *lineCounter) Write(b []byte) (int, error) {

@@ -39,7 +39,7 @@ type hostShm struct {
 	txMu sync.Mutex
 	tx   shm.Producer // +checklocks:txMu
 	done shm.Consumer // +checklocks:txMu
-	// TX slots free for GetBuffer
+	// txFree are the TX slots free for GetBuffer.
 	txFree []uint32 // +checklocks:txMu
 	// inFlight counts emitted messages whose slots the daemon has not
 	// yet returned: Close waits for them.

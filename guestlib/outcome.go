@@ -17,7 +17,7 @@ const OutcomeWindow = 1 << 12
 // outcomes holds a source's refusals, by token modulo OutcomeWindow.
 type outcomes struct {
 	mu sync.Mutex
-	// Nil until the first refusal
+	// ring is nil until the first refusal.
 	ring []refusal // +checklocks:mu
 }
 

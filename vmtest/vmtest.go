@@ -115,7 +115,7 @@ type VM struct {
 	console consoleBuffer
 
 	monMu sync.Mutex
-	// Nil before Start
+	// mon is nil before Start.
 	mon *qmp.SocketMonitor // +checklocks:monMu
 
 	eventsMu sync.Mutex
@@ -588,7 +588,7 @@ func shellQuote(args []string) string {
 type consoleBuffer struct {
 	mu  sync.Mutex
 	buf []byte // +checklocks:mu
-	// Closed and replaced on each write
+	// changed is closed and replaced on each write.
 	changed chan struct{} // +checklocks:mu
 }
 

@@ -198,10 +198,7 @@ func (d *daemon) dead() (bool, string) {
 	} else if d.waitErr == nil {
 		how = "exit status 0"
 	}
-	d.stderrMu.Lock()
-	m := fatalLine.FindAllString(d.stderr.String(), 3)
-	d.stderrMu.Unlock()
-	if len(m) > 0 {
+	if m := fatalLine.FindAllString(d.log(), 3); len(m) > 0 {
 		how += " (" + strings.Join(m, "; ") + ")"
 	}
 	return true, how

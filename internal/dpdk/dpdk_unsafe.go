@@ -390,15 +390,19 @@ func (d *ExtBufDone) Free() {
 
 // Port is an ethdev port opened by OpenPort.
 type Port struct {
-	id     uint16
-	name   string
-	dev    *C.struct_rte_device // non-nil when OpenPort probed it, to remove on Close
-	mu     sync.Mutex
-	closed bool
+	id   uint16
+	name string
+	mu   sync.Mutex
+	// dev is non-nil when OpenPort probed it, to remove on Close.
+	dev    *C.struct_rte_device // +checklocks:mu
+	closed bool                 // +checklocks:mu
 }
 
 var (
-	openMu    sync.Mutex
+	openMu sync.Mutex
+	// openPorts are the ports open, by id.
+	//
+	// +checklocks:openMu
 	openPorts = map[uint16]bool{}
 )
 
@@ -591,7 +595,9 @@ func (p *Port) Close() error {
 		errs = append(errs, cerr(fmt.Sprintf("port %d (%q): close", p.id, p.name), r))
 	}
 	if p.dev != nil {
-		if r := C.rte_dev_remove(p.dev); r < 0 {
+		// checklocks takes cgo's pointer check (a closure) for a return
+		// with p.mu held.
+		if r := C.rte_dev_remove(p.dev); r < 0 { // +checklocksignore
 			errs = append(errs, cerr(fmt.Sprintf("remove device %q", p.name), r))
 		}
 	}

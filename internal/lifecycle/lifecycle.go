@@ -36,7 +36,7 @@ import (
 var (
 	// ErrStarted: Start was called on a component already started or
 	// closed; a component starts once.
-	ErrStarted = errors.New("already started or closed")
+	ErrStarted = errors.New("already started or closed") // +checklocksignore: a constant; Begin reads it under Group.mu
 	// ErrNotStarted: Wait was called on a component never started.
 	ErrNotStarted = errors.New("not started")
 )
@@ -53,18 +53,18 @@ const (
 type Group struct {
 	mu    sync.Mutex
 	state state // +checklocks:mu
-	// Go refuses new goroutines
+	// stopping: Go refuses new goroutines.
 	stopping bool // +checklocks:mu
-	// Set by Begin
+	// cancel and ctx are set by Begin.
 	cancel context.CancelFunc // +checklocks:mu
-	// Set by Begin
-	ctx context.Context // +checklocks:mu
-	// Run LIFO after the goroutines
+	ctx    context.Context    // +checklocks:mu
+	// cleanups run LIFO after the goroutines.
 	cleanups []func() // +checklocks:mu
-	// The first failure
-	err  error          // +checklocks:mu
-	wg   sync.WaitGroup // the goroutines started by Go
-	done chan struct{}  // closed once stopped and cleaned up
+	// err is the first failure.
+	err error          // +checklocks:mu
+	wg  sync.WaitGroup // the goroutines started by Go
+	// done is closed once stopped and cleaned up; set by Begin.
+	done chan struct{} // +checklocks:mu
 }
 
 // Begin starts the group: it returns the context its goroutines run
@@ -80,7 +80,7 @@ func (g *Group) Begin(parent context.Context) (context.Context, error) {
 	g.state = stateRunning
 	g.ctx, g.cancel = context.WithCancel(parent)
 	g.done = make(chan struct{})
-	ctx := g.ctx
+	ctx, done := g.ctx, g.done
 	// The monitor: once the context ends and every goroutine returned,
 	// run the cleanups and release the waiters.
 	go func() {
@@ -96,7 +96,7 @@ func (g *Group) Begin(parent context.Context) (context.Context, error) {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
 		}
-		close(g.done)
+		close(done)
 	}()
 	return ctx, nil
 }

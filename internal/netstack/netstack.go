@@ -189,15 +189,16 @@ type Host struct {
 	hasBcast bool
 	cfg      Config
 
-	arpReplies, echoReplies atomic.Uint64
+	arpReplies  atomic.Uint64
+	echoReplies atomic.Uint64
 
-	// neigh is the neighbour table (copy-on-write: Handle and senders
-	// read it without a lock), used only when cfg.Neighbours > 0.
-	neighMu sync.Mutex // serialises Learn's check-evict-store
-	// neigh's readers take no lock (a copy-on-write map); its writers
-	// hold neighMu.
-	neigh    cow.Map[[4]byte, pkt.MAC] // +checklocksignore
-	learnedN atomic.Uint64
+	// neigh is the neighbour table, used only when cfg.Neighbours > 0. It
+	// is copy-on-write: Handle and senders read it without a lock; its
+	// writer (Learn's check-evict-store) holds neighMu.
+	neighMu sync.Mutex
+	neigh   cow.Map[[4]byte, pkt.MAC] // +checklocksignore
+	// learnedN counts Learn's stores (nothing reads it yet).
+	learnedN atomic.Uint64 // +checklocks:neighMu
 }
 
 // New returns the host cfg describes.
@@ -502,11 +503,12 @@ func (h *Host) Neighbours() map[netip.Addr]pkt.MAC {
 // caller's queue only once, while requests keep going out in case it
 // comes back.
 type Resolver struct {
-	Interval, Timeout time.Duration // set before first use; +checklocksignore
+	// Interval and Timeout are set before first use, then read-only.
+	Interval time.Duration // +checklocksignore
+	Timeout  time.Duration // +checklocksignore
 
-	mu sync.Mutex
-	// +checklocks:mu
-	pending map[[4]byte]*pendingARP
+	mu      sync.Mutex
+	pending map[[4]byte]*pendingARP // +checklocks:mu
 }
 
 type pendingARP struct {

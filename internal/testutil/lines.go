@@ -21,7 +21,7 @@ type LineWatcher struct {
 
 	mu  sync.Mutex
 	all bytes.Buffer // +checklocks:mu
-	// The unfinished last line
+	// partial is the unfinished last line.
 	partial []byte // +checklocks:mu
 	found   bool   // +checklocks:mu
 }

@@ -158,7 +158,7 @@ type Plugin struct {
 	port  *dpdk.Port
 	pool  *dpdk.Mempool // +checklocksignore: set once by New; the mempool is thread-safe
 	host  *netstack.Host
-	res   netstack.Resolver // +checklocks:txMu
+	res   netstack.Resolver // +checklocksignore: it has its own lock
 	local netip.AddrPort
 
 	txMu   sync.Mutex
@@ -173,8 +173,9 @@ type Plugin struct {
 	rx      *pullState    // RecvBatch's buffers, made on its first call
 	stopped sync.WaitGroup
 
-	// maxDatagram is the largest UDP payload the MTU allows.
-	maxDatagram int // +checklocks:txMu
+	// maxDatagram is the largest UDP payload the MTU allows; set by New,
+	// read-only after.
+	maxDatagram int // +checklocksignore
 
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
 	tooLong                                              atomic.Uint64

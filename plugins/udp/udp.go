@@ -91,8 +91,9 @@ type Plugin struct {
 	fds   *fdSet
 	// raw reaches the socket through the runtime poller (fds.file's
 	// SyscallConn): every system call on the socket goes through it, so
-	// the descriptor stays valid during the call even if Close runs.
-	raw syscall.RawConn
+	// the descriptor stays valid during the call even if Close runs. Set
+	// by New, read-only after: no lock.
+	raw syscall.RawConn // +checklocksignore
 
 	// closing is set once by Close before it closes the socket (which
 	// wakes the receiver).
@@ -349,17 +350,6 @@ func (p *Plugin) rawError(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// enter starts a batch call: it reports false once the Plugin is closed.
-// On true the caller must call p.mu.RUnlock when done.
-func (p *Plugin) enter() bool {
-	p.mu.RLock()
-	if p.closed {
-		p.mu.RUnlock()
-		return false
-	}
-	return true
-}
-
 // SendBatch sends pkts[i].Buf[:pkts[i].N] to pkts[i].Addr, in order, with
 // one sendmmsg(2) per BatchSize packets, and returns how many packets from
 // the front of pkts the kernel took. It never blocks. It keeps no reference
@@ -376,10 +366,11 @@ func (p *Plugin) enter() bool {
 //
 // Only one goroutine may be in SendBatch at a time.
 func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
-	if !p.enter() {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
 		return 0, ErrClosed
 	}
-	defer p.mu.RUnlock()
 	tx := p.tx
 	sent := 0
 	var bytes uint64
@@ -443,10 +434,11 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 //
 // Only one goroutine may be in RecvBatch at a time.
 func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, error) {
-	if !p.enter() {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
 		return 0, ErrClosed
 	}
-	defer p.mu.RUnlock()
 	rx := p.rx
 	k := min(len(pkts), p.batch)
 	if k == 0 {

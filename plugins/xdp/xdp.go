@@ -173,7 +173,7 @@ type Stats struct {
 // StatsReporter interfaces.
 type Plugin struct {
 	opts    Options
-	log     *slog.Logger
+	log     *slog.Logger // +checklocksignore: set by New, read-only after
 	ifindex int
 	sock    *ixdp.Socket
 	prog    *ixdp.Program
@@ -324,12 +324,14 @@ func New(opts Options) (_ *Plugin, err error) {
 	if n := p.sock.Fill(fill); n != half {
 		return nil, fmt.Errorf("xdp: fill ring took %d of %d frames", n, half)
 	}
+	p.txMu.Lock() // not shared yet: only so the guard holds everywhere
 	p.txFree = make([]uint64, 0, half)
 	for i := half; i < opts.Frames; i++ {
 		p.txFree = append(p.txFree, uint64(i)*fs)
 	}
 	p.txDescs = make([]unix.XDPDesc, opts.Burst)
 	p.txComp = make([]uint64, half)
+	p.txMu.Unlock()
 	p.rx = &rxState{descs: make([]unix.XDPDesc, opts.Burst), addrs: make([]uint64, opts.Burst), views: make([]wire.Packet, opts.Burst)}
 	p.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
@@ -512,6 +514,8 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 
 // reapLocked takes sent frames off the completion ring and returns how
 // many.
+//
+// +checklocks:p.txMu
 func (p *Plugin) reapLocked() int {
 	n := p.sock.Complete(p.txComp[:cap(p.txFree)-len(p.txFree)])
 	p.txFree = append(p.txFree, p.txComp[:n]...)
@@ -520,6 +524,8 @@ func (p *Plugin) reapLocked() int {
 
 // kickLocked makes the kernel send what is on the TX ring, when it waits
 // for that (always in copy mode).
+//
+// +checklocks:p.txMu
 func (p *Plugin) kickLocked() {
 	if p.sock.TxNeedsWakeup() {
 		p.kicks.Add(1)
@@ -530,6 +536,8 @@ func (p *Plugin) kickLocked() {
 // resolveLocked handles a destination with no neighbour entry: it reports
 // whether the kernel has one after all (known), or else whether to wait
 // (nil) or give up (ErrUnresolved).
+//
+// +checklocks:p.txMu
 func (p *Plugin) resolveLocked(dst netip.Addr) (known bool, err error) {
 	if !p.host.OnLink(dst) {
 		p.unresolved.Add(1)
@@ -695,6 +703,8 @@ func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet), flus
 
 // kickPending kicks the kernel again when it left descriptors on the TX
 // ring (a kick that found it busy), unless a sender holds the ring.
+//
+// +checklocksignore: TryLock, which checklocks does not follow
 func (p *Plugin) kickPending() {
 	if !p.txMu.TryLock() {
 		return

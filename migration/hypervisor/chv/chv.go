@@ -197,16 +197,19 @@ func (c *Client) VMState(ctx context.Context) (string, error) {
 
 // Driver is one Cloud Hypervisor migration. Create it with New.
 type Driver struct {
-	opts     Options
-	src, dst *Client
-	stop     context.CancelFunc // ends the requests in flight (Close)
-	runCtx   context.Context
-	wg       sync.WaitGroup // the receive and send requests, the watcher
+	opts   Options
+	src    *Client
+	dst    *Client
+	stop   context.CancelFunc // ends the requests in flight (Close)
+	runCtx context.Context
+	wg     sync.WaitGroup // the receive and send requests, the watcher
 
 	mu       sync.Mutex
-	prepared bool          // +checklocks:mu
-	started  bool          // +checklocks:mu
-	received chan struct{} // closed when the receive request has its answer
+	prepared bool // +checklocks:mu
+	started  bool // +checklocks:mu
+	// received is closed when the receive request has its answer; nil
+	// until Prepare starts it.
+	received chan struct{} // +checklocks:mu
 	recvErr  error         // valid after received is closed
 	done     chan struct{} // closed when sum is final
 	sum      *hypervisor.Summary

@@ -41,7 +41,7 @@ func freeTCP(t *testing.T) string {
 // phaseLog records a fake's migration phases.
 type phaseLog struct {
 	mu     sync.Mutex
-	phases []chvtest.Phase
+	phases []chvtest.Phase // +checklocks:mu
 }
 
 func (l *phaseLog) on(_ context.Context, p chvtest.Phase) error {

@@ -68,7 +68,7 @@ type Driver struct {
 
 	mu      sync.Mutex
 	started bool // +checklocks:mu
-	// Ends the monitoring
+	// stop ends the monitoring.
 	stop context.CancelFunc // +checklocks:mu
 
 	cancelOnce sync.Once

@@ -100,8 +100,8 @@ type progressLog struct {
 	list []hypervisor.Progress // +checklocks:mu
 	// past, when set, is closed once a report shows more than pastBytes
 	// transferred.
-	past      chan struct{}
-	pastBytes uint64
+	past      chan struct{} // +checklocks:mu
+	pastBytes uint64        // +checklocks:mu
 }
 
 func (l *progressLog) add(p hypervisor.Progress) {

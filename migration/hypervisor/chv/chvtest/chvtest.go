@@ -123,11 +123,11 @@ type Server struct {
 	mu    sync.Mutex
 	state string // +checklocks:mu
 	calls []Call // +checklocks:mu
-	// Path -> injected answer
+	// failNext maps a path to its injected answer.
 	failNext map[string]failure // +checklocks:mu
-	// A migration runs
+	// busy: a migration runs.
 	busy bool // +checklocks:mu
-	// Memory bytes received
+	// received counts the memory bytes received.
 	received int // +checklocks:mu
 }
 
