@@ -60,10 +60,12 @@ var (
 
 // adminState is the Daemon's administration state.
 type adminState struct {
-	op      sync.Mutex      // serialises AddPort and DelPort
-	mu      sync.Mutex      // guards Daemon.ports (after Start), ctx and stopped
-	ctx     context.Context // guarded by mu: the daemon's context once Start served every port; nil before
-	stopped bool            // guarded by mu: the daemon stopped; ports are no longer added
+	op sync.Mutex // serialises AddPort and DelPort
+	mu sync.Mutex // guards Daemon.ports (after Start), ctx and stopped
+	// ctx is the daemon's context once Start served every port; nil before.
+	ctx context.Context // +checklocks:mu
+	// stopped: the daemon stopped; ports are no longer added.
+	stopped bool // +checklocks:mu
 }
 
 // portList returns the ports; the slice is never changed in place, so the

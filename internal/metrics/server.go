@@ -56,8 +56,8 @@ type Server struct {
 	reg  *prometheus.Registry
 
 	mu   sync.Mutex
-	ln   net.Listener // guarded by mu; set by Start
-	srv  *http.Server // guarded by mu
+	ln   net.Listener // +checklocks:mu
+	srv  *http.Server // +checklocks:mu
 	done chan struct{}
 	err  error // Serve's error; read after done closes
 }
@@ -113,10 +113,11 @@ func (s *Server) Start(ctx context.Context) error {
 		fmt.Fprintf(w, "veloced metrics: %s\n", Path)
 	})
 	s.ln, s.done = ln, make(chan struct{})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.srv = srv
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			s.err = err
 			s.log.Error("metrics server stopped", "addr", s.opts.Addr, "err", err)
 		}
