@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/Mellanox/rdmamap"
@@ -70,4 +71,66 @@ func GIDType(dev string, port uint8, index int) (string, error) {
 // the IPv4-mapped address for IPv4.
 func GIDForAddr(ip netip.Addr) GID {
 	return GID(netip.AddrFrom16(ip.As16()).As16())
+}
+
+// DeviceNetdevs returns the network interfaces under device dev's ports
+// (for RoCE, the netdevs its GID table entries are on), each once, in
+// port and table order; none for an InfiniBand device or one not found.
+func DeviceNetdevs(dev string) []string {
+	var out []string
+	for _, port := range rdmamap.GetPorts(dev) {
+		files, _ := filepath.Glob(filepath.Join(SysfsDir, dev, "ports", port, "gid_attrs", "ndevs", "*"))
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // an empty table entry reads as EINVAL
+			}
+			if n := strings.TrimSpace(string(b)); n != "" && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// Candidate is an RDMA device and an IPv4 address (with its prefix) on
+// one of its netdevs: what the RDMA datapath needs to come up.
+type Candidate struct {
+	Device string
+	Netdev string
+	Addr   netip.Prefix
+}
+
+// Candidates lists, for every RDMA device, the IPv4 addresses of its
+// netdevs; when only is valid, just that address (the daemon's listen
+// address). The GID table is checked when the device is opened (a
+// RoCE v2 entry for the address must exist).
+func Candidates(only netip.Addr) []Candidate {
+	var out []Candidate
+	for _, dev := range DeviceNames() {
+		for _, nd := range DeviceNetdevs(dev) {
+			ifc, err := net.InterfaceByName(nd)
+			if err != nil {
+				continue
+			}
+			addrs, _ := ifc.Addrs()
+			for _, a := range addrs {
+				n, ok := a.(*net.IPNet)
+				if !ok {
+					continue
+				}
+				ip, ok := netip.AddrFromSlice(n.IP)
+				if !ok || !ip.Unmap().Is4() {
+					continue
+				}
+				ip = ip.Unmap()
+				if only.IsValid() && ip != only.Unmap() {
+					continue
+				}
+				bits, _ := n.Mask.Size()
+				out = append(out, Candidate{Device: dev, Netdev: nd, Addr: netip.PrefixFrom(ip, bits)})
+			}
+		}
+	}
+	return out
 }

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -117,9 +119,18 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Stats are the plugin's counters.
+// Stats are the plugin's counters, its device and its queue pairs (the
+// JSON layout control.RDMAStats decodes for velocectl remote).
 type Stats struct {
-	Device        string `json:"device"`
+	Device string `json:"device"`
+	// Netdev, DevicePort, GIDIndex, GID and MTU say where the device
+	// sends from: its network interface and port, the RoCE v2 GID table
+	// entry of the plugin's address, and the port's active MTU in bytes.
+	Netdev        string `json:"netdev"`
+	DevicePort    uint8  `json:"device_port"`
+	GIDIndex      int    `json:"gid_index"`
+	GID           string `json:"gid"`
+	MTU           int    `json:"mtu"`
 	Peers         int    `json:"peers"`
 	Connected     int    `json:"connected"`
 	TxMessages    uint64 `json:"tx_messages"`
@@ -133,6 +144,34 @@ type Stats struct {
 	ConnectFailed uint64 `json:"connect_failed"`
 	QPFailures    uint64 `json:"qp_failures"`
 	Sleeps        uint64 `json:"sleeps"`
+	// QueuePairs has one entry per peer the plugin knows, sorted by
+	// address.
+	QueuePairs []QueuePairInfo `json:"queue_pairs"`
+}
+
+// Peer connection states in QueuePairInfo.State besides the QP states
+// (RESET, INIT, RTR, RTS, SQD, SQE, ERR).
+const (
+	PeerConnecting = "connecting" // no queue pair yet, an attempt runs
+	PeerDown       = "down"       // was connected; reconnecting every RetryInterval
+	PeerNoRDMA     = "no-rdma"    // never connected, the last attempt failed: other datapaths carry its messages
+	PeerFailed     = "failed"     // its queue pair failed; the next send reconnects
+)
+
+// QueuePairInfo is one peer's queue pair.
+type QueuePairInfo struct {
+	Peer string `json:"peer"`
+	// QPN is the local queue pair's number, PeerQPN the peer's; PSN and
+	// PeerPSN the first send packet sequence numbers each side chose.
+	// All zero without a queue pair.
+	QPN     uint32 `json:"qpn"`
+	PeerQPN uint32 `json:"peer_qpn"`
+	PSN     uint32 `json:"psn"`
+	PeerPSN uint32 `json:"peer_psn"`
+	// State is the queue pair's state as the device reports it (RTS
+	// when up), or one of PeerConnecting, PeerDown, PeerNoRDMA,
+	// PeerFailed.
+	State string `json:"state"`
 }
 
 // conn is one RC queue pair to a peer.
@@ -141,6 +180,10 @@ type conn struct {
 	peer       netip.AddrPort // the peer's LocalAddr
 	qp         *rdma.QP
 	remoteSlot int
+	// The set-up's numbers, for velocectl remote: the first PSNs of
+	// both sides and the peer's QPN. Set before the connection is
+	// installed, read-only after.
+	psn, peerPSN, peerQPN uint32
 	failed     atomic.Bool
 	retired    bool // guarded by Plugin.txMu
 	// outstanding counts posted sends not completed; progress is when
@@ -192,6 +235,7 @@ type Plugin struct {
 	sendMR   *rdma.MR
 	recvMR   *rdma.MR
 	wakeFd   int
+	netdev   string
 
 	tblMu sync.Mutex // serialises table updates
 	tbl   atomic.Pointer[tables]
@@ -250,6 +294,7 @@ func New(opts Options) (p *Plugin, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p = &Plugin{opts: opts, log: log, local: netip.AddrPortFrom(a, opts.Port), wakeFd: -1}
+	p.netdev, _ = rdma.NetdevForAddr(a)
 	defer func() {
 		if err != nil {
 			p.release()
@@ -505,6 +550,7 @@ func (p *Plugin) connectQP(c *conn, local, remote Endpoint) error {
 	}
 	c.remoteSlot = int(remote.SlotSize)
 	c.peer = remote.Addr
+	c.psn, c.peerPSN, c.peerQPN = local.PSN, remote.PSN, remote.QPN
 	return nil
 }
 
@@ -1012,19 +1058,96 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 	}
 }
 
-// Stats returns the counters.
+// Stats returns the counters and queries each queue pair's state (one
+// verbs call per peer: for operators, not the data path).
 func (p *Plugin) Stats() Stats {
 	t := p.tbl.Load()
-	s := Stats{Device: p.opts.Device, Peers: len(t.peers), TxMessages: p.txMessages.Load(), TxFull: p.txFull.Load(),
+	s := Stats{Device: p.opts.Device, Netdev: p.netdev, DevicePort: p.opts.DevicePort, GIDIndex: p.gidIndex,
+		GID: netip.AddrFrom16(p.gid).String(), MTU: p.mtu.Bytes(),
+		Peers: len(t.peers), TxMessages: p.txMessages.Load(), TxFull: p.txFull.Load(),
 		TxErrors: p.txErrors.Load(), RxMessages: p.rxMessages.Load(), RxErrors: p.rxErrors.Load(), RxUnknownQP: p.rxUnknown.Load(),
 		Connects: p.connects.Load(), Accepts: p.accepts.Load(), ConnectFailed: p.connectFailed.Load(),
-		QPFailures: p.qpFailures.Load(), Sleeps: p.sleeps.Load()}
+		QPFailures: p.qpFailures.Load(), Sleeps: p.sleeps.Load(), QueuePairs: make([]QueuePairInfo, 0, len(t.peers))}
 	for _, ps := range t.peers {
-		if c := ps.cur.Load(); c != nil && !c.failed.Load() {
-			s.Connected++
+		qi := QueuePairInfo{Peer: ps.addr.String()}
+		c := ps.cur.Load()
+		switch {
+		case c == nil && ps.down.Load() && !ps.ever.Load():
+			qi.State = PeerNoRDMA
+		case c == nil && ps.down.Load():
+			qi.State = PeerDown
+		case c == nil:
+			qi.State = PeerConnecting
+		default:
+			qi.QPN, qi.PeerQPN, qi.PSN, qi.PeerPSN = c.qp.Num(), c.peerQPN, c.psn, c.peerPSN
+			qi.State = PeerFailed
+			if !c.failed.Load() {
+				s.Connected++
+				if st, err := p.queryState(c); err == nil {
+					qi.State = st.String()
+				}
+			}
+		}
+		s.QueuePairs = append(s.QueuePairs, qi)
+	}
+	slices.SortFunc(s.QueuePairs, func(a, b QueuePairInfo) int { return strings.Compare(a.Peer, b.Peer) })
+	return s
+}
+
+// queryState asks the device for c's state, under txMu: a retired queue
+// pair is destroyed under it.
+func (p *Plugin) queryState(c *conn) (rdma.QPState, error) {
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	if c.retired || p.closed.Load() {
+		return rdma.QPError, nil
+	}
+	return c.qp.State()
+}
+
+// Reliable reports that the datapath delivers every message once and in
+// order on its own (RC queue pairs: the device acknowledges and
+// retransmits), so the runtime need not add acknowledgements of its own
+// for reliable streams on it.
+func (p *Plugin) Reliable() bool { return true }
+
+// ProbePeers connects, every interval until ctx ends or the plugin
+// closes, to each of peers on the RDMA subnet that has no queue pair and
+// was never connected: a peer that came up after this daemon, or one
+// whose first attempt failed, is found to have RDMA (Reaches turns true)
+// or found not to (false: the runtime sends to it over another
+// datapath). Call it once, from its own goroutine, with the runtime's
+// peer set.
+func (p *Plugin) ProbePeers(ctx context.Context, peers []netip.AddrPort, interval time.Duration) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		for _, peer := range peers {
+			if !p.opts.Addr.Contains(peer.Addr().Unmap()) || peer.Addr().Unmap() == p.local.Addr() {
+				continue
+			}
+			ps, err := p.peer(peer)
+			if err != nil || ps.ever.Load() || ps.cur.Load() != nil {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, sigIOTimeout)
+			err = p.Probe(pctx, peer)
+			cancel()
+			if err == nil {
+				p.log.Info("rdma: peer has RDMA", "peer", peer)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.stop.Done():
+			return
+		case <-tick.C:
 		}
 	}
-	return s
 }
 
 // DatapathStats returns Stats for velocectl remote.
