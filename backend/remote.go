@@ -162,6 +162,11 @@ type datapathState struct {
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
 	dirChanged chan struct{} // buffered 1
+	// reacher is dp when it implements Reacher; fallback lists the
+	// datapaths a stream on this one takes to peers it does not reach
+	// (route.go). Set by newRemote, read-only after.
+	reacher  Reacher
+	fallback []int
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -226,6 +231,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		st.ready, _ = ring.New(remoteSlots)
 		rm.dps = append(rm.dps, st)
 	}
+	rm.buildRoutes()
 	rm.authCounter.Store(uint64(time.Now().UnixNano()))
 	rm.setPeers(opts.Peers)
 	return rm
@@ -352,13 +358,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		if _, ok := slices.BinarySearch(*p.channels.Load(), src.Channel); !ok {
 			continue
 		}
-		dpi := p.via[0]
-		for _, v := range p.via {
-			if v == want {
-				dpi = v
-				break
-			}
-		}
+		dpi := rm.route(p, want)
 		id, ok := rm.slots.Get()
 		if !ok {
 			rm.dropped.Add(1)
