@@ -21,8 +21,14 @@ with its address, whether it is the default, the messages queued and the peers
 it reaches; each peer with its node id and the channels it has sinks for; and
 the message totals.
 
+With an RDMA datapath (veloced --rdma) it also shows each RDMA device (netdev,
+port, address, RoCE v2 GID, MTU), the queue pair to each peer with its state
+(RTS when up; connecting, down, no-rdma, failed) and its QPN and first PSN and
+the peer's, and the datapath's counters.
+
 -o json prints one object: datapaths (a list; each with its own "stats"
-object), peers (a list), sent, received, dropped, malformed.`,
+object: for rdma, the device, "queue_pairs" and the counters), peers (a list),
+sent, received, dropped, malformed.`,
 		Args: argsRange(0, 0, ""),
 		RunE: func(*cobra.Command, []string) error {
 			info, err := a.client().Remote(a.ctx)
@@ -34,6 +40,7 @@ object), peers (a list), sent, received, dropped, malformed.`,
 				for _, d := range info.Datapaths {
 					fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
 				}
+				printRDMA(tw, info)
 				fmt.Fprintln(tw)
 				fmt.Fprintln(tw, "PEER\tNODE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
 				for _, p := range info.Peers {

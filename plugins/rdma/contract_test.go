@@ -1,7 +1,12 @@
 package rdma_test
 
 import (
+	"encoding/json"
+	"slices"
+	"testing"
+
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/plugins/rdma"
 )
 
@@ -14,3 +19,32 @@ var (
 	_ backend.Reacher       = (*rdma.Plugin)(nil)
 	_ backend.StatsReporter = (*rdma.Plugin)(nil)
 )
+
+// velocectl reads the plugin's Stats as control.RDMAStats: the JSON
+// layouts must match field for field.
+func TestStatsMatchControl(t *testing.T) {
+	keys := func(v any) []string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		var out []string
+		for k, x := range m {
+			out = append(out, k)
+			if l, ok := x.([]any); ok && len(l) > 0 {
+				for k2 := range l[0].(map[string]any) {
+					out = append(out, k+"."+k2)
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	p := keys(rdma.Stats{QueuePairs: []rdma.QueuePairInfo{{}}})
+	c := keys(control.RDMAStats{QueuePairs: []control.RDMAQueuePair{{}}})
+	if !slices.Equal(p, c) {
+		t.Errorf("plugin stats %v\ncontrol stats %v", p, c)
+	}
+}
