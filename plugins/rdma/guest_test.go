@@ -5,7 +5,8 @@ package rdma
 // they skip: they are not missing a requirement, they belong to the VM.
 //
 // The guest is one kernel with a veth pair, veth0 10.77.0.1 and veth1
-// 10.77.0.2, and a soft-RoCE device on each end (rxe0, rxe1). Not two
+// 10.77.0.2 (and 10.77.0.3), and a soft-RoCE device on each end (rxe0,
+// rxe1). Not two
 // network namespaces: Debian 12's kernel (6.1) opens rxe's UDP socket and
 // routes its packets in the initial namespace only, so an rxe device on a
 // veth end inside another namespace neither sends nor receives. Instead
@@ -45,6 +46,8 @@ const (
 var (
 	addrA = netip.MustParsePrefix("10.77.0.1/24")
 	addrB = netip.MustParsePrefix("10.77.0.2/24")
+	// addrC is a second address on veth1, for a daemon without RDMA.
+	addrC = netip.MustParsePrefix("10.77.0.3/24")
 
 	setupOnce sync.Once
 	setupErr  error
@@ -107,6 +110,10 @@ func guestSetup() error {
 			Src: net.IP(e.addr.Addr().AsSlice())}); err != nil {
 			return fmt.Errorf("route table %d: %w", table, err)
 		}
+	}
+	c, _ := netlink.ParseAddr(addrC.String())
+	if err := netlink.AddrAdd(links["veth1"], c); err != nil {
+		return fmt.Errorf("addr %v on veth1: %w", addrC, err)
 	}
 	sysctl("net/ipv4/conf/all/rp_filter", "0")
 	sysctl("net/ipv4/conf/all/accept_local", "1")

@@ -15,9 +15,11 @@ import (
 )
 
 // TestRDMAInVM boots a guest on Debian's generic kernel with two
-// soft-RoCE devices and runs this package's TestGuest* tests inside it:
-// the test binary is built with -tags rdma (cgo, dynamically linked to
-// libibverbs) and goes into the image with its libraries. TCG is slow:
+// soft-RoCE devices and runs this package's TestGuest* tests inside it,
+// the plugin's and the daemons' (daemon_guest_test.go), in one boot: the
+// test binary and veloced are built with -tags rdma (cgo, dynamically
+// linked to libibverbs) and go into the image with their libraries, with
+// veloce-perf and velocectl. TCG is slow:
 // VELOCE_RDMA_COUNT sets the stream test's message count (default
 // 200,000).
 func TestRDMAInVM(t *testing.T) {
@@ -28,7 +30,7 @@ func TestRDMAInVM(t *testing.T) {
 	gcc, _ := exec.LookPath("gcc")
 	testutil.Require(t, gcc != "", "needs gcc for cgo")
 	bin := filepath.Join(t.TempDir(), "rdma.test")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	build := exec.CommandContext(ctx, "go", "test", "-c", "-tags", "rdma", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
@@ -36,7 +38,23 @@ func TestRDMAInVM(t *testing.T) {
 		testutil.Require(t, !strings.Contains(string(out), "libibverbs"), "needs libibverbs-dev: %s", out)
 		t.Fatalf("build the guest test binary: %v\n%s", err, out)
 	}
-	kernel, initrd := vmtest.RDMAImage(t, vmtest.RDMAGuest{Binaries: map[string]string{"/bin/rdma.test": bin}, Modules: []string{"veth"}})
+	// The daemon tests' binaries: veloced with RDMA (cgo), the others
+	// pure Go and static.
+	bins := map[string]string{"/bin/rdma.test": bin}
+	for _, b := range []struct{ guest, pkg, tags, cgo string }{
+		{guestVeloced, "../../cmd/veloced", "rdma", "1"},
+		{guestPerf, "../../cmd/veloce-perf", "", "0"},
+		{guestVeloctl, "../../cmd/velocectl", "", "0"},
+	} {
+		out := filepath.Join(t.TempDir(), filepath.Base(b.guest))
+		cmd := exec.CommandContext(ctx, "go", "build", "-tags", b.tags, "-o", out, b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b.pkg, err, o)
+		}
+		bins[b.guest] = out
+	}
+	kernel, initrd := vmtest.RDMAImage(t, vmtest.RDMAGuest{Binaries: bins, Modules: []string{"veth"}})
 	run := []string{"/bin/rdma.test", "-test.v", "-test.count=1", "-test.run", "^TestGuest"}
 	if s := os.Getenv("VELOCE_RDMA_RUN"); s != "" {
 		run[len(run)-1] = s
