@@ -164,7 +164,7 @@ type perfSummary struct {
 type app struct {
 	cmd   *exec.Cmd
 	mu    sync.Mutex
-	lines []string
+	lines []string // +checklocks:mu
 	ready chan struct{}
 	done  chan error
 }

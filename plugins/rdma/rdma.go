@@ -48,7 +48,7 @@ var (
 	// ErrClosed means the plugin was closed.
 	ErrClosed = errors.New("rdma: plugin closed")
 	// ErrTooLong means a message does not fit the peer's receive buffers.
-	ErrTooLong = errors.New("rdma: message longer than the peer's receive buffers")
+	ErrTooLong = errors.New("rdma: message longer than the peer's receive buffers") // +checklocksignore: a sentinel, never written
 	// ErrNotReachable means the address is not on the RDMA netdev's subnet.
 	ErrNotReachable = errors.New("rdma: address not on the RDMA subnet")
 	// ErrPeerDown means no queue pair to the peer is up and the last
@@ -183,14 +183,18 @@ type conn struct {
 	// The set-up's numbers, for velocectl remote: the first PSNs of
 	// both sides and the peer's QPN. Set before the connection is
 	// installed, read-only after.
-	psn, peerPSN, peerQPN uint32
-	failed     atomic.Bool
-	retired    bool // guarded by Plugin.txMu
+	psn     uint32
+	peerPSN uint32
+	peerQPN uint32
+	failed  atomic.Bool
+	// retired, outstanding and progress are guarded by Plugin.txMu,
+	// which checklocks cannot name from here: every access is in a
+	// function annotated +checklocks:p.txMu (or holding it).
+	retired bool // +checklocksignore
 	// outstanding counts posted sends not completed; progress is when
-	// the last of them completed or the first was posted (unix ns). Both
-	// guarded by txMu.
-	outstanding int
-	progress    int64
+	// the last of them completed or the first was posted (unix ns).
+	outstanding int   // +checklocksignore
+	progress    int64 // +checklocksignore
 }
 
 // peerState is what the plugin knows of one peer address.
@@ -201,8 +205,10 @@ type peerState struct {
 	nextTry atomic.Int64 // unix ns before which no new attempt starts
 	down    atomic.Bool  // the last attempt failed
 	ever    atomic.Bool  // a connection was up once
-	mu      sync.Mutex   // orders accepts and the ends of dials; guards gen
-	gen     uint64
+	mu      sync.Mutex   // orders accepts and the ends of dials
+	// gen counts the connections installed: a dial that began before
+	// the last one is superseded.
+	gen uint64 // +checklocks:mu
 }
 
 // tables are the lookups the data path makes, replaced whole (copy on
@@ -241,11 +247,13 @@ type Plugin struct {
 	tbl   atomic.Pointer[tables]
 	ids   atomic.Uint32
 
+	// txMu serialises sending: SendBatch, the polling thread's reaping
+	// of send completions, and queue pair retirement.
 	txMu    sync.Mutex
-	free    []uint32           // guarded by txMu: free send slots
-	txWRs   []rdma.WorkRequest // guarded by txMu
-	txWCs   []rdma.WC          // guarded by txMu
-	retired []*conn            // guarded by txMu
+	free    []uint32           // +checklocks:txMu
+	txWRs   []rdma.WorkRequest // +checklocks:txMu
+	txWCs   []rdma.WC          // +checklocks:txMu
+	retired []*conn            // +checklocks:txMu
 
 	polling atomic.Bool
 	closed  atomic.Bool
@@ -255,10 +263,11 @@ type Plugin struct {
 	stop    context.Context
 	cancel  context.CancelFunc
 
+	// The receive side's buffers belong to whoever holds polling (Poll
+	// or RecvBatch): one goroutine at a time, no lock.
 	rxWCs  []rdma.WC
 	rxWRs  []rdma.WorkRequest
 	rxPkts []wire.Packet
-	pullMu sync.Mutex
 
 	txMessages, txFull, txErrors, rxMessages, rxErrors, rxUnknown atomic.Uint64
 	connects, accepts, connectFailed, qpFailures, sleeps          atomic.Uint64
@@ -349,12 +358,7 @@ func New(opts Options) (p *Plugin, err error) {
 	if p.wakeFd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("rdma: eventfd: %w", err)
 	}
-	p.free = make([]uint32, opts.SendSlots)
-	for i := range p.free {
-		p.free[i] = uint32(opts.SendSlots - 1 - i)
-	}
-	p.txWRs = make([]rdma.WorkRequest, 0, opts.MaxSendWR)
-	p.txWCs = make([]rdma.WC, 64)
+	p.initSendLocked()
 	p.rxWCs = make([]rdma.WC, opts.Burst)
 	p.rxWRs = make([]rdma.WorkRequest, 0, max(opts.Burst, opts.RecvSlots))
 	p.rxPkts = make([]wire.Packet, opts.Burst)
@@ -385,6 +389,19 @@ func New(opts Options) (p *Plugin, err error) {
 	}()
 	log.Info("rdma datapath up", "device", opts.Device, "addr", opts.Addr, "port", opts.Port, "gid_index", p.gidIndex, "mtu", p.mtu.Bytes())
 	return p, nil
+}
+
+// initSendLocked makes the send side's buffers; New calls it before
+// anyone else sees p.
+//
+// +checklocksignore: p is not shared yet
+func (p *Plugin) initSendLocked() {
+	p.free = make([]uint32, p.opts.SendSlots)
+	for i := range p.free {
+		p.free[i] = uint32(p.opts.SendSlots - 1 - i)
+	}
+	p.txWRs = make([]rdma.WorkRequest, 0, p.opts.MaxSendWR)
+	p.txWCs = make([]rdma.WC, 64)
 }
 
 func setDefaults(o *Options) {
@@ -556,6 +573,8 @@ func (p *Plugin) connectQP(c *conn, local, remote Endpoint) error {
 
 // install makes c the peer's connection (ps.mu held) and retires the one
 // it replaces.
+//
+// +checklocks:ps.mu
 func (p *Plugin) install(ps *peerState, c *conn) {
 	p.tblMu.Lock()
 	t := p.tbl.Load()
@@ -577,6 +596,8 @@ func (p *Plugin) install(ps *peerState, c *conn) {
 
 // retireLocked fails c's queue pair (its sends flush) and destroys it
 // once no send is outstanding.
+//
+// +checklocks:p.txMu
 func (p *Plugin) retireLocked(c *conn) {
 	if c.retired {
 		return
@@ -588,6 +609,7 @@ func (p *Plugin) retireLocked(c *conn) {
 	p.destroyRetiredLocked()
 }
 
+// +checklocks:p.txMu
 func (p *Plugin) destroyRetiredLocked() {
 	k := 0
 	for _, c := range p.retired {
@@ -671,7 +693,7 @@ func (p *Plugin) connect(ps *peerState) {
 	}()
 }
 
-var errSuperseded = errors.New("rdma: connection superseded by the peer's")
+var errSuperseded = errors.New("rdma: connection superseded by the peer's") // +checklocksignore: a sentinel, never written
 
 func (p *Plugin) dial(ps *peerState, gen uint64) error {
 	c, local, err := p.newConn(ps.addr)
@@ -788,6 +810,8 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 
 // flushLocked posts the pending chain on c; it returns 0, or minus the
 // number of requests not taken (their slots are freed).
+//
+// +checklocks:p.txMu
 func (p *Plugin) flushLocked(c *conn) int {
 	if len(p.txWRs) == 0 {
 		return 0
@@ -816,6 +840,8 @@ func (p *Plugin) flushLocked(c *conn) int {
 // reapLocked takes the send completions: slots go back to the free
 // list, and a failed send fails its queue pair (a dead peer shows as
 // transport retries exceeded), so the next send reconnects.
+//
+// +checklocks:p.txMu
 func (p *Plugin) reapLocked() {
 	for {
 		n, err := p.sendCQ.Poll(p.txWCs)
