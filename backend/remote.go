@@ -162,10 +162,10 @@ type datapathState struct {
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
 	dirChanged chan struct{} // buffered 1
-	// reacher is dp when it implements Reacher; fallback lists the
+	// live is dp when it implements LiveReacher; fallback lists the
 	// datapaths a stream on this one takes to peers it does not reach
 	// (route.go). Set by newRemote, read-only after.
-	reacher  Reacher
+	live     LiveReacher
 	fallback []int
 }
 
@@ -872,7 +872,7 @@ func (r *Runtime) Remote() RemoteInfo {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,
 			Peers: []string{}, Queued: st.ready.Len()}
 		for _, p := range peers {
-			if slices.Contains(p.via, st.index) {
+			if rm.reachesNow(p, st.index) {
 				d.Peers = append(d.Peers, p.addr.String())
 			}
 		}

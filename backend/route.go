@@ -1,6 +1,9 @@
 package backend
 
-import "slices"
+import (
+	"net/netip"
+	"slices"
+)
 
 // Routing: a stream's messages take its datapath (the policy's choice) to
 // every peer that datapath reaches. To a peer it does not reach — a peer
@@ -8,8 +11,16 @@ import "slices"
 // the same name (a second RDMA device), then the first accelerated one that
 // reaches the peer, RDMA before DPDK before AF_XDP, and last the peer's
 // first datapath (the default, kernel UDP, when it reaches the peer).
-// Reach is asked of a Reacher at every message, not only when the peer is
-// added: the RDMA datapath learns which peers have RDMA by trying them.
+// Reach is settled when a peer is added (Reacher), and asked again at
+// every message of a LiveReacher: the RDMA datapath learns which peers
+// have RDMA by trying them.
+
+// LiveReacher is a datapath whose reach changes while it runs, cheap to
+// ask (no system call, no allocation): the runtime asks it at every
+// message to a peer it reached when the peer was added.
+type LiveReacher interface {
+	ReachesNow(addr netip.Addr) bool
+}
 
 // accelOrder is the fallback order among accelerated datapaths.
 var accelOrder = []string{DatapathRDMA, DatapathDPDK, DatapathXDP}
@@ -17,7 +28,7 @@ var accelOrder = []string{DatapathRDMA, DatapathDPDK, DatapathXDP}
 // buildRoutes fills each datapath's reacher and fallback list.
 func (rm *remote) buildRoutes() {
 	for _, st := range rm.dps {
-		st.reacher, _ = st.dp.(Reacher)
+		st.live, _ = st.dp.(LiveReacher)
 		st.fallback = st.fallback[:0]
 		for _, o := range rm.dps {
 			if o != st && o.dp.Name() == st.dp.Name() {
@@ -55,11 +66,11 @@ func (rm *remote) route(p *peer, want int) int {
 }
 
 // reachesNow reports whether datapath i reaches p: it did when p was
-// added, and its Reacher (if any) still says so.
+// added, and, for a LiveReacher, still does.
 func (rm *remote) reachesNow(p *peer, i int) bool {
 	if !slices.Contains(p.via, i) {
 		return false
 	}
-	r := rm.dps[i].reacher
-	return r == nil || r.Reaches(p.addr.Addr())
+	r := rm.dps[i].live
+	return r == nil || r.ReachesNow(p.addr.Addr())
 }

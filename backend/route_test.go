@@ -38,6 +38,7 @@ func (d *routeDP) SendBatch(pkts []wire.Packet) (int, error)           { return 
 func (d *routeDP) RecvBatch([]wire.Packet, time.Duration) (int, error) { return 0, nil }
 func (d *routeDP) Close() error                                        { return nil }
 func (d *routeDP) Reaches(a netip.Addr) bool                           { return (*d.reach.Load())[a] }
+func (d *routeDP) ReachesNow(a netip.Addr) bool                        { return d.Reaches(a) }
 
 // The policy's per-peer half (section "Streams and QoS"): an accelerated
 // stream takes RDMA to the peers an RDMA device reaches, else another RDMA

@@ -17,6 +17,7 @@ var (
 	_ backend.Datapath      = (*rdma.Plugin)(nil)
 	_ backend.Poller        = (*rdma.Plugin)(nil)
 	_ backend.Reacher       = (*rdma.Plugin)(nil)
+	_ backend.LiveReacher   = (*rdma.Plugin)(nil)
 	_ backend.StatsReporter = (*rdma.Plugin)(nil)
 )
 

@@ -3,24 +3,15 @@ package rdma
 // Tests that run inside the RDMA guest (TestRDMAInVM boots it and runs
 // this package's test binary there with VELOCE_RDMA_GUEST=1). Elsewhere
 // they skip: they are not missing a requirement, they belong to the VM.
-//
-// The guest is one kernel with a veth pair, veth0 10.77.0.1 and veth1
-// 10.77.0.2 (and 10.77.0.3), and a soft-RoCE device on each end (rxe0,
-// rxe1). Not two
-// network namespaces: Debian 12's kernel (6.1) opens rxe's UDP socket and
-// routes its packets in the initial namespace only, so an rxe device on a
-// veth end inside another namespace neither sends nor receives. Instead
-// policy routing makes each device's packets leave by its own veth (rules
-// "oif vethN lookup 10N" ahead of the local table), and accept_local lets
-// the other end take them: the two devices talk over the wire, not
-// through the kernel's loopback.
+// The topology (package rdmatest): veth0 10.77.0.1 with rxe0, veth1
+// 10.77.0.2 (and 10.77.0.3) with rxe1, in one network namespace with
+// policy routing, so that the two devices talk over the veth.
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -31,10 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/veloce-io/veloce/internal/wire"
+	"github.com/veloce-io/veloce/plugins/rdma/rdmatest"
 )
 
 const (
@@ -64,93 +53,12 @@ func inGuest(t *testing.T) {
 	}
 }
 
-func sysctl(path, v string) error {
-	return os.WriteFile("/proc/sys/"+path, []byte(v), 0o644)
-}
-
 // guestSetup makes the veth pair, the routing and the rxe devices.
 func guestSetup() error {
 	if os.Getenv(helperEnv) != "" {
 		return nil // the parent did it
 	}
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "veth0"}, PeerName: "veth1"}); err != nil {
-		return fmt.Errorf("add veth: %w", err)
-	}
-	links := map[string]netlink.Link{}
-	for i, e := range []struct {
-		dev  string
-		addr netip.Prefix
-	}{{"veth0", addrA}, {"veth1", addrB}} {
-		l, err := netlink.LinkByName(e.dev)
-		if err != nil {
-			return err
-		}
-		links[e.dev] = l
-		a, _ := netlink.ParseAddr(e.addr.String())
-		if err := netlink.AddrAdd(l, a); err != nil {
-			return fmt.Errorf("addr %s: %w", e.dev, err)
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			return err
-		}
-		for _, k := range []string{"rp_filter=0", "accept_local=1"} {
-			kv := strings.Split(k, "=")
-			if err := sysctl("net/ipv4/conf/"+e.dev+"/"+kv[0], kv[1]); err != nil {
-				return err
-			}
-		}
-		table := 100 + i
-		r := netlink.NewRule()
-		r.Priority, r.OifName, r.Table, r.Family = table, e.dev, table, unix.AF_INET
-		if err := netlink.RuleAdd(r); err != nil {
-			return fmt.Errorf("rule oif %s: %w", e.dev, err)
-		}
-		_, subnet, _ := net.ParseCIDR(e.addr.Masked().String())
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: subnet, Table: table, Scope: netlink.SCOPE_LINK,
-			Src: net.IP(e.addr.Addr().AsSlice())}); err != nil {
-			return fmt.Errorf("route table %d: %w", table, err)
-		}
-	}
-	c, _ := netlink.ParseAddr(addrC.String())
-	if err := netlink.AddrAdd(links["veth1"], c); err != nil {
-		return fmt.Errorf("addr %v on veth1: %w", addrC, err)
-	}
-	sysctl("net/ipv4/conf/all/rp_filter", "0")
-	sysctl("net/ipv4/conf/all/accept_local", "1")
-	// The local table after the oif rules.
-	r := netlink.NewRule()
-	r.Priority, r.Table, r.Family = 1000, unix.RT_TABLE_LOCAL, unix.AF_INET
-	if err := netlink.RuleAdd(r); err != nil {
-		return fmt.Errorf("rule local: %w", err)
-	}
-	r = netlink.NewRule()
-	r.Priority, r.Table, r.Family = 0, unix.RT_TABLE_LOCAL, unix.AF_INET
-	if err := netlink.RuleDel(r); err != nil {
-		return fmt.Errorf("del rule 0: %w", err)
-	}
-	// Permanent neighbours: no ARP between two local addresses.
-	for dev, peer := range map[string]struct {
-		dev  string
-		addr netip.Prefix
-	}{"veth0": {"veth1", addrB}, "veth1": {"veth0", addrA}} {
-		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: links[dev].Attrs().Index, State: netlink.NUD_PERMANENT, Family: unix.AF_INET,
-			IP: net.IP(peer.addr.Addr().AsSlice()), HardwareAddr: links[peer.dev].Attrs().HardwareAddr}); err != nil {
-			return fmt.Errorf("neighbour on %s: %w", dev, err)
-		}
-	}
-	for i, dev := range []string{"veth0", "veth1"} {
-		if err := netlink.RdmaLinkAdd(fmt.Sprintf("rxe%d", i), "rxe", dev); err != nil {
-			mods, _ := os.ReadFile("/proc/modules")
-			var names []string
-			for _, l := range strings.Split(string(mods), "\n") {
-				if f := strings.Fields(l); len(f) > 0 {
-					names = append(names, f[0])
-				}
-			}
-			return fmt.Errorf("rdma link add rxe%d netdev %s: %w (modules: %s)", i, dev, err, strings.Join(names, " "))
-		}
-	}
-	return nil
+	return rdmatest.Setup(rdmatest.Topology{A: addrA, B: addrB, Extra: []netip.Prefix{addrC}})
 }
 
 func newPlugin(t *testing.T, addr netip.Prefix, port uint16, mod func(*Options)) *Plugin {

@@ -220,7 +220,8 @@ type tables struct {
 }
 
 // Plugin is an RDMA device carrying wire messages over RC queue pairs. It
-// implements the runtime's Datapath, Poller, Reacher and StatsReporter.
+// implements the runtime's Datapath, Poller, Reacher, LiveReacher and
+// StatsReporter.
 type Plugin struct {
 	opts  Options
 	log   *slog.Logger
@@ -474,6 +475,11 @@ func (p *Plugin) Reaches(addr netip.Addr) bool {
 	}
 	return true
 }
+
+// ReachesNow is Reaches: no system call, no allocation, so the runtime
+// asks it at every message (backend.LiveReacher) and follows the peers
+// found to have RDMA or not.
+func (p *Plugin) ReachesNow(addr netip.Addr) bool { return p.Reaches(addr) }
 
 // Probe connects to the plugin at peer now, if not connected, and returns
 // nil once a queue pair to it is up: an error wrapping ErrPeerDown (or
