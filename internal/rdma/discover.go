@@ -134,3 +134,39 @@ func Candidates(only netip.Addr) []Candidate {
 	}
 	return out
 }
+
+// GIDIndex returns the index of the RoCE v2 entry for ip in device dev's
+// port GID table, read from sysfs (what perftest's -x wants). It returns
+// an error wrapping ErrNoGID when there is none.
+func GIDIndex(dev string, port uint8, ip netip.Addr) (int, error) {
+	want := GIDForAddr(ip)
+	dir := filepath.Join(SysfsDir, dev, "ports", fmt.Sprint(port), "gids")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("rdma: GID table of %s port %d: %w", dev, port, err)
+	}
+	for i := range len(ents) {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprint(i)))
+		if err != nil {
+			continue
+		}
+		g, err := ParseGID(strings.TrimSpace(string(b)))
+		if err != nil || g != want {
+			continue
+		}
+		if t, err := GIDType(dev, port, i); err == nil && t == "RoCE v2" {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("rdma: %s port %d, %v: %w", dev, port, ip, ErrNoGID)
+}
+
+// ParseGID parses a GID as sysfs writes it (eight groups of four hex
+// digits, "0000:0000:0000:0000:0000:ffff:0a4d:0001") or any IPv6 form.
+func ParseGID(s string) (GID, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is6() && !a.Is4In6() {
+		return GID{}, fmt.Errorf("rdma: bad GID %q", s)
+	}
+	return GID(a.As16()), nil
+}

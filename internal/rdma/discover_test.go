@@ -36,3 +36,18 @@ func TestGIDForAddr(t *testing.T) {
 		t.Error("names", WCRetryExcErr, QPRTS)
 	}
 }
+
+func TestParseGID(t *testing.T) {
+	g, err := ParseGID("0000:0000:0000:0000:0000:ffff:0a4d:0001")
+	if err != nil || g != GIDForAddr(netip.MustParseAddr("10.77.0.1")) {
+		t.Errorf("ParseGID = %x, %v", g, err)
+	}
+	for _, bad := range []string{"", "10.0.0.1", "xyz", "0000:0000"} {
+		if _, err := ParseGID(bad); err == nil {
+			t.Errorf("ParseGID(%q) accepted", bad)
+		}
+	}
+	if _, err := GIDIndex("nosuchdev0", 1, netip.MustParseAddr("10.0.0.1")); err == nil {
+		t.Error("GIDIndex of a missing device")
+	}
+}
