@@ -7,6 +7,7 @@ packages=(
 	qemu-system-x86 qemu-utils          # guests (TCG is enough)
 	dpdk dpdk-dev libdpdk-dev pkg-config # DPDK 22.11: libraries, testpmd, pkg-config libdpdk
 	rdma-core libibverbs-dev            # RDMA verbs (soft-RoCE inside guests)
+	ibverbs-providers perftest          # the rxe provider for guests; ib_send_lat/bw, veloce-bench rdma's reference
 	busybox-static                      # guest userland: sh, ping, udhcpc, ip
 	ovmf systemd-boot-efi               # disk-image guests: UEFI firmware (stand-in for Cloud Hypervisor's), systemd-bootx64.efi
 	mtools dosfstools                   # tests check the disk image's FAT with mtype and fsck.fat

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchrdma"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
@@ -35,6 +36,7 @@ Commands:
            net_virtio_user: tx (guest transmits) and rx (guest receives),
            Mpps and the ratio veloced/DPDK per frame size
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
+  rdma     perftest (ib_send_lat, ib_send_bw) vs Veloce on RDMA, on soft-RoCE in a TCG guest
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -62,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
 	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (cmd/veloce-bench/internal/benchdpdk)
 		return runDPDK(ctx, args[1:], stdout, stderr)
+	case "rdma": // perftest vs Veloce on RDMA in a soft-RoCE guest (cmd/veloce-bench/internal/benchrdma)
+		return benchrdma.Main(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
