@@ -109,8 +109,8 @@ install: build
 ## test: everything — unit tests, fuzz seed corpora, VM and DPDK tests (needs root)
 test: deps images lint
 	$(GO) test -tags '$(TAGS)' -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
-	@# and the build without DPDK: the plugin reports itself unavailable, veloced falls back to UDP
-	CGO_ENABLED=0 $(GO) test -count=1 -run 'Unavailable|NoDPDK|Stub' ./internal/dpdk/ ./plugins/dpdk/ ./cmd/veloced/
+	@# and the build without DPDK and RDMA: the plugins report themselves unavailable, veloced falls back to UDP
+	CGO_ENABLED=0 $(GO) test -count=1 -run 'Unavailable|NoDPDK|NoRDMA|RDMAFlag|Stub' ./internal/dpdk/ ./plugins/dpdk/ ./internal/rdma/ ./plugins/rdma/ ./cmd/veloced/
 
 ## unit: the fast tests only (no VMs)
 unit:
