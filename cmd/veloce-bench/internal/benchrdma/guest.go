@@ -37,7 +37,7 @@ const (
 func RunGuest(ctx context.Context, cfg Config, log io.Writer) *Report {
 	rep := &Report{Notes: []string{
 		fmt.Sprintf("TCG guest, %d vCPUs, soft-RoCE (rdma_rxe) over a veth: absolute times are the emulator's; compare the ratios", runtime.NumCPU()),
-		"raw: perftest ib_send_lat (RTT = 2 x t_typical) and ib_send_bw (MsgRate), RC sends between rxe0 and rxe1, polling; each figure from two runs of different lengths (the difference of their wall times over the difference of their iterations: perftest's own clock, calibrated on the TSC, is unreliable under TCG)",
+		"raw: perftest ib_send_lat (RTT = 2 x t_typical) and ib_send_bw (MsgRate), RC sends between rxe0 and rxe1, polling; where perftest's own clock failed (it calibrates the TSC, which TCG does not always allow; the row says timed), the figure is the difference of two runs' wall times over the difference of their iterations",
 		"datapath: plugins/rdma to plugins/rdma (runtime to runtime, no daemons): SendBatch, RC send, the peer's polling thread echoes",
 		"app: two daemons with the RDMA datapath and host applications (guestlib over the app sockets): application to application",
 	}}
@@ -67,9 +67,11 @@ func RunGuest(ctx context.Context, cfg Config, log io.Writer) *Report {
 			}
 		}
 		fmt.Fprintf(log, "veloce-bench rdma: %d B: perftest\n", size)
-		r.RawRTT, r.PerftestRTT, err = perftestLat(ctx, size, cfg.Count, gidA, gidB)
+		r.RawRTT, r.RawTimed, err = perftestLat(ctx, size, cfg.Count, gidA, gidB)
 		fail("ib_send_lat", err)
-		r.RawRate, err = perftestBW(ctx, size, cfg.Duration, gidA, gidB)
+		var timed bool
+		r.RawRate, timed, err = perftestBW(ctx, size, cfg.Duration, gidA, gidB)
+		r.RawTimed = r.RawTimed || timed
 		fail("ib_send_bw", err)
 		if pp != nil {
 			fmt.Fprintf(log, "veloce-bench rdma: %d B: datapath\n", size)
@@ -182,48 +184,61 @@ func ParseBW(out string, size int) (float64, error) {
 	return mpps * 1e6, err
 }
 
-// perftestDiff runs bin twice, with n1 and n2 iterations, and returns
-// the wall time per extra iteration: start-up and connection set-up
-// cancel out, and perftest's own clock (the TSC, calibrated at start,
-// unreliable under TCG) is not used. The result line is still checked.
-func perftestDiff(ctx context.Context, bin string, size, n1, n2, gidA, gidB int) (time.Duration, string, error) {
-	var took [2]time.Duration
-	var last string
-	for i, n := range []int{n1, n2} {
-		start := time.Now()
-		out, err := perftest(ctx, bin, gidA, gidB, "-s", strconv.Itoa(size), "-n", strconv.Itoa(n))
-		took[i], last = time.Since(start), out
-		if err != nil {
-			return 0, out, err
-		}
-		if resultFields(out, size) == nil {
-			return 0, out, fmt.Errorf("no result line for %d B in %s's output:\n%s", size, bin, out)
-		}
+// perftestRun runs bin with n iterations and returns its output and
+// how long the run took (start-up and connection set-up included).
+func perftestRun(ctx context.Context, bin string, size, n, gidA, gidB int) (string, time.Duration, error) {
+	start := time.Now()
+	out, err := perftest(ctx, bin, gidA, gidB, "-s", strconv.Itoa(size), "-n", strconv.Itoa(n))
+	took := time.Since(start)
+	if err == nil && resultFields(out, size) == nil {
+		err = fmt.Errorf("no result line for %d B in %s's output:\n%s", size, bin, out)
 	}
-	if took[1] <= took[0] {
-		return 0, last, fmt.Errorf("%s: %d iterations took %v, %d took %v: too noisy, raise --count", bin, n2, took[1], n1, took[0])
-	}
-	return (took[1] - took[0]) / time.Duration(n2-n1), last, nil
+	return out, took, err
 }
 
-// perftestLat returns ib_send_lat's round trip in µs, and the one it
-// reports itself (2 x t_typical; 0 when its clock failed).
-func perftestLat(ctx context.Context, size, count, gidA, gidB int) (rtt, reported float64, err error) {
-	d, out, err := perftestDiff(ctx, "/usr/bin/ib_send_lat", size, max(10, count/10), count+max(10, count/10), gidA, gidB)
-	if half, perr := ParseLat(out, size); perr == nil && !math.IsInf(half, 0) && !math.IsNaN(half) {
-		reported = 2 * half
+// perftestFigure runs bin with n iterations and returns parse's figure
+// from its output; when perftest's clock failed (it calibrates the TSC
+// at start, which under TCG does not always work: it then prints inf),
+// it runs bin again with n/10 iterations and returns the wall time per
+// extra iteration instead (start-up and set-up cancel out), with timed
+// true.
+func perftestFigure(ctx context.Context, bin string, size, n, gidA, gidB int, parse func(string, int) (float64, error)) (v float64, perIter time.Duration, timed bool, err error) {
+	out, took, err := perftestRun(ctx, bin, size, n, gidA, gidB)
+	if err != nil {
+		return 0, 0, false, err
 	}
-	return float64(d) / 1e3, reported, err
+	if v, perr := parse(out, size); perr == nil && v > 0 && !math.IsInf(v, 0) && !math.IsNaN(v) {
+		return v, 0, false, nil
+	}
+	_, took1, err := perftestRun(ctx, bin, size, n/10, gidA, gidB)
+	if err != nil {
+		return 0, 0, true, err
+	}
+	if took <= took1 {
+		return 0, 0, true, fmt.Errorf("%s: perftest's clock failed and %d iterations took %v, %d took %v: too noisy, raise --count", bin, n, took, n/10, took1)
+	}
+	return 0, (took - took1) / time.Duration(n-n/10), true, nil
 }
 
-// perftestBW returns ib_send_bw's message rate: as many messages as
-// Veloce's throughput run would carry in dur at the latency run's pace,
-// at least 10,000 more in the longer run.
-func perftestBW(ctx context.Context, size int, dur time.Duration, gidA, gidB int) (float64, error) {
+// perftestLat returns ib_send_lat's round trip in µs: 2 x t_typical, or
+// timed (see perftestFigure).
+func perftestLat(ctx context.Context, size, count, gidA, gidB int) (rtt float64, timed bool, err error) {
+	half, per, timed, err := perftestFigure(ctx, "/usr/bin/ib_send_lat", size, count, gidA, gidB, ParseLat)
+	if timed {
+		return float64(per) / 1e3, true, err
+	}
+	return 2 * half, false, err
+}
+
+// perftestBW returns ib_send_bw's message rate (its MsgRate, or timed).
+func perftestBW(ctx context.Context, size int, dur time.Duration, gidA, gidB int) (float64, bool, error) {
 	n := max(10000, int(dur/time.Millisecond)*10)
-	d, _, err := perftestDiff(ctx, "/usr/bin/ib_send_bw", size, n/10, n+n/10, gidA, gidB)
-	if err != nil || d <= 0 {
-		return 0, err
+	rate, per, timed, err := perftestFigure(ctx, "/usr/bin/ib_send_bw", size, n, gidA, gidB, ParseBW)
+	if timed {
+		if per <= 0 {
+			return 0, true, err
+		}
+		return float64(time.Second) / float64(per), true, err
 	}
-	return float64(time.Second) / float64(d), nil
+	return rate, false, err
 }
