@@ -99,7 +99,13 @@ func (r *Row) derive() {
 			*v = 0
 		}
 	}
-	r.DatapathOver, r.AppOver = benchutil.Round2(r.DatapathRTT-r.RawRTT), benchutil.Round2(r.AppRTT-r.RawRTT)
+	over := func(x float64) float64 {
+		if x <= 0 || r.RawRTT <= 0 {
+			return 0 // not measured
+		}
+		return benchutil.Round2(x - r.RawRTT)
+	}
+	r.DatapathOver, r.AppOver = over(r.DatapathRTT), over(r.AppRTT)
 	r.DatapathRTTx, r.AppRTTx = ratio(r.DatapathRTT, r.RawRTT), ratio(r.AppRTT, r.RawRTT)
 	r.DatapathRatex, r.AppRatex = ratio(r.DatapathRate, r.RawRate), ratio(r.AppRate, r.RawRate)
 }

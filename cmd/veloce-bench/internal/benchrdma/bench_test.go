@@ -53,6 +53,10 @@ func TestGuestArgsAndRow(t *testing.T) {
 	if r.DatapathOver != 2.5 || r.AppOver != 20 || r.DatapathRTTx != 1.25 || r.AppRTTx != 3 || r.DatapathRatex != 0.9 || r.AppRatex != 0.5 {
 		t.Errorf("derived %+v", r)
 	}
+	skipped := Row{Size: 4096, RawRTT: 10, DatapathRTT: 20}
+	if skipped.derive(); skipped.AppOver != 0 || skipped.AppRTTx != 0 || skipped.DatapathOver != 10 {
+		t.Errorf("a row without app figures: %+v", skipped)
+	}
 	var b bytes.Buffer
 	if err := WriteTable(&b, &Report{Rows: []Row{r}, Notes: []string{"n"}}); err != nil || !strings.Contains(b.String(), "12.50") || !strings.Contains(b.String(), "note: n") {
 		t.Errorf("table %v:\n%s", err, b.String())
