@@ -44,12 +44,15 @@ import (
 // memState is a StateTransferer holding a blob in a small checked format
 // (magic, length, data, CRC-32), so a truncated or garbage load is refused.
 type memState struct {
-	mu      sync.Mutex
-	blob    []byte   // what SaveState writes (framed by frame)
-	raw     []byte   // when set, SaveState writes it as is
-	loaded  [][]byte // the data of every accepted LoadState
-	refused []error  // every refused LoadState
-	saves   int
+	mu sync.Mutex
+	// blob is what SaveState writes (framed by frame); raw, when set, is
+	// written as is instead. loaded holds the data of every accepted
+	// LoadState, refused why the others failed.
+	blob    []byte   // +checklocks:mu
+	raw     []byte   // +checklocks:mu
+	loaded  [][]byte // +checklocks:mu
+	refused []error  // +checklocks:mu
+	saves   int      // +checklocks:mu
 }
 
 func frame(data []byte) []byte {
@@ -75,26 +78,38 @@ func (s *memState) LoadState(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	data, err := unframe(b)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fail := func(format string, args ...any) error {
-		err := fmt.Errorf(format, args...)
+	if err != nil {
 		s.refused = append(s.refused, err)
 		return err
 	}
+	s.loaded = append(s.loaded, data)
+	return nil
+}
+
+// unframe checks and strips frame's framing.
+func unframe(b []byte) ([]byte, error) {
 	if len(b) < 12 || string(b[:4]) != "VLST" {
-		return fail("not a state blob (%d bytes)", len(b))
+		return nil, fmt.Errorf("not a state blob (%d bytes)", len(b))
 	}
 	n := binary.LittleEndian.Uint32(b[4:])
 	if uint64(len(b)) != 12+uint64(n) {
-		return fail("truncated: header says %d bytes, have %d", n, len(b)-12)
+		return nil, fmt.Errorf("truncated: header says %d bytes, have %d", n, len(b)-12)
 	}
 	data := b[8 : 8+n]
 	if crc32.ChecksumIEEE(data) != binary.LittleEndian.Uint32(b[8+n:]) {
-		return fail("checksum mismatch")
+		return nil, errors.New("checksum mismatch")
 	}
-	s.loaded = append(s.loaded, bytes.Clone(data))
-	return nil
+	return bytes.Clone(data), nil
+}
+
+// loads returns the data of the accepted loads.
+func (s *memState) loads() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loaded
 }
 
 // set replaces what SaveState writes (under the lock: the transfer
@@ -300,7 +315,7 @@ func TestQEMUMigratesDeviceStateInItsStream(t *testing.T) {
 	if st := dstFE.loadState(0, got); st != 0 {
 		t.Fatalf("destination CHECK_DEVICE_STATE = %d", st)
 	}
-	if _, loads, _ := dstState.counts(); loads != 1 || !bytes.Equal(dstState.loaded[0], data) {
+	if _, loads, _ := dstState.counts(); loads != 1 || !bytes.Equal(dstState.loads()[0], data) {
 		t.Fatalf("destination loaded %d states", loads)
 	}
 	// vhost_dev_start on the destination: memory, rings from the source's
@@ -351,7 +366,7 @@ func TestCloudHypervisorMigratesDeviceState(t *testing.T) {
 		t.Fatalf("%d queue pairs still running after the pause", n)
 	}
 	got, st := src.saveState(src.flags)
-	if st != 0 || !bytes.Equal(got, frame(srcState.blob)) {
+	if st != 0 || !bytes.Equal(got, frame([]byte("sessions, streams, sources, sinks"))) {
 		t.Fatalf("save: CHECK %d, %q", st, got)
 	}
 
@@ -363,8 +378,8 @@ func TestCloudHypervisorMigratesDeviceState(t *testing.T) {
 	dst.acked &^= vhostuser.Bit(vhostuser.FLogAll)
 	dst.setup()
 	exchangeARP(t, fg, dstRec, 2)
-	if _, loads, _ := dstState.counts(); loads != 1 || string(dstState.loaded[0]) != string(srcState.blob) {
-		t.Fatalf("destination loaded %q", dstState.loaded)
+	if _, loads, _ := dstState.counts(); loads != 1 || string(dstState.loads()[0]) != "sessions, streams, sources, sinks" {
+		t.Fatalf("destination loaded %q", dstState.loads())
 	}
 }
 
@@ -441,8 +456,8 @@ func TestDeviceStateRefusals(t *testing.T) {
 	if v := f.check(0); v != 0 {
 		t.Errorf("first transfer after the refused second: CHECK %d", v)
 	}
-	if _, loads, _ := st.counts(); loads != 1 || string(st.loaded[0]) != "first" {
-		t.Errorf("loaded %q", st.loaded)
+	if _, loads, _ := st.counts(); loads != 1 || string(st.loads()[0]) != "first" {
+		t.Errorf("loaded %q", st.loads())
 	}
 
 	// Rings running: refused until they stop.
@@ -462,7 +477,7 @@ func TestDeviceStateRefusals(t *testing.T) {
 		t.Errorf("RX ring running: reply %#x", v)
 	}
 	f.getVringBase(0)
-	if got, v := f.saveState(0); v != 0 || !bytes.Equal(got, frame(st.blob)) {
+	if got, v := f.saveState(0); v != 0 || !bytes.Equal(got, frame([]byte("x"))) {
 		t.Errorf("after GET_VRING_BASE: CHECK %d, %q", v, got)
 	}
 
@@ -712,4 +727,16 @@ func FuzzSetDeviceStateFD(f *testing.F) {
 		}
 		fe.sync()
 	})
+}
+
+// TestDeviceStateWithoutChannel: a SET_DEVICE_STATE_FD without its
+// descriptor (a frontend that closed it before sending: sendmsg cannot
+// carry a closed one) breaks the protocol: the device drops that frontend
+// with ErrBadFDs, as for any request missing its descriptor.
+func TestDeviceStateWithoutChannel(t *testing.T) {
+	_, f, wait := startedDevice(t, &memState{}, 0)
+	f.send(vhostuser.SetDeviceStateFD, 0, vhostuser.AppendDeviceStateTransfer(nil, vhostuser.DeviceStateTransfer{Direction: vhostuser.TransferLoad}))
+	if err := wait(); !errors.Is(err, vhostuser.ErrBadFDs) {
+		t.Errorf("Serve = %v, want ErrBadFDs", err)
+	}
 }
