@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,6 +48,11 @@ type PortOptions struct {
 	// Limits bound the guest's sessions, streams, sources, sinks and
 	// control request rate; zero fields take DefaultLimits.
 	Limits Limits
+	// SaveState and LoadState, when both set, carry the port's state in
+	// the hypervisor's migration stream (vhost-user DEVICE_STATE, see
+	// devstate.go); nil leaves the feature unoffered.
+	SaveState func(p *Port, w io.Writer) error
+	LoadState func(p *Port, r io.Reader) error
 }
 
 // Port is one VM's attachment: a virtio-net device over vhost-user whose
@@ -96,7 +102,7 @@ func NewPort(opts PortOptions) (*Port, error) {
 		p.out = newOutbox()
 		p.acct = newAccount("port "+opts.Name, opts.Limits, opts.Logger)
 	}
-	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs})
+	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs, State: p.deviceState()})
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,13 @@ type NetOptions struct {
 	// Pin on hosts with cores to spare for the datapath, as with DPDK's
 	// lcores.
 	PollCPUs []int
+	// State, when set, moves the owner's state through the frontend's
+	// migration stream: the device offers VHOST_USER_PROTOCOL_F_DEVICE_STATE
+	// and serves SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE (devstate.go).
+	State StateTransferer
+	// StateTimeout is the deadline of one state transfer on its channel;
+	// default DefaultStateTimeout.
+	StateTimeout time.Duration
 }
 
 // Features a NetDevice offers. Checksum and segmentation offloads are not
@@ -160,6 +167,8 @@ type NetDevice struct {
 	// announced[qp] is set once the Announcer's frame went out on the
 	// queue pair since the frontend connected.
 	announced []atomic.Bool // replaced under mu on reset
+	// xfer is the connection's last device state transfer (devstate.go).
+	xfer *stateTransfer // +checklocks:mu
 }
 
 type netCounters struct {
@@ -469,6 +478,8 @@ var netHandlers = [maxRequest + 1]func(*NetDevice, *request) error{
 	GetInflightFD:       (*NetDevice).getInflightFD,
 	SetInflightFD:       (*NetDevice).setInflightFD,
 	SetVringEndian:      (*NetDevice).setVringEndian,
+	SetDeviceStateFD:    (*NetDevice).setDeviceStateFD,
+	CheckDeviceState:    (*NetDevice).checkDeviceState,
 }
 
 func (d *NetDevice) getFeatures(r *request) error {
@@ -497,7 +508,7 @@ func (d *NetDevice) setFeatures(r *request) error {
 }
 
 func (d *NetDevice) getProtocolFeatures(r *request) error {
-	return r.replyU64(uint64(netOfferedProtocolFeatures))
+	return r.replyU64(uint64(d.offeredProtocolFeatures()))
 }
 
 func (d *NetDevice) setProtocolFeatures(r *request) error {
@@ -505,7 +516,7 @@ func (d *NetDevice) setProtocolFeatures(r *request) error {
 	if err != nil {
 		return err
 	}
-	if extra := Features(v) &^ netOfferedProtocolFeatures; extra != 0 {
+	if extra := Features(v) &^ d.offeredProtocolFeatures(); extra != 0 {
 		return r.fail(ErrNotOffered, "frontend acked protocol features %#x that were not offered", uint64(extra))
 	}
 	d.protocol = Features(v)
@@ -875,6 +886,7 @@ func (d *NetDevice) loggingLocked() bool {
 
 // resetLocked stops everything and forgets the frontend's state.
 func (d *NetDevice) resetLocked() {
+	d.abortStateTransferLocked()
 	d.stopAllLocked()
 	for i := range d.vrings {
 		vr := &d.vrings[i]
