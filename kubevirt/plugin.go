@@ -75,7 +75,8 @@ type Plugin struct {
 	opts Options
 
 	mu    sync.Mutex
-	ports map[string]bool // +checklocks:mu; registered with veloced
+	// ports are the ports registered with veloced.
+	ports map[string]bool // +checklocks:mu
 }
 
 // New returns a plugin.
