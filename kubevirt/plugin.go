@@ -74,7 +74,7 @@ type Options struct {
 type Plugin struct {
 	opts Options
 
-	mu    sync.Mutex
+	mu sync.Mutex
 	// ports are the ports registered with veloced.
 	ports map[string]bool // +checklocks:mu
 }
