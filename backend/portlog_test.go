@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -197,5 +198,53 @@ func TestPortUpOnlyAfterBind(t *testing.T) {
 	}
 	if rs := logs.find("port up"); len(rs) != 0 {
 		t.Errorf("port up logged for a port that never listened: %v", rs)
+	}
+}
+
+// TestClientPortLogsWaitingAndBrokenFrontend: a client-mode port waits
+// for its frontend (logged once, with what to do), connects when the
+// frontend listens, and a frontend that breaks the protocol is logged as
+// a warning with the error and a hint.
+func TestClientPortLogsWaitingAndBrokenFrontend(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vm0.sock")
+	logs := newCaptureLog()
+	d, err := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), Logger: slog.New(logs),
+		Ports: []PortOptions{{Name: "vm0", Socket: sock, Client: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if r := logs.wait(t, "waiting for the frontend to listen"); r.attrs["port"] != "vm0" || !strings.Contains(r.attrs["hint"], "server=on") {
+		t.Errorf("waiting: %v", r.attrs)
+	}
+	// The frontend listens (QEMU server=on); the daemon connects.
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ln.SetDeadline(time.Now().Add(time.Minute))
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := logs.wait(t, "frontend connected"); r.attrs["mode"] != "client" || r.attrs["port"] != "vm0" {
+		t.Errorf("connected: %v", r.attrs)
+	}
+	// A message header claiming a payload larger than vhost-user allows.
+	if _, err := c.Write([]byte{1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f}); err != nil {
+		t.Fatal(err)
+	}
+	r := logs.wait(t, "frontend disconnected")
+	if r.level != slog.LevelWarn || r.attrs["err"] == "" || !strings.Contains(r.attrs["hint"], "reconnect") {
+		t.Errorf("broken frontend: %v %v", r.level, r.attrs)
+	}
+	c.Close()
+	if n := len(logs.find("waiting for the frontend to listen")); n != 1 {
+		t.Errorf("waiting logged %d times before the first connection, want 1:\n%s", n, logs.dump())
 	}
 }

@@ -174,11 +174,14 @@ func (p *Plugin) Mutate(domainXML, vmiJSON []byte) ([]byte, []Port, error) {
 	queues := 1
 	devs := &v.Spec.Domain.Devices
 	if mq := devs.NetworkInterfaceMultiqueue; mq != nil && *mq {
-		queues = 1
+		vcpus := uint64(1)
 		if c := v.Spec.Domain.CPU; c != nil {
-			queues = int(max(c.Cores, 1) * max(c.Sockets, 1) * max(c.Threads, 1))
+			vcpus = uint64(max(c.Cores, 1)) * uint64(max(c.Sockets, 1)) * uint64(max(c.Threads, 1))
+			if c.Cores > 1<<16 || c.Sockets > 1<<16 || c.Threads > 1<<16 {
+				vcpus = uint64(p.opts.Queues)
+			}
 		}
-		queues = min(queues, p.opts.Queues)
+		queues = int(min(vcpus, uint64(p.opts.Queues)))
 	}
 	var ports []Port
 	for _, ifc := range devs.Interfaces {
