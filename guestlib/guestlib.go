@@ -220,10 +220,21 @@ func dial(o *Options) (conn, string, error) {
 	}
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(o.Service))
 	if err != nil {
+		if unreachable(err) {
+			return nil, o.Service.String(), fmt.Errorf("%w: no route to %s (%s): %w", ErrNoDaemon, o.Service.Addr(), vmHint, err)
+		}
 		return nil, o.Service.String(), err
 	}
 	c.SetReadBuffer(4 << 20)
 	return c, o.Service.String(), nil
+}
+
+// vmHint is what to check when the service address does not answer.
+const vmHint = "is this VM's NIC attached to veloced, and does the guest have its address (DHCP)?"
+
+// unreachable reports a network with no route to the service address.
+func unreachable(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
 // Session is an application's attachment to the daemon.
@@ -298,8 +309,11 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	cancel()
 	if err != nil {
 		s.shutdown()
+		if !host && unreachable(err) {
+			return nil, fmt.Errorf("%w: no route to %s (%s): %w", ErrNoDaemon, peer, vmHint, err)
+		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			hint := "is this VM's NIC attached to veloced, and does the guest have its address (DHCP)?"
+			hint := vmHint
 			if host {
 				hint = "is veloced stuck? see its log"
 			}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/testutil"
 )
 
 // TestOpenWithoutDaemonSaysWhatIsMissing: Open fails at once, not when
@@ -186,5 +187,27 @@ func TestSinkCreatedAfterEmitMissesIt(t *testing.T) {
 	}
 	if got := consume(first); got != "after" {
 		t.Errorf("early sink's second message = %q", got)
+	}
+}
+
+// TestOpenInAVMWithoutALink: a guest whose NIC is not configured (no
+// route to the service address) gets ErrNoDaemon asking about the NIC,
+// at once. The namespace stands in for such a guest: it has only lo.
+func TestOpenInAVMWithoutALink(t *testing.T) {
+	ns := testutil.NewNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	if derr := ns.Do(func() error {
+		_, err = guestlib.Open(ctx, guestlib.Options{Service: guestlib.DefaultService})
+		return nil
+	}); derr != nil {
+		t.Fatal(derr)
+	}
+	if !errors.Is(err, guestlib.ErrNoDaemon) || !strings.Contains(err.Error(), "is this VM's NIC attached to veloced") {
+		t.Errorf("err = %v, want ErrNoDaemon asking about the VM's NIC", err)
+	}
+	if ctx.Err() != nil {
+		t.Error("Open waited for its context")
 	}
 }
