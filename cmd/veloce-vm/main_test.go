@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,8 +98,10 @@ func TestPrintedQEMUCommandBootsAndPings(t *testing.T) {
 	kernel, initramfs := vmtest.Image(t, vmtest.Guest{})
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "vm0.sock")
+	logs := &lockedBuffer{}
 	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"),
-		Ports: []backend.PortOptions{{Name: "vm0", Socket: sock}}})
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Ports:  []backend.PortOptions{{Name: "vm0", Socket: sock}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,4 +133,64 @@ func TestPrintedQEMUCommandBootsAndPings(t *testing.T) {
 	if p := d.Ports()[0]; p.EchoReplies < 3 || p.DHCPReplies < 1 {
 		t.Errorf("daemon answered %d echoes, %d DHCP; want >= 3, 1", p.EchoReplies, p.DHCPReplies)
 	}
+
+	// What the operator reads in veloced's log about this VM: QEMU's
+	// connection, the negotiated features by name, the lease.
+	records := logs.records(t)
+	find := func(msg string) []map[string]any {
+		var out []map[string]any
+		for _, r := range records {
+			if r["msg"] == msg && r["port"] == "vm0" {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if n := len(find("frontend connected")); n != 1 {
+		t.Errorf("%d \"frontend connected\" lines, want 1", n)
+	}
+	up := find("guest link up")
+	if len(up) != 1 {
+		t.Fatalf("%d \"guest link up\" lines, want 1:\n%s", len(up), logs.String())
+	}
+	if f, _ := up[0]["features"].(string); !strings.Contains(f, "VERSION_1") || !strings.Contains(f, "MRG_RXBUF") {
+		t.Errorf("guest link up features %q: want QEMU's VERSION_1 and MRG_RXBUF", f)
+	}
+	if f, _ := up[0]["protocol_features"].(string); !strings.Contains(f, "REPLY_ACK") {
+		t.Errorf("protocol features %q: want REPLY_ACK", f)
+	}
+	lease := find("DHCP lease")
+	if len(lease) != 1 || lease[0]["guest_mac"] != "52:54:00:00:00:01" || lease[0]["guest_ip"] != "169.254.77.2" {
+		t.Errorf("DHCP lease lines %v, want one for 52:54:00:00:00:01 at 169.254.77.2", lease)
+	}
+}
+
+// lockedBuffer collects a daemon's JSON log.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedBuffer) records(t *testing.T) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
 }
