@@ -3,6 +3,7 @@ package backend
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -93,6 +94,10 @@ type LinkPeerOptions struct {
 	// VIRTIO_NET_F_CSUM: the guest then sends partial checksums. IPv4 header
 	// checksums are always verified (virtio has no offload for them).
 	TrustGuestChecksums bool
+	// Logger receives the leases handed out (info the first time for a
+	// guest MAC, debug for renewals) and refusals (warn); nil discards.
+	// Give it the port's fields (Logger.With).
+	Logger *slog.Logger
 }
 
 // Verdict says what LinkPeer.Handle did with a frame. The link peer is
@@ -164,7 +169,10 @@ type LinkPeer struct {
 
 	replied, delivered, dropped atomic.Uint64
 	dhcp                        atomic.Uint64
-	droppedBy                   [numDropReasons]atomic.Uint64
+	// leased is the MAC of the last guest given a lease (as learned), so
+	// that its renewals log at debug.
+	leased    atomic.Uint64
+	droppedBy [numDropReasons]atomic.Uint64
 }
 
 const learnedValid = 1 << 63
@@ -464,6 +472,42 @@ func (p *LinkPeer) handleDHCP(src pkt.MAC, payload, reply []byte, res *Result) {
 	}
 	p.dhcp.Add(1)
 	res.Replied(n)
+	p.logDHCP(typ, req, lease)
+}
+
+// logDHCP logs a DHCP answer: the first lease a guest MAC gets at info,
+// its renewals and offers at debug, refusals at warn.
+func (p *LinkPeer) logDHCP(typ dhcpv4.MessageType, req *dhcpv4.DHCPv4, lease bool) {
+	log := p.opts.Logger
+	if log == nil {
+		return
+	}
+	mac := req.ClientHWAddr.String()
+	guest := netip.AddrFrom4(p.guest)
+	switch {
+	case typ == dhcpv4.MessageTypeNak:
+		log.Warn("DHCP request refused", "guest_mac", mac, "requested_ip", req.RequestedIPAddress().String(), "guest_ip", guest,
+			"hint", "the guest asks for an address this port does not hand out (a lease from another daemon or an old --guest-ip); it gets the right one once it restarts DHCP")
+	case typ == dhcpv4.MessageTypeAck && lease:
+		m, _ := pkt.MACFrom(req.ClientHWAddr)
+		key := learnedValid | macBits(m)
+		if p.leased.Swap(key) == key {
+			log.Debug("DHCP lease renewed", "guest_mac", mac, "guest_ip", guest, "lease", p.opts.LeaseTime)
+			return
+		}
+		log.Info("DHCP lease", "guest_mac", mac, "guest_ip", guest, "lease", p.opts.LeaseTime, "service_ip", p.opts.ServiceIP)
+	default:
+		log.Debug("DHCP "+typ.String(), "guest_mac", mac, "guest_ip", guest)
+	}
+}
+
+// macBits packs a MAC into the low 48 bits of a word.
+func macBits(m pkt.MAC) uint64 {
+	var v uint64
+	for _, b := range m {
+		v = v<<8 | uint64(b)
+	}
+	return v
 }
 
 // PutDatagram writes to b an Ethernet/IPv4/UDP frame carrying payload from

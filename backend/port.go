@@ -66,6 +66,9 @@ type Port struct {
 	// so Handle allocates nothing and shares nothing.
 	results []Result
 
+	// log carries the port's name; nil discards (portlog.go).
+	log *slog.Logger
+
 	mu      sync.Mutex
 	lastErr string // +checklocks:mu
 
@@ -87,6 +90,17 @@ func NewPort(opts PortOptions) (*Port, error) {
 	if opts.QueuePairs <= 0 {
 		opts.QueuePairs = 1
 	}
+	name := opts.Name
+	if name == "" {
+		name = filepath.Base(opts.Socket)
+	}
+	var log *slog.Logger // the port's lines carry its name
+	if opts.Logger != nil {
+		log = opts.Logger.With("port", name)
+	}
+	if opts.Link.Logger == nil {
+		opts.Link.Logger = log
+	}
 	peer, err := NewLinkPeer(opts.Link)
 	if err != nil {
 		return nil, err
@@ -97,23 +111,20 @@ func NewPort(opts PortOptions) (*Port, error) {
 	if opts.Tenant == "" {
 		opts.Tenant = filepath.Base(opts.Socket)
 	}
-	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs), rt: opts.Runtime}
+	p := &Port{opts: opts, peer: peer, results: make([]Result, opts.QueuePairs), rt: opts.Runtime, log: log}
 	if p.rt != nil {
 		p.out = newOutbox()
 		p.acct = newAccount("port "+opts.Name, opts.Limits, opts.Logger)
 	}
-	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: opts.Logger, PollCPUs: opts.PollCPUs, State: p.deviceState()})
+	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: log, PollCPUs: opts.PollCPUs, State: p.deviceState()})
 	if err != nil {
 		return nil, err
 	}
 	p.server = &vhostuser.Server{Path: opts.Socket, Client: opts.Client, Device: p.dev,
-		SocketMode: opts.SocketMode, SocketGroup: opts.SocketGroup, OnDisconnect: p.dropSessions, OnError: func(err error) {
+		SocketMode: opts.SocketMode, SocketGroup: opts.SocketGroup, OnDisconnect: p.dropSessions, Logger: log, OnError: func(err error) {
 			p.mu.Lock()
 			p.lastErr = err.Error()
 			p.mu.Unlock()
-			if opts.Logger != nil {
-				opts.Logger.Warn("frontend disconnected", "port", opts.Name, "err", err)
-			}
 		}}
 	return p, nil
 }
@@ -129,6 +140,7 @@ var (
 // guest gets a gratuitous ARP for the service address, so its neighbour
 // entry is right at once.
 func (p *Port) Announce(qp int, buf []byte) int {
+	p.logLinkUp(qp)
 	n, err := p.peer.GratuitousARP(buf)
 	if err != nil {
 		return 0

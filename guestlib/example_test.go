@@ -36,11 +36,11 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	b, err := src.GetBuffer(5)
+	b, err := src.GetBuffer(guestlib.MaxMessage)
 	if err != nil {
 		log.Fatal(err)
 	}
-	copy(b.Data, "hello") // written in place: Emit copies nothing
+	b.Truncate(copy(b.Data, "hello")) // written in place; Emit sends the 5 bytes
 	tok, err := src.Emit(b)
 	if err != nil {
 		log.Fatal(err)

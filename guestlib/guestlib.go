@@ -32,6 +32,16 @@
 // safe for concurrent use; a Source's Emit calls are ordered as they are
 // made.
 //
+// # Order that matters
+//
+// A message goes to the sinks its channel has when the daemon takes it:
+// a sink created after the emit misses it (nothing is kept for sinks to
+// come). Create the sinks first; across hosts, a peer learns of a new
+// sink a moment after CreateSink returns. Emit sends len(Buffer.Data)
+// bytes: cut a buffer to what was written (Buffer.Truncate). Open fails
+// with ErrNoDaemon, saying what to check, when no daemon answers
+// (Options.OpenTimeout on the virtio transport).
+//
 // Outcome answers for a source's last OutcomeWindow tokens and returns
 // ErrOutcomeUnknown for older ones. (It used to answer nil, accepted, for
 // any token it held no refusal for, and held at most 65,536 refusals a
@@ -90,6 +100,11 @@ var (
 	// ErrPermission: the daemon refused the request for the tenant the
 	// application belongs to. Status guestproto.StatusDenied.
 	ErrPermission = errors.New("guestlib: permission denied")
+	// ErrNoDaemon: Open found no daemon: no socket (or nobody listening)
+	// at the host transport's path, or no answer from the service address
+	// within Options.OpenTimeout on the virtio transport. The error says
+	// what to check.
+	ErrNoDaemon = errors.New("guestlib: no Veloce daemon")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -150,6 +165,10 @@ type Options struct {
 	// RequestTimeout bounds one control request attempt before it is
 	// retried (UDP); default 250ms. The caller's context bounds the whole.
 	RequestTimeout time.Duration
+	// OpenTimeout bounds how long Open waits for the daemon's first
+	// answer before it fails with ErrNoDaemon (the caller's context may
+	// end it sooner); default 5s.
+	OpenTimeout time.Duration
 	// Socket selects the host transport: the daemon's unix socket for
 	// host applications (SOCK_SEQPACKET; messages in shared memory). Empty
 	// means $VELOCE_APP_SOCKET, else DefaultAppSocket if it exists, else
@@ -182,6 +201,9 @@ func dial(o *Options) (conn, string, error) {
 	if sock != "" {
 		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
 		if err != nil {
+			if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+				return nil, sock, fmt.Errorf("%w at %s (is veloced running with --app-socket %s?): %w", ErrNoDaemon, sock, sock, err)
+			}
 			return nil, sock, err
 		}
 		return c, sock, nil
@@ -198,10 +220,21 @@ func dial(o *Options) (conn, string, error) {
 	}
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(o.Service))
 	if err != nil {
+		if unreachable(err) {
+			return nil, o.Service.String(), fmt.Errorf("%w: no route to %s (%s): %w", ErrNoDaemon, o.Service.Addr(), vmHint, err)
+		}
 		return nil, o.Service.String(), err
 	}
 	c.SetReadBuffer(4 << 20)
 	return c, o.Service.String(), nil
+}
+
+// vmHint is what to check when the service address does not answer.
+const vmHint = "is this VM's NIC attached to veloced, and does the guest have its address (DHCP)?"
+
+// unreachable reports a network with no route to the service address.
+func unreachable(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
 // Session is an application's attachment to the daemon.
@@ -243,8 +276,14 @@ type reply struct {
 
 const datagramSize = 2048
 
-// Open connects to the daemon and opens a session.
+// Open connects to the daemon and opens a session. It fails fast when no
+// daemon is there, with an error wrapping ErrNoDaemon that says what to
+// check: on the host, when nothing listens at the socket; in a VM, when
+// the service address does not answer within Options.OpenTimeout.
 func Open(ctx context.Context, opts Options) (*Session, error) {
+	if opts.OpenTimeout <= 0 {
+		opts.OpenTimeout = 5 * time.Second
+	}
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = time.Second
 	}
@@ -265,9 +304,21 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	} else {
 		go s.receive()
 	}
-	r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}})
+	octx, cancel := context.WithTimeout(ctx, opts.OpenTimeout)
+	r, err := s.request(octx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}})
+	cancel()
 	if err != nil {
 		s.shutdown()
+		if !host && unreachable(err) {
+			return nil, fmt.Errorf("%w: no route to %s (%s): %w", ErrNoDaemon, peer, vmHint, err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			hint := vmHint
+			if host {
+				hint = "is veloced stuck? see its log"
+			}
+			return nil, fmt.Errorf("%w: no answer from %s within %v (%s)", ErrNoDaemon, peer, opts.OpenTimeout, hint)
+		}
 		return nil, err
 	}
 	s.id = r.id
@@ -559,7 +610,8 @@ func (st *Stream) CreateSource(ctx context.Context, channel uint32) (*Source, er
 // Buffer is a message being written: fill Data, then Emit it.
 type Buffer struct {
 	// Data is where the message goes; its length is what was asked for
-	// and may be shortened before Emit. On the host transport it is a
+	// and may be shortened before Emit (Truncate): Emit sends len(Data)
+	// bytes. On the host transport it is a
 	// slot of the memory shared with the daemon.
 	Data []byte
 	raw  *[]byte  // virtio transport
@@ -587,6 +639,20 @@ func (so *Source) GetBuffer(size int) (*Buffer, error) {
 	b := bufferPool.Get().(*Buffer)
 	*b = Buffer{Data: (*bp)[guestproto.EmitOverhead : guestproto.EmitOverhead+size], raw: bp}
 	return b, nil
+}
+
+// Truncate cuts the buffer's message to its first n bytes, so that Emit
+// sends only what was written:
+//
+//	b, _ := src.GetBuffer(guestlib.MaxMessage)
+//	b.Truncate(copy(b.Data, msg))
+//
+// It panics if n is negative or larger than len(b.Data).
+func (b *Buffer) Truncate(n int) {
+	if n < 0 || n > len(b.Data) {
+		panic(fmt.Sprintf("guestlib: Buffer.Truncate(%d) out of range [0, %d]", n, len(b.Data)))
+	}
+	b.Data = b.Data[:n]
 }
 
 // GetBufferContext is GetBuffer that waits, until ctx ends, for a TX slot

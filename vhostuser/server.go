@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -45,6 +46,10 @@ type Server struct {
 	// instead (Client). Client mode ignores both.
 	SocketMode  os.FileMode
 	SocketGroup string
+	// Logger receives the connection's events (connected, disconnected,
+	// waiting for a frontend to listen), each once per connection; nil
+	// discards. Give it the port's fields (Logger.With).
+	Logger *slog.Logger
 
 	life   lifecycle.Group // Start, Wait, Close
 	mu     sync.Mutex
@@ -146,19 +151,40 @@ func (s *Server) runClient(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
 	}
+	waiting := false // logged once until the next connection
 	for ctx.Err() == nil {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", s.Path)
 		if err != nil {
+			if !waiting && ctx.Err() == nil {
+				waiting = true
+				s.logger().Info("waiting for the frontend to listen", "socket", s.Path, "err", err,
+					"hint", "start the VM with this socket in server mode (QEMU -chardev socket,server=on; libvirt mode='server'; Cloud Hypervisor vhost_mode=client)")
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(interval):
 			}
 			continue
 		}
+		waiting = false
 		s.serve(ctx, c.(*net.UnixConn))
 	}
 	return nil
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) mode() string {
+	if s.Client {
+		return "client"
+	}
+	return "server"
 }
 
 // serve runs one connection to its end.
@@ -174,11 +200,23 @@ func (s *Server) serve(ctx context.Context, conn *net.UnixConn) {
 	}
 	s.active = conn
 	s.mu.Unlock()
+	log := s.logger()
+	log.Info("frontend connected", "socket", s.Path, "mode", s.mode())
 	err := s.Device.Serve(conn)
 	conn.Close()
 	s.mu.Lock()
 	s.active = nil
 	s.mu.Unlock()
+	switch {
+	case err == nil || ctx.Err() != nil:
+		log.Info("frontend disconnected", "socket", s.Path)
+	default:
+		hint := "the port waits for the frontend to reconnect"
+		if !s.Client {
+			hint = "the port listens again: restart or reconnect the VM's NIC (QEMU reconnect=1 reconnects by itself)"
+		}
+		log.Warn("frontend disconnected", "socket", s.Path, "err", err, "hint", hint)
+	}
 	if err != nil && s.OnError != nil {
 		s.OnError(err)
 	}

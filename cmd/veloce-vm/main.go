@@ -4,6 +4,11 @@
 // ('make run'), for trying a backend by hand, and for debugging a test.
 //
 //	veloce-vm --vhost-user /run/veloce/vm0.sock --ip 169.254.77.2/24 -- /bin/ping -c 3 169.254.77.1
+//
+// With --print-qemu it prints the QEMU command it would run, complete
+// (TCG options, shared memfd memory, the vhost-user NIC with MSI-X off,
+// the rng, the kernel command line with the guest's configuration), to
+// copy and run by hand, and boots nothing.
 package main
 
 import (
@@ -62,6 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	keep := fs.Bool("keep", false, "keep the work directory (serial and QEMU logs)")
 	quiet := fs.Bool("quiet", false, "do not stream the guest console; print the program's output at the end")
 	output := fs.String("o", "text", "result format: text or json")
+	printQEMU := fs.Bool("print-qemu", false, "print the full QEMU command line (to copy and run by hand) and exit without booting")
 	if err := fs.Parse(args); err != nil {
 		return 0, err
 	}
@@ -101,6 +107,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		}
 	}
 	opts := vmtest.Options{Kernel: kernel, Initramfs: initrd, Guest: cfg, Memory: *memory, NICs: nics, KeepDir: *keep}
+	if *printQEMU {
+		return 0, printCommand(stdout, opts)
+	}
 	if !*quiet && *output == "text" {
 		opts.Console = stdout
 	}
@@ -147,4 +156,54 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		return 1, nil
 	}
 	return r.Status, nil
+}
+
+// printCommand prints the QEMU command vmtest would run for opts, one
+// option per line, quoted for a POSIX shell. QMP (the harness's own
+// control socket) is left out: the command runs on its own, with the
+// guest's console on stdout.
+func printCommand(w io.Writer, opts vmtest.Options) error {
+	vm, err := vmtest.New(opts)
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+	args, err := vm.Args()
+	if err != nil {
+		return err
+	}
+	if opts.Guest != nil {
+		js, err := json.Marshal(opts.Guest)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "# %s= on the kernel command line is base64url(%s) (images/guestinit)\n", guestinit.KernelParam, js)
+	}
+	fmt.Fprint(w, "qemu-system-x86_64")
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "-qmp" {
+			i++
+			continue
+		}
+		if strings.HasPrefix(a, "-") {
+			fmt.Fprint(w, " \\\n  "+a)
+			if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				i++
+				fmt.Fprint(w, " "+shellQuote(args[i]))
+			}
+			continue
+		}
+		fmt.Fprint(w, " "+shellQuote(a))
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=,.:/+@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
