@@ -175,7 +175,8 @@ func TestMigrationCancelledRetriedAndBack(t *testing.T) {
 
 // pingRound matches the marker the guest prints before each ping round in
 // TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply.
-var pingRound = regexp.MustCompile(`(?m)^pinground (\d+)$`)
+// The serial console ends lines with CR LF.
+var pingRound = regexp.MustCompile(`pinground (\d+)\r?\n`)
 
 // pingRTT matches busybox ping's round-trip summary line.
 var pingRTT = regexp.MustCompile(`round-trip min/avg/max = [0-9.]+/[0-9.]+/([0-9.]+) ms`)
@@ -211,7 +212,7 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 	defer cancel()
 
 	vm := boot(aSocks[0], "")
-	if _, err := vm.WaitConsole(ctx, "pinground 2\n"); err != nil {
+	if _, err := vm.WaitConsole(ctx, "pinground 2\r"); err != nil {
 		t.Fatal(err)
 	}
 	var consoles [][]byte
@@ -244,7 +245,7 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 	if len(last) > 0 {
 		cur, _ = strconv.Atoi(string(last[len(last)-1][1]))
 	}
-	if _, err := vm.WaitConsole(ctx, fmt.Sprintf("pinground %d\n", cur+2)); err != nil {
+	if _, err := vm.WaitConsole(ctx, fmt.Sprintf("pinground %d\r", cur+2)); err != nil {
 		t.Fatal(err)
 	}
 	vm.Shutdown(ctx)
