@@ -151,7 +151,7 @@ type NetDevice struct {
 	regionRefs map[MemoryRegion]int
 	// inflight is the inflight region (GET/SET_INFLIGHT_FD); guarded by mu.
 	inflight *inflightRegion
-	dirty    *DirtyLog                 // guarded by mu
+	dirty    *DirtyLog // guarded by mu
 	// logNow mirrors dirty for the pollers' fault attribution (read
 	// without mu). retired holds logs replaced while a poller might not
 	// have moved past them (NetDevice.quiesceLocked timed out); they are

@@ -43,12 +43,12 @@ type poller struct {
 	// The rings' kick and call eventfds, borrowed from the device's
 	// vrings (nil when none): the device stops the poller before it
 	// closes or replaces them.
-	rxKick, txKick         *fd.EventFD
-	rxCall, txCall         *fd.EventFD
-	wake                   *fd.EventFD   // owned: stop requests and NetDevice.Wake
-	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
-	stopping               atomic.Bool
-	sleeping               atomic.Bool   // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	rxKick, txKick *fd.EventFD
+	rxCall, txCall *fd.EventFD
+	wake           *fd.EventFD   // owned: stop requests and NetDevice.Wake
+	pollEvs        []*fd.EventFD // the eventfd of each pollFDs entry
+	stopping       atomic.Bool
+	sleeping       atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
 	// rounds counts poll rounds and parked is set only inside poll(2),
 	// after the round's last ring access: together they tell the control
 	// path when the poller has moved past a change it made in place (a
@@ -57,7 +57,7 @@ type poller struct {
 	parked atomic.Bool
 	// bl holds frames for the guest that found the RX ring short
 	// (rxbacklog.go); the device's, for this queue pair.
-	bl *rxBacklog
+	bl                     *rxBacklog
 	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain
