@@ -240,11 +240,16 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 		vm = next
 	}
 	// Let the round running at the last migration finish, and one more.
-	last := pingRound.FindAllSubmatch(vm.Console(), -1)
-	cur := 0
-	if len(last) > 0 {
-		cur, _ = strconv.Atoi(string(last[len(last)-1][1]))
+	// Each QEMU's console holds what the guest printed while it ran there.
+	lastRound := func(consoles ...[]byte) int {
+		n := 0
+		for _, m := range pingRound.FindAllSubmatch(bytes.Join(consoles, []byte("\n")), -1) {
+			v, _ := strconv.Atoi(string(m[1]))
+			n = max(n, v)
+		}
+		return n
 	}
+	cur := lastRound(append(consoles, vm.Console())...)
 	if _, err := vm.WaitConsole(ctx, fmt.Sprintf("pinground %d\r", cur+2)); err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +257,7 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 	consoles = append(consoles, vm.Console())
 
 	all := bytes.Join(consoles, []byte("\n"))
-	rounds := 0
-	for _, m := range pingRound.FindAllSubmatch(all, -1) {
-		n, _ := strconv.Atoi(string(m[1]))
-		rounds = max(rounds, n)
-	}
+	rounds := lastRound(consoles...)
 	sums := pingSummary.FindAllSubmatch(all, -1)
 	var maxRTT float64
 	for _, m := range pingRTT.FindAllSubmatch(all, -1) {
