@@ -957,6 +957,7 @@ func (d *NetDevice) retireLogLocked(old *DirtyLog) {
 func (d *NetDevice) resetLocked() {
 	d.stopAllLocked()
 	for _, b := range d.backlogs {
+		d.stats.drops.Add(uint64(b.Len())) // never delivered
 		b.reset()
 	}
 	for i := range d.vrings {
@@ -1091,6 +1092,16 @@ func (d *NetDevice) reconcileLocked() error {
 		}
 		rxv, txv := &d.vrings[2*qp], &d.vrings[2*qp+1]
 		rxOK, txOK := d.readyLocked(rxv), d.readyLocked(txv)
+		if rxv.stopped && !rxOK {
+			// The frontend is stopping the device (GET_VRING_BASE on RX
+			// comes first; QEMU stops the rings in order, at the
+			// switchover of a live migration too): the TX ring waits
+			// with it. A frame taken now would be answered into nowhere;
+			// left on the ring it is handled where the device resumes
+			// (the destination, after GET_VRING_BASE(TX) hands over its
+			// index).
+			txOK = false
+		}
 		if !rxOK && !txOK {
 			continue
 		}

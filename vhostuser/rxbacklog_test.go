@@ -274,3 +274,42 @@ func TestMigrationLoggingSwitchesInPlace(t *testing.T) {
 		t.Errorf("Drops = %d", s.Drops)
 	}
 }
+
+// TestSwitchoverLeavesTXFramesForTheDestination follows QEMU's device
+// stop at a migration's switchover (vhost_dev_stop: GET_VRING_BASE for
+// RX, then for TX). Between the two, the TX ring must not be worked
+// alone: a ping taken then would be answered into an RX ring that no
+// longer runs, and lost. Left on the ring, it is counted out of the TX
+// base the frontend hands to the destination, which answers it.
+func TestSwitchoverLeavesTXFramesForTheDestination(t *testing.T) {
+	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
+	dev := newNetDevice(t, 1, rec)
+	f, _ := serveDevice(t, dev)
+	fg := newFakeGuest(t, 1)
+	f.startQEMU(fg, linuxFeatures)
+	rx, tx := fg.rx(0), fg.tx(0)
+	rx.post(vhostusertest.Buf{WriteLen: 1526})
+	tx.post(txChain(arpRequest(1), false)...)
+	rec.next(t)
+	tx.waitUsed()
+	rx.waitUsed()
+
+	if base := f.getVringBase(rx.index); base != 1 {
+		t.Fatalf("GET_VRING_BASE(RX) = %d, want 1", base)
+	}
+	if dev.PollerHandle(0) != nil || dev.State().QueuePairs != 0 {
+		t.Fatal("with RX stopped, the queue pair still runs its TX ring")
+	}
+	// The guest's vCPU had queued one more request before it stopped.
+	tx.post(txChain(arpRequest(2), false)...)
+	writeEventfd(t, tx.kick)
+	f.sync()
+	rec.expectNone(t)
+	tx.expectNoUsed()
+	if base := f.getVringBase(tx.index); base != 1 {
+		t.Errorf("GET_VRING_BASE(TX) = %d, want 1: the second request stays for the destination", base)
+	}
+	if s := dev.Stats(); s.Drops != 0 || s.GuestTXPackets != 1 {
+		t.Errorf("Stats = %+v, want one frame taken and none dropped", s)
+	}
+}
