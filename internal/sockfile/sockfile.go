@@ -100,9 +100,9 @@ func (e *InUseError) Error() string {
 	case e.PID == 0:
 		return ErrInUse.Error()
 	case e.Command != "":
-		return fmt.Sprintf("another process is listening (pid %d, %s)", e.PID, e.Command)
+		return fmt.Sprintf("another process is listening (another veloced? pid %d, %s)", e.PID, e.Command)
 	}
-	return fmt.Sprintf("another process is listening (pid %d, another veloced?)", e.PID)
+	return fmt.Sprintf("another process is listening (another veloced? pid %d)", e.PID)
 }
 
 // Is makes an *InUseError match ErrInUse.
