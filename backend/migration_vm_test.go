@@ -178,13 +178,16 @@ func TestMigrationCancelledRetriedAndBack(t *testing.T) {
 // The serial console ends lines with CR LF.
 var pingRound = regexp.MustCompile(`pinground (\d+)\r?\n`)
 
+// missingSeq matches the guest's report of a lost reply.
+var missingSeq = regexp.MustCompile(`missing seq \d+ after: [^\r\n]*`)
+
 // pingRTT matches busybox ping's round-trip summary line.
 var pingRTT = regexp.MustCompile(`round-trip min/avg/max = [0-9.]+/[0-9.]+/([0-9.]+) ms`)
 
 // TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply is issue 10's
 // device-level case: a stock guest pings the service address every 10 ms
 // (busybox ping -i 0.01, in rounds of 500 so each round prints its own
-// summary) while it migrates 20 times in a row between two daemons, A to
+// summary, and the sequence numbers it lost) while it migrates 20 times in a row between two daemons, A to
 // B, B to A, and so on, every other migration throttled to 32 MiB/s so
 // that logging stays on for seconds. Every ping of every round is
 // answered, and neither daemon drops a frame for the guest. The 50 ms
@@ -201,7 +204,10 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 	a, aSocks := startDaemon(t, "a")
 	b, bSocks := startDaemon(t, "b")
 	kernel, initramfs := vmtest.Image(t, vmtest.Guest{})
-	script := fmt.Sprintf(`i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo "pinground $i"; /bin/ping -q -c %d -i 0.01 -W 5 169.254.77.1; done`, perRound)
+	// Each round's replies go to a file in the guest's tmpfs; the console
+	// gets the summary, and for a round that lost replies, each missing
+	// sequence number with the reply before it (its time= shows a stall).
+	script := fmt.Sprintf(`i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo "pinground $i"; /bin/ping -c %d -i 0.01 -W 5 169.254.77.1 >/tmp/r; tail -n 2 /tmp/r; grep -q ' %d packets received' /tmp/r || awk -F'seq=' '/seq=/{split($2,a," "); s[a[1]]=$0} END{for(k=0;k<%d;k++) if(!(k in s)) print "missing seq " k " after: " s[k-1]}' /tmp/r; done`, perRound, perRound, perRound)
 	guest := &guestinit.Config{
 		Net: []guestinit.NetConfig{{Name: "eth0", Addr: "169.254.77.2/24"}},
 		Run: []string{"/bin/sh", "-c", script},
@@ -285,6 +291,11 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 		if tx != perRound || rx != tx {
 			lossy++
 			t.Errorf("a ping round lost replies: %s", m[0])
+		}
+	}
+	for i, c := range consoles {
+		for _, m := range missingSeq.FindAll(c, 20) {
+			t.Logf("console of QEMU %d (ran after migration %d): %s", i, i, m)
 		}
 	}
 	ap, bp := a.Ports()[0], b.Ports()[0]
