@@ -921,9 +921,10 @@ func (d *NetDevice) runningLocked(vr *vring) bool {
 }
 
 // quiesceTimeout bounds how long the control path waits for pollers to
-// move past a change made in place; a poller stuck longer (a handler that
-// blocks) only delays the release of what was swapped out.
-const quiesceTimeout = time.Second
+// move past a change made in place. A round takes microseconds; a poller
+// stuck longer (a FrameHandler that blocks, which it must not) delays the
+// release of what was swapped out, and is logged.
+const quiesceTimeout = 10 * time.Second
 
 // quiesceLocked waits until every running poller has finished the round
 // it was in, so none still uses what the caller swapped out of its rings.
@@ -949,7 +950,7 @@ func (d *NetDevice) retireLogLocked(old *DirtyLog) {
 		old.Close()
 		return
 	}
-	d.log.Warn("a poller did not finish its round in time; keeping the old dirty log until it stops", "timeout", quiesceTimeout)
+	d.log.Error("a poller did not finish its round in time; keeping the old dirty log until it stops", "timeout", quiesceTimeout)
 	d.retired = append(d.retired, old)
 }
 
