@@ -179,7 +179,7 @@ func TestMigrationCancelledRetriedAndBack(t *testing.T) {
 var pingRound = regexp.MustCompile(`pinground (\d+)\r?\n`)
 
 // missingSeq matches the guest's report of a lost reply.
-var missingSeq = regexp.MustCompile(`missing seq \d+ after: [^\r\n]*`)
+var missingSeq = regexp.MustCompile(`(?:missing seq \d+ after|guest before|guest after): [^\r\n]*`)
 
 // pingRTT matches busybox ping's round-trip summary line.
 var pingRTT = regexp.MustCompile(`round-trip min/avg/max = [0-9.]+/[0-9.]+/([0-9.]+) ms`)
@@ -207,7 +207,10 @@ func TestGuestPingingEvery10msMigratesTwentyTimesLosesNoReply(t *testing.T) {
 	// Each round's replies go to a file in the guest's tmpfs; the console
 	// gets the summary, and for a round that lost replies, each missing
 	// sequence number with the reply before it (its time= shows a stall).
-	script := fmt.Sprintf(`i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo "pinground $i"; /bin/ping -c %d -i 0.01 -W 5 169.254.77.1 >/tmp/r; tail -n 2 /tmp/r; grep -q ' %d packets received' /tmp/r || awk -F'seq=' '/seq=/{split($2,a," "); s[a[1]]=$0} END{for(k=0;k<%d;k++) if(!(k in s)) print "missing seq " k " after: " s[k-1]}' /tmp/r; done`, perRound, perRound, perRound)
+	// The guest's own counters (ICMP in, eth0 received) before and after
+	// such a round tell a frame the device never delivered from one the
+	// guest's stack or ping dropped.
+	script := fmt.Sprintf(`st() { echo "$(grep '^Icmp:' /proc/net/snmp | tail -n1) / $(grep eth0 /proc/net/dev)"; }; i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo "pinground $i"; b=$(st); /bin/ping -c %d -i 0.01 -W 5 169.254.77.1 >/tmp/r; tail -n 2 /tmp/r; grep -q ' %d packets received' /tmp/r || { awk -F'seq=' '/seq=/{split($2,a," "); s[a[1]]=$0} END{for(k=0;k<%d;k++) if(!(k in s)) print "missing seq " k " after: " s[k-1]}' /tmp/r; echo "guest before: $b"; echo "guest after: $(st)"; }; done`, perRound, perRound, perRound)
 	guest := &guestinit.Config{
 		Net: []guestinit.NetConfig{{Name: "eth0", Addr: "169.254.77.2/24"}},
 		Run: []string{"/bin/sh", "-c", script},
