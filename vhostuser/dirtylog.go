@@ -64,7 +64,10 @@ func NewDirtyLog(fd *FD, l Log) (*DirtyLog, error) {
 	page := uint64(unix.Getpagesize())
 	skip := l.Offset % page
 	length := (skip + l.Size + page - 1) &^ (page - 1)
-	mapping, err := mapShared(fd.Int(), int64(l.Offset-skip), int(length), 0)
+	// MAP_POPULATE: the pages are in before the first Mark, so a poller
+	// never takes the page faults of a fresh log one by one while QEMU
+	// waits for the migration's first dirty sync.
+	mapping, err := mapShared(fd.Int(), int64(l.Offset-skip), int(length), unix.MAP_POPULATE)
 	if err != nil {
 		return bad("mmap: %v", err)
 	}

@@ -104,6 +104,21 @@
 //     later, so Cloud Hypervisor) reads exactly that and hangs the
 //     migration on a shorter reply, and QEMU reads whatever size the reply
 //     header gives.
+//   - Migration switches dirty logging in place: SET_LOG_BASE (also a
+//     resized log mid-migration), SET_FEATURES toggling only
+//     VHOST_F_LOG_ALL, and SET_VRING_ADDR changing only VHOST_VRING_F_LOG
+//     and the log address swap the rings' logging configuration
+//     atomically while the pollers run; the reply goes once every poller
+//     has finished the round it was in, and a replaced log is unmapped
+//     only then. QEMU sends these with its big lock held; stopping and
+//     restarting the pollers there stalled the guest's traffic. The log is
+//     mapped with MAP_POPULATE. A SET_FEATURES without LOG_ALL (migration
+//     completed, failed or cancelled) stops the marking.
+//   - A frame for the guest that finds its RX ring short (not refilled
+//     yet, RX not running yet) waits in a bounded per-queue-pair backlog
+//     (rxbacklog.go) and is delivered, in order and dirty-logged, before
+//     any newer frame once buffers come; only a full backlog drops
+//     (NetStats.Drops).
 //   - SET_MEM_TABLE carries up to 32 regions, as rust-vmm frontends may send
 //     (Cloud Hypervisor sends its whole table, hotplugged regions included,
 //     when it reconnects); QEMU sends at most 8.

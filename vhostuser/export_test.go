@@ -77,3 +77,42 @@ func (d *NetDevice) PollerSleeps(qp int) int64 {
 	}
 	return int64((*ps)[qp].sleeps.Load())
 }
+
+// Round runs one poll round as the poller's loop does: the RX backlog
+// first, then TX, then the RXSource while nothing is backlogged; then it
+// publishes. It returns the frames moved.
+func (tp *TestPoller) Round() int {
+	p := tp.p
+	n := 0
+	if p.bl.n > 0 && p.rx != nil {
+		n += p.drainBacklog()
+	}
+	if p.tx != nil {
+		n += p.processTX()
+	}
+	if p.src != nil && p.rx != nil && p.bl.n == 0 {
+		n += p.processRX()
+	}
+	p.flush()
+	return n
+}
+
+// Backlogged returns the frames waiting in the queue pair's RX backlog.
+func (tp *TestPoller) Backlogged() int { return tp.p.bl.Len() }
+
+// WaitsForRX reports whether the poller would ask for RX kicks before it
+// sleeps.
+func (tp *TestPoller) WaitsForRX() bool { return tp.p.waitsForRX() }
+
+// RXBacklogFrames is the RX backlog's capacity in frames.
+const RXBacklogFrames = rxBacklogFrames
+
+// PollerHandle identifies queue pair qp's running poller (nil when none):
+// two equal handles are the same poller, not a restarted one.
+func (d *NetDevice) PollerHandle(qp int) any {
+	ps := d.running.Load()
+	if ps == nil || (*ps)[qp] == nil {
+		return nil
+	}
+	return (*ps)[qp]
+}

@@ -145,6 +145,12 @@ func (s *inflightState) taken(head uint16) {
 	d[0] = 1
 }
 
+// untaken undoes taken for a head put back unused (SplitRing.unpop).
+func (s *inflightState) untaken(head uint16) {
+	s.desc(head)[0] = 0
+	s.counter--
+}
+
 // returned records heads made visible on the used ring: used holds the
 // ring's used entries, published the new used->idx.
 func (s *inflightState) returned(used []byte, from, to, mask uint16) {

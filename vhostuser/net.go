@@ -80,8 +80,10 @@ type NetStats struct {
 	GuestTXPackets, GuestTXBytes uint64
 	// GuestRXPackets and GuestRXBytes count frames put on RX queues.
 	GuestRXPackets, GuestRXBytes uint64
-	// Drops counts frames that could not be delivered to the guest (no RX
-	// buffer, RX queue not running, frame larger than the buffers).
+	// Drops counts frames that could not be delivered to the guest: the
+	// queue pair's RX backlog was full (frames wait there while the
+	// guest's RX ring is short or not running yet, see rxbacklog.go), or
+	// the frame was larger than the buffers the guest posts.
 	Drops uint64
 	// Errors counts malformed descriptor chains and ring errors.
 	Errors uint64
@@ -156,7 +158,17 @@ type NetDevice struct {
 	regionRefs map[MemoryRegion]int
 	// inflight is the inflight region (GET/SET_INFLIGHT_FD); guarded by mu.
 	inflight *inflightRegion
-	dirty    *DirtyLog                 // guarded by mu
+	dirty    *DirtyLog // guarded by mu
+	// logNow mirrors dirty for the pollers' fault attribution (read
+	// without mu). retired holds logs replaced while a poller might not
+	// have moved past them (NetDevice.quiesceLocked timed out); they are
+	// closed once the pollers stop. Guarded by mu.
+	logNow  atomic.Pointer[DirtyLog]
+	retired []*DirtyLog
+	// backlogs[qp] is queue pair qp's RX backlog, touched only by its
+	// poller (one at a time: a stopped poller is waited for); emptied on
+	// reset.
+	backlogs []*rxBacklog
 	vrings   []vring                   // guarded by mu; 2 per queue pair: RX even, TX odd
 	pollers  []*poller                 // guarded by mu; per queue pair, nil when stopped
 	running  atomic.Pointer[[]*poller] // a copy of pollers for Wake, which takes no lock
@@ -202,6 +214,9 @@ func NewNetDevice(opts NetOptions) (*NetDevice, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &NetDevice{opts: opts, log: log}
+	for range opts.QueuePairs {
+		d.backlogs = append(d.backlogs, newRXBacklog(rxBacklogBytes, rxBacklogFrames))
+	}
 	d.resetLocked()
 	d.publishStateLocked()
 	return d, nil
@@ -630,12 +645,17 @@ func (d *NetDevice) setLogBase(r *request) error {
 	if err != nil {
 		return err
 	}
-	d.stopAllLocked()
-	if d.dirty != nil {
-		d.dirty.Close()
-	}
+	// Swapped in place: the rings keep running (QEMU sends this with its
+	// big lock held when a migration starts, and again whenever the log
+	// grows; stopping the pollers here stalled the guest's traffic). The
+	// old log is closed once every poller has moved past it, so no page
+	// written before the reply is marked only in a log QEMU has dropped.
+	old := d.dirty
 	d.dirty = dl
+	d.logNow.Store(dl)
 	d.logBases++
+	d.applyLoggingLocked()
+	d.retireLogLocked(old)
 	r.reply(r.Payload)
 	return d.reconcileLocked()
 }
@@ -664,6 +684,13 @@ func (d *NetDevice) setVringAddr(r *request) error {
 	vr, err := d.vringLocked(r, a.Index)
 	if err != nil {
 		return err
+	}
+	if d.runningLocked(vr) && sameRings(vr.addr, a) {
+		// Only the used-ring logging changed (QEMU at the start and end
+		// of a migration): applied in place, the ring keeps running.
+		vr.addr = a
+		d.applyLoggingLocked()
+		return nil
 	}
 	d.stopPairLocked(int(a.Index) / 2)
 	vr.addr, vr.addrSet = a, true
@@ -884,10 +911,68 @@ func (d *NetDevice) loggingLocked() bool {
 	return d.dirty != nil && d.features.Has(FLogAll)
 }
 
+// sameRings reports whether a and b describe the same rings and differ at
+// most in the used-ring logging (flag VringFLog and the log address).
+func sameRings(a, b VringAddr) bool {
+	a.Flags, a.Log = a.Flags&^VringFLog, 0
+	b.Flags, b.Log = b.Flags&^VringFLog, 0
+	return a == b
+}
+
+// runningLocked reports whether vr's ring runs in a poller.
+func (d *NetDevice) runningLocked(vr *vring) bool {
+	p := d.pollers[vr.index/2]
+	if p == nil {
+		return false
+	}
+	if vr.index%2 == 0 {
+		return p.rx != nil
+	}
+	return p.tx != nil
+}
+
+// quiesceTimeout bounds how long the control path waits for pollers to
+// move past a change made in place. A round takes microseconds; a poller
+// stuck longer (a FrameHandler that blocks, which it must not) delays the
+// release of what was swapped out, and is logged.
+const quiesceTimeout = 10 * time.Second
+
+// quiesceLocked waits until every running poller has finished the round
+// it was in, so none still uses what the caller swapped out of its rings.
+// It never makes a poller wait: pollers take no device lock.
+func (d *NetDevice) quiesceLocked() bool {
+	deadline := time.Now().Add(quiesceTimeout)
+	ok := true
+	for _, p := range d.pollers {
+		if p != nil && !p.quiesce(deadline) {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// retireLogLocked releases a dirty log replaced in place, once no poller
+// can be marking it.
+func (d *NetDevice) retireLogLocked(old *DirtyLog) {
+	if old == nil || old == d.dirty {
+		return
+	}
+	if d.quiesceLocked() {
+		old.Close()
+		return
+	}
+	d.log.Error("a poller did not finish its round in time; keeping the old dirty log until it stops", "timeout", quiesceTimeout)
+	d.retired = append(d.retired, old)
+}
+
 // resetLocked stops everything and forgets the frontend's state.
 func (d *NetDevice) resetLocked() {
 	d.abortStateTransferLocked()
 	d.stopAllLocked()
+	for _, b := range d.backlogs {
+		d.stats.drops.Add(uint64(b.Len())) // never delivered
+		b.reset()
+	}
 	for i := range d.vrings {
 		vr := &d.vrings[i]
 		vr.kick.Close()
@@ -914,6 +999,7 @@ func (d *NetDevice) resetLocked() {
 		d.dirty.Close()
 		d.dirty = nil
 	}
+	d.logNow.Store(nil)
 	d.features, d.protocol, d.owner, d.mtu, d.status = 0, 0, false, 0, 0
 }
 
@@ -921,6 +1007,10 @@ func (d *NetDevice) stopAllLocked() {
 	for qp := range d.pollers {
 		d.stopPairLocked(qp)
 	}
+	for _, l := range d.retired {
+		l.Close()
+	}
+	d.retired = nil
 }
 
 // stopPairLocked stops a queue pair's poller and saves its rings' bases.
@@ -957,23 +1047,33 @@ func (d *NetDevice) replaceInflightLocked(region *inflightRegion) {
 }
 
 // applyLoggingLocked turns dirty logging on or off on the running rings,
-// as VHOST_F_LOG_ALL now says: a migration starts or ends (completed,
-// failed or cancelled) with SET_FEATURES.
+// in place, as VHOST_F_LOG_ALL, the dirty log and each ring's VringFLog
+// now say: a migration starts or ends (completed, failed or cancelled)
+// with SET_FEATURES, SET_LOG_BASE and SET_VRING_ADDR. The pollers pick
+// the new configuration up at their next ring access (an atomic swap);
+// when it changed, it returns once every poller has finished the round
+// it was in, so the frontend's reply comes after the switch took effect.
 func (d *NetDevice) applyLoggingLocked() {
 	var dl *DirtyLog
 	if d.loggingLocked() {
 		dl = d.dirty
 	}
+	changed := false
 	for qp, p := range d.pollers {
 		if p == nil {
 			continue
 		}
-		for i, q := range []*SplitRing{p.rx, p.tx} {
+		for i, q := range [2]*SplitRing{p.rx, p.tx} {
 			if q != nil {
 				a := d.vrings[2*qp+i].addr
-				q.SetLogging(dl, a.Flags&VringFLog != 0, a.Log)
+				if q.setLogging(dl, a.Flags&VringFLog != 0, a.Log) {
+					changed = true
+				}
 			}
 		}
+	}
+	if changed {
+		d.quiesceLocked()
 	}
 }
 
@@ -1005,6 +1105,16 @@ func (d *NetDevice) reconcileLocked() error {
 		}
 		rxv, txv := &d.vrings[2*qp], &d.vrings[2*qp+1]
 		rxOK, txOK := d.readyLocked(rxv), d.readyLocked(txv)
+		if rxv.stopped && !rxOK {
+			// The frontend is stopping the device (GET_VRING_BASE on RX
+			// comes first; QEMU stops the rings in order, at the
+			// switchover of a live migration too): the TX ring waits
+			// with it. A frame taken now would be answered into nowhere;
+			// left on the ring it is handled where the device resumes
+			// (the destination, after GET_VRING_BASE(TX) hands over its
+			// index).
+			txOK = false
+		}
 		if !rxOK && !txOK {
 			continue
 		}

@@ -102,7 +102,9 @@ func TestQEMUHandshakeThenARP(t *testing.T) {
 // TestMergeableRXBuffers follows virtio 1.1, 5.1.6.3.1/5.1.6.4: with
 // VIRTIO_NET_F_MRG_RXBUF a frame larger than one buffer spans several and
 // num_buffers says how many; without it a buffer too small for the frame
-// drops the frame (the buffer goes back unused) and counts a drop.
+// drops the frame (the buffer goes back unused) and counts a drop. A frame
+// that finds too few buffers waits in the RX backlog, its buffers put
+// back untouched, until the driver posts more (rxbacklog.go).
 func TestMergeableRXBuffers(t *testing.T) {
 	const replyLen = 1400
 	bigReply := func(_ int, frame, reply []byte) int {
@@ -116,14 +118,16 @@ func TestMergeableRXBuffers(t *testing.T) {
 		name      string
 		features  vhostuser.Features
 		bufs      []uint32 // RX buffers posted before the frame
+		later     []uint32 // RX buffers posted once the frame is backlogged
 		wantLens  []uint32 // used lengths, one per buffer consumed
 		wantDrops uint64
 	}{
-		{"MRG_RXBUF/three buffers", linuxFeatures, []uint32{512, 512, 512, 512}, []uint32{512, 512, netHdrLen + replyLen - 1024}, 0},
-		{"MRG_RXBUF/one big buffer", linuxFeatures, []uint32{2048}, []uint32{netHdrLen + replyLen}, 0},
-		{"MRG_RXBUF/not enough buffers", linuxFeatures, []uint32{512, 512}, []uint32{0, 0}, 1},
-		{"no MRG_RXBUF/too small", linuxFeatures &^ vhostuser.Bit(vhostuser.NetFMrgRxbuf), []uint32{512, 2048}, []uint32{0}, 1},
-		{"no MRG_RXBUF/fits", linuxFeatures &^ vhostuser.Bit(vhostuser.NetFMrgRxbuf), []uint32{2048}, []uint32{netHdrLen + replyLen}, 0},
+		{"MRG_RXBUF/three buffers", linuxFeatures, []uint32{512, 512, 512, 512}, nil, []uint32{512, 512, netHdrLen + replyLen - 1024}, 0},
+		{"MRG_RXBUF/one big buffer", linuxFeatures, []uint32{2048}, nil, []uint32{netHdrLen + replyLen}, 0},
+		{"MRG_RXBUF/not enough buffers until the driver posts one more", linuxFeatures, []uint32{512, 512}, []uint32{512}, []uint32{512, 512, netHdrLen + replyLen - 1024}, 0},
+		{"MRG_RXBUF/no buffer until the driver posts one", linuxFeatures, nil, []uint32{2048}, []uint32{netHdrLen + replyLen}, 0},
+		{"no MRG_RXBUF/too small", linuxFeatures &^ vhostuser.Bit(vhostuser.NetFMrgRxbuf), []uint32{512, 2048}, nil, []uint32{0}, 1},
+		{"no MRG_RXBUF/fits", linuxFeatures &^ vhostuser.Bit(vhostuser.NetFMrgRxbuf), []uint32{2048}, nil, []uint32{netHdrLen + replyLen}, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,6 +146,14 @@ func TestMergeableRXBuffers(t *testing.T) {
 			tx.post(txChain(arpRequest(1), false)...)
 			rec.next(t)
 			tx.waitUsed()
+			if len(tc.later) > 0 {
+				f.sync()
+				rx.expectNoUsed() // backlogged, nothing taken
+				for _, n := range tc.later {
+					h, a := rx.post(vhostusertest.Buf{WriteLen: n})
+					heads, addrs = append(heads, h), append(addrs, a[0])
+				}
+			}
 			var got []byte
 			for i, want := range tc.wantLens {
 				id, n := rx.waitUsed()

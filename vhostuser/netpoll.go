@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"github.com/veloce-io/veloce/internal/fd"
 	"golang.org/x/sys/unix"
@@ -42,12 +43,21 @@ type poller struct {
 	// The rings' kick and call eventfds, borrowed from the device's
 	// vrings (nil when none): the device stops the poller before it
 	// closes or replaces them.
-	rxKick, txKick         *fd.EventFD
-	rxCall, txCall         *fd.EventFD
-	wake                   *fd.EventFD   // owned: stop requests and NetDevice.Wake
-	pollEvs                []*fd.EventFD // the eventfd of each pollFDs entry
-	stopping               atomic.Bool
-	sleeping               atomic.Bool   // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	rxKick, txKick *fd.EventFD
+	rxCall, txCall *fd.EventFD
+	wake           *fd.EventFD   // owned: stop requests and NetDevice.Wake
+	pollEvs        []*fd.EventFD // the eventfd of each pollFDs entry
+	stopping       atomic.Bool
+	sleeping       atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
+	// rounds counts poll rounds and parked is set only inside poll(2),
+	// after the round's last ring access: together they tell the control
+	// path when the poller has moved past a change it made in place (a
+	// new dirty log, see NetDevice.quiesceLocked).
+	rounds atomic.Uint64
+	parked atomic.Bool
+	// bl holds frames for the guest that found the RX ring short
+	// (rxbacklog.go); the device's, for this queue pair.
+	bl                     *rxBacklog
 	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain
@@ -99,6 +109,7 @@ func newPoller(d *NetDevice, qp int) *poller {
 		dev: d, qp: qp, hdrLen: d.netHeaderLenLocked(), merge: d.features.Has(NetFMrgRxbuf),
 		done:    make(chan struct{}),
 		rxPoll:  -1,
+		bl:      d.backlogs[qp],
 		txChain: NewChain(maxSegments),
 		linear:  make([]byte, 65536+64),
 		reply:   make([]byte, replyCap),
@@ -183,14 +194,19 @@ func (p *poller) run() {
 	p.disableNotifications()
 	idle := 0
 	for !p.stopping.Load() {
+		p.rounds.Add(1)
 		n := 0
+		if p.bl.n > 0 && p.rx != nil {
+			// Backlogged frames go first, before anything new.
+			n += p.drainBacklog()
+		}
 		if p.announcer != nil && p.rx.Pending() > 0 {
 			p.announce()
 		}
 		if p.tx != nil {
 			n += p.processTX()
 		}
-		if p.src != nil && p.rx != nil {
+		if p.src != nil && p.rx != nil && p.bl.n == 0 {
 			n += p.processRX()
 		}
 		if n > 0 {
@@ -232,7 +248,9 @@ func (p *poller) recoverFault() {
 	if v == nil {
 		return
 	}
-	f := faultFrom(v, fmt.Sprintf("queue pair %d", p.qp), p.maps)
+	// The dirty log may have been replaced in place since the poller
+	// started (SET_LOG_BASE during a migration).
+	f := faultFrom(v, fmt.Sprintf("queue pair %d", p.qp), p.maps, mappings{dirty: p.dev.logNow.Load()})
 	p.addStats()
 	p.dev.fail(p.qp, fmt.Errorf("queue pair %d: %w", p.qp, f))
 }
@@ -255,10 +273,10 @@ func (p *poller) announce() {
 }
 
 // waitsForRX says whether something waits for RX buffers: an
-// announcement, or a frame the source has pending. Only then do the
-// guest's RX kicks matter.
+// announcement, a backlogged frame, or a frame the source has pending.
+// Only then do the guest's RX kicks matter.
 func (p *poller) waitsForRX() bool {
-	return p.rx != nil && (p.announcer != nil || (p.src != nil && p.src.PendingRX(p.qp)))
+	return p.rx != nil && (p.announcer != nil || p.bl.n > 0 || (p.src != nil && p.src.PendingRX(p.qp)))
 }
 
 // enableNotifications asks for the kicks that should wake the poller (TX
@@ -355,7 +373,9 @@ func (p *poller) sleep() bool {
 		fds[i].Revents = 0
 	}
 	p.sleeps.Add(1)
+	p.parked.Store(true)
 	n, err := unix.Poll(fds, sleepTimeoutM)
+	p.parked.Store(false)
 	if err != nil {
 		return errors.Is(err, unix.EINTR)
 	}
@@ -423,17 +443,67 @@ func (p *poller) frame(c *Chain) []byte {
 	return p.linear[p.hdrLen:total]
 }
 
-// deliver puts one frame on the RX ring, spanning several buffers when the
-// driver negotiated mergeable RX buffers. Publication is batched by the
-// caller.
+// deliver puts one frame on the RX ring, spanning several buffers when
+// the driver negotiated mergeable RX buffers, or in the backlog when the
+// ring is short of buffers or frames wait there already (order is kept).
+// Publication is batched by the caller.
 func (p *poller) deliver(frame []byte) {
-	if p.rx == nil {
-		p.drops++
-		return
+	if p.rx != nil {
+		if p.bl.n > 0 {
+			p.drainBacklog()
+		}
+		if p.bl.n == 0 {
+			switch p.place(frame) {
+			case placed:
+				return
+			case placeTooBig:
+				p.drops++
+				return
+			}
+		}
 	}
+	// Short ring, frames ahead of this one, or no RX ring running yet
+	// (its poller starts with the ring and drains the backlog).
+	if !p.bl.push(frame) {
+		p.drops++
+	}
+}
+
+// drainBacklog delivers backlogged frames, oldest first, while the RX
+// ring has buffers for them, and returns how many it delivered.
+func (p *poller) drainBacklog() int {
+	n := 0
+	for p.bl.n > 0 {
+		switch p.place(p.bl.peek()) {
+		case placeShort:
+			return n
+		case placeTooBig: // the driver's buffers shrank meanwhile
+			p.drops++
+		case placed:
+			n++
+		}
+		p.bl.pop()
+	}
+	return n
+}
+
+// placeResult is what place did with a frame.
+type placeResult uint8
+
+const (
+	placed      placeResult = iota // on the ring (published by the next flush)
+	placeShort                     // the ring has not enough buffers now; nothing taken
+	placeTooBig                    // larger than the buffers the driver posts, or a broken buffer
+)
+
+// place puts one frame on the RX ring. When the ring runs out of buffers
+// part-way, the buffers taken are put back (unpopped), untouched as far
+// as the driver can tell, and place reports placeShort.
+func (p *poller) place(frame []byte) placeResult {
 	need := p.hdrLen + len(frame)
 	used := 0
 	written := 0
+	short := false
 	for written < need {
 		if used == len(p.rxChains) || (used > 0 && !p.merge) {
 			break
@@ -443,14 +513,16 @@ func (p *poller) deliver(frame []byte) {
 		if err != nil {
 			if errors.Is(err, ErrRingBroken) {
 				p.ringBroken(2*p.qp, err)
+				short = true
 				break
 			}
 			// The malformed chain went back to the used ring with
-			// length 0: publish it even if this frame is dropped.
+			// length 0: publish it even if this frame is not placed.
 			p.rxPending = true
 			continue
 		}
 		if !ok {
+			short = true
 			break
 		}
 		used++
@@ -474,15 +546,25 @@ func (p *poller) deliver(frame []byte) {
 		p.rxWritten[used-1] = uint32(off + n)
 	}
 	if written < need {
-		// Not enough buffers: give back what was taken, empty.
+		if short {
+			// Put the buffers back for the next try, last first.
+			for i := used - 1; i >= 0; i-- {
+				if !p.rx.unpop(p.rxChains[i]) {
+					p.rx.Push(p.rxChains[i], 0) // a resubmitted chain: return it empty
+					p.rxPending = true
+				}
+			}
+			return placeShort
+		}
+		// Too large for what the driver posts: give back what was
+		// taken, empty.
 		for i := 0; i < used; i++ {
 			p.rx.Push(p.rxChains[i], 0)
 		}
 		if used > 0 {
 			p.rxPending = true
 		}
-		p.drops++
-		return
+		return placeTooBig
 	}
 	if p.hdrLen == 12 && used > 1 {
 		// num_buffers, little endian, at offset 10 of the first buffer.
@@ -497,4 +579,30 @@ func (p *poller) deliver(frame []byte) {
 	p.rxPending = true
 	p.rxPackets++
 	p.rxBytes += uint64(len(frame))
+	return placed
+}
+
+// quiesce waits until the poller has finished the round it is in (or is
+// parked in poll(2), or stopped), so that it no longer uses what the
+// control path just swapped out. It gives up at deadline.
+func (p *poller) quiesce(deadline time.Time) bool {
+	r0 := p.rounds.Load()
+	for spins := 0; ; spins++ {
+		if p.parked.Load() || p.rounds.Load() != r0 {
+			return true
+		}
+		select {
+		case <-p.done:
+			return true
+		default:
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		if spins < 64 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
 }

@@ -100,6 +100,7 @@ type Chain struct {
 	writableLen uint32
 	head        uint16
 	owner       Queue // the queue that popped the chain; nil once pushed
+	resubmitted bool  // popped from the inflight resubmission list
 }
 
 // NewChain returns a Chain that holds up to maxSegments readable and
@@ -166,6 +167,7 @@ func (c *Chain) reset() {
 	c.writableGPA = c.writableGPA[:0]
 	c.readableLen, c.writableLen = 0, 0
 	c.owner = nil
+	c.resubmitted = false
 }
 
 // SplitRingOptions configures a SplitRing.
@@ -334,11 +336,21 @@ func (r *SplitRing) SetLastAvailIdx(idx uint16) {
 
 // SetLogging implements Queue. It may be called while the ring runs.
 func (r *SplitRing) SetLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64) {
+	r.setLogging(log, logUsed, usedLogGPA)
+}
+
+// setLogging is SetLogging, reporting whether the configuration changed.
+func (r *SplitRing) setLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64) bool {
+	cur := r.logState.Load()
 	if log == nil {
 		r.logState.Store(nil)
-		return
+		return cur != nil
+	}
+	if cur != nil && *cur == (ringLog{log: log, logUsed: logUsed, usedGPA: usedLogGPA}) {
+		return false
 	}
 	r.logState.Store(&ringLog{log: log, logUsed: logUsed, usedGPA: usedLogGPA})
+	return true
 }
 
 // Errors implements Queue.
@@ -372,6 +384,7 @@ func (r *SplitRing) Pop(c *Chain) (bool, error) {
 			return false, err
 		}
 		c.owner = r
+		c.resubmitted = true
 		return true, nil
 	}
 	if r.lastAvail == r.availIdx {
@@ -552,6 +565,24 @@ func (r *SplitRing) Push(c *Chain, written uint32) error {
 	r.pushUsed(c.head, written)
 	c.owner = nil
 	return nil
+}
+
+// unpop puts c, the chain Pop handed out last and not pushed since, back
+// on the available side: the next Pop returns it again. Nothing was
+// written to the ring for it, so the driver cannot tell. Chains popped in
+// a row are put back last first. It returns false, and does nothing, for
+// a chain that cannot be put back (not r's, pushed already, or one the
+// inflight region resubmitted): push that one instead.
+func (r *SplitRing) unpop(c *Chain) bool {
+	if c.owner != Queue(r) || c.resubmitted {
+		return false
+	}
+	r.lastAvail--
+	if r.inflight != nil {
+		r.inflight.untaken(c.head)
+	}
+	c.owner = nil
+	return true
 }
 
 // pushUsed fills the next used entry; Publish makes it visible.

@@ -232,7 +232,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	}
 	log.Info("veloced starting", "ports", len(opts.Ports), "control", *controlSock)
 	if err := d.Start(ctx); err != nil {
-		return err
+		return inUseHint(err, map[string]string{*appSocket: "--app-socket", *controlSock: "--control"})
 	}
 	if *metricsAddr != "" {
 		m, err := metrics.New(metrics.Options{Addr: *metricsAddr, Service: control.NewClient(*controlSock),

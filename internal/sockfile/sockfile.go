@@ -75,12 +75,38 @@ import (
 
 // Errors Listen returns, wrapped in an *fs.PathError naming the path.
 var (
-	// ErrInUse: something listens on the socket at the path.
+	// ErrInUse: something listens on the socket at the path. Listen
+	// returns it as an *InUseError naming the process when the kernel
+	// says which (SO_PEERCRED).
 	ErrInUse = errors.New("another process is listening (another veloced?)")
 	// ErrNotSocket: the path exists and is not a socket; the error says
 	// what it is.
 	ErrNotSocket = errors.New("not a socket")
 )
+
+// InUseError is ErrInUse with the process that listens on the socket, as
+// the kernel recorded it when that process called listen(2). It matches
+// ErrInUse with errors.Is.
+type InUseError struct {
+	// PID is the listening process (0: unknown, e.g. a socket of another
+	// type, or in another PID namespace).
+	PID int
+	// Command is its name (/proc/PID/comm), or empty.
+	Command string
+}
+
+func (e *InUseError) Error() string {
+	switch {
+	case e.PID == 0:
+		return ErrInUse.Error()
+	case e.Command != "":
+		return fmt.Sprintf("another process is listening (another veloced? pid %d, %s)", e.PID, e.Command)
+	}
+	return fmt.Sprintf("another process is listening (another veloced? pid %d)", e.PID)
+}
+
+// Is makes an *InUseError match ErrInUse.
+func (e *InUseError) Is(target error) bool { return target == ErrInUse }
 
 // Defaults for Options.
 const (
@@ -289,31 +315,65 @@ func check(network, path string) (*fileID, error) {
 		return nil, &fs.PathError{Op: "listen", Path: path, Err: fmt.Errorf("%w: it is %s; not removing it", ErrNotSocket, describe(path, fi))}
 	}
 	id := idOf(fi)
-	live, err := probe(network, path)
+	live, pid, err := probe(network, path)
 	if err != nil {
 		return nil, &fs.PathError{Op: "listen", Path: path, Err: fmt.Errorf("check whether the socket is in use: %w", err)}
 	}
 	if live {
-		return nil, &fs.PathError{Op: "listen", Path: path, Err: ErrInUse}
+		return nil, &fs.PathError{Op: "listen", Path: path, Err: &InUseError{PID: pid, Command: command(pid)}}
 	}
 	return &id, nil
 }
 
-// probe connects to the socket at path: true when something listens.
-func probe(network, path string) (bool, error) {
+// probe connects to the socket at path: true when something listens,
+// with the listener's pid when the kernel tells (0 otherwise).
+func probe(network, path string) (bool, int, error) {
 	d := net.Dialer{Timeout: probeTimeout}
 	c, err := d.Dial(network, path)
 	switch {
 	case err == nil:
+		pid := peerPID(c)
 		c.Close()
-		return true, nil
+		return true, pid, nil
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return false, nil
+		return false, 0, nil
 	case errors.Is(err, syscall.EAGAIN), // a listener with a full backlog
 		errors.Is(err, syscall.EPROTOTYPE): // a live socket of another type
-		return true, nil
+		return true, 0, nil
 	}
-	return false, err
+	return false, 0, err
+}
+
+// peerPID returns the pid SO_PEERCRED reports for a connected unix
+// socket: for a client, the process that called listen(2). 0 when unknown.
+func peerPID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
+
+// command returns the name of process pid, or "".
+func command(pid int) string {
+	if pid <= 0 {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // placeNew moves name to path if path is still free: false when it is

@@ -412,3 +412,21 @@ func TestParseMode(t *testing.T) {
 		}
 	}
 }
+
+// TestInUseNamesTheListener: the refusal says which process listens
+// (SO_PEERCRED), so an operator knows which daemon to look at.
+func TestInUseNamesTheListener(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.sock")
+	listen(t, "unixpacket", path, sockfile.Options{})
+	_, err := sockfile.Listen("unixpacket", path, sockfile.Options{})
+	var iu *sockfile.InUseError
+	if !errors.Is(err, sockfile.ErrInUse) || !errors.As(err, &iu) {
+		t.Fatalf("second Listen: %v, want an *InUseError", err)
+	}
+	if iu.PID != os.Getpid() || iu.Command == "" {
+		t.Errorf("InUseError = %+v, want pid %d and its command", iu, os.Getpid())
+	}
+	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q lacks %q", err, want)
+	}
+}
