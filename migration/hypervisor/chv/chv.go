@@ -356,7 +356,7 @@ func (d *Driver) Start(ctx context.Context) error {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		sent <- d.src.Do(d.runCtx, http.MethodPut, "/vm.send-migration", body, nil, func() { once.Do(func() { close(wrote) }) })
+		sent <- d.send(body, func() { once.Do(func() { close(wrote) }) })
 	}()
 	select {
 	case <-wrote:
@@ -379,6 +379,50 @@ func (d *Driver) Start(ctx context.Context) error {
 		d.finish(d.watch(begun, sent))
 	}()
 	return nil
+}
+
+// refusedRetry bounds how long send waits for the destination to listen.
+// vm.receive-migration binds receiver_url only after its request has been
+// read, and Prepare cannot see a TCP listener on another host bind, so a
+// source that connects first is refused; Cloud Hypervisor then fails the
+// send at once and the VM keeps running on the source, so sending again
+// is safe.
+const refusedRetry = 10 * time.Second
+
+// send sends vm.send-migration, again while the source reports that the
+// destination refused the connection (it is not listening yet) and the
+// destination's receive is still pending.
+func (d *Driver) send(body map[string]any, wrote func()) error {
+	deadline := time.Now().Add(refusedRetry)
+	for {
+		err := d.src.Do(d.runCtx, http.MethodPut, "/vm.send-migration", body, nil, wrote)
+		var ae *APIError
+		if err == nil || !errors.As(err, &ae) || !strings.Contains(strings.ToLower(ae.Error()), "connection refused") ||
+			time.Now().After(deadline) || d.receiveEnded() {
+			return err
+		}
+		select {
+		case <-d.runCtx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// receiveEnded says the destination's vm.receive-migration was answered.
+func (d *Driver) receiveEnded() bool {
+	d.mu.Lock()
+	received := d.received
+	d.mu.Unlock()
+	if received == nil {
+		return false
+	}
+	select {
+	case <-received:
+		return true
+	default:
+		return false
+	}
 }
 
 // watch reports progress until the send request is answered, then runs
