@@ -104,6 +104,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	ten := tenantFlags(fs)
+	xdpF := xdpFlags(fs)
 	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
 	if err := cfg.Parse(args); err != nil {
 		return err
@@ -158,8 +159,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		return fmt.Errorf("--max-app-clients: %d: give a positive number, or -1 for no limit", *maxApps)
 	}
 	opts.Runtime.NodeID = uint32(*nodeID)
-	if len(peers) > 0 && *listen == "" && *dpdkDev == "" {
-		return errors.New("--peer needs --listen or --dpdk")
+	if len(peers) > 0 && *listen == "" && *dpdkDev == "" && !xdpF.enabled() {
+		return errors.New("--peer needs --listen or --dpdk (or --xdp)")
 	}
 	for _, p := range peers {
 		pa, err := netip.ParseAddrPort(p)
@@ -208,6 +209,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		} else {
 			opts.Runtime.Remote.Accelerated = append(opts.Runtime.Remote.Accelerated, dp)
 		}
+	}
+	if err := xdpF.apply(&opts, udpPort, log); err != nil {
+		return err
 	}
 	if len(peers) > 0 && opts.Runtime.Remote.Datapath == nil && len(opts.Runtime.Remote.Accelerated) == 0 {
 		return errors.New("--peer: no datapath to reach peers (DPDK failed and no --listen)")
