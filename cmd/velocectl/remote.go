@@ -21,6 +21,11 @@ with its address, whether it is the default, the messages queued and the peers
 it reaches; each peer with its node id and the channels it has sinks for; and
 the message totals.
 
+With an AF_XDP datapath (veloced --xdp) it also shows the interface and queue,
+the socket's mode (copy or zero-copy), where the XDP program runs (native or
+generic), whether busy polling is on, and the datapath's and the kernel's
+counters.
+
 -o json prints one object: datapaths (a list; each with its own "stats"
 object), peers (a list), sent, received, dropped, malformed.`,
 		Args: argsRange(0, 0, ""),
@@ -44,6 +49,7 @@ object), peers (a list), sent, received, dropped, malformed.`,
 					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
 						p.Restarts, p.BadAuth, p.Stale, p.Malformed, p.BadVersion)
 				}
+				printXDP(tw, info)
 				fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
 				fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
 					info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))
