@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,14 +380,17 @@ func TestXDPInteropsWithKernelUDPAndDPDK(t *testing.T) {
 			src, _ := so.CreateSource(sst.ID, 32)
 			srcs = append(srcs, src)
 		}
-		// One emitter per daemon, each paced on what A has received.
+		// One emitter per daemon, both paced on what A has received of
+		// what the two sent.
 		errs := make(chan string, 2)
+		var sent atomic.Uint64
 		for i, rt := range []*Runtime{rtB, rtC} {
 			go func() {
 				payload := make([]byte, 300)
 				for n := 0; n < count; n++ {
 					rt.Emit(srcs[i], payload)
-					for uint64(2*(n+1))-check.got.Load() > xdpWindow {
+					sent.Add(1)
+					for int64(sent.Load())-int64(check.got.Load()) > xdpWindow {
 						if ctx.Err() != nil {
 							errs <- "stuck"
 							return
