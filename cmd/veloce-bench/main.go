@@ -35,6 +35,7 @@ Commands:
            net_virtio_user: tx (guest transmits) and rx (guest receives),
            Mpps and the ratio veloced/DPDK per frame size
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
+  xdp      raw AF_XDP vs Veloce on XDP vs Veloce on kernel UDP over one veth: RTT, throughput, idle CPU
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
 	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (cmd/veloce-bench/internal/benchdpdk)
 		return runDPDK(ctx, args[1:], stdout, stderr)
+	case "xdp": // raw AF_XDP vs Veloce on XDP and on kernel UDP (cmd/veloce-bench/internal/benchxdp)
+		return runXDP(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
