@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -68,6 +69,19 @@ func xdpAttached(t *testing.T, ns *testutil.Netns, iface string) bool {
 	}
 	x := l.Attrs().Xdp
 	return x != nil && (x.Attached || x.ProgId != 0)
+}
+
+// orderSnapshot is what an orderCheck found so far.
+type orderSnapshot struct {
+	problems []string
+	sources  int
+}
+
+// snapshot reads the check's findings under its lock.
+func (o *orderCheck) snapshot() orderSnapshot {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return orderSnapshot{problems: slices.Clone(o.problems), sources: len(o.last)}
 }
 
 // xdpWindow bounds the messages in flight between an emitter and its
@@ -147,8 +161,8 @@ func TestXDPDaemonsExchangeMillionMessages(t *testing.T) {
 	elapsed := time.Since(start)
 	t.Logf("%d messages in %v (%.0f msg/s); A: %+v; B: %+v", check.got.Load(), elapsed.Round(time.Millisecond),
 		float64(check.got.Load())/elapsed.Seconds(), xa.Stats(), xb.Stats())
-	if check.got.Load() != 2*perSource || len(check.problems) > 0 || len(check.last) != 2 {
-		t.Fatalf("received %d of %d from %d sources; problems: %v", check.got.Load(), 2*perSource, len(check.last), check.problems)
+	if check.got.Load() != 2*perSource || len(check.snapshot().problems) > 0 || check.snapshot().sources != 2 {
+		t.Fatalf("received %d of %d from %d sources; problems: %v", check.got.Load(), 2*perSource, check.snapshot().sources, check.snapshot().problems)
 	}
 	if s := xa.Stats(); s.TxPackets < 2*perSource || s.Mode != "copy" {
 		t.Errorf("A's AF_XDP socket sent %d datagrams (mode %q), want at least %d in copy mode", s.TxPackets, s.Mode, 2*perSource)
@@ -184,10 +198,40 @@ func TestXDPKernelAnswersPingAndARPDuringStream(t *testing.T) {
 		Peers: []netip.AddrPort{xa.LocalAddr()}, DirectoryInterval: 100 * time.Millisecond}})
 	ctx := runRuntimes(t, rtA, rtB)
 
+	// A background stream from the XDP host runs until the ping is done,
+	// so the kernel answers while XDP carries traffic.
+	bg := &orderCheck{last: map[uint64]uint64{}}
+	bgSink := rtB.OpenSession(bg, netip.AddrPort{})
+	bgSt, _ := bgSink.CreateStream(StreamOptions{Acceleration: true, Frugal: true})
+	if _, err := bgSink.CreateSink(bgSt.ID, 23); err != nil {
+		t.Fatal(err)
+	}
+	waitDirectory(t, ctx, rtA, 23)
+	bgSo := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	bgSrcSt, _ := bgSo.CreateStream(StreamOptions{Acceleration: true, Frugal: true})
+	bgSrc, _ := bgSo.CreateSource(bgSrcSt.ID, 23)
+	var bgStop atomic.Bool
+	var bgSent atomic.Uint64
+	bgDone := make(chan struct{})
+	go func() {
+		defer close(bgDone)
+		payload := make([]byte, 100)
+		for !bgStop.Load() && ctx.Err() == nil {
+			rtA.Emit(bgSrc, payload)
+			bgSent.Add(1)
+			for int64(bgSent.Load())-int64(bg.got.Load()) > xdpWindow/4 && ctx.Err() == nil {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}()
 	// Ping and ARP from B while the streams run.
 	pinged := make(chan string, 1)
+	var duringPing [2]uint64 // background deliveries when the ping started and ended
 	go func() {
-		time.Sleep(300 * time.Millisecond)
+		for bg.got.Load() == 0 && ctx.Err() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		duringPing[0] = bg.got.Load()
 		h := nlHandle(t, b)
 		if l, err := h.LinkByName(vb); err == nil {
 			ns, _ := h.NeighList(l.Attrs().Index, unix.AF_INET)
@@ -197,6 +241,7 @@ func TestXDPKernelAnswersPingAndARPDuringStream(t *testing.T) {
 		}
 		h.Close()
 		out, _ := exec.Command("ip", "netns", "exec", b.Name, "busybox", "ping", "-c", "5", "-i", "0.2", "-W", "2", "10.95.1.1").CombinedOutput()
+		duringPing[1] = bg.got.Load()
 		pinged <- string(out)
 	}()
 	const count = 100000
@@ -217,12 +262,22 @@ func TestXDPKernelAnswersPingAndARPDuringStream(t *testing.T) {
 			sst, _ := so.CreateStream(StreamOptions{Acceleration: true, Frugal: true})
 			src, _ := so.CreateSource(sst.ID, dir.channel)
 			emitWindow(t, ctx, dir.from, []*Source{src}, count, check)
-			if check.got.Load() != count || len(check.problems) > 0 {
-				t.Fatalf("received %d of %d; problems: %v; xdp %+v", check.got.Load(), count, check.problems, xa.Stats())
+			if check.got.Load() != count || len(check.snapshot().problems) > 0 {
+				t.Fatalf("received %d of %d; problems: %v; xdp %+v", check.got.Load(), count, check.snapshot().problems, xa.Stats())
 			}
 		})
 	}
 	out := <-pinged
+	bgStop.Store(true)
+	<-bgDone
+	for bg.got.Load() < bgSent.Load() && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if snap := bg.snapshot(); bg.got.Load() != bgSent.Load() || len(snap.problems) > 0 || duringPing[1] <= duringPing[0] {
+		t.Errorf("background stream: %d of %d delivered (%d to %d during the ping); problems: %v", bg.got.Load(), bgSent.Load(),
+			duringPing[0], duringPing[1], snap.problems)
+	}
+	t.Logf("background stream: %d messages, %d of them during the ping", bg.got.Load(), duringPing[1]-duringPing[0])
 	if !strings.Contains(out, " 0% packet loss") && !strings.Contains(out, " 20% packet loss") {
 		t.Errorf("ping to the XDP interface's address during the stream:\n%s", out)
 	}
@@ -360,8 +415,8 @@ func TestXDPInteropsWithKernelUDPAndDPDK(t *testing.T) {
 		emitWindow(t, ctx, rtA, []*Source{src}, count, both)
 		<-done
 		for name, ch := range map[string]*orderCheck{"kernel-UDP": checkB, "DPDK": checkC} {
-			if ch.got.Load() != count || len(ch.problems) > 0 {
-				t.Errorf("the %s daemon received %d of %d; problems: %v", name, ch.got.Load(), count, ch.problems)
+			if ch.got.Load() != count || len(ch.snapshot().problems) > 0 {
+				t.Errorf("the %s daemon received %d of %d; problems: %v", name, ch.got.Load(), count, ch.snapshot().problems)
 			}
 		}
 	})
@@ -409,8 +464,8 @@ func TestXDPInteropsWithKernelUDPAndDPDK(t *testing.T) {
 		for check.got.Load() < 2*count && ctx.Err() == nil {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if check.got.Load() != 2*count || len(check.problems) > 0 || len(check.last) != 2 {
-			t.Fatalf("the XDP daemon received %d of %d from %d sources; problems: %v; xdp %+v", check.got.Load(), 2*count, len(check.last), check.problems, xa.Stats())
+		if check.got.Load() != 2*count || len(check.snapshot().problems) > 0 || check.snapshot().sources != 2 {
+			t.Fatalf("the XDP daemon received %d of %d from %d sources; problems: %v; xdp %+v", check.got.Load(), 2*count, check.snapshot().sources, check.snapshot().problems, xa.Stats())
 		}
 	})
 	t.Logf("xdp: %+v", xa.Stats())
