@@ -98,8 +98,9 @@ type Config struct {
 	Idle time.Duration
 	// Veloced is the veloced binary for the idle-CPU measurement.
 	Veloced string
-	// BusyPoll is the XDP plugins' Options.BusyPoll (0: frugal).
-	BusyPoll time.Duration
+	// BusyPoll is the XDP plugins' Options.BusyPoll (0: frugal), SpinIdle
+	// their Options.SpinIdle (0: the plugin's default).
+	BusyPoll, SpinIdle time.Duration
 	// Paths to measure; default all three.
 	Paths []string
 	// Log receives progress lines (nil: none).
@@ -484,13 +485,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	exe, _ := os.Executable()
 	veloced := fs.String("veloced", filepath.Join(filepath.Dir(exe), "veloced"), "veloced binary for the idle-CPU measurement; empty: skip it")
 	busy := fs.Duration("busy-poll", 0, "Veloce on XDP: the plugins' busy polling (SO_BUSY_POLL, spin before sleeping); 0: frugal")
+	spin := fs.Duration("spin", 0, "Veloce on XDP: how long the polling threads spin without traffic before sleeping; 0: the plugin's default")
 	paths := fs.String("paths", "raw,xdp,udp", "paths to measure: raw, xdp, udp")
 	output := fs.String("o", "table", "output format: table or json")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
 	}
-	cfg := Config{RoundTrips: *rounds, Warmup: *warmup, Window: *window, Duration: *dur, Idle: *idle, Veloced: *veloced, BusyPoll: *busy, Log: stderr}
+	cfg := Config{RoundTrips: *rounds, Warmup: *warmup, Window: *window, Duration: *dur, Idle: *idle, Veloced: *veloced, BusyPoll: *busy, SpinIdle: *spin, Log: stderr}
 	if *quiet {
 		cfg.Log = io.Discard
 	}
@@ -504,8 +506,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.Paths = append(cfg.Paths, p)
 	}
-	if *rounds < 1 || *warmup < 0 || *window < 1 || *dur <= 0 || *idle <= 0 || *busy < 0 {
-		return errors.New("--round-trips, --window, --duration and --idle must be positive, --warmup and --busy-poll not negative")
+	if *rounds < 1 || *warmup < 0 || *window < 1 || *dur <= 0 || *idle <= 0 || *busy < 0 || *spin < 0 {
+		return errors.New("--round-trips, --window, --duration and --idle must be positive, --warmup, --busy-poll and --spin not negative")
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, XDP programs, AF_XDP sockets)")

@@ -53,7 +53,7 @@ func startDaemons(ctx context.Context, cfg *Config, h *hosts, kind, dir string) 
 	case PathXDP:
 		open := func(ns *benchutil.Netns, iface string) (p *xdp.Plugin, err error) {
 			err = ns.Do(func() error {
-				p, err = xdp.New(xdp.Options{Interface: iface, Port: veloceXDPPort, BusyPoll: cfg.BusyPoll})
+				p, err = xdp.New(xdp.Options{Interface: iface, Port: veloceXDPPort, BusyPoll: cfg.BusyPoll, SpinIdle: cfg.SpinIdle})
 				return err
 			})
 			return p, err
