@@ -34,8 +34,8 @@ func TestMainRefusesBadArguments(t *testing.T) {
 func TestWriteTable(t *testing.T) {
 	rep := &Report{MTU: 2000, CPUs: 2, Window: 128, BusyPoll: "0s", XDPMode: "copy", XDPAttach: "native", Datapath: "xdp",
 		Results: []Result{{Size: 64,
-			RTT:        map[string]Latency{PathRaw: {Samples: 10, P50: 3.5}, PathXDP: {Samples: 10, P50: 40}, PathUDP: {Samples: 10, P50: 45}},
-			Throughput: map[string]Throughput{PathRaw: {Mmsgs: 1.2}, PathXDP: {Mmsgs: 0.3}, PathUDP: {Mmsgs: 0.2}},
+			RTT:              map[string]Latency{PathRaw: {Samples: 10, P50: 3.5}, PathXDP: {Samples: 10, P50: 40}, PathUDP: {Samples: 10, P50: 45}},
+			Throughput:       map[string]Throughput{PathRaw: {Mmsgs: 1.2}, PathXDP: {Mmsgs: 0.3}, PathUDP: {Mmsgs: 0.2}},
 			OverheadXDPRawUS: 36.5, OverheadUDPXDPUS: 5, RatioXDPRaw: 0.25, RatioXDPUDP: 1.5}},
 		Idle: []IdleCPU{{Path: PathXDP, Seconds: 5, CPUms: 1.25, Percent: 0.025, Sleeps: 5}}}
 	var b bytes.Buffer
