@@ -18,6 +18,8 @@ func TestDefaultPolicy(t *testing.T) {
 		{"rdma first", StreamOptions{Acceleration: true}, all, DatapathRDMA, ""},
 		{"dpdk when resources do not matter", StreamOptions{Acceleration: true}, []string{DatapathUDP, DatapathDPDK, DatapathXDP}, DatapathDPDK, ""},
 		{"xdp when frugal", StreamOptions{Acceleration: true, Frugal: true}, []string{DatapathUDP, DatapathDPDK, DatapathXDP}, DatapathXDP, ""},
+		{"xdp for acceleration without rdma or dpdk", StreamOptions{Acceleration: true}, []string{DatapathUDP, DatapathXDP}, DatapathXDP, ""},
+		{"xdp for frugal acceleration without rdma or dpdk", StreamOptions{Acceleration: true, Frugal: true}, []string{DatapathUDP, DatapathXDP}, DatapathXDP, ""},
 		{"dpdk for frugal, warned", StreamOptions{Acceleration: true, Frugal: true}, []string{DatapathUDP, DatapathDPDK}, DatapathDPDK, "frugal"},
 		{"nothing accelerated: udp, warned", StreamOptions{Acceleration: true}, []string{DatapathUDP}, DatapathUDP, "no accelerated datapath"},
 	} {

@@ -37,6 +37,7 @@ Commands:
            Mpps and the ratio veloced/DPDK per frame size
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
   rdma     perftest (ib_send_lat, ib_send_bw) vs Veloce on RDMA, on soft-RoCE in a TCG guest
+  xdp      raw AF_XDP vs Veloce on XDP vs Veloce on kernel UDP over one veth: RTT, throughput, idle CPU
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDPDK(ctx, args[1:], stdout, stderr)
 	case "rdma": // perftest vs Veloce on RDMA in a soft-RoCE guest (cmd/veloce-bench/internal/benchrdma)
 		return benchrdma.Main(ctx, args[1:], stdout, stderr)
+	case "xdp": // raw AF_XDP vs Veloce on XDP and on kernel UDP (cmd/veloce-bench/internal/benchxdp)
+		return runXDP(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -26,6 +26,11 @@ port, address, RoCE v2 GID, MTU), the queue pair to each peer with its state
 (RTS when up; connecting, down, no-rdma, failed) and its QPN and first PSN and
 the peer's, and the datapath's counters.
 
+With an AF_XDP datapath (veloced --xdp) it also shows the interface and queue,
+the socket's mode (copy or zero-copy), where the XDP program runs (native or
+generic), whether busy polling is on, and the datapath's and the kernel's
+counters.
+
 -o json prints one object: datapaths (a list; each with its own "stats"
 object: for rdma, the device, "queue_pairs" and the counters), peers (a list),
 sent, received, dropped, malformed.`,
@@ -51,6 +56,7 @@ sent, received, dropped, malformed.`,
 					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
 						p.Restarts, p.BadAuth, p.Stale, p.Malformed, p.BadVersion)
 				}
+				printXDP(tw, info)
 				fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
 				fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
 					info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))

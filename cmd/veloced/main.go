@@ -105,6 +105,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	ten := tenantFlags(fs)
 	rdmaF := rdmaFlags(fs)
+	xdpF := xdpFlags(fs)
 	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
 	if err := cfg.Parse(args); err != nil {
 		return err
@@ -159,8 +160,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		return fmt.Errorf("--max-app-clients: %d: give a positive number, or -1 for no limit", *maxApps)
 	}
 	opts.Runtime.NodeID = uint32(*nodeID)
-	if len(peers) > 0 && *listen == "" && *dpdkDev == "" && !rdmaF.enabled() {
-		return errors.New("--peer needs --listen or --dpdk (or --rdma)")
+	if len(peers) > 0 && *listen == "" && *dpdkDev == "" && !rdmaF.enabled() && !xdpF.enabled() {
+		return errors.New("--peer needs --listen or --dpdk (or --rdma, --xdp)")
 	}
 	for _, p := range peers {
 		pa, err := netip.ParseAddrPort(p)
@@ -211,6 +212,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		}
 	}
 	if err := rdmaF.apply(ctx, &opts, *listen, log); err != nil {
+		return err
+	}
+	if err := xdpF.apply(&opts, udpPort, log); err != nil {
 		return err
 	}
 	if len(peers) > 0 && opts.Runtime.Remote.Datapath == nil && len(opts.Runtime.Remote.Accelerated) == 0 {

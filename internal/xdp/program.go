@@ -59,6 +59,8 @@ type Program struct {
 	xsks *ebpf.Map
 	lnk  link.Link
 	mode AttachMode
+	// queues are the XSKMAP entries Register made, which Close deletes.
+	queues []uint32
 }
 
 // Stage is the step of LoadProgram that failed, for the caller's error.
@@ -131,15 +133,26 @@ func (p *Program) Register(queue, fd int) error {
 	if err := p.xsks.Put(uint32(queue), uint32(fd)); err != nil {
 		return fmt.Errorf("register xsk for queue %d: %w", queue, err)
 	}
+	p.queues = append(p.queues, uint32(queue))
 	return nil
 }
 
-// Close detaches the program and frees it and its map.
+// Close detaches the program and frees it and its map. It deletes the
+// map's entries first: an XSKMAP entry holds its socket, and the kernel
+// frees a closed map later (after an RCU grace period, on a work queue),
+// so without that a socket closed right after would stay bound to its
+// queue for a while and a new one would get EBUSY.
 func (p *Program) Close() error {
 	var errs []error
 	if p.lnk != nil {
 		errs = append(errs, p.lnk.Close())
 	}
+	for _, q := range p.queues {
+		if err := p.xsks.Delete(q); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete XSKMAP entry %d: %w", q, err))
+		}
+	}
+	p.queues = nil
 	if p.prog != nil {
 		errs = append(errs, p.prog.Close())
 	}

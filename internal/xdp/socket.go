@@ -3,6 +3,7 @@ package xdp
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,6 +33,10 @@ func (m BindMode) String() string {
 	}
 	return "auto"
 }
+
+// BindBusyWait is how long OpenSocket retries a bind that fails with
+// EBUSY (the queue's previous socket is still being released).
+const BindBusyWait = time.Second
 
 // SocketConfig describes a Socket.
 type SocketConfig struct {
@@ -109,7 +114,16 @@ func OpenSocket(cfg SocketConfig) (_ *Socket, err error) {
 		flags |= unix.XDP_ZEROCOPY
 	}
 	sa := &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(cfg.Ifindex), QueueID: uint32(cfg.Queue)}
-	if err := unix.Bind(fd, sa); err != nil {
+	// A socket closed a moment ago keeps its queue until the kernel's
+	// deferred release of its buffer pool runs (a work queue): a daemon
+	// restarted at once, or a plugin reopened, would get EBUSY. Retry for
+	// up to BindBusyWait before calling the queue taken.
+	err = unix.Bind(fd, sa)
+	for deadline := time.Now().Add(BindBusyWait); errors.Is(err, unix.EBUSY) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		err = unix.Bind(fd, sa)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bind xsk to ifindex %d queue %d (%s): %w", cfg.Ifindex, cfg.Queue, cfg.Mode, err)
 	}
 	opts, err := xdpOptions(fd)

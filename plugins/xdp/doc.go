@@ -13,8 +13,8 @@
 // LocalAddr (the interface's IPv4 address and Options.Port), SendBatch,
 // RecvBatch, Poll/Wake, Reaches (the interface's on-link prefix),
 // DatapathStats. Give it to backend.RemoteOptions.Accelerated; the
-// runtime then runs Poll on the plugin's own thread. veloced will take
-// `--xdp IFACE[:QUEUE]` (not wired yet). New must run in the interface's
+// runtime then runs Poll on the plugin's own thread. veloced takes
+// `--xdp IFACE[:QUEUE]` (cmd/veloced/xdp.go). New must run in the interface's
 // network namespace. When XDP cannot run (no such interface, no AF_XDP in
 // the kernel, missing capabilities, a driver that refuses the mode, a
 // program already attached), New returns an *UnavailableError that names
@@ -67,7 +67,8 @@
 //
 // Poll runs on a locked OS thread: it flushes what the runtime queued,
 // takes bursts off the RX ring, hands them to handle, and gives the frames
-// back. After Options.SpinIdle without traffic it sleeps in poll(2) on the
+// back. When a turn finds nothing to do (by default; after
+// Options.SpinIdle with busy polling on) it sleeps in poll(2) on the
 // socket and an eventfd: an idle stream costs no CPU
 // (TestIdlePollCostsNoCPU), a frame or Wake (an 8-byte eventfd write,
 // done only when the thread sleeps) ends the sleep. RecvBatch is the pull

@@ -34,9 +34,11 @@ const (
 	DefaultFrameSize = 2048
 	// DefaultBurst is the most frames one turn of the loop receives.
 	DefaultBurst = 64
-	// DefaultSpinIdle is how long Poll spins without traffic before it
-	// sleeps in poll(2).
-	DefaultSpinIdle = 50 * time.Microsecond
+	// DefaultBusySpin is how long Poll spins without traffic before it
+	// sleeps in poll(2) when Options.BusyPoll is on and Options.SpinIdle
+	// is not set. Without busy polling the default is not to spin: Poll
+	// sleeps as soon as a turn finds nothing to do.
+	DefaultBusySpin = 50 * time.Microsecond
 	// DefaultBusyPollBudget is SO_BUSY_POLL_BUDGET when Options.BusyPoll
 	// is set and Options.BusyPollBudget is not.
 	DefaultBusyPollBudget = 64
@@ -102,8 +104,12 @@ type Options struct {
 	// default DefaultBurst.
 	Burst int
 	// SpinIdle is how long Poll keeps spinning without traffic before it
-	// sleeps in poll(2) on the socket and its wake eventfd; default
-	// DefaultSpinIdle. Negative sleeps at once.
+	// sleeps in poll(2) on the socket and its wake eventfd. Zero (the
+	// default) sleeps at once, which is frugal: on a shared host a spinning
+	// thread takes the core the peer or the application needs, and the
+	// wakeup (need_wakeup, an eventfd) costs a few microseconds. With
+	// BusyPoll on, zero means max(BusyPoll, DefaultBusySpin). Negative
+	// sleeps at once too.
 	SpinIdle time.Duration
 	// BusyPoll, when positive, sets SO_PREFER_BUSY_POLL and SO_BUSY_POLL
 	// to this many microseconds' worth on the socket, for time-sensitive
@@ -363,8 +369,8 @@ func setDefaults(o *Options) {
 		o.Burst = DefaultBurst
 	}
 	o.Burst = min(o.Burst, o.Frames/2)
-	if o.SpinIdle == 0 {
-		o.SpinIdle = DefaultSpinIdle
+	if o.SpinIdle == 0 && o.BusyPoll > 0 {
+		o.SpinIdle = max(o.BusyPoll, DefaultBusySpin)
 	}
 	if o.BusyPollBudget <= 0 {
 		o.BusyPollBudget = DefaultBusyPollBudget
@@ -674,7 +680,7 @@ func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet), flus
 		} else if p.opts.BusyPoll > 0 {
 			p.sock.WakeRx() // runs the driver's NAPI on this thread
 		}
-		if turn&63 != 0 {
+		if turn&15 != 0 {
 			continue
 		}
 		p.kickPending()
@@ -683,7 +689,7 @@ func (p *Plugin) Poll(ctx context.Context, handle func(pkts []wire.Packet), flus
 			last, busy = now, false
 			continue
 		}
-		if now.Sub(last) < p.opts.SpinIdle {
+		if p.opts.SpinIdle > 0 && now.Sub(last) < p.opts.SpinIdle {
 			continue
 		}
 		// Sleep. Announce it first, then look once more for work queued
