@@ -168,7 +168,7 @@ func TestPrintedQEMUCommandBootsAndPings(t *testing.T) {
 // lockedBuffer collects a daemon's JSON log.
 type lockedBuffer struct {
 	mu sync.Mutex
-	b  bytes.Buffer
+	b  bytes.Buffer // +checklocks:mu
 }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {

@@ -46,10 +46,10 @@ func TestMain(m *testing.M) {
 type daemonProc struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
-	out    strings.Builder
-	ready  chan struct{} // closed at control.ReadyLine
-	exited chan struct{} // closed once the process is gone
-	err    error         // its exit, valid after exited
+	out    strings.Builder // +checklocks:mu
+	ready  chan struct{}   // closed at control.ReadyLine
+	exited chan struct{}   // closed once the process is gone
+	err    error           // its exit, valid after exited
 }
 
 // startVeloced starts veloced with args; with gate non-nil it waits for
