@@ -251,7 +251,9 @@ func (r *Runtime) newIDLocked() uint32 {
 }
 
 // CreateStream maps opts to a datapath by the policy. A stream whose
-// options could not be met carries a warning (also logged).
+// options could not be met — the policy fell back, or an option is not
+// honoured on the chosen datapath yet (unhonoured) — carries a warning,
+// logged once here.
 func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 	r := s.rt
 	r.mu.Lock()
@@ -263,6 +265,7 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 		return nil, err
 	}
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
+	warn = joinWarnings(warn, unhonoured(opts, dp)) // no option is ignored silently
 	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
 	if r.remote != nil {
 		st.dpIndex = r.remote.datapathIndex(dp)

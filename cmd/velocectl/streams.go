@@ -16,11 +16,12 @@ func newStreamsCmd(a *app) *cobra.Command {
 	var session uint32
 	c := &cobra.Command{
 		Use:     "streams [--port NAME] [--session ID]",
-		Short:   "List streams: owner, options, datapath (and fallback warning), sources, sinks",
+		Short:   "List streams: owner, options, datapath (and warning when an option is not met), sources, sinks",
 		GroupID: groupShow,
 		Long: `List the daemon's streams: the session that opened each, its endpoint (vm:PORT
 for a guest, the host application's name otherwise), the QoS options asked
-for, the datapath chosen (with the warning when acceleration fell back), and
+for, the datapath chosen (with a warning when an option is not met: acceleration
+fell back, or the datapath does not honour an option yet), and
 its sources (channel:emitted) and sinks (channel:delivered/dropped).
 --port keeps the streams of one VM port's guest, --session those of one session.
 
