@@ -547,6 +547,8 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 			st = guestproto.StatusTooLarge
 		case so == nil:
 			st = guestproto.StatusNotFound
+		case so.Unreachable():
+			st = guestproto.StatusPeerUnreachable // reliable.go
 		default:
 			// Back-pressure, as on the virtio transport: a message no
 			// destination had room for is refused (guestlib's Outcome:

@@ -100,6 +100,10 @@ type RemoteOptions struct {
 	// authentication, and authenticated datagrams are dropped (counted as
 	// BadAuth: the peers have a key this daemon lacks).
 	Key []byte
+	// ReliableTimeout is how long a peer may acknowledge nothing of a
+	// reliable source's messages in flight before the source fails
+	// (Source.Unreachable, reliable.go); default DefaultReliableTimeout.
+	ReliableTimeout time.Duration
 }
 
 const (
@@ -141,6 +145,8 @@ type remote struct {
 
 	generation atomic.Uint64
 
+	rel *reliable // reliable streams (reliable.go)
+
 	sent, received, dropped, malformed atomic.Uint64
 	// Datagrams dropped on receipt, by reason (malformed above).
 	unknownPeer, badAuth, stale, badVersion atomic.Uint64
@@ -158,6 +164,7 @@ type peerTable struct {
 type datapathState struct {
 	dp         Datapath
 	poller     Poller // dp, when it runs its own loop; nil otherwise
+	reliable   bool   // dp carries reliable streams itself (ReliableDatapath)
 	index      int
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
@@ -223,9 +230,11 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		}
 		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
 		st.poller, _ = dp.(Poller)
+		st.reliable = datapathReliable(dp)
 		st.ready, _ = ring.New(remoteSlots)
 		rm.dps = append(rm.dps, st)
 	}
+	rm.rel = newReliable(rm)
 	rm.authCounter.Store(uint64(time.Now().UnixNano()))
 	rm.setPeers(opts.Peers)
 	return rm
@@ -359,6 +368,14 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 				break
 			}
 		}
+		if src.Stream.Options.Reliable && !rm.dps[dpi].reliable {
+			if rm.rel.emit(src, p, dpi, payload) { // window, acks, retransmission
+				queued++
+			} else {
+				full++
+			}
+			continue
+		}
 		id, ok := rm.slots.Get()
 		if !ok {
 			rm.dropped.Add(1)
@@ -407,8 +424,9 @@ func (rm *remote) run(ctx context.Context) {
 		go func() { defer wg.Done(); rm.sender(ctx, st) }()
 		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); rm.expirer(ctx) }()
+	go func() { defer wg.Done(); rm.rel.run(ctx) }()
 	wg.Wait()
 }
 
@@ -638,10 +656,13 @@ type receiveState struct {
 	chans   []uint32
 	pending map[netip.AddrPort]*directoryParts
 	open    *wire.Opener // nil without a key
+	// acks are the reliable receivers the batch in hand owes an ack.
+	acks []*relRecv
 }
 
 func (rm *remote) newReceiveState(index int) *receiveState {
-	rx := &receiveState{rm: rm, index: index, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	rx := &receiveState{rm: rm, index: index, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{},
+		acks: make([]*relRecv, 0, 4*remoteBatch)}
 	if rm.opts.Key != nil {
 		rx.open = wire.NewOpener(rm.opts.Key)
 	}
@@ -707,12 +728,19 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 				rm.reject(p, wire.ErrMalformed) // fragmented messages are not sent yet
 				continue
 			}
+			if h.Class&wire.ClassReliable != 0 && !rm.dps[rx.index].reliable {
+				rx.reliableData(p, h, payload) // in order, once (reliable.go)
+				continue
+			}
 			rm.received.Add(1)
 			rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
 		case wire.KindDirectory:
 			rx.directory(p, &pkts[i], h, payload)
+		case wire.KindAck:
+			rm.rel.ack(p, h, payload)
 		}
 	}
+	rx.flushAcks()
 }
 
 // reject counts a datagram from p dropped for err.

@@ -200,6 +200,9 @@ type Source struct {
 	// destination (a sink's queue, the slots to other hosts): the
 	// source's back-pressure signal.
 	full atomic.Uint64
+	// unreachable: a reliable source whose peer acknowledged nothing
+	// within the timeout (reliable.go); its emits are refused.
+	unreachable atomic.Bool
 }
 
 // Full returns how many of the source's messages found a pool empty for
@@ -498,6 +501,20 @@ type SourceInfo struct {
 	Emitted uint64 `json:"emitted"`
 	// Full counts messages that found a pool empty (back-pressure).
 	Full uint64 `json:"full"`
+	// State is SourcePeerUnreachable for a failed reliable source, empty
+	// otherwise.
+	State string `json:"state,omitempty"`
+}
+
+// SourcePeerUnreachable is SourceInfo.State of a reliable source whose
+// peer stopped acknowledging (Source.Unreachable).
+const SourcePeerUnreachable = "peer-unreachable"
+
+func sourceState(so *Source) string {
+	if so.Unreachable() {
+		return SourcePeerUnreachable
+	}
+	return ""
 }
 
 // SinkInfo describes a sink.
@@ -522,7 +539,8 @@ func (r *Runtime) Streams() []StreamInfo {
 			}
 			for _, src := range s.sources.All() {
 				if src.Stream == st {
-					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load()})
+					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load(),
+						State: sourceState(src)})
 				}
 			}
 			for _, sk := range s.sinks {

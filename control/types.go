@@ -101,6 +101,9 @@ type SourceInfo struct {
 	Emitted uint64 `json:"emitted"`
 	// Full counts messages that found a pool empty (back-pressure).
 	Full uint64 `json:"full"`
+	// State is "peer-unreachable" for a reliable source that failed (its
+	// peer stopped acknowledging), empty otherwise.
+	State string `json:"state,omitempty"`
 }
 
 // SinkInfo describes a sink.

@@ -90,6 +90,13 @@ var (
 	// ErrPermission: the daemon refused the request for the tenant the
 	// application belongs to. Status guestproto.StatusDenied.
 	ErrPermission = errors.New("guestlib: permission denied")
+	// ErrPeerUnreachable: the source is on a reliable stream and a host
+	// with sinks for it stopped acknowledging its messages; the daemon
+	// failed the source (Outcome of its emits from then on; velocectl
+	// streams shows it as peer-unreachable). Messages the peer had not
+	// acknowledged may be lost. Close the source and create a new one
+	// once the peer is back. Status guestproto.StatusPeerUnreachable.
+	ErrPeerUnreachable = errors.New("guestlib: reliable stream's peer unreachable")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -133,6 +140,8 @@ func statusErr(st guestproto.Status) error {
 		return ErrLimit
 	case guestproto.StatusDenied:
 		return ErrPermission
+	case guestproto.StatusPeerUnreachable:
+		return ErrPeerUnreachable
 	}
 	return fmt.Errorf("guestlib: daemon status %d", st)
 }

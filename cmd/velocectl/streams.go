@@ -60,6 +60,9 @@ options, datapath, warning, sources, sinks: a contract, as ports').`,
 						if so.Full > 0 {
 							src += fmt.Sprintf("(%d full)", so.Full)
 						}
+						if so.State != "" {
+							src += "(" + so.State + ")"
+						}
 						srcs = append(srcs, src)
 					}
 					for _, sk := range st.Sinks {
