@@ -110,7 +110,7 @@ func reliablePair(t *testing.T, dpA, dpB Datapath, timeout time.Duration) (rtA, 
 	t.Helper()
 	opts := func(node uint32, dp, peer Datapath) RuntimeOptions {
 		return RuntimeOptions{NodeID: node, Remote: RemoteOptions{Datapath: dp, Peers: []netip.AddrPort{peer.LocalAddr()},
-			DirectoryInterval: 100 * time.Millisecond, ReliableTimeout: timeout}}
+			DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute, ReliableTimeout: timeout}}
 	}
 	rtA, rtB = NewRuntime(opts(1, dpA, dpB)), NewRuntime(opts(2, dpB, dpA))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
