@@ -464,3 +464,43 @@ func TestReliablePathAllocatesNothing(t *testing.T) {
 		t.Errorf("sink got %d of %d", sink.got.Load(), seq)
 	}
 }
+
+// reliableLink is a datapath that says it is reliable itself, as RDMA's
+// RC queue pairs are (here the kernel-UDP plugin on loopback, which is
+// lossless at this rate).
+type reliableLink struct{ Datapath }
+
+func (reliableLink) CarriesReliable() bool { return true }
+
+// TestReliableDatapathCarriesReliableStreams: on a ReliableDatapath the
+// runtime keeps no windows and sends no acks; messages go straight
+// through, marked reliable on the wire.
+func TestReliableDatapathCarriesReliableStreams(t *testing.T) {
+	testutil.Integration(t)
+	rtA, rtB, ctx, _ := reliablePair(t, reliableLink{loopbackPlugin(t)}, reliableLink{loopbackPlugin(t)}, 30*time.Second)
+	check := &orderCheck{last: map[uint64]uint64{}}
+	sb := rtB.OpenSession(check, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, rtA, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
+	src, _ := sa.CreateSource(sta.ID, 5)
+	const count = 1000
+	payload := make([]byte, 64)
+	for i := range count {
+		emitReliable(t, ctx, rtA, src, payload)
+		if i%100 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for check.got.Load() < count && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if check.got.Load() != count {
+		t.Fatalf("received %d of %d", check.got.Load(), count)
+	}
+	if n, m := rtA.remote.rel.senders.Len(), rtB.remote.rel.receivers.Len(); n != 0 || m != 0 {
+		t.Errorf("the runtime kept %d windows and %d receivers on a reliable datapath", n, m)
+	}
+}
