@@ -2,6 +2,8 @@ package backend
 
 import (
 	"context"
+	"errors"
+	"path/filepath"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/internal/wire"
 	"github.com/veloce-io/veloce/plugins/udp"
@@ -502,5 +505,74 @@ func TestReliableDatapathCarriesReliableStreams(t *testing.T) {
 	}
 	if n, m := rtA.remote.rel.senders.Len(), rtB.remote.rel.receivers.Len(); n != 0 || m != 0 {
 		t.Errorf("the runtime kept %d windows and %d receivers on a reliable datapath", n, m)
+	}
+}
+
+// TestHostAppSeesPeerUnreachable: a host application's reliable source
+// on a daemon whose peer goes away is told: its emits' Outcome is
+// guestlib.ErrPeerUnreachable, and the daemon's stream listing shows the
+// source as peer-unreachable.
+func TestHostAppSeesPeerUnreachable(t *testing.T) {
+	testutil.Integration(t)
+	dpA, dpB := loopbackPlugin(t), loopbackPlugin(t)
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sock
+		o.Runtime = RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Peers: []netip.AddrPort{dpB.LocalAddr()},
+			DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute, ReliableTimeout: 500 * time.Millisecond}}
+	})
+	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Peers: []netip.AddrPort{dpA.LocalAddr()},
+		DirectoryInterval: 100 * time.Millisecond}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctxB, stopB := context.WithCancel(ctx)
+	defer stopB()
+	go rtB.Run(ctxB)
+	check := &orderCheck{last: map[uint64]uint64{}}
+	sb := rtB.OpenSession(check, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, d.rt, 5)
+
+	app := openApp(t, sock)
+	st, err := app.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
+	if err != nil || st.Warning != "" {
+		t.Fatalf("create stream: %v (warning %q)", err, st.Warning)
+	}
+	src, err := st.CreateSource(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emit := func() guestlib.Token {
+		b, err := src.GetBufferContext(ctx, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := src.Emit(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	for range 50 {
+		emit()
+	}
+	eventually(t, "the peer's sink gets 50 messages", func() bool { return check.got.Load() == 50 })
+	stopB()
+	rtB.Wait()
+	var tok guestlib.Token
+	eventually(t, "an emit refused as peer-unreachable", func() bool {
+		tok = emit()
+		time.Sleep(20 * time.Millisecond) // outcomes are asynchronous
+		return errors.Is(src.Outcome(tok), guestlib.ErrPeerUnreachable)
+	})
+	var state string
+	for _, info := range d.Streams() {
+		for _, so := range info.Sources {
+			state = so.State
+		}
+	}
+	if state != SourcePeerUnreachable {
+		t.Errorf("streams listing shows source state %q", state)
 	}
 }
