@@ -106,9 +106,11 @@ type relEntry struct {
 
 // relSend is a reliable source's window toward one peer.
 type relSend struct {
-	src *Source
-	p   *peer
-	dpi int
+	// src, p and dpi are set before the window is published, then only
+	// read.
+	src *Source // +checklocksignore
+	p   *peer   // +checklocksignore
+	dpi int     // +checklocksignore
 
 	mu sync.Mutex
 	// base is the lowest unacknowledged sequence, next the next one to
@@ -127,9 +129,11 @@ type relSend struct {
 
 // relRecv is the receiving side of a peer's reliable source.
 type relRecv struct {
-	key     relKey
-	channel uint32
-	dpi     int // the datapath acks go back on
+	// key, channel and dpi (the datapath acks go back on) are set before
+	// the receiver is published, then only read.
+	key     relKey // +checklocksignore
+	channel uint32 // +checklocksignore
+	dpi     int    // +checklocksignore
 
 	mu sync.Mutex
 	// cum is the highest sequence received with everything before it;
@@ -521,10 +525,20 @@ func (rl *reliable) run(ctx context.Context) {
 }
 
 func (rl *reliable) tick(now int64) {
+	var gone []*relSend
 	for _, rs := range rl.senders.All() {
 		rs.mu.Lock()
-		rl.tickSendLocked(rs, now)
+		if rl.tickSendLocked(rs, now) {
+			gone = append(gone, rs)
+		}
 		rs.mu.Unlock()
+	}
+	if len(gone) > 0 {
+		rl.mu.Lock()
+		for _, rs := range gone {
+			rl.senders.Delete(relKey{rs.src.Global, rs.p})
+		}
+		rl.mu.Unlock()
 	}
 	var idle []*relRecv
 	for _, rr := range rl.receivers.All() {
@@ -551,21 +565,26 @@ func (rl *reliable) tick(now int64) {
 	}
 }
 
+// tickSendLocked runs rs's timers; it reports whether the window is
+// done with (its source closed and nothing is left to send, or it
+// failed).
+//
 // +checklocks:rs.mu
-func (rl *reliable) tickSendLocked(rs *relSend, now int64) {
+func (rl *reliable) tickSendLocked(rs *relSend, now int64) (remove bool) {
+	closed := rs.src.Stream.session.sources.Get(rs.src.ID) != rs.src
 	if rs.failed {
-		return
+		return closed
 	}
-	waiting := rs.next > rs.base || rs.next > rs.credit
-	if !waiting {
-		if rs.src.Stream.session.sources.Get(rs.src.ID) != rs.src {
-			rl.removeLocked(rs) // the source closed
+	if rs.next == rs.base {
+		if closed {
+			rs.failed = true
+			rs.entries, rs.mem = nil, nil
 		}
-		return
+		return closed // a closed source's messages in flight are still sent
 	}
 	if now-rs.lastAck > int64(rl.timeout) {
 		rl.failLocked(rs)
-		return
+		return closed
 	}
 	for s := rs.base; s < rs.next; s++ {
 		e := &rs.entries[s%relWindow]
@@ -577,6 +596,7 @@ func (rl *reliable) tickSendLocked(rs *relSend, now int64) {
 			rl.retransmitLocked(rs, s%relWindow, now)
 		}
 	}
+	return false
 }
 
 // failLocked fails rs's source: its peer is unreachable.
@@ -592,15 +612,56 @@ func (rl *reliable) failLocked(rs *relSend) {
 	}
 }
 
-// removeLocked drops rs from the table (its source closed).
-//
+// peerRestarted is told that p restarted (a directory with a new boot
+// id): what this daemon's receivers held of p's old run is dropped, and
+// every window toward p starts over at sequence 1 with the messages the
+// old run had not acknowledged, renumbered in order (the old run
+// delivered the rest). It allocates (a rare event).
+func (rl *reliable) peerRestarted(p *peer) {
+	rl.mu.Lock()
+	for k := range rl.receivers.All() {
+		if k.peer == p {
+			rl.receivers.Delete(k)
+		}
+	}
+	delete(rl.recvPerPeer, p)
+	rl.mu.Unlock()
+	for k, rs := range rl.senders.All() {
+		if k.peer != p {
+			continue
+		}
+		rs.mu.Lock()
+		if !rs.failed {
+			rl.renumberLocked(rs)
+		}
+		rs.mu.Unlock()
+	}
+}
+
 // +checklocks:rs.mu
-func (rl *reliable) removeLocked(rs *relSend) {
-	rs.failed = true
-	rs.entries, rs.mem = nil, nil
-	go func() { // not under rs.mu: the table's writers take rl.mu first
-		rl.mu.Lock()
-		rl.senders.Delete(relKey{rs.src.Global, rs.p})
-		rl.mu.Unlock()
-	}()
+func (rl *reliable) renumberLocked(rs *relSend) {
+	var keep [][]byte
+	for s := rs.base; s < rs.next; s++ {
+		i := s % relWindow
+		if e := rs.entries[i]; e.n != 0 && e.seq == s {
+			keep = append(keep, append([]byte(nil), rs.mem[int(i)*remoteSlotSize:int(i)*remoteSlotSize+e.n]...))
+		}
+	}
+	clear(rs.entries)
+	rs.base, rs.next, rs.credit = 1, 1, relWindow
+	rs.lastAck = time.Now().UnixNano()
+	for _, d := range keep {
+		h, payload, err := wire.Parse(d)
+		if err != nil {
+			continue
+		}
+		h.Seq = rs.next
+		i := rs.next % relWindow
+		n, err := h.MarshalPacket(rs.mem[int(i)*remoteSlotSize:int(i+1)*remoteSlotSize], payload)
+		if err != nil {
+			continue
+		}
+		rs.entries[i] = relEntry{n: n, tries: 1, seq: rs.next} // sent 0: the next tick sends it
+		rs.next++
+	}
 }

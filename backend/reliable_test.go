@@ -3,9 +3,9 @@ package backend
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"math/rand/v2"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,8 +26,11 @@ import (
 // sch_netem module): the datagrams still cross a real veth between two
 // network namespaces through real sockets, only the damage is ours.
 type faultyLink struct {
-	Datapath
-	loss, dup, reorder float64
+	Datapath // +checklocksignore: the plugin, safe for concurrent use
+	// loss, dup and reorder are fixed at creation.
+	loss    float64 // +checklocksignore
+	dup     float64 // +checklocksignore
+	reorder float64 // +checklocksignore
 
 	mu   sync.Mutex
 	rnd  *rand.Rand    // +checklocks:mu
@@ -37,7 +40,11 @@ type faultyLink struct {
 }
 
 func newFaultyLink(dp Datapath, seed uint64, loss, dup, reorder float64) *faultyLink {
-	return &faultyLink{Datapath: dp, loss: loss, dup: dup, reorder: reorder, rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	f := &faultyLink{Datapath: dp, loss: loss, dup: dup, reorder: reorder}
+	f.mu.Lock()
+	f.rnd = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	f.mu.Unlock()
+	return f
 }
 
 func (f *faultyLink) SendBatch(pkts []wire.Packet) (int, error) {
@@ -574,5 +581,70 @@ func TestHostAppSeesPeerUnreachable(t *testing.T) {
 	}
 	if state != SourcePeerUnreachable {
 		t.Errorf("streams listing shows source state %q", state)
+	}
+}
+
+// TestReliableStreamSurvivesPeerRestart: the sink's daemon restarts (same
+// node id and address, a new boot id): the source's window starts over
+// with what the old run had not acknowledged, and the new run's sink gets
+// every later message once and in order.
+func TestReliableStreamSurvivesPeerRestart(t *testing.T) {
+	testutil.Integration(t)
+	dpB := loopbackPlugin(t)
+	addrB := dpB.LocalAddr()
+	rtA, rtB, ctx, stopB := reliablePair(t, loopbackPlugin(t), dpB, 30*time.Second)
+	check := &orderCheck{last: map[uint64]uint64{}}
+	sb := rtB.OpenSession(check, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, rtA, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
+	src, _ := sa.CreateSource(sta.ID, 5)
+	payload := make([]byte, 100)
+	const first, second = 1000, 1000
+	for range first {
+		emitReliable(t, ctx, rtA, src, payload)
+	}
+	for check.got.Load() < first && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	stopB()
+
+	emitted := make(chan struct{})
+	go func() { // blocks once the window is full, until the new run acks
+		defer close(emitted)
+		for range second {
+			emitReliable(t, ctx, rtA, src, payload)
+		}
+	}()
+	var dpB2 *udp.Plugin
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var err error
+		if dpB2, err = udp.New(udp.Options{Listen: addrB}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rtB2 := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB2, Peers: []netip.AddrPort{rtA.remote.dps[0].dp.LocalAddr()},
+		DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute}})
+	ctx2, cancel2 := context.WithCancel(ctx)
+	defer func() { cancel2(); rtB2.Wait() }()
+	go rtB2.Run(ctx2)
+	check2 := &orderCheck{last: map[uint64]uint64{}}
+	sb2 := rtB2.OpenSession(check2, netip.AddrPort{})
+	stb2, _ := sb2.CreateStream(StreamOptions{Reliable: true})
+	sb2.CreateSink(stb2.ID, 5)
+	<-emitted
+	for check2.got.Load() < second && ctx.Err() == nil && !src.Unreachable() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	check2.mu.Lock()
+	defer check2.mu.Unlock()
+	if check2.got.Load() != second || len(check2.problems) > 0 || src.Unreachable() {
+		t.Fatalf("the new run got %d of %d (problems %v), source unreachable %v; restarts seen %d",
+			check2.got.Load(), second, check2.problems, src.Unreachable(), rtA.remote.peerList()[0].restarts.Load())
 	}
 }

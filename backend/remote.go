@@ -805,6 +805,7 @@ func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payl
 	slices.Sort(list)
 	if old := p.boot.Swap(d.Boot); old != 0 && old != d.Boot {
 		p.restarts.Add(1)
+		rm.rel.peerRestarted(p) // reliable windows start over (reliable.go)
 		rm.rt.log.Info("peer restarted: its directory replaces the old run's", "peer", p.addr, "node", d.Node)
 	}
 	p.node.Store(d.Node)

@@ -510,7 +510,8 @@ type Stream struct {
 	// or xdp.
 	Datapath string
 	// Warning says how the mapping fell short of the options (acceleration
-	// asked for on a host without any: kernel UDP); empty when it did not.
+	// asked for on a host without any: kernel UDP; an option the datapath
+	// does not honour yet, such as TimeSensitive); empty when it did not.
 	Warning string
 }
 

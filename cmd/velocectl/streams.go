@@ -22,7 +22,9 @@ func newStreamsCmd(a *app) *cobra.Command {
 for a guest, the host application's name otherwise), the QoS options asked
 for, the datapath chosen (with a warning when an option is not met: acceleration
 fell back, or the datapath does not honour an option yet), and
-its sources (channel:emitted) and sinks (channel:delivered/dropped).
+its sources (channel:emitted, with "(N full)" for back-pressure and
+"(peer-unreachable)" for a failed reliable source) and sinks
+(channel:delivered/dropped).
 --port keeps the streams of one VM port's guest, --session those of one session.
 
 -o json prints a JSON list, one object per stream (session, stream, endpoint,
