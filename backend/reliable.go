@@ -179,10 +179,37 @@ func newReliable(rm *remote) *reliable {
 	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}}
 }
 
+// info returns the counters.
+func (rl *reliable) info() ReliableInfo {
+	return ReliableInfo{Windows: rl.senders.Len(), Receivers: rl.receivers.Len(), Retransmits: rl.retransmits.Load(),
+		Duplicates: rl.duplicates.Load(), WindowFull: rl.refused.Load(), Unreachable: rl.unreachable.Load(), Overflow: rl.overflow.Load()}
+}
+
 // datapathReliable reports whether dp carries reliable streams itself.
 func datapathReliable(dp Datapath) bool {
 	r, ok := dp.(ReliableDatapath)
 	return ok && r.CarriesReliable()
+}
+
+// ReliableInfo counts the work of reliable streams (acks,
+// retransmissions) on datagram datapaths.
+type ReliableInfo struct {
+	// Windows and Receivers are the reliable sources' windows toward
+	// peers and the receivers of peers' reliable sources.
+	Windows   int `json:"windows"`
+	Receivers int `json:"receivers"`
+	// Retransmits counts messages sent again; Duplicates, messages
+	// received again (or past the credit) and dropped.
+	Retransmits uint64 `json:"retransmits"`
+	Duplicates  uint64 `json:"duplicates"`
+	// WindowFull counts emits refused for a full window or no credit
+	// (back-pressure from the peer's sinks).
+	WindowFull uint64 `json:"window_full"`
+	// Unreachable counts windows failed for a silent peer.
+	Unreachable uint64 `json:"unreachable"`
+	// Overflow counts messages from peers' sources beyond the receivers
+	// one peer may have.
+	Overflow uint64 `json:"overflow"`
 }
 
 // Unreachable reports whether the source failed: a peer with sinks for

@@ -883,6 +883,8 @@ type RemoteInfo struct {
 	BadVersion  uint64 `json:"bad_version"`
 	// Expired counts peers' directories dropped for age.
 	Expired uint64 `json:"expired"`
+	// Reliable counts reliable streams' work (reliable.go).
+	Reliable ReliableInfo `json:"reliable"`
 }
 
 // Remote returns the datapaths to other hosts and the peers.
@@ -896,6 +898,7 @@ func (r *Runtime) Remote() RemoteInfo {
 	info.Authenticated, info.Boot = rm.opts.Key != nil, strconv.FormatUint(rm.boot, 16)
 	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
 	info.Expired = rm.expired.Load()
+	info.Reliable = rm.rel.info()
 	peers := rm.peerList()
 	for _, st := range rm.dps {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,
