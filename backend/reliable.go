@@ -42,6 +42,20 @@ package backend
 // and its peer's acks meet there; uncontended otherwise) and allocate
 // nothing per message.
 //
+// A peer that restarts (a directory with a new boot id) gets fresh
+// receivers here, and this daemon's windows toward it start over at 1
+// with what the old run had not acknowledged (peerRestarted). Datagrams
+// sent between the restart and the new run's first directory carry the
+// old numbering; they are dropped when they fall past the new receiver's
+// buffer, but with fixed node ids a young stream's (sequence below
+// relWindow) could be taken for the new numbering's: the wire has no
+// epoch field yet to tell them apart.
+//
+// A message held for a sink without room is retried every relTick; the
+// sinks that took it are remembered by position in the channel's sink
+// list, so a sink closing meanwhile may make the next one miss that
+// message.
+//
 // Not yet: a migrated reliable source's windows (and a receiver's
 // buffer) are not in the migration snapshot; after a migration a reliable
 // stream starts new windows, and messages in flight at switchover may be
