@@ -180,6 +180,9 @@ type reliable struct {
 	receivers cowMap[relKey, *relRecv]
 	// recvPerPeer counts receivers per peer.
 	recvPerPeer map[*peer]int // +checklocks:mu
+	// started wakes run when the first window or receiver appears: with
+	// none, the timers do not tick (an idle daemon stays idle).
+	started chan struct{}
 
 	// Counters.
 	retransmits, duplicates, refused, overflow, unreachable atomic.Uint64
@@ -190,7 +193,7 @@ func newReliable(rm *remote) *reliable {
 	if t <= 0 {
 		t = DefaultReliableTimeout
 	}
-	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}}
+	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, started: make(chan struct{}, 1)}
 }
 
 // info returns the counters.
@@ -250,6 +253,7 @@ func (rl *reliable) sender(src *Source, p *peer, dpi int) *relSend {
 	rs.mem = make([]byte, relWindow*remoteSlotSize)
 	rs.mu.Unlock()
 	rl.senders.Store(k, rs)
+	rl.wake()
 	return rs
 }
 
@@ -442,6 +446,7 @@ func (rl *reliable) newReceiver(k relKey, channel uint32, dpi int) *relRecv {
 	rr.mem = make([]byte, relWindow*remoteSlotSize)
 	rr.mu.Unlock()
 	rl.receivers.Store(k, rr)
+	rl.wake()
 	return rr
 }
 
@@ -556,12 +561,29 @@ func (rl *reliable) run(ctx context.Context) {
 	tick := time.NewTicker(relTick)
 	defer tick.Stop()
 	for {
+		if rl.senders.Len()+rl.receivers.Len() == 0 {
+			tick.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-rl.started:
+			}
+			tick.Reset(relTick)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case t := <-tick.C:
 			rl.tick(t.UnixNano())
 		}
+	}
+}
+
+// wake tells run that a window or receiver exists.
+func (rl *reliable) wake() {
+	select {
+	case rl.started <- struct{}{}:
+	default:
 	}
 }
 
