@@ -728,3 +728,29 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 		rs.next++
 	}
 }
+
+// emitWait is emit for the host transport: a reliable source's message
+// that no destination had room for (a full window, no credit) is tried
+// again, with pauses, until one takes it, the source fails, gone says
+// the application left, or the reliable timeout passes. The caller
+// holds the application's TX slot meanwhile, so the application blocks
+// in GetBufferContext instead of seeing refusals it would have to resend
+// out of order. Retrying duplicates nothing: no destination took the
+// message. A best-effort source's message is tried once.
+func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
+	taken, full = r.emit(src, payload)
+	if !src.Stream.Options.Reliable || r.remote == nil || taken > 0 || full == 0 {
+		return taken, full
+	}
+	deadline := time.Now().Add(r.remote.rel.timeout)
+	for pause := 10 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
+		time.Sleep(pause)
+		if src.Unreachable() || gone.Load() || time.Now().After(deadline) {
+			return taken, full
+		}
+		src.emitted.Add(^uint64(0)) // the same message again: counted once
+		if taken, full = r.emit(src, payload); taken > 0 || full == 0 {
+			return taken, full
+		}
+	}
+}

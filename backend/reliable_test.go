@@ -648,3 +648,88 @@ func TestReliableStreamSurvivesPeerRestart(t *testing.T) {
 			check2.got.Load(), second, check2.problems, src.Unreachable(), rtA.remote.peerList()[0].restarts.Load())
 	}
 }
+
+// TestHostAppReliableSourceBlocksOnSlowSink: a host application's
+// reliable source whose remote sink stops consuming blocks (its emits
+// hold their TX slots until the window has room, so GetBufferContext
+// waits) instead of seeing refusals; once the sink resumes, every message
+// arrives once and in order and no emit was refused.
+func TestHostAppReliableSourceBlocksOnSlowSink(t *testing.T) {
+	testutil.Integration(t)
+	dpA, dpB := loopbackPlugin(t), loopbackPlugin(t)
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sock
+		o.Runtime = RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Peers: []netip.AddrPort{dpB.LocalAddr()},
+			DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute, ReliableTimeout: time.Minute}}
+	})
+	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Peers: []netip.AddrPort{dpA.LocalAddr()},
+		DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); rtB.Run(ctx) }()
+	defer func() { cancel(); wg.Wait() }()
+	sink := &gatedCheck{orderCheck: orderCheck{last: map[uint64]uint64{}}}
+	sink.stalled.Store(true)
+	sb := rtB.OpenSession(sink, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, d.rt, 5)
+
+	app := openApp(t, sock)
+	st, _ := app.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
+	src, err := st.CreateSource(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 5000
+	var emitted atomic.Int64
+	var last guestlib.Token
+	errc := make(chan error, 1)
+	go func() {
+		for range total {
+			b, err := src.GetBufferContext(ctx, 100)
+			if err != nil {
+				errc <- err
+				return
+			}
+			if last, err = src.Emit(b); err != nil {
+				errc <- err
+				return
+			}
+			emitted.Add(1)
+		}
+		errc <- nil
+	}()
+	// Stalled: the application gets as far as the window and its own TX
+	// slots allow, then blocks.
+	eventually(t, "the source to block", func() bool {
+		n := emitted.Load()
+		time.Sleep(100 * time.Millisecond)
+		return n > 0 && emitted.Load() == n
+	})
+	blocked := emitted.Load()
+	t.Logf("stalled sink: the application blocked after %d emits", blocked)
+	if blocked >= total || blocked > relWindow+hostTXSlots+64 {
+		t.Fatalf("the source was not slowed: %d emits", blocked)
+	}
+	sink.stalled.Store(false)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "every message at the sink", func() bool { return sink.got.Load() == total })
+	sink.mu.Lock()
+	problems := slices.Clone(sink.problems)
+	sink.mu.Unlock()
+	if len(problems) > 0 {
+		t.Fatalf("order: %v", problems)
+	}
+	time.Sleep(50 * time.Millisecond) // outcomes are asynchronous
+	for tok := last; tok > last-guestlib.OutcomeWindow+1; tok-- {
+		if err := src.Outcome(tok); err != nil {
+			t.Fatalf("token %d: %v", tok, err)
+		}
+	}
+}
