@@ -16,7 +16,8 @@ package backend
 // flight than the credit allows nor more than relWindow, so a sink that
 // stops consuming fills the receiver's buffer, the credit falls to zero
 // and the source's emits find no room (Runtime.emit reports them full:
-// guestlib's ErrNoBuffers); nothing is dropped, and the receiver's acks
+// guestlib's ErrNoBuffers on the virtio transport; on the host transport
+// the application blocks instead, emitWait); nothing is dropped, and the receiver's acks
 // reopen the window once the sink consumes again.
 //
 // Loss is repaired by retransmission: on a selective ack that shows a hole
