@@ -112,6 +112,8 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNotFound)
 		case len(m.Payload) > MaxGuestPayload:
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusTooLarge)
+		case so.Unreachable():
+			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusPeerUnreachable)
 		}
 		// Back-pressure: a message no destination had room for is
 		// refused (guestlib's Outcome: ErrNoBuffers; retrying it

@@ -547,11 +547,14 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 			st = guestproto.StatusTooLarge
 		case so == nil:
 			st = guestproto.StatusNotFound
+		case so.Unreachable():
+			st = guestproto.StatusPeerUnreachable // reliable.go
 		default:
 			// Back-pressure, as on the virtio transport: a message no
 			// destination had room for is refused (guestlib's Outcome:
 			// ErrNoBuffers), one that some took is not.
-			taken, full := c.apps.rt.emit(so, c.region.TXSlot(e.Slot)[:e.Len])
+			// A reliable source waits for room instead (emitWait).
+			taken, full := c.apps.rt.emitWait(so, c.region.TXSlot(e.Slot)[:e.Len], &c.closed)
 			if full == 0 || taken > 0 {
 				return
 			}

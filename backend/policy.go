@@ -60,3 +60,30 @@ func (DefaultPolicy) Choose(opts StreamOptions, available []string) (string, str
 	}
 	return DatapathUDP, "acceleration requested, but this host has no accelerated datapath (RDMA, DPDK, AF_XDP): using kernel UDP"
 }
+
+// honoured reports, for each QoS option, whether the runtime acts on it
+// on a datapath (DESIGN.md, "Streams and QoS"; issue 13): an option asked
+// for and not honoured gives the stream a warning (returned to the
+// application, logged once, shown in velocectl streams), whatever the
+// Policy chose. Acceleration and Frugal are the policy's own choice (its
+// warning covers them); Reliable is carried by the runtime's
+// acknowledgements (reliable.go) on every datagram datapath and by RC on
+// RDMA; TimeSensitive has no gate schedule yet. When a datapath starts
+// honouring an option, change this function and its test.
+func unhonoured(opts StreamOptions, datapath string) string {
+	if opts.TimeSensitive {
+		return "time-sensitive scheduling (802.1Qbv gate schedule) is not implemented on " + datapath + " yet: the stream is sent FIFO"
+	}
+	return ""
+}
+
+// joinWarnings joins non-empty warnings with "; ".
+func joinWarnings(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
+}

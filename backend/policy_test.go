@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,48 @@ func TestDefaultPolicy(t *testing.T) {
 		got, warn := DefaultPolicy{}.Choose(tc.opts, tc.available)
 		if got != tc.want || (tc.warn == "") != (warn == "") || !strings.Contains(warn, tc.warn) {
 			t.Errorf("%s: got %s %q, want %s %q", tc.name, got, warn, tc.want, tc.warn)
+		}
+	}
+}
+
+// TestNoOptionIgnoredSilently (issue 13, item 1): a stream whose options
+// are not all honoured on its datapath carries a warning, returned by
+// CreateStream and listed by Streams; one whose options are all honoured
+// carries none.
+func TestNoOptionIgnoredSilently(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	s := rt.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	for _, tc := range []struct {
+		name string
+		opts StreamOptions
+		warn []string // substrings; none: no warning
+	}{
+		{"best effort", StreamOptions{}, nil},
+		{"reliable is honoured", StreamOptions{Reliable: true}, nil},
+		{"frugal alone is honoured", StreamOptions{Frugal: true}, nil},
+		{"time-sensitive is not yet", StreamOptions{TimeSensitive: true}, []string{"802.1Qbv", "FIFO"}},
+		{"both warnings", StreamOptions{Acceleration: true, TimeSensitive: true}, []string{"no accelerated datapath", "; ", "802.1Qbv"}},
+	} {
+		st, err := s.CreateStream(tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (st.Warning == "") != (len(tc.warn) == 0) {
+			t.Errorf("%s: warning %q", tc.name, st.Warning)
+		}
+		for _, w := range tc.warn {
+			if !strings.Contains(st.Warning, w) {
+				t.Errorf("%s: warning %q lacks %q", tc.name, st.Warning, w)
+			}
+		}
+		var listed string
+		for _, info := range rt.Streams() {
+			if info.Stream == st.ID {
+				listed = info.Warning
+			}
+		}
+		if listed != st.Warning {
+			t.Errorf("%s: Streams shows %q, CreateStream returned %q", tc.name, listed, st.Warning)
 		}
 	}
 }

@@ -100,6 +100,10 @@ type RemoteOptions struct {
 	// authentication, and authenticated datagrams are dropped (counted as
 	// BadAuth: the peers have a key this daemon lacks).
 	Key []byte
+	// ReliableTimeout is how long a peer may acknowledge nothing of a
+	// reliable source's messages in flight before the source fails
+	// (Source.Unreachable, reliable.go); default DefaultReliableTimeout.
+	ReliableTimeout time.Duration
 }
 
 const (
@@ -141,6 +145,8 @@ type remote struct {
 
 	generation atomic.Uint64
 
+	rel *reliable // reliable streams (reliable.go)
+
 	sent, received, dropped, malformed atomic.Uint64
 	// Datagrams dropped on receipt, by reason (malformed above).
 	unknownPeer, badAuth, stale, badVersion atomic.Uint64
@@ -158,6 +164,7 @@ type peerTable struct {
 type datapathState struct {
 	dp         Datapath
 	poller     Poller // dp, when it runs its own loop; nil otherwise
+	reliable   bool   // dp carries reliable streams itself (ReliableDatapath)
 	index      int
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
@@ -228,10 +235,12 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		}
 		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
 		st.poller, _ = dp.(Poller)
+		st.reliable = datapathReliable(dp)
 		st.ready, _ = ring.New(remoteSlots)
 		rm.dps = append(rm.dps, st)
 	}
 	rm.buildRoutes()
+	rm.rel = newReliable(rm)
 	rm.authCounter.Store(uint64(time.Now().UnixNano()))
 	rm.setPeers(opts.Peers)
 	return rm
@@ -359,6 +368,14 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 			continue
 		}
 		dpi := rm.route(p, want)
+		if src.Stream.Options.Reliable && !rm.dps[dpi].reliable {
+			if rm.rel.emit(src, p, dpi, payload) { // window, acks, retransmission
+				queued++
+			} else {
+				full++
+			}
+			continue
+		}
 		id, ok := rm.slots.Get()
 		if !ok {
 			rm.dropped.Add(1)
@@ -407,8 +424,9 @@ func (rm *remote) run(ctx context.Context) {
 		go func() { defer wg.Done(); rm.sender(ctx, st) }()
 		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); rm.expirer(ctx) }()
+	go func() { defer wg.Done(); rm.rel.run(ctx) }()
 	wg.Wait()
 }
 
@@ -638,10 +656,13 @@ type receiveState struct {
 	chans   []uint32
 	pending map[netip.AddrPort]*directoryParts
 	open    *wire.Opener // nil without a key
+	// acks are the reliable receivers the batch in hand owes an ack.
+	acks []*relRecv
 }
 
 func (rm *remote) newReceiveState(index int) *receiveState {
-	rx := &receiveState{rm: rm, index: index, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{}}
+	rx := &receiveState{rm: rm, index: index, chans: make([]uint32, 0, wire.MaxDirectoryChannels), pending: map[netip.AddrPort]*directoryParts{},
+		acks: make([]*relRecv, 0, 4*remoteBatch)}
 	if rm.opts.Key != nil {
 		rx.open = wire.NewOpener(rm.opts.Key)
 	}
@@ -707,12 +728,19 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 				rm.reject(p, wire.ErrMalformed) // fragmented messages are not sent yet
 				continue
 			}
+			if h.Class&wire.ClassReliable != 0 && !rm.dps[rx.index].reliable {
+				rx.reliableData(p, h, payload) // in order, once (reliable.go)
+				continue
+			}
 			rm.received.Add(1)
 			rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
 		case wire.KindDirectory:
 			rx.directory(p, &pkts[i], h, payload)
+		case wire.KindAck:
+			rm.rel.ack(p, h, payload)
 		}
 	}
+	rx.flushAcks()
 }
 
 // reject counts a datagram from p dropped for err.
@@ -777,6 +805,7 @@ func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payl
 	slices.Sort(list)
 	if old := p.boot.Swap(d.Boot); old != 0 && old != d.Boot {
 		p.restarts.Add(1)
+		rm.rel.peerRestarted(p) // reliable windows start over (reliable.go)
 		rm.rt.log.Info("peer restarted: its directory replaces the old run's", "peer", p.addr, "node", d.Node)
 	}
 	p.node.Store(d.Node)
@@ -854,6 +883,8 @@ type RemoteInfo struct {
 	BadVersion  uint64 `json:"bad_version"`
 	// Expired counts peers' directories dropped for age.
 	Expired uint64 `json:"expired"`
+	// Reliable counts reliable streams' work (reliable.go).
+	Reliable ReliableInfo `json:"reliable"`
 }
 
 // Remote returns the datapaths to other hosts and the peers.
@@ -867,6 +898,7 @@ func (r *Runtime) Remote() RemoteInfo {
 	info.Authenticated, info.Boot = rm.opts.Key != nil, strconv.FormatUint(rm.boot, 16)
 	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
 	info.Expired = rm.expired.Load()
+	info.Reliable = rm.rel.info()
 	peers := rm.peerList()
 	for _, st := range rm.dps {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,

@@ -200,6 +200,9 @@ type Source struct {
 	// destination (a sink's queue, the slots to other hosts): the
 	// source's back-pressure signal.
 	full atomic.Uint64
+	// unreachable: a reliable source whose peer acknowledged nothing
+	// within the timeout (reliable.go); its emits are refused.
+	unreachable atomic.Bool
 }
 
 // Full returns how many of the source's messages found a pool empty for
@@ -251,7 +254,9 @@ func (r *Runtime) newIDLocked() uint32 {
 }
 
 // CreateStream maps opts to a datapath by the policy. A stream whose
-// options could not be met carries a warning (also logged).
+// options could not be met — the policy fell back, or an option is not
+// honoured on the chosen datapath yet (unhonoured) — carries a warning,
+// logged once here.
 func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 	r := s.rt
 	r.mu.Lock()
@@ -263,6 +268,7 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 		return nil, err
 	}
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
+	warn = joinWarnings(warn, unhonoured(opts, dp)) // no option is ignored silently
 	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
 	if r.remote != nil {
 		st.dpIndex = r.remote.datapathIndex(dp)
@@ -495,6 +501,20 @@ type SourceInfo struct {
 	Emitted uint64 `json:"emitted"`
 	// Full counts messages that found a pool empty (back-pressure).
 	Full uint64 `json:"full"`
+	// State is SourcePeerUnreachable for a failed reliable source, empty
+	// otherwise.
+	State string `json:"state,omitempty"`
+}
+
+// SourcePeerUnreachable is SourceInfo.State of a reliable source whose
+// peer stopped acknowledging (Source.Unreachable).
+const SourcePeerUnreachable = "peer-unreachable"
+
+func sourceState(so *Source) string {
+	if so.Unreachable() {
+		return SourcePeerUnreachable
+	}
+	return ""
 }
 
 // SinkInfo describes a sink.
@@ -519,7 +539,8 @@ func (r *Runtime) Streams() []StreamInfo {
 			}
 			for _, src := range s.sources.All() {
 				if src.Stream == st {
-					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load()})
+					info.Sources = append(info.Sources, SourceInfo{ID: src.ID, Channel: src.Channel, Emitted: src.emitted.Load(), Full: src.full.Load(),
+						State: sourceState(src)})
 				}
 			}
 			for _, sk := range s.sinks {

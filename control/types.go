@@ -101,6 +101,9 @@ type SourceInfo struct {
 	Emitted uint64 `json:"emitted"`
 	// Full counts messages that found a pool empty (back-pressure).
 	Full uint64 `json:"full"`
+	// State is "peer-unreachable" for a reliable source that failed (its
+	// peer stopped acknowledging), empty otherwise.
+	State string `json:"state,omitempty"`
 }
 
 // SinkInfo describes a sink.
@@ -188,6 +191,29 @@ type RemoteInfo struct {
 	BadVersion  uint64 `json:"bad_version"`
 	// Expired counts peers' directories dropped for age.
 	Expired uint64 `json:"expired"`
+	// Reliable counts reliable streams' work.
+	Reliable ReliableInfo `json:"reliable"`
+}
+
+// ReliableInfo counts the work of reliable streams (acks,
+// retransmissions) on datagram datapaths.
+type ReliableInfo struct {
+	// Windows and Receivers are the reliable sources' windows toward
+	// peers and the receivers of peers' reliable sources.
+	Windows   int `json:"windows"`
+	Receivers int `json:"receivers"`
+	// Retransmits counts messages sent again; Duplicates, messages
+	// received again (or past the credit) and dropped.
+	Retransmits uint64 `json:"retransmits"`
+	Duplicates  uint64 `json:"duplicates"`
+	// WindowFull counts emits refused for a full window or no credit
+	// (back-pressure from the peer's sinks).
+	WindowFull uint64 `json:"window_full"`
+	// Unreachable counts windows failed for a silent peer.
+	Unreachable uint64 `json:"unreachable"`
+	// Overflow counts messages from peers' sources beyond the receivers
+	// one peer may have.
+	Overflow uint64 `json:"overflow"`
 }
 
 // DatapathInfo describes a datapath to other hosts.

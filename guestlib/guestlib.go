@@ -105,6 +105,13 @@ var (
 	// within Options.OpenTimeout on the virtio transport. The error says
 	// what to check.
 	ErrNoDaemon = errors.New("guestlib: no Veloce daemon")
+	// ErrPeerUnreachable: the source is on a reliable stream and a host
+	// with sinks for it stopped acknowledging its messages; the daemon
+	// failed the source (Outcome of its emits from then on; velocectl
+	// streams shows it as peer-unreachable). Messages the peer had not
+	// acknowledged may be lost. Close the source and create a new one
+	// once the peer is back. Status guestproto.StatusPeerUnreachable.
+	ErrPeerUnreachable = errors.New("guestlib: reliable stream's peer unreachable")
 	// ErrBackPressure is the former name of ErrNoBuffers.
 	//
 	// Deprecated: use ErrNoBuffers.
@@ -148,6 +155,8 @@ func statusErr(st guestproto.Status) error {
 		return ErrLimit
 	case guestproto.StatusDenied:
 		return ErrPermission
+	case guestproto.StatusPeerUnreachable:
+		return ErrPeerUnreachable
 	}
 	return fmt.Errorf("guestlib: daemon status %d", st)
 }
@@ -552,7 +561,8 @@ type Stream struct {
 	// or xdp.
 	Datapath string
 	// Warning says how the mapping fell short of the options (acceleration
-	// asked for on a host without any: kernel UDP); empty when it did not.
+	// asked for on a host without any: kernel UDP; an option the datapath
+	// does not honour yet, such as TimeSensitive); empty when it did not.
 	Warning string
 }
 

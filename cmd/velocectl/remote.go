@@ -60,6 +60,9 @@ sent, received, dropped, malformed.`,
 				fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
 				fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
 					info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))
+				r := info.Reliable
+				fmt.Fprintf(tw, "reliable: %d windows, %d receivers; %d retransmits, %d duplicates, %d window full, %d unreachable, %d overflow\n",
+					r.Windows, r.Receivers, r.Retransmits, r.Duplicates, r.WindowFull, r.Unreachable, r.Overflow)
 				if wide {
 					fmt.Fprintln(tw, "\nDATAPATH\tCOUNTER\tVALUE")
 					for _, d := range info.Datapaths {

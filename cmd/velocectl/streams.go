@@ -16,12 +16,15 @@ func newStreamsCmd(a *app) *cobra.Command {
 	var session uint32
 	c := &cobra.Command{
 		Use:     "streams [--port NAME] [--session ID]",
-		Short:   "List streams: owner, options, datapath (and fallback warning), sources, sinks",
+		Short:   "List streams: owner, options, datapath (and warning when an option is not met), sources, sinks",
 		GroupID: groupShow,
 		Long: `List the daemon's streams: the session that opened each, its endpoint (vm:PORT
 for a guest, the host application's name otherwise), the QoS options asked
-for, the datapath chosen (with the warning when acceleration fell back), and
-its sources (channel:emitted) and sinks (channel:delivered/dropped).
+for, the datapath chosen (with a warning when an option is not met: acceleration
+fell back, or the datapath does not honour an option yet), and
+its sources (channel:emitted, with "(N full)" for back-pressure and
+"(peer-unreachable)" for a failed reliable source) and sinks
+(channel:delivered/dropped).
 --port keeps the streams of one VM port's guest, --session those of one session.
 
 -o json prints a JSON list, one object per stream (session, stream, endpoint,
@@ -58,6 +61,9 @@ options, datapath, warning, sources, sinks: a contract, as ports').`,
 						src := fmt.Sprintf("ch%d:%d", so.Channel, so.Emitted)
 						if so.Full > 0 {
 							src += fmt.Sprintf("(%d full)", so.Full)
+						}
+						if so.State != "" {
+							src += "(" + so.State + ")"
 						}
 						srcs = append(srcs, src)
 					}

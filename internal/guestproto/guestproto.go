@@ -136,6 +136,11 @@ const (
 	// StatusDenied: the tenant may not do this (its tenant id collides
 	// with another's, or a later access rule refuses it).
 	StatusDenied Status = 8
+	// StatusPeerUnreachable: the source is on a reliable stream and a
+	// peer with sinks for it acknowledged nothing within the daemon's
+	// reliable timeout; the source has failed and refuses every emit
+	// from then on (close it and open another once the peer is back).
+	StatusPeerUnreachable Status = 9
 )
 
 // The names of the limits a StatusLimit reply carries in Result.Plugin.

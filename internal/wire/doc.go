@@ -53,8 +53,10 @@
 //     daemon's boot id, so a restarted daemon is recognised at once.
 //   - [KindAck]: acknowledgement for reliable streams. Source and Channel
 //     name the acknowledged source and channel; Seq is the highest sequence
-//     number received in order (cumulative). An ack has no payload and is
-//     never fragmented.
+//     number received in order (cumulative). Its payload, an [Ack] body,
+//     carries the receiver's credit (free slots) and selective
+//     acknowledgements of what arrived past Seq; an ack is never
+//     fragmented.
 //
 // # Rules
 //

@@ -21,7 +21,7 @@ const (
 	ErrUnknownKind
 	// ErrMalformed means a field holds a value the format forbids: reserved
 	// bits set, a fragment count of zero or an index not below the count,
-	// bytes after the declared payload, a fragmented or non-empty ack, or
+	// bytes after the declared payload, a fragmented ack or one longer than MaxAckLen, ack blocks out of order, or
 	// directory channel ids not in strictly ascending order.
 	ErrMalformed
 	// ErrShortBuffer means a destination buffer (or, for ParseDirectory, the

@@ -32,8 +32,9 @@ const (
 	// KindDirectory is channel-directory control: the payload is a
 	// Directory.
 	KindDirectory Kind = 2
-	// KindAck acknowledges a reliable source's messages up to Seq. It has
-	// no payload and one fragment.
+	// KindAck acknowledges a reliable source's messages up to Seq. It is
+	// one fragment; its payload, at most MaxAckLen bytes, is an Ack body
+	// (ack.go: credit and selective acknowledgements).
 	KindAck Kind = 3
 )
 
@@ -173,7 +174,7 @@ func (h *Header) check() error {
 	if !h.Class.Valid() || !h.Flags.Valid() || h.FragCount == 0 || h.FragIndex >= h.FragCount {
 		return ErrMalformed
 	}
-	if h.Kind == KindAck && (h.FragCount != 1 || h.PayloadLen != 0) {
+	if h.Kind == KindAck && (h.FragCount != 1 || h.PayloadLen > MaxAckLen) {
 		return ErrMalformed
 	}
 	return nil

@@ -107,7 +107,7 @@ func TestParseValidation(t *testing.T) {
 		{"fragment index = count", patch(g, offFragIndex, 3, 0), ErrMalformed},
 		{"fragment index > count", patch(g, offFragIndex, 0xff, 0xff), ErrMalformed},
 		{"trailing bytes", append(bytes.Clone(g), 0), ErrMalformed},
-		{"ack with payload", patch(g, offKind, byte(KindAck), 0, 0, 0, 0, 1, 0), ErrMalformed},
+		{"ack payload over MaxAckLen", patch(append(bytes.Clone(g[:HeaderLen]), make([]byte, MaxAckLen+1)...), offKind, byte(KindAck), 0, 0, 0, 0, 1, 0, MaxAckLen+1, 0), ErrMalformed},
 		{"fragmented ack", patch(ack, offFragCount, 2, 0), ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -145,7 +145,7 @@ func TestMarshalValidation(t *testing.T) {
 		{"reserved flag", Header{Kind: KindData, FragCount: 1, Flags: 0x08}, HeaderLen, ErrMalformed},
 		{"no fragments", Header{Kind: KindData}, HeaderLen, ErrMalformed},
 		{"index beyond count", Header{Kind: KindData, FragIndex: 1, FragCount: 1}, HeaderLen, ErrMalformed},
-		{"ack with payload", Header{Kind: KindAck, FragCount: 1, PayloadLen: 1}, HeaderLen, ErrMalformed},
+		{"ack payload over MaxAckLen", Header{Kind: KindAck, FragCount: 1, PayloadLen: MaxAckLen + 1}, HeaderLen, ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := make([]byte, tc.len)
@@ -204,7 +204,7 @@ func TestMarshalPacket(t *testing.T) {
 	}{
 		{"too long", Header{Kind: KindData, FragCount: 1, PayloadLen: 7}, MaxPayload + 100, MaxPayload + 1, ErrTooLong},
 		{"short buffer", Header{Kind: KindData, FragCount: 1, PayloadLen: 7}, HeaderLen + 2, 3, ErrShortBuffer},
-		{"ack with payload", Header{Kind: KindAck, FragCount: 1}, 100, 1, ErrMalformed},
+		{"ack payload over MaxAckLen", Header{Kind: KindAck, FragCount: 1}, 1000, MaxAckLen + 1, ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.h

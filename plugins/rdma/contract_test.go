@@ -14,11 +14,12 @@ import (
 // assertions at run time (backend/remote.go); these make a drift a
 // compile error, with and without the rdma tag.
 var (
-	_ backend.Datapath      = (*rdma.Plugin)(nil)
-	_ backend.Poller        = (*rdma.Plugin)(nil)
-	_ backend.Reacher       = (*rdma.Plugin)(nil)
-	_ backend.LiveReacher   = (*rdma.Plugin)(nil)
-	_ backend.StatsReporter = (*rdma.Plugin)(nil)
+	_ backend.Datapath         = (*rdma.Plugin)(nil)
+	_ backend.Poller           = (*rdma.Plugin)(nil)
+	_ backend.Reacher          = (*rdma.Plugin)(nil)
+	_ backend.LiveReacher      = (*rdma.Plugin)(nil)
+	_ backend.StatsReporter    = (*rdma.Plugin)(nil)
+	_ backend.ReliableDatapath = (*rdma.Plugin)(nil) // RC carries reliable streams
 )
 
 // velocectl reads the plugin's Stats as control.RDMAStats: the JSON

@@ -1137,11 +1137,11 @@ func (p *Plugin) queryState(c *conn) (rdma.QPState, error) {
 	return c.qp.State()
 }
 
-// Reliable reports that the datapath delivers every message once and in
-// order on its own (RC queue pairs: the device acknowledges and
-// retransmits), so the runtime need not add acknowledgements of its own
-// for reliable streams on it.
-func (p *Plugin) Reliable() bool { return true }
+// CarriesReliable reports that the datapath delivers every message once
+// and in order on its own (RC queue pairs: the device acknowledges and
+// retransmits), so the runtime adds no acknowledgements of its own for
+// reliable streams on it (backend.ReliableDatapath).
+func (p *Plugin) CarriesReliable() bool { return true }
 
 // ProbePeers connects, every interval until ctx ends or the plugin
 // closes, to each of peers on the RDMA subnet that has no queue pair and

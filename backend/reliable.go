@@ -1,0 +1,757 @@
+package backend
+
+// Reliable streams (issue 13, item 2): exactly-once, in-order delivery of
+// a reliable source's messages to every peer, over any datagram datapath
+// (kernel UDP, DPDK, AF_XDP: one wire).
+//
+// Per (source, peer) the sender keeps a window (relSend): each message it
+// sends to that peer gets the next number of that window's own sequence
+// (1, 2, ... in the wire header's Seq), so a peer sees no gaps for the
+// messages it had no sinks for, and a copy stays in the window until the
+// peer acknowledges it. The receiver (relRecv, per source) buffers what
+// arrives out of order or what its sinks cannot take yet, delivers in
+// order, drops duplicates, and answers with acks (wire.Ack): the
+// cumulative sequence, selective blocks of what arrived past it, and its
+// credit — the free slots of its buffer. The sender never has more in
+// flight than the credit allows nor more than relWindow, so a sink that
+// stops consuming fills the receiver's buffer, the credit falls to zero
+// and the source's emits find no room (Runtime.emit reports them full:
+// guestlib's ErrNoBuffers on the virtio transport; on the host transport
+// the application blocks instead, emitWait); nothing is dropped, and the receiver's acks
+// reopen the window once the sink consumes again.
+//
+// Loss is repaired by retransmission: on a selective ack that shows a hole
+// (fast retransmit, once per message) and by timer, relMinRTO doubled per
+// attempt up to relMaxRTO. Acks are sent for every received batch, when the
+// credit reopens, and as keepalives while the receiver holds messages or
+// has advertised less than its whole buffer, so a sender waiting for
+// credit can tell a slow sink from a dead peer: a peer that acknowledges
+// nothing for RemoteOptions.ReliableTimeout while the window holds
+// messages (or waits for credit) is unreachable. The source then fails
+// visibly — Source.Unreachable, guestproto.StatusPeerUnreachable for its
+// emits (guestlib.ErrPeerUnreachable), "peer-unreachable" in velocectl
+// streams — and its windows are freed: nothing is queued without bound.
+//
+// A datapath that is reliable itself (RDMA RC: ReliableDatapath) carries
+// reliable streams directly; the runtime adds no acks there.
+//
+// Costs: a window holds relWindow datagram copies (1 MiB), allocated when
+// a reliable source first sends to a peer; a receiver the same per
+// reliable source it hears from, at most relMaxRecvPerPeer sources per
+// peer (more are dropped, counted), reclaimed after relIdle without
+// traffic. Emit and receive take the window's mutex (one source's emits
+// and its peer's acks meet there; uncontended otherwise) and allocate
+// nothing per message.
+//
+// A peer that restarts (a directory with a new boot id) gets fresh
+// receivers here, and this daemon's windows toward it start over at 1
+// with what the old run had not acknowledged (peerRestarted). Datagrams
+// sent between the restart and the new run's first directory carry the
+// old numbering; they are dropped when they fall past the new receiver's
+// buffer, but with fixed node ids a young stream's (sequence below
+// relWindow) could be taken for the new numbering's: the wire has no
+// epoch field yet to tell them apart.
+//
+// A message held for a sink without room is retried every relTick; the
+// sinks that took it are remembered by position in the channel's sink
+// list, so a sink closing meanwhile may make the next one miss that
+// message.
+//
+// Not yet: a migrated reliable source's windows (and a receiver's
+// buffer) are not in the migration snapshot; after a migration a reliable
+// stream starts new windows, and messages in flight at switchover may be
+// lost. Co-located sinks get a reliable stream's messages as before
+// (shared memory; a full sink queue counts the message as full for the
+// source, which the application sees as back-pressure when no
+// destination took it).
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/veloce-io/veloce/internal/wire"
+)
+
+// ReliableDatapath is a Datapath that delivers in order and without loss
+// by itself (RDMA over RC queue pairs): reliable streams on it get no
+// acknowledgements or retransmissions from the runtime.
+type ReliableDatapath interface {
+	// CarriesReliable reports whether the datapath is reliable.
+	CarriesReliable() bool
+}
+
+const (
+	// relWindow is how many messages a reliable source has in flight to
+	// one peer at most, and how many a receiver buffers per source.
+	relWindow = 512
+	// relTick is how often the timers run.
+	relTick = 2 * time.Millisecond
+	// relMinRTO and relMaxRTO bound the retransmission timeout, doubled
+	// per attempt of a message.
+	relMinRTO = 20 * time.Millisecond
+	relMaxRTO = time.Second
+	// relKeepalive is how often a receiver acks while it holds messages.
+	relKeepalive = 50 * time.Millisecond
+	// relIdle reclaims a receiver that heard nothing for that long and
+	// holds nothing.
+	relIdle = time.Minute
+	// relMaxRecvPerPeer bounds the reliable sources one peer may open
+	// receivers for.
+	relMaxRecvPerPeer = 64
+	// DefaultReliableTimeout is RemoteOptions.ReliableTimeout's default.
+	DefaultReliableTimeout = 5 * time.Second
+)
+
+// relKey names a sender window: a local source toward a peer, or a
+// receiver: a peer's source.
+type relKey struct {
+	source uint64
+	peer   *peer
+}
+
+// relEntry is one message in a window or a receive buffer.
+type relEntry struct {
+	n     int   // datagram (sender) or payload (receiver) length; 0: empty
+	tries int   // sender: transmissions so far
+	sent  int64 // sender: unix ns of the last transmission
+	seq   uint64
+}
+
+// relSend is a reliable source's window toward one peer.
+type relSend struct {
+	// src, p and dpi are set before the window is published, then only
+	// read.
+	src *Source // +checklocksignore
+	p   *peer   // +checklocksignore
+	dpi int     // +checklocksignore
+
+	mu sync.Mutex
+	// base is the lowest unacknowledged sequence, next the next one to
+	// send; credit the highest the receiver allows.
+	base   uint64 // +checklocks:mu
+	next   uint64 // +checklocks:mu
+	credit uint64 // +checklocks:mu
+	// lastAck is the unix ns time of the last ack (or of the window's
+	// creation).
+	lastAck int64 // +checklocks:mu
+	failed  bool  // +checklocks:mu
+	// entries[seq%relWindow] holds message seq; mem their datagrams.
+	entries []relEntry // +checklocks:mu
+	mem     []byte     // +checklocks:mu
+}
+
+// relRecv is the receiving side of a peer's reliable source.
+type relRecv struct {
+	// key, channel and dpi (the datapath acks go back on) are set before
+	// the receiver is published, then only read.
+	key     relKey // +checklocksignore
+	channel uint32 // +checklocksignore
+	dpi     int    // +checklocksignore
+
+	mu sync.Mutex
+	// cum is the highest sequence received with everything before it;
+	// head the next to deliver (head <= cum+1).
+	cum  uint64 // +checklocks:mu
+	head uint64 // +checklocks:mu
+	// headDone is how many of the channel's sinks took message head.
+	headDone int // +checklocks:mu
+	// ooo counts buffered messages past cum.
+	ooo int // +checklocks:mu
+	// dirty: an ack is owed; lastAck, lastData: unix ns.
+	dirty    bool  // +checklocks:mu
+	lastAck  int64 // +checklocks:mu
+	lastData int64 // +checklocks:mu
+	// advertised is the window the last ack gave.
+	advertised uint32     // +checklocks:mu
+	entries    []relEntry // +checklocks:mu
+	mem        []byte     // +checklocks:mu
+}
+
+// reliable is the runtime's reliable-stream state, part of remote.
+type reliable struct {
+	rm *remote
+	// timeout: see RemoteOptions.ReliableTimeout.
+	timeout time.Duration
+
+	mu sync.Mutex // serialises creation and removal in the tables
+	// senders and receivers are read without a lock.
+	senders   cowMap[relKey, *relSend]
+	receivers cowMap[relKey, *relRecv]
+	// recvPerPeer counts receivers per peer.
+	recvPerPeer map[*peer]int // +checklocks:mu
+	// started wakes run when the first window or receiver appears: with
+	// none, the timers do not tick (an idle daemon stays idle).
+	started chan struct{}
+
+	// Counters.
+	retransmits, duplicates, refused, overflow, unreachable atomic.Uint64
+}
+
+func newReliable(rm *remote) *reliable {
+	t := rm.opts.ReliableTimeout
+	if t <= 0 {
+		t = DefaultReliableTimeout
+	}
+	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, started: make(chan struct{}, 1)}
+}
+
+// info returns the counters.
+func (rl *reliable) info() ReliableInfo {
+	return ReliableInfo{Windows: rl.senders.Len(), Receivers: rl.receivers.Len(), Retransmits: rl.retransmits.Load(),
+		Duplicates: rl.duplicates.Load(), WindowFull: rl.refused.Load(), Unreachable: rl.unreachable.Load(), Overflow: rl.overflow.Load()}
+}
+
+// datapathReliable reports whether dp carries reliable streams itself.
+func datapathReliable(dp Datapath) bool {
+	r, ok := dp.(ReliableDatapath)
+	return ok && r.CarriesReliable()
+}
+
+// ReliableInfo counts the work of reliable streams (acks,
+// retransmissions) on datagram datapaths.
+type ReliableInfo struct {
+	// Windows and Receivers are the reliable sources' windows toward
+	// peers and the receivers of peers' reliable sources.
+	Windows   int `json:"windows"`
+	Receivers int `json:"receivers"`
+	// Retransmits counts messages sent again; Duplicates, messages
+	// received again (or past the credit) and dropped.
+	Retransmits uint64 `json:"retransmits"`
+	Duplicates  uint64 `json:"duplicates"`
+	// WindowFull counts emits refused for a full window or no credit
+	// (back-pressure from the peer's sinks).
+	WindowFull uint64 `json:"window_full"`
+	// Unreachable counts windows failed for a silent peer.
+	Unreachable uint64 `json:"unreachable"`
+	// Overflow counts messages from peers' sources beyond the receivers
+	// one peer may have.
+	Overflow uint64 `json:"overflow"`
+}
+
+// Unreachable reports whether the source failed: a peer with sinks for
+// it acknowledged nothing within the reliable timeout (reliable streams
+// only). Its emits are refused from then on (StatusPeerUnreachable).
+func (so *Source) Unreachable() bool { return so.unreachable.Load() }
+
+// sender returns src's window toward p over datapath dpi, creating it.
+func (rl *reliable) sender(src *Source, p *peer, dpi int) *relSend {
+	k := relKey{src.Global, p}
+	if rs := rl.senders.Get(k); rs != nil {
+		return rs
+	}
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rs := rl.senders.Get(k); rs != nil {
+		return rs
+	}
+	rs := &relSend{src: src, p: p, dpi: dpi}
+	rs.mu.Lock()
+	rs.base, rs.next, rs.credit = 1, 1, relWindow
+	rs.lastAck = time.Now().UnixNano()
+	rs.entries = make([]relEntry, relWindow)
+	rs.mem = make([]byte, relWindow*remoteSlotSize)
+	rs.mu.Unlock()
+	rl.senders.Store(k, rs)
+	rl.wake()
+	return rs
+}
+
+// emit queues a reliable message for p: it is emit's per-peer step for a
+// reliable source on a datapath that is not reliable itself. It reports
+// false when the window or the credit is exhausted, the source failed, or
+// no slot is free (the message is not sent to p).
+func (rl *reliable) emit(src *Source, p *peer, dpi int, payload []byte) bool {
+	rm := rl.rm
+	rs := rl.sender(src, p, dpi)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.failed || rs.next-rs.base >= relWindow || rs.next > rs.credit {
+		rl.refused.Add(1)
+		return false
+	}
+	id, ok := rm.slots.Get()
+	if !ok {
+		return false
+	}
+	seq := rs.next
+	if rs.next == rs.base && rs.next <= rs.credit {
+		rs.lastAck = time.Now().UnixNano() // idle until now: the peer's clock starts with this message
+	}
+	h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
+		Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
+	buf := rm.slots.Bytes(id)
+	n, err := h.MarshalPacket(buf, payload)
+	if err != nil {
+		rm.slots.Put(id)
+		return false
+	}
+	i := seq % relWindow
+	copy(rs.mem[int(i)*remoteSlotSize:], buf[:n])
+	rs.entries[i] = relEntry{n: n, tries: 1, sent: time.Now().UnixNano(), seq: seq}
+	rs.next++
+	rm.queue(dpi, id, n, p) // under mu: the window's order is the ring's
+	return true
+}
+
+// queue puts slot id, a datagram of n bytes for p, on datapath dpi's
+// ready queue and wakes its sender.
+func (rm *remote) queue(dpi int, id uint32, n int, p *peer) {
+	*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: p}
+	st := rm.dps[dpi]
+	st.ready.PushWait(id)
+	if st.poller != nil {
+		st.poller.Wake()
+		return
+	}
+	select {
+	case st.kick <- struct{}{}:
+	default:
+	}
+}
+
+// retransmitLocked sends message i of rs's window again.
+//
+// +checklocks:rs.mu
+func (rl *reliable) retransmitLocked(rs *relSend, i uint64, now int64) {
+	rm := rl.rm
+	e := &rs.entries[i]
+	id, ok := rm.slots.Get()
+	if !ok {
+		return // the next tick tries again
+	}
+	h, payload, err := wire.Parse(rs.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n])
+	if err != nil {
+		rm.slots.Put(id)
+		return
+	}
+	h.Flags |= wire.FlagRetransmit
+	n, err := h.MarshalPacket(rm.slots.Bytes(id), payload)
+	if err != nil {
+		rm.slots.Put(id)
+		return
+	}
+	e.tries++
+	e.sent = now
+	rl.retransmits.Add(1)
+	rm.queue(rs.dpi, id, n, rs.p)
+}
+
+// ack takes an ack from peer p.
+func (rl *reliable) ack(p *peer, h wire.Header, body []byte) {
+	a, err := wire.ParseAck(body)
+	if err != nil {
+		rl.rm.reject(p, err)
+		return
+	}
+	rs := rl.senders.Get(relKey{uint64(h.Source), p})
+	if rs == nil {
+		return // not ours (any more)
+	}
+	now := time.Now().UnixNano()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.failed {
+		return
+	}
+	cum := h.Seq
+	if cum >= rs.next || cum+uint64(a.Window) < cum {
+		rl.rm.reject(p, wire.ErrMalformed) // acknowledges what was never sent
+		return
+	}
+	rs.lastAck = now
+	for rs.base <= cum {
+		rs.entries[rs.base%relWindow].n = 0
+		rs.base++
+	}
+	rs.credit = max(rs.credit, cum+uint64(a.Window))
+	if a.N == 0 {
+		return
+	}
+	top := cum
+	for _, b := range a.Blocks[:a.N] {
+		for s := cum + uint64(b.First); s <= cum+uint64(b.Last) && s < rs.next; s++ {
+			if e := &rs.entries[s%relWindow]; e.seq == s {
+				e.n = 0
+			}
+		}
+		top = cum + uint64(b.Last)
+	}
+	// Fast retransmit: what the receiver lacks below the highest message
+	// it has, sent once so far, goes again now.
+	for s := rs.base; s < top && s < rs.next; s++ {
+		if e := &rs.entries[s%relWindow]; e.n != 0 && e.tries == 1 {
+			rl.retransmitLocked(rs, s%relWindow, now)
+		}
+	}
+}
+
+// data takes a reliable source's message from peer p on datapath dpi and
+// reports whether an ack is owed (the caller sends it after its batch).
+func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
+	rl := rx.rm.rel
+	k := relKey{uint64(h.Source), p}
+	rr := rl.receivers.Get(k)
+	if rr == nil {
+		if rr = rl.newReceiver(k, h.Channel, rx.index); rr == nil {
+			rl.overflow.Add(1)
+			return
+		}
+	}
+	rr.mu.Lock()
+	rr.lastData = time.Now().UnixNano()
+	seq := h.Seq
+	switch {
+	case seq <= rr.cum || seq >= rr.head+relWindow || h.Channel != rr.channel:
+		// A duplicate, or past the credit: the ack tells the sender.
+		rl.duplicates.Add(1)
+	case rr.entries[seq%relWindow].n != 0:
+		rl.duplicates.Add(1)
+	default:
+		i := seq % relWindow
+		copy(rr.mem[int(i)*remoteSlotSize:], payload)
+		rr.entries[i] = relEntry{n: len(payload) + 1, seq: seq} // n: length+1, so an empty message is held too
+		if seq == rr.cum+1 {
+			for rr.cum++; rr.ooo > 0 && rr.entries[(rr.cum+1)%relWindow].n != 0 && rr.entries[(rr.cum+1)%relWindow].seq == rr.cum+1; rr.cum++ {
+				rr.ooo--
+			}
+		} else {
+			rr.ooo++
+		}
+		rl.deliverLocked(rr)
+	}
+	if !rr.dirty {
+		rr.dirty = true
+		rx.acks = append(rx.acks, rr) // cap: remoteBatch
+	}
+	rr.mu.Unlock()
+}
+
+// newReceiver creates the receiver of peer k.peer's source k.source, or
+// returns nil when the peer has relMaxRecvPerPeer already.
+func (rl *reliable) newReceiver(k relKey, channel uint32, dpi int) *relRecv {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rr := rl.receivers.Get(k); rr != nil {
+		return rr
+	}
+	if rl.recvPerPeer[k.peer] >= relMaxRecvPerPeer {
+		return nil
+	}
+	rl.recvPerPeer[k.peer]++
+	rr := &relRecv{key: k, channel: channel, dpi: dpi}
+	rr.mu.Lock()
+	rr.head, rr.advertised = 1, relWindow
+	rr.entries = make([]relEntry, relWindow)
+	rr.mem = make([]byte, relWindow*remoteSlotSize)
+	rr.mu.Unlock()
+	rl.receivers.Store(k, rr)
+	rl.wake()
+	return rr
+}
+
+// deliverLocked hands rr's messages, in order, to the local sinks until
+// one of them has no room.
+//
+// +checklocks:rr.mu
+func (rl *reliable) deliverLocked(rr *relRecv) bool {
+	rt := rl.rm.rt
+	key := chanKey{rt.hostTenant, rr.channel}
+	if len(rt.shared) > 0 && rt.shared[rr.channel] {
+		key.tenant = SharedTenant
+	}
+	moved := false
+	for rr.head <= rr.cum {
+		i := rr.head % relWindow
+		e := &rr.entries[i]
+		payload := rr.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n-1]
+		sinks := rt.channels.Get(key)
+		for rr.headDone < len(sinks) {
+			sk := sinks[rr.headDone]
+			if !sk.session.ep.deliver(sk, rr.key.source, rr.head, payload) {
+				return moved // back-pressure: keep it, the timer tries again
+			}
+			sk.delivered.Add(1)
+			rr.headDone++
+		}
+		rl.rm.received.Add(1)
+		e.n = 0
+		rr.head++
+		rr.headDone = 0
+		moved = true
+	}
+	return moved
+}
+
+// window is the credit rr gives: the free slots past cum.
+//
+// +checklocks:rr.mu
+func (rr *relRecv) windowLocked() uint32 { return uint32(rr.head + relWindow - 1 - rr.cum) }
+
+// sendAck queues an ack for rr (its lock held).
+//
+// +checklocks:rr.mu
+func (rl *reliable) sendAckLocked(rr *relRecv, now int64) {
+	rm := rl.rm
+	rr.dirty = false
+	rr.lastAck = now
+	id, ok := rm.slots.Get()
+	if !ok {
+		return // the keepalive makes up for it
+	}
+	var a wire.Ack
+	a.Window = rr.windowLocked()
+	rr.advertised = a.Window
+	if rr.ooo > 0 {
+		in := false
+		for s := rr.cum + 2; s < rr.head+relWindow; s++ {
+			e := &rr.entries[s%relWindow]
+			has := e.n != 0 && e.seq == s
+			switch {
+			case has && !in:
+				if a.N == wire.MaxAckBlocks {
+					s = rr.head + relWindow // no more room: the rest waits
+					continue
+				}
+				a.Blocks[a.N] = wire.AckBlock{First: uint32(s - rr.cum), Last: uint32(s - rr.cum)}
+				a.N++
+				in = true
+			case has:
+				a.Blocks[a.N-1].Last = uint32(s - rr.cum)
+			default:
+				in = false
+			}
+		}
+	}
+	buf := rm.slots.Bytes(id)
+	n, err := a.Marshal(buf[wire.HeaderLen:])
+	if err == nil {
+		h := wire.Header{Kind: wire.KindAck, Class: wire.ClassReliable, FragCount: 1, Channel: rr.channel,
+			Source: wire.SourceID(rr.key.source), Seq: rr.cum}
+		n, err = h.MarshalPacket(buf, buf[wire.HeaderLen:wire.HeaderLen+n])
+	}
+	if err != nil {
+		rm.slots.Put(id)
+		return
+	}
+	rm.queue(rr.dpi, id, n, rr.key.peer)
+}
+
+// flushAcks sends the acks a received batch owes.
+func (rx *receiveState) flushAcks() {
+	if len(rx.acks) == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	for i, rr := range rx.acks {
+		rr.mu.Lock()
+		if rr.dirty {
+			rx.rm.rel.sendAckLocked(rr, now)
+		}
+		rr.mu.Unlock()
+		rx.acks[i] = nil
+	}
+	rx.acks = rx.acks[:0]
+}
+
+// run drives the timers until ctx ends: retransmission and the peer
+// timeout for windows; delivery retries, keepalive acks and reclaiming
+// for receivers.
+func (rl *reliable) run(ctx context.Context) {
+	tick := time.NewTicker(relTick)
+	defer tick.Stop()
+	for {
+		if rl.senders.Len()+rl.receivers.Len() == 0 {
+			tick.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-rl.started:
+			}
+			tick.Reset(relTick)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case t := <-tick.C:
+			rl.tick(t.UnixNano())
+		}
+	}
+}
+
+// wake tells run that a window or receiver exists.
+func (rl *reliable) wake() {
+	select {
+	case rl.started <- struct{}{}:
+	default:
+	}
+}
+
+func (rl *reliable) tick(now int64) {
+	var gone []*relSend
+	for _, rs := range rl.senders.All() {
+		rs.mu.Lock()
+		if rl.tickSendLocked(rs, now) {
+			gone = append(gone, rs)
+		}
+		rs.mu.Unlock()
+	}
+	if len(gone) > 0 {
+		rl.mu.Lock()
+		for _, rs := range gone {
+			rl.senders.Delete(relKey{rs.src.Global, rs.p})
+		}
+		rl.mu.Unlock()
+	}
+	var idle []*relRecv
+	for _, rr := range rl.receivers.All() {
+		rr.mu.Lock()
+		if rr.head <= rr.cum && rl.deliverLocked(rr) {
+			rr.dirty = true
+		}
+		holding := rr.head <= rr.cum || rr.ooo > 0 || rr.advertised < relWindow
+		if rr.dirty || (holding && now-rr.lastAck >= int64(relKeepalive)) {
+			rl.sendAckLocked(rr, now)
+		}
+		if !holding && now-rr.lastData > int64(relIdle) {
+			idle = append(idle, rr)
+		}
+		rr.mu.Unlock()
+	}
+	if len(idle) > 0 {
+		rl.mu.Lock()
+		for _, rr := range idle {
+			rl.receivers.Delete(rr.key)
+			rl.recvPerPeer[rr.key.peer]--
+		}
+		rl.mu.Unlock()
+	}
+}
+
+// tickSendLocked runs rs's timers; it reports whether the window is
+// done with (its source closed and nothing is left to send, or it
+// failed).
+//
+// +checklocks:rs.mu
+func (rl *reliable) tickSendLocked(rs *relSend, now int64) (remove bool) {
+	closed := rs.src.Stream.session.sources.Get(rs.src.ID) != rs.src
+	if rs.failed {
+		return closed
+	}
+	if rs.next == rs.base {
+		if closed {
+			rs.failed = true
+			rs.entries, rs.mem = nil, nil
+		}
+		return closed // a closed source's messages in flight are still sent
+	}
+	if now-rs.lastAck > int64(rl.timeout) {
+		rl.failLocked(rs)
+		return closed
+	}
+	for s := rs.base; s < rs.next; s++ {
+		e := &rs.entries[s%relWindow]
+		if e.n == 0 || e.seq != s {
+			continue
+		}
+		rto := min(relMinRTO<<min(e.tries-1, 16), relMaxRTO)
+		if now-e.sent >= int64(rto) {
+			rl.retransmitLocked(rs, s%relWindow, now)
+		}
+	}
+	return false
+}
+
+// failLocked fails rs's source: its peer is unreachable.
+//
+// +checklocks:rs.mu
+func (rl *reliable) failLocked(rs *relSend) {
+	rs.failed = true
+	rs.entries, rs.mem = nil, nil // nothing queued without bound
+	rl.unreachable.Add(1)
+	if !rs.src.unreachable.Swap(true) {
+		rl.rm.rt.log.Warn("reliable source failed: peer unreachable", "source", rs.src.ID, "channel", rs.src.Channel,
+			"peer", rs.p.addr, "unacknowledged", rs.next-rs.base, "timeout", rl.timeout)
+	}
+}
+
+// peerRestarted is told that p restarted (a directory with a new boot
+// id): what this daemon's receivers held of p's old run is dropped, and
+// every window toward p starts over at sequence 1 with the messages the
+// old run had not acknowledged, renumbered in order (the old run
+// delivered the rest). It allocates (a rare event).
+func (rl *reliable) peerRestarted(p *peer) {
+	rl.mu.Lock()
+	for k := range rl.receivers.All() {
+		if k.peer == p {
+			rl.receivers.Delete(k)
+		}
+	}
+	delete(rl.recvPerPeer, p)
+	rl.mu.Unlock()
+	for k, rs := range rl.senders.All() {
+		if k.peer != p {
+			continue
+		}
+		rs.mu.Lock()
+		if !rs.failed {
+			rl.renumberLocked(rs)
+		}
+		rs.mu.Unlock()
+	}
+}
+
+// +checklocks:rs.mu
+func (rl *reliable) renumberLocked(rs *relSend) {
+	var keep [][]byte
+	for s := rs.base; s < rs.next; s++ {
+		i := s % relWindow
+		if e := rs.entries[i]; e.n != 0 && e.seq == s {
+			keep = append(keep, append([]byte(nil), rs.mem[int(i)*remoteSlotSize:int(i)*remoteSlotSize+e.n]...))
+		}
+	}
+	clear(rs.entries)
+	rs.base, rs.next, rs.credit = 1, 1, relWindow
+	rs.lastAck = time.Now().UnixNano()
+	for _, d := range keep {
+		h, payload, err := wire.Parse(d)
+		if err != nil {
+			continue
+		}
+		h.Seq = rs.next
+		i := rs.next % relWindow
+		n, err := h.MarshalPacket(rs.mem[int(i)*remoteSlotSize:int(i+1)*remoteSlotSize], payload)
+		if err != nil {
+			continue
+		}
+		rs.entries[i] = relEntry{n: n, tries: 1, seq: rs.next} // sent 0: the next tick sends it
+		rs.next++
+	}
+}
+
+// emitWait is emit for the host transport: a reliable source's message
+// that no destination had room for (a full window, no credit) is tried
+// again, with pauses, until one takes it, the source fails, gone says
+// the application left, or the reliable timeout passes. The caller
+// holds the application's TX slot meanwhile, so the application blocks
+// in GetBufferContext instead of seeing refusals it would have to resend
+// out of order. Retrying duplicates nothing: no destination took the
+// message. A best-effort source's message is tried once.
+func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
+	taken, full = r.emit(src, payload)
+	if !src.Stream.Options.Reliable || r.remote == nil || taken > 0 || full == 0 {
+		return taken, full
+	}
+	deadline := time.Now().Add(r.remote.rel.timeout)
+	for pause := 10 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
+		time.Sleep(pause)
+		if src.Unreachable() || gone.Load() || time.Now().After(deadline) {
+			return taken, full
+		}
+		src.emitted.Add(^uint64(0)) // the same message again: counted once
+		if taken, full = r.emit(src, payload); taken > 0 || full == 0 {
+			return taken, full
+		}
+	}
+}
