@@ -332,6 +332,9 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 		p.sessions.Store(x.ID, x)
 	}
 	r.nextID = max(r.nextID, maxID)
+	if s.Link.GuestMACKnown {
+		p.peer.learn(s.Link.GuestMAC)
+	}
 	// The queued messages first, in their order (the outbox has room:
 	// checked above, and it was empty), then the sinks are published.
 	for i, y := range order {
@@ -366,9 +369,6 @@ func (p *Port) checkLink(l *migration.LinkState) error {
 		return fmt.Errorf("%w: the guest's service address is %v, this port's %v: give the destination the same service address", ErrSnapshotMismatch, svc, lo.ServiceIP)
 	case l.ServicePort != lo.ServicePort:
 		return fmt.Errorf("%w: the guest's service port is %d, this port's %d", ErrSnapshotMismatch, l.ServicePort, lo.ServicePort)
-	}
-	if l.GuestMACKnown {
-		p.peer.learn(l.GuestMAC) // harmless if the import fails later: the guest is the same
 	}
 	return nil
 }
