@@ -104,6 +104,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	ten := tenantFlags(fs)
+	mig := migrationFlags(fs)
 	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
 	if err := cfg.Parse(args); err != nil {
 		return err
@@ -219,6 +220,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}
 	if err := ten.apply(&opts); err != nil {
+		return err
+	}
+	if err := mig.apply(&opts, *peerKey); err != nil {
 		return err
 	}
 	opts.Admin = backend.AdminOptions{LogLevel: logLevelVar, PortDefaults: backend.PortOptions{QueuePairs: *queues, Link: link, PollCPUs: cpus}}
