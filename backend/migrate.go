@@ -83,6 +83,9 @@ type MigrationOptions struct {
 	// commit; past it the imported state is dropped. Default 5 min (a
 	// migration under TCG is slow).
 	HandoffTimeout time.Duration
+	// Dial connects to another daemon's migration listener; default a
+	// net.Dialer (tests dial inside a network namespace with it).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Errors of migrations.
@@ -536,9 +539,13 @@ func (d *Daemon) MigrateOut(ctx context.Context, port, dest, destPort string) (c
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	var dialer net.Dialer
+	dial := d.opts.Migration.Dial
+	if dial == nil {
+		var dialer net.Dialer
+		dial = dialer.DialContext
+	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
-	c, err := dialer.DialContext(dctx, "tcp", dest)
+	c, err := dial(dctx, "tcp", dest)
 	cancel()
 	if err != nil {
 		release()
