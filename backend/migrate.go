@@ -749,17 +749,33 @@ func (d *Daemon) MigrateAbort(ctx context.Context, port string) (control.Migrate
 // --- destination side ---
 
 // inMove filters the messages for a port's imported sinks during the
-// hand-off: each (sink, source) is delivered in sequence order, once.
+// hand-off: each (sink, source) is delivered in sequence order, once. It
+// is also the port's overflow while the guest is paused: the hand-off
+// comes in a burst (the messages held during the downtime), more than the
+// outbox holds, so what finds the outbox full waits in the backlog, in
+// order, until the guest takes frames again; later messages queue behind
+// it.
 type inMove struct {
 	sinks map[*Sink]bool      // fixed before the inMove is published
 	byID  map[[2]uint32]*Sink // session, sink id -> sink; fixed too
+	wake  chan struct{}       // the drainer: something is in the backlog
 
 	mu      sync.Mutex
 	last    map[sinkSource]uint64 // +checklocks:mu
 	pending []heldMessage         // +checklocks:mu
-	dups    uint64                // +checklocks:mu
-	fwd     uint64                // +checklocks:mu
+	backlog []heldMessage         // +checklocks:mu
+	// ended: END came (or the connection went after the commit); the
+	// drainer unpublishes the inMove once the backlog is empty.
+	ended bool // +checklocks:mu
+	// closed: unpublished; messages go straight to the outbox.
+	closed   bool   // +checklocks:mu
+	dups     uint64 // +checklocks:mu
+	fwd      uint64 // +checklocks:mu
+	overflow uint64 // +checklocks:mu
 }
+
+// maxBacklog bounds the backlog (a minute of a busy stream's messages).
+const maxBacklog = 1 << 17
 
 type sinkSource struct {
 	sk     *Sink
@@ -772,14 +788,25 @@ func (h *inMove) owns(sk *Sink) bool { return h.sinks[sk] }
 func (h *inMove) direct(p *Port, sk *Sink, source, seq uint64, payload []byte) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.closed {
+		return p.deliverOutbox(sk, source, seq, payload)
+	}
+	if h.ended && len(h.backlog) > 0 {
+		h.enqueueLocked(p, sk, source, seq, payload)
+		return true
+	}
 	k := sinkSource{sk, source}
 	last, ok := h.last[k]
 	switch {
+	case h.ended:
+		h.enqueueLocked(p, sk, source, seq, payload)
+		return true
 	case ok && seq <= last:
 		h.dups++
 		return true
 	case ok && seq == last+1, len(h.pending) >= maxPending:
-		return h.deliverLocked(p, k, seq, payload)
+		h.deliverLocked(p, k, seq, payload)
+		return true
 	}
 	h.pending = append(h.pending, heldMessage{sk: sk, source: source, seq: seq, payload: clone(payload)})
 	return true
@@ -799,10 +826,26 @@ func (h *inMove) forwarded(p *Port, session, sink uint32, source, seq uint64, pa
 		h.dups++
 		return
 	}
-	if h.deliverLocked(p, k, seq, payload) {
-		sk.delivered.Add(1)
-	} else {
+	sk.delivered.Add(1)
+	h.deliverLocked(p, k, seq, payload)
+}
+
+// enqueueLocked puts a message in the outbox, or behind the backlog.
+//
+// +checklocks:h.mu
+func (h *inMove) enqueueLocked(p *Port, sk *Sink, source, seq uint64, payload []byte) {
+	if h.closed || len(h.backlog) == 0 && p.deliverOutbox(sk, source, seq, payload) {
+		return
+	}
+	if len(h.backlog) >= maxBacklog {
+		h.overflow++
 		sk.dropped.Add(1)
+		return
+	}
+	h.backlog = append(h.backlog, heldMessage{sk: sk, source: source, seq: seq, payload: clone(payload)})
+	select {
+	case h.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -810,8 +853,8 @@ func (h *inMove) forwarded(p *Port, session, sink uint32, source, seq uint64, pa
 // follow in k's sequence.
 //
 // +checklocks:h.mu
-func (h *inMove) deliverLocked(p *Port, k sinkSource, seq uint64, payload []byte) bool {
-	ok := p.deliverOutbox(k.sk, k.source, seq, payload)
+func (h *inMove) deliverLocked(p *Port, k sinkSource, seq uint64, payload []byte) {
+	h.enqueueLocked(p, k.sk, k.source, seq, payload)
 	h.last[k] = seq
 	for progress := true; progress; {
 		progress = false
@@ -826,20 +869,53 @@ func (h *inMove) deliverLocked(p *Port, k sinkSource, seq uint64, payload []byte
 				h.dups++
 				continue
 			}
-			if p.deliverOutbox(m.sk, m.source, m.seq, m.payload) {
-				m.sk.delivered.Add(1)
-			} else {
-				m.sk.dropped.Add(1)
-			}
+			m.sk.delivered.Add(1)
+			h.enqueueLocked(p, m.sk, m.source, m.seq, m.payload)
 			h.last[k] = m.seq
 			progress = true
 		}
 	}
-	return ok
+}
+
+// drain moves the backlog into the outbox as the guest frees room, until
+// the hand-off ended and the backlog is empty (then it unpublishes the
+// inMove) or the inMove was dropped.
+func (h *inMove) drain(p *Port) {
+	for {
+		h.mu.Lock()
+		for len(h.backlog) > 0 {
+			m := &h.backlog[0]
+			if !p.deliverOutbox(m.sk, m.source, m.seq, m.payload) {
+				break
+			}
+			h.backlog[0] = heldMessage{}
+			h.backlog = h.backlog[1:]
+		}
+		if len(h.backlog) == 0 {
+			h.backlog = nil
+		}
+		busy := len(h.backlog) > 0
+		finished := h.ended && !busy
+		if finished || p.handoff.Load() != h {
+			h.closed = true
+			p.handoff.CompareAndSwap(h, nil)
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		if busy {
+			time.Sleep(200 * time.Microsecond)
+			continue
+		}
+		select {
+		case <-h.wake:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // finish delivers what is pending, in each source's order, and ends the
-// filter.
+// filter (the backlog drains on).
 func (h *inMove) finish(p *Port) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -850,15 +926,29 @@ func (h *inMove) finish(p *Port) {
 			h.dups++
 			continue
 		}
-		if p.deliverOutbox(m.sk, m.source, m.seq, m.payload) {
-			m.sk.delivered.Add(1)
-		} else {
-			m.sk.dropped.Add(1)
-		}
+		m.sk.delivered.Add(1)
+		h.enqueueLocked(p, m.sk, m.source, m.seq, m.payload)
 		h.last[k] = m.seq
 	}
 	h.pending = nil
+	h.ended = true
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// drop unpublishes the inMove at once (the import is undone).
+func (h *inMove) drop(p *Port) {
+	h.mu.Lock()
+	h.closed = true
+	h.backlog, h.pending = nil, nil
 	p.handoff.CompareAndSwap(h, nil)
+	h.mu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
 }
 
 // serveMigration runs one incoming hand-off.
@@ -910,28 +1000,31 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 		d.mig.mu.Unlock()
 	}()
 	if err := answer(nil); err != nil {
-		p.handoff.CompareAndSwap(h, nil)
+		h.drop(p)
 		p.dropSessions()
 		return fmt.Errorf("answer the import: %w: imported state dropped", err)
 	}
 	d.mig.imported.Add(1)
 	committed := false
+	broke := func(err error) error {
+		if committed {
+			h.finish(p)
+			return nil // the source went early: the state is ours
+		}
+		h.drop(p)
+		p.dropSessions()
+		return fmt.Errorf("the source daemon went before committing (%w): imported state of port %s dropped", err, p.Name())
+	}
 	deadline := time.Now().Add(d.opts.Migration.HandoffTimeout)
 	for {
 		typ, body, err := fc.read(deadline)
 		if err != nil {
-			if committed {
-				h.finish(p)
-				return nil // the source went early: the state is ours
-			}
-			p.handoff.CompareAndSwap(h, nil)
-			p.dropSessions()
-			return fmt.Errorf("the source daemon went before committing (%w): imported state of port %s dropped", err, p.Name())
+			return broke(err)
 		}
 		switch typ {
 		case frameForward:
 			if len(body) < 24 {
-				return fmt.Errorf("short forward frame: %w", migration.ErrTruncated)
+				return broke(fmt.Errorf("short forward frame: %w", migration.ErrTruncated))
 			}
 			le := binary.LittleEndian
 			h.forwarded(p, le.Uint32(body), le.Uint32(body[4:]), le.Uint64(body[8:]), le.Uint64(body[16:]), body[24:])
@@ -941,17 +1034,17 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 		case frameEnd:
 			h.finish(p)
 			h.mu.Lock()
-			d.log.Info("incoming migration done", "port", p.Name(), "forwarded", h.fwd, "duplicates", h.dups)
+			d.log.Info("incoming migration done", "port", p.Name(), "forwarded", h.fwd, "duplicates", h.dups, "backlog", len(h.backlog), "overflow", h.overflow)
 			h.mu.Unlock()
 			answer(nil)
 			return nil
 		case frameAbort:
-			p.handoff.CompareAndSwap(h, nil)
+			h.drop(p)
 			p.dropSessions()
 			d.log.Warn("incoming migration aborted by the source: imported state dropped", "port", p.Name())
 			return nil
 		default:
-			return fmt.Errorf("unexpected frame type %d", typ)
+			return broke(fmt.Errorf("unexpected frame type %d", typ))
 		}
 	}
 }
@@ -979,7 +1072,7 @@ func (d *Daemon) importFrame(body []byte) (*Port, *inMove, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("port %s: %w", name, err)
 	}
-	h := &inMove{byID: map[[2]uint32]*Sink{}, last: map[sinkSource]uint64{}}
+	h := &inMove{byID: map[[2]uint32]*Sink{}, last: map[sinkSource]uint64{}, wake: make(chan struct{}, 1)}
 	_, err = p.importState(s, func(sinks map[*Sink]bool) {
 		h.sinks = sinks
 		for sk := range sinks {
@@ -999,6 +1092,7 @@ func (d *Daemon) importFrame(body []byte) (*Port, *inMove, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	go h.drain(p) // ends with the hand-off (finish or drop)
 	return p, h, nil
 }
 

@@ -293,3 +293,43 @@ func (r *recorder) bytes() []byte {
 	defer r.mu.Unlock()
 	return append([]byte(nil), r.b...)
 }
+
+// TestMigrateOutBurstExceedsOutbox: the guest is paused through the
+// hand-off, so what reaches the destination meanwhile — the queued
+// messages and the burst the source held — can be more than the port's
+// outbox holds. None is dropped: the rest waits, in order, until the
+// guest takes frames again.
+func TestMigrateOutBurstExceedsOutbox(t *testing.T) {
+	guest := netip.MustParseAddrPort("169.254.77.2:40000")
+	src, dst := migrationDaemon(t, testMigrationKey), migrationDaemon(t, testMigrationKey)
+	ps, pd := src.port("vm"), dst.port("vm")
+	_, host := guestState(t, src.rt, ps, guestCaller(t, ps, guest), 1, 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := src.MigrateOut(ctx, "vm", dst.MigrationAddr().String(), ""); err != nil {
+		t.Fatal(err)
+	}
+	const total = 4000
+	for i := 1000; i < total; i++ {
+		src.rt.Emit(host, []byte{byte(i), 'm'})
+	}
+	done := make(chan error, 1)
+	go func() { _, err := src.MigrateCommit(ctx, "vm"); done <- err }()
+	var got []guestproto.Message
+	migWait(t, "every message at the destination's guest", func() bool {
+		got = append(got, drainOutbox(t, pd)...)
+		return len(got) >= total
+	})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range got {
+		if m.Seq != uint64(i+1) {
+			t.Fatalf("message %d has seq %d", i, m.Seq)
+		}
+	}
+	migWait(t, "the filter to end", func() bool { return pd.handoff.Load() == nil })
+	if s := dst.Streams(); len(s) != 1 || s[0].Sinks[0].Dropped != 0 {
+		t.Errorf("destination streams %+v", s)
+	}
+}

@@ -99,7 +99,7 @@ func TestSnapshotExportImportKeepsStreams(t *testing.T) {
 		!reflect.DeepEqual(sa[0].Sources, sb[0].Sources) || sa[0].Sinks[0].ID != sb[0].Sinks[0].ID {
 		t.Errorf("streams differ:\n source %+v\n dest   %+v", sa, sb)
 	}
-	if h := pb.acct.held; h[limitSessions].Load() != 1 || h[limitStreams].Load() != 1 || h[limitSources].Load() != 1 || h[limitSinks].Load() != 1 {
+	if h := &pb.acct.held; h[limitSessions].Load() != 1 || h[limitStreams].Load() != 1 || h[limitSources].Load() != 1 || h[limitSinks].Load() != 1 {
 		t.Errorf("destination account holds %v %v %v %v", h[0].Load(), h[1].Load(), h[2].Load(), h[3].Load())
 	}
 	// The queued messages, in order.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -358,4 +359,33 @@ func (o *migrateOptions) driver(ctx context.Context, hooks hypervisor.Hooks) (d 
 			c()
 		}
 	}, nil
+}
+
+func init() { register(newMigrationCmd) }
+
+func newMigrationCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:     "migration",
+		Short:   "Show the daemon's live-migration setup and hand-offs",
+		GroupID: groupShow,
+		Long: `Show whether the daemon takes part in live migrations (it has a migration key),
+where it accepts migrated guests' stream state (--migration-listen), how many
+hand-offs left and arrived, how many were refused (not authenticated, corrupt,
+not fitting the port), and the ports with a hand-off under way.
+
+-o json prints one object: enabled, listen, exported, imported, rejected,
+outgoing, incoming.`,
+		Args: argsRange(0, 0, ""),
+		RunE: func(*cobra.Command, []string) error {
+			info, err := a.client().Migration(a.ctx)
+			if err != nil {
+				return err
+			}
+			return a.print(info, func(tw io.Writer, _ bool) {
+				fmt.Fprintln(tw, "ENABLED\tLISTEN\tEXPORTED\tIMPORTED\tREJECTED\tOUTGOING\tINCOMING")
+				fmt.Fprintf(tw, "%v\t%s\t%d\t%d\t%d\t%s\t%s\n", info.Enabled, dash(info.Listen), info.Exported, info.Imported, info.Rejected,
+					dash(strings.Join(info.Outgoing, ",")), dash(strings.Join(info.Incoming, ",")))
+			})
+		},
+	}
 }

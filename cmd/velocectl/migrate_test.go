@@ -83,9 +83,12 @@ func TestMigrateCloudHypervisor(t *testing.T) {
 		t.Errorf("after the migration: source %q, destination %q", src.State(), dst.State())
 	}
 	ctx := context.Background()
-	dmi, err := control.NewClient(dstCtl).Migration(ctx)
-	if err != nil || dmi.Imported != 1 || len(dmi.Incoming) != 0 {
-		t.Errorf("destination migration info %+v, %v", dmi, err)
+	var dmi control.MigrationInfo
+	if err := json.Unmarshal([]byte(mustRun(t, "--control", dstCtl, "migration", "-o", "json")), &dmi); err != nil || dmi.Imported != 1 || len(dmi.Incoming) != 0 || !dmi.Enabled {
+		t.Errorf("destination: velocectl migration: %+v, %v", dmi, err)
+	}
+	if table := mustRun(t, "--control", dstCtl, "migration"); !strings.Contains(table, "IMPORTED") {
+		t.Errorf("velocectl migration table:\n%s", table)
 	}
 	smi, err := control.NewClient(srcCtl).Migration(ctx)
 	if err != nil || smi.Exported != 1 || len(smi.Outgoing) != 0 {
