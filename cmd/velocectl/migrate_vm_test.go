@@ -214,8 +214,14 @@ func TestMigrateVMWithStreamsTenTimes(t *testing.T) {
 	// The VM on host a: a sink on 8, a source on 7.
 	kernel, initramfs := perfImage(t)
 	guest := &guestinit.Config{Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}},
-		Run: []string{"/bin/sh", "-c", fmt.Sprintf("/bin/veloce-perf sink --channel 8 --count %d --timeout 15m & sleep 2; "+
-			"/bin/veloce-perf source --channel 7 --count %d --rate %d --size 64 --timeout 15m; wait", count, count, rate)}}
+		// The socket buffer must hold the burst that arrives when the
+		// guest resumes (the messages of the downtime): the default
+		// rmem_max caps guestlib's 4 MiB request at 208 KiB, a few
+		// hundred small messages. The UDP counters show what the guest
+		// kernel dropped.
+		Run: []string{"/bin/sh", "-c", fmt.Sprintf("echo 16777216 > /proc/sys/net/core/rmem_max; "+
+			"/bin/veloce-perf sink --channel 8 --count %d --timeout 6m & sleep 2; "+
+			"/bin/veloce-perf source --channel 7 --count %d --rate %d --size 64 --timeout 6m; wait; grep Udp: /proc/net/snmp", count, count, rate)}}
 	boot := func(h *vmHost, incoming string) (*vmtest.VM, string) {
 		dir := t.TempDir()
 		qmp := filepath.Join(dir, "ctl-qmp.sock")
@@ -368,6 +374,11 @@ func TestMigrateVMWithStreamsTenTimes(t *testing.T) {
 	}
 	if sinkSum == nil || srcSum == nil {
 		t.Fatalf("no summaries on the console:\n%s", tail(res.Output, 3000))
+	}
+	for _, line := range strings.Split(res.Output, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "Udp:") {
+			t.Logf("guest %s", strings.TrimSpace(line))
+		}
 	}
 	t.Logf("guest sink %+v, guest source %+v", *sinkSum, *srcSum)
 	if sinkSum.Messages != count || sinkSum.Gaps != 0 || sinkSum.OutOfOrder != 0 || sinkSum.Sources != 1 {
