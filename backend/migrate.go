@@ -2,6 +2,7 @@ package backend
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -238,15 +239,15 @@ func (d *Daemon) port(name string) *Port {
 type frameConn struct {
 	c       net.Conn
 	r       *bufio.Reader
-	w       *bufio.Writer
+	w       *bufio.Writer // +checklocks:wmu
 	key     []byte
 	nonceS  []byte
 	nonceD  []byte
-	outDir  byte // 'S' from the source, 'D' from the destination
-	sendCtr uint64
-	recvCtr uint64
+	outDir  byte   // 'S' from the source, 'D' from the destination
+	sendCtr uint64 // +checklocks:wmu
+	recvCtr uint64 // the reader's own
 	wmu     sync.Mutex
-	scratch [5]byte
+	scratch [5]byte // +checklocks:wmu
 }
 
 func newFrameConn(c net.Conn, key []byte, outDir byte) *frameConn {
@@ -919,8 +920,9 @@ func (h *inMove) drain(p *Port) {
 func (h *inMove) finish(p *Port) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sort.SliceStable(h.pending, func(i, j int) bool { return h.pending[i].seq < h.pending[j].seq })
-	for _, m := range h.pending {
+	pending := h.pending
+	slices.SortStableFunc(pending, func(a, b heldMessage) int { return cmp.Compare(a.seq, b.seq) })
+	for _, m := range pending {
 		k := sinkSource{m.sk, m.source}
 		if last, ok := h.last[k]; ok && m.seq <= last {
 			h.dups++

@@ -278,7 +278,7 @@ func TestMigrationReplayRejected(t *testing.T) {
 
 type recorder struct {
 	mu sync.Mutex
-	b  []byte
+	b  []byte // +checklocks:mu
 }
 
 func (r *recorder) Write(p []byte) (int, error) {

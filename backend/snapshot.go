@@ -78,9 +78,13 @@ func (p *Port) Export() (*migration.PortSnapshot, error) {
 	s := &migration.PortSnapshot{Port: p.opts.Name, Link: p.linkState()}
 	r := p.rt
 	sinkIndex := map[[2]uint32]int{} // session, sink -> index in s.Sinks
-	r.mu.Lock()
+	var sessions []*Session
 	for _, se := range p.sessions.All() {
-		se.exportLocked(s, sinkIndex)
+		sessions = append(sessions, se)
+	}
+	r.mu.Lock()
+	for _, se := range sessions {
+		r.exportSessionLocked(se, s, sinkIndex)
 	}
 	r.mu.Unlock()
 	// The outbox: pop every frame and push it back, in order (frozen:
@@ -111,12 +115,12 @@ func clone(b []byte) []byte {
 	return append([]byte(nil), b...)
 }
 
-// exportLocked appends the session's state to s.
+// exportSessionLocked appends the state of s, a session of r, to out.
 //
-// +checklocks:s.rt.mu
-func (s *Session) exportLocked(out *migration.PortSnapshot, sinkIndex map[[2]uint32]int) {
+// +checklocks:r.mu
+func (r *Runtime) exportSessionLocked(s *Session, out *migration.PortSnapshot, sinkIndex map[[2]uint32]int) {
 	out.Sessions = append(out.Sessions, migration.Session{ID: s.ID, Addr: s.Addr, LastSeen: s.lastSeen.Load()})
-	for _, st := range s.streams {
+	for _, st := range s.streams { // +checklocksignore: s.rt is r, locked
 		o := st.Options
 		out.Streams = append(out.Streams, migration.Stream{ID: st.ID, Session: s.ID, Datapath: st.Datapath, Warning: st.Warning,
 			QoS: migration.QoS{Acceleration: b2u(o.Acceleration), ResourceUse: b2u(o.Frugal), TimeSensitive: b2u(o.TimeSensitive), Reliable: b2u(o.Reliable)}})
@@ -125,7 +129,7 @@ func (s *Session) exportLocked(out *migration.PortSnapshot, sinkIndex map[[2]uin
 		out.Sources = append(out.Sources, migration.Source{ID: so.ID, Stream: so.Stream.ID, Channel: so.Channel, Global: so.Global,
 			NextSeq: so.seq.Load() + 1, Emitted: so.emitted.Load(), Full: so.full.Load()})
 	}
-	for _, sk := range s.sinks {
+	for _, sk := range s.sinks { // +checklocksignore: s.rt is r, locked
 		sinkIndex[[2]uint32{s.ID, sk.ID}] = len(out.Sinks)
 		out.Sinks = append(out.Sinks, migration.Sink{ID: sk.ID, Stream: sk.Stream.ID, Channel: sk.Channel,
 			Delivered: sk.delivered.Load(), Dropped: sk.dropped.Load()})
@@ -225,29 +229,26 @@ type imported struct {
 // importState is Import; before the sinks are published it calls
 // beforePublish (when not nil) with them, under the runtime's lock.
 func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Sink]bool)) (*imported, error) {
-	fail := func(err error) (*imported, error) {
-		return nil, fmt.Errorf("import into port %s: %w", p.opts.Name, err)
-	}
 	if p.rt == nil {
-		return fail(ErrNoRuntime)
+		return nil, p.importErr(ErrNoRuntime)
 	}
 	if err := s.Validate(); err != nil {
-		return fail(err)
+		return nil, p.importErr(err)
 	}
 	if err := p.checkLink(&s.Link); err != nil {
-		return fail(err)
+		return nil, p.importErr(err)
 	}
 	queued := 0
 	for _, sk := range s.Sinks {
 		queued += len(sk.Queued)
 		for _, m := range sk.Queued {
 			if len(m.Payload) > MaxGuestPayload {
-				return fail(fmt.Errorf("%w: sink %d: a queued message of %d bytes exceeds %d", ErrSnapshotMismatch, sk.ID, len(m.Payload), MaxGuestPayload))
+				return nil, p.importErr(fmt.Errorf("%w: sink %d: a queued message of %d bytes exceeds %d", ErrSnapshotMismatch, sk.ID, len(m.Payload), MaxGuestPayload))
 			}
 		}
 	}
 	if queued > outboxSlots {
-		return fail(fmt.Errorf("%w: %d queued messages, the outbox holds %d", ErrSnapshotMismatch, queued, outboxSlots))
+		return nil, p.importErr(fmt.Errorf("%w: %d queued messages, the outbox holds %d", ErrSnapshotMismatch, queued, outboxSlots))
 	}
 	r := p.rt
 	p.sessMu.Lock() // no session comes or goes on the port meanwhile
@@ -255,19 +256,19 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := p.sessions.Len(); n > 0 || p.out.ready.Len() > 0 {
-		return fail(fmt.Errorf("%w: %d sessions, %d queued frames: import only into a port no guest uses (a new port, or one whose VM left)", ErrPortBusy, n, p.out.ready.Len()))
+		return nil, p.importErr(fmt.Errorf("%w: %d sessions, %d queued frames: import only into a port no guest uses (a new port, or one whose VM left)", ErrPortBusy, n, p.out.ready.Len()))
 	}
 	tid, err := r.tenantLocked(p.opts.Tenant)
 	if err != nil {
-		return fail(err)
+		return nil, p.importErr(err)
 	}
 	for _, se := range s.Sessions {
 		if other, ok := r.sessions[se.ID]; ok {
-			return fail(fmt.Errorf("%w: session id %d is in use here (%s)", ErrSnapshotMismatch, se.ID, other.ep.String()))
+			return nil, p.importErr(fmt.Errorf("%w: session id %d is in use here (%s)", ErrSnapshotMismatch, se.ID, other.ep.String()))
 		}
 	}
 	if err := p.acct.fits(len(s.Sessions), len(s.Streams), len(s.Sources), len(s.Sinks)); err != nil {
-		return fail(fmt.Errorf("%w: %w", ErrSnapshotMismatch, err))
+		return nil, p.importErr(fmt.Errorf("%w: %w", ErrSnapshotMismatch, err))
 	}
 
 	// Everything checked: apply.
@@ -352,6 +353,10 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 	r.log.Info("port state imported", "port", p.opts.Name, "sessions", len(s.Sessions), "streams", len(s.Streams),
 		"sources", len(s.Sources), "sinks", len(s.Sinks), "queued", queued)
 	return &imported{sinks: sinks}, nil
+}
+
+func (p *Port) importErr(err error) error {
+	return fmt.Errorf("import into port %s: %w", p.opts.Name, err)
 }
 
 // checkLink refuses a snapshot of a guest this port would address

@@ -126,9 +126,11 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 
 // seqCheck counts a sink's messages and checks each source's sequence.
 type seqCheck struct {
-	mu                   sync.Mutex
-	last                 map[uint64]uint64
-	n, gaps, dups, order uint64
+	mu   sync.Mutex
+	last map[uint64]uint64 // +checklocks:mu
+	n    uint64            // +checklocks:mu
+	gaps uint64            // +checklocks:mu
+	dups uint64            // +checklocks:mu
 }
 
 func (c *seqCheck) see(source, seq uint64) {
