@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,14 +35,12 @@ func migrationDaemon(t *testing.T, withPort bool) (ctl, dir string) {
 	return ctl, dir
 }
 
-func freeTCPURL(t *testing.T) string {
+// migrationURL is where the fake Cloud Hypervisors migrate through: a
+// unix socket, for which the driver's Prepare waits until the receiver
+// listens (for tcp: it cannot probe without taking CH's single accept).
+func migrationURL(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return "tcp:" + l.Addr().String()
+	return "unix:" + filepath.Join(t.TempDir(), "migration.sock")
 }
 
 // TestMigrateCloudHypervisor: velocectl migrate --hypervisor chv drives the
@@ -66,7 +63,7 @@ func TestMigrateCloudHypervisor(t *testing.T) {
 	defer dst.Close()
 	out, errs, code := velocectl(t, "--control", srcCtl, "-o", "json", "migrate", "vm", "--to-control", dstCtl,
 		"--dest-socket", filepath.Join(dstDir, "vm.sock"), "--hypervisor", "chv", "--api-socket", src.Socket(),
-		"--dest-api-socket", dst.Socket(), "--uri", freeTCPURL(t))
+		"--dest-api-socket", dst.Socket(), "--uri", migrationURL(t))
 	if code != 0 {
 		t.Fatalf("migrate: exit %d\n%s\n%s", code, out, errs)
 	}
@@ -125,7 +122,7 @@ func TestMigrateCloudHypervisorFails(t *testing.T) {
 	defer dst.Close()
 	out, errs, code := velocectl(t, "--control", srcCtl, "-o", "json", "migrate", "vm", "--to-control", dstCtl,
 		"--dest-socket", filepath.Join(dstDir, "vm.sock"), "--hypervisor", "chv", "--api-socket", src.Socket(),
-		"--dest-api-socket", dst.Socket(), "--uri", freeTCPURL(t))
+		"--dest-api-socket", dst.Socket(), "--uri", migrationURL(t))
 	if code != 1 || !strings.Contains(errs, broken.Error()) {
 		t.Fatalf("migrate: exit %d\n%s\n%s", code, out, errs)
 	}
