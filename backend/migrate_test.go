@@ -16,7 +16,7 @@ import (
 
 // migrationDaemon starts a daemon with one port "vm" (no frontend), the
 // migration key and a listener on loopback.
-func migrationDaemon(t *testing.T, key []byte) *Daemon {
+func migrationDaemon(t testing.TB, key []byte) *Daemon {
 	t.Helper()
 	dir := t.TempDir()
 	opts := DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"),
@@ -332,4 +332,40 @@ func TestMigrateOutBurstExceedsOutbox(t *testing.T) {
 	if s := dst.Streams(); len(s) != 1 || s[0].Sinks[0].Dropped != 0 {
 		t.Errorf("destination streams %+v", s)
 	}
+}
+
+// FuzzMigrationConn feeds a destination's migration listener arbitrary
+// bytes from a sender without the key: nothing is ever imported, and
+// the daemon neither panics nor hangs (every read has a deadline).
+func FuzzMigrationConn(f *testing.F) {
+	hello := append([]byte{frameHello, byte(len(migMagic) + nonceLen), 0, 0, 0}, migMagic...)
+	hello = append(hello, make([]byte, nonceLen)...)
+	f.Add(hello)
+	f.Add(append(append([]byte(nil), hello...), frameImport, 4, 0, 0, 0, 1, 2, 3, 4))
+	f.Add(append(append([]byte(nil), hello...), frameImport, 0xff, 0xff, 0xff, 0x7f))
+	f.Add([]byte{frameImport, 0, 0, 0, 0})
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	d := migrationDaemon(f, testMigrationKey)
+	p := d.port("vm")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, b := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer a.Close()
+			d.serveMigration(context.Background(), a)
+		}()
+		go io.Copy(io.Discard, b)
+		b.SetWriteDeadline(time.Now().Add(time.Second))
+		b.Write(data)
+		b.Close()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("serveMigration did not return")
+		}
+		if p.sessions.Len() != 0 || p.handoff.Load() != nil {
+			t.Fatalf("imported from a sender without the key")
+		}
+	})
 }
