@@ -996,11 +996,12 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 	d.mig.mu.Lock()
 	d.mig.incoming[p.Name()] = true
 	d.mig.mu.Unlock()
-	defer func() {
+	leave := func() {
 		d.mig.mu.Lock()
 		delete(d.mig.incoming, p.Name())
 		d.mig.mu.Unlock()
-	}()
+	}
+	defer leave()
 	if err := answer(nil); err != nil {
 		h.drop(p)
 		p.dropSessions()
@@ -1038,6 +1039,7 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 			h.mu.Lock()
 			d.log.Info("incoming migration done", "port", p.Name(), "forwarded", h.fwd, "duplicates", h.dups, "backlog", len(h.backlog), "overflow", h.overflow)
 			h.mu.Unlock()
+			leave() // before the answer: the source's caller may look next
 			answer(nil)
 			return nil
 		case frameAbort:
