@@ -78,6 +78,9 @@ type DaemonOptions struct {
 	// Admin configures run-time administration (AddPort, DelPort, the log
 	// level); see daemon_admin.go.
 	Admin AdminOptions
+	// Migration configures live migration of the ports' stream state
+	// (migrate.go).
+	Migration MigrationOptions
 }
 
 // DefaultMaxAppClients is DaemonOptions.MaxAppClients's default.
@@ -93,6 +96,7 @@ type Daemon struct {
 	admin adminState               // run-time administration (daemon_admin.go)
 	apps  atomic.Pointer[hostApps] // the host transport while the daemon serves it
 	life  lifecycle.Group          // Start, Wait, Close
+	mig   migrationState           // live migrations (migrate.go)
 }
 
 // NewDaemon validates opts and creates the ports; nothing runs yet.
@@ -212,6 +216,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		})
 	}
 	d.adminReady(ctx) // AddPort and DelPort work from here on
+	if err := d.startMigration(ctx); err != nil {
+		return d.life.Abort(err)
+	}
 	if d.opts.AppSocket != "" {
 		apps, err := listenHostApps(d.rt, d.opts.AppSocket,
 			sockfile.Options{Mode: d.opts.AppSocketMode, Group: d.opts.AppSocketGroup}, d.opts.MaxAppClients)

@@ -53,8 +53,22 @@ var _ endpoint = (*Port)(nil)
 func (p *Port) String() string { return "vm:" + p.opts.Name }
 
 // deliver implements endpoint: the message becomes a Deliver frame in the
-// outbox. It takes no lock and does not allocate.
+// outbox. It takes no lock and does not allocate, but while the port
+// migrates (migrate.go).
 func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
+	p.inflight.Add(1)
+	defer p.inflight.Add(-1)
+	if m := p.moving.Load(); m != nil {
+		return m.hold(p, sk, source, seq, payload)
+	}
+	if h := p.handoff.Load(); h != nil && h.owns(sk) {
+		return h.direct(p, sk, source, seq, payload)
+	}
+	return p.deliverOutbox(sk, source, seq, payload)
+}
+
+// deliverOutbox puts a Deliver frame in the outbox.
+func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool {
 	id, ok := p.out.slots.Get()
 	if !ok {
 		return false
@@ -76,7 +90,7 @@ func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
 
 // FillRX implements vhostuser.RXSource for queue pair 0.
 func (p *Port) FillRX(qp int, buf []byte) int {
-	if qp != 0 || p.out == nil {
+	if qp != 0 || p.out == nil || p.frozen.Load() {
 		return 0
 	}
 	id, ok := p.out.ready.Pop()
@@ -89,7 +103,9 @@ func (p *Port) FillRX(qp int, buf []byte) int {
 }
 
 // PendingRX implements vhostuser.RXSource.
-func (p *Port) PendingRX(qp int) bool { return qp == 0 && p.out != nil && p.out.ready.Len() > 0 }
+func (p *Port) PendingRX(qp int) bool {
+	return qp == 0 && p.out != nil && !p.frozen.Load() && p.out.ready.Len() > 0
+}
 
 // handleGuest handles one guestproto datagram from src; a reply frame, if
 // any, is written to reply and its length returned.

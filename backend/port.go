@@ -80,6 +80,12 @@ type Port struct {
 	malformed atomic.Uint64            // guestproto datagrams that did not parse
 	replies   replayCache              // recent control replies, for resent requests
 	acct      *account                 // what the guest holds, against opts.Limits
+
+	// Live migration (snapshot.go, migrate.go).
+	frozen   atomic.Bool             // the outbox is held: the guest gets nothing from it
+	inflight atomic.Int32            // deliver calls under way (freeze waits for none)
+	moving   atomic.Pointer[outMove] // source side: messages for the port's sinks go to the move
+	handoff  atomic.Pointer[inMove]  // destination side: imported sinks' messages pass its filter
 }
 
 // NewPort creates a port; Start serves it.

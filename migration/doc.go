@@ -14,7 +14,7 @@
 //     backend's internals do. [Encode] and [Decode] are its binary codec;
 //     [EncodeSigned] and [DecodeSigned] add an HMAC-SHA256 over a shared
 //     per-fleet key.
-//   - Transfer between daemons (to come): at switchover the source daemon
+//   - Transfer between daemons (backend/migrate.go): at switchover the source daemon
 //     quiesces the port, exports its snapshot and hands it to the
 //     destination daemon, which imports it all or nothing and resumes the
 //     port's streams; the source forwards messages that still arrive for

@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	ten := tenantFlags(fs)
 	rdmaF := rdmaFlags(fs)
 	xdpF := xdpFlags(fs)
+	mig := migrationFlags(fs)
 	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
 	if err := cfg.Parse(args); err != nil {
 		return err
@@ -232,6 +233,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, Client: true, QueuePairs: *queues, Link: link, PollCPUs: cpus})
 	}
 	if err := ten.apply(&opts); err != nil {
+		return err
+	}
+	if err := mig.apply(&opts, *peerKey); err != nil {
 		return err
 	}
 	opts.Admin = backend.AdminOptions{LogLevel: logLevelVar, PortDefaults: backend.PortOptions{QueuePairs: *queues, Link: link, PollCPUs: cpus}}
