@@ -66,10 +66,13 @@ func body(t *testing.T, c chvtest.Call) map[string]any {
 	return m
 }
 
+// findCall returns the last call to path: the driver sends
+// vm.send-migration again while the destination is not listening yet.
 func findCall(t *testing.T, s *chvtest.Server, path string) chvtest.Call {
 	t.Helper()
-	for _, c := range s.Calls() {
-		if c.Path == path {
+	calls := s.Calls()
+	for i := len(calls) - 1; i >= 0; i-- {
+		if c := calls[i]; c.Path == path {
 			return c
 		}
 	}
