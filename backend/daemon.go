@@ -142,6 +142,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		}
 		po.Runtime = d.rt
 		po.Limits = po.Limits.or(opts.Limits)
+		withDeviceState(&po, opts.Migration.Key)
 		p, err := NewPort(po)
 		if err != nil {
 			return nil, fmt.Errorf("port %s: %w", po.Name, err)

@@ -145,6 +145,7 @@ func (d *Daemon) AddPort(opts PortOptions) (PortInfo, error) {
 	if err := checkNewPort(opts, d.portList()); err != nil {
 		return PortInfo{}, fmt.Errorf("add port %s: %w", opts.Name, err)
 	}
+	withDeviceState(&opts, d.opts.Migration.Key)
 	p, err := NewPort(opts)
 	if err != nil {
 		return PortInfo{}, fmt.Errorf("add port %s: %v: %w", opts.Name, err, ErrBadPortOptions)

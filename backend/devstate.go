@@ -20,6 +20,7 @@ package backend
 
 import (
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/veloce-io/veloce/vhostuser"
@@ -54,4 +55,57 @@ func (p *Port) deviceState() vhostuser.StateTransferer {
 		return nil
 	}
 	return portState{p}
+}
+
+// withDeviceState gives a port of a daemon with a migration key the
+// default DEVICE_STATE hooks, unless it has its own: on save the port's
+// stream snapshot signed with key (the port frozen for the export, then
+// thawed: if the migration fails the rings restart on this daemon and the
+// streams go on; if it completes the frontend disconnects and the port's
+// sessions are dropped here), on load the snapshot verified under key and
+// imported whole. A frontend thus carries the state but cannot forge it:
+// without the fleet's key an import is refused. Unlike the daemon-to-daemon
+// hand-off, nothing forwards messages that reach the source after the
+// save; they are counted as the source port's drops.
+func withDeviceState(o *PortOptions, key []byte) {
+	if key == nil || o.SaveState != nil || o.LoadState != nil {
+		return
+	}
+	o.SaveState = func(p *Port, w io.Writer) error {
+		if p.rt == nil {
+			return fmt.Errorf("port %s: %w", p.opts.Name, ErrNoRuntime)
+		}
+		p.freeze(nil)
+		b, err := p.ExportSnapshot(key)
+		p.thaw()
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		if err == nil {
+			p.logInfo("stream state saved into the hypervisor's migration stream", "bytes", len(b))
+		}
+		return err
+	}
+	o.LoadState = func(p *Port, r io.Reader) error {
+		b, err := io.ReadAll(io.LimitReader(r, vhostuser.MaxStateSize+1))
+		if err != nil {
+			return fmt.Errorf("port %s: read device state: %w", p.opts.Name, err)
+		}
+		if len(b) > vhostuser.MaxStateSize {
+			return fmt.Errorf("port %s: device state over %d bytes", p.opts.Name, vhostuser.MaxStateSize)
+		}
+		if err := p.ImportSnapshot(b, key); err != nil {
+			return err
+		}
+		p.logInfo("stream state loaded from the hypervisor's migration stream", "bytes", len(b))
+		return nil
+	}
+}
+
+// logInfo logs on the port's logger, if it has one.
+func (p *Port) logInfo(msg string, args ...any) {
+	if p.log != nil {
+		p.log.Info(msg, args...)
+	}
 }

@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Float64("rate", 0, "messages per second (source); 0 is as fast as possible")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	accel := fs.Bool("accel", false, "ask for an accelerated datapath")
+	reliable := fs.Bool("reliable", false, "ask for reliable, in-order delivery (source: exactly once to every peer's sinks)")
 	text := fs.String("text", "", "source: send this text, with the message number appended, instead of a byte pattern")
 	show := fs.Int("show", 0, "sink: print the first N messages as text")
 	progress := fs.Duration("progress", 0, "sink: print the count and rate at this interval (e.g. 1s)")
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	st, err := s.CreateStream(ctx, guestlib.StreamOptions{Acceleration: *accel})
+	st, err := s.CreateStream(ctx, guestlib.StreamOptions{Acceleration: *accel, Reliable: *reliable})
 	if err != nil {
 		return err
 	}
