@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchmig"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchrdma"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
@@ -38,6 +39,7 @@ Commands:
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
   rdma     perftest (ib_send_lat, ib_send_bw) vs Veloce on RDMA, on soft-RoCE in a TCG guest
   xdp      raw AF_XDP vs Veloce on XDP vs Veloce on kernel UDP over one veth: RTT, throughput, idle CPU
+  migrate  live-migration downtime of a QEMU VM moved by velocectl migrate, 10 streams vs none
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -69,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return benchrdma.Main(ctx, args[1:], stdout, stderr)
 	case "xdp": // raw AF_XDP vs Veloce on XDP and on kernel UDP (cmd/veloce-bench/internal/benchxdp)
 		return runXDP(ctx, args[1:], stdout, stderr)
+	case "migrate": // VM migration downtime with streams vs without (cmd/veloce-bench/internal/benchmig)
+		return benchmig.Main(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
