@@ -77,13 +77,16 @@ type Case struct {
 	StateBytes     float64 `json:"state_bytes"`
 	BytesPerStream float64 `json:"state_bytes_per_stream"`
 	Forwarded      float64 `json:"messages_forwarded"`
+	// Queued is the sinks' undelivered messages that moved with the
+	// state (part of StateBytes).
+	Queued float64 `json:"queued_messages"`
 	// FromVMRate is what the peer's sinks received from the VM's
 	// sources, messages/s over the case, all streams together (what the
 	// VM's streams really carried under TCG).
 	FromVMRate float64 `json:"from_vm_msgs_per_s,omitempty"`
 	// ToVMRate is what the peer's sources emitted to the VM's sinks.
-	ToVMRate float64 `json:"to_vm_msgs_per_s,omitempty"`
-	Errors        []string `json:"errors,omitempty"`
+	ToVMRate float64  `json:"to_vm_msgs_per_s,omitempty"`
+	Errors   []string `json:"errors,omitempty"`
 }
 
 // Report is a run's result.
@@ -114,7 +117,7 @@ func median(v []float64) float64 {
 
 // summarize fills c's medians from its completed migrations.
 func (c *Case) summarize() {
-	var down, hand, total, state, per, fwd []float64
+	var down, hand, total, state, per, fwd, queued []float64
 	for _, m := range c.Migrations {
 		if m.Status != "completed" {
 			continue
@@ -127,7 +130,9 @@ func (c *Case) summarize() {
 			per = append(per, float64(m.StateBytes)/float64(m.Streams))
 		}
 		fwd = append(fwd, float64(m.Forwarded))
+		queued = append(queued, float64(m.Queued))
 	}
+	c.Queued = median(queued)
 	c.DowntimeMs, c.HandoffMs, c.TotalMs = benchutil.Round2(median(down)), benchutil.Round2(median(hand)), benchutil.Round2(median(total))
 	c.StateBytes, c.BytesPerStream, c.Forwarded = median(state), benchutil.Round2(median(per)), median(fwd)
 }
@@ -235,7 +240,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	fmt.Fprintf(w, "(medians over %d+%d migrations, both ways; downtime as QEMU reports it, hand-off as velocectl does)\n",
 		len(r.Reference.Migrations), len(r.Streams.Migrations))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tstreams\tdowntime ms\tvs no streams ms\thand-off ms\ttotal ms\tstate B\tB/stream\tforwarded\tVM->peer msg/s\tpeer->VM msg/s\t")
+	fmt.Fprintln(tw, "case\tstreams\tdowntime ms\tvs no streams ms\thand-off ms\ttotal ms\tstate B\tB/stream\tqueued\tforwarded\tVM->peer msg/s\tpeer->VM msg/s\t")
 	for i, c := range []Case{r.Reference, r.Streams} {
 		diff := "-"
 		if i == 1 {
@@ -255,10 +260,10 @@ func WriteTable(w io.Writer, r *Report) error {
 		verdict = "NOT met"
 	}
 	fmt.Fprintf(w, "Streams add %+.2f ms of downtime (hand-off %+.2f ms); aim at most %.0f ms more: %s.\n", r.ExtraDowntimeMs, r.ExtraHandoffMs, r.AimMs, verdict)
-	fmt.Fprintln(w, "\nEach migration (downtime / hand-off / total ms, state B, forwarded):")
+	fmt.Fprintln(w, "\nEach migration (downtime / hand-off / total ms, state B, streams, queued, forwarded):")
 	for _, c := range []Case{r.Reference, r.Streams} {
 		for _, m := range c.Migrations {
-			fmt.Fprintf(w, "  %-9s %s->%s %-9s %6.0f / %6.2f / %6.0f  %6d B  %d\n", c.Name, m.From, m.To, m.Status, m.DowntimeMs, m.HandoffMs, m.TotalMs, m.StateBytes, m.Forwarded)
+			fmt.Fprintf(w, "  %-10s %s->%s %-9s %6.0f / %6.2f / %6.0f  %6d B  %2d  %5d  %d\n", c.Name, m.From, m.To, m.Status, m.DowntimeMs, m.HandoffMs, m.TotalMs, m.StateBytes, m.Streams, m.Queued, m.Forwarded)
 		}
 		for _, e := range c.Errors {
 			fmt.Fprintf(w, "  %s: %s\n", c.Name, e)

@@ -46,7 +46,7 @@ func sample() *Report {
 	}
 	for i, d := range []float64{38, 41, 36, 90} {
 		r.Streams.Migrations = append(r.Streams.Migrations, Migration{From: "b", To: "a", Status: "completed", DowntimeMs: d, HandoffMs: 2 + float64(i),
-			TotalMs: 3100, StateBytes: 5000 + 100*i, Streams: 10, Forwarded: uint64(10 * i)})
+			TotalMs: 3100, StateBytes: 5000 + 100*i, Streams: 10, Queued: i, Forwarded: uint64(10 * i)})
 	}
 	// A failed migration counts in no median.
 	r.Streams.Migrations = append(r.Streams.Migrations, Migration{From: "a", To: "b", Status: "failed", DowntimeMs: 1000, HandoffMs: 1000, StateBytes: 1})
@@ -60,7 +60,7 @@ func TestSummary(t *testing.T) {
 		t.Errorf("reference: %+v", r.Reference)
 	}
 	s := r.Streams
-	if s.DowntimeMs != 39.5 || s.HandoffMs != 3.5 || s.TotalMs != 3100 || s.StateBytes != 5150 || s.BytesPerStream != 515 || s.Forwarded != 15 {
+	if s.DowntimeMs != 39.5 || s.HandoffMs != 3.5 || s.TotalMs != 3100 || s.StateBytes != 5150 || s.BytesPerStream != 515 || s.Forwarded != 15 || s.Queued != 1.5 {
 		t.Errorf("streams: %+v", s)
 	}
 	if r.ExtraDowntimeMs != 4.5 || r.ExtraHandoffMs != 3 || !r.Met || r.AimMs != 5 {
@@ -82,7 +82,7 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"10 streams at 2000 msg/s vs no streams", "downtime ms", "vs no streams ms", "B/stream",
+	for _, want := range []string{"10 streams at 2000 msg/s vs no streams", "downtime ms", "vs no streams ms", "B/stream", "queued",
 		"+4.50", "515", "Streams add +4.50 ms of downtime (hand-off +3.00 ms); aim at most 5 ms more: met.", "failed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

@@ -88,7 +88,9 @@ func newTopology(key []byte) (t *topology, err error) {
 		t.nss = append(t.nss, x)
 	}
 	veth := func(i byte, x, y string, ax, ay string) error {
-		mac := func(end byte) net.HardwareAddr { return net.HardwareAddr{0x02, 0x77, byte(pid >> 8), byte(pid), i, end} }
+		mac := func(end byte) net.HardwareAddr {
+			return net.HardwareAddr{0x02, 0x77, byte(pid >> 8), byte(pid), i, end}
+		}
 		return netns.AddVeth(netns.Veth{
 			A: netns.VethEnd{NS: ns[x].Name, Name: netns.IfName(fmt.Sprintf("vm%c%c%d", x[0], y[0], pid)), MAC: mac(1), Addr: netip.MustParsePrefix(ax)},
 			B: netns.VethEnd{NS: ns[y].Name, Name: netns.IfName(fmt.Sprintf("vm%c%c%d", y[0], x[0], pid)), MAC: mac(2), Addr: netip.MustParsePrefix(ay)},
@@ -343,7 +345,9 @@ func runCase(ctx context.Context, cfg Config, t *topology, kernel, initramfs str
 			srcs = append(srcs, src)
 		}
 		for _, h := range []*host{t.a, t.b} {
-			if err := waitFor(ctx, "host "+h.name+" to see the peer's sinks", 2*time.Minute, func() bool { return h.listens(ctx, "10.74."+map[string]string{"a": "1", "b": "2"}[h.name]+".2:7078", fromCh) }); err != nil {
+			if err := waitFor(ctx, "host "+h.name+" to see the peer's sinks", 2*time.Minute, func() bool {
+				return h.listens(ctx, "10.74."+map[string]string{"a": "1", "b": "2"}[h.name]+".2:7078", fromCh)
+			}); err != nil {
 				return err
 			}
 		}
@@ -421,6 +425,9 @@ func runCase(ctx context.Context, cfg Config, t *topology, kernel, initramfs str
 			return fmt.Errorf("migration %d (%s -> %s): %w", i+1, from.name, to.name, err)
 		}
 		c.Migrations = append(c.Migrations, m)
+		if m.Streams != n {
+			c.Errors = append(c.Errors, fmt.Sprintf("migration %d moved %d streams, want %d (did a guest application exit?)", i+1, m.Streams, n))
+		}
 		sctx, scancel := context.WithTimeout(ctx, time.Minute)
 		vm.Shutdown(sctx) // as libvirt does: the source QEMU goes, freeing its port
 		scancel()
