@@ -87,6 +87,9 @@ type Case struct {
 	// ToVMRate is what the peer's sources emitted to the VM's sinks.
 	ToVMRate float64  `json:"to_vm_msgs_per_s,omitempty"`
 	Errors   []string `json:"errors,omitempty"`
+	// Stale says where a port whose VM had left still held frames
+	// (velocectl migrate would be refused); the bench recreated it.
+	Stale []string `json:"stale_ports,omitempty"`
 }
 
 // Report is a run's result.
@@ -264,6 +267,9 @@ func WriteTable(w io.Writer, r *Report) error {
 	for _, c := range []Case{r.Reference, r.Streams} {
 		for _, m := range c.Migrations {
 			fmt.Fprintf(w, "  %-10s %s->%s %-9s %6.0f / %6.2f / %6.0f  %6d B  %2d  %5d  %d\n", c.Name, m.From, m.To, m.Status, m.DowntimeMs, m.HandoffMs, m.TotalMs, m.StateBytes, m.Streams, m.Queued, m.Forwarded)
+		}
+		for _, e := range c.Stale {
+			fmt.Fprintf(w, "  %s: %s\n", c.Name, e)
 		}
 		for _, e := range c.Errors {
 			fmt.Fprintf(w, "  %s: %s\n", c.Name, e)
