@@ -262,6 +262,9 @@ func WriteTable(w io.Writer, r *Report) error {
 	if !r.Met {
 		verdict = "NOT met"
 	}
+	if r.Streams.Queued > 0 {
+		fmt.Fprintf(w, "The streams' state includes the sinks' undelivered messages (median %.0f, payload and all), moved with it.\n", r.Streams.Queued)
+	}
 	fmt.Fprintf(w, "Streams add %+.2f ms of downtime (hand-off %+.2f ms); aim at most %.0f ms more: %s.\n", r.ExtraDowntimeMs, r.ExtraHandoffMs, r.AimMs, verdict)
 	fmt.Fprintln(w, "\nEach migration (downtime / hand-off / total ms, state B, streams, queued, forwarded):")
 	for _, c := range []Case{r.Reference, r.Streams} {
