@@ -238,8 +238,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return nil
-			case now := <-tick.C:
-				d.rt.reapIdle(now.Add(-d.opts.SessionTimeout).UnixNano())
+			case <-tick.C:
+				d.rt.reapIdle(monoNow() - int64(d.opts.SessionTimeout))
 			}
 		}
 	})

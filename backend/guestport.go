@@ -121,7 +121,7 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		if s == nil {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
 		}
-		s.lastSeen.Store(now)
+		s.touch()
 		so := s.Source(m.ID)
 		switch {
 		case so == nil:
@@ -212,7 +212,7 @@ func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) 
 		if err != nil {
 			return errorResult(err)
 		}
-		s.lastSeen.Store(now)
+		s.touch()
 		p.setSession(s.ID, s)
 		return guestproto.Result{ID: s.ID}
 	}
@@ -220,7 +220,7 @@ func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) 
 	if s == nil {
 		return guestproto.Result{Status: guestproto.StatusNoSession, Message: []byte(fmt.Sprintf("session %d: not open from %s", m.Session, src))}
 	}
-	s.lastSeen.Store(now)
+	s.touch()
 	return runControl(s, m)
 }
 

@@ -320,7 +320,7 @@ func (c *hostClient) serve() {
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if s := c.sess.Load(); s != nil {
-					s.lastSeen.Store(time.Now().UnixNano())
+					s.touch()
 				}
 				continue
 			}
@@ -367,7 +367,7 @@ func (c *hostClient) handle(b, reply []byte) {
 	case s == nil || m.Session != s.ID:
 		res = guestproto.Result{Status: guestproto.StatusNoSession, Message: []byte(fmt.Sprintf("session %d: not this connection's", m.Session))}
 	default:
-		s.lastSeen.Store(time.Now().UnixNano())
+		s.touch()
 		res = runControl(s, &m)
 	}
 	if n, err := guestproto.PutReply(reply, m.Header, &res); err == nil {
@@ -415,7 +415,7 @@ func (c *hostClient) open() (*Session, error) {
 	c.drainDone = make(chan struct{})
 	c.apps.regions.Add(1)
 	c.opened.Store(true)
-	s.lastSeen.Store(time.Now().UnixNano())
+	s.touch()
 	c.sess.Store(s)
 	return s, nil
 }

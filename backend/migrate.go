@@ -835,7 +835,7 @@ func (h *inMove) forwarded(p *Port, session, sink uint32, source, seq uint64, pa
 //
 // +checklocks:h.mu
 func (h *inMove) enqueueLocked(p *Port, sk *Sink, source, seq uint64, payload []byte) {
-	if h.closed || len(h.backlog) == 0 && p.deliverOutbox(sk, source, seq, payload) {
+	if h.closed || sk.closed.Load() || len(h.backlog) == 0 && p.deliverOutbox(sk, source, seq, payload) {
 		return
 	}
 	if len(h.backlog) >= maxBacklog {
@@ -886,7 +886,10 @@ func (h *inMove) drain(p *Port) {
 		h.mu.Lock()
 		for len(h.backlog) > 0 {
 			m := &h.backlog[0]
-			if !p.deliverOutbox(m.sk, m.source, m.seq, m.payload) {
+			// A sink closed meanwhile (its guest gone, or moved on
+			// again) gets nothing: its frames would sit in the outbox
+			// as stale state that blocks the port's next import.
+			if !m.sk.closed.Load() && !p.deliverOutbox(m.sk, m.source, m.seq, m.payload) {
 				break
 			}
 			h.backlog[0] = heldMessage{}

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/veloce-io/veloce/internal/lifecycle"
 )
@@ -166,7 +167,7 @@ type Session struct {
 	closed bool // +checklocksignore
 	// sources is changed under rt.mu and read by the datapath.
 	sources cowMap[uint32, *Source]
-	// lastSeen is the unix nanosecond time of the session's last message.
+	// lastSeen is the monoNow time of the session's last message (touch).
 	lastSeen atomic.Int64
 }
 
@@ -218,6 +219,10 @@ type Sink struct {
 	key       chanKey
 	delivered atomic.Uint64
 	dropped   atomic.Uint64
+	// closed is set once the sink is closed (with its session or alone):
+	// what a migration still holds for it is dropped, not queued for a
+	// guest that no longer has it.
+	closed atomic.Bool
 }
 
 // OpenSession attaches an application living at ep, in the operator
@@ -372,6 +377,7 @@ func (s *Session) CloseSink(id uint32) error {
 
 // +checklocks:s.rt.mu
 func (s *Session) closeSinkLocked(sk *Sink) {
+	sk.closed.Store(true)
 	delete(s.sinks, sk.ID)
 	s.acct.release(limitSinks, 1)
 	s.rt.updateChannelLocked(sk.key, func(l []*Sink) []*Sink {
@@ -572,7 +578,18 @@ func (r *Runtime) closeSessions(ep endpoint) {
 	}
 }
 
-// reapIdle closes the sessions silent since before cutoff (unix ns): their
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is the time in nanoseconds on the monotonic clock: a session's
+// idleness must not follow steps of the wall clock (a guest's clock under
+// TCG, NTP), which once released a session 21 ms after it opened.
+func monoNow() int64 { return int64(time.Since(monoStart)) }
+
+// touch records that the session's application was heard from.
+func (s *Session) touch() { s.lastSeen.Store(monoNow()) }
+
+// reapIdle closes the sessions silent since before cutoff (monoNow): their
 // application died without closing them.
 func (r *Runtime) reapIdle(cutoff int64) {
 	r.mu.Lock()

@@ -119,7 +119,7 @@ func clone(b []byte) []byte {
 //
 // +checklocks:r.mu
 func (r *Runtime) exportSessionLocked(s *Session, out *migration.PortSnapshot, sinkIndex map[[2]uint32]int) {
-	out.Sessions = append(out.Sessions, migration.Session{ID: s.ID, Addr: s.Addr, LastSeen: s.lastSeen.Load()})
+	out.Sessions = append(out.Sessions, migration.Session{ID: s.ID, Addr: s.Addr, LastSeen: time.Now().UnixNano() - (monoNow() - s.lastSeen.Load())})
 	for _, st := range s.streams { // +checklocksignore: s.rt is r, locked
 		o := st.Options
 		out.Streams = append(out.Streams, migration.Stream{ID: st.ID, Session: s.ID, Datapath: st.Datapath, Warning: st.Warning,
@@ -272,13 +272,12 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 	}
 
 	// Everything checked: apply.
-	now := time.Now().UnixNano()
 	sessions := map[uint32]*Session{}
 	maxID := uint32(0)
 	for _, se := range s.Sessions {
 		x := &Session{ID: se.ID, rt: r, ep: p, Addr: se.Addr, Tenant: p.opts.Tenant, tenant: tid, acct: p.acct,
 			streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
-		x.lastSeen.Store(max(se.LastSeen, now)) // the guest was paused: not idle
+		x.touch() // the guest was paused: not idle
 		sessions[se.ID] = x
 		maxID = max(maxID, se.ID)
 		p.acct.takeLocked(limitSessions) // fits: cannot fail
