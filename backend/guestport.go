@@ -115,13 +115,14 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		p.malformed.Add(1)
 		return 0
 	}
-	now := time.Now().UnixNano()
+	t := time.Now() // one clock read: the wall time and the monotonic one
+	now := t.UnixNano()
 	if m.Type == guestproto.Emit {
 		s := p.session(m.Session, src)
 		if s == nil {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
 		}
-		s.touch()
+		s.lastSeen.Store(monoAt(t))
 		so := s.Source(m.ID)
 		switch {
 		case so == nil:

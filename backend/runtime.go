@@ -586,6 +586,9 @@ var monoStart = time.Now()
 // TCG, NTP), which once released a session 21 ms after it opened.
 func monoNow() int64 { return int64(time.Since(monoStart)) }
 
+// monoAt is t (read with time.Now) as monoNow would have said it.
+func monoAt(t time.Time) int64 { return int64(t.Sub(monoStart)) }
+
 // touch records that the session's application was heard from.
 func (s *Session) touch() { s.lastSeen.Store(monoNow()) }
 
