@@ -2,6 +2,7 @@ package backend
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/hmac"
@@ -115,6 +116,10 @@ const (
 	nonceLen     = 32
 	macLen       = sha256.Size
 	maxFrameBody = migration.MaxSnapshotSize + 1024
+	// maxIncoming bounds the migration connections served at once: before
+	// its MAC is checked a frame may make the daemon read (and hold) up to
+	// maxFrameBody, so unauthenticated callers must not multiply that.
+	maxIncoming = 4
 	// maxHeld bounds the messages a frozen port holds.
 	maxHeld = 1 << 16
 	// maxPending bounds the messages the destination's filter holds.
@@ -185,6 +190,7 @@ func (d *Daemon) startMigration(ctx context.Context) error {
 		go func() { <-ctx.Done(); ln.Close() }()
 		var wg sync.WaitGroup
 		defer wg.Wait()
+		slots := make(chan struct{}, maxIncoming)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -194,12 +200,21 @@ func (d *Daemon) startMigration(ctx context.Context) error {
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				d.mig.rejected.Add(1)
+				d.log.Warn("incoming migration refused: too many at once", "from", c.RemoteAddr().String(), "max", maxIncoming)
+				c.Close()
+				continue
+			}
 			d.mig.mu.Lock()
 			d.mig.conns[c] = true
 			d.mig.mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer func() { <-slots }()
 				defer func() {
 					c.Close()
 					d.mig.mu.Lock()
@@ -306,10 +321,20 @@ func (f *frameConn) read(deadline time.Time) (byte, []byte, error) {
 	if n > maxFrameBody {
 		return 0, nil, fmt.Errorf("frame of %d bytes: %w", n, migration.ErrTooLarge)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(f.r, body); err != nil {
+	if typ == frameHello && n != uint32(len(migMagic)+nonceLen) {
+		return 0, nil, fmt.Errorf("hello of %d bytes: %w", n, ErrUntrusted)
+	}
+	// The body grows as its bytes arrive: a caller that claims 64 MiB and
+	// sends little costs little (the MAC is checked only after it).
+	var buf bytes.Buffer
+	buf.Grow(int(min(n, 64<<10)))
+	if _, err := io.CopyN(&buf, f.r, int64(n)); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
 		return 0, nil, err
 	}
+	body := buf.Bytes()
 	if typ == frameHello {
 		return typ, body, nil
 	}

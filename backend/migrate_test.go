@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -368,4 +369,73 @@ func FuzzMigrationConn(f *testing.F) {
 			t.Fatalf("imported from a sender without the key")
 		}
 	})
+}
+
+// TestMigrationListenerBoundsStrangers: before any MAC is checked, a
+// caller gets little of the destination: a hello that claims 64 MiB is
+// refused at its header (nothing read or allocated for it), and more than
+// maxIncoming connections at once are turned away; a trusted hand-off
+// still goes through once they are gone.
+func TestMigrationListenerBoundsStrangers(t *testing.T) {
+	dst := migrationDaemon(t, testMigrationKey)
+	addr := dst.MigrationAddr().String()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h [5]byte
+	h[0] = frameHello
+	binary.LittleEndian.PutUint32(h[1:], maxFrameBody)
+	c.Write(h[:])
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, _ := io.Copy(io.Discard, c); n != 0 {
+		t.Errorf("the destination answered a 64 MiB hello with %d bytes", n)
+	}
+	c.Close()
+	migWait(t, "the oversize hello to be rejected", func() bool { return dst.mig.rejected.Load() == 1 })
+
+	// Silent strangers fill the slots; the next is closed at once.
+	var idle []net.Conn
+	for range maxIncoming {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	migWait(t, "the strangers to be served", func() bool {
+		dst.mig.mu.Lock()
+		defer dst.mig.mu.Unlock()
+		return len(dst.mig.conns) == maxIncoming
+	})
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil {
+		t.Error("a connection past maxIncoming was served")
+	}
+	extra.Close()
+	for _, c := range idle {
+		c.Close()
+	}
+	migWait(t, "the slots to be freed", func() bool {
+		dst.mig.mu.Lock()
+		defer dst.mig.mu.Unlock()
+		return len(dst.mig.conns) == 0
+	})
+
+	guest := netip.MustParseAddrPort("169.254.77.2:40000")
+	src := migrationDaemon(t, testMigrationKey)
+	ps := src.port("vm")
+	guestState(t, src.rt, ps, guestCaller(t, ps, guest), 1, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := src.MigrateOut(ctx, "vm", addr, ""); err != nil {
+		t.Fatalf("a trusted hand-off after the strangers: %v", err)
+	}
+	if _, err := src.MigrateAbort(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
 }

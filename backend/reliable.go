@@ -97,6 +97,10 @@ const (
 	// relIdle reclaims a receiver that heard nothing for that long and
 	// holds nothing.
 	relIdle = time.Minute
+	// relMaxReclaimed bounds the reclaimed receivers remembered (about
+	// 40 bytes each); past it a reclaimed source's next message is held
+	// as out of order, as before this table.
+	relMaxReclaimed = 1 << 16
 	// relMaxRecvPerPeer bounds the reliable sources one peer may open
 	// receivers for.
 	relMaxRecvPerPeer = 64
@@ -181,6 +185,11 @@ type reliable struct {
 	receivers cowMap[relKey, *relRecv]
 	// recvPerPeer counts receivers per peer.
 	recvPerPeer map[*peer]int // +checklocks:mu
+	// reclaimed keeps, for each receiver reclaimed while idle, the last
+	// sequence number it delivered: its sender's window goes on from there
+	// (it never learns of the reclaim), so a receiver created again for
+	// the source must too. A few bytes per source, dropped with the peer.
+	reclaimed map[relKey]uint64 // +checklocks:mu
 	// started wakes run when the first window or receiver appears: with
 	// none, the timers do not tick (an idle daemon stays idle).
 	started chan struct{}
@@ -194,7 +203,7 @@ func newReliable(rm *remote) *reliable {
 	if t <= 0 {
 		t = DefaultReliableTimeout
 	}
-	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, started: make(chan struct{}, 1)}
+	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, reclaimed: map[relKey]uint64{}, started: make(chan struct{}, 1)}
 }
 
 // info returns the counters.
@@ -443,6 +452,10 @@ func (rl *reliable) newReceiver(k relKey, channel uint32, dpi int) *relRecv {
 	rr := &relRecv{key: k, channel: channel, dpi: dpi}
 	rr.mu.Lock()
 	rr.head, rr.advertised = 1, relWindow
+	if cum, ok := rl.reclaimed[k]; ok { // the source's numbering goes on
+		rr.cum, rr.head = cum, cum+1
+		delete(rl.reclaimed, k)
+	}
 	rr.entries = make([]relEntry, relWindow)
 	rr.mem = make([]byte, relWindow*remoteSlotSize)
 	rr.mu.Unlock()
@@ -604,7 +617,11 @@ func (rl *reliable) tick(now int64) {
 		}
 		rl.mu.Unlock()
 	}
-	var idle []*relRecv
+	type reclaim struct {
+		rr  *relRecv
+		cum uint64
+	}
+	var idle []reclaim
 	for _, rr := range rl.receivers.All() {
 		rr.mu.Lock()
 		if rr.head <= rr.cum && rl.deliverLocked(rr) {
@@ -615,15 +632,18 @@ func (rl *reliable) tick(now int64) {
 			rl.sendAckLocked(rr, now)
 		}
 		if !holding && now-rr.lastData > int64(relIdle) {
-			idle = append(idle, rr)
+			idle = append(idle, reclaim{rr, rr.cum})
 		}
 		rr.mu.Unlock()
 	}
 	if len(idle) > 0 {
 		rl.mu.Lock()
-		for _, rr := range idle {
-			rl.receivers.Delete(rr.key)
-			rl.recvPerPeer[rr.key.peer]--
+		for _, x := range idle {
+			rl.receivers.Delete(x.rr.key)
+			rl.recvPerPeer[x.rr.key.peer]--
+			if len(rl.reclaimed) < relMaxReclaimed {
+				rl.reclaimed[x.rr.key] = x.cum
+			}
 		}
 		rl.mu.Unlock()
 	}
@@ -689,6 +709,11 @@ func (rl *reliable) peerRestarted(p *peer) {
 		}
 	}
 	delete(rl.recvPerPeer, p)
+	for k := range rl.reclaimed {
+		if k.peer == p {
+			delete(rl.reclaimed, k)
+		}
+	}
 	rl.mu.Unlock()
 	for k, rs := range rl.senders.All() {
 		if k.peer != p {

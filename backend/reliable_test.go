@@ -733,3 +733,58 @@ func TestHostAppReliableSourceBlocksOnSlowSink(t *testing.T) {
 		}
 	}
 }
+
+// TestReliableReceiverReclaimedWhileIdle: a receiver reclaimed after
+// relIdle of silence (its memory freed) is created again for the source's
+// next message and goes on from the source's numbering: the messages after
+// the pause are delivered, in order. Before, the new receiver started at 1,
+// took them for duplicates or held them for ever, and its acks kept the
+// source from ever failing.
+func TestReliableReceiverReclaimedWhileIdle(t *testing.T) {
+	testutil.Integration(t)
+	rtA, rtB, ctx, _ := reliablePair(t, loopbackPlugin(t), loopbackPlugin(t), 3*time.Second)
+	sink := &orderCheck{last: map[uint64]uint64{}}
+	sb := rtB.OpenSession(sink, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, rtA, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
+	src, _ := sa.CreateSource(sta.ID, 5)
+	payload := make([]byte, 64)
+	send := func(n int, want uint64) {
+		t.Helper()
+		for range n {
+			emitReliable(t, ctx, rtA, src, payload)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for sink.got.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := sink.got.Load(); got != want {
+			t.Fatalf("sink got %d, want %d (unreachable %v)", got, want, src.Unreachable())
+		}
+	}
+	send(600, 600)
+	// Age the receiver past relIdle, as a minute of silence would, and
+	// let the timers reclaim it.
+	rl := rtB.remote.rel
+	for _, rr := range rl.receivers.All() {
+		rr.mu.Lock()
+		rr.lastData -= int64(2 * relIdle)
+		rr.mu.Unlock()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for rl.receivers.Len() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := rl.receivers.Len(); n != 0 {
+		t.Fatalf("%d receivers left after relIdle", n)
+	}
+	send(10, 610)
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if len(sink.problems) != 0 {
+		t.Errorf("order: %v", sink.problems)
+	}
+}

@@ -58,13 +58,14 @@ func (a *Ack) check() error {
 	if a.N < 0 || a.N > MaxAckBlocks {
 		return ErrMalformed
 	}
-	prev := uint32(0) // offset 1 is never acknowledged selectively
+	prev := uint64(0) // offset 1 is never acknowledged selectively
 	for i := range a.N {
 		b := a.Blocks[i]
-		if b.First < prev+2 || b.Last < b.First {
+		// In 64 bits: prev+2 must not wrap past a block ending at 2^32-1.
+		if uint64(b.First) < prev+2 || b.Last < b.First {
 			return ErrMalformed
 		}
-		prev = b.Last
+		prev = uint64(b.Last)
 	}
 	return nil
 }

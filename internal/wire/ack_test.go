@@ -52,6 +52,12 @@ func TestParseAckRejects(t *testing.T) {
 	if n, err := a.Marshal(make([]byte, MaxAckLen)); n != 0 || err != ErrMalformed {
 		t.Fatalf("Marshal of a block at seq+1 = %d, %v", n, err)
 	}
+	// A block ending at the top of the offsets: the next must not pass
+	// by wrapping prev+2 to 1.
+	a = Ack{N: 2, Blocks: [MaxAckBlocks]AckBlock{{2, 0xffffffff}, {2, 3}}}
+	if err := a.check(); err != ErrMalformed {
+		t.Fatalf("blocks after one ending at 2^32-1: check = %v", err)
+	}
 	a = Ack{N: 1, Blocks: [MaxAckBlocks]AckBlock{{2, 3}}}
 	if n, err := a.Marshal(make([]byte, AckHeaderLen)); n != 0 || err != ErrShortBuffer {
 		t.Fatalf("Marshal into a short buffer = %d, %v", n, err)
