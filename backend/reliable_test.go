@@ -351,14 +351,7 @@ func TestReliableSlowSinkSlowsSource(t *testing.T) {
 func TestReliablePeerUnreachableFailsSource(t *testing.T) {
 	testutil.Integration(t)
 	rtA, rtB, ctx, stopB := reliablePair(t, loopbackPlugin(t), loopbackPlugin(t), 500*time.Millisecond)
-	check := &orderCheck{last: map[uint64]uint64{}}
-	sb := rtB.OpenSession(check, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
-	sb.CreateSink(stb.ID, 5)
-	waitChannel(t, ctx, rtA, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	check, src := reliableChannel(t, ctx, rtA, rtB)
 	payload := make([]byte, 100)
 	for range 100 {
 		emitReliable(t, ctx, rtA, src, payload)
@@ -488,14 +481,7 @@ func (reliableLink) CarriesReliable() bool { return true }
 func TestReliableDatapathCarriesReliableStreams(t *testing.T) {
 	testutil.Integration(t)
 	rtA, rtB, ctx, _ := reliablePair(t, reliableLink{loopbackPlugin(t)}, reliableLink{loopbackPlugin(t)}, 30*time.Second)
-	check := &orderCheck{last: map[uint64]uint64{}}
-	sb := rtB.OpenSession(check, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
-	sb.CreateSink(stb.ID, 5)
-	waitChannel(t, ctx, rtA, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	check, src := reliableChannel(t, ctx, rtA, rtB)
 	const count = 1000
 	payload := make([]byte, 64)
 	for i := range count {
@@ -593,14 +579,7 @@ func TestReliableStreamSurvivesPeerRestart(t *testing.T) {
 	dpB := loopbackPlugin(t)
 	addrB := dpB.LocalAddr()
 	rtA, rtB, ctx, stopB := reliablePair(t, loopbackPlugin(t), dpB, 30*time.Second)
-	check := &orderCheck{last: map[uint64]uint64{}}
-	sb := rtB.OpenSession(check, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
-	sb.CreateSink(stb.ID, 5)
-	waitChannel(t, ctx, rtA, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	check, src := reliableChannel(t, ctx, rtA, rtB)
 	payload := make([]byte, 100)
 	const first, second = 1000, 1000
 	for range first {
@@ -743,14 +722,7 @@ func TestHostAppReliableSourceBlocksOnSlowSink(t *testing.T) {
 func TestReliableReceiverReclaimedWhileIdle(t *testing.T) {
 	testutil.Integration(t)
 	rtA, rtB, ctx, _ := reliablePair(t, loopbackPlugin(t), loopbackPlugin(t), 3*time.Second)
-	sink := &orderCheck{last: map[uint64]uint64{}}
-	sb := rtB.OpenSession(sink, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
-	sb.CreateSink(stb.ID, 5)
-	waitChannel(t, ctx, rtA, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	sink, src := reliableChannel(t, ctx, rtA, rtB)
 	payload := make([]byte, 64)
 	send := func(n int, want uint64) {
 		t.Helper()
@@ -787,4 +759,22 @@ func TestReliableReceiverReclaimedWhileIdle(t *testing.T) {
 	if len(sink.problems) != 0 {
 		t.Errorf("order: %v", sink.problems)
 	}
+}
+
+// reliableChannel puts an order-checking sink on rtB's channel 5 and, once
+// rtA knows of it, a reliable source on rtA for that channel.
+func reliableChannel(t *testing.T, ctx context.Context, rtA, rtB *Runtime) (*orderCheck, *Source) {
+	t.Helper()
+	check := &orderCheck{last: map[uint64]uint64{}}
+	sb := rtB.OpenSession(check, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	sb.CreateSink(stb.ID, 5)
+	waitChannel(t, ctx, rtA, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
+	src, err := sa.CreateSource(sta.ID, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return check, src
 }
