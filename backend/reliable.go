@@ -71,6 +71,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/wire"
 )
 
@@ -219,25 +220,8 @@ func datapathReliable(dp Datapath) bool {
 }
 
 // ReliableInfo counts the work of reliable streams (acks,
-// retransmissions) on datagram datapaths.
-type ReliableInfo struct {
-	// Windows and Receivers are the reliable sources' windows toward
-	// peers and the receivers of peers' reliable sources.
-	Windows   int `json:"windows"`
-	Receivers int `json:"receivers"`
-	// Retransmits counts messages sent again; Duplicates, messages
-	// received again (or past the credit) and dropped.
-	Retransmits uint64 `json:"retransmits"`
-	Duplicates  uint64 `json:"duplicates"`
-	// WindowFull counts emits refused for a full window or no credit
-	// (back-pressure from the peer's sinks).
-	WindowFull uint64 `json:"window_full"`
-	// Unreachable counts windows failed for a silent peer.
-	Unreachable uint64 `json:"unreachable"`
-	// Overflow counts messages from peers' sources beyond the receivers
-	// one peer may have.
-	Overflow uint64 `json:"overflow"`
-}
+// retransmissions) on datagram datapaths, as velocectl remote shows it.
+type ReliableInfo = control.ReliableInfo
 
 // Unreachable reports whether the source failed: a peer with sinks for
 // it acknowledged nothing within the reliable timeout (reliable streams

@@ -9,8 +9,8 @@ import (
 const DatapathRDMA = "rdma"
 
 // RDMAStats are the RDMA datapath's counters, device and queue pairs:
-// DatapathInfo.Stats of a datapath named "rdma" (plugins/rdma's Stats has
-// the same JSON layout). Decode them with DecodeRDMAStats.
+// DatapathInfo.Stats of a datapath named "rdma" (plugins/rdma's Stats is
+// this type). Decode them with DecodeRDMAStats.
 type RDMAStats struct {
 	// Device is the RDMA device (rxe0, mlx5_0); Netdev its network
 	// interface, DevicePort its port, GIDIndex and GID the RoCE v2 GID

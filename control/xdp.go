@@ -9,8 +9,8 @@ import (
 const DatapathXDP = "xdp"
 
 // XDPStats are the AF_XDP datapath's mode and counters: DatapathInfo.Stats
-// of a datapath named "xdp" (plugins/xdp's Stats has the same JSON layout,
-// pinned by its TestStatsMatchControl). Decode them with DecodeXDPStats.
+// of a datapath named "xdp" (plugins/xdp's Stats is this type). Decode
+// them with DecodeXDPStats.
 type XDPStats struct {
 	// Interface and Queue are where the socket is bound.
 	Interface string `json:"interface"`

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/rdma"
 	"github.com/veloce-io/veloce/internal/wire"
 )
@@ -119,35 +120,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Stats are the plugin's counters, its device and its queue pairs (the
-// JSON layout control.RDMAStats decodes for velocectl remote).
-type Stats struct {
-	Device string `json:"device"`
-	// Netdev, DevicePort, GIDIndex, GID and MTU say where the device
-	// sends from: its network interface and port, the RoCE v2 GID table
-	// entry of the plugin's address, and the port's active MTU in bytes.
-	Netdev        string `json:"netdev"`
-	DevicePort    uint8  `json:"device_port"`
-	GIDIndex      int    `json:"gid_index"`
-	GID           string `json:"gid"`
-	MTU           int    `json:"mtu"`
-	Peers         int    `json:"peers"`
-	Connected     int    `json:"connected"`
-	TxMessages    uint64 `json:"tx_messages"`
-	TxFull        uint64 `json:"tx_full"`
-	TxErrors      uint64 `json:"tx_errors"`
-	RxMessages    uint64 `json:"rx_messages"`
-	RxErrors      uint64 `json:"rx_errors"`
-	RxUnknownQP   uint64 `json:"rx_unknown_qp"`
-	Connects      uint64 `json:"connects"`
-	Accepts       uint64 `json:"accepts"`
-	ConnectFailed uint64 `json:"connect_failed"`
-	QPFailures    uint64 `json:"qp_failures"`
-	Sleeps        uint64 `json:"sleeps"`
-	// QueuePairs has one entry per peer the plugin knows, sorted by
-	// address.
-	QueuePairs []QueuePairInfo `json:"queue_pairs"`
-}
+// Stats are the plugin's counters, its device and its queue pairs:
+// control.RDMAStats, which velocectl remote decodes. QueuePairs has one
+// entry per peer the plugin knows, sorted by address.
+type Stats = control.RDMAStats
 
 // Peer connection states in QueuePairInfo.State besides the QP states
 // (RESET, INIT, RTR, RTS, SQD, SQE, ERR).
@@ -158,21 +134,10 @@ const (
 	PeerFailed     = "failed"     // its queue pair failed; the next send reconnects
 )
 
-// QueuePairInfo is one peer's queue pair.
-type QueuePairInfo struct {
-	Peer string `json:"peer"`
-	// QPN is the local queue pair's number, PeerQPN the peer's; PSN and
-	// PeerPSN the first send packet sequence numbers each side chose.
-	// All zero without a queue pair.
-	QPN     uint32 `json:"qpn"`
-	PeerQPN uint32 `json:"peer_qpn"`
-	PSN     uint32 `json:"psn"`
-	PeerPSN uint32 `json:"peer_psn"`
-	// State is the queue pair's state as the device reports it (RTS
-	// when up), or one of PeerConnecting, PeerDown, PeerNoRDMA,
-	// PeerFailed.
-	State string `json:"state"`
-}
+// QueuePairInfo is the queue pair to one peer (control.RDMAQueuePair);
+// its State is the device's state (RTS when up) or one of PeerConnecting,
+// PeerDown, PeerNoRDMA, PeerFailed.
+type QueuePairInfo = control.RDMAQueuePair
 
 // conn is one RC queue pair to a peer.
 type conn struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"
 	"github.com/veloce-io/veloce/internal/wire"
@@ -132,47 +133,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Stats are the plugin's counters.
-type Stats struct {
-	Interface string `json:"interface"`
-	Queue     int    `json:"queue"`
-	// Mode is "copy" or "zero-copy"; Attach is "native" or "generic".
-	Mode   string `json:"mode"`
-	Attach string `json:"attach"`
-	// BusyPoll says whether busy polling is on.
-	BusyPoll bool `json:"busy_poll"`
-	// Datagrams and bytes (wire datagrams, without frame headers).
-	RxPackets uint64 `json:"rx_packets"`
-	RxBytes   uint64 `json:"rx_bytes"`
-	TxPackets uint64 `json:"tx_packets"`
-	TxBytes   uint64 `json:"tx_bytes"`
-	// Dropped are frames the socket received that were not wire
-	// datagrams, by reason (checksum, malformed, other-port...).
-	Dropped map[string]uint64 `json:"dropped,omitempty"`
-	// RxTruncated are datagrams cut to the caller's buffer (RecvBatch).
-	RxTruncated uint64 `json:"rx_truncated"`
-	// The kernel's counters (XDP_STATISTICS): frames dropped for want of
-	// room in the RX ring (RxRingFull) or of a buffer on the fill ring
-	// (FillRingEmpty), other drops, invalid descriptors.
-	KernelDropped uint64 `json:"kernel_dropped"`
-	RxRingFull    uint64 `json:"rx_ring_full"`
-	FillRingEmpty uint64 `json:"fill_ring_empty"`
-	RxInvalid     uint64 `json:"rx_invalid"`
-	TxInvalid     uint64 `json:"tx_invalid"`
-	// TxFull counts SendBatch calls that stopped because no transmit
-	// frame or TX ring entry was free.
-	TxFull uint64 `json:"tx_full"`
-	// TooLong and Unresolved count packets SendBatch refused.
-	TooLong    uint64 `json:"too_long"`
-	Unresolved uint64 `json:"unresolved"`
-	// Solicits counts neighbour resolutions asked of the kernel.
-	Solicits uint64 `json:"solicits"`
-	// Sleeps counts Poll's sleeps in poll(2); Kicks the sendto(2) calls
-	// that made the kernel send.
-	Sleeps     uint64 `json:"sleeps"`
-	Kicks      uint64 `json:"kicks"`
-	Neighbours int    `json:"neighbours"`
-}
+// Stats are the plugin's counters: control.XDPStats, which velocectl
+// remote decodes.
+type Stats = control.XDPStats
 
 // Plugin is an AF_XDP socket on one interface queue carrying wire
 // datagrams. It implements the runtime's Datapath, Poller, Reacher and
