@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/internal/testutil"
@@ -35,40 +34,11 @@ func openXDP(t *testing.T, ns *testutil.Netns, iface string, opts xdpplug.Option
 	}
 	t.Cleanup(func() {
 		p.Close()
-		if xdpAttached(t, ns, iface) {
+		if ns.XDPAttached(t, iface) {
 			t.Errorf("an XDP program is left on %s after Close", iface)
 		}
 	})
 	return p
-}
-
-// nlHandle is a netlink handle inside ns.
-func nlHandle(t *testing.T, ns *testutil.Netns) *netlink.Handle {
-	t.Helper()
-	n, err := vnetns.GetFromName(ns.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	h, err := netlink.NewHandleAt(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// xdpAttached reports whether iface in ns has an XDP program (netlink's
-// IFLA_XDP, what `ip link` shows as "xdp").
-func xdpAttached(t *testing.T, ns *testutil.Netns, iface string) bool {
-	t.Helper()
-	h := nlHandle(t, ns)
-	defer h.Close()
-	l, err := h.LinkByName(iface)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := l.Attrs().Xdp
-	return x != nil && (x.Attached || x.ProgId != 0)
 }
 
 // orderSnapshot is what an orderCheck found so far.
@@ -232,7 +202,7 @@ func TestXDPKernelAnswersPingAndARPDuringStream(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		duringPing[0] = bg.got.Load()
-		h := nlHandle(t, b)
+		h := b.Netlink(t)
 		if l, err := h.LinkByName(vb); err == nil {
 			ns, _ := h.NeighList(l.Attrs().Index, unix.AF_INET)
 			for i := range ns {
@@ -281,7 +251,7 @@ func TestXDPKernelAnswersPingAndARPDuringStream(t *testing.T) {
 	if !strings.Contains(out, " 0% packet loss") && !strings.Contains(out, " 20% packet loss") {
 		t.Errorf("ping to the XDP interface's address during the stream:\n%s", out)
 	}
-	h := nlHandle(t, b)
+	h := b.Netlink(t)
 	defer h.Close()
 	l, _ := h.LinkByName(vb)
 	ns, _ := h.NeighList(l.Attrs().Index, unix.AF_INET)
@@ -312,7 +282,7 @@ func TestXDPInteropsWithKernelUDPAndDPDK(t *testing.T) {
 	va, swa := testutil.BareVeth(t, a, sw)
 	vb, swb := testutil.BareVeth(t, b, sw)
 	vc, swc := testutil.BareVeth(t, c, sw)
-	h := nlHandle(t, sw)
+	h := sw.Netlink(t)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err := h.LinkAdd(br); err != nil {
 		t.Fatal(err)

@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-
 	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/testutil"
@@ -69,35 +66,6 @@ func TestXDPFlagErrors(t *testing.T) {
 	}
 }
 
-// netlinkIn is a netlink handle in ns.
-func netlinkIn(t *testing.T, ns *testutil.Netns) *netlink.Handle {
-	t.Helper()
-	n, err := vnetns.GetFromName(ns.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	h, err := netlink.NewHandleAt(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// xdpProgramOn reports whether iface in ns has an XDP program attached, as
-// `ip link` reports it (IFLA_XDP).
-func xdpProgramOn(t *testing.T, ns *testutil.Netns, iface string) bool {
-	t.Helper()
-	h := netlinkIn(t, ns)
-	defer h.Close()
-	l, err := h.LinkByName(iface)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := l.Attrs().Xdp
-	return x != nil && (x.Attached || x.ProgId != 0)
-}
-
 // TestXDPCannotAttachFallsBackToUDP: where the AF_XDP datapath cannot come
 // up — another XDP program holds the interface, the driver has no
 // zero-copy, the interface does not exist — veloced logs why and keeps
@@ -109,7 +77,7 @@ func TestXDPCannotAttachFallsBackToUDP(t *testing.T) {
 	testutil.Veth(t, a, "10.94.0.1/24", b, "10.94.0.2/24")
 	va := ""
 	{
-		h := netlinkIn(t, a)
+		h := a.Netlink(t)
 		links, _ := h.LinkList()
 		h.Close()
 		for _, l := range links {
@@ -181,12 +149,12 @@ func TestXDPCannotAttachFallsBackToUDP(t *testing.T) {
 			}
 			s.Close()
 			stop()
-			if on := xdpProgramOn(t, a, va); on != tc.after {
+			if on := a.XDPAttached(t, va); on != tc.after {
 				t.Errorf("after veloced stopped, XDP program on %s: %v, want %v", va, on, tc.after)
 			}
 		})
 	}
-	if xdpProgramOn(t, a, va) {
+	if a.XDPAttached(t, va) {
 		t.Errorf("an XDP program is left on %s", va)
 	}
 }
@@ -257,7 +225,7 @@ func TestTwoXDPDaemons(t *testing.T) {
 		ns    *testutil.Netns
 		iface string
 	}{{a, va}, {b, vb}} {
-		if !xdpProgramOn(t, c.ns, c.iface) {
+		if !c.ns.XDPAttached(t, c.iface) {
 			t.Fatalf("no XDP program on %s while veloced runs", c.iface)
 		}
 	}
@@ -362,7 +330,7 @@ func TestTwoXDPDaemons(t *testing.T) {
 		if ps := c.d.cmd.ProcessState; ps == nil || !ps.Success() {
 			t.Errorf("veloced exited with %v after SIGTERM", ps)
 		}
-		if xdpProgramOn(t, c.ns, c.iface) {
+		if c.ns.XDPAttached(t, c.iface) {
 			t.Errorf("XDP program left on %s after SIGTERM", c.iface)
 		}
 		log, _ := os.ReadFile(c.d.log)

@@ -55,12 +55,12 @@ func IfName(name string) string { return name[:min(len(name), unix.IFNAMSIZ-1)] 
 // and, when both have an address, adds a permanent neighbour entry on
 // each end for the other. On error the pair is removed again.
 func AddVeth(v Veth) (err error) {
-	ha, err := handle(v.A.NS)
+	ha, err := Handle(v.A.NS)
 	if err != nil {
 		return err
 	}
 	defer ha.Close()
-	hb, err := handle(v.B.NS)
+	hb, err := Handle(v.B.NS)
 	if err != nil {
 		return err
 	}
@@ -167,7 +167,7 @@ func waitRunning(h *netlink.Handle, end VethEnd) error {
 
 // AddAddr gives dev in namespace ns the IPv4 (or IPv6) address addr.
 func AddAddr(ns, dev string, addr netip.Prefix) error {
-	h, err := handle(ns)
+	h, err := Handle(ns)
 	if err != nil {
 		return err
 	}
@@ -221,8 +221,8 @@ func txChecksum(ns, dev string) (on bool, err error) {
 	return on, err
 }
 
-// handle is a netlink handle inside namespace ns; the caller closes it.
-func handle(ns string) (*netlink.Handle, error) {
+// Handle is a netlink handle inside namespace ns; the caller closes it.
+func Handle(ns string) (*netlink.Handle, error) {
 	n, err := vnetns.GetFromName(ns)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", ns, err)
@@ -233,4 +233,20 @@ func handle(ns string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("open netlink in netns %s: %w", ns, err)
 	}
 	return h, nil
+}
+
+// XDPAttached reports whether dev in namespace ns has an XDP program
+// attached (netlink's IFLA_XDP, what `ip link` shows as "xdp").
+func XDPAttached(ns, dev string) (bool, error) {
+	h, err := Handle(ns)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return false, fmt.Errorf("netns %s: %s: %w", ns, dev, err)
+	}
+	x := l.Attrs().Xdp
+	return x != nil && (x.Attached || x.ProgId != 0), nil
 }

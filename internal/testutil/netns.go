@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/veloce-io/veloce/internal/netns"
 )
 
@@ -104,4 +106,24 @@ func Run(t testing.TB, name string, args ...string) {
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
+}
+
+// Netlink is a netlink handle inside n; the caller closes it.
+func (n *Netns) Netlink(t testing.TB) *netlink.Handle {
+	t.Helper()
+	h, err := netns.Handle(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// XDPAttached reports whether dev in n has an XDP program attached.
+func (n *Netns) XDPAttached(t testing.TB, dev string) bool {
+	t.Helper()
+	on, err := netns.XDPAttached(n.Name, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return on
 }
