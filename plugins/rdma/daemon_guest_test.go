@@ -297,29 +297,43 @@ func TestGuestDaemonsRDMAAndUDP(t *testing.T) {
 	waitChannel(t, a, peerB, daemonChannel)
 	waitChannel(t, a, peerC, daemonChannel)
 	before, _, _ := a.rdmaStats(context.Background())
+	bBefore, _, _ := b.rdmaStats(context.Background())
 	// Each source sends a tail of extra messages: a source that exits
 	// right after its last Emit closes its session with messages still on
 	// its TX ring, which its daemon may not have taken yet.
 	tail := func(n int) string { return fmt.Sprint(n + max(n/10, 100)) }
-	// Best effort: b's leg is RC, which loses nothing; c's is kernel UDP
-	// inside a TCG guest on a loaded host, which loses datagrams when the
-	// guest stalls (350 of 5,000 in one CI run), so c's sink is held to
-	// order and to a bounded loss, b's to every message.
+	// Best effort: b's leg is RC, which loses nothing on the wire: every
+	// message a's queue pair sent, b's received. c's is kernel UDP inside
+	// a TCG guest on a loaded host, which loses datagrams when the guest
+	// stalls (350 of 5,000 in one CI run). Both sinks are held to order
+	// and to a bounded loss: a best-effort sink whose application starves
+	// drops what its RX pool cannot hold (175 of 5,000 on b in one CI
+	// run, with nothing lost by RC), which the RC check below tells apart.
 	src := startApp(t, a, "source", "--accel", "--channel", fmt.Sprint(daemonChannel), "--count", tail(n), "--size", "64", "--rate", "1000")
 	ss := src.wait(t, "source on a")
 	if ss.Datapath != "rdma" || ss.Warning != "" {
 		t.Errorf("a's accelerated stream: datapath %q warning %q, want rdma and none", ss.Datapath, ss.Warning)
 	}
-	sb, sc := sinkB.wait(t, "sink on b"), sinkC.wait(t, "sink on c", true)
+	sb, sc := sinkB.wait(t, "sink on b", true), sinkC.wait(t, "sink on c", true)
 	after, info, _ := a.rdmaStats(context.Background())
+	bAfter, _, _ := b.rdmaStats(context.Background()) // after a's: b has had every datagram a counted
 	if sc.Gaps != 0 {
 		t.Logf("c's sink (kernel UDP, best effort): %d of %d lost", sc.Gaps, n)
 	}
-	if sb.Messages != uint64(n) || sb.Gaps != 0 || sb.OutOfOrder != 0 || sc.Messages != uint64(n) || sc.Gaps > uint64(n/4) || sc.OutOfOrder != 0 {
+	if sb.Gaps != 0 {
+		t.Logf("b's sink (best effort): %d of %d dropped at the sink; RC carried them (see below)", sb.Gaps, n)
+	}
+	if sb.Messages != uint64(n) || sb.Gaps > uint64(n/4) || sb.OutOfOrder != 0 || sc.Messages != uint64(n) || sc.Gaps > uint64(n/4) || sc.OutOfOrder != 0 {
 		t.Errorf("sinks: b %+v, c %+v; want %d each, in order (a dropped %d)", sb, sc, n, info.Dropped)
 	}
-	if sent := after.TxMessages - before.TxMessages; sent < uint64(n) {
+	sent, got := after.TxMessages-before.TxMessages, bAfter.RxMessages-bBefore.RxMessages
+	if sent < uint64(n) {
 		t.Errorf("a's RDMA datapath sent %d messages, want at least %d (the stream to b)", sent, n)
+	}
+	// The slack is for a directory datagram in flight between the two
+	// reads; a loss on the queue pair would show as hundreds.
+	if got+4 < sent {
+		t.Errorf("RC lost messages: a's queue pair to b sent %d, b's datapath received %d", sent, got)
 	}
 	for _, dp := range info.Datapaths {
 		if dp.Name == "rdma" && (len(dp.Peers) != 1 || dp.Peers[0] != peerB) {
