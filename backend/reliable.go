@@ -251,6 +251,15 @@ func (rl *reliable) sender(src *Source, p *peer, dpi int) *relSend {
 	return rs
 }
 
+// room reports whether src's window toward p has room for a message
+// (or has failed).
+func (rl *reliable) room(src *Source, p *peer, dpi int) bool {
+	rs := rl.sender(src, p, dpi)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.failed || (rs.next-rs.base < relWindow && rs.next <= rs.credit)
+}
+
 // emit queues a reliable message for p: it is emit's per-peer step for a
 // reliable source on a datapath that is not reliable itself. It reports
 // false when the window or the credit is exhausted, the source failed, or

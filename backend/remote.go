@@ -361,10 +361,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 	}
 	want := src.Stream.dpIndex
 	for _, p := range rm.peers.Load().list {
-		if len(p.via) == 0 {
-			continue
-		}
-		if _, ok := slices.BinarySearch(*p.channels.Load(), src.Channel); !ok {
+		if !p.wants(src.Channel) {
 			continue
 		}
 		dpi := rm.route(p, want)
@@ -404,6 +401,34 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		}
 	}
 	return queued, full
+}
+
+// wants reports whether p can be reached and has sinks on channel.
+func (p *peer) wants(channel uint32) bool {
+	if len(p.via) == 0 {
+		return false
+	}
+	_, ok := slices.BinarySearch(*p.channels.Load(), channel)
+	return ok
+}
+
+// reliableRoom reports whether every peer a reliable source's message
+// would go to through the runtime's windows has room for it (a failed
+// window counts as room: emit refuses it and the source's failure
+// ends the wait). A message must go to all of them or to none: one that
+// a peer with a full window missed while another took it would be lost
+// for that peer, since the source is not asked to emit it again.
+func (rm *remote) reliableRoom(src *Source) bool {
+	want := src.Stream.dpIndex
+	for _, p := range rm.peers.Load().list {
+		if !p.wants(src.Channel) {
+			continue
+		}
+		if dpi := rm.route(p, want); !rm.dps[dpi].reliable && !rm.rel.room(src, p, dpi) {
+			return false
+		}
+	}
+	return true
 }
 
 // channelsChanged is called (under rt.mu) when local sinks came or went.

@@ -456,6 +456,15 @@ func (r *Runtime) Emit(src *Source, payload []byte) int {
 // emit is Emit, also reporting how many destinations took the message
 // (local sinks, peers' send queues) and how many found their pool full.
 func (r *Runtime) emit(src *Source, payload []byte) (taken, full int) {
+	if src.Stream.Options.Reliable && r.remote != nil && src.remote && !r.remote.reliableRoom(src) {
+		// All or nothing: no destination takes a reliable message some
+		// peer's window has no room for (the source is refused and
+		// emits it again), and it uses no sequence number.
+		src.emitted.Add(1)
+		src.full.Add(1)
+		r.remote.rel.refused.Add(1)
+		return 0, 1
+	}
 	seq := src.seq.Add(1)
 	src.emitted.Add(1)
 	if r.remote != nil && src.remote {

@@ -60,6 +60,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/shm"
 )
@@ -234,8 +236,31 @@ func dial(o *Options) (conn, string, error) {
 		}
 		return nil, o.Service.String(), err
 	}
-	c.SetReadBuffer(4 << 20)
+	setReceiveBuffer(c, receiveBuffer)
 	return c, o.Service.String(), nil
+}
+
+// receiveBuffer is the socket receive buffer a session asks for: a
+// stream's messages arrive in bursts (a VM's vCPU descheduled, a
+// migration's switchover), and what does not fit is lost in the guest's
+// kernel (Udp RcvbufErrors).
+const receiveBuffer = 4 << 20
+
+// setReceiveBuffer sets c's receive buffer to n bytes: past the
+// kernel's net.core.rmem_max where the process may (SO_RCVBUFFORCE, root
+// or CAP_NET_ADMIN), else up to rmem_max (SO_RCVBUF, which the kernel
+// caps silently: 208 KiB by default, so raise net.core.rmem_max for
+// unprivileged applications that take bursts).
+func setReceiveBuffer(c *net.UDPConn, n int) {
+	if rc, err := c.SyscallConn(); err == nil {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		}); err == nil && serr == nil {
+			return
+		}
+	}
+	c.SetReadBuffer(n)
 }
 
 // vmHint is what to check when the service address does not answer.

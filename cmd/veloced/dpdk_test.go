@@ -22,11 +22,13 @@ import (
 // a DPDK port (net_af_packet) on its end of a veth that has no kernel
 // address, and host applications (veloce-perf over the daemons' app
 // sockets) streaming 200,000 messages between them on an accelerated
-// stream: every one arrives, in order; velocectl remote shows the DPDK
-// datapath carrying them. (The million-message test runs two runtimes in
-// one process: backend.TestDPDKDaemonsExchangeMillionMessages. Here two
+// reliable stream: every one arrives, in order; velocectl remote shows the
+// DPDK datapath carrying them. (The million-message test runs two runtimes
+// in one process: backend.TestDPDKDaemonsExchangeMillionMessages. Here two
 // busy-polling daemons and two applications share two cores, so the
-// source is paced.)
+// source is paced, and the stream is reliable: a best-effort sink whose
+// application is starved drops what its pool cannot hold — 21 of 200,000
+// in one loaded run — which is the guarantee best effort gives.)
 func TestTwoDPDKDaemons(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.Require(t, dpdk.Available(), "needs DPDK: build with -tags dpdk and cgo")
@@ -83,7 +85,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 	const count = "200000"
 	// Each application runs in its daemon's namespace, as on a real host:
 	// the client's abstract unix address belongs to the network namespace.
-	sink := exec.CommandContext(ctx, "ip", "netns", "exec", b.Name, perf, "sink", "--socket", appB, "--accel", "--channel", "4", "--count", count, "--timeout", "60s")
+	sink := exec.CommandContext(ctx, "ip", "netns", "exec", b.Name, perf, "sink", "--socket", appB, "--accel", "--reliable", "--channel", "4", "--count", count, "--timeout", "60s")
 	sinkOut, _ := sink.StdoutPipe()
 	sink.Stderr = os.Stderr
 	if err := sink.Start(); err != nil {
@@ -105,7 +107,7 @@ func TestTwoDPDKDaemons(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	source := exec.CommandContext(ctx, "ip", "netns", "exec", a.Name, perf, "source", "--socket", appA, "--accel", "--channel", "4", "--count", count,
+	source := exec.CommandContext(ctx, "ip", "netns", "exec", a.Name, perf, "source", "--socket", appA, "--accel", "--reliable", "--channel", "4", "--count", count,
 		"--size", "64", "--rate", "20000")
 	if out, err := source.CombinedOutput(); err != nil {
 		t.Fatalf("source: %v\n%s", err, out)
@@ -149,9 +151,10 @@ func TestTwoDPDKDaemons(t *testing.T) {
 		if c.role == "received" {
 			n = info.Received
 		}
-		if n != 200000 {
-			t.Errorf("daemon %s %d messages, want 200000: %+v", c.role, n, info)
+		if n < 200000 { // with acks and any retransmissions
+			t.Errorf("daemon %s %d messages, want at least 200000: %+v", c.role, n, info)
 		}
+		t.Logf("daemon %s %d datagrams; reliable %+v", c.role, n, info.Reliable)
 		stats, _ := json.Marshal(info.Datapaths[0].Stats)
 		if !strings.Contains(string(stats), "tx_datagrams") {
 			t.Errorf("no DPDK counters in velocectl remote: %s", stats)
