@@ -163,6 +163,9 @@ func (d *Daemon) Ports() []PortInfo {
 }
 
 // Streams returns the runtime's streams.
+// Remote returns the datapaths to other hosts and the peers (Runtime.Remote).
+func (d *Daemon) Remote() RemoteInfo { return d.rt.Remote() }
+
 func (d *Daemon) Streams() []StreamInfo {
 	s := d.rt.Streams()
 	if s == nil {

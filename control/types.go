@@ -1,7 +1,5 @@
 package control
 
-import "strconv"
-
 // DefaultSocket is where veloced listens for velocectl.
 const DefaultSocket = "/run/veloce/control.sock"
 
@@ -259,18 +257,6 @@ type TSNClassInfo struct {
 	Sent uint64 `json:"sent"`
 	// Waits counts the times the sender slept until its gate opened.
 	Waits uint64 `json:"waits"`
-}
-
-// String is a one-line summary for velocectl's table.
-func (in *TSNInfo) String() string {
-	if in == nil {
-		return "-"
-	}
-	s := "gates " + in.Gates
-	for _, c := range in.Classes {
-		s += " tc" + strconv.Itoa(c.Class) + " held " + strconv.Itoa(c.Held) + " sent " + strconv.FormatUint(c.Sent, 10)
-	}
-	return s
 }
 
 // PeerInfo describes a peer daemon.
