@@ -221,11 +221,22 @@ func runCase(ctx context.Context, cfg Config, bulk bool, sched, plan *tsn.Schedu
 		return Row{}, err
 	}
 	defer sb.Close()
+	// The bulk application is another process's session: it does not
+	// share the time-sensitive one's TX slots.
+	sbulk, err := session("a")
+	if err != nil {
+		return Row{}, err
+	}
+	defer sbulk.Close()
+	// The applications' goroutines stop before their sessions close.
+	actx, acancel := context.WithCancel(rctx)
+	var apps sync.WaitGroup
+	defer func() { acancel(); apps.Wait() }()
 	tsA, err := sa.CreateStream(rctx, guestlib.StreamOptions{TimeSensitive: true})
 	if err != nil {
 		return Row{}, err
 	}
-	bulkA, err := sa.CreateStream(rctx, guestlib.StreamOptions{})
+	bulkA, err := sbulk.CreateStream(rctx, guestlib.StreamOptions{})
 	if err != nil {
 		return Row{}, err
 	}
@@ -255,11 +266,11 @@ func runCase(ctx context.Context, cfg Config, bulk bool, sched, plan *tsn.Schedu
 	var latMu sync.Mutex
 	var measuring atomic.Bool
 	var bulkGot atomic.Uint64
-	wg.Add(2)
+	apps.Add(2)
 	go func() {
-		defer wg.Done()
+		defer apps.Done()
 		for {
-			m, err := tsSink.Consume(rctx)
+			m, err := tsSink.Consume(actx)
 			if err != nil {
 				return
 			}
@@ -274,9 +285,9 @@ func runCase(ctx context.Context, cfg Config, bulk bool, sched, plan *tsn.Schedu
 		}
 	}()
 	go func() {
-		defer wg.Done()
+		defer apps.Done()
 		for {
-			m, err := bulkSink.Consume(rctx)
+			m, err := bulkSink.Consume(actx)
 			if err != nil {
 				return
 			}
@@ -285,7 +296,7 @@ func runCase(ctx context.Context, cfg Config, bulk bool, sched, plan *tsn.Schedu
 		}
 	}()
 	emit := func(src *guestlib.Source) error {
-		buf, err := src.GetBufferContext(rctx, cfg.Size)
+		buf, err := src.GetBufferContext(actx, cfg.Size)
 		if err != nil {
 			return err
 		}
@@ -306,10 +317,10 @@ func runCase(ctx context.Context, cfg Config, bulk bool, sched, plan *tsn.Schedu
 		}
 	}
 	if bulk {
-		wg.Add(1)
+		apps.Add(1)
 		go func() {
-			defer wg.Done()
-			for rctx.Err() == nil {
+			defer apps.Done()
+			for actx.Err() == nil {
 				if emit(bulkSrc) != nil {
 					return
 				}
