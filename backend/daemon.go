@@ -163,6 +163,9 @@ func (d *Daemon) Ports() []PortInfo {
 }
 
 // Streams returns the runtime's streams.
+// Remote returns the datapaths to other hosts and the peers (Runtime.Remote).
+func (d *Daemon) Remote() RemoteInfo { return d.rt.Remote() }
+
 func (d *Daemon) Streams() []StreamInfo {
 	s := d.rt.Streams()
 	if s == nil {
@@ -289,7 +292,7 @@ func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
 	out := make([]control.StreamInfo, len(in))
 	for i, st := range in {
 		out[i] = control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
-			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, Warning: st.Warning,
+			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, TrafficClass: st.TrafficClass, Warning: st.Warning,
 			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: make([]control.SinkInfo, len(st.Sinks)),
 			SessionRemote: st.SessionRemote, Tenant: st.Tenant}
 		for j, so := range st.Sources {

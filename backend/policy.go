@@ -68,11 +68,13 @@ func (DefaultPolicy) Choose(opts StreamOptions, available []string) (string, str
 // Policy chose. Acceleration and Frugal are the policy's own choice (its
 // warning covers them); Reliable is carried by the runtime's
 // acknowledgements (reliable.go) on every datagram datapath and by RC on
-// RDMA; TimeSensitive has no gate schedule yet. When a datapath starts
-// honouring an option, change this function and its test.
-func unhonoured(opts StreamOptions, datapath string) string {
-	if opts.TimeSensitive {
-		return "time-sensitive scheduling (802.1Qbv gate schedule) is not implemented on " + datapath + " yet: the stream is sent FIFO"
+// RDMA; TimeSensitive is honoured when the daemon has a gate schedule
+// (scheduled: RemoteOptions.Schedule; the runtime's TX scheduler gates
+// every datapath, txsched.go). When a datapath starts honouring an option,
+// change this function and its test.
+func unhonoured(opts StreamOptions, datapath string, scheduled bool) string {
+	if opts.TimeSensitive && !scheduled {
+		return "time-sensitive scheduling needs an 802.1Qbv gate schedule (veloced --tsn-schedule), and this daemon has none: the stream is sent FIFO on " + datapath
 	}
 	return ""
 }

@@ -46,7 +46,7 @@ func TestNoOptionIgnoredSilently(t *testing.T) {
 		{"best effort", StreamOptions{}, nil},
 		{"reliable is honoured", StreamOptions{Reliable: true}, nil},
 		{"frugal alone is honoured", StreamOptions{Frugal: true}, nil},
-		{"time-sensitive is not yet", StreamOptions{TimeSensitive: true}, []string{"802.1Qbv", "FIFO"}},
+		{"time-sensitive without a schedule", StreamOptions{TimeSensitive: true}, []string{"802.1Qbv", "--tsn-schedule", "FIFO"}},
 		{"both warnings", StreamOptions{Acceleration: true, TimeSensitive: true}, []string{"no accelerated datapath", "; ", "802.1Qbv"}},
 	} {
 		st, err := s.CreateStream(tc.opts)

@@ -293,16 +293,16 @@ func (rl *reliable) emit(src *Source, p *peer, dpi int, payload []byte) bool {
 	copy(rs.mem[int(i)*remoteSlotSize:], buf[:n])
 	rs.entries[i] = relEntry{n: n, tries: 1, sent: time.Now().UnixNano(), seq: seq}
 	rs.next++
-	rm.queue(dpi, id, n, p) // under mu: the window's order is the ring's
+	rm.queue(dpi, id, n, p, h.Class) // under mu: the window's order is the ring's
 	return true
 }
 
-// queue puts slot id, a datagram of n bytes for p, on datapath dpi's
-// ready queue and wakes its sender.
-func (rm *remote) queue(dpi int, id uint32, n int, p *peer) {
+// queue puts slot id, a datagram of n bytes for p of class c, on
+// datapath dpi's queue for its traffic class and wakes its sender.
+func (rm *remote) queue(dpi int, id uint32, n int, p *peer, c wire.Class) {
 	*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: p}
 	st := rm.dps[dpi]
-	st.ready.PushWait(id)
+	st.queueFor(c).PushWait(id)
 	if st.poller != nil {
 		st.poller.Wake()
 		return
@@ -337,7 +337,7 @@ func (rl *reliable) retransmitLocked(rs *relSend, i uint64, now int64) {
 	e.tries++
 	e.sent = now
 	rl.retransmits.Add(1)
-	rm.queue(rs.dpi, id, n, rs.p)
+	rm.queue(rs.dpi, id, n, rs.p, h.Class)
 }
 
 // ack takes an ack from peer p.
@@ -541,7 +541,7 @@ func (rl *reliable) sendAckLocked(rr *relRecv, now int64) {
 		rm.slots.Put(id)
 		return
 	}
-	rm.queue(rr.dpi, id, n, rr.key.peer)
+	rm.queue(rr.dpi, id, n, rr.key.peer, wire.ClassReliable) // acks are bulk
 }
 
 // flushAcks sends the acks a received batch owes.

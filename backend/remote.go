@@ -16,6 +16,7 @@ import (
 
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
+	"github.com/veloce-io/veloce/internal/tsn"
 	"github.com/veloce-io/veloce/internal/wire"
 )
 
@@ -104,6 +105,10 @@ type RemoteOptions struct {
 	// reliable source's messages in flight before the source fails
 	// (Source.Unreachable, reliable.go); default DefaultReliableTimeout.
 	ReliableTimeout time.Duration
+	// Schedule is the 802.1Qbv gate schedule every datapath to other
+	// hosts applies to its traffic classes (txsched.go); nil: FIFO. Check
+	// it with CheckSchedule first.
+	Schedule *tsn.Schedule
 }
 
 const (
@@ -174,6 +179,9 @@ type datapathState struct {
 	// (route.go). Set by newRemote, read-only after.
 	live     LiveReacher
 	fallback []int
+	// tx gates the datapath's traffic classes by RemoteOptions.Schedule
+	// (txsched.go); nil without one.
+	tx *txSched
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -237,6 +245,9 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		st.poller, _ = dp.(Poller)
 		st.reliable = datapathReliable(dp)
 		st.ready, _ = ring.New(remoteSlots)
+		if opts.Schedule != nil {
+			st.tx = newTxSched(opts.Schedule, st.ready)
+		}
 		rm.dps = append(rm.dps, st)
 	}
 	rm.buildRoutes()
@@ -387,18 +398,8 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 			rm.dropped.Add(1)
 			continue
 		}
-		*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: p}
-		st := rm.dps[dpi]
-		st.ready.PushWait(id)
+		rm.queue(dpi, id, n, p, h.Class)
 		queued++
-		if st.poller != nil {
-			st.poller.Wake()
-			continue
-		}
-		select {
-		case st.kick <- struct{}{}:
-		default:
-		}
 	}
 	return queued, full
 }
@@ -519,18 +520,11 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			}
 		}
 	}
+	gate := time.NewTimer(time.Hour) // the gate scheduler's wake-up (txsched.go)
+	gate.Stop()
+	defer gate.Stop()
 	for {
-		n := 0
-		for n < remoteBatch {
-			id, ok := st.ready.Pop()
-			if !ok {
-				break
-			}
-			ids[n] = id
-			pkts[n] = rm.packet(id)
-			rm.seal(seal, &pkts[n])
-			n++
-		}
+		n, end, wait := rm.take(st, ids, pkts, seal)
 		if n > 0 {
 			done := 0
 			for done < n {
@@ -547,15 +541,22 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 					return
 				}
 			}
+			st.tx.sentBatch(end)
 			rm.sent.Add(uint64(n))
 			for _, id := range ids[:n] {
 				rm.slots.Put(id)
 			}
 			continue
 		}
+		var gateC <-chan time.Time
+		if wait > 0 {
+			gate.Reset(wait)
+			gateC = gate.C
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-gateC:
 		case <-st.kick:
 		case <-st.dirChanged:
 			rm.sendDirectory(st, dirBuf, seal)
@@ -633,6 +634,7 @@ type flusher struct {
 	pkts    []wire.Packet
 	ids     []uint32
 	n, done int          // the batch in hand and how much of it went
+	end     int64        // its gate window's end (txsched.go)
 	seal    *wire.Sealer // nil without a key
 }
 
@@ -642,19 +644,11 @@ type flusher struct {
 func (f *flusher) flush() bool {
 	rm := f.rm
 	if f.done == f.n {
+		var wait time.Duration
 		f.n, f.done = 0, 0
-		for f.n < len(f.ids) {
-			id, ok := f.st.ready.Pop()
-			if !ok {
-				break
-			}
-			f.ids[f.n] = id
-			f.pkts[f.n] = rm.packet(id)
-			rm.seal(f.seal, &f.pkts[f.n])
-			f.n++
-		}
+		f.n, f.end, wait = rm.take(f.st, f.ids, f.pkts, f.seal)
 		if f.n == 0 {
-			return false
+			return wait > 0 // messages held behind a closed gate: keep polling
 		}
 	}
 	k, err := f.st.dp.SendBatch(f.pkts[f.done:f.n])
@@ -664,6 +658,7 @@ func (f *flusher) flush() bool {
 		rm.dropped.Add(1)
 	}
 	if f.done >= f.n {
+		f.st.tx.sentBatch(f.end)
 		rm.sent.Add(uint64(f.n))
 		for _, id := range f.ids[:f.n] {
 			rm.slots.Put(id)
@@ -882,6 +877,8 @@ type DatapathInfo struct {
 	Peers  []string `json:"peers"`
 	Queued int      `json:"queued"`
 	Stats  any      `json:"stats,omitempty"`
+	// TSN is the gate scheduler's state, without a schedule absent.
+	TSN *TSNInfo `json:"tsn,omitempty"`
 }
 
 // RemoteInfo is the daemon's view of other hosts: its datapaths and peers.
@@ -936,6 +933,7 @@ func (r *Runtime) Remote() RemoteInfo {
 		if sr, ok := st.dp.(StatsReporter); ok {
 			d.Stats = sr.DatapathStats()
 		}
+		d.TSN = st.tx.info()
 		info.Datapaths = append(info.Datapaths, d)
 	}
 	now := time.Now().UnixNano()

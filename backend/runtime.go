@@ -273,7 +273,7 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 		return nil, err
 	}
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
-	warn = joinWarnings(warn, unhonoured(opts, dp)) // no option is ignored silently
+	warn = joinWarnings(warn, unhonoured(opts, dp, r.scheduled())) // no option is ignored silently
 	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
 	if r.remote != nil {
 		st.dpIndex = r.remote.datapathIndex(dp)
@@ -496,15 +496,19 @@ func (r *Runtime) deliver(key chanKey, source, seq uint64, payload []byte) (deli
 
 // StreamInfo is what velocectl streams shows for a stream.
 type StreamInfo struct {
-	Session       uint32        `json:"session"`
-	Stream        uint32        `json:"stream"`
-	Endpoint      string        `json:"endpoint"`
-	Options       StreamOptions `json:"options"`
-	Datapath      string        `json:"datapath"`
-	Warning       string        `json:"warning,omitempty"`
-	Sources       []SourceInfo  `json:"sources"`
-	Sinks         []SinkInfo    `json:"sinks"`
-	SessionRemote string        `json:"session_addr,omitempty"`
+	Session  uint32        `json:"session"`
+	Stream   uint32        `json:"stream"`
+	Endpoint string        `json:"endpoint"`
+	Options  StreamOptions `json:"options"`
+	Datapath string        `json:"datapath"`
+	// TrafficClass is the class its messages take through the gate
+	// schedule (TrafficClassBulk or TrafficClassTimeSensitive; without a
+	// schedule every stream is bulk, one FIFO).
+	TrafficClass  int          `json:"traffic_class"`
+	Warning       string       `json:"warning,omitempty"`
+	Sources       []SourceInfo `json:"sources"`
+	Sinks         []SinkInfo   `json:"sinks"`
+	SessionRemote string       `json:"session_addr,omitempty"`
 	// Tenant is the tenant the stream's session belongs to.
 	Tenant string `json:"tenant"`
 }
@@ -549,6 +553,9 @@ func (r *Runtime) Streams() []StreamInfo {
 		for _, st := range s.streams { // +checklocksforce: s.rt is r, locked
 			info := StreamInfo{Session: s.ID, Stream: st.ID, Endpoint: s.ep.String(), Options: st.Options,
 				Datapath: st.Datapath, Warning: st.Warning, Sources: []SourceInfo{}, Sinks: []SinkInfo{}, Tenant: s.Tenant}
+			if r.scheduled() {
+				info.TrafficClass = trafficClass(classOf(st.Options))
+			}
 			if s.Addr.IsValid() {
 				info.SessionRemote = s.Addr.String()
 			}

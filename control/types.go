@@ -81,15 +81,19 @@ type StreamOptions struct {
 // StreamInfo is what velocectl streams shows for a stream. Field names
 // are a contract, as PortInfo's.
 type StreamInfo struct {
-	Session       uint32        `json:"session"`
-	Stream        uint32        `json:"stream"`
-	Endpoint      string        `json:"endpoint"`
-	Options       StreamOptions `json:"options"`
-	Datapath      string        `json:"datapath"`
-	Warning       string        `json:"warning,omitempty"`
-	Sources       []SourceInfo  `json:"sources"`
-	Sinks         []SinkInfo    `json:"sinks"`
-	SessionRemote string        `json:"session_addr,omitempty"`
+	Session  uint32        `json:"session"`
+	Stream   uint32        `json:"stream"`
+	Endpoint string        `json:"endpoint"`
+	Options  StreamOptions `json:"options"`
+	Datapath string        `json:"datapath"`
+	// TrafficClass is the class its messages take through the gate
+	// schedule: 0 bulk, 1 time-sensitive (0 for every stream without a
+	// schedule).
+	TrafficClass  int          `json:"traffic_class"`
+	Warning       string       `json:"warning,omitempty"`
+	Sources       []SourceInfo `json:"sources"`
+	Sinks         []SinkInfo   `json:"sinks"`
+	SessionRemote string       `json:"session_addr,omitempty"`
 	// Tenant is the tenant of the stream's session.
 	Tenant string `json:"tenant,omitempty"`
 }
@@ -227,6 +231,32 @@ type DatapathInfo struct {
 	// Stats are the datapath's own counters (a JSON object whose fields
 	// depend on the datapath); a Client decodes them as a map.
 	Stats any `json:"stats,omitempty"`
+	// TSN is the gate scheduler's state; absent without a gate schedule.
+	TSN *TSNInfo `json:"tsn,omitempty"`
+}
+
+// TSNInfo is a datapath's gate scheduler in velocectl remote.
+type TSNInfo struct {
+	// Schedule is the gate schedule (tsn text form).
+	Schedule string `json:"schedule"`
+	// Gates are the gates open now (hex mask, bit i is class i's).
+	Gates string `json:"gates"`
+	// Classes are the traffic classes' queues.
+	Classes []TSNClassInfo `json:"classes"`
+	// Overruns counts batches whose send ended after their window.
+	Overruns uint64 `json:"overruns"`
+}
+
+// TSNClassInfo is one traffic class of a datapath.
+type TSNClassInfo struct {
+	Class int    `json:"class"`
+	Name  string `json:"name"`
+	// Held is how many of its messages are queued now.
+	Held int `json:"held"`
+	// Sent counts its messages let through the gate.
+	Sent uint64 `json:"sent"`
+	// Waits counts the times the sender slept until its gate opened.
+	Waits uint64 `json:"waits"`
 }
 
 // PeerInfo describes a peer daemon.

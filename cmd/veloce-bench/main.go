@@ -27,6 +27,7 @@ import (
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchmig"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchrdma"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchtsn"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
 
@@ -39,6 +40,8 @@ Commands:
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
   rdma     perftest (ib_send_lat, ib_send_bw) vs Veloce on RDMA, on soft-RoCE in a TCG guest
   xdp      raw AF_XDP vs Veloce on XDP vs Veloce on kernel UDP over one veth: RTT, throughput, idle CPU
+  tsn      a time-sensitive stream's latency (p50/p99/max) on an idle link and while a bulk
+           stream saturates it, FIFO vs the 802.1Qbv gate schedule
   migrate  live-migration downtime of a QEMU VM moved by velocectl migrate, 10 streams vs none
 
 Run 'veloce-bench vhost -h' for its flags.
@@ -65,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runVhost(ctx, args[1:], stdout, stderr)
 	case "streams": // raw UDP vs Veloce between two netns (cmd/veloce-bench/internal/benchstreams)
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
+	case "tsn": // a time-sensitive stream's latency under bulk load, FIFO vs gate schedule (cmd/veloce-bench/internal/benchtsn)
+		return benchtsn.Main(ctx, args[1:], stdout, stderr)
 	case "dpdk": // raw DPDK vs Veloce on DPDK and on kernel UDP (cmd/veloce-bench/internal/benchdpdk)
 		return runDPDK(ctx, args[1:], stdout, stderr)
 	case "rdma": // perftest vs Veloce on RDMA in a soft-RoCE guest (cmd/veloce-bench/internal/benchrdma)

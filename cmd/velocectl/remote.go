@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/veloce-io/veloce/control"
 	"io"
 	"strconv"
 	"strings"
@@ -31,6 +32,12 @@ the socket's mode (copy or zero-copy), where the XDP program runs (native or
 generic), whether busy polling is on, and the datapath's and the kernel's
 counters.
 
+With a gate schedule (veloced --tsn-schedule) it shows each datapath's
+schedule, the gates open now, and per traffic class (0 bulk, 1
+time-sensitive) the messages held behind the gate, sent, and the times the
+sender waited for the gate to open; overruns count batches whose send ended
+after their window.
+
 -o json prints one object: datapaths (a list; each with its own "stats"
 object: for rdma, the device, "queue_pairs" and the counters), peers (a list),
 sent, received, dropped, malformed.`,
@@ -45,6 +52,7 @@ sent, received, dropped, malformed.`,
 				for _, d := range info.Datapaths {
 					fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", d.Name, d.Addr, d.Default, d.Queued, dash(strings.Join(d.Peers, ",")))
 				}
+				printTSN(tw, info)
 				printRDMA(tw, info)
 				fmt.Fprintln(tw)
 				fmt.Fprintln(tw, "PEER\tNODE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
@@ -73,5 +81,22 @@ sent, received, dropped, malformed.`,
 				}
 			})
 		},
+	}
+}
+
+// printTSN prints the gate scheduler of each datapath that has one.
+func printTSN(tw io.Writer, info control.RemoteInfo) {
+	head := false
+	for _, d := range info.Datapaths {
+		if d.TSN == nil {
+			continue
+		}
+		if !head {
+			fmt.Fprintln(tw, "\nDATAPATH\tSCHEDULE\tGATES\tCLASS\tHELD\tSENT\tWAITS\tOVERRUNS")
+			head = true
+		}
+		for _, c := range d.TSN.Classes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d %s\t%d\t%d\t%d\t%d\n", d.Name, d.TSN.Schedule, d.TSN.Gates, c.Class, c.Name, c.Held, c.Sent, c.Waits, d.TSN.Overruns)
+		}
 	}
 }

@@ -50,7 +50,7 @@ options, datapath, warning, sources, sinks: a contract, as ports').`,
 				streams = append(streams, st)
 			}
 			return a.print(streams, func(tw io.Writer, wide bool) {
-				head := "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tSOURCES\tSINKS\tWARNING"
+				head := "STREAM\tSESSION\tENDPOINT\tOPTIONS\tDATAPATH\tTC\tSOURCES\tSINKS\tWARNING"
 				if wide {
 					head += "\tSESSION ADDR"
 				}
@@ -70,8 +70,8 @@ options, datapath, warning, sources, sinks: a contract, as ports').`,
 					for _, sk := range st.Sinks {
 						sinks = append(sinks, fmt.Sprintf("ch%d:%d/%d", sk.Channel, sk.Delivered, sk.Dropped))
 					}
-					fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
-						st.Datapath, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
+					fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s", st.Stream, st.Session, st.Endpoint, optionString(st.Options),
+						st.Datapath, st.TrafficClass, dash(strings.Join(srcs, ",")), dash(strings.Join(sinks, ",")), dash(st.Warning))
 					if wide {
 						fmt.Fprintf(tw, "\t%s", dash(st.SessionRemote))
 					}
