@@ -36,6 +36,9 @@ const (
 	numTrafficClasses         = 2
 )
 
+// trafficClassNames are the classes' names, by class.
+var trafficClassNames = [numTrafficClasses]string{"bulk", "time-sensitive"}
+
 // ErrSchedule is returned (wrapped) by CheckSchedule for a schedule the
 // runtime cannot use.
 var ErrSchedule = errors.New("gate schedule unusable")
@@ -44,7 +47,7 @@ var ErrSchedule = errors.New("gate schedule unusable")
 // the runtime uses at some time: a class whose gate never opens would
 // never send.
 func CheckSchedule(s *tsn.Schedule) error {
-	for c, name := range []string{"bulk", "time-sensitive"} {
+	for c, name := range trafficClassNames {
 		if !s.Opens(1 << c) {
 			return fmt.Errorf("%w: no entry opens gate %d (%s traffic); set bit %d of some entry's mask (e.g. \"S %02x ...\")", ErrSchedule, c, name, c, 1<<c)
 		}
@@ -110,16 +113,7 @@ func (st *datapathState) queueFor(c wire.Class) *ring.Queue {
 func (rm *remote) take(st *datapathState, ids []uint32, pkts []wire.Packet, seal *wire.Sealer) (n int, end int64, wait time.Duration) {
 	tx := st.tx
 	if tx == nil {
-		for n < len(ids) {
-			id, ok := st.ready.Pop()
-			if !ok {
-				break
-			}
-			ids[n], pkts[n] = id, rm.packet(id)
-			rm.seal(seal, &pkts[n])
-			n++
-		}
-		return n, 0, 0
+		return rm.pop(st.ready, ids, pkts, seal, 0), 0, 0
 	}
 	now := time.Now().UnixNano()
 	gates, end := tx.sched.At(now)
@@ -128,15 +122,7 @@ func (rm *remote) take(st *datapathState, ids []uint32, pkts []wire.Packet, seal
 			continue
 		}
 		k := n
-		for n < len(ids) {
-			id, ok := tx.queues[c].Pop()
-			if !ok {
-				break
-			}
-			ids[n], pkts[n] = id, rm.packet(id)
-			rm.seal(seal, &pkts[n])
-			n++
-		}
+		n = rm.pop(tx.queues[c], ids, pkts, seal, n)
 		tx.sent[c].Add(uint64(n - k))
 		if t := tx.trace; t != nil {
 			for ; k < n && t.n < len(t.at); k++ {
@@ -169,6 +155,21 @@ func (rm *remote) take(st *datapathState, ids []uint32, pkts []wire.Packet, seal
 	return 0, end, max(time.Duration(start-now), time.Microsecond)
 }
 
+// pop takes messages from q into ids[n:] and pkts[n:] (sealed) and
+// returns the new count.
+func (rm *remote) pop(q *ring.Queue, ids []uint32, pkts []wire.Packet, seal *wire.Sealer, n int) int {
+	for n < len(ids) {
+		id, ok := q.Pop()
+		if !ok {
+			break
+		}
+		ids[n], pkts[n] = id, rm.packet(id)
+		rm.seal(seal, &pkts[n])
+		n++
+	}
+	return n
+}
+
 // sentBatch notes the end of a batch's send: past its window's end it is
 // an overrun (the window was too short for the batch, or the sender was
 // descheduled).
@@ -191,7 +192,7 @@ func (tx *txSched) info() *TSNInfo {
 	}
 	g, _ := tx.sched.At(time.Now().UnixNano())
 	in := &TSNInfo{Schedule: tx.sched.String(), Gates: fmt.Sprintf("%02x", g), Overruns: tx.overruns.Load()}
-	for c, name := range []string{"bulk", "time-sensitive"} {
+	for c, name := range trafficClassNames {
 		in.Classes = append(in.Classes, TSNClassInfo{Class: c, Name: name, Held: tx.queues[c].Len(), Sent: tx.sent[c].Load(), Waits: tx.waits[c].Load()})
 	}
 	return in
