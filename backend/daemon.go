@@ -293,13 +293,10 @@ func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
 	for i, st := range in {
 		out[i] = control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
 			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, TrafficClass: st.TrafficClass, Warning: st.Warning,
-			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: make([]control.SinkInfo, len(st.Sinks)),
+			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: st.Sinks,
 			SessionRemote: st.SessionRemote, Tenant: st.Tenant}
 		for j, so := range st.Sources {
 			out[i].Sources[j] = control.SourceInfo(so)
-		}
-		for j, sk := range st.Sinks {
-			out[i].Sinks[j] = control.SinkInfo(sk)
 		}
 	}
 	return out, nil

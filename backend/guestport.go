@@ -67,14 +67,29 @@ func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
 	return p.deliverOutbox(sk, source, seq, payload)
 }
 
-// deliverOutbox puts a Deliver frame in the outbox.
+// deliverOutbox puts a Deliver frame in the outbox, if the sink's credit
+// allows (guestproto.Credit): a guest that has not read what is on the
+// way gets nothing more, so its kernel never drops the sink's messages
+// unseen; they wait here (a reliable stream retries them) or are dropped
+// and counted (best effort).
 func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool {
+	c := sk.credit.Load()
+	if c != 0 && !creditAllows(c, sk.index.Load()) {
+		sk.creditWaits.Add(1)
+		return false
+	}
 	id, ok := p.out.slots.Get()
 	if !ok {
 		return false
 	}
+	var index uint32
+	if c != 0 {
+		if index = sk.index.Add(1); index == 0 { // 0 is "unnumbered"
+			index = sk.index.Add(1)
+		}
+	}
 	slot := p.out.slots.Bytes(id)
-	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, source, seq, payload)
+	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, payload)
 	if err == nil {
 		n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
 	}
@@ -86,6 +101,37 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 	p.out.ready.PushWait(id)
 	p.dev.Wake()
 	return true
+}
+
+// maxCreditRoom bounds the room a guest may grant one sink: more than
+// any socket buffer holds is no flow control.
+const maxCreditRoom = 1 << 16
+
+// packCredit packs a Credit for Sink.credit: never 0 (that is "no
+// credit yet"), room bounded by maxCreditRoom.
+func packCredit(seen, room uint32) uint64 {
+	return uint64(seen)<<32 | 1<<31 | uint64(min(room, maxCreditRoom))
+}
+
+// creditAllows reports whether a sink whose last delivery index is last
+// may send one more under credit c. Indexes wrap: what is in flight is
+// last - seen in 32 bits; a seen the sink never sent (the guest's credit
+// counts an earlier numbering: the sink was imported by a migration)
+// leaves everything sent under this numbering in flight.
+func creditAllows(c uint64, last uint32) bool {
+	seen, room := uint32(c>>32), int64(c&(1<<31-1))
+	inflight := int64(int32(last - seen))
+	if inflight < 0 {
+		inflight = int64(last)
+	}
+	return inflight < room
+}
+
+// credit takes a guest's Credit for one of its session's sinks.
+func (p *Port) credit(s *Session, m *guestproto.Message) {
+	if sk := s.sink(m.ID); sk != nil {
+		sk.credit.Store(packCredit(m.Seen, m.Room))
+	}
 }
 
 // FillRX implements vhostuser.RXSource for queue pair 0.
@@ -140,6 +186,13 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		// on its channel cost the source an Outcome frame.
 		if taken, full := p.rt.emit(so, m.Payload); full > 0 && taken == 0 {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoBuffers)
+		}
+		return 0
+	}
+	if m.Type == guestproto.Credit {
+		if s := p.session(m.Session, src); s != nil {
+			s.lastSeen.Store(monoAt(t))
+			p.credit(s, &m)
 		}
 		return 0
 	}

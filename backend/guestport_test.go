@@ -219,3 +219,104 @@ func bytesPerRun(runs int, f func()) uint64 {
 	runtime.ReadMemStats(&after)
 	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
 }
+
+// TestCreditBoundsWhatIsInFlight: once a guest sends a sink's Credit,
+// the port keeps at most its room of the sink's deliveries past the last
+// index the guest read, numbers them 1, 2, ... (wrapping), and counts
+// what the credit held back; a Credit of an earlier numbering (seen ahead
+// of what the sink sent) leaves everything sent in flight; Credits from
+// another address or for another session's sink change nothing. None of
+// it allocates.
+func TestCreditBoundsWhatIsInFlight(t *testing.T) {
+	guest := netip.MustParseAddrPort("169.254.77.2:40003")
+	p, rt, call := newGuestPort(t, guest)
+	reply := make([]byte, 4096)
+	sess, src := loopbackStream(call)
+	sk := rt.Streams()[0].Sinks[0].ID
+	emit := make([]byte, 1500)
+	frame := make([]byte, 65536)
+	credit := func(from netip.AddrPort, session, sink, seen, room uint32) {
+		t.Helper()
+		b := make([]byte, guestproto.CreditLen)
+		guestproto.PutCredit(b, session, sink, seen, room)
+		if p.handleGuest(from, b, reply) != 0 {
+			t.Fatal("a credit was answered")
+		}
+	}
+	// send emits n messages and returns the delivery indexes the guest
+	// gets.
+	send := func(n int) (got []uint32) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			en, _ := guestproto.PutEmit(emit, sess, src, uint64(i+1), make([]byte, 64))
+			p.handleGuest(guest, emit[:en], reply)
+		}
+		for {
+			fn := p.FillRX(0, frame)
+			if fn == 0 {
+				return got
+			}
+			var m guestproto.Message
+			if err := guestproto.Parse(frame[DatagramHeaderLen:fn], &m); err != nil || m.Type != guestproto.Deliver {
+				t.Fatalf("frame: %v %+v", err, m)
+			}
+			got = append(got, m.RequestID)
+		}
+	}
+	want := func(got []uint32, from, n uint32) {
+		t.Helper()
+		if len(got) != int(n) {
+			t.Fatalf("%d deliveries %v, want %d from %d", len(got), got, n, from)
+		}
+		for i, idx := range got {
+			if idx != from+uint32(i) {
+				t.Fatalf("indexes %v, want %d from %d", got, n, from)
+			}
+		}
+	}
+	// No credit yet (a client that never sends one): unnumbered, and as
+	// many as the outbox holds.
+	if got := send(3); len(got) != 3 || got[0] != 0 || got[2] != 0 {
+		t.Fatalf("before any credit: indexes %v, want three 0s", got)
+	}
+	credit(guest, sess, sk, 0, 8)
+	want(send(20), 1, 8)
+	waits := func() uint64 { return rt.Streams()[0].Sinks[0].CreditWaits }
+	if w := waits(); w != 12 {
+		t.Errorf("credit waits %d, want 12", w)
+	}
+	// The guest read 5 of the 8: 3 in flight, room for 5 more.
+	credit(guest, sess, sk, 5, 8)
+	want(send(20), 9, 5)
+	// A credit from another address, or for a sink the session does not
+	// have, changes nothing: still 8 in flight past 5.
+	credit(netip.MustParseAddrPort("169.254.77.9:40003"), sess, sk, 13, 100)
+	credit(guest, sess, sk+1000, 13, 100)
+	want(send(1), 0, 0)
+	// Wrapping: the numbering goes on past 2^32.
+	// Wrapping: the numbering goes on past 2^32, skipping 0 (which
+	// says "unnumbered"). The sink's index is set as after 2^32 - 2
+	// deliveries.
+	p.sessions.Get(sess).sink(sk).index.Store(1<<32 - 2)
+	credit(guest, sess, sk, 1<<32-2, 4)
+	if got := send(10); len(got) != 3 || got[0] != 1<<32-1 || got[1] != 1 || got[2] != 2 {
+		t.Fatalf("across the wrap: indexes %v, want 4294967295 1 2", got)
+	}
+	// A seen ahead of the numbering (an earlier daemon's, after a
+	// migration): everything sent since counts as in flight.
+	p.sessions.Get(sess).sink(sk).index.Store(3)
+	credit(guest, sess, sk, 1000, 5)
+	want(send(10), 4, 2)
+
+	credit(guest, sess, sk, 5, 1<<20)
+	c := make([]byte, guestproto.CreditLen)
+	guestproto.PutCredit(c, sess, sk, 5, 1<<20)
+	en, _ := guestproto.PutEmit(emit, sess, src, 1, make([]byte, 64))
+	if a := testing.AllocsPerRun(1000, func() {
+		p.handleGuest(guest, c, reply)
+		p.handleGuest(guest, emit[:en], reply)
+		p.FillRX(0, frame)
+	}); a != 0 {
+		t.Fatalf("%v allocations per credit and message", a)
+	}
+}

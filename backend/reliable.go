@@ -57,16 +57,22 @@ package backend
 // list, so a sink closing meanwhile may make the next one miss that
 // message.
 //
+// The window's numbers are the wire's; the payload is preceded by the
+// source's own sequence number (relSeqLen bytes), which is what sinks
+// see: the same numbering whichever peer's window carried a message, so a
+// sink that migrates from one daemon to another (and hears the source
+// through both for a while) keeps one order and drops the copies.
+//
 // Not yet: a migrated reliable source's windows (and a receiver's
-// buffer) are not in the migration snapshot; after a migration a reliable
-// stream starts new windows, and messages in flight at switchover may be
-// lost. Co-located sinks get a reliable stream's messages as before
-// (shared memory; a full sink queue counts the message as full for the
-// source, which the application sees as back-pressure when no
-// destination took it).
+// buffer) are not in the migration snapshot; a migrated source starts new
+// windows. A receiver's messages for a migrating sink go with the sink
+// (held, then forwarded). Co-located sinks get a reliable stream's
+// messages through emitWait's retries (a full sink, or a VM sink without
+// credit, holds a host application's source).
 
 import (
 	"context"
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,6 +93,9 @@ const (
 	// relWindow is how many messages a reliable source has in flight to
 	// one peer at most, and how many a receiver buffers per source.
 	relWindow = 512
+	// relSeqLen is the source's sequence number ahead of a reliable
+	// message's payload.
+	relSeqLen = 8
 	// relTick is how often the timers run.
 	relTick = 2 * time.Millisecond
 	// relMinRTO and relMaxRTO bound the retransmission timeout, doubled
@@ -196,7 +205,7 @@ type reliable struct {
 	started chan struct{}
 
 	// Counters.
-	retransmits, duplicates, refused, overflow, unreachable atomic.Uint64
+	retransmits, duplicates, refused, overflow, unreachable, malformed atomic.Uint64
 }
 
 func newReliable(rm *remote) *reliable {
@@ -210,7 +219,8 @@ func newReliable(rm *remote) *reliable {
 // info returns the counters.
 func (rl *reliable) info() ReliableInfo {
 	return ReliableInfo{Windows: rl.senders.Len(), Receivers: rl.receivers.Len(), Retransmits: rl.retransmits.Load(),
-		Duplicates: rl.duplicates.Load(), WindowFull: rl.refused.Load(), Unreachable: rl.unreachable.Load(), Overflow: rl.overflow.Load()}
+		Duplicates: rl.duplicates.Load(), WindowFull: rl.refused.Load(), Unreachable: rl.unreachable.Load(), Overflow: rl.overflow.Load(),
+		Malformed: rl.malformed.Load()}
 }
 
 // datapathReliable reports whether dp carries reliable streams itself.
@@ -264,7 +274,7 @@ func (rl *reliable) room(src *Source, p *peer, dpi int) bool {
 // reliable source on a datapath that is not reliable itself. It reports
 // false when the window or the credit is exhausted, the source failed, or
 // no slot is free (the message is not sent to p).
-func (rl *reliable) emit(src *Source, p *peer, dpi int, payload []byte) bool {
+func (rl *reliable) emit(src *Source, p *peer, dpi int, srcSeq uint64, payload []byte) bool {
 	rm := rl.rm
 	rs := rl.sender(src, p, dpi)
 	rs.mu.Lock()
@@ -284,7 +294,18 @@ func (rl *reliable) emit(src *Source, p *peer, dpi int, payload []byte) bool {
 	h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
 		Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
 	buf := rm.slots.Bytes(id)
-	n, err := h.MarshalPacket(buf, payload)
+	// The payload goes after the source's own sequence number (the
+	// header's Seq is the window's): sinks see the source's numbering,
+	// whichever peers' windows carried it (a migrated sink hears one
+	// source through two daemons).
+	body := buf[wire.HeaderLen:]
+	if len(body) < relSeqLen+len(payload) {
+		rm.slots.Put(id)
+		return false
+	}
+	binary.LittleEndian.PutUint64(body, srcSeq)
+	copy(body[relSeqLen:], payload)
+	n, err := h.MarshalPacket(buf, body[:relSeqLen+len(payload)])
 	if err != nil {
 		rm.slots.Put(id)
 		return false
@@ -405,6 +426,8 @@ func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
 	rr.lastData = time.Now().UnixNano()
 	seq := h.Seq
 	switch {
+	case len(payload) < relSeqLen:
+		rl.malformed.Add(1) // no source sequence number: not ours
 	case seq <= rr.cum || seq >= rr.head+relWindow || h.Channel != rr.channel:
 		// A duplicate, or past the credit: the ack tells the sender.
 		rl.duplicates.Add(1)
@@ -471,11 +494,12 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 	for rr.head <= rr.cum {
 		i := rr.head % relWindow
 		e := &rr.entries[i]
-		payload := rr.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n-1]
+		msg := rr.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n-1]
+		srcSeq, payload := binary.LittleEndian.Uint64(msg), msg[relSeqLen:]
 		sinks := rt.channels.Get(key)
 		for rr.headDone < len(sinks) {
 			sk := sinks[rr.headDone]
-			if !sk.session.ep.deliver(sk, rr.key.source, rr.head, payload) {
+			if !sk.session.ep.deliver(sk, rr.key.source, srcSeq, payload) {
 				return moved // back-pressure: keep it, the timer tries again
 			}
 			sk.delivered.Add(1)
@@ -749,19 +773,24 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 }
 
 // emitWait is emit for the host transport: a reliable source's message
-// that no destination had room for (a full window, no credit) is tried
-// again, with pauses, until one takes it, the source fails, gone says
-// the application left, or the reliable timeout passes. The caller
-// holds the application's TX slot meanwhile, so the application blocks
-// in GetBufferContext instead of seeing refusals it would have to resend
-// out of order. Retrying duplicates nothing: no destination took the
-// message. A best-effort source's message is tried once.
+// that no destination had room for (a full window, no credit, a local
+// sink's full queue or a VM sink's exhausted credit) is tried again, with
+// pauses, until one takes it, the source fails, gone says the
+// application left, or the reliable timeout passes. The caller holds the
+// application's TX slot meanwhile, so the application blocks in
+// GetBufferContext instead of seeing refusals it would have to resend out
+// of order. Retrying duplicates nothing: no destination took the message.
+// A best-effort source's message is tried once.
 func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
 	taken, full = r.emit(src, payload)
-	if !src.Stream.Options.Reliable || r.remote == nil || taken > 0 || full == 0 {
+	if !src.Stream.Options.Reliable || taken > 0 || full == 0 {
 		return taken, full
 	}
-	deadline := time.Now().Add(r.remote.rel.timeout)
+	timeout := DefaultReliableTimeout
+	if r.remote != nil {
+		timeout = r.remote.rel.timeout
+	}
+	deadline := time.Now().Add(timeout)
 	for pause := 10 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
 		time.Sleep(pause)
 		if src.Unreachable() || gone.Load() || time.Now().After(deadline) {

@@ -117,8 +117,9 @@ const (
 	remoteBatch    = 32
 	// MaxRemotePayload is the largest message sent to other hosts as one
 	// datagram (room is kept for the authentication trailer, with or
-	// without a key, so the limit does not depend on the fleet's mode).
-	MaxRemotePayload = remoteSlotSize - wire.HeaderLen - wire.AuthTrailerLen
+	// without a key, and for a reliable message's source sequence number,
+	// so the limit depends on neither the fleet's mode nor the stream's).
+	MaxRemotePayload = remoteSlotSize - wire.HeaderLen - wire.AuthTrailerLen - relSeqLen
 )
 
 // remote sends the runtime's messages to peers that have sinks for their
@@ -377,7 +378,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		}
 		dpi := rm.route(p, want)
 		if src.Stream.Options.Reliable && !rm.dps[dpi].reliable {
-			if rm.rel.emit(src, p, dpi, payload) { // window, acks, retransmission
+			if rm.rel.emit(src, p, dpi, seq, payload) { // window, acks, retransmission
 				queued++
 			} else {
 				full++

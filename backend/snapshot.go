@@ -129,7 +129,7 @@ func (r *Runtime) exportSessionLocked(s *Session, out *migration.PortSnapshot, s
 		out.Sources = append(out.Sources, migration.Source{ID: so.ID, Stream: so.Stream.ID, Channel: so.Channel, Global: so.Global,
 			NextSeq: so.seq.Load() + 1, Emitted: so.emitted.Load(), Full: so.full.Load()})
 	}
-	for _, sk := range s.sinks { // +checklocksignore: s.rt is r, locked
+	for _, sk := range s.sinks.All() {
 		sinkIndex[[2]uint32{s.ID, sk.ID}] = len(out.Sinks)
 		out.Sinks = append(out.Sinks, migration.Sink{ID: sk.ID, Stream: sk.Stream.ID, Channel: sk.Channel,
 			Delivered: sk.delivered.Load(), Dropped: sk.dropped.Load()})
@@ -276,7 +276,7 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 	maxID := uint32(0)
 	for _, se := range s.Sessions {
 		x := &Session{ID: se.ID, rt: r, ep: p, Addr: se.Addr, Tenant: p.opts.Tenant, tenant: tid, acct: p.acct,
-			streams: map[uint32]*Stream{}, sinks: map[uint32]*Sink{}}
+			streams: map[uint32]*Stream{}}
 		x.touch() // the guest was paused: not idle
 		sessions[se.ID] = x
 		maxID = max(maxID, se.ID)
@@ -321,7 +321,7 @@ func (p *Port) importState(s *migration.PortSnapshot, beforePublish func(map[*Si
 		y := &Sink{ID: sk.ID, Channel: sk.Channel, Stream: st, session: st.session, key: r.keyLocked(tid, sk.Channel)}
 		y.delivered.Store(sk.Delivered)
 		y.dropped.Store(sk.Dropped)
-		st.session.sinks[sk.ID] = y // +checklocksforce: new session, r.mu is held
+		st.session.sinks.Store(sk.ID, y)
 		sinks[y] = true
 		order = append(order, y)
 		maxID = max(maxID, sk.ID)

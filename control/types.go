@@ -116,6 +116,11 @@ type SinkInfo struct {
 	Channel   uint32 `json:"channel"`
 	Delivered uint64 `json:"delivered"`
 	Dropped   uint64 `json:"dropped"`
+	// CreditWaits counts the deliveries a VM sink's credit held back: its
+	// application had not read what was already on the way (guestlib's
+	// flow control on the virtio link). A reliable stream delivers them
+	// later; a best-effort one counts them in Dropped as well.
+	CreditWaits uint64 `json:"credit_waits,omitempty"`
 }
 
 // HostAppsInfo describes the host transport: the applications on the
@@ -218,6 +223,9 @@ type ReliableInfo struct {
 	// Overflow counts messages from peers' sources beyond the receivers
 	// one peer may have.
 	Overflow uint64 `json:"overflow"`
+	// Malformed counts reliable data too short to hold its source's
+	// sequence number (dropped, never acknowledged).
+	Malformed uint64 `json:"malformed,omitempty"`
 }
 
 // DatapathInfo describes a datapath to other hosts.

@@ -263,6 +263,40 @@ func setReceiveBuffer(c *net.UDPConn, n int) {
 	c.SetReadBuffer(n)
 }
 
+// receiveBufferOf returns the bytes c's kernel buffer holds (what
+// SO_RCVBUF reports: the kernel doubles what was asked for, and charges
+// each datagram's whole buffer against it).
+func receiveBufferOf(c *net.UDPConn) int {
+	n := 0
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { n, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+	}
+	return n
+}
+
+// Flow control on the virtio link (guestproto.Credit): each sink tells
+// the daemon how many of its messages may be on the way — no more than
+// its queue has room for, and no more than the socket buffer holds — so
+// the guest's kernel does not drop messages the application was too busy
+// to read (Udp RcvbufErrors, which nobody sees); the daemon holds them
+// instead (a reliable stream's arrive later) or drops and counts them
+// (velocectl streams: the sink's dropped and credit_waits).
+const (
+	// creditBytes is what one message may cost the socket buffer: a
+	// full-MTU frame's buffer and its bookkeeping.
+	creditBytes = 4096
+	// maxCredit bounds a sink's window.
+	maxCredit = 1024
+	// minCredit is the least window: below it the link idles.
+	minCredit = 16
+)
+
+// creditWindow is a sink's window for its queue length on a socket
+// buffer of rcvbuf bytes.
+func creditWindow(queue, rcvbuf int) uint32 {
+	return uint32(max(minCredit, min(queue, maxCredit, rcvbuf/creditBytes)))
+}
+
 // vmHint is what to check when the service address does not answer.
 const vmHint = "is this VM's NIC attached to veloced, and does the guest have its address (DHCP)?"
 
@@ -280,6 +314,9 @@ type Session struct {
 	// host is the host transport's shared memory; nil on the virtio
 	// transport. Set by Open before any other goroutine uses it.
 	host *hostShm
+	// rcvbuf is the virtio socket's receive buffer in bytes (0 on the
+	// host transport): it bounds the sinks' credit.
+	rcvbuf int
 	// lost is closed when the host transport's connection ends.
 	lost     chan struct{}
 	lostOnce sync.Once
@@ -331,6 +368,9 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	s := &Session{opts: opts, conn: conn, peer: peer, pending: map[uint32]chan reply{}, sinks: map[uint32]*Sink{},
 		sources: map[uint32]*Source{}, done: make(chan struct{}), lost: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, datagramSize); return &b }
+	if c, ok := conn.(*net.UDPConn); ok {
+		s.rcvbuf = receiveBufferOf(c)
+	}
 	uc, host := conn.(*net.UnixConn)
 	s.wg.Add(1)
 	if host {
@@ -500,6 +540,7 @@ func (s *Session) ping() {
 	t := time.NewTicker(s.opts.PingInterval)
 	defer t.Stop()
 	var b [guestproto.HeaderLen]byte
+	var sinks []*Sink
 	for {
 		select {
 		case <-s.done:
@@ -507,6 +548,18 @@ func (s *Session) ping() {
 		case <-t.C:
 			guestproto.PutHeader(b[:], guestproto.Header{Type: guestproto.Ping, RequestID: s.nextReq.Add(1), Session: s.id})
 			s.conn.Write(b[:])
+			// Credits again, in case one was lost: a sink whose last
+			// credit went missing while its window was full would get
+			// nothing more.
+			sinks = sinks[:0]
+			s.mu.Lock()
+			for _, sk := range s.sinks {
+				sinks = append(sinks, sk)
+			}
+			s.mu.Unlock()
+			for _, sk := range sinks {
+				sk.sendCredit()
+			}
 		}
 	}
 }
@@ -556,6 +609,9 @@ func (s *Session) receive() {
 			if sk == nil {
 				s.bufs.Put(bp)
 				continue
+			}
+			if m.RequestID != 0 { // the delivery index (guestproto.Credit)
+				sk.lastIndex.Store(m.RequestID)
 			}
 			msg := messagePool.Get().(*Message)
 			*msg = Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk}
@@ -796,6 +852,14 @@ type Sink struct {
 	dropped atomic.Uint64
 	mu      sync.RWMutex // push holds it shared; closeLocal exclusively
 	closed  bool         // +checklocks:mu
+
+	// Credit (virtio transport; window 0 on the host transport): the
+	// last delivery index read, the messages taken since the last Credit.
+	window      uint32
+	lastIndex   atomic.Uint32
+	sinceCredit atomic.Uint32
+	creditMu    sync.Mutex
+	creditBuf   [guestproto.CreditLen]byte // +checklocks:creditMu
 }
 
 // SinkOptions configure a sink.
@@ -822,15 +886,44 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 		return nil, err
 	}
 	sk.id = r.id
+	if st.s.host == nil {
+		sk.window = creditWindow(o.Queue, st.s.rcvbuf)
+	}
 	st.s.mu.Lock()
 	st.s.sinks[sk.id] = sk
 	st.s.mu.Unlock()
+	sk.sendCredit()
 	return sk, nil
+}
+
+// took counts a message off the sink's window (consumed, handed to the
+// callback, or dropped) and sends a Credit every quarter window.
+func (sk *Sink) took() {
+	if sk.window == 0 {
+		return
+	}
+	if sk.sinceCredit.Add(1) >= max(1, sk.window/4) {
+		sk.sinceCredit.Store(0)
+		sk.sendCredit()
+	}
+}
+
+// sendCredit tells the daemon the last index read and the room left.
+func (sk *Sink) sendCredit() {
+	if sk.window == 0 {
+		return
+	}
+	room := sk.window - min(sk.window, uint32(len(sk.queue)))
+	sk.creditMu.Lock()
+	defer sk.creditMu.Unlock()
+	n, _ := guestproto.PutCredit(sk.creditBuf[:], sk.s.id, sk.id, sk.lastIndex.Load(), room)
+	sk.s.conn.Write(sk.creditBuf[:n])
 }
 
 func (sk *Sink) push(m *Message) {
 	if sk.cb != nil {
 		sk.cb(m)
+		sk.took()
 		return
 	}
 	sk.mu.RLock()
@@ -844,6 +937,7 @@ func (sk *Sink) push(m *Message) {
 	default:
 		sk.dropped.Add(1)
 		m.Release()
+		sk.took()
 	}
 }
 
@@ -854,6 +948,7 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 		if !ok {
 			return nil, ErrClosed
 		}
+		sk.took()
 		return m, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -864,6 +959,9 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 func (sk *Sink) TryConsume() (*Message, bool) {
 	select {
 	case m, ok := <-sk.queue:
+		if ok {
+			sk.took()
+		}
 		return m, ok
 	default:
 		return nil, false

@@ -61,8 +61,10 @@ type Summary struct {
 	Sources    int     `json:"sources,omitempty"`
 	Gaps       uint64  `json:"gaps,omitempty"`
 	OutOfOrder uint64  `json:"out_of_order,omitempty"`
-	Datapath   string  `json:"datapath"`
-	Warning    string  `json:"warning,omitempty"`
+	// Dropped counts what arrived while the sink's queue was full.
+	Dropped  uint64 `json:"dropped,omitempty"`
+	Datapath string `json:"datapath"`
+	Warning  string `json:"warning,omitempty"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -85,6 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	text := fs.String("text", "", "source: send this text, with the message number appended, instead of a byte pattern")
 	show := fs.Int("show", 0, "sink: print the first N messages as text")
 	progress := fs.Duration("progress", 0, "sink: print the count and rate at this interval (e.g. 1s)")
+	pace := fs.Float64("pace", 0, "sink: take at most this many messages per second, like a slow application; 0 is as fast as possible")
 	socket := fs.String("socket", "", "the daemon's unix socket for host applications (default $VELOCE_APP_SOCKET, else /run/veloce/app.sock if present, else the VM link)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -123,7 +126,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			tick = t.C
 		}
 		prevN, prevT := uint64(0), time.Now()
+		var paceStart time.Time
 		for sum.Messages < *count {
+			if *pace > 0 && sum.Messages > 0 {
+				if d := time.Until(paceStart.Add(time.Duration(float64(sum.Messages) * float64(time.Second) / *pace))); d > 0 {
+					time.Sleep(d)
+				}
+			}
 			select {
 			case now := <-tick:
 				fmt.Fprintf(stdout, "received %d messages, %.0f msg/s\n", sum.Messages, float64(sum.Messages-prevN)/now.Sub(prevT).Seconds())
@@ -132,12 +141,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			m, err := sk.Consume(ctx)
 			if err != nil {
-				sum.Sources = len(last)
+				sum.Sources, sum.Dropped = len(last), sk.Dropped()
 				report(stdout, &sum, start)
 				return fmt.Errorf("after %d messages: %w", sum.Messages, err)
 			}
 			if sum.Messages == 0 {
 				start = time.Now()
+				paceStart = start
 			}
 			sum.Messages++
 			sum.Bytes += uint64(len(m.Data))
@@ -155,7 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			last[m.Source] = m.Seq
 			m.Release()
 		}
-		sum.Sources = len(last)
+		sum.Sources, sum.Dropped = len(last), sk.Dropped()
 	case "source":
 		so, err := st.CreateSource(ctx, uint32(*channel))
 		if err != nil {

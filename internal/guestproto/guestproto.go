@@ -50,7 +50,21 @@ const (
 	Emit         Type = 0x80 // body: source u32, token u64, payload
 	Deliver      Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
 	Outcome      Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
+	Credit       Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
 )
+
+// Flow control on the guest's link (Credit). A Deliver's header carries,
+// in its RequestID field, the sink's delivery index: 1, 2, ... per sink,
+// wrapping at 2^32, counted by the daemon once the guest has sent the
+// sink's first Credit (before that, and for a client that never sends
+// one, the field stays 0). A Credit says "the last index I read for this
+// sink is Seen, and Room more may come": the daemon keeps at most Room
+// deliveries in flight past Seen (on the link, in the guest's socket
+// buffer) and holds or drops the rest on its side, where they are counted,
+// instead of letting the guest kernel drop them unseen. Indexes, not
+// counts, make the credit robust to a lost frame: the next index read
+// moves Seen past it. A Seen the daemon has not sent yet (a Credit of an
+// earlier numbering, as after a migration) counts as nothing in flight.
 
 var typeNames = map[Type]string{
 	OpenSession: "open-session", CloseSession: "close-session", CreateStream: "create-stream",
@@ -172,12 +186,14 @@ type Result struct {
 type Message struct {
 	Header
 	Options StreamOptions // CreateStream
-	ID      uint32        // Close*, Emit (source), Deliver (sink), Outcome (source)
+	ID      uint32        // Close*, Emit (source), Deliver (sink), Outcome (source), Credit (sink)
 	Stream  uint32        // CreateSource, CreateSink
 	Channel uint32        // CreateSource, CreateSink, Deliver
 	Token   uint64        // Emit, Outcome
 	Source  uint64        // Deliver: the global source id
 	Seq     uint64        // Deliver: the source's sequence number
+	Seen    uint32        // Credit: the last delivery index the guest read
+	Room    uint32        // Credit: how many more deliveries may be in flight
 	Status  Status        // Outcome
 	Result  Result        // Reply
 	Payload []byte        // Emit, Deliver
@@ -198,7 +214,7 @@ func Parse(b []byte, m *Message) error {
 	}
 	*m = Message{Header: Header{Type: Type(b[3]), RequestID: le.Uint32(b[4:]), Session: le.Uint32(b[8:])}}
 	body := b[HeaderLen:]
-	if m.Type >= Emit && m.RequestID != 0 {
+	if m.Type >= Emit && m.Type != Deliver && m.RequestID != 0 {
 		return ErrRequestID
 	}
 	exact := func(n int) error {
@@ -257,6 +273,11 @@ func Parse(b []byte, m *Message) error {
 			return err
 		}
 		m.ID, m.Token, m.Status = le.Uint32(body), le.Uint64(body[4:]), Status(le.Uint16(body[12:]))
+	case Credit:
+		if err := exact(12); err != nil {
+			return err
+		}
+		m.ID, m.Seen, m.Room = le.Uint32(body), le.Uint32(body[4:]), le.Uint32(body[8:])
 	default:
 		return ErrType
 	}
@@ -345,13 +366,14 @@ func PutEmit(b []byte, session, source uint32, token uint64, payload []byte) (in
 // DeliverOverhead is the bytes a Deliver adds before its payload.
 const DeliverOverhead = HeaderLen + 24
 
-// PutDeliver writes a Deliver; like PutEmit it copies nothing when the
-// payload is already in place.
-func PutDeliver(b []byte, session, sink, channel uint32, source, seq uint64, payload []byte) (int, error) {
+// PutDeliver writes a Deliver with the sink's delivery index (0: none,
+// see Credit); like PutEmit it copies nothing when the payload is already
+// in place.
+func PutDeliver(b []byte, session, sink, channel uint32, index uint32, source, seq uint64, payload []byte) (int, error) {
 	if len(b) < DeliverOverhead+len(payload) {
 		return 0, ErrShortBuffer
 	}
-	PutHeader(b, Header{Type: Deliver, Session: session})
+	PutHeader(b, Header{Type: Deliver, RequestID: index, Session: session})
 	le.PutUint32(b[HeaderLen:], sink)
 	le.PutUint32(b[HeaderLen+4:], channel)
 	le.PutUint64(b[HeaderLen+8:], source)
@@ -370,6 +392,21 @@ func PutOutcome(b []byte, session, source uint32, token uint64, st Status) (int,
 	le.PutUint64(b[HeaderLen+4:], token)
 	le.PutUint16(b[HeaderLen+12:], uint16(st))
 	return HeaderLen + 14, nil
+}
+
+// CreditLen is the size of a Credit datagram.
+const CreditLen = HeaderLen + 12
+
+// PutCredit writes a Credit for one of the session's sinks.
+func PutCredit(b []byte, session, sink, seen, room uint32) (int, error) {
+	if len(b) < CreditLen {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: Credit, Session: session})
+	le.PutUint32(b[HeaderLen:], sink)
+	le.PutUint32(b[HeaderLen+4:], seen)
+	le.PutUint32(b[HeaderLen+8:], room)
+	return CreditLen, nil
 }
 
 // copyIfMoved copies src to dst unless src already starts at dst.

@@ -74,19 +74,23 @@ func TestDataRoundTripInPlace(t *testing.T) {
 		t.Fatalf("emit: %+v", m)
 	}
 	d := make([]byte, 2048)
-	n, err = PutDeliver(d, 5, 8, 42, 1<<32|3, 1000, m.Payload)
+	n, err = PutDeliver(d, 5, 8, 42, 0xfffffffe, 1<<32|3, 1000, m.Payload)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := Parse(d[:n], &m); err != nil {
 		t.Fatal(err)
 	}
-	if m.Type != Deliver || m.ID != 8 || m.Channel != 42 || m.Source != 1<<32|3 || m.Seq != 1000 || m.Payload[50] != 50 {
+	if m.Type != Deliver || m.ID != 8 || m.Channel != 42 || m.RequestID != 0xfffffffe || m.Source != 1<<32|3 || m.Seq != 1000 || m.Payload[50] != 50 {
 		t.Fatalf("deliver: %+v", m)
 	}
 	n, _ = PutOutcome(d, 5, 6, 77, StatusNoBuffers)
 	if err := Parse(d[:n], &m); err != nil || m.Status != StatusNoBuffers || m.Token != 77 {
 		t.Fatalf("outcome: %+v %v", m, err)
+	}
+	n, _ = PutCredit(d, 5, 8, 1<<31, 512)
+	if err := Parse(d[:n], &m); err != nil || m.Type != Credit || m.Session != 5 || m.ID != 8 || m.Seen != 1<<31 || m.Room != 512 {
+		t.Fatalf("credit: %+v %v", m, err)
 	}
 }
 
@@ -111,6 +115,9 @@ func TestParseRejects(t *testing.T) {
 		{"deliver short", good(Deliver, make([]byte, 23)...), ErrLength},
 		{"reply plugin overrun", good(Reply, 0, 0, 0, 0, 0, 0, 0xff, 0x00, 0, 0), ErrLength},
 		{"reply trailing bytes", good(Reply, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1), ErrLength},
+		{"credit short", good(Credit, make([]byte, 11)...), ErrLength},
+		{"credit long", good(Credit, make([]byte, 13)...), ErrLength},
+		{"credit with a request id", func() []byte { b := good(Credit, make([]byte, 12)...); b[7] = 1; return b }(), ErrRequestID},
 		{"emit with a request id", func() []byte { b := good(Emit, make([]byte, 12)...); b[4] = 1; return b }(), ErrRequestID},
 	} {
 		var m Message
@@ -127,7 +134,9 @@ func TestNoAllocations(t *testing.T) {
 	if a := testing.AllocsPerRun(1000, func() {
 		PutEmit(b, 1, 2, 3, b[EmitOverhead:EmitOverhead+512])
 		Parse(b[:n], &m)
-		PutDeliver(b, 1, 2, 3, 4, 5, b[DeliverOverhead:DeliverOverhead+512])
+		PutDeliver(b, 1, 2, 3, 9, 4, 5, b[DeliverOverhead:DeliverOverhead+512])
+		PutCredit(b[1024:], 1, 2, 3, 4)
+		Parse(b[1024:1024+CreditLen], &m)
 		Parse(b[:5], &m) // an error path
 	}); a != 0 {
 		t.Fatalf("%v allocations per run", a)
@@ -142,7 +151,9 @@ func FuzzParse(f *testing.F) {
 	}
 	n, _ := PutReply(b, Header{}, &Result{Plugin: []byte("udp"), Message: []byte("warn")})
 	f.Add(append([]byte(nil), b[:n]...))
-	n, _ = PutDeliver(b, 1, 2, 3, 4, 5, []byte("hello"))
+	n, _ = PutDeliver(b, 1, 2, 3, 7, 4, 5, []byte("hello"))
+	f.Add(append([]byte(nil), b[:n]...))
+	n, _ = PutCredit(b, 1, 2, 3, 4)
 	f.Add(append([]byte(nil), b[:n]...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Message
@@ -159,7 +170,9 @@ func FuzzParse(f *testing.F) {
 		case Emit:
 			n, err = PutEmit(out, m.Session, m.ID, m.Token, m.Payload)
 		case Deliver:
-			n, err = PutDeliver(out, m.Session, m.ID, m.Channel, m.Source, m.Seq, m.Payload)
+			n, err = PutDeliver(out, m.Session, m.ID, m.Channel, m.RequestID, m.Source, m.Seq, m.Payload)
+		case Credit:
+			n, err = PutCredit(out, m.Session, m.ID, m.Seen, m.Room)
 		case Outcome:
 			n, err = PutOutcome(out, m.Session, m.ID, m.Token, m.Status)
 		default:
