@@ -244,18 +244,26 @@ echo released?; sleep 10; kill $src; echo done`
 	}
 }
 
+// daemonWithAppSocket starts a daemon with one port, "vm", and an app
+// socket for host applications, which meet the VM's on channel (shared:
+// the VM's tenant and the host's, uid 0).
+func daemonWithAppSocket(t *testing.T, channel uint32) (d *Daemon, socks []string, app string) {
+	t.Helper()
+	d, socks = startDaemonWith(t, func(o *DaemonOptions) {
+		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
+		o.AppSocket = app
+		o.Runtime.SharedChannels = []uint32{channel}
+	}, "vm")
+	return d, socks, app
+}
+
 // TestVMToHostProcess: an application in a VM streams to a process on the
 // host (guestlib's host transport over the daemon's unix socket), which
 // gets every message in order.
 func TestVMToHostProcess(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const count = 3000
-	var app string
-	_, socks := startDaemonWith(t, func(o *DaemonOptions) {
-		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
-		o.AppSocket = app
-		o.Runtime.SharedChannels = []uint32{21} // the VM's tenant and the host's (uid 0) meet there
-	}, "vm")
+	_, socks, app := daemonWithAppSocket(t, 21)
 	kernel, initramfs := perfImage(t) // also builds perfPath
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -299,12 +307,7 @@ func TestVMToHostProcess(t *testing.T) {
 func TestSlowGuestSinkLosesNothing(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const count = 12000
-	var app string
-	d, socks := startDaemonWith(t, func(o *DaemonOptions) {
-		app = filepath.Join(filepath.Dir(o.ControlSocket), "app.sock")
-		o.AppSocket = app
-		o.Runtime.SharedChannels = []uint32{22}
-	}, "vm")
+	d, socks, app := daemonWithAppSocket(t, 22)
 	kernel, initramfs := perfImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
