@@ -127,7 +127,8 @@ func creditAllows(c uint64, last uint32) bool {
 	return inflight < room
 }
 
-// credit takes a guest's Credit for one of its session's sinks.
+// credit takes a guest's Credit for one of its session's sinks (one for
+// a sink it no longer has, sent as the sink closed, is ignored).
 func (p *Port) credit(s *Session, m *guestproto.Message) {
 	if sk := s.sink(m.ID); sk != nil {
 		sk.credit.Store(packCredit(m.Seen, m.Room))
@@ -193,6 +194,8 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		if s := p.session(m.Session, src); s != nil {
 			s.lastSeen.Store(monoAt(t))
 			p.credit(s, &m)
+		} else {
+			p.malformed.Add(1) // not this address's session (a closed one's late credit, or a forgery)
 		}
 		return 0
 	}

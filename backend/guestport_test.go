@@ -293,6 +293,9 @@ func TestCreditBoundsWhatIsInFlight(t *testing.T) {
 	credit(netip.MustParseAddrPort("169.254.77.9:40003"), sess, sk, 13, 100)
 	credit(guest, sess, sk+1000, 13, 100)
 	want(send(1), 0, 0)
+	if m := p.malformed.Load(); m != 1 {
+		t.Errorf("malformed %d, want 1 (the credit from another address)", m)
+	}
 	// Wrapping: the numbering goes on past 2^32.
 	// Wrapping: the numbering goes on past 2^32, skipping 0 (which
 	// says "unnumbered"). The sink's index is set as after 2^32 - 2

@@ -240,6 +240,11 @@ func junk(w io.Writer, count uint64) error {
 		{'V', 'G', 1},
 		{'V', 'G', 1, 0x40, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 		{'V', 'G', 9, 0x01, 1, 0, 0, 0, 0, 0, 0, 0},
+		// Credits: for sessions that are not this socket's (one with no
+		// room at all), and one cut short.
+		{'V', 'G', 1, 0x83, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff},
+		{'V', 'G', 1, 0x83, 0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0},
+		{'V', 'G', 1, 0x83, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0},
 	}
 	for i := uint64(0); i < count; i++ {
 		if _, err := c.Write(kinds[i%uint64(len(kinds))]); err != nil {
