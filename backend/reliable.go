@@ -44,13 +44,19 @@ package backend
 // nothing per message.
 //
 // A peer that restarts (a directory with a new boot id) gets fresh
-// receivers here, and this daemon's windows toward it start over at 1
-// with what the old run had not acknowledged (peerRestarted). Datagrams
-// sent between the restart and the new run's first directory carry the
-// old numbering; they are dropped when they fall past the new receiver's
-// buffer, but with fixed node ids a young stream's (sequence below
-// relWindow) could be taken for the new numbering's: the wire has no
-// epoch field yet to tell them apart.
+// receivers here, and this daemon's windows toward it start over at 1,
+// under a new epoch, with what the old run had not acknowledged
+// (peerRestarted).
+//
+// Every window has an epoch (the wall clock when it was made, and always
+// later than the daemon's previous one), carried with each message. A
+// window made again for the same source and peer — the source migrated
+// away and back, the peer restarted, a receiver forgot it — numbers from
+// 1 under a later epoch, and the receiver, once it has delivered the old
+// numbering's messages, starts over with it; messages of an earlier
+// epoch are dropped as duplicates. (An ack of the old window still in
+// flight when a new one starts is not told apart: windows are made
+// again seconds apart, acks live for a round trip.)
 //
 // A message held for a sink without room is retried every relTick; the
 // sinks that took it are remembered by position in the channel's sink
@@ -58,14 +64,17 @@ package backend
 // message.
 //
 // The window's numbers are the wire's; the payload is preceded by the
-// source's own sequence number (relSeqLen bytes), which is what sinks
+// source's own sequence number and the epoch (relPrefixLen bytes); the
+// source's number is what sinks
 // see: the same numbering whichever peer's window carried a message, so a
 // sink that migrates from one daemon to another (and hears the source
 // through both for a while) keeps one order and drops the copies.
 //
 // Not yet: a migrated reliable source's windows (and a receiver's
 // buffer) are not in the migration snapshot; a migrated source starts new
-// windows. A receiver's messages for a migrating sink go with the sink
+// windows on its new daemon, and what its old windows had not delivered
+// when the old daemon released it is lost; a peer's sink may get the new
+// windows' first messages before the old ones' last (two receivers). A receiver's messages for a migrating sink go with the sink
 // (held, then forwarded). Co-located sinks get a reliable stream's
 // messages through emitWait's retries (a full sink, or a VM sink without
 // credit, holds a host application's source).
@@ -93,9 +102,9 @@ const (
 	// relWindow is how many messages a reliable source has in flight to
 	// one peer at most, and how many a receiver buffers per source.
 	relWindow = 512
-	// relSeqLen is the source's sequence number ahead of a reliable
-	// message's payload.
-	relSeqLen = 8
+	// relPrefixLen is what goes ahead of a reliable message's payload:
+	// the source's sequence number and the window's epoch (u64 each).
+	relPrefixLen = 16
 	// relTick is how often the timers run.
 	relTick = 2 * time.Millisecond
 	// relMinRTO and relMaxRTO bound the retransmission timeout, doubled
@@ -133,6 +142,24 @@ type relEntry struct {
 	seq   uint64
 }
 
+// relMark is where a reclaimed receiver's window stood.
+type relMark struct{ cum, epoch uint64 }
+
+// newEpoch returns an epoch for a new window numbering: the wall clock
+// in ns, and never less than one past the last, so a later window of
+// this daemon always has a later epoch even when the clock steps back
+// (a window of an earlier run is told apart by the peer's boot id).
+func (rl *reliable) newEpoch() uint64 {
+	now := uint64(time.Now().UnixNano())
+	for {
+		last := rl.lastEpoch.Load()
+		e := max(now, last+1)
+		if rl.lastEpoch.CompareAndSwap(last, e) {
+			return e
+		}
+	}
+}
+
 // relSend is a reliable source's window toward one peer.
 type relSend struct {
 	// src, p and dpi are set before the window is published, then only
@@ -142,6 +169,11 @@ type relSend struct {
 	dpi int     // +checklocksignore
 
 	mu sync.Mutex
+	// epoch names the window's numbering (reliable.newEpoch): a window
+	// made again for the same source and peer (the source migrated back
+	// to this daemon, or the peer restarted) numbers from 1 again under a
+	// later epoch, and the receiver starts over with it.
+	epoch uint64 // +checklocks:mu
 	// base is the lowest unacknowledged sequence, next the next one to
 	// send; credit the highest the receiver allows.
 	base   uint64 // +checklocks:mu
@@ -165,6 +197,8 @@ type relRecv struct {
 	dpi     int    // +checklocksignore
 
 	mu sync.Mutex
+	// epoch is the sender's window's (0 until its first message).
+	epoch uint64 // +checklocks:mu
 	// cum is the highest sequence received with everything before it;
 	// head the next to deliver (head <= cum+1).
 	cum  uint64 // +checklocks:mu
@@ -196,10 +230,13 @@ type reliable struct {
 	// recvPerPeer counts receivers per peer.
 	recvPerPeer map[*peer]int // +checklocks:mu
 	// reclaimed keeps, for each receiver reclaimed while idle, the last
-	// sequence number it delivered: its sender's window goes on from there
-	// (it never learns of the reclaim), so a receiver created again for
-	// the source must too. A few bytes per source, dropped with the peer.
-	reclaimed map[relKey]uint64 // +checklocks:mu
+	// sequence number it delivered and its window's epoch: its sender's
+	// window goes on from there (it never learns of the reclaim), so a
+	// receiver created again for the source must too. A few bytes per
+	// source, dropped with the peer.
+	reclaimed map[relKey]relMark // +checklocks:mu
+	// lastEpoch is the latest epoch given to a window.
+	lastEpoch atomic.Uint64
 	// started wakes run when the first window or receiver appears: with
 	// none, the timers do not tick (an idle daemon stays idle).
 	started chan struct{}
@@ -213,7 +250,7 @@ func newReliable(rm *remote) *reliable {
 	if t <= 0 {
 		t = DefaultReliableTimeout
 	}
-	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, reclaimed: map[relKey]uint64{}, started: make(chan struct{}, 1)}
+	return &reliable{rm: rm, timeout: t, recvPerPeer: map[*peer]int{}, reclaimed: map[relKey]relMark{}, started: make(chan struct{}, 1)}
 }
 
 // info returns the counters.
@@ -251,6 +288,7 @@ func (rl *reliable) sender(src *Source, p *peer, dpi int) *relSend {
 	}
 	rs := &relSend{src: src, p: p, dpi: dpi}
 	rs.mu.Lock()
+	rs.epoch = rl.newEpoch()
 	rs.base, rs.next, rs.credit = 1, 1, relWindow
 	rs.lastAck = time.Now().UnixNano()
 	rs.entries = make([]relEntry, relWindow)
@@ -295,17 +333,18 @@ func (rl *reliable) emit(src *Source, p *peer, dpi int, srcSeq uint64, payload [
 		Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
 	buf := rm.slots.Bytes(id)
 	// The payload goes after the source's own sequence number (the
-	// header's Seq is the window's): sinks see the source's numbering,
-	// whichever peers' windows carried it (a migrated sink hears one
-	// source through two daemons).
+	// header's Seq is the window's: sinks see the source's numbering,
+	// whichever peers' windows carried it, as a migrated sink hears one
+	// source through two daemons) and the window's epoch.
 	body := buf[wire.HeaderLen:]
-	if len(body) < relSeqLen+len(payload) {
+	if len(body) < relPrefixLen+len(payload) {
 		rm.slots.Put(id)
 		return false
 	}
 	binary.LittleEndian.PutUint64(body, srcSeq)
-	copy(body[relSeqLen:], payload)
-	n, err := h.MarshalPacket(buf, body[:relSeqLen+len(payload)])
+	binary.LittleEndian.PutUint64(body[8:], rs.epoch)
+	copy(body[relPrefixLen:], payload)
+	n, err := h.MarshalPacket(buf, body[:relPrefixLen+len(payload)])
 	if err != nil {
 		rm.slots.Put(id)
 		return false
@@ -425,15 +464,33 @@ func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
 	rr.mu.Lock()
 	rr.lastData = time.Now().UnixNano()
 	seq := h.Seq
+	var epoch uint64
+	if len(payload) >= relPrefixLen {
+		epoch = binary.LittleEndian.Uint64(payload[8:])
+	}
+	if epoch > rr.epoch && rr.epoch != 0 && len(payload) >= relPrefixLen && h.Channel == rr.channel {
+		// A new window of the source's daemon, numbered from 1: start
+		// over once every message of the old one is delivered (until
+		// then the new ones are not taken, and come again).
+		if rr.head <= rr.cum {
+			rl.duplicates.Add(1)
+			rr.mu.Unlock()
+			return
+		}
+		rr.restartLocked(epoch)
+	}
 	switch {
-	case len(payload) < relSeqLen:
+	case len(payload) < relPrefixLen:
 		rl.malformed.Add(1) // no source sequence number: not ours
+	case epoch < rr.epoch:
+		rl.duplicates.Add(1) // a late message of an earlier window
 	case seq <= rr.cum || seq >= rr.head+relWindow || h.Channel != rr.channel:
 		// A duplicate, or past the credit: the ack tells the sender.
 		rl.duplicates.Add(1)
 	case rr.entries[seq%relWindow].n != 0:
 		rl.duplicates.Add(1)
 	default:
+		rr.epoch = epoch // the first message's, or the same
 		i := seq % relWindow
 		copy(rr.mem[int(i)*remoteSlotSize:], payload)
 		rr.entries[i] = relEntry{n: len(payload) + 1, seq: seq} // n: length+1, so an empty message is held too
@@ -453,6 +510,15 @@ func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
 	rr.mu.Unlock()
 }
 
+// restartLocked starts rr over for a new window numbering, everything
+// of the old one delivered.
+//
+// +checklocks:rr.mu
+func (rr *relRecv) restartLocked(epoch uint64) {
+	clear(rr.entries)
+	rr.epoch, rr.cum, rr.head, rr.headDone, rr.ooo = epoch, 0, 1, 0, 0
+}
+
 // newReceiver creates the receiver of peer k.peer's source k.source, or
 // returns nil when the peer has relMaxRecvPerPeer already.
 func (rl *reliable) newReceiver(k relKey, channel uint32, dpi int) *relRecv {
@@ -468,8 +534,8 @@ func (rl *reliable) newReceiver(k relKey, channel uint32, dpi int) *relRecv {
 	rr := &relRecv{key: k, channel: channel, dpi: dpi}
 	rr.mu.Lock()
 	rr.head, rr.advertised = 1, relWindow
-	if cum, ok := rl.reclaimed[k]; ok { // the source's numbering goes on
-		rr.cum, rr.head = cum, cum+1
+	if m, ok := rl.reclaimed[k]; ok { // the source's numbering goes on
+		rr.cum, rr.head, rr.epoch = m.cum, m.cum+1, m.epoch
 		delete(rl.reclaimed, k)
 	}
 	rr.entries = make([]relEntry, relWindow)
@@ -495,7 +561,7 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 		i := rr.head % relWindow
 		e := &rr.entries[i]
 		msg := rr.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n-1]
-		srcSeq, payload := binary.LittleEndian.Uint64(msg), msg[relSeqLen:]
+		srcSeq, payload := binary.LittleEndian.Uint64(msg), msg[relPrefixLen:]
 		sinks := rt.channels.Get(key)
 		for rr.headDone < len(sinks) {
 			sk := sinks[rr.headDone]
@@ -635,8 +701,8 @@ func (rl *reliable) tick(now int64) {
 		rl.mu.Unlock()
 	}
 	type reclaim struct {
-		rr  *relRecv
-		cum uint64
+		rr *relRecv
+		m  relMark
 	}
 	var idle []reclaim
 	for _, rr := range rl.receivers.All() {
@@ -649,7 +715,7 @@ func (rl *reliable) tick(now int64) {
 			rl.sendAckLocked(rr, now)
 		}
 		if !holding && now-rr.lastData > int64(relIdle) {
-			idle = append(idle, reclaim{rr, rr.cum})
+			idle = append(idle, reclaim{rr, relMark{rr.cum, rr.epoch}})
 		}
 		rr.mu.Unlock()
 	}
@@ -659,7 +725,7 @@ func (rl *reliable) tick(now int64) {
 			rl.receivers.Delete(x.rr.key)
 			rl.recvPerPeer[x.rr.key.peer]--
 			if len(rl.reclaimed) < relMaxReclaimed {
-				rl.reclaimed[x.rr.key] = x.cum
+				rl.reclaimed[x.rr.key] = x.m
 			}
 		}
 		rl.mu.Unlock()
@@ -755,13 +821,15 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 	}
 	clear(rs.entries)
 	rs.base, rs.next, rs.credit = 1, 1, relWindow
+	rs.epoch = rl.newEpoch()
 	rs.lastAck = time.Now().UnixNano()
 	for _, d := range keep {
 		h, payload, err := wire.Parse(d)
-		if err != nil {
+		if err != nil || len(payload) < relPrefixLen {
 			continue
 		}
 		h.Seq = rs.next
+		binary.LittleEndian.PutUint64(payload[8:], rs.epoch)
 		i := rs.next % relWindow
 		n, err := h.MarshalPacket(rs.mem[int(i)*remoteSlotSize:int(i+1)*remoteSlotSize], payload)
 		if err != nil {

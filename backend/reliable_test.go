@@ -880,3 +880,51 @@ func TestReliableSourceWaitsForItsSlowestPeer(t *testing.T) {
 	t.Logf("%d messages to two peers, one stalled until the source was held back at message %d: both got all, in order; the source was refused %d times",
 		n, stalledAt, refusals)
 }
+
+// TestReliableWindowMadeAgainStartsOver: a reliable source's window
+// toward a peer is made again — as when the source migrates away and
+// back, and its first daemon forgot the old window — and numbers from 1
+// under a later epoch. The peer's receiver, which had delivered 1,000
+// messages of the old numbering, starts over with it: the next 1,000
+// arrive once and in order, in the source's own numbering (before the
+// epoch, the receiver took the new window's messages for duplicates of
+// the old ones and the source failed, unacknowledged).
+func TestReliableWindowMadeAgainStartsOver(t *testing.T) {
+	testutil.Integration(t)
+	rtA, rtB, ctx, _ := reliablePair(t, loopbackPlugin(t), loopbackPlugin(t), 30*time.Second)
+	check, src := reliableChannel(t, ctx, rtA, rtB)
+	payload := make([]byte, 100)
+	const each = 1000
+	wait := func(n uint64) {
+		t.Helper()
+		for check.got.Load() < n && ctx.Err() == nil && !src.Unreachable() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for range each {
+		emitReliable(t, ctx, rtA, src, payload)
+	}
+	wait(each)
+	rl := rtA.remote.rel
+	old := rl.senders.Get(relKey{src.Global, rtA.remote.peerList()[0]})
+	rl.mu.Lock()
+	rl.senders.Delete(relKey{src.Global, rtA.remote.peerList()[0]})
+	rl.mu.Unlock()
+	for range each {
+		emitReliable(t, ctx, rtA, src, payload)
+	}
+	wait(2 * each)
+	check.mu.Lock()
+	defer check.mu.Unlock()
+	if check.got.Load() != 2*each || len(check.problems) > 0 || src.Unreachable() {
+		t.Fatalf("got %d of %d (problems %v), source unreachable %v", check.got.Load(), 2*each, check.problems, src.Unreachable())
+	}
+	now := rl.senders.Get(relKey{src.Global, rtA.remote.peerList()[0]})
+	old.mu.Lock()
+	now.mu.Lock()
+	defer old.mu.Unlock()
+	defer now.mu.Unlock()
+	if now == old || now.epoch <= old.epoch {
+		t.Errorf("the window made again has epoch %d after %d", now.epoch, old.epoch)
+	}
+}

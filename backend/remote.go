@@ -117,9 +117,9 @@ const (
 	remoteBatch    = 32
 	// MaxRemotePayload is the largest message sent to other hosts as one
 	// datagram (room is kept for the authentication trailer, with or
-	// without a key, and for a reliable message's source sequence number,
-	// so the limit depends on neither the fleet's mode nor the stream's).
-	MaxRemotePayload = remoteSlotSize - wire.HeaderLen - wire.AuthTrailerLen - relSeqLen
+	// without a key, and for a reliable message's prefix, so the limit
+	// depends on neither the fleet's mode nor the stream's).
+	MaxRemotePayload = remoteSlotSize - wire.HeaderLen - wire.AuthTrailerLen - relPrefixLen
 )
 
 // remote sends the runtime's messages to peers that have sinks for their
