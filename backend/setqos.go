@@ -133,7 +133,7 @@ func (r *Runtime) SetStreamQoS(streamID uint32, opts StreamOptions) (StreamInfo,
 	st.moving = false
 	r.retargetWindowsLocked(st)
 	st.gate.resume()
-	closed := s.closed
+	closed := s.closed // +checklocksignore: s.rt is r, locked
 	r.mu.Unlock()
 
 	r.log.Info("stream QoS changed", "session", s.ID, "stream", streamID, "from", old, "to", dp, "options", opts,
@@ -158,7 +158,7 @@ var ErrBadQoS = errors.New("QoS change refused")
 // +checklocks:r.mu
 func (r *Runtime) streamByIDLocked(id uint32) (*Stream, *Session) {
 	for _, s := range r.sessions {
-		if st, ok := s.streams[id]; ok { // +checklocksforce: s.rt is r, locked
+		if st, ok := s.streams[id]; ok { // +checklocksignore: s.rt is r, locked
 			return st, s
 		}
 	}
@@ -202,7 +202,7 @@ func (r *Runtime) drain(st *Stream, deadline time.Time) bool {
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
-	if !st.Options.Reliable { // +checklocksignore: only SetStreamQoS writes it, and this is SetStreamQoS
+	if !st.Options.Reliable { // only SetStreamQoS writes it (st.moving)
 		time.Sleep(qosSettle)
 	}
 	return true

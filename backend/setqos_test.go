@@ -18,7 +18,8 @@ import (
 type changeRecorder struct {
 	fakeEndpoint
 	mu     sync.Mutex
-	events []string // datapath of each event, in order; +checklocks:mu
+	// events has the datapath of each event, in order.
+	events []string // +checklocks:mu
 }
 
 func (c *changeRecorder) streamChanged(_ *Session, _ uint32, datapath, _ string) {
