@@ -4,11 +4,14 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
+	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
@@ -17,7 +20,7 @@ import (
 // is told of.
 type changeRecorder struct {
 	fakeEndpoint
-	mu     sync.Mutex
+	mu sync.Mutex
 	// events has the datapath of each event, in order.
 	events []string // +checklocks:mu
 }
@@ -72,10 +75,12 @@ func (p fixedPolicy) Choose(StreamOptions, []string) (string, string) { return s
 // UDP and DPDK (net_af_packet) under one address, on two veths (UDP on
 // one, DPDK on the other: a host whose kernel and DPDK share an interface
 // hears every datagram twice, and strict reverse-path filtering keeps the
-// kernel from taking the DPDK link's datagrams). A reliable source
-// streams about 10,000 messages/s while its stream moves UDP -> DPDK ->
-// UDP: every message arrives once and in order, the DPDK datapath carried
-// some of them, and the application was told of both moves.
+// kernel from taking the DPDK link's datagrams). On host A a daemon's host
+// application (guestlib) streams reliably, about 10,000 messages/s, while
+// the operator moves its stream UDP -> DPDK -> UDP through the control
+// socket (velocectl streams set-qos): every message arrives at host B once
+// and in order, the DPDK datapath carried some of them, and the
+// application got both events.
 func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	requireDPDK(t)
 	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
@@ -104,67 +109,85 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 		return RuntimeOptions{NodeID: node, Remote: RemoteOptions{Datapath: u, Accelerated: []Datapath{d},
 			Peers: []netip.AddrPort{netip.MustParseAddrPort(peer)}, DirectoryInterval: 100 * time.Millisecond, DirectoryExpiry: time.Minute}}
 	}
-	rtA, rtB := NewRuntime(opts(1, uA, dpA, "10.98.7.2:7078")), NewRuntime(opts(2, uB, dpB, "10.98.7.1:7078"))
-	ctx := runRuntimes(t, rtA, rtB)
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sock
+		o.Runtime = opts(1, uA, dpA, "10.98.7.2:7078")
+	})
+	rtB := NewRuntime(opts(2, uB, dpB, "10.98.7.1:7078"))
+	ctx := runRuntimes(t, rtB)
 
 	check := &orderCheck{last: map[uint64]uint64{}}
 	sb := rtB.OpenSession(check, netip.AddrPort{})
 	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
 	sb.CreateSink(stb.ID, 9)
-	waitDirectory(t, ctx, rtA, 9)
-	ep := &changeRecorder{}
-	sa := rtA.OpenSession(ep, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{Reliable: true})
-	src, _ := sa.CreateSource(sta.ID, 9)
+	waitChannel(t, ctx, d.rt, 9)
+	app := openApp(t, sock)
+	st, err := app.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
+	if err != nil || st.Datapath != DatapathUDP {
+		t.Fatalf("create stream: %v, %+v", err, st)
+	}
+	src, err := st.CreateSource(ctx, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	// 10 messages a millisecond for 4 s; the emitter retries what was
-	// refused (back-pressure during the moves), as guestlib's
-	// applications do.
+	// 10 messages a millisecond for 4 s.
 	const total = 40_000
-	var emitted, refusals atomic.Uint64
-	done := make(chan struct{})
+	var emitted atomic.Uint64
+	done := make(chan error, 1)
 	go func() {
-		defer close(done)
-		payload := make([]byte, 128)
 		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
-		for emitted.Load() < total && ctx.Err() == nil {
+		for emitted.Load() < total {
 			<-tick.C
 			for range 10 {
-				for ctx.Err() == nil {
-					if taken, _ := rtA.emit(src, payload); taken > 0 {
-						break
-					}
-					refusals.Add(1)
-					time.Sleep(50 * time.Microsecond)
+				buf, err := src.GetBufferContext(ctx, 128)
+				if err == nil {
+					_, err = src.Emit(buf)
+				}
+				if err != nil {
+					done <- err
+					return
 				}
 				emitted.Add(1)
 			}
 		}
+		done <- nil
 	}()
+	ctl := control.NewClient(d.opts.ControlSocket)
 	for _, step := range []struct {
 		at   uint64
-		opts StreamOptions
+		opts control.StreamOptions
 		want string
-	}{{total / 4, StreamOptions{Acceleration: true, Reliable: true}, DatapathDPDK}, {total / 2, StreamOptions{Reliable: true}, DatapathUDP}} {
+	}{{total / 4, control.StreamOptions{Acceleration: true, Reliable: true}, DatapathDPDK}, {total / 2, control.StreamOptions{Reliable: true}, DatapathUDP}} {
 		for emitted.Load() < step.at && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
-		dpdkBefore := dpA.Stats().TxDatagrams
-		info, err := rtA.SetStreamQoS(sta.ID, step.opts)
+		info, err := ctl.SetStreamQoS(ctx, st.ID(), step.opts)
 		if err != nil || info.Datapath != step.want {
 			t.Fatalf("set-qos %+v: %+v, %v", step.opts, info, err)
 		}
-		t.Logf("at %d emitted: moved to %s (DPDK had sent %d)", emitted.Load(), info.Datapath, dpdkBefore)
+		t.Logf("at %d emitted: moved to %s (DPDK had sent %d datagrams)", emitted.Load(), info.Datapath, dpA.Stats().TxDatagrams)
+		select {
+		case ev := <-st.Events():
+			if ev.Datapath != step.want {
+				t.Errorf("the application was told %+v, want %s", ev, step.want)
+			}
+		case <-ctx.Done():
+			t.Fatal("the application was not told")
+		}
 	}
-	<-done
+	if err := <-done; err != nil {
+		t.Fatalf("emit: %v", err)
+	}
 	for check.got.Load() < total && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // a duplicate would show by now
 	s := dpA.Stats()
-	t.Logf("%d of %d received; %d refusals during the moves; DPDK sent %d datagrams; UDP remote %+v", check.got.Load(), total,
-		refusals.Load(), s.TxDatagrams, rtA.Remote().Reliable)
+	t.Logf("%d of %d received; DPDK sent %d datagrams; reliable %+v", check.got.Load(), total,
+		s.TxDatagrams, d.rt.Remote().Reliable)
 	check.mu.Lock()
 	defer check.mu.Unlock()
 	if check.got.Load() != total || len(check.problems) > 0 {
@@ -173,7 +196,7 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	if s.TxDatagrams < total/8 {
 		t.Errorf("DPDK sent %d datagrams: the stream did not move there", s.TxDatagrams)
 	}
-	if ev := ep.got(); len(ev) != 2 || ev[0] != DatapathDPDK || ev[1] != DatapathUDP {
-		t.Errorf("the application was told %v, want [dpdk udp]", ev)
+	if cur := st.Current(); cur.Datapath != DatapathUDP {
+		t.Errorf("Current: %+v", cur)
 	}
 }
