@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/plugins/udp"
 )
@@ -198,5 +200,51 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	}
 	if cur := st.Current(); cur.Datapath != DatapathUDP {
 		t.Errorf("Current: %+v", cur)
+	}
+}
+
+// TestGuestToldOfQoSChange drives a VM port's virtio transport as its
+// poller does: an emit while the stream is paused for a move is refused
+// (Outcome NoBuffers) without taking a sequence number, and after the
+// move the guest's session gets a StreamChanged frame on its RX ring.
+func TestGuestToldOfQoSChange(t *testing.T) {
+	guest := netip.MustParseAddrPort("169.254.77.2:40009")
+	p, rt, call := newGuestPort(t, guest)
+	reply, frame, emit := make([]byte, 4096), make([]byte, 65536), make([]byte, 1500)
+	sess, src := loopbackStream(call)
+	info := rt.Streams()[0]
+	st := p.sessions.Get(sess).Source(src).Stream
+
+	st.gate.pause(time.Now().Add(time.Second))
+	en, _ := guestproto.PutEmit(emit, sess, src, 7, []byte("paused"))
+	rn := p.handleGuest(guest, emit[:en], reply)
+	var m guestproto.Message
+	if rn == 0 || guestproto.Parse(reply[DatagramHeaderLen:rn], &m) != nil || m.Type != guestproto.Outcome || m.Status != guestproto.StatusNoBuffers || m.Token != 7 {
+		t.Fatalf("emit while paused: %d bytes, %+v", rn, m)
+	}
+	st.gate.resume()
+	if _, err := rt.SetStreamQoS(info.Stream, StreamOptions{Acceleration: true}); err != nil {
+		t.Fatal(err)
+	}
+	en, _ = guestproto.PutEmit(emit, sess, src, 8, []byte("moved"))
+	p.handleGuest(guest, emit[:en], reply)
+	var got []guestproto.Message
+	for {
+		fn := p.FillRX(0, frame)
+		if fn == 0 {
+			break
+		}
+		if err := guestproto.Parse(frame[DatagramHeaderLen:fn], &m); err != nil {
+			t.Fatal(err)
+		}
+		m.Result.Plugin, m.Result.Message, m.Payload = clone(m.Result.Plugin), clone(m.Result.Message), clone(m.Payload)
+		got = append(got, m)
+	}
+	if len(got) != 2 || got[0].Type != guestproto.StreamChanged || got[0].Session != sess || got[0].ID != info.Stream ||
+		string(got[0].Result.Plugin) != DatapathUDP || !strings.Contains(string(got[0].Result.Message), "acceleration requested") {
+		t.Fatalf("frames after the move: %+v", got)
+	}
+	if got[1].Type != guestproto.Deliver || got[1].Seq != 1 || string(got[1].Payload) != "moved" {
+		t.Errorf("the refused emit took a sequence number, or the next was lost: %+v", got[1])
 	}
 }
