@@ -248,3 +248,24 @@ func TestGuestToldOfQoSChange(t *testing.T) {
 		t.Errorf("the refused emit took a sequence number, or the next was lost: %+v", got[1])
 	}
 }
+
+type acceptAll struct{}
+
+func (acceptAll) deliver(*Sink, uint64, uint64, []byte) bool { return true }
+func (acceptAll) String() string                            { return "bench" }
+func (acceptAll) sessionClosed(*Session)                    {}
+
+// BenchmarkEmitLocalSink is the cheapest emit: one local sink that takes
+// everything. The QoS gate (two atomic adds) is part of it.
+func BenchmarkEmitLocalSink(b *testing.B) {
+	rt := NewRuntime(RuntimeOptions{})
+	s := rt.OpenSession(acceptAll{}, netip.AddrPort{})
+	st, _ := s.CreateStream(StreamOptions{})
+	s.CreateSink(st.ID, 1)
+	src, _ := s.CreateSource(st.ID, 1)
+	p := make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		rt.Emit(src, p)
+	}
+}
