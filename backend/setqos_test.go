@@ -252,8 +252,8 @@ func TestGuestToldOfQoSChange(t *testing.T) {
 type acceptAll struct{}
 
 func (acceptAll) deliver(*Sink, uint64, uint64, []byte) bool { return true }
-func (acceptAll) String() string                            { return "bench" }
-func (acceptAll) sessionClosed(*Session)                    {}
+func (acceptAll) String() string                             { return "bench" }
+func (acceptAll) sessionClosed(*Session)                     {}
 
 // BenchmarkEmitLocalSink is the cheapest emit: one local sink that takes
 // everything. The QoS gate (two atomic adds) is part of it.
