@@ -123,7 +123,12 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	sb := rtB.OpenSession(check, netip.AddrPort{})
 	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
 	sb.CreateSink(stb.ID, 9)
+	be := &orderCheck{last: map[uint64]uint64{}} // a best-effort stream moves too
+	sbe := rtB.OpenSession(be, netip.AddrPort{})
+	stbe, _ := sbe.CreateStream(StreamOptions{})
+	sbe.CreateSink(stbe.ID, 10)
 	waitChannel(t, ctx, d.rt, 9)
+	waitChannel(t, ctx, d.rt, 10)
 	app := openApp(t, sock)
 	st, err := app.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
 	if err != nil || st.Datapath != DatapathUDP {
@@ -133,9 +138,14 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	st2, _ := app.CreateStream(ctx, guestlib.StreamOptions{})
+	src2, err := st2.CreateSource(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	// 10 messages a millisecond for 4 s.
-	const total = 40_000
+	// 10 reliable and 2 best-effort messages a millisecond for 4 s.
+	const total, totalBE = 40_000, 8_000
 	var emitted atomic.Uint64
 	done := make(chan error, 1)
 	go func() {
@@ -143,10 +153,15 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 		defer tick.Stop()
 		for emitted.Load() < total {
 			<-tick.C
-			for range 10 {
+			for i := range 10 {
 				buf, err := src.GetBufferContext(ctx, 128)
 				if err == nil {
 					_, err = src.Emit(buf)
+				}
+				if err == nil && i < 2 {
+					if buf, err = src2.GetBufferContext(ctx, 128); err == nil {
+						_, err = src2.Emit(buf)
+					}
 				}
 				if err != nil {
 					done <- err
@@ -159,37 +174,45 @@ func TestSetQoSUDPToDPDKToUDP(t *testing.T) {
 	}()
 	ctl := control.NewClient(d.opts.ControlSocket)
 	for _, step := range []struct {
-		at   uint64
-		opts control.StreamOptions
-		want string
-	}{{total / 4, control.StreamOptions{Acceleration: true, Reliable: true}, DatapathDPDK}, {total / 2, control.StreamOptions{Reliable: true}, DatapathUDP}} {
+		at    uint64
+		accel bool
+		want  string
+	}{{total / 4, true, DatapathDPDK}, {total / 2, false, DatapathUDP}} {
 		for emitted.Load() < step.at && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
-		info, err := ctl.SetStreamQoS(ctx, st.ID(), step.opts)
-		if err != nil || info.Datapath != step.want {
-			t.Fatalf("set-qos %+v: %+v, %v", step.opts, info, err)
-		}
-		t.Logf("at %d emitted: moved to %s (DPDK had sent %d datagrams)", emitted.Load(), info.Datapath, dpA.Stats().TxDatagrams)
-		select {
-		case ev := <-st.Events():
-			if ev.Datapath != step.want {
-				t.Errorf("the application was told %+v, want %s", ev, step.want)
+		for _, x := range []*guestlib.Stream{st, st2} {
+			info, err := ctl.SetStreamQoS(ctx, x.ID(), control.StreamOptions{Acceleration: step.accel, Reliable: x == st})
+			if err != nil || info.Datapath != step.want {
+				t.Fatalf("set-qos stream %d: %+v, %v", x.ID(), info, err)
 			}
-		case <-ctx.Done():
-			t.Fatal("the application was not told")
+			t.Logf("at %d emitted: stream %d moved to %s (DPDK had sent %d datagrams)", emitted.Load(), x.ID(), info.Datapath,
+				dpA.Stats().TxDatagrams)
+			select {
+			case ev := <-x.Events():
+				if ev.Datapath != step.want {
+					t.Errorf("the application was told %+v, want %s", ev, step.want)
+				}
+			case <-ctx.Done():
+				t.Fatal("the application was not told")
+			}
 		}
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("emit: %v", err)
 	}
-	for check.got.Load() < total && ctx.Err() == nil {
+	for (check.got.Load() < total || be.got.Load() < totalBE) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // a duplicate would show by now
 	s := dpA.Stats()
-	t.Logf("%d of %d received; DPDK sent %d datagrams; reliable %+v", check.got.Load(), total,
-		s.TxDatagrams, d.rt.Remote().Reliable)
+	t.Logf("reliable %d of %d received, best-effort %d of %d; DPDK sent %d datagrams; reliable %+v", check.got.Load(), total,
+		be.got.Load(), totalBE, s.TxDatagrams, d.rt.Remote().Reliable)
+	be.mu.Lock()
+	if be.got.Load() != totalBE || len(be.problems) > 0 {
+		t.Errorf("best-effort: received %d of %d; problems: %v", be.got.Load(), totalBE, be.problems)
+	}
+	be.mu.Unlock()
 	check.mu.Lock()
 	defer check.mu.Unlock()
 	if check.got.Load() != total || len(check.problems) > 0 {
