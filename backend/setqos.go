@@ -126,7 +126,16 @@ func (r *Runtime) SetStreamQoS(streamID uint32, opts StreamOptions) (StreamInfo,
 
 	start := time.Now()
 	deadline := start.Add(QoSDrainTimeout)
-	drained := st.gate.pause(deadline) && r.drain(st, deadline)
+	if !st.gate.pause(deadline) {
+		// An emit stuck inside (a sink's endpoint blocking): the fields
+		// cannot change under it. Nothing moved.
+		st.gate.resume()
+		r.mu.Lock()
+		st.moving = false
+		r.mu.Unlock()
+		return StreamInfo{}, fmt.Errorf("stream %d: its emits did not pause within %v: %w", streamID, QoSDrainTimeout, ErrBadQoS)
+	}
+	drained := r.drain(st, deadline)
 
 	r.mu.Lock()
 	st.Options, st.Datapath, st.Warning, st.dpIndex = opts, dp, warn, idx
