@@ -8,7 +8,9 @@ package backend
 //  1. pause: the stream's emits are refused from then on, before they
 //     take a sequence number (back-pressure: a guest application gets
 //     ErrNoBuffers and emits again; a host application's emit waits,
-//     emitWait), and the emits already inside are waited for;
+//     emitWait), and the emits already inside are waited for (if one
+//     stays inside past QoSDrainTimeout, the change is refused and
+//     nothing moves);
 //  2. drain: every datapath's queue is sent up to what it held at the
 //     pause (the old path's messages are on the wire), and a reliable
 //     stream's windows are waited for until the peers acknowledged
