@@ -314,7 +314,7 @@ func (s daemonService) SetStreamQoS(_ context.Context, id uint32, opts control.S
 	info, err := s.d.rt.SetStreamQoS(id, StreamOptions(opts))
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return control.StreamInfo{}, statusError{err, control.ErrNotFound}
+		return control.StreamInfo{}, statusError{fmt.Errorf("%w (velocectl streams lists the streams)", err), control.ErrNotFound}
 	case errors.Is(err, ErrBadQoS):
 		return control.StreamInfo{}, statusError{err, control.ErrBadRequest}
 	case err != nil:

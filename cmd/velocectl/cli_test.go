@@ -418,7 +418,8 @@ func TestStats(t *testing.T) {
 
 func TestStreamsSetQoSErrors(t *testing.T) {
 	ctl := startDaemon(t)
-	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos", "42", "--accel"); code != 1 || !strings.Contains(errs, "stream 42: no such stream") {
+	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos", "42", "--accel"); code != 1 || !strings.Contains(errs, "stream 42: no such stream") ||
+		!strings.Contains(errs, "velocectl streams lists") {
 		t.Errorf("set-qos of an unknown stream: exit %d, %q", code, errs)
 	}
 	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos", "x"); code != 1 || !strings.Contains(errs, "numeric id") {
