@@ -291,15 +291,36 @@ func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
 	in := s.d.Streams()
 	out := make([]control.StreamInfo, len(in))
 	for i, st := range in {
-		out[i] = control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
-			Options: control.StreamOptions(st.Options), Datapath: st.Datapath, TrafficClass: st.TrafficClass, Warning: st.Warning,
-			Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: st.Sinks,
-			SessionRemote: st.SessionRemote, Tenant: st.Tenant}
-		for j, so := range st.Sources {
-			out[i].Sources[j] = control.SourceInfo(so)
-		}
+		out[i] = controlStream(st)
 	}
 	return out, nil
+}
+
+func controlStream(st StreamInfo) control.StreamInfo {
+	out := control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
+		Options: control.StreamOptions(st.Options), Datapath: st.Datapath, TrafficClass: st.TrafficClass, Warning: st.Warning,
+		Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: st.Sinks,
+		SessionRemote: st.SessionRemote, Tenant: st.Tenant}
+	for j, so := range st.Sources {
+		out.Sources[j] = control.SourceInfo(so)
+	}
+	return out
+}
+
+var _ control.QoSService = daemonService{}
+
+// SetStreamQoS serves velocectl streams set-qos (Runtime.SetStreamQoS).
+func (s daemonService) SetStreamQoS(_ context.Context, id uint32, opts control.StreamOptions) (control.StreamInfo, error) {
+	info, err := s.d.rt.SetStreamQoS(id, StreamOptions(opts))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return control.StreamInfo{}, statusError{fmt.Errorf("%w (velocectl streams lists the streams)", err), control.ErrNotFound}
+	case errors.Is(err, ErrBadQoS):
+		return control.StreamInfo{}, statusError{err, control.ErrBadRequest}
+	case err != nil:
+		return control.StreamInfo{}, err
+	}
+	return controlStream(info), nil
 }
 
 func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {

@@ -420,3 +420,32 @@ func (c *replayCache) put(k replayKey, res guestproto.Result, now int64) {
 	c.entries[c.next] = replayEntry{key: k, at: now, res: res}
 	c.next = (c.next + 1) % len(c.entries)
 }
+
+// streamChanged implements streamNotifier: a StreamChanged frame goes to
+// the session's application through the outbox (after the deliveries
+// queued before it). With no free slot it waits briefly, then is lost
+// (the guest still sees the change in velocectl streams).
+func (p *Port) streamChanged(s *Session, streamID uint32, datapath, warning string) {
+	var id uint32
+	ok := false
+	for try := 0; try < 100 && !ok; try++ {
+		if id, ok = p.out.slots.Get(); !ok {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if !ok {
+		return
+	}
+	slot := p.out.slots.Bytes(id)
+	n, err := guestproto.PutStreamChanged(slot[DatagramHeaderLen:], s.ID, streamID, []byte(datapath), []byte(warning))
+	if err == nil {
+		n, err = p.peer.PutDatagram(slot, s.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
+	}
+	if err != nil {
+		p.out.slots.Put(id)
+		return
+	}
+	*p.out.slots.Meta(id) = uint16(n)
+	p.out.ready.PushWait(id)
+	p.dev.Wake()
+}

@@ -771,3 +771,12 @@ func (h *hostApps) info() HostAppsInfo {
 	slices.SortFunc(out.Tenants, func(a, b TenantInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// streamChanged implements streamNotifier: a StreamChanged datagram on
+// the client's socket, as outcomes go.
+func (c *hostClient) streamChanged(s *Session, streamID uint32, datapath, warning string) {
+	b := make([]byte, guestproto.HeaderLen+8+len(datapath)+len(warning))
+	if n, err := guestproto.PutStreamChanged(b, s.ID, streamID, []byte(datapath), []byte(warning)); err == nil && !c.closed.Load() {
+		c.sendOutcome(b[:n])
+	}
+}

@@ -162,11 +162,12 @@ func (rl *reliable) newEpoch() uint64 {
 
 // relSend is a reliable source's window toward one peer.
 type relSend struct {
-	// src, p and dpi are set before the window is published, then only
-	// read.
+	// src and p are set before the window is published, then only read.
 	src *Source // +checklocksignore
 	p   *peer   // +checklocksignore
-	dpi int     // +checklocksignore
+	// dpi is the datapath retransmissions take: the route of the
+	// window's first message, moved by SetStreamQoS (setqos.go).
+	dpi int // +checklocks:mu
 
 	mu sync.Mutex
 	// epoch names the window's numbering (reliable.newEpoch): a window
@@ -286,9 +287,10 @@ func (rl *reliable) sender(src *Source, p *peer, dpi int) *relSend {
 	if rs := rl.senders.Get(k); rs != nil {
 		return rs
 	}
-	rs := &relSend{src: src, p: p, dpi: dpi}
+	rs := &relSend{src: src, p: p}
 	rs.mu.Lock()
 	rs.epoch = rl.newEpoch()
+	rs.dpi = dpi
 	rs.base, rs.next, rs.credit = 1, 1, relWindow
 	rs.lastAck = time.Now().UnixNano()
 	rs.entries = make([]relEntry, relWindow)
@@ -362,6 +364,7 @@ func (rl *reliable) emit(src *Source, p *peer, dpi int, srcSeq uint64, payload [
 func (rm *remote) queue(dpi int, id uint32, n int, p *peer, c wire.Class) {
 	*rm.slots.Meta(id) = remoteMeta{len: uint16(n), dest: p}
 	st := rm.dps[dpi]
+	st.pushed.Add(1)
 	st.queueFor(c).PushWait(id)
 	if st.poller != nil {
 		st.poller.Wake()
@@ -849,23 +852,27 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 // GetBufferContext instead of seeing refusals it would have to resend out
 // of order. Retrying duplicates nothing: no destination took the message.
 // A best-effort source's message is tried once.
+//
+// A message refused because its stream is moving to another datapath
+// (SetStreamQoS) waits too, whatever the stream's reliability, for at most
+// the drain bound past the reliable timeout.
 func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
-	taken, full = r.emit(src, payload)
-	if !src.Stream.Options.Reliable || taken > 0 || full == 0 {
+	taken, full, reliable, paused := r.emitOnce(src, payload)
+	if (!reliable && !paused) || taken > 0 || full == 0 {
 		return taken, full
 	}
 	timeout := DefaultReliableTimeout
 	if r.remote != nil {
 		timeout = r.remote.rel.timeout
 	}
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(timeout + QoSDrainTimeout)
 	for pause := 10 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
 		time.Sleep(pause)
 		if src.Unreachable() || gone.Load() || time.Now().After(deadline) {
 			return taken, full
 		}
 		src.emitted.Add(^uint64(0)) // the same message again: counted once
-		if taken, full = r.emit(src, payload); taken > 0 || full == 0 {
+		if taken, full, reliable, paused = r.emitOnce(src, payload); taken > 0 || full == 0 || (!reliable && !paused) {
 			return taken, full
 		}
 	}

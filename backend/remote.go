@@ -183,6 +183,10 @@ type datapathState struct {
 	// tx gates the datapath's traffic classes by RemoteOptions.Schedule
 	// (txsched.go); nil without one.
 	tx *txSched
+	// pushed counts the slots queued on the datapath, done those its
+	// sender handed to the datapath (or skipped): SetStreamQoS waits for
+	// done to reach what was pushed before it paused a stream.
+	pushed, done atomic.Uint64
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -544,6 +548,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			}
 			st.tx.sentBatch(end)
 			rm.sent.Add(uint64(n))
+			st.done.Add(uint64(n))
 			for _, id := range ids[:n] {
 				rm.slots.Put(id)
 			}
@@ -661,6 +666,7 @@ func (f *flusher) flush() bool {
 	if f.done >= f.n {
 		f.st.tx.sentBatch(f.end)
 		rm.sent.Add(uint64(f.n))
+		f.st.done.Add(uint64(f.n))
 		for _, id := range f.ids[:f.n] {
 			rm.slots.Put(id)
 		}

@@ -184,6 +184,12 @@ type Stream struct {
 	// dpIndex is the remote datapath the stream's messages take, -1 for
 	// the default.
 	dpIndex int
+	// Options, Datapath, Warning and dpIndex change only by SetStreamQoS
+	// (setqos.go), under the runtime's lock and while the stream's emits
+	// are paused: emit reads them after entering the gate.
+	gate qosGate
+	// moving: a SetStreamQoS is under way (guarded by the runtime's mu).
+	moving bool
 }
 
 // Source emits on a channel.
@@ -470,6 +476,29 @@ func (r *Runtime) Emit(src *Source, payload []byte) int {
 // emit is Emit, also reporting how many destinations took the message
 // (local sinks, peers' send queues) and how many found their pool full.
 func (r *Runtime) emit(src *Source, payload []byte) (taken, full int) {
+	taken, full, _, _ = r.emitOnce(src, payload)
+	return taken, full
+}
+
+// emitOnce is emit, also reporting whether the stream was reliable when
+// the message was emitted and whether it was refused because the stream
+// is moving to another datapath (SetStreamQoS: the message used no
+// sequence number; emit it again).
+func (r *Runtime) emitOnce(src *Source, payload []byte) (taken, full int, reliable, paused bool) {
+	st := src.Stream
+	if !st.gate.enter() {
+		src.emitted.Add(1)
+		src.full.Add(1)
+		return 0, 1, false, true
+	}
+	defer st.gate.leave()
+	reliable = st.Options.Reliable
+	taken, full = r.emitEntered(src, payload)
+	return taken, full, reliable, false
+}
+
+// emitEntered is emit inside the stream's gate.
+func (r *Runtime) emitEntered(src *Source, payload []byte) (taken, full int) {
 	if src.Stream.Options.Reliable && r.remote != nil && src.remote && !r.remote.reliableRoom(src) {
 		// All or nothing: no destination takes a reliable message some
 		// peer's window has no room for (the source is refused and

@@ -331,6 +331,8 @@ type Session struct {
 	// closed source stays (the daemon still refuses its late emits) until
 	// the daemon reuses its id or the session goes.
 	sources map[uint32]*Source // +checklocks:mu
+	// streams are the session's streams by id, for StreamChanged.
+	streams map[uint32]*Stream // +checklocks:mu
 	closed  bool               // +checklocks:mu
 
 	done chan struct{}
@@ -602,6 +604,9 @@ func (s *Session) receive() {
 		case guestproto.Outcome:
 			s.refused(m.ID, m.Token, m.Status)
 			s.bufs.Put(bp)
+		case guestproto.StreamChanged:
+			s.streamChanged(&m)
+			s.bufs.Put(bp)
 		case guestproto.Deliver:
 			s.mu.Lock()
 			sk := s.sinks[m.ID]
@@ -644,7 +649,13 @@ type Stream struct {
 	// Warning says how the mapping fell short of the options (acceleration
 	// asked for on a host without any: kernel UDP; an option the datapath
 	// does not honour yet, such as TimeSensitive); empty when it did not.
+	// Datapath and Warning are the stream's at creation: Current has
+	// them after a move (Events).
 	Warning string
+
+	events chan StreamEvent
+	mu     sync.Mutex
+	cur    StreamEvent // +checklocks:mu
 }
 
 func b2u(b bool) uint8 {
@@ -661,7 +672,64 @@ func (s *Session) CreateStream(ctx context.Context, o StreamOptions) (*Stream, e
 	if err != nil {
 		return nil, err
 	}
-	return &Stream{s: s, id: r.id, Datapath: r.plugin, Warning: r.message}, nil
+	st := &Stream{s: s, id: r.id, Datapath: r.plugin, Warning: r.message, events: make(chan StreamEvent, streamEvents)}
+	st.cur = StreamEvent{Datapath: r.plugin, Warning: r.message}
+	s.mu.Lock()
+	if s.streams == nil {
+		s.streams = map[uint32]*Stream{}
+	}
+	s.streams[st.id] = st
+	s.mu.Unlock()
+	return st, nil
+}
+
+// StreamEvent tells that the daemon moved a stream to another datapath
+// (velocectl streams set-qos): the datapath it takes now and the warning
+// of its new options (empty when they are met).
+type StreamEvent struct {
+	Datapath string
+	Warning  string
+}
+
+// streamEvents is how many events a stream keeps unread; past it the
+// oldest is dropped (Current always has the latest).
+const streamEvents = 8
+
+// Events returns the stream's events: one per move of the stream to
+// another datapath, in order. Reading them is optional.
+func (st *Stream) Events() <-chan StreamEvent { return st.events }
+
+// Current returns the datapath the stream takes now and its warning:
+// Datapath and Warning as the stream was created, updated by every move.
+func (st *Stream) Current() StreamEvent {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cur
+}
+
+// streamChanged takes a StreamChanged from the daemon.
+func (s *Session) streamChanged(m *guestproto.Message) {
+	s.mu.Lock()
+	st := s.streams[m.ID]
+	s.mu.Unlock()
+	if st == nil {
+		return
+	}
+	ev := StreamEvent{Datapath: string(m.Result.Plugin), Warning: string(m.Result.Message)}
+	st.mu.Lock()
+	st.cur = ev
+	st.mu.Unlock()
+	for {
+		select {
+		case st.events <- ev:
+			return
+		default:
+		}
+		select { // full: drop the oldest
+		case <-st.events:
+		default:
+		}
+	}
 }
 
 // ID returns the stream id.

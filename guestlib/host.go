@@ -355,6 +355,9 @@ func (s *Session) receiveHost(c *net.UnixConn) {
 		case guestproto.Outcome:
 			shm.CloseFDs(fds)
 			s.refused(m.ID, m.Token, m.Status)
+		case guestproto.StreamChanged:
+			shm.CloseFDs(fds)
+			s.streamChanged(&m)
 		default:
 			shm.CloseFDs(fds)
 		}

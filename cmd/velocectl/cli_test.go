@@ -415,3 +415,17 @@ func TestStats(t *testing.T) {
 		}
 	}
 }
+
+func TestStreamsSetQoSErrors(t *testing.T) {
+	ctl := startDaemon(t)
+	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos", "42", "--accel"); code != 1 || !strings.Contains(errs, "stream 42: no such stream") ||
+		!strings.Contains(errs, "velocectl streams lists") {
+		t.Errorf("set-qos of an unknown stream: exit %d, %q", code, errs)
+	}
+	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos", "x"); code != 1 || !strings.Contains(errs, "numeric id") {
+		t.Errorf("set-qos x: exit %d, %q", code, errs)
+	}
+	if _, errs, code := velocectl(t, "--control", ctl, "streams", "set-qos"); code != 2 || !strings.Contains(errs, "missing STREAM") {
+		t.Errorf("set-qos without a stream: exit %d, %q", code, errs)
+	}
+}

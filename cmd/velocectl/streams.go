@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -85,6 +86,46 @@ options, datapath, warning, sources, sinks: a contract, as ports').`,
 	c.RegisterFlagCompletionFunc("port", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		return a.portNames(nil), cobra.ShellCompDirectiveNoFileComp
 	})
+	c.AddCommand(newSetQoSCmd(a))
+	return c
+}
+
+// newSetQoSCmd is velocectl streams set-qos (INSANE's /change/qos).
+func newSetQoSCmd(a *app) *cobra.Command {
+	var o control.StreamOptions
+	c := &cobra.Command{
+		Use:   "set-qos STREAM [--accel] [--frugal] [--time-sensitive] [--reliable]",
+		Short: "Change a running stream's QoS options: it moves to the datapath they map to",
+		Long: `Give a running stream new QoS options (those not given are off). The daemon
+maps them to a datapath as it does for a new stream (with the same fallback
+and warning); when that is another datapath, the stream's emits pause, what
+its old datapath holds is sent (and, for a reliable stream, acknowledged),
+the stream switches and resumes: no message is lost, duplicated or
+reordered. The stream's application is told (guestlib: Stream.Events).
+STREAM is the id velocectl streams shows. Prints the stream as it is now
+(-o json: the same object as velocectl streams -o json).`,
+		Example: `  velocectl streams set-qos 7 --accel --reliable
+  velocectl streams set-qos 7 --reliable -o json`,
+		Args: argsRange(1, 1, "STREAM"),
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 32)
+			if err != nil {
+				return fmt.Errorf("stream %q: give the numeric id velocectl streams shows", args[0])
+			}
+			st, err := a.client().SetStreamQoS(a.ctx, uint32(id), o)
+			if err != nil {
+				return err
+			}
+			return a.print(st, func(tw io.Writer, _ bool) {
+				fmt.Fprintln(tw, "STREAM\tSESSION\tOPTIONS\tDATAPATH\tWARNING")
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\n", st.Stream, st.Session, optionString(st.Options), st.Datapath, dash(st.Warning))
+			})
+		},
+	}
+	c.Flags().BoolVar(&o.Acceleration, "accel", false, "ask for a kernel-bypass datapath (RDMA, DPDK, AF_XDP)")
+	c.Flags().BoolVar(&o.Frugal, "frugal", false, "resource use matters (prefer AF_XDP to DPDK's polling cores)")
+	c.Flags().BoolVar(&o.TimeSensitive, "time-sensitive", false, "schedule by the 802.1Qbv gate schedule")
+	c.Flags().BoolVar(&o.Reliable, "reliable", false, "exactly-once, in-order delivery")
 	return c
 }
 

@@ -51,6 +51,11 @@ const (
 	Deliver      Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
 	Outcome      Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
 	Credit       Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
+	// StreamChanged (daemon to guest) tells the session that a stream
+	// moved to another datapath (velocectl streams set-qos). Body: stream
+	// u32 | datapath len u16 | datapath | warning len u16 | warning; the
+	// parsed fields are ID, Result.Plugin and Result.Message.
+	StreamChanged Type = 0x84
 )
 
 // Flow control on the guest's link (Credit). A Deliver's header carries,
@@ -278,6 +283,22 @@ func Parse(b []byte, m *Message) error {
 			return err
 		}
 		m.ID, m.Seen, m.Room = le.Uint32(body), le.Uint32(body[4:]), le.Uint32(body[8:])
+	case StreamChanged:
+		if len(body) < 8 {
+			return ErrLength
+		}
+		m.ID = le.Uint32(body)
+		dl := int(le.Uint16(body[4:]))
+		if dl > MaxText || len(body) < 6+dl+2 {
+			return ErrLength
+		}
+		m.Result.Plugin = body[6 : 6+dl]
+		rest := body[6+dl:]
+		wl := int(le.Uint16(rest))
+		if wl > MaxText || len(rest) != 2+wl {
+			return ErrLength
+		}
+		m.Result.Message = rest[2:]
 	default:
 		return ErrType
 	}
@@ -407,6 +428,27 @@ func PutCredit(b []byte, session, sink, seen, room uint32) (int, error) {
 	le.PutUint32(b[HeaderLen+4:], seen)
 	le.PutUint32(b[HeaderLen+8:], room)
 	return CreditLen, nil
+}
+
+// PutStreamChanged writes a StreamChanged: stream moved to datapath, with
+// warning (empty when its options are met).
+func PutStreamChanged(b []byte, session, stream uint32, datapath, warning []byte) (int, error) {
+	if len(datapath) > MaxText || len(warning) > MaxText {
+		return 0, ErrLength
+	}
+	n := HeaderLen + 4 + 2 + len(datapath) + 2 + len(warning)
+	if len(b) < n {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: StreamChanged, Session: session})
+	body := b[HeaderLen:]
+	le.PutUint32(body, stream)
+	le.PutUint16(body[4:], uint16(len(datapath)))
+	copy(body[6:], datapath)
+	rest := body[6+len(datapath):]
+	le.PutUint16(rest, uint16(len(warning)))
+	copy(rest[2:], warning)
+	return n, nil
 }
 
 // copyIfMoved copies src to dst unless src already starts at dst.

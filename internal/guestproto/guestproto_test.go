@@ -173,6 +173,8 @@ func FuzzParse(f *testing.F) {
 			n, err = PutDeliver(out, m.Session, m.ID, m.Channel, m.RequestID, m.Source, m.Seq, m.Payload)
 		case Credit:
 			n, err = PutCredit(out, m.Session, m.ID, m.Seen, m.Room)
+		case StreamChanged:
+			n, err = PutStreamChanged(out, m.Session, m.ID, m.Result.Plugin, m.Result.Message)
 		case Outcome:
 			n, err = PutOutcome(out, m.Session, m.ID, m.Token, m.Status)
 		default:
@@ -185,4 +187,22 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("re-encoded %x, parsed from %x", out[:n], data)
 		}
 	})
+}
+
+func TestStreamChangedRoundTrip(t *testing.T) {
+	b := make([]byte, 256)
+	n, err := PutStreamChanged(b, 3, 9, []byte("dpdk"), []byte("frugal but DPDK"))
+	var m Message
+	if err != nil || Parse(b[:n], &m) != nil || m.Type != StreamChanged || m.Session != 3 || m.ID != 9 ||
+		string(m.Result.Plugin) != "dpdk" || string(m.Result.Message) != "frugal but DPDK" {
+		t.Fatalf("%v: %+v", err, m)
+	}
+	for _, bad := range [][]byte{b[:HeaderLen+7], b[:n-1], append(b[:n:n], 0)} {
+		if err := Parse(bad, &m); err != ErrLength {
+			t.Errorf("%x: %v, want ErrLength", bad, err)
+		}
+	}
+	if _, err := PutStreamChanged(b[:n-1], 3, 9, []byte("dpdk"), []byte("frugal but DPDK")); err != ErrShortBuffer {
+		t.Errorf("short buffer: %v", err)
+	}
 }
