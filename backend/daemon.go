@@ -288,23 +288,7 @@ var _ control.Service = daemonService{}
 func (s daemonService) Ports(context.Context) ([]control.PortInfo, error) { return s.d.Ports(), nil }
 
 func (s daemonService) Streams(context.Context) ([]control.StreamInfo, error) {
-	in := s.d.Streams()
-	out := make([]control.StreamInfo, len(in))
-	for i, st := range in {
-		out[i] = controlStream(st)
-	}
-	return out, nil
-}
-
-func controlStream(st StreamInfo) control.StreamInfo {
-	out := control.StreamInfo{Session: st.Session, Stream: st.Stream, Endpoint: st.Endpoint,
-		Options: control.StreamOptions(st.Options), Datapath: st.Datapath, TrafficClass: st.TrafficClass, Warning: st.Warning,
-		Sources: make([]control.SourceInfo, len(st.Sources)), Sinks: st.Sinks,
-		SessionRemote: st.SessionRemote, Tenant: st.Tenant}
-	for j, so := range st.Sources {
-		out.Sources[j] = control.SourceInfo(so)
-	}
-	return out
+	return s.d.Streams(), nil
 }
 
 var _ control.QoSService = daemonService{}
@@ -320,17 +304,11 @@ func (s daemonService) SetStreamQoS(_ context.Context, id uint32, opts control.S
 	case err != nil:
 		return control.StreamInfo{}, err
 	}
-	return controlStream(info), nil
+	return info, nil
 }
 
 func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {
-	in := s.d.HostApps()
-	out := control.HostAppsInfo{Socket: in.Socket, Clients: make([]control.HostClientInfo, len(in.Clients)),
-		Sessions: in.Sessions, MappedBytes: in.MappedBytes, Malformed: in.Malformed, Wakeups: in.Wakeups, Tenants: in.Tenants}
-	for i, c := range in.Clients {
-		out.Clients[i] = control.HostClientInfo(c)
-	}
-	return out, nil
+	return s.d.HostApps(), nil
 }
 
 func (s daemonService) Remote(context.Context) (control.RemoteInfo, error) {

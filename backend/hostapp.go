@@ -691,44 +691,10 @@ func (c *hostClient) reclaimLocked() int {
 }
 
 // HostAppsInfo describes the host transport (Daemon.HostApps).
-type HostAppsInfo struct {
-	// Socket is the app socket's path; empty without one.
-	Socket string `json:"socket"`
-	// Clients are the connected applications.
-	Clients []HostClientInfo `json:"clients"`
-	// Sessions counts the clients' open sessions.
-	Sessions int `json:"sessions"`
-	// MappedBytes is the shared memory mapped for the clients.
-	MappedBytes int64 `json:"mapped_bytes"`
-	// Malformed counts bad ring entries and requests, over every client
-	// since the daemon started.
-	Malformed uint64 `json:"malformed"`
-	// Wakeups counts eventfd signals to applications, likewise.
-	Wakeups uint64 `json:"wakeups"`
-	// Tenants are the host tenants' accounts, by name.
-	Tenants []TenantInfo `json:"tenants,omitempty"`
-}
+type HostAppsInfo = control.HostAppsInfo
 
-// HostClientInfo describes one connected application.
-type HostClientInfo struct {
-	Name    string `json:"name"`
-	Session uint32 `json:"session,omitempty"`
-	// RegionBytes is the size of its shared region (0 before it opened a
-	// session).
-	RegionBytes int `json:"region_bytes"`
-	TXSlots     int `json:"tx_slots"`
-	RXSlots     int `json:"rx_slots"`
-	// RXWithApp is how many RX slots the application holds (on the RX
-	// ring or in its hands), approximately.
-	RXWithApp int    `json:"rx_with_app"`
-	Malformed uint64 `json:"malformed"`
-	Wakeups   uint64 `json:"wakeups"`
-	Unsent    uint64 `json:"unsent_replies"`
-	// Tenant is the tenant the application's peer credentials map to.
-	Tenant string `json:"tenant,omitempty"`
-	// UID is the application's user id (SO_PEERCRED).
-	UID uint32 `json:"uid"`
-}
+// HostClientInfo describes one connected host application.
+type HostClientInfo = control.HostClientInfo
 
 // TenantInfo is one host tenant's account.
 type TenantInfo = control.TenantInfo

@@ -2,20 +2,12 @@ package backend
 
 import (
 	"slices"
+
+	"github.com/veloce-io/veloce/control"
 )
 
 // StreamOptions are a stream's QoS hints (the INSANE paper, section 5.2).
-type StreamOptions struct {
-	// Acceleration asks for a kernel-bypass datapath.
-	Acceleration bool `json:"acceleration"`
-	// Frugal says resource use matters (no core spinning on DPDK).
-	Frugal bool `json:"frugal"`
-	// TimeSensitive schedules the stream by the 802.1Qbv gate schedule
-	// instead of FIFO.
-	TimeSensitive bool `json:"time_sensitive"`
-	// Reliable asks for reliable, in-order delivery.
-	Reliable bool `json:"reliable"`
-}
+type StreamOptions = control.StreamOptions
 
 // Datapath names, as plugins report them.
 const (

@@ -544,35 +544,10 @@ func (r *Runtime) deliver(key chanKey, source, seq uint64, payload []byte) (deli
 }
 
 // StreamInfo is what velocectl streams shows for a stream.
-type StreamInfo struct {
-	Session  uint32        `json:"session"`
-	Stream   uint32        `json:"stream"`
-	Endpoint string        `json:"endpoint"`
-	Options  StreamOptions `json:"options"`
-	Datapath string        `json:"datapath"`
-	// TrafficClass is the class its messages take through the gate
-	// schedule (TrafficClassBulk or TrafficClassTimeSensitive; without a
-	// schedule every stream is bulk, one FIFO).
-	TrafficClass  int          `json:"traffic_class"`
-	Warning       string       `json:"warning,omitempty"`
-	Sources       []SourceInfo `json:"sources"`
-	Sinks         []SinkInfo   `json:"sinks"`
-	SessionRemote string       `json:"session_addr,omitempty"`
-	// Tenant is the tenant the stream's session belongs to.
-	Tenant string `json:"tenant"`
-}
+type StreamInfo = control.StreamInfo
 
 // SourceInfo describes a source.
-type SourceInfo struct {
-	ID      uint32 `json:"id"`
-	Channel uint32 `json:"channel"`
-	Emitted uint64 `json:"emitted"`
-	// Full counts messages that found a pool empty (back-pressure).
-	Full uint64 `json:"full"`
-	// State is SourcePeerUnreachable for a failed reliable source, empty
-	// otherwise.
-	State string `json:"state,omitempty"`
-}
+type SourceInfo = control.SourceInfo
 
 // SourcePeerUnreachable is SourceInfo.State of a reliable source whose
 // peer stopped acknowledging (Source.Unreachable).
