@@ -211,6 +211,11 @@ type EtcdInfo struct {
 	// events it received.
 	Puts   uint64 `json:"puts"`
 	Events uint64 `json:"events"`
+	// PutBytes and ReadBytes are the values' bytes written and read
+	// (lists and watch events): the directory's etcd traffic, framing
+	// aside.
+	PutBytes  uint64 `json:"put_bytes"`
+	ReadBytes uint64 `json:"read_bytes"`
 }
 
 func (rm *remote) directoryInfo() DirectoryInfo {
@@ -229,7 +234,8 @@ func (rm *remote) directoryInfo() DirectoryInfo {
 		}
 		if reg := rm.registry.Load(); reg != nil {
 			h := reg.Health()
-			e.Key, e.Connected, e.LastError, e.Revision, e.Nodes, e.Puts, e.Events = reg.Key(), h.Connected, h.LastError, h.Revision, h.Nodes, h.Puts, h.Events
+			e.Key, e.Connected, e.LastError, e.Revision, e.Nodes = reg.Key(), h.Connected, h.LastError, h.Revision, h.Nodes
+			e.Puts, e.Events, e.PutBytes, e.ReadBytes = h.Puts, h.Events, h.PutBytes, h.ReadBytes
 		}
 		d.Etcd = e
 	}

@@ -232,6 +232,11 @@ type EtcdInfo struct {
 	// events it received.
 	Puts   uint64 `json:"puts"`
 	Events uint64 `json:"events"`
+	// PutBytes and ReadBytes are the values' bytes written and read
+	// (lists and watch events): the directory's etcd traffic, framing
+	// aside.
+	PutBytes  uint64 `json:"put_bytes"`
+	ReadBytes uint64 `json:"read_bytes"`
 }
 
 // ReliableInfo counts the work of reliable streams (acks,

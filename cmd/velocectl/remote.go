@@ -46,7 +46,8 @@ puts and watch events. Each peer's SOURCE is static or etcd (which wins for
 an address in both).
 
 -o json prints one object: directory (sources, and etcd: endpoints,
-prefix, key, connected, last_error, revision, nodes, puts, events), datapaths (a list; each with its own "stats"
+prefix, key, connected, last_error, revision, nodes, puts, events,
+put_bytes, read_bytes), datapaths (a list; each with its own "stats"
 object: for rdma, the device, "queue_pairs" and the counters), peers (a list),
 sent, received, dropped, malformed.`,
 		Args: argsRange(0, 0, ""),
@@ -118,7 +119,7 @@ func printDirectory(tw io.Writer, d control.DirectoryInfo) {
 		if !e.Connected {
 			state = "disconnected"
 		}
-		fmt.Fprintf(tw, "etcd: %s (%s), key %s, revision %d, %d nodes, %d puts, %d events; last error: %s\n",
-			strings.Join(e.Endpoints, ","), state, dash(e.Key), e.Revision, e.Nodes, e.Puts, e.Events, dash(e.LastError))
+		fmt.Fprintf(tw, "etcd: %s (%s), key %s, revision %d, %d nodes; %d puts (%d bytes), %d events, %d bytes read; last error: %s\n",
+			strings.Join(e.Endpoints, ","), state, dash(e.Key), e.Revision, e.Nodes, e.Puts, e.PutBytes, e.Events, e.ReadBytes, dash(e.LastError))
 	}
 }

@@ -55,6 +55,7 @@ func TestFiveDaemonsFindEachOtherInEtcd(t *testing.T) {
 		cmd      *exec.Cmd
 		exited   chan struct{}
 		sess     *guestlib.Session
+		st       *guestlib.Stream
 	}
 	node := func(i int) uint32 { return uint32(i + 1) }
 	channel := func(i int) uint32 { return uint32(200 + i) }
@@ -69,7 +70,7 @@ func TestFiveDaemonsFindEachOtherInEtcd(t *testing.T) {
 		}
 		d.cmd = exec.Command("ip", "netns", "exec", nss[i].Name, veloced, "--app-socket", d.app, "--control", d.ctl,
 			"--listen", fmt.Sprintf("10.95.0.%d:7078", i+1), "--node-id", fmt.Sprint(node(i)),
-			"--etcd", e.Endpoint, "--etcd-ttl", ttl.String(), "--etcd-prefix", "/fleet-test")
+			"--etcd", e.Endpoint, "--etcd-ttl", ttl.String(), "--etcd-prefix", "/fleet-test", "--control-rate", "-1")
 		ready := testutil.WatchLine(control.ReadyLine, logf)
 		d.cmd.Stdout, d.cmd.Stderr = logf, ready
 		d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -93,6 +94,7 @@ func TestFiveDaemonsFindEachOtherInEtcd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		d.st = st
 		if _, err := st.CreateSink(ctx, channel(i), guestlib.SinkOptions{Callback: func(m *guestlib.Message) {
 			mu.Lock()
 			if from := m.Source >> 32; from <= n {
@@ -254,6 +256,50 @@ func TestFiveDaemonsFindEachOtherInEtcd(t *testing.T) {
 	t.Logf("restarted daemon in every peer table %v after it was ready", time.Since(restarted).Round(time.Millisecond))
 	reset()
 	waitFor("every pair streams after the restart", allPairs)
+
+	// 10,000 channels across the five: the directory converges, and each
+	// daemon's etcd traffic is printed.
+	const per = 2000
+	before := make([]control.EtcdInfo, n)
+	for i, d := range ds {
+		before[i] = *remote(d).Directory.Etcd
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range per {
+				if _, err := d.st.CreateSink(ctx, uint32(10000+d.i*per+k), guestlib.SinkOptions{Callback: func(m *guestlib.Message) { m.Release() }}); err != nil {
+					t.Errorf("daemon %d: sink %d: %v", d.i, k, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	created := time.Since(t0)
+	converged := waitFor("10,000 channels converge", func() bool {
+		for _, d := range ds {
+			ps := remote(d).Peers
+			if len(ps) != n-1 {
+				return false
+			}
+			for _, p := range ps {
+				if len(p.Channels) != per+1 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	t.Logf("10,000 sinks created in %v; every directory holds them %v later", created.Round(time.Millisecond), converged.Round(time.Millisecond))
+	for i, d := range ds {
+		a, b := remote(d).Directory.Etcd, before[i]
+		t.Logf("daemon %d's etcd traffic for its 2,000 sinks and the others' 8,000: %d puts, %d bytes written; %d watch events, %d bytes read",
+			d.i, a.Puts-b.Puts, a.PutBytes-b.PutBytes, a.Events-b.Events, a.ReadBytes-b.ReadBytes)
+	}
 	for _, d := range ds {
 		d.sess.Close()
 	}

@@ -94,10 +94,12 @@ type Health struct {
 	Revision int64
 	// Nodes is how many other nodes the directory holds.
 	Nodes int
-	// Puts counts this daemon's writes of its entry.
-	Puts uint64
-	// Events counts the watch events received.
-	Events uint64
+	// Puts counts this daemon's writes of its entry, PutBytes their
+	// values' bytes.
+	Puts, PutBytes uint64
+	// Events counts the watch events received; ReadBytes, the values'
+	// bytes read (lists and watch events).
+	Events, ReadBytes uint64
 }
 
 // Registry keeps this daemon's entry in etcd and watches the others'.
@@ -293,6 +295,7 @@ func (r *Registry) session(ctx context.Context) error {
 		last = time.Now()
 		r.mu.Lock()
 		r.health.Puts++
+		r.health.PutBytes += uint64(len(val))
 		r.mu.Unlock()
 		r.ok(resp.Header.Revision)
 		return nil
@@ -361,6 +364,9 @@ func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
 	r.ok(resp.Header.Revision)
 	seen := map[uint32]bool{}
 	for _, kv := range resp.Kvs {
+		r.mu.Lock()
+		r.health.ReadBytes += uint64(len(kv.Value))
+		r.mu.Unlock()
 		if id, ok := r.take(string(kv.Key), kv.Value); ok {
 			seen[id] = true
 		}
@@ -386,6 +392,7 @@ func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
 		for _, ev := range wr.Events {
 			r.mu.Lock()
 			r.health.Events++
+			r.health.ReadBytes += uint64(len(ev.Kv.Value))
 			r.mu.Unlock()
 			key := string(ev.Kv.Key)
 			if ev.Type == clientv3.EventTypeDelete {
