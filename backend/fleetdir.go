@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"net/netip"
 	"slices"
@@ -22,6 +23,7 @@ const (
 
 // fleetEntry is a peer learned from etcd.
 type fleetEntry struct {
+	rev   int64 // store revision of its last write
 	addr  netip.AddrPort
 	boot  uint64
 	chans []uint32
@@ -93,7 +95,7 @@ func (rm *remote) fleetEvent(ev fleet.Event) {
 		if ev.Kind == fleet.Added {
 			rm.rt.log.Info("fleet directory: peer joined", "node", ev.Node.ID, "addr", addr, "channels", len(ev.Node.Channels))
 		}
-		rm.fleet[ev.Node.ID] = fleetEntry{addr: addr, boot: ev.Node.BootID(), chans: ev.Node.Channels}
+		rm.fleet[ev.Node.ID] = fleetEntry{rev: ev.Revision, addr: addr, boot: ev.Node.BootID(), chans: ev.Node.Channels}
 	}
 	rm.rebuildLocked()
 }
@@ -146,12 +148,20 @@ func (rm *remote) rebuildLocked() {
 	for id := range rm.fleet {
 		ids = append(ids, id)
 	}
-	slices.Sort(ids)
+	// Two entries with one address are a daemon restarted with another
+	// node id (the default is random) whose old key has not expired yet:
+	// the later written wins.
+	slices.SortFunc(ids, func(a, b uint32) int {
+		if c := cmp.Compare(rm.fleet[b].rev, rm.fleet[a].rev); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
 	now := time.Now().UnixNano()
 	for _, id := range ids {
 		e := rm.fleet[id]
 		if inFleet[e.addr] {
-			continue // two nodes with one address: the lower id's
+			continue
 		}
 		inFleet[e.addr] = true
 		p := add(e.addr)

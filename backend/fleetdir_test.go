@@ -136,4 +136,13 @@ func TestEtcdEntryWinsOverStaticPeer(t *testing.T) {
 	if pi := rt.Remote().Peers; len(pi) != 1 || pi[0].Addr != x.String() {
 		t.Errorf("after node 8 left: %+v", pi)
 	}
+	// A daemon restarted with another node id while its old key lives on:
+	// the later written entry wins.
+	rm.fleetEvent(fleet.Event{Kind: fleet.Added, Revision: 10, Node: fleet.Node{ID: 20, Boot: "d", Addrs: []netip.AddrPort{y}, Channels: []uint32{1}}})
+	rm.fleetEvent(fleet.Event{Kind: fleet.Added, Revision: 12, Node: fleet.Node{ID: 3, Boot: "e", Addrs: []netip.AddrPort{y}, Channels: []uint32{2}}})
+	for _, pi := range rt.Remote().Peers {
+		if pi.Addr == y.String() && (pi.Node != 3 || pi.Boot != "e" || !slices.Equal(pi.Channels, []uint32{2})) {
+			t.Errorf("two entries for %s: %+v, want node 3's, the later", y, pi)
+		}
+	}
 }

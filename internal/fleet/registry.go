@@ -81,6 +81,10 @@ func (k EventKind) String() string {
 type Event struct {
 	Kind EventKind
 	Node Node
+	// Revision is the store revision of the entry's last write (for
+	// Removed, of the deletion): of two entries, the later written has
+	// the higher one.
+	Revision int64
 }
 
 // Health is the registry's state, for velocectl.
@@ -367,7 +371,7 @@ func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
 		r.mu.Lock()
 		r.health.ReadBytes += uint64(len(kv.Value))
 		r.mu.Unlock()
-		if id, ok := r.take(string(kv.Key), kv.Value); ok {
+		if id, ok := r.take(string(kv.Key), kv.Value, kv.ModRevision); ok {
 			seen[id] = true
 		}
 	}
@@ -401,7 +405,7 @@ func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
 				}
 				continue
 			}
-			r.take(key, ev.Kv.Value)
+			r.take(key, ev.Kv.Value, ev.Kv.ModRevision)
 		}
 	}
 	if ctx.Err() != nil {
@@ -413,7 +417,7 @@ func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
 // take delivers a put of key: Added or Updated when it is another node's
 // valid entry that changed. It reports the node id when the key is a
 // node's (valid or not: a bad value keeps the node's last good one).
-func (r *Registry) take(key string, val []byte) (uint32, bool) {
+func (r *Registry) take(key string, val []byte, rev int64) (uint32, bool) {
 	id, ok := parseKey(r.opts.Prefix, key)
 	if !ok {
 		return 0, false
@@ -438,9 +442,9 @@ func (r *Registry) take(key string, val []byte) (uint32, bool) {
 	r.mu.Unlock()
 	switch {
 	case !had:
-		r.opts.OnEvent(Event{Kind: Added, Node: n})
+		r.opts.OnEvent(Event{Kind: Added, Node: n, Revision: rev})
 	case old.Boot != n.Boot || !slices.Equal(old.Addrs, n.Addrs) || !slices.Equal(old.Channels, n.Channels):
-		r.opts.OnEvent(Event{Kind: Updated, Node: n})
+		r.opts.OnEvent(Event{Kind: Updated, Node: n, Revision: rev})
 	}
 	return id, true
 }
