@@ -75,8 +75,9 @@ type RemoteOptions struct {
 	// stream's datapath when that reaches the peer, else over the first
 	// datapath that does.
 	Accelerated []Datapath
-	// Peers are the other daemons' datapath addresses: the initial peer
-	// set (Runtime.SetPeers replaces it later, e.g. from etcd). Datagrams
+	// Peers are the other daemons' datapath addresses: the initial
+	// static peer set (Runtime.SetPeers replaces it later; peers from
+	// Etcd join it). Datagrams
 	// of any kind are accepted only from these addresses, exactly as the
 	// datapath reports the sender (UDP source ip:port; the DPDK plugin's
 	// own stack reports ip:port too); anything else is dropped and
@@ -281,12 +282,12 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	return rm
 }
 
-// SetPeers replaces the runtime's peer set (RemoteOptions.Peers at start):
-// the feed for a membership service such as etcd. Peers that stay keep
-// their state (directory, replay window, counters); new ones start
-// unknown until their first directory; messages stop at once for peers
-// that left, and their datagrams are dropped from then on. Without a
-// datapath to other hosts it does nothing.
+// SetPeers replaces the runtime's static peer set (RemoteOptions.Peers at
+// start); peers learned from etcd (RemoteOptions.Etcd) stay. Peers that
+// stay keep their state (directory, replay window, counters); new ones
+// start unknown until their first directory; messages stop at once for
+// peers that left, and their datagrams are dropped from then on. Without
+// a datapath to other hosts it does nothing.
 func (r *Runtime) SetPeers(addrs []netip.AddrPort) {
 	if r.remote != nil {
 		r.remote.setPeers(addrs)
