@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestPeersFromEtcd(t *testing.T) {
 		key[i] = byte(i*7 + 1)
 	}
 	start := func(ctx context.Context, node uint32) (*Runtime, chan struct{}) {
-		dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+		dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0"), RecvBuffer: 16 << 20, SendBuffer: 16 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +52,7 @@ func TestPeersFromEtcd(t *testing.T) {
 		t.Helper()
 		for !ok() {
 			if ctx.Err() != nil {
-				t.Fatalf("%s: not within a minute; A: %+v", what, rtA.Remote())
+				t.Fatalf("%s: not within a minute; A: %+v\nB: %+v", what, rtA.Remote(), rtB.Remote())
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -60,6 +61,9 @@ func TestPeersFromEtcd(t *testing.T) {
 		ps := rtA.Remote().Peers
 		return len(ps) == 1 && ps[0].Source == DirectoryEtcd && slices.Equal(ps[0].Channels, []uint32{5}) && ps[0].Node == 2
 	})
+	// B takes A's datagrams once it has A's entry too (before, they are
+	// dropped as from an unknown peer).
+	wait("B learns A from etcd", func() bool { ps := rtB.Remote().Peers; return len(ps) == 1 && ps[0].Node == 1 })
 	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
 	sta, _ := sa.CreateStream(StreamOptions{})
 	src, _ := sa.CreateSource(sta.ID, 5)
@@ -144,5 +148,90 @@ func TestEtcdEntryWinsOverStaticPeer(t *testing.T) {
 		if pi.Addr == y.String() && (pi.Node != 3 || pi.Boot != "e" || !slices.Equal(pi.Channels, []uint32{2})) {
 			t.Errorf("two entries for %s: %+v, want node 3's, the later", y, pi)
 		}
+	}
+}
+
+// TestMigratedSinkMovesInEtcd: a VM port's sink migrates from one daemon
+// to another while a third watches the fleet directory in etcd: it sees
+// the sink's channel on the destination before it leaves the source (the
+// destination imports it at hand-off, the source drops it at commit), so
+// at no sampled moment does neither list it; afterwards only the
+// destination does.
+func TestMigratedSinkMovesInEtcd(t *testing.T) {
+	e := testutil.StartEtcd(t, nil, "127.0.0.1")
+	fo := func() *fleet.Options {
+		return &fleet.Options{Endpoints: []string{e.Endpoint}, Prefix: "/mig", TTL: 2 * time.Second}
+	}
+	udpDP := func() *udp.Plugin {
+		dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dp
+	}
+	daemon := func(node uint32) *Daemon {
+		dir := t.TempDir()
+		d, err := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"),
+			Ports: []PortOptions{{Name: "vm", Socket: filepath.Join(dir, "vm.sock")}},
+			Runtime: RuntimeOptions{NodeID: node, SharedChannels: []uint32{5},
+				Remote: RemoteOptions{Datapath: udpDP(), Etcd: fo()}},
+			Migration: MigrationOptions{Key: testMigrationKey, Listen: "127.0.0.1:0", ForwardGrace: 200 * time.Millisecond, HandoffTimeout: time.Minute}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	src, dst := daemon(1), daemon(2)
+	obs := NewRuntime(RuntimeOptions{NodeID: 3, Remote: RemoteOptions{Datapath: udpDP(), Etcd: fo()}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	obs.Start(ctx)
+	defer obs.Close()
+	ps := src.port("vm")
+	guestState(t, src.rt, ps, guestCaller(t, ps, netip.MustParseAddrPort("169.254.77.2:40000")), 0, 0)
+	lists := func(node uint32) bool {
+		for _, p := range obs.Remote().Peers {
+			if p.Node == node && slices.Contains(p.Channels, 5) {
+				return true
+			}
+		}
+		return false
+	}
+	migWait(t, "the observer sees the sink on the source", func() bool { return lists(1) && !lists(2) })
+	var samples, neither int
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			samples++
+			if !lists(1) && !lists(2) {
+				neither++
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	if _, err := src.MigrateOut(ctx, "vm", dst.MigrationAddr().String(), ""); err != nil {
+		t.Fatal(err)
+	}
+	migWait(t, "the observer sees the sink on the destination", func() bool { return lists(2) })
+	if _, err := src.MigrateCommit(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	migWait(t, "the observer sees the sink leave the source", func() bool { return !lists(1) && lists(2) })
+	close(stop)
+	<-sampled
+	t.Logf("%d samples of the observer's directory during the move, %d with neither daemon listing the sink", samples, neither)
+	if neither > 0 {
+		t.Errorf("%d of %d samples: neither daemon listed the migrating sink", neither, samples)
 	}
 }

@@ -113,6 +113,11 @@ type Registry struct {
 	log  *slog.Logger
 
 	dirty chan struct{} // buffered 1: the entry needs a put
+	// registered is closed after the first put: the watch starts then,
+	// so that this daemon's entry is in the store before it learns (and
+	// sends to) anyone, and the others learn it first.
+	registered     chan struct{}
+	registeredOnce sync.Once
 
 	mu sync.Mutex
 	// +checklocks:mu
@@ -163,7 +168,7 @@ func New(opts Options) (*Registry, error) {
 	}
 	self := opts.Self
 	self.Channels = slices.Clone(self.Channels)
-	return &Registry{opts: opts, cli: cli, log: opts.Logger, dirty: make(chan struct{}, 1), self: self,
+	return &Registry{opts: opts, cli: cli, log: opts.Logger, dirty: make(chan struct{}, 1), registered: make(chan struct{}), self: self,
 		known: map[uint32]Node{}, health: Health{Endpoints: slices.Clone(opts.Endpoints)}}, nil
 }
 
@@ -270,8 +275,15 @@ func (r *Registry) session(ctx context.Context) error {
 		return fmt.Errorf("grant lease: %w", err)
 	}
 	defer func() {
-		// Revoke so that the others see this daemon leave at once (a
-		// daemon killed does not get here: its lease expires).
+		// Stopping: revoke, so that the others see this daemon leave at
+		// once (a daemon killed does not get here: its lease expires).
+		// A session that failed keeps its lease: the next one's put
+		// moves the key to a new lease without deleting it (the others
+		// see an update, not a leave and a join), and the old lease
+		// expires with nothing attached.
+		if ctx.Err() == nil {
+			return
+		}
 		rctx, cancel := context.WithTimeout(context.Background(), r.opts.DialTimeout)
 		r.cli.Revoke(rctx, lease.ID)
 		cancel()
@@ -301,6 +313,7 @@ func (r *Registry) session(ctx context.Context) error {
 		r.health.Puts++
 		r.health.PutBytes += uint64(len(val))
 		r.mu.Unlock()
+		r.registeredOnce.Do(func() { close(r.registered) })
 		r.ok(resp.Header.Revision)
 		return nil
 	}
@@ -342,6 +355,11 @@ func (r *Registry) session(ctx context.Context) error {
 // delivering the difference.
 func (r *Registry) watch(ctx context.Context) {
 	prefix := nodesPrefix(r.opts.Prefix)
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.registered:
+	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		err := r.watchOnce(ctx, prefix)

@@ -81,11 +81,18 @@ func TestRegistryLearnsPeers(t *testing.T) {
 	}
 	a.SetChannels([]uint32{40})
 	e.Start()
-	evB.next(t, Added, 1)
-	for {
-		got := evB.next(t, Updated, 1)
-		if slices.Equal(got.Node.Channels, []uint32{40}) {
-			break
+wait:
+	for timeout := time.After(30 * time.Second); ; {
+		select {
+		case got := <-evB:
+			if got.Node.ID == 1 && got.Kind == Removed {
+				t.Errorf("a left b's directory while etcd was down")
+			}
+			if got.Node.ID == 1 && got.Kind == Updated && slices.Equal(got.Node.Channels, []uint32{40}) {
+				break wait
+			}
+		case <-timeout:
+			t.Fatalf("b never got a's channels [40] after etcd returned: health %+v", a.Health())
 		}
 	}
 	for !a.Health().Connected && time.Now().Before(deadline.Add(30*time.Second)) {
