@@ -4,7 +4,8 @@
 //     sources to sinks; the QoS [Policy] that maps a stream to a datapath,
 //     with a warning the application sees when it falls back; remote peers
 //     reached through a [Datapath] plugin, told which channels have local
-//     sinks (the channel directory). Control operations take a lock; Emit
+//     sinks (the channel directory: datagrams to static peers, or the
+//     fleet directory in etcd, [RemoteOptions.Etcd]). Control operations take a lock; Emit
 //     and delivery take none and allocate nothing (copy-on-write tables,
 //     lock-free slot queues).
 //   - Endpoints, where applications live: a VM [Port] (guestlib's virtio

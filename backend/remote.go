@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/fleet"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
 	"github.com/veloce-io/veloce/internal/tsn"
@@ -74,8 +75,9 @@ type RemoteOptions struct {
 	// stream's datapath when that reaches the peer, else over the first
 	// datapath that does.
 	Accelerated []Datapath
-	// Peers are the other daemons' datapath addresses: the initial peer
-	// set (Runtime.SetPeers replaces it later, e.g. from etcd). Datagrams
+	// Peers are the other daemons' datapath addresses: the initial
+	// static peer set (Runtime.SetPeers replaces it later; peers from
+	// Etcd join it). Datagrams
 	// of any kind are accepted only from these addresses, exactly as the
 	// datapath reports the sender (UDP source ip:port; the DPDK plugin's
 	// own stack reports ip:port too); anything else is dropped and
@@ -109,6 +111,15 @@ type RemoteOptions struct {
 	// hosts applies to its traffic classes (txsched.go); nil: FIFO. Check
 	// it with CheckSchedule first.
 	Schedule *tsn.Schedule
+	// Etcd, when set, is the fleet directory in etcd (package fleet;
+	// its Self and OnEvent are the runtime's): the daemon registers its
+	// node id, boot id, datapath addresses and channels under a lease and
+	// learns the other daemons, and their channels, from the store's
+	// watch (fleetdir.go). Peers from etcd join Peers; for an address in
+	// both the etcd entry wins, and no directory datagrams go to or are
+	// taken from a peer learned from etcd. Key applies to them as to
+	// any peer.
+	Etcd *fleet.Options
 }
 
 const (
@@ -133,6 +144,16 @@ type remote struct {
 	// under peersMu and read without a lock by emit and the receivers.
 	peers   atomic.Pointer[peerTable]
 	peersMu sync.Mutex
+	// static are the peers of RemoteOptions.Peers and SetPeers; fleet,
+	// those learned from etcd, by node id (fleetdir.go). The table is
+	// built from both (rebuildLocked).
+	static []netip.AddrPort      // +checklocks:peersMu
+	fleet  map[uint32]fleetEntry // +checklocks:peersMu
+	// registry is the fleet directory (nil without RemoteOptions.Etcd
+	// or before run); fleetChanged (buffered 1) tells its publisher the
+	// local channels changed.
+	registry     atomic.Pointer[fleet.Registry]
+	fleetChanged chan struct{}
 
 	// boot is this daemon's boot id, random per start; it goes in every
 	// directory and authentication trailer.
@@ -208,6 +229,9 @@ type peer struct {
 	seen     atomic.Int64  // unix ns of its last directory
 	// expiredMark is set when its directory expired, cleared by the next.
 	expiredMark atomic.Bool
+	// fromFleet: the peer's channels and boot id come from etcd
+	// (fleetdir.go), which wins over its directory datagrams.
+	fromFleet atomic.Bool
 
 	// Its datagrams dropped on receipt, by reason.
 	restarts, badAuth, stale, malformed, badVersion atomic.Uint64
@@ -239,7 +263,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.DirectoryExpiry <= 0 {
 		opts.DirectoryExpiry = 3 * opts.DirectoryInterval
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1,
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1),
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
@@ -262,12 +286,12 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	return rm
 }
 
-// SetPeers replaces the runtime's peer set (RemoteOptions.Peers at start):
-// the feed for a membership service such as etcd. Peers that stay keep
-// their state (directory, replay window, counters); new ones start
-// unknown until their first directory; messages stop at once for peers
-// that left, and their datagrams are dropped from then on. Without a
-// datapath to other hosts it does nothing.
+// SetPeers replaces the runtime's static peer set (RemoteOptions.Peers at
+// start); peers learned from etcd (RemoteOptions.Etcd) stay. Peers that
+// stay keep their state (directory, replay window, counters); new ones
+// start unknown until their first directory; messages stop at once for
+// peers that left, and their datagrams are dropped from then on. Without
+// a datapath to other hosts it does nothing.
 func (r *Runtime) SetPeers(addrs []netip.AddrPort) {
 	if r.remote != nil {
 		r.remote.setPeers(addrs)
@@ -277,26 +301,13 @@ func (r *Runtime) SetPeers(addrs []netip.AddrPort) {
 func (rm *remote) setPeers(addrs []netip.AddrPort) {
 	rm.peersMu.Lock()
 	defer rm.peersMu.Unlock()
-	old := rm.peers.Load()
-	t := &peerTable{byAddr: make(map[netip.AddrPort]*peer, len(addrs))}
+	rm.static = rm.static[:0]
 	for _, a := range addrs {
-		if _, dup := t.byAddr[a]; dup {
-			continue
+		if !slices.Contains(rm.static, a) {
+			rm.static = append(rm.static, a)
 		}
-		var p *peer
-		if old != nil {
-			p = old.byAddr[a]
-		}
-		if p == nil {
-			p = newRemotePeer(a, rm.dps)
-			if len(p.via) == 0 {
-				rm.rt.log.Warn("no datapath reaches peer", "peer", a)
-			}
-		}
-		t.list = append(t.list, p)
-		t.byAddr[a] = p
 	}
-	rm.peers.Store(t)
+	rm.rebuildLocked()
 }
 
 // peerList returns the current peers.
@@ -445,6 +456,10 @@ func (rm *remote) channelsChanged() {
 		default:
 		}
 	}
+	select {
+	case rm.fleetChanged <- struct{}{}:
+	default:
+	}
 }
 
 // run drives each datapath's sender and receiver until ctx ends.
@@ -454,6 +469,15 @@ func (rm *remote) run(ctx context.Context) {
 		wg.Add(2)
 		go func() { defer wg.Done(); rm.sender(ctx, st) }()
 		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
+	}
+	if rm.opts.Etcd != nil {
+		if err := rm.startFleet(ctx); err != nil {
+			rm.rt.log.Error("fleet directory: cannot start; peers come from --peer alone", "err", err)
+		} else {
+			wg.Add(1)
+			go func() { defer wg.Done(); rm.publishFleet(ctx) }()
+			defer func() { rm.registry.Load().Close() }() // revokes the lease: the others see this daemon leave
+		}
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); rm.expirer(ctx) }()
@@ -483,6 +507,9 @@ func (rm *remote) expirer(ctx context.Context) {
 func (rm *remote) expire(now int64) {
 	empty := []uint32{}
 	for _, p := range rm.peers.Load().list {
+		if p.fromFleet.Load() {
+			continue // etcd's lease expires it (fleetdir.go)
+		}
 		old := p.channels.Load()
 		seen := p.seen.Load()
 		if seen == 0 || now-seen <= int64(rm.opts.DirectoryExpiry) {
@@ -596,7 +623,8 @@ func (rm *remote) sendDirectory(st *datapathState, buf []byte, seal *wire.Sealer
 		rm.seal(seal, &one) // one datagram for every peer: the tag does not cover the destination
 		pkts = pkts[:0]
 		for _, p := range rm.peers.Load().list {
-			if slices.Contains(p.via, st.index) {
+			// Peers learned from etcd learn this daemon from etcd too.
+			if slices.Contains(p.via, st.index) && !p.fromFleet.Load() {
 				pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: one.N})
 			}
 		}
@@ -791,6 +819,9 @@ func (rm *remote) reject(p *peer, err error) {
 // directory takes a directory message from peer p.
 func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payload []byte) {
 	rm := rx.rm
+	if p.fromFleet.Load() {
+		return // its etcd entry wins (fleetdir.go)
+	}
 	d, err := wire.ParseDirectory(payload, rx.chans[:0])
 	if err != nil {
 		rm.reject(p, err)
@@ -861,6 +892,9 @@ type PeerInfo struct {
 	Boot string `json:"boot_id,omitempty"`
 	// Restarts counts directories that came with a new boot id.
 	Restarts uint64 `json:"restarts"`
+	// Source is where the peer and its channels come from:
+	// DirectoryStatic or DirectoryEtcd.
+	Source string `json:"source"`
 	// BadAuth, Stale, Malformed and BadVersion count its datagrams
 	// dropped for those reasons (see RemoteInfo).
 	BadAuth    uint64 `json:"bad_auth"`
@@ -914,15 +948,18 @@ type RemoteInfo struct {
 	Expired uint64 `json:"expired"`
 	// Reliable counts reliable streams' work (reliable.go).
 	Reliable ReliableInfo `json:"reliable"`
+	// Directory says where peers come from, and etcd's health.
+	Directory DirectoryInfo `json:"directory"`
 }
 
 // Remote returns the datapaths to other hosts and the peers.
 func (r *Runtime) Remote() RemoteInfo {
-	info := RemoteInfo{Datapaths: []DatapathInfo{}, Peers: []PeerInfo{}}
+	info := RemoteInfo{Datapaths: []DatapathInfo{}, Peers: []PeerInfo{}, Directory: DirectoryInfo{Sources: []string{}}}
 	rm := r.remote
 	if rm == nil {
 		return info
 	}
+	info.Directory = rm.directoryInfo()
 	info.Sent, info.Received, info.Dropped, info.Malformed = rm.sent.Load(), rm.received.Load(), rm.dropped.Load(), rm.malformed.Load()
 	info.Authenticated, info.Boot = rm.opts.Key != nil, strconv.FormatUint(rm.boot, 16)
 	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
@@ -946,11 +983,14 @@ func (r *Runtime) Remote() RemoteInfo {
 	now := time.Now().UnixNano()
 	for _, p := range peers {
 		pi := PeerInfo{Addr: p.addr.String(), Node: p.node.Load(), Channels: slices.Clone(*p.channels.Load()), State: PeerWaiting,
-			Restarts: p.restarts.Load(), BadAuth: p.badAuth.Load(), Stale: p.stale.Load(), Malformed: p.malformed.Load(), BadVersion: p.badVersion.Load()}
+			Restarts: p.restarts.Load(), Source: DirectoryStatic, BadAuth: p.badAuth.Load(), Stale: p.stale.Load(), Malformed: p.malformed.Load(), BadVersion: p.badVersion.Load()}
+		if p.fromFleet.Load() {
+			pi.Source = DirectoryEtcd
+		}
 		if ns := p.seen.Load(); ns != 0 {
 			pi.LastSeen = time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
 			pi.State = PeerUp
-			if p.expiredMark.Load() || now-ns > int64(rm.opts.DirectoryExpiry) {
+			if !p.fromFleet.Load() && (p.expiredMark.Load() || now-ns > int64(rm.opts.DirectoryExpiry)) {
 				pi.State = PeerStale
 			}
 		}

@@ -202,6 +202,41 @@ type RemoteInfo struct {
 	Expired uint64 `json:"expired"`
 	// Reliable counts reliable streams' work.
 	Reliable ReliableInfo `json:"reliable"`
+	// Directory says where the peers come from, and etcd's health.
+	Directory DirectoryInfo `json:"directory"`
+}
+
+// DirectoryInfo says where a daemon's peers and their channels come from.
+type DirectoryInfo struct {
+	// Sources are "static" (--peer) and "etcd" (--etcd), those in use.
+	Sources []string `json:"sources"`
+	// Etcd is the fleet directory's health; absent without --etcd.
+	Etcd *EtcdInfo `json:"etcd,omitempty"`
+}
+
+// EtcdInfo is the health of a daemon's fleet directory in etcd.
+type EtcdInfo struct {
+	Endpoints []string `json:"endpoints"`
+	Prefix    string   `json:"prefix"`
+	// Key is the daemon's own key (PREFIX/nodes/NODEID).
+	Key string `json:"key"`
+	// Connected: the last request to etcd succeeded and the watch runs.
+	Connected bool `json:"connected"`
+	// LastError is the last failure talking to etcd, empty before one.
+	LastError string `json:"last_error,omitempty"`
+	// Revision is the store revision the daemon's directory is current to.
+	Revision int64 `json:"revision"`
+	// Nodes is how many other daemons the directory holds.
+	Nodes int `json:"nodes"`
+	// Puts counts the daemon's writes of its key; Events, the watch
+	// events it received.
+	Puts   uint64 `json:"puts"`
+	Events uint64 `json:"events"`
+	// PutBytes and ReadBytes are the values' bytes written and read
+	// (lists and watch events): the directory's etcd traffic, framing
+	// aside.
+	PutBytes  uint64 `json:"put_bytes"`
+	ReadBytes uint64 `json:"read_bytes"`
 }
 
 // ReliableInfo counts the work of reliable streams (acks,
@@ -280,6 +315,10 @@ type PeerInfo struct {
 	Boot string `json:"boot_id,omitempty"`
 	// Restarts counts directories that came with a new boot id.
 	Restarts uint64 `json:"restarts"`
+	// Source is where the peer and its channels come from: "static"
+	// (a --peer address and its directory datagrams) or "etcd" (the
+	// fleet directory, which wins for an address in both).
+	Source string `json:"source"`
 	// BadAuth, Stale, Malformed and BadVersion count its datagrams
 	// dropped for those reasons (see RemoteInfo).
 	BadAuth    uint64 `json:"bad_auth"`

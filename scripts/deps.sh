@@ -15,6 +15,7 @@ packages=(
 	iproute2 ethtool gcc make           # namespaces, veths and their offloads; cgo; this Makefile
 	ca-certificates
 	systemd                             # systemd-analyze: make lint verifies dist/veloced.service
+	etcd-server                         # /usr/bin/etcd: the fleet directory tests (internal/fleet, cmd/veloced) start a real one
 )
 
 missing=()

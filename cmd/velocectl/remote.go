@@ -38,7 +38,16 @@ time-sensitive) the messages held behind the gate, sent, and the times the
 sender waited for the gate to open; overruns count batches whose send ended
 after their window.
 
--o json prints one object: datapaths (a list; each with its own "stats"
+The directory line says where peers come from: static (veloced --peer, with
+directory datagrams) and etcd (veloced --etcd, the fleet directory), and for
+etcd its endpoints, whether it is connected, the last error, the store
+revision the directory is current to, the daemons it holds, and this daemon's
+puts and watch events. Each peer's SOURCE is static or etcd (which wins for
+an address in both).
+
+-o json prints one object: directory (sources, and etcd: endpoints,
+prefix, key, connected, last_error, revision, nodes, puts, events,
+put_bytes, read_bytes), datapaths (a list; each with its own "stats"
 object: for rdma, the device, "queue_pairs" and the counters), peers (a list),
 sent, received, dropped, malformed.`,
 		Args: argsRange(0, 0, ""),
@@ -55,16 +64,17 @@ sent, received, dropped, malformed.`,
 				printTSN(tw, info)
 				printRDMA(tw, info)
 				fmt.Fprintln(tw)
-				fmt.Fprintln(tw, "PEER\tNODE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
+				fmt.Fprintln(tw, "PEER\tNODE\tSOURCE\tSTATE\tCHANNELS\tLAST DIRECTORY\tRESTARTS\tBAD AUTH\tSTALE\tMALFORMED\tBAD VERSION")
 				for _, p := range info.Peers {
 					var chans []string
 					for _, c := range p.Channels {
 						chans = append(chans, strconv.FormatUint(uint64(c), 10))
 					}
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Addr, p.Node, dash(p.Source), dash(p.State), dash(strings.Join(chans, ",")), dash(p.LastSeen),
 						p.Restarts, p.BadAuth, p.Stale, p.Malformed, p.BadVersion)
 				}
 				printXDP(tw, info)
+				printDirectory(tw, info.Directory)
 				fmt.Fprintf(tw, "\nmessages: %d sent, %d received, %d dropped, %d malformed\n", info.Sent, info.Received, info.Dropped, info.Malformed)
 				fmt.Fprintf(tw, "refused: %d from unknown peers, %d bad auth, %d stale, %d bad version; %d directories expired; authenticated %v, boot id %s\n",
 					info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion, info.Expired, info.Authenticated, dash(info.Boot))
@@ -98,5 +108,18 @@ func printTSN(tw io.Writer, info control.RemoteInfo) {
 		for _, c := range d.TSN.Classes {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d %s\t%d\t%d\t%d\t%d\n", d.Name, d.TSN.Schedule, d.TSN.Gates, c.Class, c.Name, c.Held, c.Sent, c.Waits, d.TSN.Overruns)
 		}
+	}
+}
+
+// printDirectory prints where the peers come from and etcd's health.
+func printDirectory(tw io.Writer, d control.DirectoryInfo) {
+	fmt.Fprintf(tw, "\ndirectory: %s\n", dash(strings.Join(d.Sources, "+")))
+	if e := d.Etcd; e != nil {
+		state := "connected"
+		if !e.Connected {
+			state = "disconnected"
+		}
+		fmt.Fprintf(tw, "etcd: %s (%s), key %s, revision %d, %d nodes; %d puts (%d bytes), %d events, %d bytes read; last error: %s\n",
+			strings.Join(e.Endpoints, ","), state, dash(e.Key), e.Revision, e.Nodes, e.Puts, e.PutBytes, e.Events, e.ReadBytes, dash(e.LastError))
 	}
 }

@@ -110,6 +110,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	rdmaF := rdmaFlags(fs)
 	xdpF := xdpFlags(fs)
 	mig := migrationFlags(fs)
+	etcdF := etcdFlags(fs)
 	cfg := config.New(fs, defaultConfig) // --config, --print-config: flags from veloced.toml
 	if err := cfg.Parse(args); err != nil {
 		return err
@@ -237,6 +238,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	}
 	if len(peers) > 0 && opts.Runtime.Remote.Datapath == nil && len(opts.Runtime.Remote.Accelerated) == 0 {
 		return errors.New("--peer: no datapath to reach peers (DPDK failed and no --listen)")
+	}
+	if err := etcdF.apply(&opts, log); err != nil {
+		return err
 	}
 	for _, s := range servers {
 		opts.Ports = append(opts.Ports, backend.PortOptions{Socket: s, QueuePairs: *queues, Link: link, PollCPUs: cpus})

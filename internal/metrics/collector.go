@@ -147,6 +147,14 @@ var (
 	peerInfo        = desc("peer_info", "A peer daemon: 1, with its node id as a label.", "peer", "node")
 	peerChannels    = desc("peer_channels", "Channels the peer has sinks for.", peerL...)
 	peerLastSeen    = desc("peer_last_directory_timestamp_seconds", "When the peer's last channel directory arrived (Unix time).", peerL...)
+	peerSource      = desc("peer_source", "Where the peer and its channels come from: 1, with the source (static or etcd) as a label.", "peer", "source")
+	etcdConnected   = desc("etcd_connected", "1 while the fleet directory's last request to etcd succeeded and its watch runs (veloced --etcd).")
+	etcdRevision    = desc("etcd_revision", "The etcd revision the fleet directory is current to.")
+	etcdNodes       = desc("etcd_nodes", "Other daemons in the fleet directory.")
+	etcdPuts        = desc("etcd_puts_total", "Writes of this daemon's fleet directory key.")
+	etcdPutBytes    = desc("etcd_put_bytes_total", "Value bytes of those writes.")
+	etcdEvents      = desc("etcd_watch_events_total", "Watch events the fleet directory received.")
+	etcdReadBytes   = desc("etcd_read_bytes_total", "Value bytes the fleet directory read (lists and watch events).")
 )
 
 var allDescs = []*prometheus.Desc{buildInfo,
@@ -157,7 +165,8 @@ var allDescs = []*prometheus.Desc{buildInfo,
 	appClients, appSessions, appMapped, appMalformed, appWakeups,
 	remoteSent, remoteReceived, remoteDropped, remoteMalformed,
 	dpInfo, dpQueued, dpPeers, dpTXPackets, dpTXBytes, dpRXPackets, dpRXBytes, dpStat,
-	peerInfo, peerChannels, peerLastSeen,
+	peerInfo, peerChannels, peerLastSeen, peerSource,
+	etcdConnected, etcdRevision, etcdNodes, etcdPuts, etcdPutBytes, etcdEvents, etcdReadBytes,
 }
 
 // Describe sends every metric's description.
@@ -322,6 +331,22 @@ func collectRemote(ch chan<- prometheus.Metric, r control.RemoteInfo) {
 		if t, err := time.Parse(time.RFC3339Nano, p.LastSeen); err == nil {
 			gauge(ch, peerLastSeen, float64(t.UnixNano())/1e9, p.Addr)
 		}
+		if p.Source != "" {
+			gauge(ch, peerSource, 1, p.Addr, p.Source)
+		}
+	}
+	if e := r.Directory.Etcd; e != nil {
+		up := 0.0
+		if e.Connected {
+			up = 1
+		}
+		gauge(ch, etcdConnected, up)
+		gauge(ch, etcdRevision, float64(e.Revision))
+		gauge(ch, etcdNodes, float64(e.Nodes))
+		counter(ch, etcdPuts, e.Puts)
+		counter(ch, etcdPutBytes, e.PutBytes)
+		counter(ch, etcdEvents, e.Events)
+		counter(ch, etcdReadBytes, e.ReadBytes)
 	}
 }
 

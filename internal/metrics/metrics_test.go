@@ -208,6 +208,7 @@ func TestScrapeADaemon(t *testing.T) {
 		{"veloce_datapath_rx_bytes_total", c, map[string]string{"datapath": "udp"}, -1},
 		{"veloce_datapath_stat", u, map[string]string{"datapath": "udp", "stat": "send_errors"}, -1},
 		{"veloce_peer_info", g, map[string]string{"peer": "127.0.0.1:9", "node": "*"}, 1},
+		{"veloce_peer_source", g, map[string]string{"peer": "127.0.0.1:9", "source": "static"}, 1},
 		{"go_goroutines", g, nil, -1},
 	} {
 		v := find(t, mfs, tc.name, tc.typ, tc.labels)

@@ -127,3 +127,35 @@ func (n *Netns) XDPAttached(t testing.TB, dev string) bool {
 	}
 	return on
 }
+
+// Bridge is a Linux bridge in a namespace (the hub) that other
+// namespaces join through veth pairs: a test's LAN of hosts.
+type Bridge struct {
+	hub  *Netns
+	name string
+}
+
+// NewBridge creates bridge br0 in hub, up, with the address cidr (empty:
+// none).
+func NewBridge(t testing.TB, hub *Netns, cidr string) *Bridge {
+	t.Helper()
+	b := &Bridge{hub: hub, name: "br0"}
+	Run(t, "ip", "-n", hub.Name, "link", "add", b.name, "type", "bridge")
+	Run(t, "ip", "-n", hub.Name, "link", "set", b.name, "up")
+	if cidr != "" {
+		hub.AddAddr(t, b.name, cidr)
+	}
+	return b
+}
+
+// Attach links n to the bridge with a veth pair whose end in n has the
+// address cidr, and returns that end's name.
+func (b *Bridge) Attach(t testing.TB, n *Netns, cidr string) string {
+	t.Helper()
+	vh, vn := BareVeth(t, b.hub, n)
+	Run(t, "ip", "-n", b.hub.Name, "link", "set", vh, "master", b.name)
+	Run(t, "ip", "-n", b.hub.Name, "link", "set", vh, "up")
+	Run(t, "ip", "-n", n.Name, "link", "set", vn, "up")
+	n.AddAddr(t, vn, cidr)
+	return vn
+}

@@ -1,0 +1,481 @@
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Defaults of Options.
+const (
+	DefaultPrefix      = "/veloce"
+	DefaultTTL         = 10 * time.Second
+	DefaultDialTimeout = 5 * time.Second
+	DefaultMinInterval = 250 * time.Millisecond
+)
+
+// Options configure a Registry.
+type Options struct {
+	// Endpoints are the etcd cluster's client URLs (http://host:2379 or
+	// https://...).
+	Endpoints []string
+	// Prefix is where the fleet's keys live; default DefaultPrefix.
+	Prefix string
+	// TTL is the lease's: a daemon that stops keeping it alive drops out
+	// of the directory this long after; default DefaultTTL, at least 2s.
+	TTL time.Duration
+	// DialTimeout bounds connecting to etcd; default DefaultDialTimeout.
+	DialTimeout time.Duration
+	// TLS, when set, is the client's TLS configuration (CA, client
+	// certificate).
+	TLS *tls.Config
+	// Self is this daemon's entry; its ID names the key, and Channels is
+	// the initial set (SetChannels changes it).
+	Self Node
+	// MinInterval is the least time between two puts of the entry (the
+	// channel set changing faster is coalesced); default
+	// DefaultMinInterval.
+	MinInterval time.Duration
+	// OnEvent receives the other nodes' events, one at a time, from the
+	// registry's watcher goroutine; it must not block for long.
+	OnEvent func(Event)
+	// Logger; nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// EventKind says what happened to a node's key.
+type EventKind int
+
+const (
+	// Added: a node appeared (or the registry (re)started and found it).
+	Added EventKind = iota + 1
+	// Updated: its value changed (channels, addresses, or a new boot id:
+	// a restart).
+	Updated
+	// Removed: its key is gone (lease expired, revoked).
+	Removed
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case Added:
+		return "added"
+	case Updated:
+		return "updated"
+	case Removed:
+		return "removed"
+	}
+	return "unknown"
+}
+
+// Event is one change of another node's entry. For Removed, Node has only
+// its ID.
+type Event struct {
+	Kind EventKind
+	Node Node
+	// Revision is the store revision of the entry's last write (for
+	// Removed, of the deletion): of two entries, the later written has
+	// the higher one.
+	Revision int64
+}
+
+// Health is the registry's state, for velocectl.
+type Health struct {
+	Endpoints []string
+	// Connected: the last request to etcd succeeded and the watch runs.
+	Connected bool
+	// LastError is the last failure talking to etcd, empty before one.
+	LastError string
+	// Revision is the store revision the directory is current to.
+	Revision int64
+	// Nodes is how many other nodes the directory holds.
+	Nodes int
+	// Puts counts this daemon's writes of its entry, PutBytes their
+	// values' bytes.
+	Puts, PutBytes uint64
+	// Events counts the watch events received; ReadBytes, the values'
+	// bytes read (lists and watch events).
+	Events, ReadBytes uint64
+}
+
+// Registry keeps this daemon's entry in etcd and watches the others'.
+type Registry struct {
+	opts Options
+	cli  *clientv3.Client
+	log  *slog.Logger
+
+	dirty chan struct{} // buffered 1: the entry needs a put
+	// registered is closed after the first put: the watch starts then,
+	// so that this daemon's entry is in the store before it learns (and
+	// sends to) anyone, and the others learn it first.
+	registered     chan struct{}
+	registeredOnce sync.Once
+
+	mu sync.Mutex
+	// +checklocks:mu
+	self Node
+	// +checklocks:mu
+	health Health
+	// +checklocks:mu
+	known map[uint32]Node // the other nodes, as last delivered
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New connects a client (lazily: etcd need not be up yet) and returns a
+// Registry to Start. The Registry owns the client; Close releases it.
+func New(opts Options) (*Registry, error) {
+	if len(opts.Endpoints) == 0 {
+		return nil, errors.New("fleet: no etcd endpoints")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.TTL == 0 {
+		opts.TTL = DefaultTTL
+	}
+	if opts.TTL < 2*time.Second {
+		return nil, fmt.Errorf("fleet: TTL %v: at least 2s (etcd's lease granularity is a second)", opts.TTL)
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	if opts.MinInterval <= 0 {
+		opts.MinInterval = DefaultMinInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.OnEvent == nil {
+		opts.OnEvent = func(Event) {}
+	}
+	if opts.Self.Boot == "" {
+		return nil, errors.New("fleet: Self has no boot id")
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: opts.Endpoints, DialTimeout: opts.DialTimeout, TLS: opts.TLS,
+		Logger: zap.NewNop(), DialKeepAliveTime: opts.TTL / 2, DialKeepAliveTimeout: opts.DialTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: connect to etcd: %w", err)
+	}
+	self := opts.Self
+	self.Channels = slices.Clone(self.Channels)
+	return &Registry{opts: opts, cli: cli, log: opts.Logger, dirty: make(chan struct{}, 1), registered: make(chan struct{}), self: self,
+		known: map[uint32]Node{}, health: Health{Endpoints: slices.Clone(opts.Endpoints)}}, nil
+}
+
+// Key returns this daemon's key.
+func (r *Registry) Key() string { return nodeKey(r.opts.Prefix, r.opts.Self.ID) }
+
+// Start registers the entry and starts watching, in goroutines that retry
+// until ctx ends or Close: etcd being down delays both, it does not fail
+// Start.
+func (r *Registry) Start(ctx context.Context) {
+	ctx, r.cancel = context.WithCancel(ctx)
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); r.register(ctx) }()
+	go func() { defer r.wg.Done(); r.watch(ctx) }()
+}
+
+// Close stops the registry and revokes the lease (best effort, within the
+// dial timeout), so the others see this daemon leave at once.
+func (r *Registry) Close() error {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+	return r.cli.Close()
+}
+
+// SetChannels publishes the local channel set (sorted, deduplicated
+// here). Puts are coalesced: at most one per Options.MinInterval.
+func (r *Registry) SetChannels(chans []uint32) {
+	c := slices.Clone(chans)
+	slices.Sort(c)
+	c = slices.Compact(c)
+	r.mu.Lock()
+	same := slices.Equal(c, r.self.Channels)
+	r.self.Channels = c
+	r.mu.Unlock()
+	if !same {
+		select {
+		case r.dirty <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Health returns the registry's state.
+func (r *Registry) Health() Health {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.health
+	h.Endpoints = slices.Clone(h.Endpoints)
+	h.Nodes = len(r.known)
+	return h
+}
+
+func (r *Registry) fail(what string, err error) {
+	r.mu.Lock()
+	first := r.health.Connected || r.health.LastError == ""
+	r.health.Connected = false
+	r.health.LastError = what + ": " + err.Error()
+	r.mu.Unlock()
+	if first {
+		r.log.Warn("fleet directory: etcd unavailable; the last known directory stays in use", "step", what, "err", err)
+	}
+}
+
+func (r *Registry) ok(rev int64) {
+	r.mu.Lock()
+	if !r.health.Connected && r.health.LastError != "" {
+		r.log.Info("fleet directory: etcd reachable again")
+	}
+	r.health.Connected = true
+	if rev > r.health.Revision {
+		r.health.Revision = rev
+	}
+	r.mu.Unlock()
+}
+
+// register grants a lease, puts the entry under it and keeps it alive;
+// it puts again when the channels change and starts over when the lease
+// is lost.
+func (r *Registry) register(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		if err := r.session(ctx); err != nil && ctx.Err() == nil {
+			r.fail("register", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, r.opts.TTL/2)
+			continue
+		}
+		backoff = 200 * time.Millisecond
+	}
+}
+
+// session is one lease's life: it returns when the lease is lost (nil)
+// or a request failed.
+func (r *Registry) session(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, r.opts.DialTimeout)
+	lease, err := r.cli.Grant(rctx, int64((r.opts.TTL+time.Second-1)/time.Second))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("grant lease: %w", err)
+	}
+	defer func() {
+		// Stopping: revoke, so that the others see this daemon leave at
+		// once (a daemon killed does not get here: its lease expires).
+		// A session that failed keeps its lease: the next one's put
+		// moves the key to a new lease without deleting it (the others
+		// see an update, not a leave and a join), and the old lease
+		// expires with nothing attached.
+		if ctx.Err() == nil {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), r.opts.DialTimeout)
+		r.cli.Revoke(rctx, lease.ID)
+		cancel()
+	}()
+	kctx, kcancel := context.WithCancel(ctx)
+	defer kcancel()
+	alive, err := r.cli.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("keep lease alive: %w", err)
+	}
+	var last time.Time
+	put := func() error {
+		r.mu.Lock()
+		val, err := r.self.Marshal()
+		r.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.opts.DialTimeout)
+		resp, err := r.cli.Put(pctx, r.Key(), string(val), clientv3.WithLease(lease.ID))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("put %s: %w", r.Key(), err)
+		}
+		last = time.Now()
+		r.mu.Lock()
+		r.health.Puts++
+		r.health.PutBytes += uint64(len(val))
+		r.mu.Unlock()
+		r.registeredOnce.Do(func() { close(r.registered) })
+		r.ok(resp.Header.Revision)
+		return nil
+	}
+	if err := put(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-alive:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("lease keepalive ended (lease expired or etcd unreachable)")
+			}
+		case <-r.dirty:
+			if wait := r.opts.MinInterval - time.Since(last); wait > 0 {
+				select { // coalesce: changes meanwhile go in the same put
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+			if err := put(); err != nil {
+				select { // put again on the next session
+				case r.dirty <- struct{}{}:
+				default:
+				}
+				return err
+			}
+		}
+	}
+}
+
+// watch lists the prefix and watches it from the next revision, and
+// lists again after a failure (a compacted revision, etcd restarted),
+// delivering the difference.
+func (r *Registry) watch(ctx context.Context) {
+	prefix := nodesPrefix(r.opts.Prefix)
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.registered:
+	}
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.watchOnce(ctx, prefix)
+		if ctx.Err() != nil {
+			return
+		}
+		r.fail("watch", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, r.opts.TTL/2)
+	}
+}
+
+func (r *Registry) watchOnce(ctx context.Context, prefix string) error {
+	gctx, cancel := context.WithTimeout(ctx, r.opts.DialTimeout)
+	resp, err := r.cli.Get(gctx, prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list %s: %w", prefix, err)
+	}
+	r.ok(resp.Header.Revision)
+	seen := map[uint32]bool{}
+	for _, kv := range resp.Kvs {
+		r.mu.Lock()
+		r.health.ReadBytes += uint64(len(kv.Value))
+		r.mu.Unlock()
+		if id, ok := r.take(string(kv.Key), kv.Value, kv.ModRevision); ok {
+			seen[id] = true
+		}
+	}
+	r.mu.Lock()
+	var gone []uint32
+	for id := range r.known {
+		if !seen[id] {
+			gone = append(gone, id)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range gone {
+		r.remove(id)
+	}
+	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer wcancel()
+	for wr := range r.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", prefix, err)
+		}
+		r.ok(wr.Header.Revision)
+		for _, ev := range wr.Events {
+			r.mu.Lock()
+			r.health.Events++
+			r.health.ReadBytes += uint64(len(ev.Kv.Value))
+			r.mu.Unlock()
+			key := string(ev.Kv.Key)
+			if ev.Type == clientv3.EventTypeDelete {
+				if id, ok := parseKey(r.opts.Prefix, key); ok {
+					r.remove(id)
+				}
+				continue
+			}
+			r.take(key, ev.Kv.Value, ev.Kv.ModRevision)
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("watch ended")
+}
+
+// take delivers a put of key: Added or Updated when it is another node's
+// valid entry that changed. It reports the node id when the key is a
+// node's (valid or not: a bad value keeps the node's last good one).
+func (r *Registry) take(key string, val []byte, rev int64) (uint32, bool) {
+	id, ok := parseKey(r.opts.Prefix, key)
+	if !ok {
+		return 0, false
+	}
+	if id == r.opts.Self.ID {
+		return id, true
+	}
+	n, err := ParseNode(val)
+	if err == nil && n.ID != id {
+		err = fmt.Errorf("%w: node %d under key %s", ErrBadNode, n.ID, key)
+	}
+	if err != nil {
+		r.log.Warn("fleet directory: ignoring a bad entry", "key", key, "err", err)
+		r.mu.Lock()
+		_, had := r.known[id]
+		r.mu.Unlock()
+		return id, had
+	}
+	r.mu.Lock()
+	old, had := r.known[id]
+	r.known[id] = n
+	r.mu.Unlock()
+	switch {
+	case !had:
+		r.opts.OnEvent(Event{Kind: Added, Node: n, Revision: rev})
+	case old.Boot != n.Boot || !slices.Equal(old.Addrs, n.Addrs) || !slices.Equal(old.Channels, n.Channels):
+		r.opts.OnEvent(Event{Kind: Updated, Node: n, Revision: rev})
+	}
+	return id, true
+}
+
+func (r *Registry) remove(id uint32) {
+	if id == r.opts.Self.ID {
+		return
+	}
+	r.mu.Lock()
+	_, had := r.known[id]
+	delete(r.known, id)
+	r.mu.Unlock()
+	if had {
+		r.opts.OnEvent(Event{Kind: Removed, Node: Node{ID: id}})
+	}
+}
