@@ -65,6 +65,9 @@ func TestRegistryLearnsPeers(t *testing.T) {
 	if got := evA.next(t, Added, 2); got.Node.Boot != "b2" {
 		t.Errorf("restarted: boot %q", got.Node.Boot)
 	}
+	// The restarted registry lists a before etcd goes (else its first
+	// sight of a comes after, as Added, not Updated).
+	evB.next(t, Added, 1)
 	h := a.Health()
 	if !h.Connected || h.Revision == 0 || h.Nodes != 1 || h.Puts < 2 {
 		t.Errorf("health %+v", h)
@@ -85,6 +88,7 @@ wait:
 	for timeout := time.After(30 * time.Second); ; {
 		select {
 		case got := <-evB:
+			t.Logf("b: %v node %d channels %v (revision %d)", got.Kind, got.Node.ID, got.Node.Channels, got.Revision)
 			if got.Node.ID == 1 && got.Kind == Removed {
 				t.Errorf("a left b's directory while etcd was down")
 			}
