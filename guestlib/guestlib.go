@@ -237,6 +237,7 @@ func dial(o *Options) (conn, string, error) {
 		return nil, o.Service.String(), err
 	}
 	setReceiveBuffer(c, receiveBuffer)
+	reportSendErrors(c)
 	return c, o.Service.String(), nil
 }
 
@@ -261,6 +262,68 @@ func setReceiveBuffer(c *net.UDPConn, n int) {
 		}
 	}
 	c.SetReadBuffer(n)
+}
+
+// reportSendErrors makes the kernel report a datagram its link could not
+// queue (IP_RECVERR): without it a UDP send that meets a full transmit
+// queue — the VM's virtio ring not drained fast enough by a busy host —
+// "succeeds" and the datagram is dropped, counted only in the guest's
+// Udp SndbufErrors. With it, Write fails with ENOBUFS and Emit waits
+// for the queue (writeEmit). The errors it also queues (ICMP) are
+// drained by the receive loop (drainErrors).
+func reportSendErrors(c *net.UDPConn) {
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1) })
+	}
+}
+
+// drainErrors empties c's error queue (IP_RECVERR), whose entries count
+// against the receive buffer.
+func drainErrors(c conn) {
+	uc, ok := c.(*net.UDPConn)
+	if !ok {
+		return
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return
+	}
+	var b, oob [512]byte
+	rc.Control(func(fd uintptr) {
+		for range 64 {
+			if _, _, _, _, err := unix.Recvmsg(int(fd), b[:], oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// Bounds of Emit's wait for a full transmit queue (ENOBUFS).
+const (
+	sendRetryFirst = 20 * time.Microsecond
+	sendRetryMax   = time.Millisecond
+	sendRetryFor   = 250 * time.Millisecond
+)
+
+// writeEmit writes one Emit datagram, waiting while the link's transmit
+// queue is full (ENOBUFS, see reportSendErrors), for at most
+// sendRetryFor; then the message is refused with ErrNoBuffers. Nothing
+// is sent twice: a datagram refused with ENOBUFS was not queued.
+func (s *Session) writeEmit(b []byte) error {
+	_, err := s.conn.Write(b)
+	if err == nil || !errors.Is(err, syscall.ENOBUFS) {
+		return err
+	}
+	deadline := time.Now().Add(sendRetryFor)
+	for pause := sendRetryFirst; ; pause = min(2*pause, sendRetryMax) {
+		time.Sleep(pause)
+		if _, err = s.conn.Write(b); err == nil || !errors.Is(err, syscall.ENOBUFS) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: the link's transmit queue stayed full for %v: %w", ErrNoBuffers, sendRetryFor, err)
+		}
+	}
 }
 
 // receiveBufferOf returns the bytes c's kernel buffer holds (what
@@ -582,6 +645,7 @@ func (s *Session) receive() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			drainErrors(s.conn)
 			continue // e.g. ECONNREFUSED from an ICMP error: keep going
 		}
 		var m guestproto.Message
@@ -853,7 +917,7 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	so.mu.Lock()
 	tok := so.token.Add(1)
 	n, _ := guestproto.PutEmit(raw, so.s.id, so.id, tok, b.Data)
-	_, err := so.s.conn.Write(raw[:n])
+	err := so.s.writeEmit(raw[:n])
 	so.mu.Unlock()
 	so.s.bufs.Put(b.raw)
 	b.raw, b.Data = nil, nil

@@ -196,7 +196,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				}
 			}
 			n := len(b.Data)
-			if _, err := so.Emit(b); err != nil {
+			if _, err := so.Emit(b); errors.Is(err, guestlib.ErrNoBuffers) {
+				// Back-pressure (the VM's link was full): the same
+				// message again, after a pause.
+				time.Sleep(time.Millisecond)
+				continue
+			} else if err != nil {
 				return err
 			}
 			sum.Messages++
