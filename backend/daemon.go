@@ -312,21 +312,5 @@ func (s daemonService) Apps(context.Context) (control.HostAppsInfo, error) {
 }
 
 func (s daemonService) Remote(context.Context) (control.RemoteInfo, error) {
-	in := s.d.rt.Remote()
-	out := control.RemoteInfo{Datapaths: make([]control.DatapathInfo, len(in.Datapaths)), Peers: make([]control.PeerInfo, len(in.Peers)),
-		Sent: in.Sent, Received: in.Received, Dropped: in.Dropped, Malformed: in.Malformed,
-		Authenticated: in.Authenticated, Boot: in.Boot, UnknownPeer: in.UnknownPeer, BadAuth: in.BadAuth, Stale: in.Stale,
-		BadVersion: in.BadVersion, Expired: in.Expired, Reliable: in.Reliable,
-		Directory: control.DirectoryInfo{Sources: in.Directory.Sources}}
-	if e := in.Directory.Etcd; e != nil {
-		ce := control.EtcdInfo(*e)
-		out.Directory.Etcd = &ce
-	}
-	for i, dp := range in.Datapaths {
-		out.Datapaths[i] = control.DatapathInfo(dp)
-	}
-	for i, p := range in.Peers {
-		out.Peers[i] = control.PeerInfo(p)
-	}
-	return out, nil
+	return s.d.rt.Remote(), nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/fleet"
 )
 
@@ -196,37 +197,10 @@ func (rm *remote) rebuildLocked() {
 
 // DirectoryInfo says where the daemon's peers and their channels come
 // from (velocectl remote).
-type DirectoryInfo struct {
-	// Sources are DirectoryStatic (with --peer addresses) and
-	// DirectoryEtcd (with RemoteOptions.Etcd).
-	Sources []string `json:"sources"`
-	// Etcd is the fleet directory's health; nil without etcd.
-	Etcd *EtcdInfo `json:"etcd,omitempty"`
-}
+type DirectoryInfo = control.DirectoryInfo
 
 // EtcdInfo is the fleet directory's health.
-type EtcdInfo struct {
-	Endpoints []string `json:"endpoints"`
-	Prefix    string   `json:"prefix"`
-	Key       string   `json:"key"`
-	// Connected: the last request to etcd succeeded and the watch runs.
-	Connected bool `json:"connected"`
-	// LastError is the last failure talking to etcd.
-	LastError string `json:"last_error,omitempty"`
-	// Revision is the store revision the directory is current to.
-	Revision int64 `json:"revision"`
-	// Nodes is how many other daemons the directory holds.
-	Nodes int `json:"nodes"`
-	// Puts counts this daemon's writes of its key; Events, the watch
-	// events it received.
-	Puts   uint64 `json:"puts"`
-	Events uint64 `json:"events"`
-	// PutBytes and ReadBytes are the values' bytes written and read
-	// (lists and watch events): the directory's etcd traffic, framing
-	// aside.
-	PutBytes  uint64 `json:"put_bytes"`
-	ReadBytes uint64 `json:"read_bytes"`
-}
+type EtcdInfo = control.EtcdInfo
 
 func (rm *remote) directoryInfo() DirectoryInfo {
 	d := DirectoryInfo{Sources: []string{}}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/fleet"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
@@ -881,27 +882,7 @@ const (
 )
 
 // PeerInfo is what velocectl shows for a peer.
-type PeerInfo struct {
-	Addr     string   `json:"addr"`
-	Node     uint32   `json:"node"`
-	Channels []uint32 `json:"channels"`
-	LastSeen string   `json:"last_directory,omitempty"`
-	// State is PeerWaiting, PeerUp or PeerStale.
-	State string `json:"state"`
-	// Boot is the boot id of its last directory (hex), empty before.
-	Boot string `json:"boot_id,omitempty"`
-	// Restarts counts directories that came with a new boot id.
-	Restarts uint64 `json:"restarts"`
-	// Source is where the peer and its channels come from:
-	// DirectoryStatic or DirectoryEtcd.
-	Source string `json:"source"`
-	// BadAuth, Stale, Malformed and BadVersion count its datagrams
-	// dropped for those reasons (see RemoteInfo).
-	BadAuth    uint64 `json:"bad_auth"`
-	Stale      uint64 `json:"stale"`
-	Malformed  uint64 `json:"malformed"`
-	BadVersion uint64 `json:"bad_version"`
-}
+type PeerInfo = control.PeerInfo
 
 // StatsReporter is a Datapath with counters for velocectl.
 type StatsReporter interface {
@@ -910,47 +891,10 @@ type StatsReporter interface {
 }
 
 // DatapathInfo is what velocectl shows for a datapath to other hosts.
-type DatapathInfo struct {
-	Name    string `json:"name"`
-	Addr    string `json:"addr"`
-	Default bool   `json:"default"`
-	// Peers are the peers the datapath reaches.
-	Peers  []string `json:"peers"`
-	Queued int      `json:"queued"`
-	Stats  any      `json:"stats,omitempty"`
-	// TSN is the gate scheduler's state, without a schedule absent.
-	TSN *TSNInfo `json:"tsn,omitempty"`
-}
+type DatapathInfo = control.DatapathInfo
 
 // RemoteInfo is the daemon's view of other hosts: its datapaths and peers.
-type RemoteInfo struct {
-	Datapaths []DatapathInfo `json:"datapaths"`
-	Peers     []PeerInfo     `json:"peers"`
-	Sent      uint64         `json:"sent"`
-	Received  uint64         `json:"received"`
-	Dropped   uint64         `json:"dropped"`
-	Malformed uint64         `json:"malformed"`
-	// Authenticated says whether the daemon has a fleet key
-	// (RemoteOptions.Key).
-	Authenticated bool `json:"authenticated"`
-	// Boot is this daemon's boot id (hex).
-	Boot string `json:"boot_id"`
-	// Datagrams dropped on receipt, by reason (besides Malformed):
-	// UnknownPeer, from an address not in the peer set; BadAuth, without
-	// a valid MAC (or with one, on a daemon without a key); Stale,
-	// replayed or older than what the peer sent before; BadVersion, a
-	// directory layout this daemon does not speak.
-	UnknownPeer uint64 `json:"unknown_peer"`
-	BadAuth     uint64 `json:"bad_auth"`
-	Stale       uint64 `json:"stale"`
-	BadVersion  uint64 `json:"bad_version"`
-	// Expired counts peers' directories dropped for age.
-	Expired uint64 `json:"expired"`
-	// Reliable counts reliable streams' work (reliable.go).
-	Reliable ReliableInfo `json:"reliable"`
-	// Directory says where peers come from, and etcd's health.
-	Directory DirectoryInfo `json:"directory"`
-}
+type RemoteInfo = control.RemoteInfo
 
 // Remote returns the datapaths to other hosts and the peers.
 func (r *Runtime) Remote() RemoteInfo {
