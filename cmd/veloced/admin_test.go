@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/veloce-io/veloce/control"
-	"github.com/veloce-io/veloce/internal/testutil"
 )
 
 // TestLogLevelAndAddPortAtRunTime: veloced's logger follows the level set
@@ -16,22 +13,8 @@ import (
 func TestLogLevelAndAddPortAtRunTime(t *testing.T) {
 	dir := t.TempDir()
 	ctl := filepath.Join(dir, "control.sock")
-	stderr := testutil.WatchLine(control.ReadyLine, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		done <- run(ctx, []string{"--control", ctl, "--app-socket", "", "--queues", "3", "--log-level", "warn",
-			"--vhost-user", filepath.Join(dir, "vm0.sock")}, stderr)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("veloced: %v\n%s", err, stderr.String())
-		}
-	}()
-	stderr.Wait(t, exited, time.Minute)
+	ctx, stderr, _ := inProcess(t, nil, "--control", ctl, "--app-socket", "", "--queues", "3", "--log-level", "warn",
+		"--vhost-user", filepath.Join(dir, "vm0.sock"))
 	c := control.NewClient(ctl)
 	defer c.CloseIdleConnections()
 	if l, err := c.LogLevel(ctx); err != nil || l.Level != "WARN" {

@@ -45,22 +45,8 @@ func TestEtcdUnreachableDaemonStarts(t *testing.T) {
 	testutil.Integration(t)
 	dir := t.TempDir()
 	ctl := filepath.Join(dir, "ctl")
-	stderr := testutil.WatchLine(control.ReadyLine, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		done <- run(ctx, []string{"--app-socket", filepath.Join(dir, "app"), "--control", ctl, "--listen", "127.0.0.1:0",
-			"--etcd", "http://127.0.0.1:1", "--etcd-dial-timeout", "200ms", "--etcd-ttl", "2s"}, stderr)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("veloced: %v\n%s", err, stderr.String())
-		}
-	}()
-	stderr.Wait(t, exited, time.Minute)
+	ctx, _, _ := inProcess(t, nil, "--app-socket", filepath.Join(dir, "app"), "--control", ctl, "--listen", "127.0.0.1:0",
+		"--etcd", "http://127.0.0.1:1", "--etcd-dial-timeout", "200ms", "--etcd-ttl", "2s")
 	c := control.NewClient(ctl)
 	deadline := time.Now().Add(30 * time.Second)
 	for {

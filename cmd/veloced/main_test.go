@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/testutil"
 )
@@ -56,22 +55,8 @@ func TestNoDPDKFallsBackToUDP(t *testing.T) {
 	testutil.RequiresRoot(t)
 	dir := t.TempDir()
 	app := filepath.Join(dir, "app.sock")
-	stderr := testutil.WatchLine(control.ReadyLine, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		done <- run(ctx, []string{"--app-socket", app, "--control", filepath.Join(dir, "control.sock"),
-			"--listen", "127.0.0.1:0", "--dpdk", "net_bogus0,iface=nothing-here", "--dpdk-addr", "10.77.0.1/24"}, stderr)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("veloced: %v\n%s", err, stderr.String())
-		}
-	}()
-	stderr.Wait(t, exited, time.Minute) // the app socket listens
+	ctx, stderr, _ := inProcess(t, nil, "--app-socket", app, "--control", filepath.Join(dir, "control.sock"),
+		"--listen", "127.0.0.1:0", "--dpdk", "net_bogus0,iface=nothing-here", "--dpdk-addr", "10.77.0.1/24")
 	octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
 	defer ocancel()
 	s, err := guestlib.Open(octx, guestlib.Options{Socket: app})
