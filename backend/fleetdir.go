@@ -114,58 +114,67 @@ func (rm *remote) pickAddr(addrs []netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
+// tablePeer returns t's peer at a, adding it: old's (which keeps its
+// state) or a new one.
+func (rm *remote) tablePeer(t, old *peerTable, a netip.AddrPort) *peer {
+	if p := t.byAddr[a]; p != nil {
+		return p
+	}
+	var p *peer
+	if old != nil {
+		p = old.byAddr[a]
+	}
+	if p == nil {
+		p = newRemotePeer(a, rm.dps)
+		if len(p.via) == 0 {
+			rm.rt.log.Warn("no datapath reaches peer", "peer", a)
+		}
+	}
+	t.list = append(t.list, p)
+	t.byAddr[a] = p
+	return p
+}
+
 // rebuildLocked builds the peer table from the static peers and the
 // fleet entries (under peersMu). An etcd entry wins over the datagram
 // directory for the same address: its channels are the peer's, its
 // boot id decides restarts, and directory datagrams from it are ignored.
 // Peers that stay keep their state; one that is only static again
 // waits for its next directory datagram.
+//
+// +checklocks:rm.peersMu
 func (rm *remote) rebuildLocked() {
 	old := rm.peers.Load()
 	t := &peerTable{byAddr: make(map[netip.AddrPort]*peer, len(rm.static)+len(rm.fleet))}
-	add := func(a netip.AddrPort) *peer {
-		if p := t.byAddr[a]; p != nil {
-			return p
-		}
-		var p *peer
-		if old != nil {
-			p = old.byAddr[a]
-		}
-		if p == nil {
-			p = newRemotePeer(a, rm.dps)
-			if len(p.via) == 0 {
-				rm.rt.log.Warn("no datapath reaches peer", "peer", a)
-			}
-		}
-		t.list = append(t.list, p)
-		t.byAddr[a] = p
-		return p
-	}
 	for _, a := range rm.static {
-		add(a)
+		rm.tablePeer(t, old, a)
 	}
 	inFleet := map[netip.AddrPort]bool{}
-	ids := make([]uint32, 0, len(rm.fleet))
-	for id := range rm.fleet {
-		ids = append(ids, id)
+	type idEntry struct {
+		id uint32
+		e  fleetEntry
+	}
+	entries := make([]idEntry, 0, len(rm.fleet))
+	for id, e := range rm.fleet {
+		entries = append(entries, idEntry{id, e})
 	}
 	// Two entries with one address are a daemon restarted with another
 	// node id (the default is random) whose old key has not expired yet:
 	// the later written wins.
-	slices.SortFunc(ids, func(a, b uint32) int {
-		if c := cmp.Compare(rm.fleet[b].rev, rm.fleet[a].rev); c != 0 {
+	slices.SortFunc(entries, func(a, b idEntry) int {
+		if c := cmp.Compare(b.e.rev, a.e.rev); c != 0 {
 			return c
 		}
-		return cmp.Compare(a, b)
+		return cmp.Compare(a.id, b.id)
 	})
 	now := time.Now().UnixNano()
-	for _, id := range ids {
-		e := rm.fleet[id]
+	for _, ie := range entries {
+		id, e := ie.id, ie.e
 		if inFleet[e.addr] {
 			continue
 		}
 		inFleet[e.addr] = true
-		p := add(e.addr)
+		p := rm.tablePeer(t, old, e.addr)
 		p.fromFleet.Store(true)
 		if old := p.boot.Swap(e.boot); old != 0 && old != e.boot {
 			p.restarts.Add(1)
