@@ -107,28 +107,8 @@ func TestXDPCannotAttachFallsBackToUDP(t *testing.T) {
 			}
 			dir := t.TempDir()
 			app := filepath.Join(dir, "app.sock")
-			stderr := testutil.WatchLine(control.ReadyLine, nil)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			exited := make(chan struct{})
-			go func() {
-				defer close(exited)
-				done <- a.Do(func() error {
-					return run(ctx, append([]string{"--app-socket", app, "--control", filepath.Join(dir, "control.sock")}, tc.args...), stderr)
-				})
-			}()
-			stopped := false
-			stop := func() {
-				if !stopped {
-					stopped = true
-					cancel()
-					if err := <-done; err != nil {
-						t.Errorf("veloced: %v\n%s", err, stderr.String())
-					}
-				}
-			}
+			ctx, stderr, stop := inProcess(t, a.Do, append([]string{"--app-socket", app, "--control", filepath.Join(dir, "control.sock")}, tc.args...)...)
 			defer stop()
-			stderr.Wait(t, exited, time.Minute)
 			octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
 			defer ocancel()
 			var s *guestlib.Session
