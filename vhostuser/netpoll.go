@@ -39,7 +39,7 @@ type poller struct {
 	hdrLen int
 	merge  bool // VIRTIO_NET_F_MRG_RXBUF
 
-	rx, tx *SplitRing
+	rx, tx pollRing
 	// The rings' kick and call eventfds, borrowed from the device's
 	// vrings (nil when none): the device stops the poller before it
 	// closes or replaces them.
@@ -78,6 +78,24 @@ type poller struct {
 	announcer                                           Announcer // the handler, until it has announced
 	gen                                                 []byte    // frame buffer for src
 }
+
+// pollRing is what the poller needs of a ring beyond Queue: SplitRing
+// and PackedRing provide it.
+type pollRing interface {
+	Queue
+	// Pending returns how many buffers are available and not popped (a
+	// PackedRing counts a bounded number ahead).
+	Pending() uint16
+	// unpop puts back the chain popped last (see SplitRing.unpop).
+	unpop(c *Chain) bool
+	// setLogging is SetLogging, reporting whether anything changed.
+	setLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64) bool
+}
+
+var (
+	_ pollRing = (*SplitRing)(nil)
+	_ pollRing = (*PackedRing)(nil)
+)
 
 // RXSource is implemented by a FrameHandler that also originates frames
 // for the guest (the runtime delivering messages; a traffic generator).

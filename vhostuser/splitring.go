@@ -36,7 +36,7 @@ const (
 )
 
 // Queue is what a device model needs from a virtqueue, whatever its layout.
-// SplitRing implements it; a packed ring can implement it later. The
+// SplitRing and PackedRing implement it. The
 // interface is sealed: only this package provides implementations.
 //
 // A Queue is driven by one goroutine at a time (its poller): Pop, Push,
@@ -99,6 +99,8 @@ type Chain struct {
 	readableLen uint32
 	writableLen uint32
 	head        uint16
+	slot, count uint16 // packed ring: first descriptor and descriptors taken
+	wrap        bool   // packed ring: the driver's wrap counter at slot
 	owner       Queue // the queue that popped the chain; nil once pushed
 	resubmitted bool  // popped from the inflight resubmission list
 }
