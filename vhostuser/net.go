@@ -120,7 +120,7 @@ type vring struct {
 	num       uint32
 	addr      VringAddr
 	addrSet   bool
-	base      uint32 // SET_VRING_BASE: an index (split), or indices and wrap counters (packed)
+	base      uint32      // SET_VRING_BASE: an index (split), or indices and wrap counters (packed)
 	kick      *fd.EventFD // nil when none
 	call      *fd.EventFD // nil when none
 	errFD     *fd.EventFD // nil when none

@@ -101,8 +101,8 @@ type Chain struct {
 	head        uint16
 	slot, count uint16 // packed ring: first descriptor and descriptors taken
 	wrap        bool   // packed ring: the driver's wrap counter at slot
-	owner       Queue // the queue that popped the chain; nil once pushed
-	resubmitted bool  // popped from the inflight resubmission list
+	owner       Queue  // the queue that popped the chain; nil once pushed
+	resubmitted bool   // popped from the inflight resubmission list
 }
 
 // NewChain returns a Chain that holds up to maxSegments readable and
