@@ -135,3 +135,6 @@ func (d *NetDevice) PollerHandle(qp int) any {
 	}
 	return (*ps)[qp]
 }
+
+// Unpop is the poller's unpop on a ring of this package.
+func Unpop(q Queue, c *Chain) bool { return q.(pollRing).unpop(c) }
