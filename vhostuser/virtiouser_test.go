@@ -33,7 +33,13 @@ func (g *generator) PendingRX(int) bool { return g.left.Load() > 0 }
 // TestDPDKVirtioUserReceives is the device-to-guest direction with DPDK's
 // virtio-user driver as the frontend (testpmd rxonly): every frame the
 // device puts on the RX ring arrives at testpmd, none is malformed.
-func TestDPDKVirtioUserReceives(t *testing.T) {
+func TestDPDKVirtioUserReceives(t *testing.T) { testVirtioUserReceives(t, false) }
+
+// TestDPDKVirtioUserReceivesPacked is TestDPDKVirtioUserReceives over a
+// packed virtqueue (virtio-user packed_vq=1).
+func TestDPDKVirtioUserReceivesPacked(t *testing.T) { testVirtioUserReceives(t, true) }
+
+func testVirtioUserReceives(t *testing.T, packed bool) {
 	testutil.RequiresRoot(t)
 	testutil.RequiresCommand(t, "dpdk-testpmd", "dpdk-dev")
 	const frames = 200000
@@ -56,7 +62,7 @@ func TestDPDKVirtioUserReceives(t *testing.T) {
 	}
 	defer srv.Close()
 	pmd, err := testpmd.Start(ctx, testpmd.Options{
-		Vdevs:       []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1", sock)},
+		Vdevs:       []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1,packed_vq=%d", sock, b2i(packed))},
 		ForwardMode: "rxonly",
 	})
 	if err != nil {
@@ -67,6 +73,9 @@ func TestDPDKVirtioUserReceives(t *testing.T) {
 	// start once testpmd forwards and prints its statistics.
 	if err := pmd.WaitOutput(ctx, "NIC statistics for port 0"); err != nil {
 		t.Fatal(err)
+	}
+	if got := dev.State().Features.Has(vhostuser.FRingPacked); got != packed {
+		t.Fatalf("RING_PACKED negotiated: %v, want %v", got, packed)
 	}
 	base := lastRX(pmd.Output())
 	g.left.Store(frames)
@@ -112,4 +121,11 @@ func lastRX(out []byte) uint64 {
 	}
 	n, _ := strconv.ParseUint(string(m[len(m)-1][1]), 10, 64)
 	return n
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
