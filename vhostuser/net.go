@@ -846,13 +846,19 @@ func (d *NetDevice) getStatus(r *request) error {
 
 // getInflightFD creates the inflight region (the device owns its fd) and
 // sends the frontend a copy of the fd.
+//
+// Packed rings have no inflight tracking: the reply then has mmap_size 0
+// and no fd, which QEMU takes as "no inflight region" and goes on.
 func (d *NetDevice) getInflightFD(r *request) error {
-	if d.features.Has(FRingPacked) {
-		return r.fail(ErrUnsupported, "inflight tracking is not implemented for packed rings")
-	}
 	in, err := r.Inflight()
 	if err != nil {
 		return err
+	}
+	if d.features.Has(FRingPacked) {
+		d.log.Warn("inflight tracking is not implemented for packed rings; answering GET_INFLIGHT_FD with no region")
+		in.MmapSize, in.MmapOffset = 0, 0
+		r.reply(AppendInflight(nil, in))
+		return nil
 	}
 	if int(in.NumQueues) > len(d.vrings) {
 		return r.fail(ErrBadPayload, "%d queues, the device has %d", in.NumQueues, len(d.vrings))
@@ -875,6 +881,8 @@ func (d *NetDevice) getInflightFD(r *request) error {
 }
 
 // setInflightFD maps the region a previous backend left; it takes the fd.
+// It is refused on a packed device (ErrUnsupported), which never hands
+// out a region.
 func (d *NetDevice) setInflightFD(r *request) error {
 	if d.features.Has(FRingPacked) {
 		return r.fail(ErrUnsupported, "inflight tracking is not implemented for packed rings")

@@ -1,0 +1,115 @@
+package vhostuser_test
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/vhostuser"
+	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
+)
+
+// waitPackedUsed waits for the driver's next used descriptor.
+func waitPackedUsed(t *testing.T, d *vhostusertest.PackedDriver) (uint16, uint32) {
+	t.Helper()
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(time.Millisecond) {
+		if id, l, ok := d.Used(); ok {
+			return id, l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no used descriptor within %v", waitFor)
+		}
+	}
+}
+
+// TestPackedDeviceStopsAndResumes negotiates RING_PACKED as QEMU does
+// (packed=on), runs an ARP exchange over packed TX and RX rings, stops
+// them with GET_VRING_BASE (positions and wrap counters in both halves,
+// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD is
+// refused on a packed device.
+func TestPackedDeviceStopsAndResumes(t *testing.T) {
+	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
+	dev := newNetDevice(t, 1, rec)
+	f, _ := serveDevice(t, dev)
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	const size = 8 // small: the exchange below wraps both rings
+	rx := vhostusertest.NewPackedDriver(g, ringGPA, size, dataGPA, dataGPA+dataStride)
+	tx := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, size, dataGPA+dataStride, dataGPA+2*dataStride)
+	acked := f.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), qemuProtocol)
+	if !acked.Has(vhostuser.FRingPacked) {
+		t.Fatalf("RING_PACKED not offered: %#x", uint64(acked))
+	}
+	f.setMemTable(g)
+	kicks := [2]int{newEventfd(t), newEventfd(t)}
+	calls := [2]int{newEventfd(t), newEventfd(t)}
+	start := func(index uint32, d *vhostusertest.PackedDriver, base uint32) {
+		f.vringState(vhostuser.SetVringNum, index, size)
+		f.vringState(vhostuser.SetVringBase, index, base)
+		f.set(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(index, false)))
+		f.set(vhostuser.SetVringKick, u64(uint64(index)), kicks[index])
+		f.set(vhostuser.SetVringCall, u64(uint64(index)), calls[index])
+		f.vringState(vhostuser.SetVringEnable, index, 1)
+	}
+	// QEMU's first SET_VRING_BASE of a packed ring: index 0, wrap 1, in
+	// both halves.
+	start(0, rx, rx.Base()|rx.Base()<<16)
+	start(1, tx, tx.Base()|tx.Base()<<16)
+	f.sync()
+	exchange := func(tag byte) {
+		t.Helper()
+		rx.ResetData(dataGPA)
+		tx.ResetData(dataGPA + dataStride)
+		rxID, addrs := rx.AddChain(vhostusertest.Buf{WriteLen: 1526})
+		tx.AddChain(txChain(arpRequest(tag), tag%2 == 0)...)
+		writeEventfd(t, kicks[1])
+		if got := rec.next(t); got.frame[41] != tag {
+			t.Fatalf("frame tag %d, want %d", got.frame[41], tag)
+		}
+		waitPackedUsed(t, tx)
+		id, l := waitPackedUsed(t, rx)
+		if id != rxID || l != netHdrLen+42 {
+			t.Fatalf("RX used (%d, %d), want (%d, %d)", id, l, rxID, netHdrLen+42)
+		}
+		reply := g.Bytes(addrs[0]+netHdrLen, 42)
+		if reply[21] != 2 { // ARP opcode 2: a reply
+			t.Fatalf("RX frame is not an ARP reply: %x", reply)
+		}
+	}
+	for tag := byte(1); tag <= 2*size+3; tag++ {
+		exchange(tag)
+	}
+	wantTX := tx.Base() | tx.Base()<<16
+	if base := f.getVringBase(1); base != wantTX {
+		t.Errorf("GET_VRING_BASE(TX) = %#x, want %#x", base, wantTX)
+	}
+	wantRX := rx.Base() | rx.Base()<<16
+	if base := f.getVringBase(0); base != wantRX {
+		t.Errorf("GET_VRING_BASE(RX) = %#x, want %#x", base, wantRX)
+	}
+	// Stopped: a posted frame is not taken.
+	tx.AddChain(txChain(arpRequest(100), false)...)
+	writeEventfd(t, kicks[1])
+	f.sync()
+	rec.expectNone(t)
+	// Resume from the bases: the frame waiting is taken, the exchange
+	// goes on.
+	start(1, tx, wantTX)
+	start(0, rx, wantRX)
+	if got := rec.next(t); got.frame[41] != 100 {
+		t.Fatalf("after restart: frame tag %d, want 100", got.frame[41])
+	}
+	waitPackedUsed(t, tx)
+	exchange(101)
+
+	// No inflight tracking for packed rings: GET_INFLIGHT_FD answers no
+	// region (mmap_size 0, no fd), and the device goes on.
+	f.send(vhostuser.GetInflightFD, 0, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: 2, QueueSize: size}))
+	r := f.reply(vhostuser.GetInflightFD)
+	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 0 || len(r.FDs) != 0 {
+		t.Fatalf("GET_INFLIGHT_FD on a packed device: payload %x, %d fds", r.Payload, len(r.FDs))
+	}
+	exchange(102)
+	if s := dev.Stats(); s.Errors != 0 {
+		t.Errorf("device errors %d", s.Errors)
+	}
+}
