@@ -522,6 +522,10 @@ func (p *poller) place(frame []byte) placeResult {
 	used := 0
 	written := 0
 	short := false
+	// mixed: a malformed chain was returned after buffers this frame
+	// took; those cannot be put back behind it (unpop puts back only
+	// the chains popped last), so they go back empty.
+	mixed := false
 	for written < need {
 		if used == len(p.rxChains) || (used > 0 && !p.merge) {
 			break
@@ -537,6 +541,7 @@ func (p *poller) place(frame []byte) placeResult {
 			// The malformed chain went back to the used ring with
 			// length 0: publish it even if this frame is not placed.
 			p.rxPending = true
+			mixed = mixed || used > 0
 			continue
 		}
 		if !ok {
@@ -567,8 +572,8 @@ func (p *poller) place(frame []byte) placeResult {
 		if short {
 			// Put the buffers back for the next try, last first.
 			for i := used - 1; i >= 0; i-- {
-				if !p.rx.unpop(p.rxChains[i]) {
-					p.rx.Push(p.rxChains[i], 0) // a resubmitted chain: return it empty
+				if mixed || !p.rx.unpop(p.rxChains[i]) {
+					p.rx.Push(p.rxChains[i], 0) // a resubmitted chain, or one before a malformed chain: return it empty
 					p.rxPending = true
 				}
 			}

@@ -199,3 +199,79 @@ func TestPackedDatapathDoesNotAllocate(t *testing.T) {
 		t.Error("RX writes were not logged")
 	}
 }
+
+// TestPlaceShortAfterMalformedBuffer: a frame spanning merged RX buffers
+// meets a malformed buffer after a good one, and then an empty ring. The
+// malformed buffer goes back once (length 0); the good one cannot be put
+// back behind it, so it goes back empty too, and the frame waits in the
+// backlog for the next buffers, where it lands whole.
+func TestPlaceShortAfterMalformedBuffer(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+		mem := g.Memory(t)
+		dev := newNetDevice(t, 1, newRecorder(nil))
+		type used struct {
+			id uint16
+			n  uint32
+		}
+		var (
+			post  func(bufs ...vhostusertest.Buf) uint16
+			bad   func() uint16
+			usedQ func() (used, bool)
+			q     vhostuser.Queue
+		)
+		features := linuxFeatures
+		if packed {
+			d := vhostusertest.NewPackedDriver(g, ringGPA, 16, dataGPA, dataGPA+dataStride)
+			r, err := vhostuser.NewPackedRing(mem, vhostuser.PackedRingOptions{Size: 16, Addr: d.Addr(0, false), Base: d.Base()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q, features = r, features|vhostuser.Bit(vhostuser.FRingPacked)
+			post = func(bufs ...vhostusertest.Buf) uint16 { id, _ := d.AddChain(bufs...); return id }
+			bad = func() uint16 {
+				d.AddRaw(vhostusertest.PackedDesc{Addr: dataGPA, ID: 9, Flags: vhostuser.DescFWrite})
+				return 9
+			}
+			usedQ = func() (used, bool) { id, n, ok := d.Used(); return used{id, n}, ok }
+		} else {
+			d := vhostusertest.NewDriver(g, ringGPA, 16, dataGPA, dataGPA+dataStride)
+			r, err := vhostuser.NewSplitRing(mem, vhostuser.SplitRingOptions{Size: 16, Addr: d.Addr(0, false)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q = r
+			post = func(bufs ...vhostusertest.Buf) uint16 { id, _ := d.AddChain(bufs...); return id }
+			bad = func() uint16 {
+				d.SetDesc(9, dataGPA, 0, vhostuser.DescFWrite, 0)
+				d.Offer(9)
+				return 9
+			}
+			usedQ = func() (used, bool) { id, n, ok := d.Used(); return used{uint16(id), n}, ok }
+		}
+		tp := vhostuser.NewTestPollerQueues(dev, 0, features, q, nil, -1, -1)
+		a := post(vhostusertest.Buf{WriteLen: 512})
+		b := bad()
+		frame := bytes.Repeat([]byte{0x5a}, 1000)
+		tp.Deliver(frame)
+		var got []used
+		for u, ok := usedQ(); ok; u, ok = usedQ() {
+			got = append(got, u)
+		}
+		if want := []used{{b, 0}, {a, 0}}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+			t.Fatalf("packed %v: used %v, want %v", packed, got, want)
+		}
+		if tp.Backlogged() != 1 {
+			t.Fatalf("packed %v: %d frames backlogged, want 1", packed, tp.Backlogged())
+		}
+		c := post(vhostusertest.Buf{WriteLen: 2048})
+		tp.Round()
+		if u, ok := usedQ(); !ok || u != (used{c, netHdrLen + 1000}) {
+			t.Fatalf("packed %v: after new buffers used %v %v, want %d with %d bytes", packed, u, ok, c, netHdrLen+1000)
+		}
+		if u, ok := usedQ(); ok {
+			t.Fatalf("packed %v: extra used entry %v", packed, u)
+		}
+		tp.Close()
+	}
+}
