@@ -198,8 +198,10 @@ func (r *PackedRing) flagsAt(i uint16) (id, flags uint16) {
 	return uint16(w), uint16(w >> 16)
 }
 
-// maxPendingScan bounds how far Pending looks ahead.
-const maxPendingScan = 256
+// maxPendingScan bounds how many chains Pending counts: the poller asks
+// for at most a burst (txBurst), and the descriptors it reads are the
+// ones the next Pops read.
+const maxPendingScan = 64
 
 // Pending returns how many buffers (chains) the driver has made available
 // that the device has not popped, counting at most maxPendingScan.
@@ -406,7 +408,9 @@ func (r *PackedRing) pushUsed(id, count uint16, length uint32) {
 	if !r.held {
 		r.held, r.heldWord = true, w
 	} else {
-		store32(r.desc, off+12, w)
+		// A plain store: the driver reads this entry only after the
+		// held one, whose store in Publish orders it.
+		binary.LittleEndian.PutUint32(r.desc[off+12:off+16], w)
 	}
 	r.logRing(r.descGPA+uint64(off), DescSize)
 	r.usedIdx, r.usedWrap = r.advance(r.usedIdx, r.usedWrap, count)
