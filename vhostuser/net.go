@@ -703,13 +703,10 @@ func (d *NetDevice) setVringBase(r *request) error {
 	if err != nil {
 		return err
 	}
-	if d.features.Has(FRingPacked) {
-		// Bits 0-14 the next descriptor, bit 15 the wrap counter; QEMU
-		// sends its used index and wrap counter in the upper half.
-		if s.Num&0x7fff >= MaxQueueSize {
-			return r.fail(ErrBadPayload, "packed vring base %#x out of range", s.Num)
-		}
-	} else if s.Num > 0xffff {
+	// A packed ring's base is bits 0-14 the next descriptor, bit 15 its
+	// wrap counter, and QEMU's used index and wrap counter in the upper
+	// half; NewPackedRing checks the index against the queue size.
+	if !d.features.Has(FRingPacked) && s.Num > 0xffff {
 		return r.fail(ErrBadPayload, "vring base %d out of range", s.Num)
 	}
 	vr.base = s.Num
