@@ -319,6 +319,10 @@ func FuzzPackedRing(f *testing.F) {
 		}
 		if v := r.VringBase(); v&0x7fff >= size || (v>>16)&0x7fff >= size {
 			t.Fatalf("VringBase %#x outside a ring of %d", v, size)
+		} else if v&0xffff != v>>16 {
+			// Every chain taken went back, good or not, with all its
+			// descriptors: the used side is where the available side is.
+			t.Fatalf("VringBase %#x: used side not at the available side", v)
 		}
 		r.Publish()
 		r.NeedsNotify()
