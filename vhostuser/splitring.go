@@ -70,7 +70,9 @@ type Queue interface {
 	// sleeping, or they may never be kicked).
 	EnableNotifications() bool
 	// VringBase returns the GET_VRING_BASE value: for a split ring the
-	// next available index the device will process.
+	// next available index the device will process; for a packed ring
+	// that descriptor and its wrap counter (bits 0-15) and the next used
+	// descriptor and its wrap counter (bits 16-31).
 	VringBase() uint32
 	// SetLogging turns dirty logging on (log non-nil) or off. Writable
 	// buffers are logged at their guest addresses; the ring's own writes
