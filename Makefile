@@ -126,6 +126,7 @@ bench: deps build
 	$(GO) test -tags '$(TAGS)' -run '^$$' -bench . -benchmem -count=1 ./...
 	@rm -f $(BENCH_PROFILES)/veloced-*.pprof
 	$(BIN)/veloce-bench vhost --cpuprofile $(BENCH_PROFILES)
+	$(BIN)/veloce-bench vhost --packed
 	$(BIN)/veloce-bench streams
 	$(BIN)/veloce-bench tsn
 	$(BIN)/veloce-bench dpdk

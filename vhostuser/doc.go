@@ -21,11 +21,11 @@
 //     physical ([Memory.Translate]) and frontend virtual
 //     ([Memory.TranslateUser]) addresses.
 //   - The migration dirty log ([DirtyLog]) of SET_LOG_BASE.
-//   - Split virtqueues ([SplitRing], behind the sealed [Queue] interface so
-//     a packed ring can be added): descriptor chain walking with every
-//     check a hostile guest calls for, used-ring publication, EVENT_IDX
-//     and flag-based notification suppression, dirty logging of every
-//     guest write.
+//   - Split and packed virtqueues ([SplitRing], [PackedRing], behind the
+//     sealed [Queue] interface): descriptor chain walking with every
+//     check a hostile guest calls for (the same error kinds for both
+//     layouts), used-ring publication, EVENT_IDX and flag-based
+//     notification suppression, dirty logging of every guest write.
 //
 // These pieces hold no connection state: which request is legal when,
 // feature negotiation, ring start/stop, kick and call eventfds and pollers

@@ -17,11 +17,30 @@ type TestPoller struct{ p *poller }
 // rxCall and txCall are eventfds to signal, or -1; the poller signals
 // duplicates, which Close releases. d must have no frontend.
 func NewTestPoller(d *NetDevice, qp int, features Features, rx, tx *SplitRing, rxCall, txCall int) *TestPoller {
+	var r, t Queue
+	if rx != nil {
+		r = rx
+	}
+	if tx != nil {
+		t = tx
+	}
+	return NewTestPollerQueues(d, qp, features, r, t, rxCall, txCall)
+}
+
+// NewTestPollerQueues is NewTestPoller over any rings of this package
+// (SplitRing or PackedRing; nil for none).
+func NewTestPollerQueues(d *NetDevice, qp int, features Features, rx, tx Queue, rxCall, txCall int) *TestPoller {
 	d.mu.Lock()
 	d.features = features
 	p := newPoller(d, qp)
 	d.mu.Unlock()
-	p.rx, p.tx, p.rxCall, p.txCall = rx, tx, dupEventFD(rxCall), dupEventFD(txCall)
+	if rx != nil {
+		p.rx = rx.(pollRing)
+	}
+	if tx != nil {
+		p.tx = tx.(pollRing)
+	}
+	p.rxCall, p.txCall = dupEventFD(rxCall), dupEventFD(txCall)
 	return &TestPoller{p: p}
 }
 
@@ -116,3 +135,6 @@ func (d *NetDevice) PollerHandle(qp int) any {
 	}
 	return (*ps)[qp]
 }
+
+// Unpop is the poller's unpop on a ring of this package.
+func Unpop(q Queue, c *Chain) bool { return q.(pollRing).unpop(c) }

@@ -56,6 +56,7 @@ const netOfferedFeatures = Features(1)<<FVersion1 |
 	Features(1)<<FProtocolFeatures |
 	Features(1)<<FRingIndirectDesc |
 	Features(1)<<FRingEventIdx |
+	Features(1)<<FRingPacked |
 	Features(1)<<FNotifyOnEmpty |
 	Features(1)<<FAnyLayout |
 	Features(1)<<FLogAll |
@@ -119,7 +120,7 @@ type vring struct {
 	num       uint32
 	addr      VringAddr
 	addrSet   bool
-	base      uint16
+	base      uint32      // SET_VRING_BASE: an index (split), or indices and wrap counters (packed)
 	kick      *fd.EventFD // nil when none
 	call      *fd.EventFD // nil when none
 	errFD     *fd.EventFD // nil when none
@@ -702,10 +703,13 @@ func (d *NetDevice) setVringBase(r *request) error {
 	if err != nil {
 		return err
 	}
-	if s.Num > 0xffff {
+	// A packed ring's base is bits 0-14 the next descriptor, bit 15 its
+	// wrap counter, and QEMU's used index and wrap counter in the upper
+	// half; NewPackedRing checks the index against the queue size.
+	if !d.features.Has(FRingPacked) && s.Num > 0xffff {
 		return r.fail(ErrBadPayload, "vring base %d out of range", s.Num)
 	}
-	vr.base = uint16(s.Num)
+	vr.base = s.Num
 	return nil
 }
 
@@ -719,7 +723,7 @@ func (d *NetDevice) getVringBase(r *request) error {
 	vr.stopped, vr.kickSet = true, false
 	vr.kick.Close()
 	vr.kick = nil
-	r.reply(AppendVringState(nil, VringState{Index: s.Index, Num: uint32(vr.base)}))
+	r.reply(AppendVringState(nil, VringState{Index: s.Index, Num: vr.base}))
 	return d.reconcileLocked()
 }
 
@@ -839,10 +843,19 @@ func (d *NetDevice) getStatus(r *request) error {
 
 // getInflightFD creates the inflight region (the device owns its fd) and
 // sends the frontend a copy of the fd.
+//
+// Packed rings have no inflight tracking: the reply then has mmap_size 0
+// and no fd, which QEMU takes as "no inflight region" and goes on.
 func (d *NetDevice) getInflightFD(r *request) error {
 	in, err := r.Inflight()
 	if err != nil {
 		return err
+	}
+	if d.features.Has(FRingPacked) {
+		d.log.Warn("inflight tracking is not implemented for packed rings; answering GET_INFLIGHT_FD with no region")
+		in.MmapSize, in.MmapOffset = 0, 0
+		r.reply(AppendInflight(nil, in))
+		return nil
 	}
 	if int(in.NumQueues) > len(d.vrings) {
 		return r.fail(ErrBadPayload, "%d queues, the device has %d", in.NumQueues, len(d.vrings))
@@ -865,7 +878,12 @@ func (d *NetDevice) getInflightFD(r *request) error {
 }
 
 // setInflightFD maps the region a previous backend left; it takes the fd.
+// It is refused on a packed device (ErrUnsupported), which never hands
+// out a region.
 func (d *NetDevice) setInflightFD(r *request) error {
+	if d.features.Has(FRingPacked) {
+		return r.fail(ErrUnsupported, "inflight tracking is not implemented for packed rings")
+	}
 	in, err := r.Inflight()
 	if err != nil {
 		return err
@@ -1021,10 +1039,10 @@ func (d *NetDevice) stopPairLocked(qp int) {
 	}
 	p.stop()
 	if p.rx != nil {
-		d.vrings[2*qp].base = uint16(p.rx.VringBase())
+		d.vrings[2*qp].base = p.rx.VringBase()
 	}
 	if p.tx != nil {
-		d.vrings[2*qp+1].base = uint16(p.tx.VringBase())
+		d.vrings[2*qp+1].base = p.tx.VringBase()
 	}
 	d.pollers[qp] = nil
 	d.publishPollersLocked()
@@ -1063,7 +1081,7 @@ func (d *NetDevice) applyLoggingLocked() {
 		if p == nil {
 			continue
 		}
-		for i, q := range [2]*SplitRing{p.rx, p.tx} {
+		for i, q := range [2]pollRing{p.rx, p.tx} {
 			if q != nil {
 				a := d.vrings[2*qp+i].addr
 				if q.setLogging(dl, a.Flags&VringFLog != 0, a.Log) {
@@ -1148,10 +1166,20 @@ func (d *NetDevice) reconcileLocked() error {
 	return nil
 }
 
-func (d *NetDevice) ringLocked(vr *vring) (*SplitRing, error) {
+func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 	var dl *DirtyLog
 	if d.loggingLocked() {
 		dl = d.dirty
+	}
+	if d.features.Has(FRingPacked) {
+		return NewPackedRing(d.mem, PackedRingOptions{
+			Size:         vr.num,
+			Addr:         vr.addr,
+			Base:         vr.base,
+			EventIdx:     d.features.Has(FRingEventIdx),
+			IndirectDesc: d.features.Has(FRingIndirectDesc),
+			Log:          dl,
+		})
 	}
 	var inflight []byte
 	if r := d.inflight; r != nil && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
@@ -1161,7 +1189,7 @@ func (d *NetDevice) ringLocked(vr *vring) (*SplitRing, error) {
 		Inflight:     inflight,
 		Size:         vr.num,
 		Addr:         vr.addr,
-		LastAvailIdx: vr.base,
+		LastAvailIdx: uint16(vr.base),
 		EventIdx:     d.features.Has(FRingEventIdx),
 		IndirectDesc: d.features.Has(FRingIndirectDesc),
 		Log:          dl,

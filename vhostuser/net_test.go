@@ -496,7 +496,7 @@ func TestHostileFrontendIsDropped(t *testing.T) {
 		{name: "kick without fd", raw: hdr(vhostuser.SetVringKick, v, u64(1)), wantErr: vhostuser.ErrBadFDs},
 		{name: "fds on SET_FEATURES", raw: hdr(vhostuser.SetFeatures, v, u64(0)), fds: 2, wantErr: vhostuser.ErrBadFDs},
 		{name: "vring index out of range", raw: hdr(vhostuser.SetVringCall, v, u64(7)), fds: 1},
-		{name: "features not offered", raw: hdr(vhostuser.SetFeatures, v, u64(1<<vhostuser.FRingPacked))},
+		{name: "features not offered", raw: hdr(vhostuser.SetFeatures, v, u64(1<<vhostuser.FInOrder))},
 		{name: "cross-endian ring", raw: hdr(vhostuser.SetVringEndian, v, vhostuser.AppendVringState(nil, vhostuser.VringState{})), wantErr: nil},
 		{name: "reply flag on a request", raw: hdr(vhostuser.GetFeatures, v|vhostuser.FlagReply, nil), wantErr: vhostuser.ErrBadMessage},
 	}

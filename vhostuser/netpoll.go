@@ -39,7 +39,7 @@ type poller struct {
 	hdrLen int
 	merge  bool // VIRTIO_NET_F_MRG_RXBUF
 
-	rx, tx *SplitRing
+	rx, tx pollRing
 	// The rings' kick and call eventfds, borrowed from the device's
 	// vrings (nil when none): the device stops the poller before it
 	// closes or replaces them.
@@ -78,6 +78,24 @@ type poller struct {
 	announcer                                           Announcer // the handler, until it has announced
 	gen                                                 []byte    // frame buffer for src
 }
+
+// pollRing is what the poller needs of a ring beyond Queue: SplitRing
+// and PackedRing provide it.
+type pollRing interface {
+	Queue
+	// Pending returns how many buffers are available and not popped (a
+	// PackedRing counts a bounded number ahead).
+	Pending() uint16
+	// unpop puts back the chain popped last (see SplitRing.unpop).
+	unpop(c *Chain) bool
+	// setLogging is SetLogging, reporting whether anything changed.
+	setLogging(log *DirtyLog, logUsed bool, usedLogGPA uint64) bool
+}
+
+var (
+	_ pollRing = (*SplitRing)(nil)
+	_ pollRing = (*PackedRing)(nil)
+)
 
 // RXSource is implemented by a FrameHandler that also originates frames
 // for the guest (the runtime delivering messages; a traffic generator).
@@ -504,6 +522,10 @@ func (p *poller) place(frame []byte) placeResult {
 	used := 0
 	written := 0
 	short := false
+	// mixed: a malformed chain was returned after buffers this frame
+	// took; those cannot be put back behind it (unpop puts back only
+	// the chains popped last), so they go back empty.
+	mixed := false
 	for written < need {
 		if used == len(p.rxChains) || (used > 0 && !p.merge) {
 			break
@@ -519,6 +541,7 @@ func (p *poller) place(frame []byte) placeResult {
 			// The malformed chain went back to the used ring with
 			// length 0: publish it even if this frame is not placed.
 			p.rxPending = true
+			mixed = mixed || used > 0
 			continue
 		}
 		if !ok {
@@ -549,8 +572,8 @@ func (p *poller) place(frame []byte) placeResult {
 		if short {
 			// Put the buffers back for the next try, last first.
 			for i := used - 1; i >= 0; i-- {
-				if !p.rx.unpop(p.rxChains[i]) {
-					p.rx.Push(p.rxChains[i], 0) // a resubmitted chain: return it empty
+				if mixed || !p.rx.unpop(p.rxChains[i]) {
+					p.rx.Push(p.rxChains[i], 0) // a resubmitted chain, or one before a malformed chain: return it empty
 					p.rxPending = true
 				}
 			}

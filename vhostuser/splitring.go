@@ -36,7 +36,7 @@ const (
 )
 
 // Queue is what a device model needs from a virtqueue, whatever its layout.
-// SplitRing implements it; a packed ring can implement it later. The
+// SplitRing and PackedRing implement it. The
 // interface is sealed: only this package provides implementations.
 //
 // A Queue is driven by one goroutine at a time (its poller): Pop, Push,
@@ -70,7 +70,9 @@ type Queue interface {
 	// sleeping, or they may never be kicked).
 	EnableNotifications() bool
 	// VringBase returns the GET_VRING_BASE value: for a split ring the
-	// next available index the device will process.
+	// next available index the device will process; for a packed ring
+	// that descriptor and its wrap counter (bits 0-15) and the next used
+	// descriptor and its wrap counter (bits 16-31).
 	VringBase() uint32
 	// SetLogging turns dirty logging on (log non-nil) or off. Writable
 	// buffers are logged at their guest addresses; the ring's own writes
@@ -99,8 +101,10 @@ type Chain struct {
 	readableLen uint32
 	writableLen uint32
 	head        uint16
-	owner       Queue // the queue that popped the chain; nil once pushed
-	resubmitted bool  // popped from the inflight resubmission list
+	slot, count uint16 // packed ring: first descriptor and descriptors taken
+	wrap        bool   // packed ring: the driver's wrap counter at slot
+	owner       Queue  // the queue that popped the chain; nil once pushed
+	resubmitted bool   // popped from the inflight resubmission list
 }
 
 // NewChain returns a Chain that holds up to maxSegments readable and

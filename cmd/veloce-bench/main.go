@@ -105,6 +105,7 @@ func runVhost(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	verbose := fs.Bool("v", false, "timed steps of every point on stderr")
 	noRef := fs.Bool("no-reference", false, "skip DPDK's backend: veloced's rates only, no ratios (quick check)")
+	packed := fs.Bool("packed", false, "packed virtqueues (virtio-user packed_vq=1) for both backends")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,7 +118,7 @@ func runVhost(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := benchvhost.Config{
 		Samples: *samples, Warmup: *warmup, Repeat: *repeat, Testpmd: *bin,
 		FrontendCPU: *frontCPU, BackendCPU: *backCPU, NoPin: *noPin,
-		ProfileDir: *profileDir, Log: stderr, Verbose: *verbose, NoReference: *noRef,
+		ProfileDir: *profileDir, Log: stderr, Verbose: *verbose, NoReference: *noRef, Packed: *packed,
 	}
 	if *quiet {
 		cfg.Log = io.Discard
@@ -154,7 +155,11 @@ func runVhost(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *output == "json" {
 		return benchvhost.WriteJSON(stdout, cfg, results)
 	}
-	fmt.Fprintf(stdout, "vhost-user virtio-net: veloced vs DPDK net_vhost, frontend testpmd net_virtio_user\n(receiving side's rate; best of %d rounds per backend, both backends in each round)\n", *repeat)
+	rings := "split"
+	if *packed {
+		rings = "packed"
+	}
+	fmt.Fprintf(stdout, "vhost-user virtio-net: veloced vs DPDK net_vhost, frontend testpmd net_virtio_user, %s rings\n(receiving side's rate; best of %d rounds per backend, both backends in each round)\n", rings, *repeat)
 	if err := benchvhost.WriteTable(stdout, results); err != nil {
 		return err
 	}

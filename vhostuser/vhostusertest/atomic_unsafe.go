@@ -32,3 +32,14 @@ func store16(mem []byte, off uint64, v uint16) {
 		}
 	}
 }
+
+// loadWord and storeWord access the 4-aligned u32 at mem[off:] atomically.
+func loadWord(mem []byte, off uint64) uint32 {
+	w, _ := word(mem, off)
+	return atomic.LoadUint32(w)
+}
+
+func storeWord(mem []byte, off uint64, v uint32) {
+	w, _ := word(mem, off)
+	atomic.StoreUint32(w, v)
+}

@@ -114,6 +114,9 @@ type Config struct {
 	// NoReference skips DPDK's backend: veloced's rates only (a quick
 	// check while working on the device; no ratios).
 	NoReference bool
+	// Packed makes the frontend use packed virtqueues (virtio-user
+	// packed_vq=1): veloced's PackedRing against rte_vhost's packed ring.
+	Packed bool
 }
 
 // Result is one point: one direction and size, both backends.
@@ -348,6 +351,14 @@ func (b *bench) prefix(what string) string {
 	return fmt.Sprintf("veloce-bench-%d-%d-%s", os.Getpid(), b.seq, what)
 }
 
+// packedArg is the virtio-user argument that asks for packed rings.
+func (b *bench) packedArg() string {
+	if b.cfg.Packed {
+		return ",packed_vq=1"
+	}
+	return ""
+}
+
 // frontend is the testpmd net_virtio_user both backends are driven by:
 // its forwarding lcore on FrontendCPU, its main lcore on BackendCPU.
 func (b *bench) frontend(ctx context.Context, sock string, d Direction, size int) (*testpmd.Process, string, error) {
@@ -355,7 +366,7 @@ func (b *bench) frontend(ctx context.Context, sock string, d Direction, size int
 		Binary:  b.bin,
 		Lcores:  fmt.Sprintf("%d,%d", b.cfg.FrontendCPU, b.cfg.BackendCPU),
 		EALArgs: []string{"--main-lcore", fmt.Sprint(b.cfg.BackendCPU)},
-		Vdevs:   []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1", sock)},
+		Vdevs:   []string{fmt.Sprintf("net_virtio_user0,path=%s,queues=1%s", sock, b.packedArg())},
 		Args:    []string{"--txq=1", "--rxq=1"},
 		Prefix:  b.prefix("virtio-user"),
 	}
@@ -732,6 +743,7 @@ type Report struct {
 	Samples     int      `json:"samples_per_measurement"`
 	Repeat      int      `json:"rounds_per_point"`
 	Measured    bool     `json:"reference_measured"`
+	Packed      bool     `json:"packed_rings"` // virtio-user packed_vq=1
 	Results     []Result `json:"results"`
 }
 
@@ -746,7 +758,7 @@ func WriteJSON(w io.Writer, cfg Config, results []Result) error {
 		Frontend:    "testpmd net_virtio_user (txonly for tx, rxonly for rx)",
 		Reference:   "testpmd net_vhost (rxonly for tx, txonly for rx)",
 		FrontendCPU: cfg.FrontendCPU, BackendCPU: cfg.BackendCPU, Pinned: !cfg.NoPin,
-		Samples: cfg.Samples, Repeat: cfg.Repeat, Measured: !cfg.NoReference, Results: results,
+		Samples: cfg.Samples, Repeat: cfg.Repeat, Measured: !cfg.NoReference, Packed: cfg.Packed, Results: results,
 	})
 }
 

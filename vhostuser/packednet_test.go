@@ -1,0 +1,277 @@
+package vhostuser_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/vhostuser"
+	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
+)
+
+// waitPackedUsed waits for the driver's next used descriptor.
+func waitPackedUsed(t *testing.T, d *vhostusertest.PackedDriver) (uint16, uint32) {
+	t.Helper()
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(time.Millisecond) {
+		if id, l, ok := d.Used(); ok {
+			return id, l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no used descriptor within %v", waitFor)
+		}
+	}
+}
+
+// TestPackedDeviceStopsAndResumes negotiates RING_PACKED as QEMU does
+// (packed=on), runs an ARP exchange over packed TX and RX rings, stops
+// them with GET_VRING_BASE (positions and wrap counters in both halves,
+// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD is
+// refused on a packed device.
+func TestPackedDeviceStopsAndResumes(t *testing.T) {
+	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
+	dev := newNetDevice(t, 1, rec)
+	f, _ := serveDevice(t, dev)
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	const size = 8 // small: the exchange below wraps both rings
+	rx := vhostusertest.NewPackedDriver(g, ringGPA, size, dataGPA, dataGPA+dataStride)
+	tx := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, size, dataGPA+dataStride, dataGPA+2*dataStride)
+	acked := f.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), qemuProtocol)
+	if !acked.Has(vhostuser.FRingPacked) {
+		t.Fatalf("RING_PACKED not offered: %#x", uint64(acked))
+	}
+	f.setMemTable(g)
+	kicks := [2]int{newEventfd(t), newEventfd(t)}
+	calls := [2]int{newEventfd(t), newEventfd(t)}
+	start := func(index uint32, d *vhostusertest.PackedDriver, base uint32) {
+		f.vringState(vhostuser.SetVringNum, index, size)
+		f.vringState(vhostuser.SetVringBase, index, base)
+		f.set(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(index, false)))
+		f.set(vhostuser.SetVringKick, u64(uint64(index)), kicks[index])
+		f.set(vhostuser.SetVringCall, u64(uint64(index)), calls[index])
+		f.vringState(vhostuser.SetVringEnable, index, 1)
+	}
+	// QEMU's first SET_VRING_BASE of a packed ring: index 0, wrap 1, in
+	// both halves.
+	start(0, rx, rx.Base()|rx.Base()<<16)
+	start(1, tx, tx.Base()|tx.Base()<<16)
+	f.sync()
+	exchange := func(tag byte) {
+		t.Helper()
+		rx.ResetData(dataGPA)
+		tx.ResetData(dataGPA + dataStride)
+		rxID, addrs := rx.AddChain(vhostusertest.Buf{WriteLen: 1526})
+		tx.AddChain(txChain(arpRequest(tag), tag%2 == 0)...)
+		writeEventfd(t, kicks[1])
+		if got := rec.next(t); got.frame[41] != tag {
+			t.Fatalf("frame tag %d, want %d", got.frame[41], tag)
+		}
+		waitPackedUsed(t, tx)
+		id, l := waitPackedUsed(t, rx)
+		if id != rxID || l != netHdrLen+42 {
+			t.Fatalf("RX used (%d, %d), want (%d, %d)", id, l, rxID, netHdrLen+42)
+		}
+		reply := g.Bytes(addrs[0]+netHdrLen, 42)
+		if reply[21] != 2 { // ARP opcode 2: a reply
+			t.Fatalf("RX frame is not an ARP reply: %x", reply)
+		}
+	}
+	for tag := byte(1); tag <= 2*size+3; tag++ {
+		exchange(tag)
+	}
+	wantTX := tx.Base() | tx.Base()<<16
+	if base := f.getVringBase(1); base != wantTX {
+		t.Errorf("GET_VRING_BASE(TX) = %#x, want %#x", base, wantTX)
+	}
+	wantRX := rx.Base() | rx.Base()<<16
+	if base := f.getVringBase(0); base != wantRX {
+		t.Errorf("GET_VRING_BASE(RX) = %#x, want %#x", base, wantRX)
+	}
+	// Stopped: a posted frame is not taken.
+	tx.AddChain(txChain(arpRequest(100), false)...)
+	writeEventfd(t, kicks[1])
+	f.sync()
+	rec.expectNone(t)
+	// Resume from the bases: the frame waiting is taken, the exchange
+	// goes on.
+	start(1, tx, wantTX)
+	start(0, rx, wantRX)
+	if got := rec.next(t); got.frame[41] != 100 {
+		t.Fatalf("after restart: frame tag %d, want 100", got.frame[41])
+	}
+	waitPackedUsed(t, tx)
+	exchange(101)
+
+	// No inflight tracking for packed rings: GET_INFLIGHT_FD answers no
+	// region (mmap_size 0, no fd), and the device goes on.
+	f.send(vhostuser.GetInflightFD, 0, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: 2, QueueSize: size}))
+	r := f.reply(vhostuser.GetInflightFD)
+	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 0 || len(r.FDs) != 0 {
+		t.Fatalf("GET_INFLIGHT_FD on a packed device: payload %x, %d fds", r.Payload, len(r.FDs))
+	}
+	exchange(102)
+	if s := dev.Stats(); s.Errors != 0 {
+		t.Errorf("device errors %d", s.Errors)
+	}
+}
+
+// TestPackedDatapathDoesNotAllocate is TestDatapathDoesNotAllocate over
+// packed rings: a TX frame answered on RX, and a frame spanning three
+// merged RX buffers, allocate nothing.
+func TestPackedDatapathDoesNotAllocate(t *testing.T) {
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	mem := g.Memory(t)
+	rxDrv := vhostusertest.NewPackedDriver(g, ringGPA, qSize, dataGPA, dataGPA+dataStride)
+	txDrv := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, qSize, dataGPA+dataStride, dataGPA+2*dataStride)
+	pages := uint64(guestGPA+guestSize) / vhostuser.LogPageSize
+	log, _ := newLog(t, (pages+7)/8, 0)
+	ring := func(d *vhostusertest.PackedDriver, index uint32) *vhostuser.PackedRing {
+		r, err := vhostuser.NewPackedRing(mem, vhostuser.PackedRingOptions{
+			Size: qSize, Addr: d.Addr(index, true), Base: d.Base(), EventIdx: true, IndirectDesc: true, Log: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	h := &arpResponder{genLen: 900}
+	dev := newNetDevice(t, 1, h)
+	features := linuxFeatures | vhostuser.Bit(vhostuser.FLogAll) | vhostuser.Bit(vhostuser.FRingPacked)
+	tp := vhostuser.NewTestPollerQueues(dev, 0, features, ring(rxDrv, 0), ring(txDrv, 1), newEventfd(t), newEventfd(t))
+	t.Cleanup(tp.Close)
+	txBuf := uint64(dataGPA + dataStride)
+	copy(g.Bytes(txBuf+netHdrLen, 42), arpRequest(1))
+	rxBuf := func(i uint64) vhostusertest.PackedDesc {
+		return vhostusertest.PackedDesc{Addr: dataGPA + i*512, Len: 512, ID: uint16(i), Flags: vhostuser.DescFWrite}
+	}
+	reclaim := func(d *vhostusertest.PackedDriver, want int) {
+		for i := range want {
+			if _, _, ok := d.Used(); !ok {
+				t.Fatalf("used descriptor %d of %d missing", i, want)
+			}
+		}
+		if _, _, ok := d.Used(); ok {
+			t.Fatal("unexpected used descriptor")
+		}
+	}
+	big := bytes.Repeat([]byte{0xab}, 1400)
+	tests := []struct {
+		name  string
+		round func()
+	}{
+		{"processTX with a reply", func() {
+			rxDrv.AddRaw(rxBuf(0))
+			txDrv.AddRaw(vhostusertest.PackedDesc{Addr: txBuf, Len: netHdrLen + 42})
+			if n := tp.ProcessTX(); n != 1 {
+				t.Fatalf("ProcessTX = %d", n)
+			}
+			reclaim(txDrv, 1)
+			reclaim(rxDrv, 1)
+		}},
+		{"deliver over merged buffers", func() {
+			rxDrv.AddRaw(rxBuf(1))
+			rxDrv.AddRaw(rxBuf(2))
+			rxDrv.AddRaw(rxBuf(3))
+			tp.Deliver(big)
+			reclaim(rxDrv, 3)
+		}},
+		{"processRX from an RXSource", func() {
+			h.pending.Store(1)
+			rxDrv.AddRaw(rxBuf(1))
+			rxDrv.AddRaw(rxBuf(2))
+			if n := tp.ProcessRX(); n != 1 {
+				t.Fatalf("ProcessRX = %d", n)
+			}
+			reclaim(rxDrv, 2)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if allocs := testing.AllocsPerRun(500, tc.round); allocs != 0 {
+				t.Errorf("%v allocations per frame, want 0", allocs)
+			}
+		})
+	}
+	if s := dev.Stats(); s.Drops != 0 || s.Errors != 0 {
+		t.Errorf("Stats = %+v", s)
+	}
+	if !log.IsMarked(dataGPA) || !log.IsMarked(rxDrv.DescGPA) {
+		t.Error("RX writes were not logged")
+	}
+}
+
+// TestPlaceShortAfterMalformedBuffer: a frame spanning merged RX buffers
+// meets a malformed buffer after a good one, and then an empty ring. The
+// malformed buffer goes back once (length 0); the good one cannot be put
+// back behind it, so it goes back empty too, and the frame waits in the
+// backlog for the next buffers, where it lands whole.
+func TestPlaceShortAfterMalformedBuffer(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+		mem := g.Memory(t)
+		dev := newNetDevice(t, 1, newRecorder(nil))
+		type used struct {
+			id uint16
+			n  uint32
+		}
+		var (
+			post  func(bufs ...vhostusertest.Buf) uint16
+			bad   func() uint16
+			usedQ func() (used, bool)
+			q     vhostuser.Queue
+		)
+		features := linuxFeatures
+		if packed {
+			d := vhostusertest.NewPackedDriver(g, ringGPA, 16, dataGPA, dataGPA+dataStride)
+			r, err := vhostuser.NewPackedRing(mem, vhostuser.PackedRingOptions{Size: 16, Addr: d.Addr(0, false), Base: d.Base()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q, features = r, features|vhostuser.Bit(vhostuser.FRingPacked)
+			post = func(bufs ...vhostusertest.Buf) uint16 { id, _ := d.AddChain(bufs...); return id }
+			bad = func() uint16 {
+				d.AddRaw(vhostusertest.PackedDesc{Addr: dataGPA, ID: 9, Flags: vhostuser.DescFWrite})
+				return 9
+			}
+			usedQ = func() (used, bool) { id, n, ok := d.Used(); return used{id, n}, ok }
+		} else {
+			d := vhostusertest.NewDriver(g, ringGPA, 16, dataGPA, dataGPA+dataStride)
+			r, err := vhostuser.NewSplitRing(mem, vhostuser.SplitRingOptions{Size: 16, Addr: d.Addr(0, false)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q = r
+			post = func(bufs ...vhostusertest.Buf) uint16 { id, _ := d.AddChain(bufs...); return id }
+			bad = func() uint16 {
+				d.SetDesc(9, dataGPA, 0, vhostuser.DescFWrite, 0)
+				d.Offer(9)
+				return 9
+			}
+			usedQ = func() (used, bool) { id, n, ok := d.Used(); return used{uint16(id), n}, ok }
+		}
+		tp := vhostuser.NewTestPollerQueues(dev, 0, features, q, nil, -1, -1)
+		a := post(vhostusertest.Buf{WriteLen: 512})
+		b := bad()
+		frame := bytes.Repeat([]byte{0x5a}, 1000)
+		tp.Deliver(frame)
+		var got []used
+		for u, ok := usedQ(); ok; u, ok = usedQ() {
+			got = append(got, u)
+		}
+		if want := []used{{b, 0}, {a, 0}}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+			t.Fatalf("packed %v: used %v, want %v", packed, got, want)
+		}
+		if tp.Backlogged() != 1 {
+			t.Fatalf("packed %v: %d frames backlogged, want 1", packed, tp.Backlogged())
+		}
+		c := post(vhostusertest.Buf{WriteLen: 2048})
+		tp.Round()
+		if u, ok := usedQ(); !ok || u != (used{c, netHdrLen + 1000}) {
+			t.Fatalf("packed %v: after new buffers used %v %v, want %d with %d bytes", packed, u, ok, c, netHdrLen+1000)
+		}
+		if u, ok := usedQ(); ok {
+			t.Fatalf("packed %v: extra used entry %v", packed, u)
+		}
+		tp.Close()
+	}
+}
