@@ -338,7 +338,7 @@ func (s daemonService) Remote(context.Context) (control.RemoteInfo, error) {
 	out := control.RemoteInfo{Datapaths: make([]control.DatapathInfo, len(in.Datapaths)), Peers: make([]control.PeerInfo, len(in.Peers)),
 		Sent: in.Sent, Received: in.Received, Dropped: in.Dropped, Malformed: in.Malformed,
 		Authenticated: in.Authenticated, Boot: in.Boot, UnknownPeer: in.UnknownPeer, BadAuth: in.BadAuth, Stale: in.Stale,
-		BadVersion: in.BadVersion, Expired: in.Expired, Reliable: in.Reliable}
+		BadVersion: in.BadVersion, Expired: in.Expired, Reliable: in.Reliable, Large: in.Large}
 	for i, dp := range in.Datapaths {
 		out.Datapaths[i] = control.DatapathInfo(dp)
 	}

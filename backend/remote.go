@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/frag"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
 	"github.com/veloce-io/veloce/internal/tsn"
@@ -109,6 +110,12 @@ type RemoteOptions struct {
 	// hosts applies to its traffic classes (txsched.go); nil: FIFO. Check
 	// it with CheckSchedule first.
 	Schedule *tsn.Schedule
+	// MaxMessage bounds a message to other hosts (bytes); larger than
+	// MaxRemotePayload, it goes as fragments of MaxRemotePayload bytes
+	// (the wire header's FragIndex and FragCount) and is reassembled by
+	// the receiving daemon before delivery (large.go). Default
+	// DefaultMaxMessage; every daemon of a fleet should have the same.
+	MaxMessage int
 }
 
 const (
@@ -152,6 +159,11 @@ type remote struct {
 	generation atomic.Uint64
 
 	rel *reliable // reliable streams (reliable.go)
+
+	// maxMessage is RemoteOptions.MaxMessage; large counts fragmented
+	// messages (large.go).
+	maxMessage int
+	large      largeCounters
 
 	sent, received, dropped, malformed atomic.Uint64
 	// Datagrams dropped on receipt, by reason (malformed above).
@@ -239,7 +251,10 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.DirectoryExpiry <= 0 {
 		opts.DirectoryExpiry = 3 * opts.DirectoryInterval
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1,
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = DefaultMaxMessage
+	}
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, maxMessage: opts.MaxMessage,
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
@@ -371,8 +386,10 @@ func classOf(o StreamOptions) wire.Class {
 // peers it queued the message and for how many it found no free slot. It
 // takes no lock and does not allocate.
 func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full int) {
-	if len(payload) > MaxRemotePayload {
+	large := len(payload) > MaxRemotePayload
+	if large && len(payload) > rm.maxMessage {
 		rm.dropped.Add(1)
+		rm.large.tooLarge.Add(1)
 		return 0, 0
 	}
 	want := src.Stream.dpIndex
@@ -383,6 +400,14 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		dpi := rm.route(p, want)
 		if src.Stream.Options.Reliable && !rm.dps[dpi].reliable {
 			if rm.rel.emit(src, p, dpi, seq, payload) { // window, acks, retransmission
+				queued++
+			} else {
+				full++
+			}
+			continue
+		}
+		if large {
+			if rm.emitFragments(src, p, dpi, seq, payload) {
 				queued++
 			} else {
 				full++
@@ -685,6 +710,10 @@ type receiveState struct {
 	open    *wire.Opener // nil without a key
 	// acks are the reliable receivers the batch in hand owes an ack.
 	acks []*relRecv
+	// frag reassembles best-effort fragmented messages (large.go);
+	// lastExpire is when it last dropped stale ones (unix ns).
+	frag       *frag.Reassembler
+	lastExpire int64
 }
 
 func (rm *remote) newReceiveState(index int) *receiveState {
@@ -693,6 +722,8 @@ func (rm *remote) newReceiveState(index int) *receiveState {
 	if rm.opts.Key != nil {
 		rx.open = wire.NewOpener(rm.opts.Key)
 	}
+	rx.frag = rm.newReassembler()
+	rm.large.add(rx.frag)
 	return rx
 }
 
@@ -751,12 +782,12 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 		}
 		switch h.Kind {
 		case wire.KindData:
-			if h.FragCount != 1 {
-				rm.reject(p, wire.ErrMalformed) // fragmented messages are not sent yet
-				continue
-			}
 			if h.Class&wire.ClassReliable != 0 && !rm.dps[rx.index].reliable {
 				rx.reliableData(p, h, payload) // in order, once (reliable.go)
+				continue
+			}
+			if h.FragCount != 1 {
+				rx.fragment(p, h, payload) // large.go
 				continue
 			}
 			rm.received.Add(1)
@@ -767,6 +798,7 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 			rm.rel.ack(p, h, payload)
 		}
 	}
+	rx.expireFragments()
 	rx.flushAcks()
 }
 
@@ -914,6 +946,8 @@ type RemoteInfo struct {
 	Expired uint64 `json:"expired"`
 	// Reliable counts reliable streams' work (reliable.go).
 	Reliable ReliableInfo `json:"reliable"`
+	// Large counts messages sent as fragments (large.go).
+	Large LargeInfo `json:"large"`
 }
 
 // Remote returns the datapaths to other hosts and the peers.
@@ -928,6 +962,7 @@ func (r *Runtime) Remote() RemoteInfo {
 	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
 	info.Expired = rm.expired.Load()
 	info.Reliable = rm.rel.info()
+	info.Large = rm.large.info(rm.maxMessage)
 	peers := rm.peerList()
 	for _, st := range rm.dps {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,

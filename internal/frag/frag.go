@@ -150,6 +150,7 @@ func (r *Reassembler) Add(k Key, index, count uint16, payload []byte, now int64)
 		return nil, nil
 	}
 	r.complete.Add(1)
+	r.pending.Add(-1) // done: no longer in progress, though its buffer is lent out
 	r.done = e
 	return e.buf[:e.size:e.size], nil
 }
@@ -184,8 +185,9 @@ func (r *Reassembler) free(e *entry) {
 }
 
 func (r *Reassembler) release() {
-	if r.done != nil {
-		r.free(r.done)
+	if e := r.done; e != nil {
+		delete(r.index, e.key)
+		e.used = false
 		r.done = nil
 	}
 }
