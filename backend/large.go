@@ -2,7 +2,7 @@ package backend
 
 // Large messages (issue 13, item 5): a message to other hosts larger
 // than one datagram (MaxRemotePayload) goes as FragCount fragments of
-// MaxRemotePayload bytes each (the last one the rest), every one a
+// fragSize bytes each (1,392: they fit a 1500-byte MTU; the last one the rest), every one a
 // datagram with the message's header, FragIndex set, on the stream's
 // datapath (kernel UDP, DPDK and AF_XDP share the wire). The receiving
 // datapath's receiver reassembles them (internal/frag: bounded by
@@ -43,8 +43,16 @@ import (
 const (
 	// DefaultMaxMessage is RemoteOptions.MaxMessage's default: 1 MiB.
 	DefaultMaxMessage = 1 << 20
-	// fragSize is a fragment's payload (every one but a message's last).
-	fragSize = MaxRemotePayload
+	// MaxMaxMessage is the largest RemoteOptions.MaxMessage: 64 MiB
+	// (under the header's 65,535 fragments).
+	MaxMaxMessage = 64 << 20
+	// fragSize is a fragment's payload (every one but a message's last):
+	// what a 1500-byte IP MTU leaves of a UDP datagram (1,472 bytes) after
+	// the header, the authentication trailer and a reliable message's
+	// prefix, so a fragment fits every datapath (the DPDK plugin's own
+	// stack sends nothing over its MTU, and kernel UDP needs no IP
+	// fragments, whose loss would lose the whole datagram) in either mode.
+	fragSize = 1500 - 28 - wire.HeaderLen - wire.AuthTrailerLen - relPrefixLen
 	// fragTotalMessages bounds the best-effort messages one datapath's
 	// receiver reassembles at once (MaxMessage bytes of buffer each).
 	fragTotalMessages = 8

@@ -111,7 +111,7 @@ type RemoteOptions struct {
 	// it with CheckSchedule first.
 	Schedule *tsn.Schedule
 	// MaxMessage bounds a message to other hosts (bytes); larger than
-	// MaxRemotePayload, it goes as fragments of MaxRemotePayload bytes
+	// MaxRemotePayload, it goes as fragments of 1,392 bytes (fit for a 1500-byte MTU)
 	// (the wire header's FragIndex and FragCount) and is reassembled by
 	// the receiving daemon before delivery (large.go). Default
 	// DefaultMaxMessage; every daemon of a fleet should have the same.
