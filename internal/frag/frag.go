@@ -62,6 +62,9 @@ var (
 	ErrDuplicate    = errors.New("frag: duplicate fragment")
 )
 
+// recentKeys is how many completed messages a Reassembler remembers.
+const recentKeys = 64
+
 type entry struct {
 	key   Key
 	count uint16
@@ -83,6 +86,11 @@ type Reassembler struct {
 	// done is the entry whose message the last Add returned: freed at the
 	// next call.
 	done *entry
+	// recent are the last messages completed (a ring): a late duplicate
+	// of one of their fragments is dropped, not taken for a new message
+	// that would never complete (and be counted lost).
+	recent     [recentKeys]Key
+	recentNext int
 
 	complete, lost, overflow, inconsistent, tooLarge, duplicates atomic.Uint64
 }
@@ -124,6 +132,12 @@ func (r *Reassembler) Add(k Key, index, count uint16, payload []byte, now int64)
 	}
 	e := r.index[k]
 	if e == nil {
+		for i := range r.recent {
+			if r.recent[i] == k {
+				r.duplicates.Add(1)
+				return nil, ErrDuplicate
+			}
+		}
 		r.expire(now)
 		e = r.take(now)
 		e.key, e.count, e.have, e.size, e.start, e.used = k, count, 0, -1, now, true
@@ -150,6 +164,8 @@ func (r *Reassembler) Add(k Key, index, count uint16, payload []byte, now int64)
 		return nil, nil
 	}
 	r.complete.Add(1)
+	r.recent[r.recentNext] = k
+	r.recentNext = (r.recentNext + 1) % recentKeys
 	r.pending.Add(-1) // done: no longer in progress, though its buffer is lent out
 	r.done = e
 	return e.buf[:e.size:e.size], nil

@@ -37,9 +37,8 @@ func TestReassembleOutOfOrderWithDuplicates(t *testing.T) {
 		}
 		frags := split(msg, 100)
 		order := rnd.Perm(len(frags))
-		order = append(order, order[0]) // a duplicate at the end: after completion it starts a new message
 		var got []byte
-		for i, j := range order[:len(frags)] {
+		for i, j := range order {
 			out, err := r.Add(Key{peer, 1, uint64(n)}, uint16(j), uint16(len(frags)), frags[j], int64(i))
 			if err != nil {
 				t.Fatalf("n=%d frag %d: %v", n, j, err)
@@ -51,8 +50,13 @@ func TestReassembleOutOfOrderWithDuplicates(t *testing.T) {
 		if !bytes.Equal(got, msg) {
 			t.Fatalf("n=%d: reassembled %d bytes, not the message", n, len(got))
 		}
+		// A late duplicate of a completed message's fragment is dropped,
+		// not taken for a new message.
+		if _, err := r.Add(Key{peer, 1, uint64(n)}, uint16(order[0]), uint16(len(frags)), frags[order[0]], 9); err != ErrDuplicate {
+			t.Fatalf("n=%d: late duplicate: %v", n, err)
+		}
 	}
-	if s := r.Stats(); s.Complete != 6 || s.Lost+s.Overflow+s.Inconsistent+s.Duplicates != 0 {
+	if s := r.Stats(); s.Complete != 6 || s.Duplicates != 6 || s.Pending != 0 || s.Lost+s.Overflow+s.Inconsistent != 0 {
 		t.Fatalf("stats %+v", s)
 	}
 }
