@@ -37,6 +37,7 @@ import (
 
 	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/frag"
+	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/wire"
 )
 
@@ -65,7 +66,7 @@ const (
 type LargeInfo = control.LargeInfo
 
 type largeCounters struct {
-	sent, fragments, tooLarge, relReceived atomic.Uint64
+	sent, fragments, tooLarge, relReceived, undeliverable atomic.Uint64
 
 	mu     sync.Mutex
 	reasms []*frag.Reassembler // +checklocks:mu
@@ -79,7 +80,7 @@ func (c *largeCounters) add(r *frag.Reassembler) {
 
 func (c *largeCounters) info(maxMessage int) LargeInfo {
 	li := LargeInfo{MaxMessage: maxMessage, Sent: c.sent.Load(), Fragments: c.fragments.Load(), TooLarge: c.tooLarge.Load(),
-		ReliableReceived: c.relReceived.Load()}
+		ReliableReceived: c.relReceived.Load(), Undeliverable: c.undeliverable.Load()}
 	var s frag.Stats
 	c.mu.Lock()
 	for _, r := range c.reasms {
@@ -249,4 +250,25 @@ func (rl *reliable) joinLocked(rr *relRecv, e *relEntry, srcSeq uint64, part []b
 	}
 	j.ready = true
 	return j.buf[:j.n], true
+}
+
+// sizedEndpoint is an endpoint whose sinks cannot take messages over a
+// size (its slots: the host transport's, a VM's outbox frames). A
+// reliable message over it is dropped for that sink and counted
+// (LargeInfo.Undeliverable, the sink's dropped), not retried: it would
+// never fit, and the stream would stall behind it.
+type sizedEndpoint interface {
+	maxDeliver() int
+}
+
+func (c *hostClient) maxDeliver() int { return hostSlotSize }
+
+func (p *Port) maxDeliver() int {
+	return outboxSlotSize - DatagramHeaderLen - guestproto.DeliverOverhead
+}
+
+// fits reports whether ep can ever take a message of n bytes.
+func fits(ep endpoint, n int) bool {
+	se, ok := ep.(sizedEndpoint)
+	return !ok || n <= se.maxDeliver()
 }

@@ -215,3 +215,36 @@ func TestLargeMessagesOverDPDK(t *testing.T) {
 		run(t, "10.98.14", true, StreamOptions{Acceleration: true, Reliable: true}, largeSize)
 	})
 }
+
+// smallSink is bigCheck for a transport whose slots hold 2 KiB.
+type smallSink struct{ bigCheck }
+
+func (s *smallSink) maxDeliver() int { return 2048 }
+
+// TestReliableLargeMessageSkipsSinkTooSmall: a reliable stream's sinks
+// on one channel, one of them on a transport that cannot carry 1 MiB
+// (sizedEndpoint, as a host application's slots): it gets the small
+// messages and its large ones are dropped and counted, while the other
+// sink gets everything in order; the stream does not stall behind the
+// message that never fits. Kernel UDP over loopback.
+func TestReliableLargeMessageSkipsSinkTooSmall(t *testing.T) {
+	rtA, rtB, ctx, _ := reliablePair(t, loopbackPlugin(t), loopbackPlugin(t), 30*time.Second)
+	small := &smallSink{bigCheck{size: largeSize}}
+	sb := rtB.OpenSession(small, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{Reliable: true})
+	if _, err := sb.CreateSink(stb.ID, 9); err != nil {
+		t.Fatal(err)
+	}
+	check := exchangeLarge(t, ctx, rtA, rtB, StreamOptions{Reliable: true}, 20, largeSize)
+	for small.got.Load() < 8 && ctx.Err() == nil { // seq%5 == 1, 2: 1,969 and 3 bytes
+		time.Sleep(5 * time.Millisecond)
+	}
+	small.mu.Lock()
+	defer small.mu.Unlock()
+	l := rtB.Remote().Large
+	t.Logf("full sink %d, small sink %d; B: %+v", check.got.Load(), small.got.Load(), l)
+	if small.got.Load() != 8 || len(small.problems) > 0 || l.Undeliverable != 12 {
+		t.Fatalf("small sink got %d (want the 8 that fit 2 KiB), problems %v; %d counted undeliverable, want 12",
+			small.got.Load(), small.problems, l.Undeliverable)
+	}
+}

@@ -629,6 +629,12 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 		sinks := rt.channels.Get(key)
 		for rr.headDone < len(sinks) {
 			sk := sinks[rr.headDone]
+			if !fits(sk.session.ep, len(payload)) {
+				sk.dropped.Add(1) // it never would: see sizedEndpoint (large.go)
+				rl.rm.large.undeliverable.Add(1)
+				rr.headDone++
+				continue
+			}
 			if !sk.session.ep.deliver(sk, rr.key.source, srcSeq, payload) {
 				return moved // back-pressure: keep it, the timer tries again
 			}

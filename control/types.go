@@ -229,8 +229,12 @@ type LargeInfo struct {
 	Duplicates      uint64 `json:"duplicates"`
 	RefusedTooLarge uint64 `json:"refused_too_large"`
 	Pending         int    `json:"pending"`
-	// ReliableReceived counts reliable fragmented messages delivered.
+	// ReliableReceived counts reliable fragmented messages delivered;
+	// Undeliverable reliable messages dropped for a sink whose transport
+	// cannot carry their size (a host application's or a VM's: one slot,
+	// one frame; not yet larger).
 	ReliableReceived uint64 `json:"reliable_received"`
+	Undeliverable    uint64 `json:"undeliverable"`
 }
 
 // ReliableInfo counts the work of reliable streams (acks,
