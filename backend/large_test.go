@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/internal/testutil"
+	"github.com/veloce-io/veloce/internal/wire"
 )
 
 // bigMessage is message seq of n bytes: its sequence number, then bytes
@@ -246,5 +247,50 @@ func TestReliableLargeMessageSkipsSinkTooSmall(t *testing.T) {
 	if small.got.Load() != 8 || len(small.problems) > 0 || l.Undeliverable != 12 {
 		t.Fatalf("small sink got %d (want the 8 that fit 2 KiB), problems %v; %d counted undeliverable, want 12",
 			small.got.Load(), small.problems, l.Undeliverable)
+	}
+}
+
+// The best-effort large path allocates nothing per message once the
+// receiver's buffer exists: emit of 1 MiB (754 fragments), reassembly and
+// delivery.
+func TestLargePathAllocatesNothing(t *testing.T) {
+	dpA, dpB := loopbackPlugin(t), loopbackPlugin(t)
+	defer dpA.Close()
+	defer dpB.Close()
+	rtA := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Peers: []netip.AddrPort{dpB.LocalAddr()}}})
+	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Peers: []netip.AddrPort{dpA.LocalAddr()}}})
+	chans := []uint32{5}
+	rtA.remote.peerList()[0].channels.Store(&chans)
+	sink := &countEndpoint{}
+	sb := rtB.OpenSession(sink, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{})
+	sb.CreateSink(stb.ID, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{})
+	src, _ := sa.CreateSource(sta.ID, 5)
+	rx, st := rtB.remote.newReceiveState(0), rtA.remote.dps[0]
+	pkts := make([]wire.Packet, 1)
+	payload := bigMessage(1, DefaultMaxMessage)
+	one := func() {
+		if taken, _ := rtA.emit(src, payload); taken != 1 {
+			t.Fatal("emit not taken")
+		}
+		for {
+			id, ok := st.ready.Pop()
+			if !ok {
+				break
+			}
+			pkts[0] = rtA.remote.packet(id)
+			pkts[0].Addr = dpA.LocalAddr()
+			rx.handle(pkts)
+			rtA.remote.slots.Put(id)
+		}
+	}
+	one() // the receiver's buffer
+	if n := testing.AllocsPerRun(20, one); n != 0 {
+		t.Fatalf("%v allocations per 1 MiB message", n)
+	}
+	if l := rtB.Remote().Large; sink.n.Load() != 22 || l.Received != 22 {
+		t.Fatalf("delivered %d of 22; %+v", sink.n.Load(), l)
 	}
 }
