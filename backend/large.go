@@ -68,25 +68,30 @@ type LargeInfo = control.LargeInfo
 type largeCounters struct {
 	sent, fragments, tooLarge, relReceived, undeliverable atomic.Uint64
 
-	mu     sync.Mutex
-	reasms []*frag.Reassembler // +checklocks:mu
+	reasms reassemblers
+}
+
+// reassemblers are the receivers' reassemblers, for their counters.
+type reassemblers struct {
+	mu   sync.Mutex
+	list []*frag.Reassembler // +checklocks:mu
 }
 
 func (c *largeCounters) add(r *frag.Reassembler) {
-	c.mu.Lock()
-	c.reasms = append(c.reasms, r)
-	c.mu.Unlock()
+	c.reasms.mu.Lock()
+	c.reasms.list = append(c.reasms.list, r)
+	c.reasms.mu.Unlock()
 }
 
 func (c *largeCounters) info(maxMessage int) LargeInfo {
 	li := LargeInfo{MaxMessage: maxMessage, Sent: c.sent.Load(), Fragments: c.fragments.Load(), TooLarge: c.tooLarge.Load(),
 		ReliableReceived: c.relReceived.Load(), Undeliverable: c.undeliverable.Load()}
 	var s frag.Stats
-	c.mu.Lock()
-	for _, r := range c.reasms {
+	c.reasms.mu.Lock()
+	for _, r := range c.reasms.list {
 		s.Add(r.Stats())
 	}
-	c.mu.Unlock()
+	c.reasms.mu.Unlock()
 	li.Received, li.Lost, li.Overflow, li.Inconsistent, li.Duplicates, li.RefusedTooLarge, li.Pending =
 		s.Complete, s.Lost, s.Overflow, s.Inconsistent, s.Duplicates, s.TooLarge, s.Pending
 	return li
