@@ -277,3 +277,18 @@ func fits(ep endpoint, n int) bool {
 	se, ok := ep.(sizedEndpoint)
 	return !ok || n <= se.maxDeliver()
 }
+
+// DatagramLimiter is a Datapath that sends no datagram over a size (a
+// userspace stack's MTU: DPDK, AF_XDP); others take MaxRemotePayload's.
+// A message that does not fit one of its datagrams goes as fragments.
+type DatagramLimiter interface {
+	MaxDatagram() int
+}
+
+// maxPayloadOf is the largest message dp carries as one datagram.
+func maxPayloadOf(dp Datapath) int {
+	if l, ok := dp.(DatagramLimiter); ok {
+		return max(fragSize, min(MaxRemotePayload, l.MaxDatagram()-wire.HeaderLen-wire.AuthTrailerLen-relPrefixLen))
+	}
+	return MaxRemotePayload
+}

@@ -217,6 +217,15 @@ func TestLargeMessagesOverDPDK(t *testing.T) {
 	t.Run("reliable-lossy", func(t *testing.T) {
 		run(t, "10.98.14", true, StreamOptions{Acceleration: true, Reliable: true}, largeSize)
 	})
+	// Over the port's MTU (1,472-byte datagrams) but under
+	// MaxRemotePayload: fragmented on DPDK too (before, the port refused
+	// them and none arrived).
+	t.Run("over-mtu", func(t *testing.T) {
+		run(t, "10.98.15", false, StreamOptions{Acceleration: true}, func(uint64) int { return 1800 })
+	})
+	t.Run("over-mtu-reliable", func(t *testing.T) {
+		run(t, "10.98.16", true, StreamOptions{Acceleration: true, Reliable: true}, func(uint64) int { return 1800 })
+	})
 }
 
 // smallSink is bigCheck for a transport whose slots hold 2 KiB.
@@ -296,4 +305,13 @@ func TestLargePathAllocatesNothing(t *testing.T) {
 	if l := rtB.Remote().Large; sink.n.Load() != 22 || l.Received != 22 {
 		t.Fatalf("delivered %d of 22; %+v", sink.n.Load(), l)
 	}
+}
+
+// MaxDatagram passes the wrapped port's limit through (DatagramLimiter),
+// as the runtime needs it to fragment what the port cannot send whole.
+func (f *faultyPoller) MaxDatagram() int {
+	if l, ok := f.inner.(DatagramLimiter); ok {
+		return l.MaxDatagram()
+	}
+	return wire.MaxPayload
 }

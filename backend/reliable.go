@@ -359,7 +359,7 @@ func (rl *reliable) emit(src *Source, p *peer, dpi int, srcSeq uint64, payload [
 	}
 	h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
 		Channel: src.Channel, Source: wire.SourceID(src.Global)}
-	if len(payload) > MaxRemotePayload {
+	if len(payload) > rl.rm.dps[dpi].maxPayload {
 		rl.emitLargeLocked(rs, h, srcSeq, payload) // large.go
 		return true
 	}

@@ -199,6 +199,9 @@ type datapathState struct {
 	// sender handed to the datapath (or skipped): SetStreamQoS waits for
 	// done to reach what was pushed before it paused a stream.
 	pushed, done atomic.Uint64
+	// maxPayload is the largest message sent as one datagram on dp
+	// (maxPayloadOf); larger ones go as fragments (large.go).
+	maxPayload int
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -264,6 +267,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
 		st.poller, _ = dp.(Poller)
 		st.reliable = datapathReliable(dp)
+		st.maxPayload = maxPayloadOf(dp)
 		st.ready, _ = ring.New(remoteSlots)
 		if opts.Schedule != nil {
 			st.tx = newTxSched(opts.Schedule, st.ready)
@@ -386,8 +390,7 @@ func classOf(o StreamOptions) wire.Class {
 // peers it queued the message and for how many it found no free slot. It
 // takes no lock and does not allocate.
 func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full int) {
-	large := len(payload) > MaxRemotePayload
-	if large && len(payload) > rm.maxMessage {
+	if len(payload) > MaxRemotePayload && len(payload) > rm.maxMessage {
 		rm.dropped.Add(1)
 		rm.large.tooLarge.Add(1)
 		return 0, 0
@@ -406,7 +409,7 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 			}
 			continue
 		}
-		if large {
+		if len(payload) > rm.dps[dpi].maxPayload {
 			if rm.emitFragments(src, p, dpi, seq, payload) {
 				queued++
 			} else {
