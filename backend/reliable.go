@@ -140,6 +140,9 @@ type relEntry struct {
 	tries int   // sender: transmissions so far
 	sent  int64 // sender: unix ns of the last transmission
 	seq   uint64
+	// fi and fc are the receiver's entry's FragIndex and FragCount (a
+	// fragment of a large message when fc > 1; large.go).
+	fi, fc uint16
 }
 
 // relMark is where a reclaimed receiver's window stood.
@@ -187,7 +190,24 @@ type relSend struct {
 	// entries[seq%relWindow] holds message seq; mem their datagrams.
 	entries []relEntry // +checklocks:mu
 	mem     []byte     // +checklocks:mu
+	// backlog holds a large message whose fragments the window had no
+	// room for yet (large.go): fragment blNext of blCount goes next.
+	backlog relBacklog // +checklocks:mu
 }
+
+// relBacklog is a reliable large message waiting for room in its window.
+type relBacklog struct {
+	buf         []byte // allocated once, MaxMessage bytes
+	n           int    // message length
+	next, count int    // fragments
+	srcSeq      uint64
+	class       wire.Class
+	channel     uint32
+	source      wire.SourceID
+}
+
+// pending reports whether fragments wait.
+func (b *relBacklog) pending() bool { return b.next < b.count }
 
 // relRecv is the receiving side of a peer's reliable source.
 type relRecv struct {
@@ -216,6 +236,18 @@ type relRecv struct {
 	advertised uint32     // +checklocks:mu
 	entries    []relEntry // +checklocks:mu
 	mem        []byte     // +checklocks:mu
+	// large joins a large message's fragments as they are delivered in
+	// order (large.go).
+	large relJoin // +checklocks:mu
+}
+
+// relJoin is a large message being joined by a receiver.
+type relJoin struct {
+	buf         []byte // allocated once, MaxMessage bytes
+	n           int
+	next, count uint16
+	srcSeq      uint64
+	ready       bool // the last fragment is in: the message waits for its sinks
 }
 
 // reliable is the runtime's reliable-stream state, part of remote.
@@ -307,7 +339,7 @@ func (rl *reliable) room(src *Source, p *peer, dpi int) bool {
 	rs := rl.sender(src, p, dpi)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return rs.failed || (rs.next-rs.base < relWindow && rs.next <= rs.credit)
+	return rs.failed || (!rs.backlog.pending() && rs.next-rs.base < relWindow && rs.next <= rs.credit)
 }
 
 // emit queues a reliable message for p: it is emit's per-peer step for a
@@ -315,24 +347,39 @@ func (rl *reliable) room(src *Source, p *peer, dpi int) bool {
 // false when the window or the credit is exhausted, the source failed, or
 // no slot is free (the message is not sent to p).
 func (rl *reliable) emit(src *Source, p *peer, dpi int, srcSeq uint64, payload []byte) bool {
-	rm := rl.rm
 	rs := rl.sender(src, p, dpi)
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.failed || rs.next-rs.base >= relWindow || rs.next > rs.credit {
+	if rs.failed || rs.backlog.pending() || rs.next-rs.base >= relWindow || rs.next > rs.credit {
 		rl.refused.Add(1)
 		return false
 	}
+	if rs.next == rs.base && rs.next <= rs.credit {
+		rs.lastAck = time.Now().UnixNano() // idle until now: the peer's clock starts with this message
+	}
+	h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
+		Channel: src.Channel, Source: wire.SourceID(src.Global)}
+	if len(payload) > rl.rm.dps[dpi].maxPayload {
+		rl.emitLargeLocked(rs, h, srcSeq, payload) // large.go
+		return true
+	}
+	return rl.putLocked(rs, dpi, h, srcSeq, payload)
+}
+
+// putLocked puts one datagram in rs's window, as its next entry, and
+// queues it on datapath dpi: a message (h.FragCount 1) or a fragment.
+// It reports false when no slot is free.
+//
+// +checklocks:rs.mu
+func (rl *reliable) putLocked(rs *relSend, dpi int, h wire.Header, srcSeq uint64, payload []byte) bool {
+	rm := rl.rm
+	p := rs.p
 	id, ok := rm.slots.Get()
 	if !ok {
 		return false
 	}
 	seq := rs.next
-	if rs.next == rs.base && rs.next <= rs.credit {
-		rs.lastAck = time.Now().UnixNano() // idle until now: the peer's clock starts with this message
-	}
-	h := wire.Header{Kind: wire.KindData, Class: classOf(src.Stream.Options), FragCount: 1,
-		Channel: src.Channel, Source: wire.SourceID(src.Global), Seq: seq}
+	h.Seq = seq
 	buf := rm.slots.Bytes(id)
 	// The payload goes after the source's own sequence number (the
 	// header's Seq is the window's: sinks see the source's numbering,
@@ -420,6 +467,7 @@ func (rl *reliable) ack(p *peer, h wire.Header, body []byte) {
 	if rs.failed {
 		return
 	}
+	defer rl.pumpLocked(rs) // room freed: a large message's waiting fragments go (large.go)
 	cum := h.Seq
 	if cum >= rs.next || cum+uint64(a.Window) < cum {
 		rl.rm.reject(p, wire.ErrMalformed) // acknowledges what was never sent
@@ -496,7 +544,7 @@ func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
 		rr.epoch = epoch // the first message's, or the same
 		i := seq % relWindow
 		copy(rr.mem[int(i)*remoteSlotSize:], payload)
-		rr.entries[i] = relEntry{n: len(payload) + 1, seq: seq} // n: length+1, so an empty message is held too
+		rr.entries[i] = relEntry{n: len(payload) + 1, seq: seq, fi: h.FragIndex, fc: h.FragCount} // n: length+1, so an empty message is held too
 		if seq == rr.cum+1 {
 			for rr.cum++; rr.ooo > 0 && rr.entries[(rr.cum+1)%relWindow].n != 0 && rr.entries[(rr.cum+1)%relWindow].seq == rr.cum+1; rr.cum++ {
 				rr.ooo--
@@ -520,6 +568,7 @@ func (rx *receiveState) reliableData(p *peer, h wire.Header, payload []byte) {
 func (rr *relRecv) restartLocked(epoch uint64) {
 	clear(rr.entries)
 	rr.epoch, rr.cum, rr.head, rr.headDone, rr.ooo = epoch, 0, 1, 0, 0
+	rr.large.reset()
 }
 
 // newReceiver creates the receiver of peer k.peer's source k.source, or
@@ -565,9 +614,27 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 		e := &rr.entries[i]
 		msg := rr.mem[int(i)*remoteSlotSize : int(i)*remoteSlotSize+e.n-1]
 		srcSeq, payload := binary.LittleEndian.Uint64(msg), msg[relPrefixLen:]
+		if e.fc > 1 || rr.large.next > 0 {
+			// A fragment of a large message (large.go): joined in order;
+			// the message goes to the sinks with its last fragment.
+			var whole bool
+			if payload, whole = rl.joinLocked(rr, e, srcSeq, payload); !whole {
+				e.n = 0
+				rr.head++
+				rr.headDone = 0
+				moved = true
+				continue
+			}
+		}
 		sinks := rt.channels.Get(key)
 		for rr.headDone < len(sinks) {
 			sk := sinks[rr.headDone]
+			if !fits(sk.session.ep, len(payload)) {
+				sk.dropped.Add(1) // it never would: see sizedEndpoint (large.go)
+				rl.rm.large.undeliverable.Add(1)
+				rr.headDone++
+				continue
+			}
 			if !sk.session.ep.deliver(sk, rr.key.source, srcSeq, payload) {
 				return moved // back-pressure: keep it, the timer tries again
 			}
@@ -575,6 +642,10 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 			rr.headDone++
 		}
 		rl.rm.received.Add(1)
+		if rr.large.ready {
+			rr.large.reset()
+			rl.rm.large.relReceived.Add(1)
+		}
 		e.n = 0
 		rr.head++
 		rr.headDone = 0
@@ -745,7 +816,8 @@ func (rl *reliable) tickSendLocked(rs *relSend, now int64) (remove bool) {
 	if rs.failed {
 		return closed
 	}
-	if rs.next == rs.base {
+	rl.pumpLocked(rs)
+	if rs.next == rs.base && !rs.backlog.pending() {
 		if closed {
 			rs.failed = true
 			rs.entries, rs.mem = nil, nil
@@ -775,6 +847,7 @@ func (rl *reliable) tickSendLocked(rs *relSend, now int64) (remove bool) {
 func (rl *reliable) failLocked(rs *relSend) {
 	rs.failed = true
 	rs.entries, rs.mem = nil, nil // nothing queued without bound
+	rs.backlog = relBacklog{}
 	rl.unreachable.Add(1)
 	if !rs.src.unreachable.Swap(true) {
 		rl.rm.rt.log.Warn("reliable source failed: peer unreachable", "source", rs.src.ID, "channel", rs.src.Channel,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/internal/fleet"
+	"github.com/veloce-io/veloce/internal/frag"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
 	"github.com/veloce-io/veloce/internal/tsn"
@@ -121,6 +122,12 @@ type RemoteOptions struct {
 	// taken from a peer learned from etcd. Key applies to them as to
 	// any peer.
 	Etcd *fleet.Options
+	// MaxMessage bounds a message to other hosts (bytes); larger than
+	// MaxRemotePayload, it goes as fragments of 1,392 bytes (fit for a 1500-byte MTU)
+	// (the wire header's FragIndex and FragCount) and is reassembled by
+	// the receiving daemon before delivery (large.go). Default
+	// DefaultMaxMessage; every daemon of a fleet should have the same.
+	MaxMessage int
 }
 
 const (
@@ -175,6 +182,11 @@ type remote struct {
 
 	rel *reliable // reliable streams (reliable.go)
 
+	// maxMessage is RemoteOptions.MaxMessage; large counts fragmented
+	// messages (large.go).
+	maxMessage int
+	large      largeCounters
+
 	sent, received, dropped, malformed atomic.Uint64
 	// Datagrams dropped on receipt, by reason (malformed above).
 	unknownPeer, badAuth, stale, badVersion atomic.Uint64
@@ -209,6 +221,9 @@ type datapathState struct {
 	// sender handed to the datapath (or skipped): SetStreamQoS waits for
 	// done to reach what was pushed before it paused a stream.
 	pushed, done atomic.Uint64
+	// maxPayload is the largest message sent as one datagram on dp
+	// (maxPayloadOf); larger ones go as fragments (large.go).
+	maxPayload int
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -264,7 +279,10 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.DirectoryExpiry <= 0 {
 		opts.DirectoryExpiry = 3 * opts.DirectoryInterval
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1),
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = DefaultMaxMessage
+	}
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), maxMessage: opts.MaxMessage,
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
@@ -274,6 +292,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
 		st.poller, _ = dp.(Poller)
 		st.reliable = datapathReliable(dp)
+		st.maxPayload = maxPayloadOf(dp)
 		st.ready, _ = ring.New(remoteSlots)
 		if opts.Schedule != nil {
 			st.tx = newTxSched(opts.Schedule, st.ready)
@@ -383,8 +402,9 @@ func classOf(o StreamOptions) wire.Class {
 // peers it queued the message and for how many it found no free slot. It
 // takes no lock and does not allocate.
 func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full int) {
-	if len(payload) > MaxRemotePayload {
+	if len(payload) > MaxRemotePayload && len(payload) > rm.maxMessage {
 		rm.dropped.Add(1)
+		rm.large.tooLarge.Add(1)
 		return 0, 0
 	}
 	want := src.Stream.dpIndex
@@ -395,6 +415,14 @@ func (rm *remote) emit(src *Source, seq uint64, payload []byte) (queued, full in
 		dpi := rm.route(p, want)
 		if src.Stream.Options.Reliable && !rm.dps[dpi].reliable {
 			if rm.rel.emit(src, p, dpi, seq, payload) { // window, acks, retransmission
+				queued++
+			} else {
+				full++
+			}
+			continue
+		}
+		if len(payload) > rm.dps[dpi].maxPayload {
+			if rm.emitFragments(src, p, dpi, seq, payload) {
 				queued++
 			} else {
 				full++
@@ -714,6 +742,10 @@ type receiveState struct {
 	open    *wire.Opener // nil without a key
 	// acks are the reliable receivers the batch in hand owes an ack.
 	acks []*relRecv
+	// frag reassembles best-effort fragmented messages (large.go);
+	// lastExpire is when it last dropped stale ones (unix ns).
+	frag       *frag.Reassembler
+	lastExpire int64
 }
 
 func (rm *remote) newReceiveState(index int) *receiveState {
@@ -722,6 +754,8 @@ func (rm *remote) newReceiveState(index int) *receiveState {
 	if rm.opts.Key != nil {
 		rx.open = wire.NewOpener(rm.opts.Key)
 	}
+	rx.frag = rm.newReassembler()
+	rm.large.add(rx.frag)
 	return rx
 }
 
@@ -780,12 +814,12 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 		}
 		switch h.Kind {
 		case wire.KindData:
-			if h.FragCount != 1 {
-				rm.reject(p, wire.ErrMalformed) // fragmented messages are not sent yet
-				continue
-			}
 			if h.Class&wire.ClassReliable != 0 && !rm.dps[rx.index].reliable {
 				rx.reliableData(p, h, payload) // in order, once (reliable.go)
+				continue
+			}
+			if h.FragCount != 1 {
+				rx.fragment(p, h, payload) // large.go
 				continue
 			}
 			rm.received.Add(1)
@@ -796,6 +830,7 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 			rm.rel.ack(p, h, payload)
 		}
 	}
+	rx.expireFragments()
 	rx.flushAcks()
 }
 
@@ -909,6 +944,7 @@ func (r *Runtime) Remote() RemoteInfo {
 	info.UnknownPeer, info.BadAuth, info.Stale, info.BadVersion = rm.unknownPeer.Load(), rm.badAuth.Load(), rm.stale.Load(), rm.badVersion.Load()
 	info.Expired = rm.expired.Load()
 	info.Reliable = rm.rel.info()
+	info.Large = rm.large.info(rm.maxMessage)
 	peers := rm.peerList()
 	for _, st := range rm.dps {
 		d := DatapathInfo{Name: st.dp.Name(), Addr: st.dp.LocalAddr().String(), Default: st.index == 0 && rm.opts.Datapath != nil,

@@ -227,7 +227,7 @@ func (rl *reliable) inFlight(st *Stream) bool {
 			continue
 		}
 		rs.mu.Lock()
-		busy := !rs.failed && rs.base != rs.next
+		busy := !rs.failed && (rs.base != rs.next || rs.backlog.pending())
 		rs.mu.Unlock()
 		if busy {
 			return true

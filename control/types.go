@@ -204,6 +204,8 @@ type RemoteInfo struct {
 	Reliable ReliableInfo `json:"reliable"`
 	// Directory says where the peers come from, and etcd's health.
 	Directory DirectoryInfo `json:"directory"`
+	// Large counts messages sent as fragments.
+	Large LargeInfo `json:"large"`
 }
 
 // DirectoryInfo says where a daemon's peers and their channels come from.
@@ -237,6 +239,37 @@ type EtcdInfo struct {
 	// aside.
 	PutBytes  uint64 `json:"put_bytes"`
 	ReadBytes uint64 `json:"read_bytes"`
+}
+
+// LargeInfo counts messages sent as fragments, as velocectl remote shows
+// them.
+type LargeInfo struct {
+	// MaxMessage is the largest message to other hosts (bytes).
+	MaxMessage int `json:"max_message"`
+	// Sent counts fragmented messages sent (per peer), Fragments their
+	// datagrams; TooLarge emits over MaxMessage (not sent).
+	Sent      uint64 `json:"sent"`
+	Fragments uint64 `json:"fragments"`
+	TooLarge  uint64 `json:"too_large"`
+	// Received counts best-effort messages reassembled; Lost those
+	// dropped with a fragment missing at their timeout; Overflow those
+	// evicted incomplete for room; Inconsistent fragments that disagree
+	// with their message; Duplicates fragments received twice;
+	// RefusedTooLarge fragments of messages over this daemon's
+	// MaxMessage. Pending is what is being reassembled now.
+	Received        uint64 `json:"received"`
+	Lost            uint64 `json:"lost"`
+	Overflow        uint64 `json:"overflow"`
+	Inconsistent    uint64 `json:"inconsistent"`
+	Duplicates      uint64 `json:"duplicates"`
+	RefusedTooLarge uint64 `json:"refused_too_large"`
+	Pending         int    `json:"pending"`
+	// ReliableReceived counts reliable fragmented messages delivered;
+	// Undeliverable reliable messages dropped for a sink whose transport
+	// cannot carry their size (a host application's or a VM's: one slot,
+	// one frame; not yet larger).
+	ReliableReceived uint64 `json:"reliable_received"`
+	Undeliverable    uint64 `json:"undeliverable"`
 }
 
 // ReliableInfo counts the work of reliable streams (acks,

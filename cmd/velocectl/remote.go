@@ -81,6 +81,10 @@ sent, received, dropped, malformed.`,
 				r := info.Reliable
 				fmt.Fprintf(tw, "reliable: %d windows, %d receivers; %d retransmits, %d duplicates, %d window full, %d unreachable, %d overflow\n",
 					r.Windows, r.Receivers, r.Retransmits, r.Duplicates, r.WindowFull, r.Unreachable, r.Overflow)
+				l := info.Large
+				fmt.Fprintf(tw, "large messages (max %d B): %d sent (%d fragments), %d too large; %d received, %d reliable; dropped: %d lost fragment, %d overflow, %d inconsistent fragments, %d duplicate fragments, %d over the limit, %d reliable too large for their sink; %d pending\n",
+					l.MaxMessage, l.Sent, l.Fragments, l.TooLarge, l.Received, l.ReliableReceived, l.Lost, l.Overflow, l.Inconsistent, l.Duplicates, l.RefusedTooLarge,
+					l.Undeliverable, l.Pending)
 				if wide {
 					fmt.Fprintln(tw, "\nDATAPATH\tCOUNTER\tVALUE")
 					for _, d := range info.Datapaths {

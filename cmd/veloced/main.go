@@ -89,6 +89,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	peerKey := fs.String("peer-key", "", "file with the fleet key (32+ random bytes, raw or hex; mode 0400) for the authenticated mode: every datagram between daemons carries a MAC, unauthenticated or replayed ones are dropped; every daemon of the fleet needs the same key")
 	peerExpiry := fs.Duration("peer-expiry", 0, "how long a peer's channel directory stays valid without a newer one (then the peer is stale and gets no messages); default 3 directory intervals")
 	reliableTimeout := fs.Duration("reliable-timeout", backend.DefaultReliableTimeout, "how long a peer may acknowledge nothing of a reliable stream's messages before the source fails (its emits then report peer unreachable)")
+	maxMessage := fs.Int("max-message", backend.DefaultMaxMessage, "largest message to other hosts, in bytes; larger than one datagram, it goes as fragments, reassembled by the receiving daemon (each datapath's receiver keeps up to 8 such messages in progress); give every daemon of the fleet the same")
 	tsnSchedule := fs.String("tsn-schedule", "", "802.1Qbv gate `SCHEDULE` every datapath to other hosts applies, taprio's parameters: 'base=NS|RFC3339,cycle=DURATION,S MASK INTERVAL,...' (e.g. 'base=0,S 01 600us,S 02 400us'); gate bit 0 is bulk traffic, bit 1 time-sensitive streams', which leave only while their gate is open; empty: FIFO, and time-sensitive streams get a warning")
 	nodeID := fs.Uint("node-id", 0, "this daemon's id in global source ids, distinct among peers; default random")
 	dpdkDev := fs.String("dpdk", "", "DPDK device arguments for the accelerated datapath (e.g. a PCI address on the EAL allowlist, or net_af_packet0,iface=eth1); streams asking for acceleration use it. If DPDK cannot start, veloced warns and such streams fall back to UDP")
@@ -188,6 +189,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		return errors.New("--reliable-timeout: must be positive (e.g. 5s)")
 	}
 	opts.Runtime.Remote.ReliableTimeout = *reliableTimeout
+	if *maxMessage < backend.MaxRemotePayload || *maxMessage > backend.MaxMaxMessage {
+		return fmt.Errorf("--max-message: %d not within %d..%d bytes", *maxMessage, backend.MaxRemotePayload, backend.MaxMaxMessage)
+	}
+	opts.Runtime.Remote.MaxMessage = *maxMessage
 	if *tsnSchedule != "" {
 		sched, err := tsn.Parse(*tsnSchedule)
 		if err == nil {

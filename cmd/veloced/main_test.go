@@ -38,6 +38,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--vhost-user", "/tmp/x.sock", "--app-tenant", "uid:x=a"}, "--app-tenant"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--shared-channel", "1,b"}, "--shared-channel"},
 		{[]string{"--vhost-user", "/tmp/x.sock", "--listen", "127.0.0.1:0", "--peer", "x"}, "--peer"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--max-message", "100"}, "--max-message"},
+		{[]string{"--vhost-user", "/tmp/x.sock", "--max-message", "1000000000"}, "--max-message"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), tc.args, &stderr)

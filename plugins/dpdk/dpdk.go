@@ -275,6 +275,10 @@ func (p *Plugin) Name() string { return Name }
 // LocalAddr is where peers reach this plugin.
 func (p *Plugin) LocalAddr() netip.AddrPort { return p.local }
 
+// MaxDatagram is the largest datagram (UDP payload) the port sends: its
+// MTU's; the runtime sends larger messages as fragments.
+func (p *Plugin) MaxDatagram() int { return p.maxDatagram }
+
 // Reaches reports whether addr is on the port's link.
 func (p *Plugin) Reaches(addr netip.Addr) bool { return p.host.OnLink(addr) }
 

@@ -383,6 +383,10 @@ func (p *Plugin) Name() string { return Name }
 // Options.Port.
 func (p *Plugin) LocalAddr() netip.AddrPort { return p.local }
 
+// MaxDatagram is the largest datagram (UDP payload) the port sends: its
+// MTU's; the runtime sends larger messages as fragments.
+func (p *Plugin) MaxDatagram() int { return p.maxDatagram }
+
 // Reaches reports whether addr is on the interface's prefix (the plugin
 // sends only to neighbours; there is no router).
 func (p *Plugin) Reaches(addr netip.Addr) bool { return p.host.OnLink(addr) }
