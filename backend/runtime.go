@@ -263,6 +263,12 @@ func (r *Runtime) openSession(ep endpoint, addr netip.AddrPort, tenant string, a
 	}
 	s := &Session{ID: r.newIDLocked(), rt: r, ep: ep, Addr: addr, Tenant: tenant, tenant: tid, acct: acct,
 		streams: map[uint32]*Stream{}}
+	// Heard from now: a session still being set up (the host transport
+	// maps its region first) is not idle to a reaping round that comes
+	// meanwhile (with lastSeen 0 it was, on a daemon up longer than the
+	// session timeout: a host application's first CreateStream then
+	// found its session closed, once in the RDMA guest test).
+	s.touch()
 	r.sessions[s.ID] = s
 	r.log.Debug("session opened", "session", s.ID, "endpoint", ep.String(), "tenant", tenant, "addr", addr)
 	return s, nil

@@ -121,3 +121,20 @@ func TestEmitDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per emit", a)
 	}
 }
+
+// TestNewSessionIsNotIdle: a session is heard from when it opens, so a
+// reaping round that comes while it is still being set up (the host
+// transport maps its region between opening it and its first reply)
+// does not release it. The cutoff is that of a daemon up longer than its
+// session timeout.
+func TestNewSessionIsNotIdle(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	s, err := rt.openSession(&fakeEndpoint{}, netip.AddrPort{}, HostTenant, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.reapIdle(1)
+	if _, err := s.CreateStream(StreamOptions{}); err != nil {
+		t.Fatalf("a session just opened was reaped: %v", err)
+	}
+}
