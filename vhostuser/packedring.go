@@ -322,37 +322,7 @@ func (r *PackedRing) segment(t *memTable, c *Chain, addr uint64, length uint32, 
 
 // buffer adds one buffer descriptor to c, with SplitRing's checks.
 func (r *PackedRing) buffer(t *memTable, c *Chain, addr uint64, length uint32, write bool) error {
-	if length == 0 {
-		return ErrZeroLength
-	}
-	if length > r.maxLen {
-		return ErrDescriptorTooLong
-	}
-	var err error
-	if write {
-		if c.writableLen+length < c.writableLen {
-			return ErrDescriptorTooLong
-		}
-		if c.writable, c.writableGPA, err = t.appendSegments(c.writable, c.writableGPA, addr, uint64(length)); err != nil {
-			return err
-		}
-		c.writableLen += length
-	} else {
-		if len(c.writable) > 0 {
-			return ErrDescriptorOrder
-		}
-		if c.readableLen+length < c.readableLen {
-			return ErrDescriptorTooLong
-		}
-		if c.readable, _, err = t.appendSegments(c.readable, nil, addr, uint64(length)); err != nil {
-			return err
-		}
-		c.readableLen += length
-	}
-	if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
-		return ErrDescriptorTooLong
-	}
-	return nil
+	return c.addBuffer(t, addr, length, r.maxLen, write)
 }
 
 // Push implements Queue.

@@ -463,35 +463,8 @@ func (r *SplitRing) walk(c *Chain, head uint16) error {
 			table, n, idx, indirect, steps = tb, length/DescSize, 0, true, ^uint32(0)
 			continue
 		}
-		if length == 0 {
-			return ErrZeroLength
-		}
-		if length > r.maxLen {
-			return ErrDescriptorTooLong
-		}
-		var err error
-		if flags&DescFWrite != 0 {
-			if c.writableLen+length < c.writableLen {
-				return ErrDescriptorTooLong
-			}
-			if c.writable, c.writableGPA, err = t.appendSegments(c.writable, c.writableGPA, addr, uint64(length)); err != nil {
-				return err
-			}
-			c.writableLen += length
-		} else {
-			if len(c.writable) > 0 {
-				return ErrDescriptorOrder
-			}
-			if c.readableLen+length < c.readableLen {
-				return ErrDescriptorTooLong
-			}
-			if c.readable, _, err = t.appendSegments(c.readable, nil, addr, uint64(length)); err != nil {
-				return err
-			}
-			c.readableLen += length
-		}
-		if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
-			return ErrDescriptorTooLong // 2.6.5.2: at most 2^32 bytes in total
+		if err := c.addBuffer(t, addr, length, r.maxLen, flags&DescFWrite != 0); err != nil {
+			return err
 		}
 		if flags&DescFNext == 0 {
 			return nil
@@ -501,6 +474,44 @@ func (r *SplitRing) walk(c *Chain, head uint16) error {
 			return ErrNextOutOfRange
 		}
 	}
+}
+
+// addBuffer adds a buffer descriptor of either ring layout to c: not
+// empty, at most maxLen, device-writable buffers after the readable ones
+// (2.6.4.2), the chain's total within 2^32 bytes (2.6.5.2), every byte
+// inside guest memory (segments of t's regions).
+func (c *Chain) addBuffer(t *memTable, addr uint64, length, maxLen uint32, write bool) error {
+	if length == 0 {
+		return ErrZeroLength
+	}
+	if length > maxLen {
+		return ErrDescriptorTooLong
+	}
+	var err error
+	if write {
+		if c.writableLen+length < c.writableLen {
+			return ErrDescriptorTooLong
+		}
+		if c.writable, c.writableGPA, err = t.appendSegments(c.writable, c.writableGPA, addr, uint64(length)); err != nil {
+			return err
+		}
+		c.writableLen += length
+	} else {
+		if len(c.writable) > 0 {
+			return ErrDescriptorOrder
+		}
+		if c.readableLen+length < c.readableLen {
+			return ErrDescriptorTooLong
+		}
+		if c.readable, _, err = t.appendSegments(c.readable, nil, addr, uint64(length)); err != nil {
+			return err
+		}
+		c.readableLen += length
+	}
+	if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
+		return ErrDescriptorTooLong
+	}
+	return nil
 }
 
 // translate is Memory.Translate on a snapshot, for one region only.
