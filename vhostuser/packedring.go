@@ -333,18 +333,8 @@ func (r *PackedRing) Push(c *Chain, written uint32) error {
 	if c.owner != Queue(r) || written > c.writableLen {
 		return ErrBadPush
 	}
-	if ls := r.logState.Load(); ls != nil && written > 0 {
-		rem := uint64(written)
-		for i, s := range c.writable {
-			n := min(rem, uint64(len(s)))
-			if ls.log.Mark(c.writableGPA[i], n) != nil {
-				r.countError()
-			}
-			rem -= n
-			if rem == 0 {
-				break
-			}
-		}
+	if ls := r.logState.Load(); ls != nil && !ls.markWritten(c, written) {
+		r.countError()
 	}
 	r.pushUsed(c.head, c.count, written)
 	c.owner = nil

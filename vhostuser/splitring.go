@@ -244,6 +244,22 @@ type ringLog struct {
 	usedGPA uint64
 }
 
+// markWritten marks the guest memory the device wrote into c (its first
+// written bytes, in its writable segments) in the dirty log; false when
+// a mark failed (ErrLogOutOfRange: the frontend's log is too small).
+func (ls *ringLog) markWritten(c *Chain, written uint32) bool {
+	ok := true
+	rem := uint64(written)
+	for i := 0; rem > 0 && i < len(c.writable); i++ {
+		n := min(rem, uint64(len(c.writable[i])))
+		if ls.log.Mark(c.writableGPA[i], n) != nil {
+			ok = false
+		}
+		rem -= n
+	}
+	return ok
+}
+
 func (*SplitRing) queue() {}
 
 // NewSplitRing resolves the rings of opts in mem and returns the device
@@ -564,18 +580,8 @@ func (r *SplitRing) Push(c *Chain, written uint32) error {
 	if c.owner != Queue(r) || written > c.writableLen {
 		return ErrBadPush
 	}
-	if ls := r.logState.Load(); ls != nil && written > 0 {
-		rem := uint64(written)
-		for i, s := range c.writable {
-			n := min(rem, uint64(len(s)))
-			if ls.log.Mark(c.writableGPA[i], n) != nil {
-				r.countError()
-			}
-			rem -= n
-			if rem == 0 {
-				break
-			}
-		}
+	if ls := r.logState.Load(); ls != nil && !ls.markWritten(c, written) {
+		r.countError()
 	}
 	r.pushUsed(c.head, written)
 	c.owner = nil

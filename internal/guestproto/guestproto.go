@@ -252,17 +252,10 @@ func Parse(b []byte, m *Message) error {
 			return ErrLength
 		}
 		m.Result.Status, m.Result.ID = Status(le.Uint16(body)), le.Uint32(body[2:])
-		pl := int(le.Uint16(body[6:]))
-		if pl > MaxText || len(body) < 8+pl+2 {
+		var ok bool
+		if m.Result.Plugin, m.Result.Message, ok = twoTexts(body[6:]); !ok {
 			return ErrLength
 		}
-		m.Result.Plugin = body[8 : 8+pl]
-		rest := body[8+pl:]
-		ml := int(le.Uint16(rest))
-		if ml > MaxText || len(rest) != 2+ml {
-			return ErrLength
-		}
-		m.Result.Message = rest[2:]
 	case Emit:
 		if len(body) < 12 {
 			return ErrLength
@@ -288,21 +281,32 @@ func Parse(b []byte, m *Message) error {
 			return ErrLength
 		}
 		m.ID = le.Uint32(body)
-		dl := int(le.Uint16(body[4:]))
-		if dl > MaxText || len(body) < 6+dl+2 {
+		var ok bool
+		if m.Result.Plugin, m.Result.Message, ok = twoTexts(body[4:]); !ok {
 			return ErrLength
 		}
-		m.Result.Plugin = body[6 : 6+dl]
-		rest := body[6+dl:]
-		wl := int(le.Uint16(rest))
-		if wl > MaxText || len(rest) != 2+wl {
-			return ErrLength
-		}
-		m.Result.Message = rest[2:]
 	default:
 		return ErrType
 	}
 	return nil
+}
+
+// twoTexts splits b, "len u16 | first | len u16 | second" and nothing
+// after, into its two strings (each at most MaxText).
+func twoTexts(b []byte) (first, second []byte, ok bool) {
+	if len(b) < 2 {
+		return nil, nil, false
+	}
+	n := int(le.Uint16(b))
+	if n > MaxText || len(b) < 2+n+2 {
+		return nil, nil, false
+	}
+	first, rest := b[2:2+n], b[2+n:]
+	n = int(le.Uint16(rest))
+	if n > MaxText || len(rest) != 2+n {
+		return nil, nil, false
+	}
+	return first, rest[2:], true
 }
 
 // PutHeader writes a header into b.
