@@ -269,17 +269,7 @@ func TestLargePathAllocatesNothing(t *testing.T) {
 	dpA, dpB := loopbackPlugin(t), loopbackPlugin(t)
 	defer dpA.Close()
 	defer dpB.Close()
-	rtA := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Peers: []netip.AddrPort{dpB.LocalAddr()}}})
-	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Peers: []netip.AddrPort{dpA.LocalAddr()}}})
-	chans := []uint32{5}
-	rtA.remote.peerList()[0].channels.Store(&chans)
-	sink := &countEndpoint{}
-	sb := rtB.OpenSession(sink, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{})
-	sb.CreateSink(stb.ID, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	rtA, rtB, src, sink := steppedPair(dpA, dpB, nil)
 	rx, st := rtB.remote.newReceiveState(0), rtA.remote.dps[0]
 	pkts := make([]wire.Packet, 1)
 	payload := bigMessage(1, DefaultMaxMessage)

@@ -624,23 +624,32 @@ func (c *countEndpoint) deliver(*Sink, uint64, uint64, []byte) bool { c.n.Add(1)
 func (c *countEndpoint) String() string                             { return "count" }
 func (c *countEndpoint) sessionClosed(*Session)                     {}
 
+// steppedPair makes runtime A (node 1, on dpA) with a source on channel
+// 5 and runtime B (node 2, on dpB) with a counting sink on it, A knowing
+// of B's sink already; neither runs: a test steps the datagrams through
+// by hand. key is the fleet key (nil: none).
+func steppedPair(dpA, dpB Datapath, key []byte) (rtA, rtB *Runtime, src *Source, sink *countEndpoint) {
+	rtA = NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Key: key, Peers: []netip.AddrPort{dpB.LocalAddr()}}})
+	rtB = NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Key: key, Peers: []netip.AddrPort{dpA.LocalAddr()}}})
+	chans := []uint32{5}
+	rtA.remote.peerList()[0].channels.Store(&chans)
+	sink = &countEndpoint{}
+	sb := rtB.OpenSession(sink, netip.AddrPort{})
+	stb, _ := sb.CreateStream(StreamOptions{})
+	sb.CreateSink(stb.ID, 5)
+	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
+	sta, _ := sa.CreateStream(StreamOptions{})
+	src, _ = sa.CreateSource(sta.ID, 5)
+	return rtA, rtB, src, sink
+}
+
 // The authenticated path does not allocate per message: emit, seal on the
 // sender, open, replay check and delivery on the receiver.
 func TestAuthenticatedPathDoesNotAllocate(t *testing.T) {
 	dpA, dpB := openUDP(t, nil, "127.0.0.1:0"), openUDP(t, nil, "127.0.0.1:0")
 	defer dpA.Close()
 	defer dpB.Close()
-	rtA := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Key: testFleetKey, Peers: []netip.AddrPort{dpB.LocalAddr()}}})
-	rtB := NewRuntime(RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Key: testFleetKey, Peers: []netip.AddrPort{dpA.LocalAddr()}}})
-	chans := []uint32{5}
-	rtA.remote.peerList()[0].channels.Store(&chans)
-	sink := &countEndpoint{}
-	sb := rtB.OpenSession(sink, netip.AddrPort{})
-	stb, _ := sb.CreateStream(StreamOptions{})
-	sb.CreateSink(stb.ID, 5)
-	sa := rtA.OpenSession(&fakeEndpoint{}, netip.AddrPort{})
-	sta, _ := sa.CreateStream(StreamOptions{})
-	src, _ := sa.CreateSource(sta.ID, 5)
+	rtA, rtB, src, sink := steppedPair(dpA, dpB, testFleetKey)
 	seal, rx, st := rtA.remote.newSealer(), rtB.remote.newReceiveState(0), rtA.remote.dps[0]
 	pkts := make([]wire.Packet, 1)
 	payload := make([]byte, 256)
