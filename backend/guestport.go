@@ -299,6 +299,7 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 		st, err := s.CreateStream(StreamOptions{
 			Acceleration: m.Options.Acceleration != 0, Frugal: m.Options.ResourceUse != 0,
 			TimeSensitive: m.Options.TimeSensitive != 0, Reliable: m.Options.Reliable != 0,
+			Poll: m.Options.Consumption == guestproto.ConsumePoll,
 		})
 		if err != nil {
 			return errorResult(err)

@@ -142,6 +142,12 @@ type hostClient struct {
 	closed atomic.Bool  // set before the region goes: no delivery starts
 	active atomic.Int32 // deliveries in progress: the region stays while > 0
 
+	// polling: the session polls (poll.go): the daemon's polling thread
+	// drains the TX ring instead of drain, which waits on pollBack.
+	polling atomic.Bool
+	// pollBack is written by drain before it joins the poller.
+	pollBack chan struct{}
+
 	// TX side: the drain goroutine alone.
 	tx        shm.Consumer
 	done      shm.Producer
@@ -474,16 +480,21 @@ func (c *hostClient) wake() {
 }
 
 // drain takes the client's emitted messages off its TX ring until the
-// client goes.
+// client goes. While the session polls, the daemon's polling thread has
+// the ring (hostPoller) and drain waits for it back.
 func (c *hostClient) drain() {
 	defer close(c.drainDone)
 	wait := c.region.DaemonWaiting()
 	for !c.closed.Load() {
+		if c.polling.Load() {
+			pollThread.join(c)
+			continue
+		}
 		if c.drainOnce() > 0 {
 			continue
 		}
 		wait.Set()
-		if c.tx.Pending() {
+		if c.tx.Pending() || c.polling.Load() {
 			wait.Clear()
 			continue
 		}
@@ -491,6 +502,16 @@ func (c *hostClient) drain() {
 			return
 		}
 		wait.Clear()
+	}
+}
+
+// setPolling implements poller: the drain goroutine, asleep on txNote,
+// is woken to hand the ring to the polling thread (off: the thread hands
+// it back at its next round).
+func (c *hostClient) setPolling(on bool) {
+	c.polling.Store(on)
+	if on {
+		c.txNote.Signal()
 	}
 }
 
@@ -714,7 +735,8 @@ func (h *hostApps) info() HostAppsInfo {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for c := range h.clients {
-		ci := HostClientInfo{Name: c.name, Malformed: c.malformed.Load(), Wakeups: c.wakeups.Load(), Unsent: c.unsent.Load(), Tenant: c.tenant, UID: c.uid}
+		ci := HostClientInfo{Name: c.name, Malformed: c.malformed.Load(), Wakeups: c.wakeups.Load(), Unsent: c.unsent.Load(), Tenant: c.tenant, UID: c.uid,
+			Polling: c.polling.Load()}
 		if s := c.sess.Load(); s != nil {
 			ci.Session = s.ID
 			out.Sessions++

@@ -171,6 +171,10 @@ type Session struct {
 	sources cowMap[uint32, *Source]
 	// lastSeen is the monoNow time of the session's last message (touch).
 	lastSeen atomic.Int64
+	// polls counts the session's polling streams (poll.go).
+	//
+	// +checklocks:rt.mu
+	polls int // +checklocksignore
 }
 
 // Stream groups sources and sinks under one set of options and one
@@ -190,6 +194,9 @@ type Stream struct {
 	gate qosGate
 	// moving: a SetStreamQoS is under way (guarded by the runtime's mu).
 	moving bool
+	// polls: the stream made its session poll (poll.go); fixed at
+	// creation, as the consumption mode is (SetStreamQoS keeps it).
+	polls bool
 }
 
 // Source emits on a channel.
@@ -297,6 +304,8 @@ func (s *Session) CreateStream(opts StreamOptions) (*Stream, error) {
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
 	warn = joinWarnings(warn, unhonoured(opts, dp, r.scheduled())) // no option is ignored silently
 	st := &Stream{ID: r.newIDLocked(), Options: opts, Datapath: dp, Warning: warn, session: s, dpIndex: -1}
+	warn = joinWarnings(warn, s.startPollingLocked(st))
+	st.Warning = warn
 	if r.remote != nil {
 		st.dpIndex = r.remote.datapathIndex(dp)
 	}
@@ -436,6 +445,7 @@ func (s *Session) CloseStream(id uint32) error {
 	})
 	s.acct.release(limitSources, gone)
 	delete(s.streams, id)
+	s.stopPollingLocked(st)
 	s.acct.release(limitStreams, 1)
 	return nil
 }
@@ -456,6 +466,9 @@ func (s *Session) Close() {
 	s.acct.release(limitStreams, len(s.streams))
 	s.acct.release(limitSessions, 1)
 	s.sources.Clear()
+	for _, st := range s.streams {
+		s.stopPollingLocked(st)
+	}
 	s.streams = map[uint32]*Stream{}
 	delete(r.sessions, s.ID)
 	r.log.Debug("session closed", "session", s.ID, "endpoint", s.ep.String())

@@ -103,6 +103,7 @@ func (r *Runtime) SetStreamQoS(streamID uint32, opts StreamOptions) (StreamInfo,
 		r.mu.Unlock()
 		return StreamInfo{}, fmt.Errorf("stream %d: %w", streamID, ErrNotFound)
 	}
+	opts.Poll = st.Options.Poll // the consumption mode is the stream's from its creation (poll.go)
 	dp, warn := r.opts.Policy.Choose(opts, r.opts.Datapaths)
 	if !slices.Contains(r.opts.Datapaths, dp) {
 		r.mu.Unlock()

@@ -76,6 +76,12 @@ type StreamOptions struct {
 	TimeSensitive bool `json:"time_sensitive"`
 	// Reliable asks for reliable, in-order delivery.
 	Reliable bool `json:"reliable"`
+	// Poll is INSANE's consumption=poll: the session that holds the
+	// stream spins on its shared-memory rings at both ends (the
+	// application's guestlib and a daemon polling thread), with no
+	// wake-ups. TimeSensitive implies it. Host transport only; fixed at
+	// the stream's creation.
+	Poll bool `json:"poll,omitempty"`
 }
 
 // StreamInfo is what velocectl streams shows for a stream. Field names
@@ -174,6 +180,9 @@ type HostClientInfo struct {
 	Tenant string `json:"tenant,omitempty"`
 	// UID is the application's user id (SO_PEERCRED).
 	UID uint32 `json:"uid"`
+	// Polling: the session has a polling stream (StreamOptions.Poll or
+	// TimeSensitive): a daemon thread spins on its rings.
+	Polling bool `json:"polling"`
 }
 
 // RemoteInfo is the daemon's view of other hosts: its datapaths and peers.

@@ -701,6 +701,13 @@ type StreamOptions struct {
 	TimeSensitive bool
 	// Reliable asks for reliable, in-order delivery.
 	Reliable bool
+	// Poll is INSANE's consumption=poll: while the stream is open, its
+	// session spins on the shared rings at both ends instead of sleeping
+	// (the lowest latency, a core kept busy on each side).
+	// TimeSensitive implies it. Host transport only (on the virtio
+	// transport the stream gets a warning). A daemon older than Poll
+	// refuses a stream that asks for it.
+	Poll bool
 }
 
 // Stream is a set of channels sharing options and a datapath.
@@ -720,6 +727,8 @@ type Stream struct {
 	events chan StreamEvent
 	mu     sync.Mutex
 	cur    StreamEvent // +checklocks:mu
+	// polls: the stream makes its host session poll (poll.go).
+	polls atomic.Bool
 }
 
 func b2u(b bool) uint8 {
@@ -732,11 +741,16 @@ func b2u(b bool) uint8 {
 // CreateStream opens a stream; check Warning for a fallback.
 func (s *Session) CreateStream(ctx context.Context, o StreamOptions) (*Stream, error) {
 	r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream},
-		Options: guestproto.StreamOptions{Acceleration: b2u(o.Acceleration), ResourceUse: b2u(o.Frugal), TimeSensitive: b2u(o.TimeSensitive), Reliable: b2u(o.Reliable)}})
+		Options: guestproto.StreamOptions{Acceleration: b2u(o.Acceleration), ResourceUse: b2u(o.Frugal), TimeSensitive: b2u(o.TimeSensitive), Reliable: b2u(o.Reliable),
+			Consumption: b2u(o.Poll) * guestproto.ConsumePoll}})
 	if err != nil {
 		return nil, err
 	}
 	st := &Stream{s: s, id: r.id, Datapath: r.plugin, Warning: r.message, events: make(chan StreamEvent, streamEvents)}
+	if s.host != nil && (o.Poll || o.TimeSensitive) {
+		st.polls.Store(true)
+		s.host.startPolling()
+	}
 	st.cur = StreamEvent{Datapath: r.plugin, Warning: r.message}
 	s.mu.Lock()
 	if s.streams == nil {
@@ -802,6 +816,9 @@ func (st *Stream) ID() uint32 { return st.id }
 // Close closes the stream with its sources and sinks.
 func (st *Stream) Close(ctx context.Context) error {
 	_, err := st.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseStream}, ID: st.id})
+	if st.polls.CompareAndSwap(true, false) {
+		st.s.host.stopPolling()
+	}
 	return err
 }
 
@@ -1073,8 +1090,12 @@ func (sk *Sink) push(m *Message) {
 	}
 }
 
-// Consume waits for the next message.
+// Consume waits for the next message. On a polling session (Poll) it
+// spins instead of sleeping.
 func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
+	if h := sk.s.host; h != nil && h.polling.Load() > 0 {
+		return sk.consumePoll(ctx, h)
+	}
 	select {
 	case m, ok := <-sk.queue:
 		if !ok {

@@ -54,6 +54,14 @@ type hostShm struct {
 	waiters atomic.Int32
 	waitMu  sync.Mutex
 	waitCh  chan struct{} // +checklocks:waitMu
+
+	// Polling (poll.go). rxPoll makes one goroutine at a time the RX
+	// ring's consumer: the receive goroutine, or a polling Consume.
+	rxPoll    sync.Mutex
+	polling   atomic.Int32 // the session's polling streams
+	consumers atomic.Int32 // polling Consumes under way
+	// lastConsume is when (unix ns) the last polling Consume returned.
+	lastConsume atomic.Int64
 }
 
 // newHostShm maps the region and eventfds that came with the reply to
@@ -265,22 +273,40 @@ func (h *hostShm) releaseRX(slot uint32) {
 
 // receive takes delivered messages off the RX ring and hands them to
 // their sinks, until the session closes. It sleeps on the RX eventfd as
-// soon as the ring is empty, after raising its flag.
+// soon as the ring is empty, after raising its flag; while the session
+// polls it spins instead (poll.go), or, while a polling Consume drives
+// the ring, waits for it to finish.
 func (h *hostShm) receive(s *Session) {
 	defer s.wg.Done()
 	wait := h.region.AppWaitingRX()
+	idle := 0
 	for {
 		if h.waiters.Load() > 0 {
 			h.wakeTXWaiters()
 		}
-		if h.receiveOnce(s) > 0 {
+		if h.polling.Load() > 0 && h.consumeDrives() {
+			time.Sleep(consumeGrace / 4) // a Consume has the ring
+			if h.stopped.Load() {
+				return
+			}
+			continue
+		}
+		h.rxPoll.Lock()
+		n := h.receiveOnce(s)
+		h.rxPoll.Unlock()
+		if n > 0 {
+			idle = 0
 			continue
 		}
 		if h.stopped.Load() {
 			return
 		}
+		if h.polling.Load() > 0 {
+			pollIdle(&idle)
+			continue
+		}
 		wait.Set()
-		if h.rx.Pending() {
+		if h.rx.Pending() || h.polling.Load() > 0 {
 			wait.Clear()
 			continue
 		}
@@ -291,6 +317,9 @@ func (h *hostShm) receive(s *Session) {
 	}
 }
 
+// receiveOnce hands what the RX ring holds to the sinks.
+//
+// +checklocks:h.rxPoll
 func (h *hostShm) receiveOnce(s *Session) uint32 {
 	n, ok := h.rx.Available()
 	if !ok {

@@ -29,13 +29,13 @@ malformed, wakeups, and clients, a list with one object per application.`,
 			return a.print(info, func(tw io.Writer, wide bool) {
 				head := "CLIENT\tSESSION\tREGION\tTX SLOTS\tRX SLOTS\tRX WITH APP\tMALFORMED\tWAKEUPS"
 				if wide {
-					head += "\tUNSENT REPLIES"
+					head += "\tUNSENT REPLIES\tPOLLING"
 				}
 				fmt.Fprintln(tw, head)
 				for _, c := range info.Clients {
 					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d", c.Name, c.Session, c.RegionBytes, c.TXSlots, c.RXSlots, c.RXWithApp, c.Malformed, c.Wakeups)
 					if wide {
-						fmt.Fprintf(tw, "\t%d", c.Unsent)
+						fmt.Fprintf(tw, "\t%d\t%v", c.Unsent, c.Polling)
 					}
 					fmt.Fprintln(tw)
 				}

@@ -133,7 +133,16 @@ type StreamOptions struct {
 	TimeSensitive uint8
 	// Reliable: 0 best effort, 1 reliable in order.
 	Reliable uint8
+	// Consumption: 0 wake-ups (the session sleeps on its eventfds when
+	// idle), 1 poll (INSANE's consumption=poll: the session's rings are
+	// spun on at both ends, with no wake-up). A fifth body byte, sent
+	// only when not 0, so a CreateStream without it is what daemons
+	// before it parse.
+	Consumption uint8
 }
+
+// ConsumePoll is StreamOptions.Consumption's polling mode.
+const ConsumePoll = 1
 
 // Status is a reply's or outcome's status code.
 type Status uint16
@@ -232,10 +241,13 @@ func Parse(b []byte, m *Message) error {
 	case OpenSession, CloseSession, Ping:
 		return exact(0)
 	case CreateStream:
-		if err := exact(4); err != nil {
-			return err
+		if len(body) != 4 && len(body) != 5 {
+			return ErrLength
 		}
-		m.Options = StreamOptions{body[0], body[1], body[2], body[3]}
+		m.Options = StreamOptions{Acceleration: body[0], ResourceUse: body[1], TimeSensitive: body[2], Reliable: body[3]}
+		if len(body) == 5 {
+			m.Options.Consumption = body[4]
+		}
 	case CloseStream, CloseSource, CloseSink:
 		if err := exact(4); err != nil {
 			return err
@@ -332,8 +344,11 @@ func PutRequest(b []byte, m *Message) (int, error) {
 	switch m.Type {
 	case OpenSession, CloseSession, Ping:
 	case CreateStream:
-		tmp[0], tmp[1], tmp[2], tmp[3] = m.Options.Acceleration, m.Options.ResourceUse, m.Options.TimeSensitive, m.Options.Reliable
+		tmp[0], tmp[1], tmp[2], tmp[3], tmp[4] = m.Options.Acceleration, m.Options.ResourceUse, m.Options.TimeSensitive, m.Options.Reliable, m.Options.Consumption
 		body = tmp[:4]
+		if m.Options.Consumption != 0 {
+			body = tmp[:5]
+		}
 	case CloseStream, CloseSource, CloseSink:
 		le.PutUint32(tmp[:], m.ID)
 		body = tmp[:4]

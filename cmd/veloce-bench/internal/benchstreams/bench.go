@@ -121,9 +121,13 @@ type Result struct {
 	RawRTT    Latency `json:"raw_rtt"`
 	VeloceRTT Latency `json:"veloce_rtt"`
 	// OverheadUS is the median RTT of Veloce minus raw UDP's.
-	OverheadUS float64    `json:"overhead_us"`
-	RawTput    Throughput `json:"raw_throughput"`
-	VeloceTput Throughput `json:"veloce_throughput"`
+	OverheadUS float64 `json:"overhead_us"`
+	// PollRTT is VeloceRTT with polling sessions (StreamOptions.Poll),
+	// PollOverheadUS its median minus raw UDP's.
+	PollRTT        Latency    `json:"veloce_poll_rtt"`
+	PollOverheadUS float64    `json:"poll_overhead_us"`
+	RawTput        Throughput `json:"raw_throughput"`
+	VeloceTput     Throughput `json:"veloce_throughput"`
 	// Ratio is Veloce's throughput over raw UDP's.
 	Ratio       float64     `json:"ratio"`
 	VeloceDrops VeloceDrops `json:"veloce_drops"`
@@ -145,8 +149,9 @@ type SinkResult struct {
 // LocalResult is the Veloce ping-pong with both applications on daemon A:
 // unix sockets and one daemon, no datapath, no veth.
 type LocalResult struct {
-	Size int     `json:"size"`
-	RTT  Latency `json:"veloce_rtt"`
+	Size    int     `json:"size"`
+	RTT     Latency `json:"veloce_rtt"`
+	PollRTT Latency `json:"veloce_poll_rtt"`
 }
 
 // Report is the whole run.
@@ -207,12 +212,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if cfg.ProfileDir != "" && contains(cfg.ProfileSizes, size) {
 			profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("streams-veloce-rtt-%d.pprof", size))
 		}
-		if r.VeloceRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, profile); err != nil {
+		if r.VeloceRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, false, profile); err != nil {
 			return rep, fmt.Errorf("veloce rtt %d B: %w", size, err)
 		}
 		r.Profile = profile
 		r.OverheadUS = benchutil.Round2(r.VeloceRTT.MedianUS - r.RawRTT.MedianUS)
-		fmt.Fprintf(log, " %.1f µs; raw tput", r.VeloceRTT.MedianUS)
+		fmt.Fprintf(log, " %.1f µs, polling", r.VeloceRTT.MedianUS)
+		if r.PollRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, true, ""); err != nil {
+			return rep, fmt.Errorf("veloce rtt with polling sessions %d B: %w", size, err)
+		}
+		r.PollOverheadUS = benchutil.Round2(r.PollRTT.MedianUS - r.RawRTT.MedianUS)
+		fmt.Fprintf(log, " %.1f µs; raw tput", r.PollRTT.MedianUS)
 		if r.RawTput, err = b.rawThroughput(ctx, size); err != nil {
 			return rep, fmt.Errorf("raw throughput %d B: %w", size, err)
 		}
@@ -230,12 +240,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if !cfg.NoLocal {
 		size := cfg.Sizes[0]
 		fmt.Fprintf(log, "%4d B: veloce rtt, both applications on daemon A", size)
-		l, err := b.veloceRTT(ctx, ds.sockA, ds.sockA, size, "")
+		l, err := b.veloceRTT(ctx, ds.sockA, ds.sockA, size, false, "")
 		if err != nil {
 			return rep, fmt.Errorf("veloce rtt on one daemon, %d B: %w", size, err)
 		}
-		fmt.Fprintf(log, " %.1f µs\n", l.MedianUS)
-		rep.Local = &LocalResult{Size: size, RTT: l}
+		lp, err := b.veloceRTT(ctx, ds.sockA, ds.sockA, size, true, "")
+		if err != nil {
+			return rep, fmt.Errorf("veloce rtt on one daemon with polling sessions, %d B: %w", size, err)
+		}
+		fmt.Fprintf(log, " %.1f µs, polling %.1f µs\n", l.MedianUS, lp.MedianUS)
+		rep.Local = &LocalResult{Size: size, RTT: l, PollRTT: lp}
 	}
 	for _, n := range cfg.SinkCounts {
 		sr := SinkResult{Sinks: n, Size: cfg.SinkSize}
@@ -274,20 +288,21 @@ func contains(xs []int, x int) bool {
 // WriteTable prints the report's tables.
 func WriteTable(w io.Writer, rep *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "SIZE\tRAW RTT µs\t(p99)\tVELOCE RTT µs\t(p99)\tOVERHEAD µs\tRAW Mmsg/s\tVELOCE Mmsg/s\tRATIO\tLOST raw/veloce\t")
+	fmt.Fprintln(tw, "SIZE\tRAW RTT µs\t(p99)\tVELOCE RTT µs\t(p99)\tOVERHEAD µs\tPOLLING RTT µs\t(p99)\tOVERHEAD µs\tRAW Mmsg/s\tVELOCE Mmsg/s\tRATIO\tLOST raw/veloce\t")
 	for _, r := range rep.Results {
-		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%d/%d\t\n", r.Size, r.RawRTT.MedianUS, r.RawRTT.P99US,
-			r.VeloceRTT.MedianUS, r.VeloceRTT.P99US, r.OverheadUS, r.RawTput.Mmsgs, r.VeloceTput.Mmsgs, r.Ratio, r.RawTput.Lost, r.VeloceTput.Lost)
+		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%d/%d\t\n", r.Size, r.RawRTT.MedianUS, r.RawRTT.P99US,
+			r.VeloceRTT.MedianUS, r.VeloceRTT.P99US, r.OverheadUS, r.PollRTT.MedianUS, r.PollRTT.P99US, r.PollOverheadUS,
+			r.RawTput.Mmsgs, r.VeloceTput.Mmsgs, r.Ratio, r.RawTput.Lost, r.VeloceTput.Lost)
 	}
 	for _, s := range rep.Sinks {
-		fmt.Fprintf(tw, "%d, %d sink%s\t-\t-\t-\t-\t-\t%.3f\t%.3f\t%.2f\t-/%d\t\n", s.Size, s.Sinks, plural(s.Sinks), s.RawMmsgs, s.Tput.Mmsgs, s.Ratio, s.Tput.Lost)
+		fmt.Fprintf(tw, "%d, %d sink%s\t-\t-\t-\t-\t-\t-\t-\t-\t%.3f\t%.3f\t%.2f\t-/%d\t\n", s.Size, s.Sinks, plural(s.Sinks), s.RawMmsgs, s.Tput.Mmsgs, s.Ratio, s.Tput.Lost)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	if l := rep.Local; l != nil {
-		fmt.Fprintf(w, "Veloce RTT with both applications on one daemon (host transport only, no datapath), %d B: %.1f µs (p99 %.1f)\n",
-			l.Size, l.RTT.MedianUS, l.RTT.P99US)
+		fmt.Fprintf(w, "Veloce RTT with both applications on one daemon (host transport only, no datapath), %d B: %.1f µs (p99 %.1f); polling sessions %.1f µs (p99 %.1f)\n",
+			l.Size, l.RTT.MedianUS, l.RTT.P99US, l.PollRTT.MedianUS, l.PollRTT.P99US)
 	}
 	if len(rep.Sinks) > 0 {
 		fmt.Fprintln(w, "Sinks rows: Veloce Mmsg/s is per sink (each in its own session); all deliveries:")

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -125,7 +126,16 @@ func emitSize(ctx context.Context, src *guestlib.Source, size int) error {
 // channel 2; A consumes it. With sockA == sockB both applications are on
 // one daemon and no datapath is involved. With profile set, a CPU profile of the measured round trips goes
 // there.
-func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, profile string) (Latency, error) {
+func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, poll bool, profile string) (Latency, error) {
+	if poll {
+		// The applications and daemons share this process, and each
+		// polling goroutine (the daemons' polling thread, both
+		// applications' Consumes) keeps a P busy: with no P idle the Go
+		// netpoller, which the kernel-UDP datapath waits on, is polled
+		// only by sysmon, every 10 ms. Separate processes each keep a P
+		// idle; give this one as many more Ps as it has spinners.
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.NumCPU() + 3))
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sa, err := open(ctx, sockA)
@@ -138,7 +148,7 @@ func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, pr
 		return Latency{}, err
 	}
 	defer sb.Close()
-	stA, err := sa.CreateStream(ctx, guestlib.StreamOptions{})
+	stA, err := sa.CreateStream(ctx, guestlib.StreamOptions{Poll: poll})
 	if err != nil {
 		return Latency{}, err
 	}
@@ -150,7 +160,7 @@ func (b *bench) veloceRTT(ctx context.Context, sockA, sockB string, size int, pr
 	if err != nil {
 		return Latency{}, err
 	}
-	stB, err := sb.CreateStream(ctx, guestlib.StreamOptions{})
+	stB, err := sb.CreateStream(ctx, guestlib.StreamOptions{Poll: poll})
 	if err != nil {
 		return Latency{}, err
 	}

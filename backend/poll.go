@@ -1,0 +1,163 @@
+package backend
+
+// Polling sessions (issue 14, item 1). A stream created with Poll
+// (INSANE's consumption=poll) or TimeSensitive makes its session poll:
+// on the host transport, the daemon's polling thread spins on the
+// application's TX ring, never raising its waiting flag, so the application's Emit writes no
+// eventfd; guestlib spins on the RX ring likewise, so the daemon's
+// deliveries write none either. A message then crosses each hop with no
+// system call and no scheduler wake-up. The session stops polling when
+// its last polling stream closes. Each polling session costs one core
+// on the application's side while it lives, and the daemon's one
+// polling thread (hostPoller) serves every polling session; sessions
+// that do not poll sleep on their eventfds and cost nothing when idle.
+//
+// The virtio transport has no rings the daemon and the guest application
+// share (the guest kernel's socket sits between them): a polling stream
+// there carries a warning, and the guest's guestlib spins on nothing.
+
+import (
+	"runtime"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller is an endpoint that can poll a session's rings.
+type poller interface {
+	// setPolling switches the endpoint's session to polling (true) or
+	// back to wake-ups. It must not block: it runs under the runtime's
+	// lock.
+	setPolling(on bool)
+}
+
+// pollsFor reports whether opts make a session poll.
+func pollsFor(opts StreamOptions) bool { return opts.Poll || opts.TimeSensitive }
+
+// startPollingLocked makes s poll for st if st's options ask for it, and
+// returns a warning when s's endpoint cannot poll.
+//
+// +checklocks:s.rt.mu
+func (s *Session) startPollingLocked(st *Stream) string {
+	if !pollsFor(st.Options) {
+		return ""
+	}
+	p, ok := s.ep.(poller)
+	if !ok {
+		if !st.Options.Poll {
+			return "" // TimeSensitive alone: polling is only implied
+		}
+		return "poll: the virtio transport has no rings shared with the daemon to poll; the session is woken as usual"
+	}
+	st.polls = true
+	s.polls++
+	if s.polls == 1 {
+		p.setPolling(true)
+	}
+	return ""
+}
+
+// stopPollingLocked undoes startPollingLocked for st, which is leaving s.
+//
+// +checklocks:s.rt.mu
+func (s *Session) stopPollingLocked(st *Stream) {
+	if !st.polls {
+		return
+	}
+	st.polls = false
+	s.polls--
+	if s.polls == 0 {
+		s.ep.(poller).setPolling(false)
+	}
+}
+
+// hostPoller is the polling thread for the host transport's polling
+// sessions: one goroutine per process (every daemon in it shares it:
+// pollThread) that drains every polling client's TX ring in turn. It
+// runs while at least one client polls. It is not locked to an OS
+// thread: a locked goroutine that spins holds its P, and two of them
+// (two daemons in one test process, GOMAXPROCS 2) left no P for the
+// rest of the process until preemption, 10 ms later; on an empty round
+// it yields instead, so a P is shared with what else is runnable and
+// the goroutine spins alone when nothing is. A client's drain goroutine hands its ring over (join)
+// and waits until the poller hands it back (the client stopped polling
+// or is closing), so each ring has one consumer at any time.
+type hostPoller struct {
+	mu      sync.Mutex
+	clients []*hostClient // +checklocks:mu
+	running bool          // +checklocks:mu
+}
+
+// join hands c's TX ring to the poller and returns once it is handed
+// back; the caller is c's drain goroutine.
+func (p *hostPoller) join(c *hostClient) {
+	back := make(chan struct{})
+	c.pollBack = back
+	p.mu.Lock()
+	p.clients = append(p.clients, c)
+	if !p.running {
+		p.running = true
+		go p.run()
+	}
+	p.mu.Unlock()
+	<-back
+}
+
+// run is the polling thread.
+func (p *hostPoller) run() {
+	var cs []*hostClient
+	idle := 0
+	for {
+		p.mu.Lock()
+		cs = append(cs[:0], p.clients...)
+		p.mu.Unlock()
+		work := 0
+		for _, c := range cs {
+			if c.closed.Load() || !c.polling.Load() {
+				p.leave(c)
+				continue
+			}
+			work += c.drainOnce()
+		}
+		if work > 0 {
+			idle = 0
+			continue
+		}
+		p.mu.Lock()
+		if len(p.clients) == 0 {
+			p.running = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		spinIdle(&idle)
+	}
+}
+
+// pollThread is the process's polling thread.
+var pollThread hostPoller
+
+// spinIdle is one empty polling round: it lets other goroutines run and,
+// every 16th round, other threads on this CPU (a machine with fewer
+// cores than spinners), for one system call when there are none.
+func spinIdle(idle *int) {
+	if *idle++; *idle%16 == 0 {
+		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		return
+	}
+	runtime.Gosched()
+}
+
+// leave takes c off the poller and hands its ring back.
+func (p *hostPoller) leave(c *hostClient) {
+	p.mu.Lock()
+	for i, x := range p.clients {
+		if x == c {
+			p.clients = slices.Delete(p.clients, i, i+1)
+			break
+		}
+	}
+	p.mu.Unlock()
+	close(c.pollBack)
+}
