@@ -241,7 +241,7 @@ func Parse(b []byte, m *Message) error {
 	case OpenSession, CloseSession, Ping:
 		return exact(0)
 	case CreateStream:
-		if len(body) != 4 && len(body) != 5 {
+		if len(body) != 4 && (len(body) != 5 || body[4] == 0) { // the fifth byte only when not 0: one encoding
 			return ErrLength
 		}
 		m.Options = StreamOptions{Acceleration: body[0], ResourceUse: body[1], TimeSensitive: body[2], Reliable: body[3]}

@@ -147,7 +147,7 @@ func TestNoAllocations(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	b := make([]byte, 256)
-	for _, m := range []Message{{Header: Header{Type: CreateStream}}, {Header: Header{Type: CreateSink}, Stream: 1, Channel: 2}} {
+	for _, m := range []Message{{Header: Header{Type: CreateStream}}, {Header: Header{Type: CreateStream}, Options: StreamOptions{Consumption: ConsumePoll}}, {Header: Header{Type: CreateSink}, Stream: 1, Channel: 2}} {
 		n, _ := PutRequest(b, &m)
 		f.Add(append([]byte(nil), b[:n]...))
 	}
