@@ -130,6 +130,7 @@ bench: deps build
 	$(BIN)/veloce-bench streams
 	$(BIN)/veloce-bench tsn
 	$(BIN)/veloce-bench dpdk
+	$(BIN)/veloce-bench dpdk --poll --paths raw,dpdk
 	$(BIN)/veloce-bench rdma
 	$(BIN)/veloce-bench xdp
 	$(BIN)/veloce-bench migrate

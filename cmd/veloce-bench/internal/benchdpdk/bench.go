@@ -93,6 +93,8 @@ type Config struct {
 	GOMAXPROCS int
 	// SpinIdle and MaxSleep of the DPDK plugins; 0: the plugin's defaults.
 	SpinIdle, MaxSleep time.Duration
+	// Poll: the applications use polling sessions (StreamOptions.Poll).
+	Poll bool
 	// Paths are the paths to measure, of PathRaw, PathDPDK and PathUDP;
 	// default all three.
 	Paths []string
@@ -179,6 +181,7 @@ type Report struct {
 	Notes       []string `json:"notes"`
 	CPUs        int      `json:"cpus"`
 	GOMAXPROCS  int      `json:"gomaxprocs"`
+	Poll        bool     `json:"polling_sessions"`
 	CPUA        int      `json:"cpu_a"`
 	CPUB        int      `json:"cpu_b"`
 	RoundTrips  int      `json:"round_trips"`
@@ -209,7 +212,7 @@ var notes = []string{
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	start := time.Now()
-	rep := &Report{Benchmark: "dpdk", Notes: notes, CPUs: runtime.NumCPU(), GOMAXPROCS: cfg.GOMAXPROCS, CPUA: cfg.CPUA, CPUB: cfg.CPUB,
+	rep := &Report{Benchmark: "dpdk", Notes: notes, CPUs: runtime.NumCPU(), GOMAXPROCS: cfg.GOMAXPROCS, Poll: cfg.Poll, CPUA: cfg.CPUA, CPUB: cfg.CPUB,
 		RoundTrips: cfg.RoundTrips, Warmup: cfg.Warmup, Windows: cfg.Windows, Seconds: cfg.Duration.Seconds(), MTU: LinkMTU,
 		LoadBefore: loadAverage(), Paths: cfg.Paths, PluginSpin: orDefault(cfg.SpinIdle, dpdkplug.DefaultSpinIdle),
 		PluginSleep: orDefault(cfg.MaxSleep, dpdkplug.DefaultMaxSleep)}
@@ -316,7 +319,7 @@ func measureRaw(ctx context.Context, cfg *Config, h *hosts, size int, out *Path,
 
 func measureVeloce(ctx context.Context, cfg *Config, h *hosts, kind string, size int, out *Path, sleeps *[2]uint64, profile string, log io.Writer) (err error) {
 	r, err := startRig(ctx, h, rigOptions{kind: kind, cpuA: cfg.CPUA, cpuB: cfg.CPUB, directoryInterval: 50 * time.Millisecond,
-		spinIdle: cfg.SpinIdle, maxSleep: cfg.MaxSleep})
+		spinIdle: cfg.SpinIdle, maxSleep: cfg.MaxSleep, poll: cfg.Poll})
 	if err != nil {
 		return err
 	}
@@ -374,6 +377,9 @@ func WriteTable(w io.Writer, rep *Report) error {
 	fmt.Fprintf(w, "dpdk: (a) raw DPDK, (b) Veloce on DPDK, (c) Veloce on kernel UDP: ping-pong and one-way throughput\n")
 	fmt.Fprintf(w, "over one veth (MTU %d) between two network namespaces; pollers on CPUs %d and %d, GOMAXPROCS %d of %d CPUs\n",
 		rep.MTU, rep.CPUA, rep.CPUB, rep.GOMAXPROCS, rep.CPUs)
+	if rep.Poll {
+		fmt.Fprintln(w, "applications of (b) and (c) use polling sessions (StreamOptions.Poll): no wake-ups between them and their daemons")
+	}
 	fmt.Fprintf(w, "\nRTT µs: median and p99 of up to %d round trips after %d warm-up (one message in flight)\n", rep.RoundTrips, rep.Warmup)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "SIZE\t(a) RAW\tp99\t(b) VELOCE DPDK\tp99\t(c) VELOCE UDP\tp99\t(b)-(a)\tLOST a/b/c\t")
@@ -495,7 +501,7 @@ func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, r
 const usage = `usage: veloce-bench dpdk [--sizes 64,256,512,1024,1400] [--windows 32,256]
                          [--round-trips 5000] [--warmup 500] [--max-rtt-time 2s]
                          [--duration 500ms] [--warm 100ms] [--cpus 0,1] [--gomaxprocs N]
-                         [--spin-idle D] [--max-sleep D] [--paths raw,dpdk,udp]
+                         [--spin-idle D] [--max-sleep D] [--paths raw,dpdk,udp] [--poll]
                          [--cpuprofile DIR] [--profile-sizes 64] [-o table|json] [-v]
 
 Ping-pong RTT and one-way throughput per message size over one veth
@@ -527,11 +533,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	profileSizes := fs.String("profile-sizes", "64", "message sizes to profile (with --cpuprofile)")
 	output := fs.String("o", "table", "output format: table or json")
 	verbose := fs.Bool("v", false, "progress lines on stderr")
+	poll := fs.Bool("poll", false, "applications of (b) and (c) use polling sessions (StreamOptions.Poll)")
 	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
 	}
 	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Warm: *warm, Duration: *dur, GOMAXPROCS: *procs,
-		SpinIdle: *spin, MaxSleep: *sleep, ProfileDir: *profileDir}
+		SpinIdle: *spin, MaxSleep: *sleep, ProfileDir: *profileDir, Poll: *poll}
 	if *verbose {
 		cfg.Log = stderr
 	}

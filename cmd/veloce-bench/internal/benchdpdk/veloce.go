@@ -92,6 +92,7 @@ func (r *rig) stampSend(b bool) func(pkts []wire.Packet) {
 // "dpdk" or "udp".
 type rig struct {
 	kind       string
+	poll       bool
 	dA, dB     *backend.Daemon
 	dpA, dpB   *dpdkplug.Plugin // kind dpdk
 	dir        string           // the daemons' sockets
@@ -114,13 +115,15 @@ type rigOptions struct {
 	cpuA, cpuB         int
 	directoryInterval  time.Duration
 	spinIdle, maxSleep time.Duration
+	// poll: the applications' streams poll (StreamOptions.Poll).
+	poll bool
 }
 
 // startRig opens both datapaths inside their namespaces, starts the
 // daemons, connects the applications, and waits until a ping gets its
 // pong (both directories known, ARP resolved).
 func startRig(ctx context.Context, h *hosts, o rigOptions) (*rig, error) {
-	r := &rig{kind: o.kind, counted: benchutil.NewProgress(), probe: make(chan struct{}, 1), errs: make(chan error, 2)}
+	r := &rig{kind: o.kind, poll: o.poll, counted: benchutil.NewProgress(), probe: make(chan struct{}, 1), errs: make(chan error, 2)}
 	r.echo.Store(true)
 	var optsA, optsB backend.RemoteOptions
 	var closeDP func()
@@ -231,7 +234,7 @@ func (r *rig) sessions(ctx context.Context) (err error) {
 	if r.sB, err = connect(ctx, filepath.Join(r.dir, "app-b.sock")); err != nil {
 		return err
 	}
-	opts := guestlib.StreamOptions{Acceleration: r.kind == "dpdk"}
+	opts := guestlib.StreamOptions{Acceleration: r.kind == "dpdk", Poll: r.poll}
 	stA, err := r.sA.CreateStream(ctx, opts)
 	if err != nil {
 		return err
