@@ -128,6 +128,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 			po.Name = fmt.Sprintf("%s-%d", po.Name, i)
 		}
 		if sockets[po.Socket] {
+			for _, p := range d.ports {
+				p.Close()
+			}
 			return nil, fmt.Errorf("port %s: socket %s given twice", po.Name, po.Socket)
 		}
 		names[po.Name], sockets[po.Socket] = true, true
@@ -145,6 +148,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		withDeviceState(&po, opts.Migration.Key)
 		p, err := NewPort(po)
 		if err != nil {
+			for _, p := range d.ports { // their sockets listen already
+				p.Close()
+			}
 			return nil, fmt.Errorf("port %s: %w", po.Name, err)
 		}
 		d.ports = append(d.ports, p)

@@ -204,6 +204,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 		opts.Runtime.Remote.Schedule = sched
 	}
 	udpPort := uint16(dpdk.DefaultPort)
+	// The datapaths opened below (sockets, DPDK ports) are the daemon's
+	// once NewDaemon took them; an error before that closes them.
+	owned := false
+	defer func() {
+		if owned {
+			return
+		}
+		if dp := opts.Runtime.Remote.Datapath; dp != nil {
+			dp.Close()
+		}
+		for _, dp := range opts.Runtime.Remote.Accelerated {
+			dp.Close()
+		}
+	}()
 	if *listen != "" {
 		la, err := netip.ParseAddrPort(*listen)
 		if err != nil {
@@ -264,6 +278,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	if err != nil {
 		return err
 	}
+	owned = true
 	log.Info("veloced starting", "ports", len(opts.Ports), "control", *controlSock)
 	if err := d.Start(ctx); err != nil {
 		return inUseHint(err, map[string]string{*appSocket: "--app-socket", *controlSock: "--control"})

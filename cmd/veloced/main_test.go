@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -75,5 +78,31 @@ func TestNoDPDKFallsBackToUDP(t *testing.T) {
 	}
 	if log := stderr.String(); !strings.Contains(log, "DPDK datapath unavailable") {
 		t.Errorf("veloced did not warn that DPDK is unavailable:\n%s", log)
+	}
+}
+
+// A flag error found after --listen opened its UDP socket (a port given
+// twice, a tenant for no port) closes the socket: the address is free
+// for the next try, in the same process as in a test.
+func TestFlagErrorAfterListenFreesTheSocket(t *testing.T) {
+	for _, late := range [][]string{
+		{"--vhost-user", filepath.Join(t.TempDir(), "x.sock"), "--tenant", "y.sock=a"},
+		{"--vhost-user", "/tmp/veloce-twice.sock", "--vhost-user", "/tmp/veloce-twice.sock"},
+	} {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := c.LocalAddr().String()
+		c.Close()
+		args := append([]string{"--listen", addr, "--app-socket", "", "--control", filepath.Join(t.TempDir(), "c.sock")}, late...)
+		if err := run(context.Background(), args, io.Discard); err == nil {
+			t.Fatalf("%v: no error", args)
+		}
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
+			t.Fatalf("%v failed, and left %s taken: %v", late, addr, err)
+		}
+		c.Close()
 	}
 }
