@@ -162,6 +162,12 @@ type remote struct {
 	// local channels changed.
 	registry     atomic.Pointer[fleet.Registry]
 	fleetChanged chan struct{}
+	// fleetMu orders the channel sets handed to the registry
+	// (publishFleet, a migration's move: fleetdir.go); fleetHidden are
+	// the ports whose sinks arrived in a hand-off not yet committed,
+	// left out of the entry until the move.
+	fleetMu     sync.Mutex
+	fleetHidden map[*Port]bool // +checklocks:fleetMu
 
 	// boot is this daemon's boot id, random per start; it goes in every
 	// directory and authentication trailer.
@@ -282,7 +288,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.MaxMessage <= 0 {
 		opts.MaxMessage = DefaultMaxMessage
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), maxMessage: opts.MaxMessage,
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), fleetHidden: map[*Port]bool{}, maxMessage: opts.MaxMessage,
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
