@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/internal/fleet"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"github.com/veloce-io/veloce/internal/testutil"
 	"github.com/veloce-io/veloce/plugins/udp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // TestPeersFromEtcd: two runtimes without static peers, in the
