@@ -399,3 +399,67 @@ func FuzzCommitBody(f *testing.F) {
 		}
 	})
 }
+
+// TestMigrationMoveFallsBack: a destination without etcd cannot write the
+// move: the source's entry keeps the sink's channel through the forward
+// grace (its Leaving never saw a move) and drops it when its sessions
+// close at commit, and the destination's import and commit work as
+// without a fleet directory.
+func TestMigrationMoveFallsBack(t *testing.T) {
+	e := testutil.StartEtcd(t, nil, "127.0.0.1")
+	daemon := func(node uint32, etcd bool) *Daemon {
+		dir := t.TempDir()
+		dp, err := udp.New(udp.Options{Listen: netip.MustParseAddrPort("127.0.0.1:0")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ro := RemoteOptions{Datapath: dp}
+		if etcd {
+			ro.Etcd = &fleet.Options{Endpoints: []string{e.Endpoint}, Prefix: "/fb", TTL: 2 * time.Second, MinInterval: time.Millisecond}
+		}
+		d, err := NewDaemon(DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"),
+			Ports:     []PortOptions{{Name: "vm", Socket: filepath.Join(dir, "vm.sock")}},
+			Runtime:   RuntimeOptions{NodeID: node, SharedChannels: []uint32{5}, Remote: ro},
+			Migration: MigrationOptions{Key: testMigrationKey, Listen: "127.0.0.1:0", ForwardGrace: 100 * time.Millisecond, HandoffTimeout: time.Minute}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	src, dst := daemon(1, true), daemon(2, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srcLists := func() bool {
+		r, err := cli.Get(ctx, "/fb/nodes/1")
+		if err != nil || len(r.Kvs) != 1 {
+			return false
+		}
+		n, err := fleet.ParseNode(r.Kvs[0].Value)
+		return err == nil && slices.Contains(n.Channels, 5)
+	}
+	ps := src.port("vm")
+	guestState(t, src.rt, ps, guestCaller(t, ps, netip.MustParseAddrPort("169.254.77.2:40000")), 0, 0)
+	migWait(t, "the source's entry lists the sink", srcLists)
+	if _, err := src.MigrateOut(ctx, "vm", dst.MigrationAddr().String(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if !srcLists() {
+		t.Error("the source's entry dropped the sink at the hand-off")
+	}
+	if _, err := src.MigrateCommit(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	migWait(t, "the source's entry drops the sink after the commit", func() bool { return !srcLists() })
+	if got := dst.rt.remoteChannels(); !slices.Contains(got, 5) {
+		t.Errorf("the destination's channels %v after the commit", got)
+	}
+}
