@@ -3,6 +3,9 @@ package backend
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -72,9 +75,123 @@ func (rm *remote) publishFleet(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-rm.fleetChanged:
-			rm.registry.Load().SetChannels(rm.rt.remoteChannels())
+			rm.fleetMu.Lock()
+			rm.registry.Load().SetChannels(rm.rt.remoteChannelsExcept(rm.fleetHidden))
+			rm.fleetMu.Unlock()
 		}
 	}
+}
+
+// A migrated port's sinks move in the fleet directory in one etcd
+// transaction, so that at every revision of the store exactly one of the
+// two daemons' entries lists their channels (peers send to one of them,
+// never to neither):
+//   - on the destination, an imported port is hidden (fleetHide): its
+//     sinks stay out of this daemon's entry during the hand-off, while the
+//     source still lists them and forwards what it gets;
+//   - at commit, the source tells its registry which channels leave
+//     (fleetLeaving; they stay in its entry until the move) and sends them
+//     with its node id in the commit frame (commitBody);
+//   - the destination unhides the port and writes both entries in one
+//     transaction (fleetMoveIn → fleet.Registry.Move), conditional on
+//     neither having changed since it read them;
+//   - the source's own writes are conditional too: one refused because
+//     the move rewrote its entry learns that the channels left, and later
+//     puts leave them out until its sinks are gone (fleet.Registry.Leaving).
+//
+// Without etcd on either side, or etcd down, or the move refused too
+// often, it falls back to the ordered updates: the destination lists the
+// channels at commit, the source drops them when its sessions close,
+// ForwardGrace later (both list them meanwhile, never neither).
+
+// fleetHide leaves p's sinks out of this daemon's entry in etcd (p is
+// being imported), or puts them back (hide false: the import was undone,
+// or committed without a move).
+func (rm *remote) fleetHide(p *Port, hide bool) {
+	if rm == nil || rm.opts.Etcd == nil {
+		return
+	}
+	rm.fleetMu.Lock()
+	if hide {
+		rm.fleetHidden[p] = true
+	} else {
+		delete(rm.fleetHidden, p)
+	}
+	rm.fleetMu.Unlock()
+	select {
+	case rm.fleetChanged <- struct{}{}:
+	default:
+	}
+}
+
+// fleetLeaving returns the channels only p's sinks give this daemon (they
+// leave when p's guest has migrated) and tells the registry they are
+// about to move (nil: no registry). leaving(nil) ends it.
+func (rm *remote) fleetLeaving(p *Port) []uint32 {
+	if rm == nil {
+		return nil
+	}
+	reg := rm.registry.Load()
+	if reg == nil {
+		return nil
+	}
+	rm.fleetMu.Lock()
+	defer rm.fleetMu.Unlock()
+	skip := map[*Port]bool{p: true}
+	for q := range rm.fleetHidden {
+		skip[q] = true
+	}
+	chans := without(rm.rt.remoteChannelsExcept(rm.fleetHidden), rm.rt.remoteChannelsExcept(skip))
+	reg.Leaving(chans)
+	return chans
+}
+
+// fleetLeft ends fleetLeaving once p's sinks are gone: the registry gets
+// the channel set without them first, so that no put after can list
+// them again.
+func (rm *remote) fleetLeft() {
+	if rm == nil {
+		return
+	}
+	if reg := rm.registry.Load(); reg != nil {
+		rm.fleetMu.Lock()
+		reg.SetChannels(rm.rt.remoteChannelsExcept(rm.fleetHidden))
+		reg.Leaving(nil)
+		rm.fleetMu.Unlock()
+	}
+}
+
+// fleetMoveIn is the commit of p's import: p's sinks join this daemon's
+// entry, and leave node from's (the channels leaving) in the same
+// transaction. ok false: no move was asked (no etcd here, or the source
+// sent none); an error: the move failed and the ordered updates follow.
+func (rm *remote) fleetMoveIn(ctx context.Context, p *Port, from uint32, leaving []uint32, ask bool) (bool, error) {
+	if rm == nil || rm.opts.Etcd == nil {
+		return false, nil
+	}
+	rm.fleetMu.Lock()
+	defer rm.fleetMu.Unlock()
+	delete(rm.fleetHidden, p)
+	reg := rm.registry.Load()
+	chans := rm.rt.remoteChannelsExcept(rm.fleetHidden)
+	if reg == nil || !ask {
+		if reg != nil {
+			reg.SetChannels(chans)
+		}
+		return false, nil
+	}
+	return true, reg.Move(ctx, from, leaving, chans)
+}
+
+// without returns the sorted list a less the sorted list b.
+func without(a, b []uint32) []uint32 {
+	out := make([]uint32, 0, len(a))
+	for _, c := range a {
+		if _, ok := slices.BinarySearch(b, c); !ok {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // fleetEvent takes a registry event: the peer table is rebuilt with the
@@ -233,4 +350,59 @@ func (rm *remote) directoryInfo() DirectoryInfo {
 		d.Etcd = e
 	}
 	return d
+}
+
+// The commit frame's body tells the destination the move to write:
+// version (1 byte, commitBodyVersion), the source's node id (u32), the
+// number of leaving channels (u32) and the channels (u32 each, strictly
+// ascending), little-endian. An empty body (a source without etcd, or
+// of an older release) asks for no move.
+const commitBodyVersion = 1
+
+// errBadCommitBody is returned (wrapped) by parseCommitBody.
+var errBadCommitBody = errors.New("bad migration commit body")
+
+// commitBody encodes a move from node with the leaving channels (sorted).
+func commitBody(node uint32, leaving []uint32) []byte {
+	le := binary.LittleEndian
+	b := make([]byte, 0, 9+4*len(leaving))
+	b = append(b, commitBodyVersion)
+	b = le.AppendUint32(b, node)
+	b = le.AppendUint32(b, uint32(len(leaving)))
+	for _, c := range leaving {
+		b = le.AppendUint32(b, c)
+	}
+	return b
+}
+
+// parseCommitBody decodes a commit frame's body: ask false for an empty
+// one, an error wrapping errBadCommitBody for anything malformed (another
+// version, a wrong length, more than fleet.MaxChannels channels, not
+// ascending).
+func parseCommitBody(b []byte) (node uint32, leaving []uint32, ask bool, err error) {
+	if len(b) == 0 {
+		return 0, nil, false, nil
+	}
+	if b[0] != commitBodyVersion {
+		return 0, nil, false, fmt.Errorf("%w: version %d, this daemon reads %d", errBadCommitBody, b[0], commitBodyVersion)
+	}
+	if len(b) < 9 {
+		return 0, nil, false, fmt.Errorf("%w: %d bytes, want at least 9", errBadCommitBody, len(b))
+	}
+	le := binary.LittleEndian
+	node, n := le.Uint32(b[1:]), le.Uint32(b[5:])
+	if n > fleet.MaxChannels {
+		return 0, nil, false, fmt.Errorf("%w: %d channels, more than %d", errBadCommitBody, n, fleet.MaxChannels)
+	}
+	if uint64(len(b)) != 9+4*uint64(n) {
+		return 0, nil, false, fmt.Errorf("%w: %d bytes for %d channels", errBadCommitBody, len(b), n)
+	}
+	leaving = make([]uint32, n)
+	for i := range leaving {
+		leaving[i] = le.Uint32(b[9+4*i:])
+		if i > 0 && leaving[i] <= leaving[i-1] {
+			return 0, nil, false, fmt.Errorf("%w: channels not ascending at %d", errBadCommitBody, i)
+		}
+	}
+	return node, leaving, true, nil
 }

@@ -695,7 +695,15 @@ func (d *Daemon) MigrateCommit(ctx context.Context, port string) (control.Migrat
 	if !ok {
 		return res, fmt.Errorf("commit migration of port %s: %w: the hand-off is not done, or already ending", port, ErrMigrating)
 	}
-	err := m.fc.write(frameCommit, nil, true)
+	// The sinks' channels move to the destination's entry in etcd in
+	// one transaction, which the destination writes (fleetdir.go).
+	var body []byte
+	rm := m.p.rt.remote
+	if leaving := rm.fleetLeaving(m.p); rm != nil && rm.registry.Load() != nil {
+		body = commitBody(m.p.rt.opts.NodeID, leaving)
+	}
+	defer rm.fleetLeft() // after the sessions closed
+	err := m.fc.write(frameCommit, body, true)
 	select {
 	case <-time.After(d.opts.Migration.ForwardGrace):
 	case <-ctx.Done():
@@ -1031,17 +1039,28 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 	}
 	defer leave()
 	if err := answer(nil); err != nil {
+		if p.rt != nil {
+			p.rt.remote.fleetHide(p, false)
+		}
 		h.drop(p)
 		p.dropSessions()
 		return fmt.Errorf("answer the import: %w: imported state dropped", err)
 	}
 	d.mig.imported.Add(1)
 	committed := false
+	var rm *remote
+	if p.rt != nil {
+		rm = p.rt.remote
+	}
+	moved := make(chan struct{}) // the directory move, closed when done
+	close(moved)
 	broke := func(err error) error {
 		if committed {
+			<-moved
 			h.finish(p)
 			return nil // the source went early: the state is ours
 		}
+		rm.fleetHide(p, false)
 		h.drop(p)
 		p.dropSessions()
 		return fmt.Errorf("the source daemon went before committing (%w): imported state of port %s dropped", err, p.Name())
@@ -1060,9 +1079,30 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 			le := binary.LittleEndian
 			h.forwarded(p, le.Uint32(body), le.Uint32(body[4:]), le.Uint64(body[8:]), le.Uint64(body[16:]), body[24:])
 		case frameCommit:
+			if committed {
+				return broke(errors.New("a second commit frame"))
+			}
 			committed = true
 			deadline = time.Now().Add(d.opts.Migration.ForwardGrace*4 + time.Minute)
+			from, leaving, ask, err := parseCommitBody(body)
+			if err != nil {
+				d.log.Warn("migration commit: the directory move is not understood; ordered updates instead", "port", p.Name(), "err", err)
+				ask = false
+			}
+			moved = make(chan struct{})
+			go func() {
+				defer close(moved)
+				mctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				if asked, err := rm.fleetMoveIn(mctx, p, from, leaving, ask); err != nil {
+					d.log.Warn("migration commit: the sinks' move in etcd failed; the source drops them after the forwarding grace",
+						"port", p.Name(), "source node", from, "err", err)
+				} else if asked {
+					d.log.Info("migration commit: the sinks moved in etcd in one transaction", "port", p.Name(), "source node", from, "channels", len(leaving))
+				}
+			}()
 		case frameEnd:
+			<-moved
 			h.finish(p)
 			h.mu.Lock()
 			d.log.Info("incoming migration done", "port", p.Name(), "forwarded", h.fwd, "duplicates", h.dups, "backlog", len(h.backlog), "overflow", h.overflow)
@@ -1071,6 +1111,7 @@ func (d *Daemon) serveMigration(ctx context.Context, c net.Conn) error {
 			answer(nil)
 			return nil
 		case frameAbort:
+			rm.fleetHide(p, false)
 			h.drop(p)
 			p.dropSessions()
 			d.log.Warn("incoming migration aborted by the source: imported state dropped", "port", p.Name())
@@ -1105,6 +1146,11 @@ func (d *Daemon) importFrame(body []byte) (*Port, *inMove, error) {
 		return nil, nil, fmt.Errorf("port %s: %w", name, err)
 	}
 	h := &inMove{byID: map[[2]uint32]*Sink{}, last: map[sinkSource]uint64{}, wake: make(chan struct{}, 1)}
+	var rm *remote
+	if p.rt != nil {
+		rm = p.rt.remote
+	}
+	rm.fleetHide(p, true) // out of the etcd entry until the commit's move (fleetdir.go)
 	_, err = p.importState(s, func(sinks map[*Sink]bool) {
 		h.sinks = sinks
 		for sk := range sinks {
@@ -1122,6 +1168,7 @@ func (d *Daemon) importFrame(body []byte) (*Port, *inMove, error) {
 		p.handoff.Store(h)
 	})
 	if err != nil {
+		rm.fleetHide(p, false)
 		return nil, nil, err
 	}
 	go h.drain(p) // ends with the hand-off (finish or drop)

@@ -162,6 +162,12 @@ type remote struct {
 	// local channels changed.
 	registry     atomic.Pointer[fleet.Registry]
 	fleetChanged chan struct{}
+	// fleetMu orders the channel sets handed to the registry
+	// (publishFleet, a migration's move: fleetdir.go); fleetHidden are
+	// the ports whose sinks arrived in a hand-off not yet committed,
+	// left out of the entry until the move.
+	fleetMu     sync.Mutex
+	fleetHidden map[*Port]bool // +checklocks:fleetMu
 
 	// boot is this daemon's boot id, random per start; it goes in every
 	// directory and authentication trailer.
@@ -178,7 +184,15 @@ type remote struct {
 	// datapath's sender (or flusher) until it is sent and Put.
 	slots *slots.Pool[remoteMeta]
 
+	// generation numbers the local directory's lists: it changes only
+	// when the list does (directoryNow); dirList is the list it names.
+	// dirMsgs and dirBytes count the directory datagrams sent (full
+	// fragments and digests: directory.go).
 	generation atomic.Uint64
+	dirMu      sync.Mutex
+	dirList    []uint32 // +checklocks:dirMu
+	dirMsgs    atomic.Uint64
+	dirBytes   atomic.Uint64
 
 	rel *reliable // reliable streams (reliable.go)
 
@@ -224,6 +238,11 @@ type datapathState struct {
 	// maxPayload is the largest message sent as one datagram on dp
 	// (maxPayloadOf); larger ones go as fragments (large.go).
 	maxPayload int
+	// sentGen is the directory generation last sent on dp; full, digest
+	// and want are sendDirectory's scratch lists. Owned by dp's sender
+	// goroutine (directory.go).
+	sentGen            uint64
+	full, digest, want []*peer
 }
 
 // remoteMeta is a remote slot's datagram length and destination.
@@ -248,6 +267,12 @@ type peer struct {
 	// fromFleet: the peer's channels and boot id come from etcd
 	// (fleetdir.go), which wins over its directory datagrams.
 	fromFleet atomic.Bool
+	// digests: the peer sends directory digests, so it gets this
+	// daemon's full directory only when it changes or when it asks
+	// (wantFull); wantTheirs: send it a digest asking for its own.
+	// lastFull and lastWant (unix ns) rate-limit both (directory.go).
+	digests, wantFull, wantTheirs atomic.Bool
+	lastFull, lastWant            atomic.Int64
 
 	// Its datagrams dropped on receipt, by reason.
 	restarts, badAuth, stale, malformed, badVersion atomic.Uint64
@@ -282,7 +307,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.MaxMessage <= 0 {
 		opts.MaxMessage = DefaultMaxMessage
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), maxMessage: opts.MaxMessage,
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), fleetHidden: map[*Port]bool{}, maxMessage: opts.MaxMessage,
 		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
 	}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
@@ -544,8 +569,10 @@ func (rm *remote) expire(now int64) {
 		if seen == 0 || now-seen <= int64(rm.opts.DirectoryExpiry) {
 			continue
 		}
-		if len(*old) > 0 {
-			p.channels.CompareAndSwap(old, &empty)
+		if len(*old) > 0 && p.channels.CompareAndSwap(old, &empty) {
+			// The generation held is gone: a digest naming it asks for
+			// the directory again (directory.go).
+			p.gen.Store(0)
 		}
 		if p.expiredMark.CompareAndSwap(false, true) {
 			rm.expired.Add(1)
@@ -566,7 +593,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 	seal := rm.newSealer()
 	tick := time.NewTicker(rm.opts.DirectoryInterval)
 	defer tick.Stop()
-	rm.sendDirectory(st, dirBuf, seal)
+	rm.sendDirectory(st, dirBuf, seal, true)
 	if st.poller != nil {
 		// The polling thread sends the messages (flusher); this
 		// goroutine only keeps the peers' directories current.
@@ -575,9 +602,9 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			case <-ctx.Done():
 				return
 			case <-st.dirChanged:
-				rm.sendDirectory(st, dirBuf, seal)
+				rm.sendDirectory(st, dirBuf, seal, false)
 			case <-tick.C:
-				rm.sendDirectory(st, dirBuf, seal)
+				rm.sendDirectory(st, dirBuf, seal, true)
 			}
 		}
 	}
@@ -621,44 +648,9 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 		case <-gateC:
 		case <-st.kick:
 		case <-st.dirChanged:
-			rm.sendDirectory(st, dirBuf, seal)
+			rm.sendDirectory(st, dirBuf, seal, false)
 		case <-tick.C:
-			rm.sendDirectory(st, dirBuf, seal)
-		}
-	}
-}
-
-// sendDirectory tells every peer st reaches which channels have local
-// sinks.
-func (rm *remote) sendDirectory(st *datapathState, buf []byte, seal *wire.Sealer) {
-	gen := rm.generation.Add(1)
-	chans := rm.rt.remoteChannels() // sorted; only channels peers may reach (tenants.go)
-	total := max(1, (len(chans)+wire.MaxDirectoryChannels-1)/wire.MaxDirectoryChannels)
-	pkts := make([]wire.Packet, 0, len(rm.peerList()))
-	for frag := 0; frag < total; frag++ {
-		part := chans[min(frag*wire.MaxDirectoryChannels, len(chans)):min((frag+1)*wire.MaxDirectoryChannels, len(chans))]
-		d := wire.Directory{Node: rm.rt.opts.NodeID, Generation: gen, Boot: rm.boot, Channels: part}
-		n, err := d.Marshal(buf[wire.HeaderLen:])
-		if err != nil {
-			continue
-		}
-		h := wire.Header{Kind: wire.KindDirectory, FragIndex: uint16(frag), FragCount: uint16(total), PayloadLen: uint16(n),
-			Source: wire.NewSourceID(rm.rt.opts.NodeID, 0), Seq: gen}
-		m, err := h.MarshalPacket(buf, buf[wire.HeaderLen:wire.HeaderLen+n])
-		if err != nil {
-			continue
-		}
-		one := wire.Packet{Buf: buf, N: m}
-		rm.seal(seal, &one) // one datagram for every peer: the tag does not cover the destination
-		pkts = pkts[:0]
-		for _, p := range rm.peers.Load().list {
-			// Peers learned from etcd learn this daemon from etcd too.
-			if slices.Contains(p.via, st.index) && !p.fromFleet.Load() {
-				pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: one.N})
-			}
-		}
-		if len(pkts) > 0 {
-			st.dp.SendBatch(pkts)
+			rm.sendDirectory(st, dirBuf, seal, true)
 		}
 	}
 }
@@ -858,6 +850,10 @@ func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payl
 	if p.fromFleet.Load() {
 		return // its etcd entry wins (fleetdir.go)
 	}
+	if wire.IsDigest(payload) {
+		rx.digest(p, payload)
+		return
+	}
 	d, err := wire.ParseDirectory(payload, rx.chans[:0])
 	if err != nil {
 		rm.reject(p, err)
@@ -897,10 +893,17 @@ func (rx *receiveState) directory(p *peer, pkt *wire.Packet, h wire.Header, payl
 	delete(rx.pending, pkt.Addr)
 	list := slices.Clone(part.chans)
 	slices.Sort(list)
-	if old := p.boot.Swap(d.Boot); old != 0 && old != d.Boot {
-		p.restarts.Add(1)
-		rm.rel.peerRestarted(p) // reliable windows start over (reliable.go)
-		rm.rt.log.Info("peer restarted: its directory replaces the old run's", "peer", p.addr, "node", d.Node)
+	if old := p.boot.Swap(d.Boot); old != d.Boot {
+		if old != 0 {
+			p.restarts.Add(1)
+			rm.rel.peerRestarted(p) // reliable windows start over (reliable.go)
+			rm.rt.log.Info("peer restarted: its directory replaces the old run's", "peer", p.addr, "node", d.Node)
+		}
+		// A new run (or a first sight) does not have this daemon's
+		// directory: send it at once, and full ones until it speaks
+		// digests (directory.go).
+		p.digests.Store(false)
+		rx.askFull(p)
 	}
 	p.node.Store(d.Node)
 	p.gen.Store(d.Generation)

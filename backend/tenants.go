@@ -116,12 +116,21 @@ func (r *Runtime) deliverRemote(tenant TenantID, channel uint32, source, seq uin
 
 // remoteChannels lists, sorted, the channels with local sinks that peers
 // may send to (the channel directory).
-func (r *Runtime) remoteChannels() []uint32 {
+func (r *Runtime) remoteChannels() []uint32 { return r.remoteChannelsExcept(nil) }
+
+// remoteChannelsExcept is remoteChannels counting only the sinks whose
+// session is not of a port in skip (one migrating in or out:
+// fleetdir.go).
+func (r *Runtime) remoteChannelsExcept(skip map[*Port]bool) []uint32 {
 	var chans []uint32
 	for k, sinks := range r.channels.All() {
-		if len(sinks) > 0 && r.remoteKey(k) {
-			chans = append(chans, k.channel)
+		if len(sinks) == 0 || !r.remoteKey(k) {
+			continue
 		}
+		if len(skip) > 0 && !slices.ContainsFunc(sinks, func(sk *Sink) bool { p, ok := sk.session.ep.(*Port); return !ok || !skip[p] }) {
+			continue
+		}
+		chans = append(chans, k.channel)
 	}
 	slices.Sort(chans)
 	return slices.Compact(chans)

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"testing"
@@ -104,5 +105,59 @@ wait:
 	}
 	if h := a.Health(); !h.Connected {
 		t.Errorf("etcd back: health %+v", h)
+	}
+}
+
+// TestRegistryMove: b's Move takes channel 5 out of a's entry and into
+// its own in one revision; a put of a's afterwards (its sinks are still
+// there, and it gained channel 7) does not bring 5 back; a Move from a
+// node with no entry fails with ErrNoEntry and b's entry still gets its
+// new channels (the ordered fallback).
+func TestRegistryMove(t *testing.T) {
+	e := testutil.StartEtcd(t, nil, "127.0.0.1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := func(id uint32, chans []uint32) (*Registry, events) {
+		ev := make(events, 64)
+		r, err := New(Options{Endpoints: []string{e.Endpoint}, Prefix: "/mv", TTL: 2 * time.Second, MinInterval: time.Millisecond,
+			Self:    Node{ID: id, Boot: "b" + string(rune('0'+id)), Channels: chans},
+			OnEvent: func(e Event) { ev <- e }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Start(ctx)
+		t.Cleanup(func() { r.Close() })
+		return r, ev
+	}
+	a, evA := start(1, []uint32{5, 6})
+	b, evB := start(2, nil)
+	evA.next(t, Added, 2)
+	first := evB.next(t, Added, 1)
+	a.Leaving([]uint32{5})
+	if err := b.Move(ctx, 1, []uint32{5}, []uint32{5}); err != nil {
+		t.Fatal(err)
+	}
+	moved := evB.next(t, Updated, 1)
+	if !slices.Equal(moved.Node.Channels, []uint32{6}) || moved.Revision <= first.Revision {
+		t.Errorf("a's entry after the move: %+v at revision %d", moved.Node, moved.Revision)
+	}
+	if got := evA.next(t, Updated, 2); !slices.Equal(got.Node.Channels, []uint32{5}) || got.Revision != moved.Revision {
+		t.Errorf("b's entry after the move: %+v at revision %d, want [5] at %d", got.Node, got.Revision, moved.Revision)
+	}
+	a.SetChannels([]uint32{5, 6, 7})
+	if got := evB.next(t, Updated, 1); !slices.Equal(got.Node.Channels, []uint32{6, 7}) {
+		t.Errorf("a's put after the move: %v, want [6 7] (5 left)", got.Node.Channels)
+	}
+	if h := a.Health(); h.Conflicts == 0 {
+		t.Errorf("a's health %+v: its put after the move was not refused once", h)
+	}
+	if err := b.Move(ctx, 99, []uint32{1}, []uint32{5, 8}); !errors.Is(err, ErrNoEntry) {
+		t.Errorf("move from a node with no entry: %v", err)
+	}
+	if got := evA.next(t, Updated, 2); !slices.Equal(got.Node.Channels, []uint32{5, 8}) {
+		t.Errorf("b's entry after the failed move: %v", got.Node.Channels)
+	}
+	if h := b.Health(); h.Moves != 1 {
+		t.Errorf("b's health %+v: want 1 move", h)
 	}
 }

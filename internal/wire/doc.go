@@ -50,7 +50,11 @@
 //     list longer than [MaxDirectoryChannels] travels as FragCount parts of
 //     the same generation, each a complete Directory payload. The payload
 //     has its own layout version ([DirectoryVersion]) and carries the
-//     daemon's boot id, so a restarted daemon is recognised at once.
+//     daemon's boot id, so a restarted daemon is recognised at once. A
+//     payload of layout [DigestVersion] is a [Digest] instead: it names a
+//     directory (generation, boot id, total) without its list, sent each
+//     interval in place of the whole directory ([IsDigest] tells them
+//     apart).
 //   - [KindAck]: acknowledgement for reliable streams. Source and Channel
 //     name the acknowledged source and channel; Seq is the highest sequence
 //     number received in order (cumulative). Its payload, an [Ack] body,
