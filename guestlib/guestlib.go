@@ -884,7 +884,9 @@ type Buffer struct {
 // Session.MaxMessage: ErrTooLarge past it). The message is built in
 // place: Emit sends it without a copy. On the host transport a message
 // larger than one slot takes a run of adjacent slots, so Data is one
-// contiguous slice of the shared region whatever its size. It does not
+// contiguous slice of the shared region whatever its size; on the
+// virtio transport, a message larger than a frame is built in a buffer
+// of the session's and sent as fragments (guestproto.EmitFrag). It does not
 // wait: on the host transport, when every TX slot of the session is in
 // flight (or no run of free slots is long enough), it returns an error
 // wrapping ErrNoBuffers (see GetBufferContext). It may also return
