@@ -14,8 +14,14 @@ package backend
 // costs one or two Outcome frames; a
 // complete message no destination had room for is refused as an Emit is.
 //
-// Not yet: large messages to VMs (a sink in a VM gets at most
-// MaxGuestPayload bytes; larger ones are dropped for it and counted).
+// To VMs: a session whose guestlib sent LargeDeliveries (its largest
+// reassembled message) gets a message larger than one frame for its sinks
+// as DeliverFrag frames, each one outbox slot and one delivery index of
+// the sink's credit: all of a message's frames must fit the credit and
+// the outbox, or none is queued (the sink waits or drops, as for one
+// frame). A port queues one large message at a time (deliverMu), so the
+// frames of two never interleave for a sink: guestlib reassembles one
+// message per sink. Older guestlibs get none (dropped for them, counted).
 
 import (
 	"net/netip"
@@ -31,8 +37,15 @@ import (
 // use and reused).
 const guestFragMessages = 4
 
+// guestFragMax bounds the largest message to a guest: what the outbox
+// holds as frames, with an eighth to spare for others' messages (1.2 MiB).
+const guestFragMax = (outboxSlots - outboxSlots/8) * guestproto.FragSize
+
 // guestLarge is a port's reassembly of its guests' large messages.
 type guestLarge struct {
+	// deliverMu serialises large deliveries to the port's guest.
+	deliverMu sync.Mutex
+
 	mu         sync.Mutex
 	r          *frag.Reassembler // +checklocks:mu
 	lastExpire int64             // +checklocks:mu
@@ -105,4 +118,52 @@ func (p *Port) emitFrag(src netip.AddrPort, m *guestproto.Message, reply []byte,
 		return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoBuffers)
 	}
 	return 0
+}
+
+// deliverFrags queues a message larger than one frame for sk as
+// DeliverFrag frames, all or none.
+func (p *Port) deliverFrags(sk *Sink, source, seq uint64, payload []byte) bool {
+	if len(payload) > int(sk.session.guestLarge.Load()) {
+		return false // an older guestlib, or over what it takes
+	}
+	count := (len(payload) + guestproto.FragSize - 1) / guestproto.FragSize
+	p.large.deliverMu.Lock()
+	defer p.large.deliverMu.Unlock()
+	c := sk.credit.Load()
+	if c != 0 && !creditAllows(c, sk.index.Load()+uint32(count)-1) {
+		sk.creditWaits.Add(1)
+		return false
+	}
+	if p.out.slots.Free() < count {
+		return false
+	}
+	for i := 0; i < count; i++ {
+		id, ok := p.out.slots.Get()
+		if !ok {
+			// Taken meanwhile by a one-frame delivery: the frames queued
+			// are sent in vain (guestlib drops the incomplete message).
+			p.dev.Wake()
+			return false
+		}
+		var index uint32
+		if c != 0 {
+			if index = sk.index.Add(1); index == 0 {
+				index = sk.index.Add(1)
+			}
+		}
+		slot := p.out.slots.Bytes(id)
+		part := payload[i*guestproto.FragSize : min((i+1)*guestproto.FragSize, len(payload))]
+		n, err := guestproto.PutDeliverFrag(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, uint16(i), uint16(count), part)
+		if err == nil {
+			n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
+		}
+		if err != nil {
+			p.out.slots.Put(id)
+			return false
+		}
+		*p.out.slots.Meta(id) = uint16(n)
+		p.out.ready.PushWait(id)
+	}
+	p.dev.Wake()
+	return true
 }

@@ -73,6 +73,9 @@ func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
 // unseen; they wait here (a reliable stream retries them) or are dropped
 // and counted (best effort).
 func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool {
+	if len(payload) > p.maxDeliver() {
+		return p.deliverFrags(sk, source, seq, payload) // guestlarge.go
+	}
 	c := sk.credit.Load()
 	if c != 0 && !creditAllows(c, sk.index.Load()) {
 		sk.creditWaits.Add(1)
@@ -296,6 +299,9 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 	var err error
 	switch m.Type {
 	case guestproto.Ping:
+		return guestproto.Result{ID: s.ID}
+	case guestproto.LargeDeliveries:
+		s.guestLarge.Store(int32(min(int(m.ID), s.rt.maxMessage(), guestFragMax)))
 		return guestproto.Result{ID: s.ID}
 	case guestproto.CloseSession:
 		s.Close()

@@ -285,9 +285,20 @@ func (r *Runtime) maxMessage() int {
 	return DefaultMaxMessage
 }
 
-// fits reports whether ep can ever take a message of n bytes.
-func fits(ep endpoint, n int) bool {
-	se, ok := ep.(sizedEndpoint)
+// sessionSized is an endpoint whose limit depends on the session (a
+// port: its guest's guestlib may reassemble large messages).
+type sessionSized interface {
+	maxDeliverTo(s *Session) int
+}
+
+func (p *Port) maxDeliverTo(s *Session) int { return max(p.maxDeliver(), int(s.guestLarge.Load())) }
+
+// fits reports whether sk's endpoint can ever take a message of n bytes.
+func fits(sk *Sink, n int) bool {
+	if ss, ok := sk.session.ep.(sessionSized); ok {
+		return n <= ss.maxDeliverTo(sk.session)
+	}
+	se, ok := sk.session.ep.(sizedEndpoint)
 	return !ok || n <= se.maxDeliver()
 }
 

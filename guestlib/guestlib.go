@@ -360,6 +360,9 @@ const (
 	creditBytes = 4096
 	// maxCredit bounds a sink's window.
 	maxCredit = 1024
+	// maxLargeCredit bounds the window, in frames, of a sink that takes
+	// large messages (each of its frames one delivery).
+	maxLargeCredit = 4096
 	// minCredit is the least window: below it the link idles.
 	minCredit = 16
 )
@@ -401,6 +404,10 @@ type Session struct {
 	// takes EmitFrag), else MaxMessage. Set by Open.
 	maxEmit int
 	large   sync.Pool // of *[]byte of maxEmit bytes: large messages' buffers
+	// largeRX: the daemon sends this session's sinks messages larger
+	// than a frame as DeliverFrag frames (LargeDeliveries accepted).
+	// Set by Open.
+	largeRX bool
 
 	mu      sync.Mutex
 	pending map[uint32]chan reply // +checklocks:mu
@@ -492,6 +499,9 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	if n, ok := guestproto.ParseMaxMessage([]byte(r.plugin)); ok && int(n) > MaxMessage {
 		s.maxEmit = min(int(n), maxLargeMessage)
 		s.large.New = func() any { b := make([]byte, s.maxEmit); return &b }
+		// Large messages to this session's sinks too, up to as large.
+		r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.LargeDeliveries}, ID: uint32(s.maxEmit)})
+		s.largeRX = err == nil && r.status == guestproto.StatusOK
 	}
 	s.wg.Add(1)
 	go s.ping()
@@ -722,6 +732,17 @@ func (s *Session) receive() {
 			msg := messagePool.Get().(*Message)
 			*msg = Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk}
 			sk.push(msg)
+		case guestproto.DeliverFrag:
+			s.mu.Lock()
+			sk := s.sinks[m.ID]
+			s.mu.Unlock()
+			if sk != nil && s.largeRX {
+				if m.RequestID != 0 {
+					sk.lastIndex.Store(m.RequestID)
+				}
+				sk.fragment(&m)
+			}
+			s.bufs.Put(bp)
 		default:
 			s.bufs.Put(bp)
 		}
@@ -1039,6 +1060,8 @@ type Message struct {
 	// Channel is the channel it was emitted on.
 	Channel uint32
 	buf     *[]byte  // virtio transport
+	large   *[]byte  // virtio transport, reassembled from DeliverFrag frames
+	frames  uint32   // virtio transport: deliveries it took of the sink's credit, less one
 	host    *hostShm // host transport: Data is RX slot slot
 	slot    uint32
 	sink    *Sink
@@ -1052,6 +1075,8 @@ func (m *Message) Release() {
 		m.host.releaseRX(m.slot)
 	case m.buf != nil:
 		m.sink.s.bufs.Put(m.buf)
+	case m.large != nil:
+		m.sink.s.large.Put(m.large)
 	default:
 		return
 	}
@@ -1084,6 +1109,65 @@ type Sink struct {
 	sinceCredit atomic.Uint32
 	creditMu    sync.Mutex
 	creditBuf   [guestproto.CreditLen]byte // +checklocks:creditMu
+
+	// The large message being reassembled from DeliverFrag frames (the
+	// receive goroutine's): its buffer, what it is, how far it got.
+	asm               *[]byte
+	asmSource, asmSeq uint64
+	asmNext, asmCount uint16
+	asmLen            int
+	asmStart          time.Time
+}
+
+// largeTimeout bounds how long a large message may take to arrive whole.
+const largeTimeout = time.Second
+
+// fragment takes one DeliverFrag for the sink. The daemon sends a
+// message's frames in order, one message at a time per port: a frame out
+// of order, or a new message before the last completed, drops the
+// message in progress (counted with Dropped), as does a message over the
+// session's largest or one older than largeTimeout.
+func (sk *Sink) fragment(m *guestproto.Message) {
+	s := sk.s
+	if m.FragIndex == 0 {
+		if sk.asm != nil { // the previous one lost its last frames
+			sk.dropAsm()
+		}
+		if int(m.FragCount-1)*guestproto.FragSize >= s.maxEmit {
+			sk.dropped.Add(1)
+			return
+		}
+		sk.asm = s.large.Get().(*[]byte)
+		sk.asmSource, sk.asmSeq, sk.asmNext, sk.asmCount, sk.asmLen, sk.asmStart = m.Source, m.Seq, 0, m.FragCount, 0, time.Now()
+	}
+	if sk.asm == nil {
+		return // the rest of a message whose start was lost (counted then)
+	}
+	if m.FragIndex != sk.asmNext || m.FragCount != sk.asmCount || m.Source != sk.asmSource || m.Seq != sk.asmSeq ||
+		sk.asmLen+len(m.Payload) > s.maxEmit || (m.FragIndex < m.FragCount-1 && len(m.Payload) != guestproto.FragSize) ||
+		time.Since(sk.asmStart) > largeTimeout {
+		sk.dropAsm()
+		return
+	}
+	sk.asmLen += copy((*sk.asm)[sk.asmLen:], m.Payload)
+	sk.asmNext++
+	if sk.asmNext < sk.asmCount {
+		return
+	}
+	msg := messagePool.Get().(*Message)
+	*msg = Message{Data: (*sk.asm)[:sk.asmLen], Source: sk.asmSource, Seq: sk.asmSeq, Channel: m.Channel, large: sk.asm,
+		frames: uint32(sk.asmCount) - 1, sink: sk}
+	sk.asm = nil
+	sk.push(msg)
+}
+
+// dropAsm drops the large message in progress (counted), giving its
+// frames back to the credit.
+func (sk *Sink) dropAsm() {
+	sk.s.large.Put(sk.asm)
+	sk.asm = nil
+	sk.dropped.Add(1)
+	sk.tookFrames(uint32(sk.asmNext))
 }
 
 // SinkOptions configure a sink.
@@ -1112,6 +1196,10 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 	sk.id = r.id
 	if st.s.host == nil {
 		sk.window = creditWindow(o.Queue, st.s.rcvbuf)
+		if st.s.largeRX {
+			// Credit counts frames: a large message's must all fit.
+			sk.window = max(sk.window, uint32(min(st.s.rcvbuf/creditBytes, maxLargeCredit)))
+		}
 	}
 	st.s.mu.Lock()
 	st.s.sinks[sk.id] = sk
@@ -1122,11 +1210,15 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 
 // took counts a message off the sink's window (consumed, handed to the
 // callback, or dropped) and sends a Credit every quarter window.
-func (sk *Sink) took() {
+func (sk *Sink) took() { sk.tookFrames(1) }
+
+// tookFrames is took for a message that took n deliveries of the credit
+// (a large one's frames).
+func (sk *Sink) tookFrames(n uint32) {
 	if sk.window == 0 {
 		return
 	}
-	if sk.sinceCredit.Add(1) >= max(1, sk.window/4) {
+	if sk.sinceCredit.Add(n) >= max(1, sk.window/4) {
 		sk.sinceCredit.Store(0)
 		sk.sendCredit()
 	}
@@ -1145,9 +1237,10 @@ func (sk *Sink) sendCredit() {
 }
 
 func (sk *Sink) push(m *Message) {
+	frames := m.frames + 1
 	if sk.cb != nil {
 		sk.cb(m)
-		sk.took()
+		sk.tookFrames(frames)
 		return
 	}
 	sk.mu.RLock()
@@ -1161,7 +1254,7 @@ func (sk *Sink) push(m *Message) {
 	default:
 		sk.dropped.Add(1)
 		m.Release()
-		sk.took()
+		sk.tookFrames(frames)
 	}
 }
 
@@ -1172,7 +1265,7 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 		if !ok {
 			return nil, ErrClosed
 		}
-		sk.took()
+		sk.tookFrames(m.frames + 1)
 		return m, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -1184,7 +1277,7 @@ func (sk *Sink) TryConsume() (*Message, bool) {
 	select {
 	case m, ok := <-sk.queue:
 		if ok {
-			sk.took()
+			sk.tookFrames(m.frames + 1)
 		}
 		return m, ok
 	default:

@@ -46,11 +46,16 @@ const (
 	CreateSink   Type = 0x07 // body: stream u32, channel u32
 	CloseSink    Type = 0x08 // body: id u32
 	Ping         Type = 0x09 // no body: liveness of the session
-	Reply        Type = 0x40 // body: Result
-	Emit         Type = 0x80 // body: source u32, token u64, payload
-	Deliver      Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
-	Outcome      Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
-	Credit       Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
+	// LargeDeliveries (client to daemon, after an OpenSession whose reply
+	// gave a largest message): body: largest u32, the largest message
+	// the client reassembles from DeliverFrag frames (ID). Older daemons
+	// do not know it; a client sends it only to newer ones.
+	LargeDeliveries Type = 0x0a
+	Reply           Type = 0x40 // body: Result
+	Emit            Type = 0x80 // body: source u32, token u64, payload
+	Deliver         Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
+	Outcome         Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
+	Credit          Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
 	// StreamChanged (daemon to guest) tells the session that a stream
 	// moved to another datapath (velocectl streams set-qos). Body: stream
 	// u32 | datapath len u16 | datapath | warning len u16 | warning; the
@@ -64,7 +69,17 @@ const (
 	// OpenSession reply gave a largest message (ParseMaxMessage): older
 	// daemons do not know the type.
 	EmitFrag Type = 0x85
+	// DeliverFrag (daemon to guest) is one fragment of a delivered
+	// message larger than one frame, to a session that sent
+	// LargeDeliveries: body: sink u32 | channel u32 | source u64 | seq u64
+	// | index u16 | count u16 | payload (FragSize bytes but the last). Its
+	// header's RequestID is the sink's delivery index, as a Deliver's:
+	// every fragment is one delivery for the sink's credit.
+	DeliverFrag Type = 0x86
 )
+
+// DeliverFragOverhead is the bytes a DeliverFrag adds before its payload.
+const DeliverFragOverhead = HeaderLen + 28
 
 // FragSize is the payload of every EmitFrag but a message's last: an
 // EmitFrag of it fits a 1500-byte link MTU with room to spare.
@@ -90,7 +105,8 @@ var typeNames = map[Type]string{
 	OpenSession: "open-session", CloseSession: "close-session", CreateStream: "create-stream",
 	CloseStream: "close-stream", CreateSource: "create-source", CloseSource: "close-source",
 	CreateSink: "create-sink", CloseSink: "close-sink", Ping: "ping", Reply: "reply",
-	Emit: "emit", Deliver: "deliver", Outcome: "outcome", EmitFrag: "emit-frag",
+	Emit: "emit", Deliver: "deliver", Outcome: "outcome", EmitFrag: "emit-frag", DeliverFrag: "deliver-frag",
+	LargeDeliveries: "large-deliveries",
 }
 
 // String returns the type's name.
@@ -261,7 +277,7 @@ func Parse(b []byte, m *Message) error {
 	}
 	*m = Message{Header: Header{Type: Type(b[3]), RequestID: le.Uint32(b[4:]), Session: le.Uint32(b[8:])}}
 	body := b[HeaderLen:]
-	if m.Type >= Emit && m.Type != Deliver && m.RequestID != 0 {
+	if m.Type >= Emit && m.Type != Deliver && m.Type != DeliverFrag && m.RequestID != 0 {
 		return ErrRequestID
 	}
 	exact := func(n int) error {
@@ -278,7 +294,7 @@ func Parse(b []byte, m *Message) error {
 			return err
 		}
 		m.Options = StreamOptions{body[0], body[1], body[2], body[3]}
-	case CloseStream, CloseSource, CloseSink:
+	case CloseStream, CloseSource, CloseSink, LargeDeliveries:
 		if err := exact(4); err != nil {
 			return err
 		}
@@ -308,6 +324,15 @@ func Parse(b []byte, m *Message) error {
 			return ErrLength
 		}
 		m.ID, m.Token, m.FragIndex, m.FragCount, m.Payload = le.Uint32(body), le.Uint64(body[4:]), le.Uint16(body[12:]), le.Uint16(body[14:]), body[16:]
+		if m.FragCount < 2 || m.FragIndex >= m.FragCount || len(m.Payload) > FragSize {
+			return ErrLength
+		}
+	case DeliverFrag:
+		if len(body) < 28 {
+			return ErrLength
+		}
+		m.ID, m.Channel, m.Source, m.Seq = le.Uint32(body), le.Uint32(body[4:]), le.Uint64(body[8:]), le.Uint64(body[16:])
+		m.FragIndex, m.FragCount, m.Payload = le.Uint16(body[24:]), le.Uint16(body[26:]), body[28:]
 		if m.FragCount < 2 || m.FragIndex >= m.FragCount || len(m.Payload) > FragSize {
 			return ErrLength
 		}
@@ -384,7 +409,7 @@ func PutRequest(b []byte, m *Message) (int, error) {
 	case CreateStream:
 		tmp[0], tmp[1], tmp[2], tmp[3] = m.Options.Acceleration, m.Options.ResourceUse, m.Options.TimeSensitive, m.Options.Reliable
 		body = tmp[:4]
-	case CloseStream, CloseSource, CloseSink:
+	case CloseStream, CloseSource, CloseSink, LargeDeliveries:
 		le.PutUint32(tmp[:], m.ID)
 		body = tmp[:4]
 	case CreateSource, CreateSink:
@@ -472,6 +497,25 @@ func PutDeliver(b []byte, session, sink, channel uint32, index uint32, source, s
 	le.PutUint64(b[HeaderLen+16:], seq)
 	copyIfMoved(b[DeliverOverhead:], payload)
 	return DeliverOverhead + len(payload), nil
+}
+
+// PutDeliverFrag writes fragment index of count of a delivered message
+// (part at most FragSize bytes) with the sink's delivery index.
+func PutDeliverFrag(b []byte, session, sink, channel, index uint32, source, seq uint64, fi, fc uint16, part []byte) (int, error) {
+	if len(part) > FragSize || fc < 2 || fi >= fc {
+		return 0, ErrLength
+	}
+	if len(b) < DeliverFragOverhead+len(part) {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: DeliverFrag, RequestID: index, Session: session})
+	le.PutUint32(b[HeaderLen:], sink)
+	le.PutUint32(b[HeaderLen+4:], channel)
+	le.PutUint64(b[HeaderLen+8:], source)
+	le.PutUint64(b[HeaderLen+16:], seq)
+	le.PutUint16(b[HeaderLen+24:], fi)
+	le.PutUint16(b[HeaderLen+26:], fc)
+	return DeliverFragOverhead + copy(b[DeliverFragOverhead:], part), nil
 }
 
 // PutOutcome writes an emit Outcome.
