@@ -514,12 +514,13 @@ func (s *Session) ID() uint32 { return s.id }
 // MaxMessage returns the largest message the session's sources may emit
 // (GetBuffer's largest size), the daemon's limit (veloced --max-message,
 // default 1 MiB) learned when the session opened; with a daemon from
-// before large messages, the package's MaxMessage. On the host transport
-// it is also the largest message its sinks receive, as the session's
-// region holds it. On the virtio transport a message larger than a frame
-// goes to the daemon as fragments (guestproto.EmitFrag), but sinks in a
-// VM still receive at most MaxMessage bytes (larger messages are dropped
-// for them and counted by the daemon).
+// before large messages, the package's MaxMessage. It is also the
+// largest message its sinks receive. On the virtio transport a message
+// larger than a frame travels as fragments both ways
+// (guestproto.EmitFrag, DeliverFrag), joined by the daemon or by the
+// sink; a sink's credit then counts frames, so a large message reaches
+// it only if its socket buffer holds all its frames (root, or a raised
+// net.core.rmem_max).
 func (s *Session) MaxMessage() int {
 	if s.host != nil {
 		return s.host.maxMsg
