@@ -3,6 +3,7 @@ package backend
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -318,3 +319,81 @@ func TestGuestlibVirtioReceivesLargeMessages(t *testing.T) {
 		t.Errorf("the sink dropped %d", sink.Dropped())
 	}
 }
+
+// FuzzGuestFragments feeds a port EmitFrag frames as a hostile guest
+// might send them (any index, count, token, length, order, interleaved):
+// the port never crashes, keeps at most guestFragMessages messages in
+// progress, and every message it emits is whole (its bytes all of its
+// token's pattern).
+//
+// frames is a list of 8-byte headers (index u16, count u16, token u16,
+// length u16); a frame's payload is length mod FragSize+2 bytes of its
+// token.
+func FuzzGuestFragments(f *testing.F) {
+	put := func(fi, fc, tok, n uint16) []byte {
+		var b [8]byte
+		binary.LittleEndian.PutUint16(b[0:], fi)
+		binary.LittleEndian.PutUint16(b[2:], fc)
+		binary.LittleEndian.PutUint16(b[4:], tok)
+		binary.LittleEndian.PutUint16(b[6:], n)
+		return b[:]
+	}
+	var seed []byte
+	for i := uint16(0); i < 3; i++ {
+		seed = append(seed, put(i, 3, 1, guestproto.FragSize)...)
+		seed = append(seed, put(2-i, 3, 2, guestproto.FragSize)...)
+	}
+	f.Add(seed)
+	f.Add(append(put(0, 60000, 1, guestproto.FragSize), put(59999, 60000, 1, 3)...))
+	f.Add(append(put(1, 3, 1, 100), put(1, 4, 1, guestproto.FragSize)...))
+	guest := netip.MustParseAddrPort("169.254.77.2:40102")
+	rt := NewRuntime(RuntimeOptions{Remote: RemoteOptions{MaxMessage: 16 * guestproto.FragSize}})
+	check := &patternCheck{}
+	rs := rt.OpenSession(check, netip.AddrPort{})
+	rst, _ := rs.CreateStream(StreamOptions{})
+	rs.CreateSink(rst.ID, 5)
+	f.Fuzz(func(t *testing.T, frames []byte) {
+		p, call := guestPortOn(t, rt, PortOptions{Name: "vm", Tenant: HostTenant}, guest)
+		sess := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+		st := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+		src := call(&guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 5}).ID
+		reply := make([]byte, 4096)
+		b := make([]byte, guestproto.EmitFragOverhead+guestproto.FragSize)
+		payload := make([]byte, guestproto.FragSize+1)
+		for ; len(frames) >= 8; frames = frames[8:] {
+			fi, fc := binary.LittleEndian.Uint16(frames[0:]), binary.LittleEndian.Uint16(frames[2:])
+			tok := uint64(binary.LittleEndian.Uint16(frames[4:]))
+			part := payload[:int(binary.LittleEndian.Uint16(frames[6:]))%(len(payload)+1)]
+			for i := range part {
+				part[i] = byte(tok)
+			}
+			n, err := guestproto.PutEmitFrag(b, sess, src, tok, fi, fc, part)
+			if err != nil {
+				continue // not a frame guestproto would parse either
+			}
+			p.handleGuest(guest, b[:n], reply)
+			if pending := p.large.stats().Pending; pending > guestFragMessages {
+				t.Fatalf("%d messages in progress", pending)
+			}
+		}
+		if bad := check.bad.Load(); bad != 0 {
+			t.Fatalf("%d messages emitted with bytes of another", bad)
+		}
+	})
+}
+
+// patternCheck is a sink endpoint that checks every message's bytes are
+// its first byte's.
+type patternCheck struct{ bad atomic.Uint64 }
+
+func (c *patternCheck) deliver(_ *Sink, _, _ uint64, payload []byte) bool {
+	for _, b := range payload {
+		if b != payload[0] {
+			c.bad.Add(1)
+			break
+		}
+	}
+	return true
+}
+func (c *patternCheck) String() string         { return "pattern" }
+func (c *patternCheck) sessionClosed(*Session) {}
