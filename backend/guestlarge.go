@@ -26,6 +26,7 @@ package backend
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/veloce-io/veloce/internal/frag"
@@ -45,6 +46,8 @@ const guestFragMax = (outboxSlots - outboxSlots/8) * guestproto.FragSize
 type guestLarge struct {
 	// deliverMu serialises large deliveries to the port's guest.
 	deliverMu sync.Mutex
+	// sent counts large messages queued for the guest (PortInfo).
+	sent atomic.Uint64
 
 	mu         sync.Mutex
 	r          *frag.Reassembler // +checklocks:mu
@@ -165,5 +168,6 @@ func (p *Port) deliverFrags(sk *Sink, source, seq uint64, payload []byte) bool {
 		p.out.ready.PushWait(id)
 	}
 	p.dev.Wake()
+	p.large.sent.Add(1)
 	return true
 }

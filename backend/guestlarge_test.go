@@ -128,6 +128,9 @@ func TestGuestLargeEmitsReassembled(t *testing.T) {
 	if s := p.large.stats(); s.Complete != uint64(len(sizes)) || s.Duplicates != 2*uint64(len(sizes)) || s.TooLarge == 0 {
 		t.Errorf("reassembly counters %+v", s)
 	}
+	if info := p.Info(); info.LargeReceived != uint64(len(sizes)) || info.LargeDropped == 0 {
+		t.Errorf("port info: %d large messages received, %d dropped", info.LargeReceived, info.LargeDropped)
+	}
 	if _, ok := sink.TryConsume(); ok {
 		t.Error("a message more than sent")
 	}
@@ -317,6 +320,9 @@ func TestGuestlibVirtioReceivesLargeMessages(t *testing.T) {
 	consumeLarge(ctx, t, sink, n)
 	if sink.Dropped() != 0 {
 		t.Errorf("the sink dropped %d", sink.Dropped())
+	}
+	if got, want := p.Info().LargeSent, uint64(n)*5/6; got != want { // largeSizes: 5 in 6 larger than a frame
+		t.Errorf("port info: %d large messages sent, want %d", got, want)
 	}
 }
 

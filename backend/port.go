@@ -230,6 +230,9 @@ func (p *Port) Info() PortInfo {
 		info.OutboxQueued = p.out.ready.Len()
 	}
 	info.Tenant = p.opts.Tenant
+	fs := p.large.stats()
+	info.LargeReceived, info.LargeDropped = fs.Complete, fs.Lost+fs.Overflow+fs.Inconsistent+fs.TooLarge
+	info.LargeSent = p.large.sent.Load()
 	if p.acct != nil {
 		info.LimitRefusals = p.acct.refusals()
 	}
