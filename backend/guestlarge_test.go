@@ -305,7 +305,7 @@ func TestGuestlibVirtioReceivesLargeMessages(t *testing.T) {
 	}
 	defer vm.Close()
 	vst, _ := vm.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
-	sink, err := vst.CreateSink(ctx, 33, guestlib.SinkOptions{Queue: 16})
+	sink, err := vst.CreateSink(ctx, 33, guestlib.SinkOptions{}) // a queue of 4,096: room for a 1 MiB message's 749 frames
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -519,8 +519,9 @@ func (s *Session) ID() uint32 { return s.id }
 // larger than a frame travels as fragments both ways
 // (guestproto.EmitFrag, DeliverFrag), joined by the daemon or by the
 // sink; a sink's credit then counts frames, so a large message reaches
-// it only if its socket buffer holds all its frames (root, or a raised
-// net.core.rmem_max).
+// it only if its queue (SinkOptions.Queue) and socket buffer (root, or a
+// raised net.core.rmem_max) have room for all its frames at once (749
+// for 1 MiB).
 func (s *Session) MaxMessage() int {
 	if s.host != nil {
 		return s.host.maxMsg
@@ -1198,8 +1199,10 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 	if st.s.host == nil {
 		sk.window = creditWindow(o.Queue, st.s.rcvbuf)
 		if st.s.largeRX {
-			// Credit counts frames: a large message's must all fit.
-			sk.window = max(sk.window, uint32(min(st.s.rcvbuf/creditBytes, maxLargeCredit)))
+			// Credit counts frames, and a large message's must all fit
+			// the window at once: up to maxLargeCredit, still within
+			// the queue (a frame may be a message) and the socket buffer.
+			sk.window = uint32(max(minCredit, min(o.Queue, maxLargeCredit, st.s.rcvbuf/creditBytes)))
 		}
 	}
 	st.s.mu.Lock()
