@@ -247,7 +247,7 @@ func (p *Port) session(id uint32, src netip.AddrPort) *Session {
 // being run twice (a second session, source or sink the application never
 // learns of; a close answered "not found").
 func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
-	if m.Type == guestproto.Ping { // liveness: never limited, nothing to replay
+	if m.Type == guestproto.Ping || m.Type == guestproto.LargeDeliveries { // liveness, idempotent: never limited, nothing to replay
 		return p.runControl(m, src, now)
 	}
 	cached := m.RequestID != 0 // 0: the client does not resend

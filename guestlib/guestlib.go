@@ -654,6 +654,7 @@ func (s *Session) ping() {
 	t := time.NewTicker(s.opts.PingInterval)
 	defer t.Stop()
 	var b [guestproto.HeaderLen]byte
+	var lb [guestproto.HeaderLen + 4]byte
 	var sinks []*Sink
 	for {
 		select {
@@ -662,6 +663,13 @@ func (s *Session) ping() {
 		case <-t.C:
 			guestproto.PutHeader(b[:], guestproto.Header{Type: guestproto.Ping, RequestID: s.nextReq.Add(1), Session: s.id})
 			s.conn.Write(b[:])
+			if s.largeRX {
+				// Again, for a daemon that does not know it: the one this
+				// VM migrated to (a session's state moves without it).
+				n, _ := guestproto.PutRequest(lb[:], &guestproto.Message{Header: guestproto.Header{Type: guestproto.LargeDeliveries,
+					RequestID: s.nextReq.Add(1), Session: s.id}, ID: uint32(s.maxEmit)})
+				s.conn.Write(lb[:n])
+			}
 			// Credits again, in case one was lost: a sink whose last
 			// credit went missing while its window was full would get
 			// nothing more.
