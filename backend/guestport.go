@@ -73,6 +73,9 @@ func (p *Port) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
 // unseen; they wait here (a reliable stream retries them) or are dropped
 // and counted (best effort).
 func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool {
+	if len(payload) > p.maxDeliver() {
+		return p.deliverFrags(sk, source, seq, payload) // guestlarge.go
+	}
 	c := sk.credit.Load()
 	if c != 0 && !creditAllows(c, sk.index.Load()) {
 		sk.creditWaits.Add(1)
@@ -190,6 +193,9 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		}
 		return 0
 	}
+	if m.Type == guestproto.EmitFrag {
+		return p.emitFrag(src, &m, reply, t)
+	}
 	if m.Type == guestproto.Credit {
 		if s := p.session(m.Session, src); s != nil {
 			s.lastSeen.Store(monoAt(t))
@@ -241,7 +247,7 @@ func (p *Port) session(id uint32, src netip.AddrPort) *Session {
 // being run twice (a second session, source or sink the application never
 // learns of; a close answered "not found").
 func (p *Port) control(m *guestproto.Message, src netip.AddrPort, now int64) guestproto.Result {
-	if m.Type == guestproto.Ping { // liveness: never limited, nothing to replay
+	if m.Type == guestproto.Ping || m.Type == guestproto.LargeDeliveries { // liveness, idempotent: never limited, nothing to replay
 		return p.runControl(m, src, now)
 	}
 	cached := m.RequestID != 0 // 0: the client does not resend
@@ -271,7 +277,9 @@ func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) 
 		}
 		s.touch()
 		p.setSession(s.ID, s)
-		return guestproto.Result{ID: s.ID}
+		// The largest message: guestlib may then send larger ones than a
+		// frame as EmitFrag (guestlarge.go); older ones ignore it.
+		return guestproto.Result{ID: s.ID, Plugin: binaryMaxMessage(p.rt.maxMessage())}
 	}
 	s := p.session(m.Session, src)
 	if s == nil {
@@ -291,6 +299,9 @@ func runControl(s *Session, m *guestproto.Message) guestproto.Result {
 	var err error
 	switch m.Type {
 	case guestproto.Ping:
+		return guestproto.Result{ID: s.ID}
+	case guestproto.LargeDeliveries:
+		s.guestLarge.Store(int32(min(int(m.ID), s.rt.maxMessage(), guestFragMax)))
 		return guestproto.Result{ID: s.ID}
 	case guestproto.CloseSession:
 		s.Close()
@@ -449,4 +460,11 @@ func (p *Port) streamChanged(s *Session, streamID uint32, datapath, warning stri
 	*p.out.slots.Meta(id) = uint16(n)
 	p.out.ready.PushWait(id)
 	p.dev.Wake()
+}
+
+// binaryMaxMessage is an OpenSession reply's Plugin for a largest
+// message of n bytes.
+func binaryMaxMessage(n int) []byte {
+	var b [guestproto.MaxMessageLen]byte
+	return guestproto.PutMaxMessage(&b, uint32(n))
 }

@@ -266,15 +266,39 @@ type sizedEndpoint interface {
 	maxDeliver() int
 }
 
-func (c *hostClient) maxDeliver() int { return hostSlotSize }
+func (c *hostClient) maxDeliver() int { return c.maxMsg }
 
 func (p *Port) maxDeliver() int {
 	return outboxSlotSize - DatagramHeaderLen - guestproto.DeliverOverhead
 }
 
-// fits reports whether ep can ever take a message of n bytes.
-func fits(ep endpoint, n int) bool {
-	se, ok := ep.(sizedEndpoint)
+// maxMessage is the largest message the runtime's applications may
+// emit: RemoteOptions.MaxMessage (--max-message), default
+// DefaultMaxMessage, also without other hosts.
+func (r *Runtime) maxMessage() int {
+	if r.remote != nil {
+		return r.remote.maxMessage
+	}
+	if m := r.opts.Remote.MaxMessage; m > 0 {
+		return m
+	}
+	return DefaultMaxMessage
+}
+
+// sessionSized is an endpoint whose limit depends on the session (a
+// port: its guest's guestlib may reassemble large messages).
+type sessionSized interface {
+	maxDeliverTo(s *Session) int
+}
+
+func (p *Port) maxDeliverTo(s *Session) int { return max(p.maxDeliver(), int(s.guestLarge.Load())) }
+
+// fits reports whether sk's endpoint can ever take a message of n bytes.
+func fits(sk *Sink, n int) bool {
+	if ss, ok := sk.session.ep.(sessionSized); ok {
+		return n <= ss.maxDeliverTo(sk.session)
+	}
+	se, ok := sk.session.ep.(sizedEndpoint)
 	return !ok || n <= se.maxDeliver()
 }
 

@@ -80,6 +80,7 @@ type Port struct {
 	malformed atomic.Uint64            // guestproto datagrams that did not parse
 	replies   replayCache              // recent control replies, for resent requests
 	acct      *account                 // what the guest holds, against opts.Limits
+	large     guestLarge               // large messages from the guest (guestlarge.go)
 
 	// Live migration (snapshot.go, migrate.go).
 	frozen   atomic.Bool             // the outbox is held: the guest gets nothing from it
@@ -229,6 +230,9 @@ func (p *Port) Info() PortInfo {
 		info.OutboxQueued = p.out.ready.Len()
 	}
 	info.Tenant = p.opts.Tenant
+	fs := p.large.stats()
+	info.LargeReceived, info.LargeDropped = fs.Complete, fs.Lost+fs.Overflow+fs.Inconsistent+fs.TooLarge
+	info.LargeSent = p.large.sent.Load()
 	if p.acct != nil {
 		info.LimitRefusals = p.acct.refusals()
 	}

@@ -629,7 +629,7 @@ func (rl *reliable) deliverLocked(rr *relRecv) bool {
 		sinks := rt.channels.Get(key)
 		for rr.headDone < len(sinks) {
 			sk := sinks[rr.headDone]
-			if !fits(sk.session.ep, len(payload)) {
+			if !fits(sk, len(payload)) {
 				sk.dropped.Add(1) // it never would: see sizedEndpoint (large.go)
 				rl.rm.large.undeliverable.Add(1)
 				rr.headDone++

@@ -154,6 +154,10 @@ type Session struct {
 	tenant TenantID
 	// acct is charged for what the session holds; nil: no limits.
 	acct *account
+	// guestLarge is, on the virtio transport, the largest message the
+	// guest reassembles from DeliverFrag frames (LargeDeliveries); 0:
+	// one frame (an older guestlib).
+	guestLarge atomic.Int32
 
 	// streams and closed are guarded by rt.mu. The trailing
 	// checklocksignore silences only the analyzer's "may require

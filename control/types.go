@@ -63,6 +63,14 @@ type PortInfo struct {
 	// limits, by limit: "sessions", "streams", "sources", "sinks",
 	// "control-rate" (only those above zero).
 	LimitRefusals map[string]uint64 `json:"limit_refusals,omitempty"`
+	// Large messages on the guest's link (larger than one frame, sent as
+	// fragments): LargeReceived from the guest reassembled whole;
+	// LargeDropped from the guest dropped incomplete (a fragment lost,
+	// evicted for room, inconsistent or over the limit); LargeSent to the
+	// guest's sinks as DeliverFrag frames.
+	LargeReceived uint64 `json:"large_received,omitempty"`
+	LargeDropped  uint64 `json:"large_dropped,omitempty"`
+	LargeSent     uint64 `json:"large_sent,omitempty"`
 }
 
 // StreamOptions are a stream's QoS options, as the application asked.

@@ -19,11 +19,15 @@
 // slot the daemon copied the message into, read in place until Release
 // gives the slot back. A busy stream makes no system call per message
 // (see internal/shm for the layout and the wake-up protocol). The slots
-// are a fixed pool per session (512 to send, 1024 to receive): GetBuffer
-// fails with ErrNoBuffers when every TX slot is in flight, and
-// GetBufferContext waits for one; a session that holds all its RX slots
-// (unreleased or queued messages) gets no more messages until it releases
-// some — the daemon drops them and counts them for the sink.
+// are a fixed pool per session (512 to send, 1024 to receive, 2 KiB
+// each): GetBuffer fails with ErrNoBuffers when every TX slot is in
+// flight, and GetBufferContext waits for one; a session that holds all
+// its RX slots (unreleased or queued messages) gets no more messages
+// until it releases some — the daemon drops them and counts them for the
+// sink. Messages larger than a slot, up to Session.MaxMessage (the
+// daemon's --max-message, 1 MiB by default), take runs of adjacent slots
+// from a part of each pool set aside for them (room for two 1 MiB
+// messages each way): Data is one contiguous slice either way.
 //
 // The API follows the paper's (section 5.1): get a buffer, write into it,
 // emit it and get a token, ask for the token's outcome; sinks deliver by
@@ -70,14 +74,20 @@ import (
 var DefaultService = netip.MustParseAddrPort("169.254.77.1:7077")
 
 // MaxMessage is the largest message a source may emit over the virtio
-// transport (a Deliver carrying it must fit the link's 1500-byte MTU).
+// transport (a Deliver carrying it must fit the link's 1500-byte MTU);
+// on the host transport, Session.MaxMessage says.
 const MaxMessage = 1500 - 20 - 8 - guestproto.DeliverOverhead
+
+// maxLargeMessage bounds the largest message a daemon may announce
+// (veloced's --max-message is at most 64 MiB): a virtio session's large
+// buffers are of that size.
+const maxLargeMessage = 64 << 20
 
 // Errors.
 var (
 	// ErrClosed: the session, stream, source or sink is closed.
 	ErrClosed = errors.New("guestlib: closed")
-	// ErrTooLarge: a message larger than MaxMessage.
+	// ErrTooLarge: a message larger than Session.MaxMessage.
 	ErrTooLarge = errors.New("guestlib: message too large")
 	// ErrNoSession: the daemon does not know the session (it restarted, or
 	// released the session after a silence).
@@ -350,6 +360,9 @@ const (
 	creditBytes = 4096
 	// maxCredit bounds a sink's window.
 	maxCredit = 1024
+	// maxLargeCredit bounds the window, in frames, of a sink that takes
+	// large messages (each of its frames one delivery).
+	maxLargeCredit = 4096
 	// minCredit is the least window: below it the link idles.
 	minCredit = 16
 )
@@ -386,6 +399,15 @@ type Session struct {
 
 	nextReq atomic.Uint32
 	bufs    sync.Pool // of *[]byte, datagram-sized
+	// maxEmit is the largest message the virtio transport's sources may
+	// emit: the daemon's limit when its OpenSession reply gave one (it
+	// takes EmitFrag), else MaxMessage. Set by Open.
+	maxEmit int
+	large   sync.Pool // of *[]byte of maxEmit bytes: large messages' buffers
+	// largeRX: the daemon sends this session's sinks messages larger
+	// than a frame as DeliverFrag frames (LargeDeliveries accepted).
+	// Set by Open.
+	largeRX bool
 
 	mu      sync.Mutex
 	pending map[uint32]chan reply // +checklocks:mu
@@ -463,7 +485,8 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	s.id = r.id
 	if host {
 		// The daemon watches the connection: no pings.
-		if s.host, err = newHostShm(r.fds); err != nil {
+		maxMsg, _ := guestproto.ParseMaxMessage([]byte(r.plugin))
+		if s.host, err = newHostShm(r.fds, int(maxMsg)); err != nil {
 			s.shutdown()
 			return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
 		}
@@ -472,6 +495,14 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		return s, nil
 	}
 	shm.CloseFDs(r.fds)
+	s.maxEmit = MaxMessage
+	if n, ok := guestproto.ParseMaxMessage([]byte(r.plugin)); ok && int(n) > MaxMessage {
+		s.maxEmit = min(int(n), maxLargeMessage)
+		s.large.New = func() any { b := make([]byte, s.maxEmit); return &b }
+		// Large messages to this session's sinks too, up to as large.
+		r, err := s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.LargeDeliveries}, ID: uint32(s.maxEmit)})
+		s.largeRX = err == nil && r.status == guestproto.StatusOK
+	}
 	s.wg.Add(1)
 	go s.ping()
 	return s, nil
@@ -479,6 +510,24 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 
 // ID returns the session id the daemon gave.
 func (s *Session) ID() uint32 { return s.id }
+
+// MaxMessage returns the largest message the session's sources may emit
+// (GetBuffer's largest size), the daemon's limit (veloced --max-message,
+// default 1 MiB) learned when the session opened; with a daemon from
+// before large messages, the package's MaxMessage. It is also the
+// largest message its sinks receive. On the virtio transport a message
+// larger than a frame travels as fragments both ways
+// (guestproto.EmitFrag, DeliverFrag), joined by the daemon or by the
+// sink; a sink's credit then counts frames, so a large message reaches
+// it only if its queue (SinkOptions.Queue) and socket buffer (root, or a
+// raised net.core.rmem_max) have room for all its frames at once (749
+// for 1 MiB).
+func (s *Session) MaxMessage() int {
+	if s.host != nil {
+		return s.host.maxMsg
+	}
+	return max(s.maxEmit, MaxMessage)
+}
 
 // Close closes the session: the daemon releases its streams, sources and
 // sinks. Messages not consumed are dropped.
@@ -605,6 +654,7 @@ func (s *Session) ping() {
 	t := time.NewTicker(s.opts.PingInterval)
 	defer t.Stop()
 	var b [guestproto.HeaderLen]byte
+	var lb [guestproto.HeaderLen + 4]byte
 	var sinks []*Sink
 	for {
 		select {
@@ -613,6 +663,13 @@ func (s *Session) ping() {
 		case <-t.C:
 			guestproto.PutHeader(b[:], guestproto.Header{Type: guestproto.Ping, RequestID: s.nextReq.Add(1), Session: s.id})
 			s.conn.Write(b[:])
+			if s.largeRX {
+				// Again, for a daemon that does not know it: the one this
+				// VM migrated to (a session's state moves without it).
+				n, _ := guestproto.PutRequest(lb[:], &guestproto.Message{Header: guestproto.Header{Type: guestproto.LargeDeliveries,
+					RequestID: s.nextReq.Add(1), Session: s.id}, ID: uint32(s.maxEmit)})
+				s.conn.Write(lb[:n])
+			}
 			// Credits again, in case one was lost: a sink whose last
 			// credit went missing while its window was full would get
 			// nothing more.
@@ -685,6 +742,17 @@ func (s *Session) receive() {
 			msg := messagePool.Get().(*Message)
 			*msg = Message{Data: m.Payload, Source: m.Source, Seq: m.Seq, Channel: m.Channel, buf: bp, sink: sk}
 			sk.push(msg)
+		case guestproto.DeliverFrag:
+			s.mu.Lock()
+			sk := s.sinks[m.ID]
+			s.mu.Unlock()
+			if sk != nil && s.largeRX {
+				if m.RequestID != 0 {
+					sk.lastIndex.Store(m.RequestID)
+				}
+				sk.fragment(&m)
+			}
+			s.bufs.Put(bp)
 		default:
 			s.bufs.Put(bp)
 		}
@@ -853,27 +921,44 @@ type Buffer struct {
 	// and may be shortened before Emit (Truncate): Emit sends len(Data)
 	// bytes. On the host transport it is a
 	// slot of the memory shared with the daemon.
-	Data []byte
-	raw  *[]byte  // virtio transport
-	host *hostShm // host transport: Data is TX slot slot
-	slot uint32
+	Data  []byte
+	raw   *[]byte  // virtio transport
+	large *[]byte  // virtio transport, a message larger than a frame
+	host  *hostShm // host transport: Data is TX slot slot
+	slot  uint32
 }
 
 // GetBuffer returns a buffer for a message of size bytes (at most
-// MaxMessage). The message is built in place: Emit sends it without a
-// copy. It does not wait: on the host transport, when every TX slot of the
-// session is in flight, it returns an error wrapping ErrNoBuffers (see
-// GetBufferContext). It may also return ErrTooLarge and ErrClosed.
+// Session.MaxMessage: ErrTooLarge past it). The message is built in
+// place: Emit sends it without a copy. On the host transport a message
+// larger than one slot takes a run of adjacent slots, so Data is one
+// contiguous slice of the shared region whatever its size; on the
+// virtio transport, a message larger than a frame is built in a buffer
+// of the session's and sent as fragments (guestproto.EmitFrag). It does not
+// wait: on the host transport, when every TX slot of the session is in
+// flight (or no run of free slots is long enough), it returns an error
+// wrapping ErrNoBuffers (see GetBufferContext). It may also return
+// ErrClosed.
 func (so *Source) GetBuffer(size int) (*Buffer, error) {
-	if size < 0 || size > MaxMessage {
-		return nil, ErrTooLarge
-	}
 	if h := so.s.host; h != nil {
-		id, err := h.allocTX()
+		if size < 0 || size > h.maxMsg {
+			return nil, ErrTooLarge
+		}
+		id, err := h.alloc(size)
 		if err != nil {
 			return nil, err
 		}
 		return h.buffer(id, size), nil
+	}
+	if size > MaxMessage && size <= so.s.maxEmit {
+		// Sent as fragments (emitLarge).
+		bp := so.s.large.Get().(*[]byte)
+		b := bufferPool.Get().(*Buffer)
+		*b = Buffer{Data: (*bp)[:size], large: bp}
+		return b, nil
+	}
+	if size < 0 || size > MaxMessage {
+		return nil, ErrTooLarge
 	}
 	bp := so.s.bufs.Get().(*[]byte)
 	b := bufferPool.Get().(*Buffer)
@@ -905,10 +990,10 @@ func (b *Buffer) Truncate(n int) {
 // until ctx ends. Use GetBuffer there and handle ErrNoBuffers.
 func (so *Source) GetBufferContext(ctx context.Context, size int) (*Buffer, error) {
 	h := so.s.host
-	if h == nil || size < 0 || size > MaxMessage {
+	if h == nil || size < 0 || size > h.maxMsg {
 		return so.GetBuffer(size)
 	}
-	id, err := h.waitTX(ctx, so.s.done)
+	id, err := h.waitTX(ctx, so.s.done, size)
 	if err != nil {
 		return nil, err
 	}
@@ -924,6 +1009,9 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	if b.host != nil {
 		return so.emitHost(b)
 	}
+	if b.large != nil {
+		return so.emitLarge(b)
+	}
 	if b.raw == nil {
 		return 0, errors.New("guestlib: buffer already emitted")
 	}
@@ -938,6 +1026,41 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	so.mu.Unlock()
 	so.s.bufs.Put(b.raw)
 	b.raw, b.Data = nil, nil
+	bufferPool.Put(b)
+	if err != nil {
+		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
+	}
+	return Token(tok), nil
+}
+
+// emitLarge sends a message larger than a frame as EmitFrag frames of
+// guestproto.FragSize bytes (the last one the rest), in order, from one
+// datagram buffer: the daemon reassembles them. A message cut to a frame
+// (Truncate) goes as an Emit.
+func (so *Source) emitLarge(b *Buffer) (Token, error) {
+	bp, data := b.large, b.Data
+	if len(data) > so.s.maxEmit || (len(data) > 0 && &data[0] != &(*bp)[0]) {
+		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
+	}
+	frame := so.s.bufs.Get().(*[]byte)
+	count := (len(data) + guestproto.FragSize - 1) / guestproto.FragSize
+	so.mu.Lock()
+	tok := so.token.Add(1)
+	var err error
+	if len(data) <= MaxMessage {
+		n, _ := guestproto.PutEmit(*frame, so.s.id, so.id, tok, data)
+		err = so.s.writeEmit((*frame)[:n])
+	} else {
+		for i := 0; i < count && err == nil; i++ {
+			part := data[i*guestproto.FragSize : min((i+1)*guestproto.FragSize, len(data))]
+			n, _ := guestproto.PutEmitFrag(*frame, so.s.id, so.id, tok, uint16(i), uint16(count), part)
+			err = so.s.writeEmit((*frame)[:n])
+		}
+	}
+	so.mu.Unlock()
+	so.s.bufs.Put(frame)
+	so.s.large.Put(bp)
+	*b = Buffer{}
 	bufferPool.Put(b)
 	if err != nil {
 		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
@@ -964,6 +1087,8 @@ type Message struct {
 	// Channel is the channel it was emitted on.
 	Channel uint32
 	buf     *[]byte  // virtio transport
+	large   *[]byte  // virtio transport, reassembled from DeliverFrag frames
+	frames  uint32   // virtio transport: deliveries it took of the sink's credit, less one
 	host    *hostShm // host transport: Data is RX slot slot
 	slot    uint32
 	sink    *Sink
@@ -977,6 +1102,8 @@ func (m *Message) Release() {
 		m.host.releaseRX(m.slot)
 	case m.buf != nil:
 		m.sink.s.bufs.Put(m.buf)
+	case m.large != nil:
+		m.sink.s.large.Put(m.large)
 	default:
 		return
 	}
@@ -1009,6 +1136,65 @@ type Sink struct {
 	sinceCredit atomic.Uint32
 	creditMu    sync.Mutex
 	creditBuf   [guestproto.CreditLen]byte // +checklocks:creditMu
+
+	// The large message being reassembled from DeliverFrag frames (the
+	// receive goroutine's): its buffer, what it is, how far it got.
+	asm               *[]byte
+	asmSource, asmSeq uint64
+	asmNext, asmCount uint16
+	asmLen            int
+	asmStart          time.Time
+}
+
+// largeTimeout bounds how long a large message may take to arrive whole.
+const largeTimeout = time.Second
+
+// fragment takes one DeliverFrag for the sink. The daemon sends a
+// message's frames in order, one message at a time per port: a frame out
+// of order, or a new message before the last completed, drops the
+// message in progress (counted with Dropped), as does a message over the
+// session's largest or one older than largeTimeout.
+func (sk *Sink) fragment(m *guestproto.Message) {
+	s := sk.s
+	if m.FragIndex == 0 {
+		if sk.asm != nil { // the previous one lost its last frames
+			sk.dropAsm()
+		}
+		if int(m.FragCount-1)*guestproto.FragSize >= s.maxEmit {
+			sk.dropped.Add(1)
+			return
+		}
+		sk.asm = s.large.Get().(*[]byte)
+		sk.asmSource, sk.asmSeq, sk.asmNext, sk.asmCount, sk.asmLen, sk.asmStart = m.Source, m.Seq, 0, m.FragCount, 0, time.Now()
+	}
+	if sk.asm == nil {
+		return // the rest of a message whose start was lost (counted then)
+	}
+	if m.FragIndex != sk.asmNext || m.FragCount != sk.asmCount || m.Source != sk.asmSource || m.Seq != sk.asmSeq ||
+		sk.asmLen+len(m.Payload) > s.maxEmit || (m.FragIndex < m.FragCount-1 && len(m.Payload) != guestproto.FragSize) ||
+		time.Since(sk.asmStart) > largeTimeout {
+		sk.dropAsm()
+		return
+	}
+	sk.asmLen += copy((*sk.asm)[sk.asmLen:], m.Payload)
+	sk.asmNext++
+	if sk.asmNext < sk.asmCount {
+		return
+	}
+	msg := messagePool.Get().(*Message)
+	*msg = Message{Data: (*sk.asm)[:sk.asmLen], Source: sk.asmSource, Seq: sk.asmSeq, Channel: m.Channel, large: sk.asm,
+		frames: uint32(sk.asmCount) - 1, sink: sk}
+	sk.asm = nil
+	sk.push(msg)
+}
+
+// dropAsm drops the large message in progress (counted), giving its
+// frames back to the credit.
+func (sk *Sink) dropAsm() {
+	sk.s.large.Put(sk.asm)
+	sk.asm = nil
+	sk.dropped.Add(1)
+	sk.tookFrames(uint32(sk.asmNext))
 }
 
 // SinkOptions configure a sink.
@@ -1037,6 +1223,12 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 	sk.id = r.id
 	if st.s.host == nil {
 		sk.window = creditWindow(o.Queue, st.s.rcvbuf)
+		if st.s.largeRX {
+			// Credit counts frames, and a large message's must all fit
+			// the window at once: up to maxLargeCredit, still within
+			// the queue (a frame may be a message) and the socket buffer.
+			sk.window = uint32(max(minCredit, min(o.Queue, maxLargeCredit, st.s.rcvbuf/creditBytes)))
+		}
 	}
 	st.s.mu.Lock()
 	st.s.sinks[sk.id] = sk
@@ -1047,11 +1239,15 @@ func (st *Stream) CreateSink(ctx context.Context, channel uint32, o SinkOptions)
 
 // took counts a message off the sink's window (consumed, handed to the
 // callback, or dropped) and sends a Credit every quarter window.
-func (sk *Sink) took() {
+func (sk *Sink) took() { sk.tookFrames(1) }
+
+// tookFrames is took for a message that took n deliveries of the credit
+// (a large one's frames).
+func (sk *Sink) tookFrames(n uint32) {
 	if sk.window == 0 {
 		return
 	}
-	if sk.sinceCredit.Add(1) >= max(1, sk.window/4) {
+	if sk.sinceCredit.Add(n) >= max(1, sk.window/4) {
 		sk.sinceCredit.Store(0)
 		sk.sendCredit()
 	}
@@ -1070,9 +1266,10 @@ func (sk *Sink) sendCredit() {
 }
 
 func (sk *Sink) push(m *Message) {
+	frames := m.frames + 1
 	if sk.cb != nil {
 		sk.cb(m)
-		sk.took()
+		sk.tookFrames(frames)
 		return
 	}
 	sk.mu.RLock()
@@ -1086,7 +1283,7 @@ func (sk *Sink) push(m *Message) {
 	default:
 		sk.dropped.Add(1)
 		m.Release()
-		sk.took()
+		sk.tookFrames(frames)
 	}
 }
 
@@ -1101,7 +1298,7 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 		if !ok {
 			return nil, ErrClosed
 		}
-		sk.took()
+		sk.tookFrames(m.frames + 1)
 		return m, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -1113,7 +1310,7 @@ func (sk *Sink) TryConsume() (*Message, bool) {
 	select {
 	case m, ok := <-sk.queue:
 		if ok {
-			sk.took()
+			sk.tookFrames(m.frames + 1)
 		}
 		return m, ok
 	default:

@@ -144,7 +144,7 @@ func TestCallbackSinkAndOutcome(t *testing.T) {
 	if got.Load() != 100 {
 		t.Fatalf("callback sink got %d of 100", got.Load())
 	}
-	if _, err := src.GetBuffer(guestlib.MaxMessage + 1); !errors.Is(err, guestlib.ErrTooLarge) {
+	if _, err := src.GetBuffer(s.MaxMessage() + 1); !errors.Is(err, guestlib.ErrTooLarge) {
 		t.Errorf("oversized buffer: %v", err)
 	}
 	// A closed source's emits are refused, and the outcome says why.
@@ -244,6 +244,43 @@ func TestHostSteadyStateAllocatesNothing(t *testing.T) {
 		step()
 	}
 	if a := testing.AllocsPerRun(5000, step); a != 0 {
+		t.Errorf("%.2f allocations per message", a)
+	}
+}
+
+// Large messages (runs of slots, up to Session.MaxMessage) allocate
+// nothing either, on the way in or out; one-slot ones in between stay
+// unaffected.
+func TestHostLargeMessagesAllocateNothing(t *testing.T) {
+	_, sock := daemon(t)
+	s, src, sink := pair(t, sock, 4)
+	ctx := context.Background()
+	sizes := []int{s.MaxMessage(), 2049, 64, 300000}
+	var n int
+	step := func() {
+		size := sizes[n%len(sizes)]
+		b, err := src.GetBufferContext(ctx, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		b.Data[0], b.Data[size-1] = byte(n), byte(n>>8)
+		if _, err := src.Emit(b); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sink.Consume(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Data) != size || m.Data[0] != byte(n) || m.Data[size-1] != byte(n>>8) {
+			t.Fatalf("message %d: %d bytes, want %d", n, len(m.Data), size)
+		}
+		m.Release()
+	}
+	for range 100 {
+		step()
+	}
+	if a := testing.AllocsPerRun(200, step); a != 0 {
 		t.Errorf("%.2f allocations per message", a)
 	}
 }

@@ -46,17 +46,47 @@ const (
 	CreateSink   Type = 0x07 // body: stream u32, channel u32
 	CloseSink    Type = 0x08 // body: id u32
 	Ping         Type = 0x09 // no body: liveness of the session
-	Reply        Type = 0x40 // body: Result
-	Emit         Type = 0x80 // body: source u32, token u64, payload
-	Deliver      Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
-	Outcome      Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
-	Credit       Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
+	// LargeDeliveries (client to daemon, after an OpenSession whose reply
+	// gave a largest message): body: largest u32, the largest message
+	// the client reassembles from DeliverFrag frames (ID). Older daemons
+	// do not know it; a client sends it only to newer ones.
+	LargeDeliveries Type = 0x0a
+	Reply           Type = 0x40 // body: Result
+	Emit            Type = 0x80 // body: source u32, token u64, payload
+	Deliver         Type = 0x81 // body: sink u32, channel u32, source u64, seq u64, payload
+	Outcome         Type = 0x82 // body: source u32, token u64, status u16 (emit outcome)
+	Credit          Type = 0x83 // body: sink u32, seen u32, room u32 (guest to daemon)
 	// StreamChanged (daemon to guest) tells the session that a stream
 	// moved to another datapath (velocectl streams set-qos). Body: stream
 	// u32 | datapath len u16 | datapath | warning len u16 | warning; the
 	// parsed fields are ID, Result.Plugin and Result.Message.
 	StreamChanged Type = 0x84
+	// EmitFrag (guest to daemon) is one fragment of a message larger
+	// than one frame: body: source u32 | token u64 | index u16 | count u16
+	// | payload. Every fragment but the last carries FragSize bytes, the
+	// last the rest; all carry the message's token, count at least 2 and
+	// index below it. A client sends them only to a daemon whose
+	// OpenSession reply gave a largest message (ParseMaxMessage): older
+	// daemons do not know the type.
+	EmitFrag Type = 0x85
+	// DeliverFrag (daemon to guest) is one fragment of a delivered
+	// message larger than one frame, to a session that sent
+	// LargeDeliveries: body: sink u32 | channel u32 | source u64 | seq u64
+	// | index u16 | count u16 | payload (FragSize bytes but the last). Its
+	// header's RequestID is the sink's delivery index, as a Deliver's:
+	// every fragment is one delivery for the sink's credit.
+	DeliverFrag Type = 0x86
 )
+
+// DeliverFragOverhead is the bytes a DeliverFrag adds before its payload.
+const DeliverFragOverhead = HeaderLen + 28
+
+// FragSize is the payload of every EmitFrag but a message's last: an
+// EmitFrag of it fits a 1500-byte link MTU with room to spare.
+const FragSize = 1400
+
+// EmitFragOverhead is the bytes an EmitFrag adds before its payload.
+const EmitFragOverhead = HeaderLen + 16
 
 // Flow control on the guest's link (Credit). A Deliver's header carries,
 // in its RequestID field, the sink's delivery index: 1, 2, ... per sink,
@@ -75,7 +105,8 @@ var typeNames = map[Type]string{
 	OpenSession: "open-session", CloseSession: "close-session", CreateStream: "create-stream",
 	CloseStream: "close-stream", CreateSource: "create-source", CloseSource: "close-source",
 	CreateSink: "create-sink", CloseSink: "close-sink", Ping: "ping", Reply: "reply",
-	Emit: "emit", Deliver: "deliver", Outcome: "outcome",
+	Emit: "emit", Deliver: "deliver", Outcome: "outcome", EmitFrag: "emit-frag", DeliverFrag: "deliver-frag",
+	LargeDeliveries: "large-deliveries",
 }
 
 // String returns the type's name.
@@ -195,6 +226,31 @@ type Result struct {
 	Message []byte
 }
 
+// MaxMessageLen is the length of an OpenSession reply's Result.Plugin
+// from a daemon that says how large a session's messages may be: the
+// largest message in bytes, u32 little endian (PutMaxMessage). Daemons
+// before large messages leave Plugin empty, and older clients ignore it:
+// the reply parses the same for both.
+const MaxMessageLen = 4
+
+// PutMaxMessage encodes n for an OpenSession reply's Result.Plugin.
+func PutMaxMessage(b *[MaxMessageLen]byte, n uint32) []byte {
+	le.PutUint32(b[:], n)
+	return b[:]
+}
+
+// ParseMaxMessage decodes an OpenSession reply's Result.Plugin: the
+// session's largest message, or ok false when the daemon said nothing
+// (an empty Plugin) or something this package does not know (any other
+// length, or 0).
+func ParseMaxMessage(p []byte) (n uint32, ok bool) {
+	if len(p) != MaxMessageLen {
+		return 0, false
+	}
+	n = le.Uint32(p)
+	return n, n != 0
+}
+
 // Message is a parsed datagram: a header and the fields of its type. Byte
 // slices are views of the datagram.
 type Message struct {
@@ -210,7 +266,9 @@ type Message struct {
 	Room    uint32        // Credit: how many more deliveries may be in flight
 	Status  Status        // Outcome
 	Result  Result        // Reply
-	Payload []byte        // Emit, Deliver
+	Payload []byte        // Emit, Deliver, EmitFrag
+	// FragIndex and FragCount: EmitFrag's place in its message.
+	FragIndex, FragCount uint16
 }
 
 var le = binary.LittleEndian
@@ -228,7 +286,7 @@ func Parse(b []byte, m *Message) error {
 	}
 	*m = Message{Header: Header{Type: Type(b[3]), RequestID: le.Uint32(b[4:]), Session: le.Uint32(b[8:])}}
 	body := b[HeaderLen:]
-	if m.Type >= Emit && m.Type != Deliver && m.RequestID != 0 {
+	if m.Type >= Emit && m.Type != Deliver && m.Type != DeliverFrag && m.RequestID != 0 {
 		return ErrRequestID
 	}
 	exact := func(n int) error {
@@ -248,7 +306,7 @@ func Parse(b []byte, m *Message) error {
 		if len(body) == 5 {
 			m.Options.Consumption = body[4]
 		}
-	case CloseStream, CloseSource, CloseSink:
+	case CloseStream, CloseSource, CloseSink, LargeDeliveries:
 		if err := exact(4); err != nil {
 			return err
 		}
@@ -273,6 +331,23 @@ func Parse(b []byte, m *Message) error {
 			return ErrLength
 		}
 		m.ID, m.Token, m.Payload = le.Uint32(body), le.Uint64(body[4:]), body[12:]
+	case EmitFrag:
+		if len(body) < 16 {
+			return ErrLength
+		}
+		m.ID, m.Token, m.FragIndex, m.FragCount, m.Payload = le.Uint32(body), le.Uint64(body[4:]), le.Uint16(body[12:]), le.Uint16(body[14:]), body[16:]
+		if m.FragCount < 2 || m.FragIndex >= m.FragCount || len(m.Payload) > FragSize {
+			return ErrLength
+		}
+	case DeliverFrag:
+		if len(body) < 28 {
+			return ErrLength
+		}
+		m.ID, m.Channel, m.Source, m.Seq = le.Uint32(body), le.Uint32(body[4:]), le.Uint64(body[8:]), le.Uint64(body[16:])
+		m.FragIndex, m.FragCount, m.Payload = le.Uint16(body[24:]), le.Uint16(body[26:]), body[28:]
+		if m.FragCount < 2 || m.FragIndex >= m.FragCount || len(m.Payload) > FragSize {
+			return ErrLength
+		}
 	case Deliver:
 		if len(body) < 24 {
 			return ErrLength
@@ -349,7 +424,7 @@ func PutRequest(b []byte, m *Message) (int, error) {
 		if m.Options.Consumption != 0 {
 			body = tmp[:5]
 		}
-	case CloseStream, CloseSource, CloseSink:
+	case CloseStream, CloseSource, CloseSink, LargeDeliveries:
 		le.PutUint32(tmp[:], m.ID)
 		body = tmp[:4]
 	case CreateSource, CreateSink:
@@ -386,6 +461,23 @@ func PutReply(b []byte, h Header, r *Result) (int, error) {
 	return n, nil
 }
 
+// PutEmitFrag writes fragment index of count of a large message; part
+// is at most FragSize bytes.
+func PutEmitFrag(b []byte, session, source uint32, token uint64, index, count uint16, part []byte) (int, error) {
+	if len(part) > FragSize || count < 2 || index >= count {
+		return 0, ErrLength
+	}
+	if len(b) < EmitFragOverhead+len(part) {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: EmitFrag, Session: session})
+	le.PutUint32(b[HeaderLen:], source)
+	le.PutUint64(b[HeaderLen+4:], token)
+	le.PutUint16(b[HeaderLen+12:], index)
+	le.PutUint16(b[HeaderLen+14:], count)
+	return EmitFragOverhead + copy(b[EmitFragOverhead:], part), nil
+}
+
 // EmitOverhead is the bytes an Emit adds before its payload.
 const EmitOverhead = HeaderLen + 12
 
@@ -420,6 +512,25 @@ func PutDeliver(b []byte, session, sink, channel uint32, index uint32, source, s
 	le.PutUint64(b[HeaderLen+16:], seq)
 	copyIfMoved(b[DeliverOverhead:], payload)
 	return DeliverOverhead + len(payload), nil
+}
+
+// PutDeliverFrag writes fragment index of count of a delivered message
+// (part at most FragSize bytes) with the sink's delivery index.
+func PutDeliverFrag(b []byte, session, sink, channel, index uint32, source, seq uint64, fi, fc uint16, part []byte) (int, error) {
+	if len(part) > FragSize || fc < 2 || fi >= fc {
+		return 0, ErrLength
+	}
+	if len(b) < DeliverFragOverhead+len(part) {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: DeliverFrag, RequestID: index, Session: session})
+	le.PutUint32(b[HeaderLen:], sink)
+	le.PutUint32(b[HeaderLen+4:], channel)
+	le.PutUint64(b[HeaderLen+8:], source)
+	le.PutUint64(b[HeaderLen+16:], seq)
+	le.PutUint16(b[HeaderLen+24:], fi)
+	le.PutUint16(b[HeaderLen+26:], fc)
+	return DeliverFragOverhead + copy(b[DeliverFragOverhead:], part), nil
 }
 
 // PutOutcome writes an emit Outcome.

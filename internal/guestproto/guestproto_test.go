@@ -157,6 +157,12 @@ func FuzzParse(f *testing.F) {
 	f.Add(append([]byte(nil), b[:n]...))
 	n, _ = PutCredit(b, 1, 2, 3, 4)
 	f.Add(append([]byte(nil), b[:n]...))
+	n, _ = PutEmitFrag(b, 1, 2, 3, 1, 4, []byte("part"))
+	f.Add(append([]byte(nil), b[:n]...))
+	n, _ = PutDeliverFrag(b, 1, 2, 3, 9, 4, 5, 0, 3, []byte("part"))
+	f.Add(append([]byte(nil), b[:n]...))
+	n, _ = PutRequest(b, &Message{Header: Header{Type: LargeDeliveries, RequestID: 3, Session: 1}, ID: 1 << 20})
+	f.Add(append([]byte(nil), b[:n]...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Message
 		if err := Parse(data, &m); err != nil {
@@ -171,6 +177,10 @@ func FuzzParse(f *testing.F) {
 			n, err = PutReply(out, m.Header, &m.Result)
 		case Emit:
 			n, err = PutEmit(out, m.Session, m.ID, m.Token, m.Payload)
+		case DeliverFrag:
+			n, err = PutDeliverFrag(out, m.Session, m.ID, m.Channel, m.RequestID, m.Source, m.Seq, m.FragIndex, m.FragCount, m.Payload)
+		case EmitFrag:
+			n, err = PutEmitFrag(out, m.Session, m.ID, m.Token, m.FragIndex, m.FragCount, m.Payload)
 		case Deliver:
 			n, err = PutDeliver(out, m.Session, m.ID, m.Channel, m.RequestID, m.Source, m.Seq, m.Payload)
 		case Credit:
