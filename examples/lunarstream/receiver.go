@@ -143,6 +143,9 @@ type Summary struct {
 	LatencyP50 float64 `json:"latency_p50_us"`
 	LatencyP99 float64 `json:"latency_p99_us"`
 	LatencyMax float64 `json:"latency_max_us"`
+	// SinkDropped counts messages guestlib's sink dropped with its queue
+	// full (Veloce only).
+	SinkDropped uint64 `json:"sink_dropped,omitempty"`
 	// Datapath and Warning are the stream's (Veloce only).
 	Datapath string `json:"datapath,omitempty"`
 	Warning  string `json:"warning,omitempty"`

@@ -36,7 +36,7 @@ type SenderSummary struct {
 	Frames    int     `json:"frames"`
 	Messages  uint64  `json:"messages"` // stream messages (TCP: frames)
 	Seconds   float64 `json:"seconds"`  // first frame begun to last frame sent
-	FPS       float64 `json:"fps"`      // frames sent per second
+	FPS       float64 `json:"fps"`      // (frames-1)/seconds
 }
 
 // Run sends o.Frames frames through e at o.FPS. It returns when all are
@@ -79,7 +79,9 @@ func Run(ctx context.Context, o Options, e Emitter) (SenderSummary, error) {
 	}
 	if d := time.Since(start); d > 0 {
 		s.Seconds = round2(d.Seconds())
-		s.FPS = round2(float64(o.Frames) / d.Seconds())
+		if o.Frames > 1 {
+			s.FPS = round2(float64(o.Frames-1) / d.Seconds()) // as the consumer counts: between first and last
+		}
 	}
 	return s, nil
 }

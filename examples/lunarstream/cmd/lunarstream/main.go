@@ -43,13 +43,13 @@ func main() {
 const usage = "usage: lunarstream produce|consume [flags] (-h for the flags)\n"
 
 type config struct {
-	socket, tcp, output string
-	frameSize, frames   int
-	messageSize         int
-	fps                 float64
-	channel             uint
-	reliable            bool
-	idle, timeout       time.Duration
+	socket, tcp, output   string
+	frameSize, frames     int
+	messageSize           int
+	fps                   float64
+	channel               uint
+	reliable              bool
+	idle, timeout, linger time.Duration
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&c.reliable, "reliable", true, "QoS Reliable (every frame arrives, in order)")
 	fs.IntVar(&c.messageSize, "message-size", 0, "largest message, header included (0: the session's largest); a larger frame goes as parts")
 	fs.DurationVar(&c.idle, "idle", 10*time.Second, "consumer: stop when nothing arrived for this long after the first frame")
+	fs.DurationVar(&c.linger, "linger", time.Second, "producer: keep the session this long after the last frame (a reliable stream's window to another host drains)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.StringVar(&c.output, "o", "text", "summary format: text or json")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -124,20 +125,13 @@ func produce(ctx context.Context, c config) (any, error) {
 		return nil, err
 	}
 	defer sess.Close()
-	st, err := sess.CreateStream(ctx, guestlib.StreamOptions{Reliable: c.reliable})
-	if err != nil {
-		return nil, err
+	s, err := lunarstream.Produce(ctx, sess, uint32(c.channel), c.reliable, c.messageSize, o)
+	if err == nil {
+		select {
+		case <-time.After(c.linger):
+		case <-ctx.Done():
+		}
 	}
-	src, err := st.CreateSource(ctx, uint32(c.channel))
-	if err != nil {
-		return nil, err
-	}
-	e := &lunarstream.SourceEmitter{Src: src, MessageSize: c.messageSize}
-	if e.MessageSize == 0 {
-		e.MessageSize = lunarstream.MessageSize(sess)
-	}
-	s, err := lunarstream.Run(ctx, o, e)
-	s.Transport, s.Messages = "veloce", e.Messages
 	return s, err
 }
 
@@ -161,24 +155,12 @@ func consumeStream(ctx context.Context, c config, stderr io.Writer) (lunarstream
 		return lunarstream.Summary{}, err
 	}
 	defer sess.Close()
-	st, err := sess.CreateStream(ctx, guestlib.StreamOptions{Reliable: c.reliable})
-	if err != nil {
-		return lunarstream.Summary{}, err
-	}
-	sk, err := st.CreateSink(ctx, uint32(c.channel), guestlib.SinkOptions{})
+	cons, err := lunarstream.OpenConsumer(ctx, sess, uint32(c.channel), c.reliable, c.frames, c.messageSize)
 	if err != nil {
 		return lunarstream.Summary{}, err
 	}
 	fmt.Fprintln(stderr, "ready")
-	size := c.messageSize
-	if size == 0 {
-		size = lunarstream.MessageSize(sess)
-	}
-	r := lunarstream.NewReceiver(c.frames, size)
-	err = lunarstream.ConsumeSink(ctx, sk, r, c.idle)
-	s := r.Summary()
-	s.Transport, s.Datapath, s.Warning = "veloce", st.Current().Datapath, st.Current().Warning
-	return s, err
+	return cons.Run(ctx, c.idle)
 }
 
 func consumeTCP(ctx context.Context, c config, stderr io.Writer) (lunarstream.Summary, error) {
