@@ -87,10 +87,14 @@ import (
 const DefaultAppSocket = "/run/veloce/app.sock"
 
 const (
+	// hostTXSlots and hostRXSlots are the one-slot pools: TX slots 0 to
+	// hostTXSlots-1 are the application's for one-slot messages, RX
+	// slots 0 to hostRXSlots-1 the daemon's; the slots past them are for
+	// runs (large messages, hostLayoutFor).
 	hostTXSlots = 512
 	hostRXSlots = 1024
-	// hostSlotSize holds one message: guestlib messages are at most
-	// MaxGuestPayload bytes on every transport.
+	// hostSlotSize holds one message of up to MaxGuestPayload bytes (a
+	// VM's largest one-frame message) and more: larger ones take runs.
 	hostSlotSize = 2048
 	// hostBatch is how many TX entries the drain goroutine takes per round.
 	hostBatch = 64
@@ -98,7 +102,34 @@ const (
 	hostAlive = time.Second
 )
 
-var hostLayout = shm.Layout{SlotSize: hostSlotSize, TXSlots: hostTXSlots, RXSlots: hostRXSlots}
+// hostLayout is a client's region with the default largest message,
+// hostMaxMessage the largest message it holds.
+var hostLayout, hostMaxMessage = hostLayoutFor(DefaultMaxMessage)
+
+// hostLayoutFor sizes a client's region for messages of up to
+// maxMessage bytes (the daemon's --max-message) and returns the largest
+// message the region takes. Past the one-slot pools, each pool has room
+// for runs of two such messages (one when that would exceed
+// shm.MaxSlots), rounded up to a power of two: for 1 MiB, 2,048 TX slots
+// (3 MiB of runs) and 2,048 RX slots (2 MiB), 8 MiB in all, which the
+// kernel backs only as they are written.
+func hostLayoutFor(maxMessage int) (shm.Layout, int) {
+	per := (maxMessage + hostSlotSize - 1) / hostSlotSize
+	runs := 2 * per
+	if hostRXSlots+runs > shm.MaxSlots {
+		runs = per
+	}
+	pool := func(small int) uint32 {
+		n := uint32(2)
+		for int(n) < small+runs && n < shm.MaxSlots {
+			n *= 2
+		}
+		return n
+	}
+	l := shm.Layout{SlotSize: hostSlotSize, TXSlots: pool(hostTXSlots), RXSlots: pool(hostRXSlots)}
+	largest := min(maxMessage, int(l.TXSlots-hostTXSlots)*hostSlotSize, int(l.RXSlots-hostRXSlots)*hostSlotSize)
+	return l, max(largest, hostSlotSize)
+}
 
 // hostApps serves the unix socket.
 type hostApps struct {
@@ -134,6 +165,8 @@ type hostClient struct {
 
 	// Set by open before the session exists; fixed afterwards.
 	region *shm.Region
+	layout shm.Layout
+	maxMsg int           // the largest message, either way (hostLayoutFor)
 	txNote *shm.Notifier // the application signals: TX entries wait
 	rxNote *shm.Notifier // the daemon signals: RX or TX-done entries wait
 
@@ -164,6 +197,13 @@ type hostClient struct {
 	rx     shm.Producer // +checklocksignore
 	recMu  sync.Mutex
 	rxFree shm.Consumer // +checklocks:recMu
+	// RX slots from hostRXSlots on hold runs: a message larger than a
+	// slot goes into a run of adjacent ones, allocated under runMu, its
+	// metadata in runMeta (by slot - hostRXSlots), queued on ready and
+	// lent as one-slot messages are. Lock order: recMu, then runMu.
+	runMu   sync.Mutex
+	runs    *shm.Runs // +checklocks:runMu
+	runMeta []hostRXMeta
 
 	malformed, wakeups, unsent atomic.Uint64
 
@@ -362,7 +402,8 @@ func (c *hostClient) handle(b, reply []byte) {
 			break
 		}
 		go c.drain()
-		res = guestproto.Result{ID: s.ID}
+		var mm [guestproto.MaxMessageLen]byte
+		res = guestproto.Result{ID: s.ID, Plugin: guestproto.PutMaxMessage(&mm, uint32(c.maxMsg))}
 		fds = []int{c.region.FD(), c.txNote.FD(), c.rxNote.FD()}
 	case s == nil || m.Session != s.ID:
 		res = guestproto.Result{Status: guestproto.StatusNoSession, Message: []byte(fmt.Sprintf("session %d: not this connection's", m.Session))}
@@ -391,7 +432,8 @@ func (c *hostClient) open() (*Session, error) {
 		s.Close() // not yet c.sess: the connection stays open
 		return nil, err
 	}
-	region, err := shm.Create("veloce-"+c.name, hostLayout)
+	layout, maxMsg := hostLayoutFor(c.apps.rt.maxMessage())
+	region, err := shm.Create("veloce-"+c.name, layout)
 	if err != nil {
 		return fail(err)
 	}
@@ -407,11 +449,16 @@ func (c *hostClient) open() (*Session, error) {
 		return fail(err)
 	}
 	c.region, c.txNote, c.rxNote = region, tx, rx
+	c.layout, c.maxMsg = layout, maxMsg
 	c.tx, c.done = region.TXConsumer(), region.DoneProducer()
 	// No other goroutine sees the ring ends before opened is set.
 	c.rx, c.rxFree = region.RXProducer(), region.FreeConsumer()              // +checklocksignore
 	c.rxSlots = slots.MustNew[hostRXMeta](slots.Options{Slots: hostRXSlots}) // the memory is the region's
-	c.ready, _ = ring.New(hostRXSlots)
+	c.runMu.Lock()
+	c.runs = shm.NewRuns(hostRXSlots, layout.RXSlots-hostRXSlots)
+	c.runMu.Unlock()
+	c.runMeta = make([]hostRXMeta, layout.RXSlots-hostRXSlots)
+	c.ready, _ = ring.New(int(layout.RXSlots)) // one-slot messages and runs
 	c.drainDone = make(chan struct{})
 	c.apps.regions.Add(1)
 	c.opened.Store(true)
@@ -513,7 +560,9 @@ func (c *hostClient) drainOnce() int {
 	var done uint32
 	for k := uint32(0); k < n; k++ {
 		e := shm.GetTX(c.tx.Entry(k)) // copied out once: the client may change it
-		if e.Slot >= hostTXSlots || e.Len > hostSlotSize {
+		// One slot, or a run of the slots its length takes (a large
+		// message), within the TX pool.
+		if !c.layout.RunFits(e.Slot, e.Len, c.layout.TXSlots) {
 			c.malformed.Add(1)
 			continue
 		}
@@ -543,7 +592,7 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 	if s != nil {
 		sid = s.ID
 		switch so := s.Source(e.Source); {
-		case e.Len > MaxGuestPayload:
+		case int(e.Len) > c.maxMsg:
 			st = guestproto.StatusTooLarge
 		case so == nil:
 			st = guestproto.StatusNotFound
@@ -554,7 +603,9 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 			// destination had room for is refused (guestlib's Outcome:
 			// ErrNoBuffers), one that some took is not.
 			// A reliable source waits for room instead (emitWait).
-			taken, full := c.apps.rt.emitWait(so, c.region.TXSlot(e.Slot)[:e.Len], &c.closed)
+			// Read in place, a run as one message: no copy on the way in.
+			payload := c.region.TXRun(e.Slot, c.layout.SlotsFor(e.Len))[:e.Len]
+			taken, full := c.apps.rt.emitWait(so, payload, &c.closed)
 			if full == 0 || taken > 0 {
 				return
 			}
@@ -596,13 +647,45 @@ func (c *hostClient) sendOutcome(b []byte) {
 // and published on the RX ring. It does not allocate, and takes a lock
 // only when the free queue is empty.
 func (c *hostClient) deliver(sk *Sink, source, seq uint64, payload []byte) bool {
-	if len(payload) > hostSlotSize {
+	if len(payload) > c.maxMsg {
 		return false
 	}
 	c.active.Add(1)
-	ok := !c.closed.Load() && c.put(sk.ID, source, seq, payload)
+	var ok bool
+	if len(payload) <= hostSlotSize {
+		ok = !c.closed.Load() && c.put(sk.ID, source, seq, payload)
+	} else {
+		ok = !c.closed.Load() && c.putRun(sk.ID, source, seq, payload)
+	}
 	c.active.Add(-1)
 	return ok
+}
+
+// putRun is put for a message larger than a slot: it is copied once
+// into a run of free RX slots (the application reads it in place, whole).
+// When no run is free it takes back what the application freed, once;
+// then the message is dropped (the sink counts it).
+func (c *hostClient) putRun(sink uint32, source, seq uint64, payload []byte) bool {
+	count := c.layout.SlotsFor(uint32(len(payload)))
+	c.runMu.Lock()
+	id, ok := c.runs.Alloc(count)
+	c.runMu.Unlock()
+	if !ok {
+		c.recMu.Lock()
+		c.reclaimLocked()
+		c.recMu.Unlock()
+		c.runMu.Lock()
+		id, ok = c.runs.Alloc(count)
+		c.runMu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+	copy(c.region.RXRun(id, count), payload)
+	c.runMeta[id-hostRXSlots] = hostRXMeta{sink: sink, len: uint32(len(payload)), source: source, seq: seq}
+	c.ready.PushWait(id)
+	c.publish()
+	return true
 }
 
 func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
@@ -653,6 +736,15 @@ func (c *hostClient) publishLocked() (n uint32, wake bool) {
 		if !ok {
 			break
 		}
+		if id >= hostRXSlots { // a run
+			m := &c.runMeta[id-hostRXSlots]
+			shm.PutRX(c.rx.Entry(n), shm.RXEntry{Slot: id, Len: m.len, Sink: m.sink, Source: m.source, Seq: m.seq})
+			c.runMu.Lock()
+			c.runs.Lend(id)
+			c.runMu.Unlock()
+			n++
+			continue
+		}
 		m := c.rxSlots.Meta(id)
 		shm.PutRX(c.rx.Entry(n), shm.RXEntry{Slot: id, Len: m.len, Sink: m.sink, Source: m.source, Seq: m.seq})
 		c.rxSlots.Lend(id) // before Publish: the application cannot free it sooner
@@ -678,7 +770,14 @@ func (c *hostClient) reclaimLocked() int {
 	}
 	got := 0
 	for k := uint32(0); k < n; k++ {
-		if !c.rxSlots.Reclaim(shm.GetID(c.rxFree.Entry(k))) {
+		id := shm.GetID(c.rxFree.Entry(k))
+		ok := id < hostRXSlots && c.rxSlots.Reclaim(id)
+		if id >= hostRXSlots {
+			c.runMu.Lock()
+			_, ok = c.runs.Reclaim(id) // only the first slot of a run lent
+			c.runMu.Unlock()
+		}
+		if !ok {
 			c.malformed.Add(1) // out of range, or not the application's to free
 			continue
 		}
@@ -720,7 +819,7 @@ func (h *hostApps) info() HostAppsInfo {
 			out.Sessions++
 		}
 		if c.opened.Load() && !c.closed.Load() {
-			ci.RegionBytes, ci.TXSlots, ci.RXSlots = hostLayout.Size(), hostTXSlots, hostRXSlots
+			ci.RegionBytes, ci.TXSlots, ci.RXSlots = c.layout.Size(), int(c.layout.TXSlots), int(c.layout.RXSlots)
 			ci.RXWithApp = max(0, hostRXSlots-c.rxSlots.Free()-c.ready.Len())
 			out.MappedBytes += int64(ci.RegionBytes)
 		}

@@ -418,13 +418,14 @@ func TestHostileAppIsCountedAndDisturbsNoOne(t *testing.T) {
 	var wantMalformed uint64
 	for round := 0; round < 50; round++ {
 		for _, e := range []shm.TXEntry{
-			{Slot: l.TXSlots, Len: 8, Source: badSrc},           // slot out of range
-			{Slot: 1 << 31, Len: 8, Source: badSrc},             // far out
-			{Slot: 1, Len: 1 << 31, Source: badSrc},             // absurd length
-			{Slot: 2, Len: l.SlotSize + 1, Source: badSrc},      // just past the slot
-			{Slot: 3, Len: MaxGuestPayload + 1, Source: badSrc}, // too large: an outcome
-			{Slot: 4, Len: 8, Source: 424242},                   // unknown source: an outcome
-			{Slot: 5, Len: 16, Source: badSrc},                  // fine (channel 10: no sinks)
+			{Slot: l.TXSlots, Len: 8, Source: badSrc},                  // slot out of range
+			{Slot: 1 << 31, Len: 8, Source: badSrc},                    // far out
+			{Slot: 1, Len: 1 << 31, Source: badSrc},                    // absurd length: a run past the pool
+			{Slot: l.TXSlots - 1, Len: l.SlotSize + 1, Source: badSrc}, // a run one slot past the pool
+			{Slot: 3, Len: uint32(hostMaxMessage) + 1, Source: badSrc}, // too large (a run that fits): an outcome
+			{Slot: 4, Len: 8, Source: 424242},                          // unknown source: an outcome
+			{Slot: 5, Len: 16, Source: badSrc},                         // fine (channel 10: no sinks)
+			{Slot: hostTXSlots, Len: 3 * l.SlotSize, Source: badSrc},   // a fine run
 		} {
 			for !emit(e) {
 				time.Sleep(time.Millisecond)
@@ -432,7 +433,8 @@ func TestHostileAppIsCountedAndDisturbsNoOne(t *testing.T) {
 		}
 		wantMalformed += 4
 		// RX slots it does not hold, and out of range.
-		for _, id := range []uint32{l.RXSlots, 1 << 30, uint32(round % 4)} {
+		// A slot of the runs' part that starts no run lent.
+		for _, id := range []uint32{l.RXSlots, 1 << 30, uint32(round % 4), hostRXSlots + uint32(round)} {
 			if bad.free.Space(1) > 0 {
 				shm.PutID(bad.free.Entry(0), id)
 				bad.free.Publish(1)

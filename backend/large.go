@@ -266,10 +266,23 @@ type sizedEndpoint interface {
 	maxDeliver() int
 }
 
-func (c *hostClient) maxDeliver() int { return hostSlotSize }
+func (c *hostClient) maxDeliver() int { return c.maxMsg }
 
 func (p *Port) maxDeliver() int {
 	return outboxSlotSize - DatagramHeaderLen - guestproto.DeliverOverhead
+}
+
+// maxMessage is the largest message the runtime's applications may
+// emit: RemoteOptions.MaxMessage (--max-message), default
+// DefaultMaxMessage, also without other hosts.
+func (r *Runtime) maxMessage() int {
+	if r.remote != nil {
+		return r.remote.maxMessage
+	}
+	if m := r.opts.Remote.MaxMessage; m > 0 {
+		return m
+	}
+	return DefaultMaxMessage
 }
 
 // fits reports whether ep can ever take a message of n bytes.

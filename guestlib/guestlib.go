@@ -463,7 +463,8 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	s.id = r.id
 	if host {
 		// The daemon watches the connection: no pings.
-		if s.host, err = newHostShm(r.fds); err != nil {
+		maxMsg, _ := guestproto.ParseMaxMessage([]byte(r.plugin))
+		if s.host, err = newHostShm(r.fds, int(maxMsg)); err != nil {
 			s.shutdown()
 			return nil, fmt.Errorf("guestlib: open session with %s: %w", peer, err)
 		}
@@ -479,6 +480,19 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 
 // ID returns the session id the daemon gave.
 func (s *Session) ID() uint32 { return s.id }
+
+// MaxMessage returns the largest message the session's sources may emit
+// (GetBuffer's largest size) and its sinks receive: on the host
+// transport, the daemon's limit (veloced --max-message, default 1 MiB)
+// as the session's region can hold it, learned when the session opened;
+// on the virtio transport, and with a daemon from before large messages,
+// the package's MaxMessage.
+func (s *Session) MaxMessage() int {
+	if s.host != nil {
+		return s.host.maxMsg
+	}
+	return MaxMessage
+}
 
 // Close closes the session: the daemon releases its streams, sources and
 // sinks. Messages not consumed are dropped.
@@ -843,20 +857,27 @@ type Buffer struct {
 }
 
 // GetBuffer returns a buffer for a message of size bytes (at most
-// MaxMessage). The message is built in place: Emit sends it without a
-// copy. It does not wait: on the host transport, when every TX slot of the
-// session is in flight, it returns an error wrapping ErrNoBuffers (see
-// GetBufferContext). It may also return ErrTooLarge and ErrClosed.
+// Session.MaxMessage: ErrTooLarge past it). The message is built in
+// place: Emit sends it without a copy. On the host transport a message
+// larger than one slot takes a run of adjacent slots, so Data is one
+// contiguous slice of the shared region whatever its size. It does not
+// wait: on the host transport, when every TX slot of the session is in
+// flight (or no run of free slots is long enough), it returns an error
+// wrapping ErrNoBuffers (see GetBufferContext). It may also return
+// ErrClosed.
 func (so *Source) GetBuffer(size int) (*Buffer, error) {
-	if size < 0 || size > MaxMessage {
-		return nil, ErrTooLarge
-	}
 	if h := so.s.host; h != nil {
-		id, err := h.allocTX()
+		if size < 0 || size > h.maxMsg {
+			return nil, ErrTooLarge
+		}
+		id, err := h.alloc(size)
 		if err != nil {
 			return nil, err
 		}
 		return h.buffer(id, size), nil
+	}
+	if size < 0 || size > MaxMessage {
+		return nil, ErrTooLarge
 	}
 	bp := so.s.bufs.Get().(*[]byte)
 	b := bufferPool.Get().(*Buffer)
@@ -888,10 +909,10 @@ func (b *Buffer) Truncate(n int) {
 // until ctx ends. Use GetBuffer there and handle ErrNoBuffers.
 func (so *Source) GetBufferContext(ctx context.Context, size int) (*Buffer, error) {
 	h := so.s.host
-	if h == nil || size < 0 || size > MaxMessage {
+	if h == nil || size < 0 || size > h.maxMsg {
 		return so.GetBuffer(size)
 	}
-	id, err := h.waitTX(ctx, so.s.done)
+	id, err := h.waitTX(ctx, so.s.done, size)
 	if err != nil {
 		return nil, err
 	}

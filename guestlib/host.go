@@ -23,6 +23,12 @@ import (
 // once, so back-pressure costs no allocation.
 var errNoTXSlot = fmt.Errorf("guestlib: get buffer: every slot in flight: %w", ErrNoBuffers)
 
+// hostSmallTX is how many TX slots (the first) hold one-slot messages;
+// the rest of the pool is for runs of slots (large messages), when the
+// daemon's region has more (daemons before large messages: 512 slots
+// only, no runs).
+const hostSmallTX = 512
+
 // hostShm is a session's shared region and the application's ends of its
 // rings.
 type hostShm struct {
@@ -39,8 +45,15 @@ type hostShm struct {
 	txMu sync.Mutex
 	tx   shm.Producer // +checklocks:txMu
 	done shm.Consumer // +checklocks:txMu
-	// txFree are the TX slots free for GetBuffer.
+	// txFree are the one-slot TX slots free for GetBuffer.
 	txFree []uint32 // +checklocks:txMu
+	// runs allocates runs of TX slots past the one-slot ones for
+	// messages larger than a slot; nil without room for runs.
+	runs *shm.Runs // +checklocks:txMu
+	// runLo and runHi bound the slots of runs (fixed; empty without).
+	runLo, runHi uint32
+	// maxMsg is the session's largest message (Session.MaxMessage).
+	maxMsg int
 	// inFlight counts emitted messages whose slots the daemon has not
 	// yet returned: Close waits for them.
 	inFlight int // +checklocks:txMu
@@ -58,8 +71,9 @@ type hostShm struct {
 
 // newHostShm maps the region and eventfds that came with the reply to
 // OpenSession: [region, TX eventfd, RX eventfd]. It takes ownership of
-// fds.
-func newHostShm(fds []int) (*hostShm, error) {
+// fds. maxMsg is the largest message the daemon said it takes, 0 if it
+// said nothing (a daemon before large messages: one slot's worth).
+func newHostShm(fds []int, maxMsg int) (*hostShm, error) {
 	if len(fds) != 3 {
 		shm.CloseFDs(fds)
 		return nil, fmt.Errorf("the daemon sent %d descriptors, want 3 (region, 2 eventfds)", len(fds))
@@ -86,8 +100,19 @@ func newHostShm(fds []int) (*hostShm, error) {
 	h := &hostShm{region: region, layout: l, txNote: tx, rxNote: rx,
 		tx: region.TXProducer(), done: region.DoneConsumer(), rxFree: region.FreeProducer(), rx: region.RXConsumer(),
 		txFree: make([]uint32, 0, l.TXSlots)}
-	for i := l.TXSlots; i > 0; i-- {
+	small := min(l.TXSlots, hostSmallTX)
+	for i := small; i > 0; i-- {
 		h.txFree = append(h.txFree, i-1)
+	}
+	// Large messages need the daemon's word and room for runs; they are
+	// bounded by the room of either pool's runs (a run of RX slots too
+	// takes at most the RX pool's part past its one-slot slots, which the
+	// application does not know: the daemon's maxMsg accounts for it).
+	h.maxMsg = MaxMessage
+	if l.TXSlots > small && maxMsg > int(l.SlotSize) {
+		h.runs = shm.NewRuns(small, l.TXSlots-small) // +checklocksignore: not yet shared
+		h.runLo, h.runHi = small, l.TXSlots
+		h.maxMsg = min(maxMsg, int(l.TXSlots-small)*int(l.SlotSize))
 	}
 	h.refs.Store(1)
 	return h, nil
@@ -137,6 +162,36 @@ func (h *hostShm) allocTX() (uint32, error) {
 	return id, nil
 }
 
+// allocRun takes a run of free TX slots for a message of size bytes
+// (more than a slot, at most maxMsg); it returns the run's first slot.
+func (h *hostShm) allocRun(size int) (uint32, error) {
+	count := h.layout.SlotsFor(uint32(size))
+	h.txMu.Lock()
+	if h.stopped.Load() {
+		h.txMu.Unlock()
+		return 0, ErrClosed
+	}
+	id, ok := h.runs.Alloc(count)
+	if !ok {
+		h.reclaimLocked()
+		id, ok = h.runs.Alloc(count)
+	}
+	h.txMu.Unlock()
+	if !ok {
+		return 0, errNoTXSlot
+	}
+	h.refs.Add(1)
+	return id, nil
+}
+
+// alloc is allocTX for a message of up to a slot, allocRun for larger.
+func (h *hostShm) alloc(size int) (uint32, error) {
+	if size <= int(h.layout.SlotSize) {
+		return h.allocTX()
+	}
+	return h.allocRun(size)
+}
+
 // +checklocks:h.txMu
 func (h *hostShm) reclaimLocked() {
 	n, ok := h.done.Available()
@@ -145,7 +200,13 @@ func (h *hostShm) reclaimLocked() {
 		return
 	}
 	for k := uint32(0); k < n; k++ {
-		if id := shm.GetID(h.done.Entry(k)); id < h.layout.TXSlots && len(h.txFree) < cap(h.txFree) {
+		id := shm.GetID(h.done.Entry(k))
+		switch {
+		case h.isRun(id):
+			if _, ok := h.runs.Free(id); ok {
+				h.inFlight = max(0, h.inFlight-1)
+			}
+		case id < hostSmallTX && id < h.layout.TXSlots && len(h.txFree) < cap(h.txFree):
 			h.txFree = append(h.txFree, id)
 			h.inFlight = max(0, h.inFlight-1)
 		}
@@ -171,9 +232,9 @@ func (h *hostShm) flush(ctx context.Context) {
 
 // waitTX is allocTX that waits for a slot until ctx ends or the session
 // closes.
-func (h *hostShm) waitTX(ctx context.Context, closed <-chan struct{}) (uint32, error) {
+func (h *hostShm) waitTX(ctx context.Context, closed <-chan struct{}, size int) (uint32, error) {
 	for {
-		id, err := h.allocTX()
+		id, err := h.alloc(size)
 		if err != errNoTXSlot {
 			return id, err
 		}
@@ -187,7 +248,7 @@ func (h *hostShm) waitTX(ctx context.Context, closed <-chan struct{}) (uint32, e
 		// Raise the flag, then look again: the daemon publishes returned
 		// slots, then looks at the flag (internal/shm's wake-up protocol).
 		h.region.AppWaitingTX().Set()
-		if id, err = h.allocTX(); err != errNoTXSlot {
+		if id, err = h.alloc(size); err != errNoTXSlot {
 			h.waiters.Add(-1)
 			return id, err
 		}
@@ -215,15 +276,42 @@ func (h *hostShm) wakeTXWaiters() {
 
 func (h *hostShm) buffer(id uint32, size int) *Buffer {
 	b := bufferPool.Get().(*Buffer)
-	*b = Buffer{Data: h.region.TXSlot(id)[:size], host: h, slot: id}
+	if size <= int(h.layout.SlotSize) {
+		*b = Buffer{Data: h.region.TXSlot(id)[:size], host: h, slot: id}
+	} else {
+		// A run: the slots are adjacent in the region, Data is one slice.
+		*b = Buffer{Data: h.region.TXRun(id, h.layout.SlotsFor(uint32(size)))[:size], host: h, slot: id}
+	}
 	return b
+}
+
+// isRun reports whether TX slot id is one of the slots of runs.
+func (h *hostShm) isRun(id uint32) bool { return id >= h.runLo && id < h.runHi }
+
+// capacity returns how many bytes the buffer's slot or run holds.
+func (h *hostShm) capacity(b *Buffer) int {
+	if h.isRun(b.slot) {
+		return cap(b.Data)
+	}
+	return int(h.layout.SlotSize)
+}
+
+// giveBackLocked returns a buffer's slot or run that was not emitted.
+//
+// +checklocks:h.txMu
+func (h *hostShm) giveBackLocked(slot uint32) {
+	if h.isRun(slot) {
+		h.runs.Free(slot)
+		return
+	}
+	h.txFree = append(h.txFree, slot)
 }
 
 // emitHost puts a buffer's slot on the TX ring; the daemon is signalled
 // only if it sleeps.
 func (so *Source) emitHost(b *Buffer) (Token, error) {
 	h := b.host
-	if len(b.Data) > MaxMessage || (len(b.Data) > 0 && &b.Data[0] != &h.region.TXSlot(b.slot)[0]) {
+	if len(b.Data) > h.maxMsg || len(b.Data) > h.capacity(b) || (len(b.Data) > 0 && &b.Data[0] != &h.region.TXSlot(b.slot)[0]) {
 		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
 	}
 	so.mu.Lock()
@@ -235,7 +323,7 @@ func (so *Source) emitHost(b *Buffer) (Token, error) {
 		h.tx.Publish(1)
 		h.inFlight++
 	} else {
-		h.txFree = append(h.txFree, b.slot)
+		h.giveBackLocked(b.slot)
 	}
 	h.txMu.Unlock()
 	so.mu.Unlock()
@@ -298,8 +386,10 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 		return 1
 	}
 	for k := uint32(0); k < n; k++ {
-		e := shm.GetRX(h.rx.Entry(k))
-		if e.Slot >= h.layout.RXSlots || e.Len > h.layout.SlotSize {
+		e := shm.GetRX(h.rx.Entry(k)) // copied out once
+		// One slot, or a run of the slots its length takes (a large
+		// message), within the RX pool.
+		if int(e.Len) > max(h.maxMsg, int(h.layout.SlotSize)) || !h.layout.RunFits(e.Slot, e.Len, h.layout.RXSlots) {
 			continue // not from a working daemon
 		}
 		s.mu.Lock()
@@ -311,7 +401,7 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 			continue
 		}
 		m := messagePool.Get().(*Message)
-		*m = Message{Data: h.region.RXSlot(e.Slot)[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
+		*m = Message{Data: h.region.RXRun(e.Slot, h.layout.SlotsFor(e.Len))[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
 		sk.push(m)
 	}
 	if n > 0 {

@@ -144,7 +144,7 @@ func TestCallbackSinkAndOutcome(t *testing.T) {
 	if got.Load() != 100 {
 		t.Fatalf("callback sink got %d of 100", got.Load())
 	}
-	if _, err := src.GetBuffer(guestlib.MaxMessage + 1); !errors.Is(err, guestlib.ErrTooLarge) {
+	if _, err := src.GetBuffer(s.MaxMessage() + 1); !errors.Is(err, guestlib.ErrTooLarge) {
 		t.Errorf("oversized buffer: %v", err)
 	}
 	// A closed source's emits are refused, and the outcome says why.

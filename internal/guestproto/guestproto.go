@@ -186,6 +186,31 @@ type Result struct {
 	Message []byte
 }
 
+// MaxMessageLen is the length of an OpenSession reply's Result.Plugin
+// from a daemon that says how large a session's messages may be: the
+// largest message in bytes, u32 little endian (PutMaxMessage). Daemons
+// before large messages leave Plugin empty, and older clients ignore it:
+// the reply parses the same for both.
+const MaxMessageLen = 4
+
+// PutMaxMessage encodes n for an OpenSession reply's Result.Plugin.
+func PutMaxMessage(b *[MaxMessageLen]byte, n uint32) []byte {
+	le.PutUint32(b[:], n)
+	return b[:]
+}
+
+// ParseMaxMessage decodes an OpenSession reply's Result.Plugin: the
+// session's largest message, or ok false when the daemon said nothing
+// (an empty Plugin) or something this package does not know (any other
+// length, or 0).
+func ParseMaxMessage(p []byte) (n uint32, ok bool) {
+	if len(p) != MaxMessageLen {
+		return 0, false
+	}
+	n = le.Uint32(p)
+	return n, n != 0
+}
+
 // Message is a parsed datagram: a header and the fields of its type. Byte
 // slices are views of the datagram.
 type Message struct {
