@@ -21,7 +21,10 @@ const channel = 7
 // stream runs a consumer on sockB and a producer on sockA (both host
 // applications) for o's frames and returns the consumer's summary; with
 // producer's daemon dA set, the producer starts once dA knows of the sink.
-func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.Daemon, o lunarstream.Options, ds ...*backend.Daemon) lunarstream.Summary {
+//
+// The producer's messages are of up to msgSize bytes (0: the session's
+// largest); when a frame fits one, it must go as one.
+func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.Daemon, msgSize int, o lunarstream.Options, ds ...*backend.Daemon) lunarstream.Summary {
 	t.Helper()
 	open := func(sock string) *guestlib.Session {
 		s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
@@ -32,7 +35,7 @@ func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.
 		return s
 	}
 	sa, sb := open(sockA), open(sockB)
-	cons, err := lunarstream.OpenConsumer(ctx, sb, channel, true, o.Frames, 0)
+	cons, err := lunarstream.OpenConsumer(ctx, sb, channel, true, o.Frames, msgSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +51,16 @@ func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.
 		s, err := cons.Run(ctx, 10*time.Second) // every frame, or 10 s of nothing
 		done <- result{s, err}
 	}()
-	ps, err := lunarstream.Produce(ctx, sa, channel, true, 0, o)
+	ps, err := lunarstream.Produce(ctx, sa, channel, true, msgSize, o)
 	if err != nil {
 		t.Fatalf("producer: %v (%+v)", err, ps)
+	}
+	if msgSize == 0 {
+		msgSize = lunarstream.MessageSize(sa)
+	}
+	perFrame := uint64((o.FrameSize + msgSize - lunarstream.HeaderLen - 1) / (msgSize - lunarstream.HeaderLen))
+	if ps.Messages != perFrame*uint64(o.Frames) {
+		t.Errorf("%d messages for %d frames of %d bytes in messages of up to %d", ps.Messages, o.Frames, o.FrameSize, msgSize)
 	}
 	r := <-done
 	t.Logf("producer %+v\nconsumer %+v", ps, r.s)
@@ -73,13 +83,15 @@ func checkAll(t *testing.T, s lunarstream.Summary, frames int) {
 }
 
 // TestFramesBetweenHostApplications: two applications on one host, one
-// daemon (the host transport, shared memory): every frame of 1280x720
-// RGB arrives and is verified byte for byte.
+// daemon (the host transport, shared memory, --max-message 4 MiB): every
+// frame of 1280x720 RGB arrives as one message and is verified byte for
+// byte; and so it does in parts of one slot each.
 func TestFramesBetweenHostApplications(t *testing.T) {
 	testutil.Integration(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "app.sock")
-	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock})
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: sock,
+		Runtime: backend.RuntimeOptions{Remote: backend.RemoteOptions{MaxMessage: 4 << 20}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +102,9 @@ func TestFramesBetweenHostApplications(t *testing.T) {
 	}
 	defer d.Close()
 	const frames = 10
-	checkAll(t, stream(t, ctx, sock, sock, nil, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames}, d), frames)
+	o := lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames}
+	t.Run("one message a frame", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, 0, o, d), frames) })
+	t.Run("frames in parts", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, guestlib.MaxMessage, o, d), frames) })
 }
 
 // TestFramesOverTCP: the reference, the same frames over a TCP connection
@@ -129,8 +143,9 @@ func TestFramesOverTCP(t *testing.T) {
 
 // TestFramesBetweenTwoHosts: Lunar Streaming between two hosts (network
 // namespaces joined by a veth), each with its daemon on kernel UDP: a
-// producer on A sends 30 frames at 10 frames/s on a reliable stream; the
-// consumer on B verifies every one.
+// producer on A sends 30 frames at 10 frames/s on a reliable stream, one
+// message a frame (--max-message 4 MiB: fragments between the daemons);
+// the consumer on B verifies every one.
 func TestFramesBetweenTwoHosts(t *testing.T) {
 	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
 	testutil.Veth(t, a, "10.77.61.1/24", b, "10.77.61.2/24")
@@ -165,7 +180,7 @@ func TestFramesBetweenTwoHosts(t *testing.T) {
 	dA, sockA := daemon("a", 1, pa, pb)
 	_, sockB := daemon("b", 2, pb, pa)
 	const frames = 30
-	s := stream(t, ctx, sockA, sockB, dA, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames})
+	s := stream(t, ctx, sockA, sockB, dA, 0, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames})
 	checkAll(t, s, frames)
 	if s.Datapath != "udp" {
 		t.Errorf("datapath %q, want udp", s.Datapath)

@@ -146,7 +146,9 @@ var (
 	_ Emitter = (*StreamEmitter)(nil)
 )
 
-// MessageSize is the largest message s takes: guestlib.MaxMessage until
-// guestlib's large messages (Session.MaxMessage) land, so frames go as
-// parts for now.
-func MessageSize(s *guestlib.Session) int { return guestlib.MaxMessage }
+// MessageSize is the largest message s takes (Session.MaxMessage): on
+// the host transport the daemon's --max-message as the session's region
+// holds it (give the daemon 4 MiB for one 2,764,800-byte frame a message),
+// on the virtio transport guestlib.MaxMessage until it has large
+// messages.
+func MessageSize(s *guestlib.Session) int { return s.MaxMessage() }
