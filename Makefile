@@ -133,6 +133,7 @@ bench: deps build
 	$(BIN)/veloce-bench rdma
 	$(BIN)/veloce-bench xdp
 	$(BIN)/veloce-bench migrate
+	$(BIN)/veloce-bench lunar
 	@for f in $(BENCH_PROFILES)/veloced-*.pprof; do [ -f "$$f" ] || continue; \
 		echo "== $$f (top of the CPU profile)"; $(GO) tool pprof -top -nodecount=12 $(BIN)/veloce-bench "$$f" 2>/dev/null | sed -n '5,18p'; done
 
