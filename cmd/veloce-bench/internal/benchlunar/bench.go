@@ -10,9 +10,11 @@
 // application on A, the consumer one on B, on a reliable stream. The
 // reference is a TCP connection from A to B carrying the same frames
 // length-prefixed, produced and verified by the same code. Each side sends
-// Frames frames at FPS (0: as fast as they go) and reports the frames per
-// second the consumer verified and the frame latency (send start to last
-// byte verified; both namespaces share the host's clock).
+// Frames frames at FPS, then (unless NoMaxRate) as fast as they go, and
+// reports the frames per second the consumer verified and the frame
+// latency (send start to last byte verified; both namespaces share the
+// host's clock). At a rate both keep up with, the latency tells the
+// transports apart; as fast as they go, the frame rate does.
 //
 // Everything runs in one process on a shared machine: absolute numbers
 // depend on it and its load; the ratios (Veloce over TCP) are the result.
@@ -29,6 +31,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,6 +55,8 @@ type Config struct {
 	// MaxMessage is both daemons' --max-message (at least FrameSize plus
 	// lunarstream.HeaderLen for one message a frame).
 	MaxMessage int
+	// NoMaxRate skips the second round, as fast as the frames go.
+	NoMaxRate bool
 	// Log receives progress lines.
 	Log io.Writer
 }
@@ -58,19 +64,25 @@ type Config struct {
 // Side is what one transport measured: the consumer's summary.
 type Side = lunarstream.Summary
 
-// Report is a run's result.
-type Report struct {
-	FrameSize int     `json:"frame_size"`
-	FPS       float64 `json:"fps_asked"`
-	Frames    int     `json:"frames"`
-	Veloce    Side    `json:"veloce"`
-	TCP       Side    `json:"tcp"`
+// Round is one frame rate's measurement on both transports.
+type Round struct {
+	FPS    float64 `json:"fps_asked"` // 0: as fast as they go
+	Veloce Side    `json:"veloce"`
+	TCP    Side    `json:"tcp"`
 	// Messages a frame took on the Veloce stream.
 	MessagesPerFrame float64 `json:"messages_per_frame"`
 	// Ratios, Veloce over TCP.
 	FPSRatio float64 `json:"fps_ratio"`
 	P50Ratio float64 `json:"latency_p50_ratio"`
 	P99Ratio float64 `json:"latency_p99_ratio"`
+}
+
+// Report is a run's result: a round at the asked frame rate, then
+// (unless it was 0 or NoMaxRate) one as fast as the frames go.
+type Report struct {
+	FrameSize int     `json:"frame_size"`
+	Frames    int     `json:"frames"`
+	Rounds    []Round `json:"rounds"`
 }
 
 // Main is veloce-bench lunar.
@@ -83,6 +95,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.Frames, "frames", 90, "frames per transport")
 	fs.IntVar(&c.MaxMessage, "max-message", 4<<20, "both daemons' --max-message in bytes")
 	output := fs.String("o", "table", "output format: table or json")
+	fs.BoolVar(&c.NoMaxRate, "no-max-rate", false, "skip the round as fast as the frames go (--fps 0)")
 	quiet := fs.Bool("q", false, "no progress lines on stderr")
 	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
@@ -143,17 +156,44 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		return nil, err
 	}
 	defer benchutil.DelPair(h.a, h.b)
-	rep := &Report{FrameSize: c.FrameSize, FPS: c.FPS, Frames: c.Frames}
-	o := lunarstream.Options{FrameSize: c.FrameSize, FPS: c.FPS, Frames: c.Frames}
-	fmt.Fprintf(c.Log, "lunar: %d frames of %d bytes at %g fps over Veloce (two daemons, kernel UDP)\n", c.Frames, c.FrameSize, c.FPS)
-	var msgs uint64
-	if rep.Veloce, msgs, err = runVeloce(ctx, h, c, o); err != nil {
-		return nil, fmt.Errorf("veloce: %w", err)
+	rep := &Report{FrameSize: c.FrameSize, Frames: c.Frames}
+	rates := []float64{c.FPS}
+	if c.FPS != 0 && !c.NoMaxRate {
+		rates = append(rates, 0)
 	}
-	rep.MessagesPerFrame = benchutil.Round2(float64(msgs) / float64(c.Frames))
+	var bad []string
+	for i, fps := range rates {
+		r, err := round(ctx, h, c, fps, uint16(7079+10*i))
+		if err != nil {
+			return rep, err
+		}
+		rep.Rounds = append(rep.Rounds, r)
+		for _, s := range []Side{r.Veloce, r.TCP} {
+			if s.Verified != uint64(c.Frames) {
+				bad = append(bad, fmt.Sprintf("%s at %g fps: %d of %d frames verified (%d corrupt, %d lost)", s.Transport, fps, s.Verified, c.Frames, s.Corrupt, s.Lost))
+			}
+		}
+	}
+	if bad != nil {
+		return rep, errors.New(strings.Join(bad, "; "))
+	}
+	return rep, nil
+}
+
+// round measures Veloce, then TCP, at fps, on ports from port on.
+func round(ctx context.Context, h *hosts, c Config, fps float64, port uint16) (Round, error) {
+	r := Round{FPS: fps}
+	o := lunarstream.Options{FrameSize: c.FrameSize, FPS: fps, Frames: c.Frames}
+	fmt.Fprintf(c.Log, "lunar: %d frames of %d bytes at %g fps (0: as fast as they go) over Veloce (two daemons, kernel UDP)\n", c.Frames, c.FrameSize, fps)
+	var msgs uint64
+	var err error
+	if r.Veloce, msgs, err = runVeloce(ctx, h, c, o, port); err != nil {
+		return r, fmt.Errorf("veloce: %w", err)
+	}
+	r.MessagesPerFrame = benchutil.Round2(float64(msgs) / float64(c.Frames))
 	fmt.Fprintf(c.Log, "lunar: the same over TCP\n")
-	if rep.TCP, err = runTCP(ctx, h, o); err != nil {
-		return rep, fmt.Errorf("tcp: %w", err)
+	if r.TCP, err = runTCP(ctx, h, o, port+1); err != nil {
+		return r, fmt.Errorf("tcp: %w", err)
 	}
 	ratio := func(a, b float64) float64 {
 		if b == 0 {
@@ -161,28 +201,18 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		}
 		return benchutil.Round2(a / b)
 	}
-	rep.FPSRatio = ratio(rep.Veloce.FPS, rep.TCP.FPS)
-	rep.P50Ratio = ratio(rep.Veloce.LatencyP50, rep.TCP.LatencyP50)
-	rep.P99Ratio = ratio(rep.Veloce.LatencyP99, rep.TCP.LatencyP99)
-	var bad []string
-	for _, s := range []Side{rep.Veloce, rep.TCP} {
-		if s.Verified != uint64(c.Frames) {
-			bad = append(bad, fmt.Sprintf("%s: %d of %d frames verified (%d corrupt, %d lost)", s.Transport, s.Verified, c.Frames, s.Corrupt, s.Lost))
-		}
-	}
-	if bad != nil {
-		return rep, errors.New(fmt.Sprint(bad))
-	}
-	return rep, nil
+	r.FPSRatio = ratio(r.Veloce.FPS, r.TCP.FPS)
+	r.P50Ratio = ratio(r.Veloce.LatencyP50, r.TCP.LatencyP50)
+	r.P99Ratio = ratio(r.Veloce.LatencyP99, r.TCP.LatencyP99)
+	return r, nil
 }
 
-func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options) (Side, uint64, error) {
+func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, port uint16) (Side, uint64, error) {
 	dir, err := os.MkdirTemp("", "veloce-bench-lunar-")
 	if err != nil {
 		return Side{}, 0, err
 	}
 	defer os.RemoveAll(dir)
-	const port = 7079
 	plugin := func(ns *benchutil.Netns, addr string) (*udp.Plugin, error) {
 		var p *udp.Plugin
 		err := ns.Do(func() (err error) {
@@ -266,8 +296,8 @@ func knowsSink(d *backend.Daemon) bool {
 	return false
 }
 
-func runTCP(ctx context.Context, h *hosts, o lunarstream.Options) (Side, error) {
-	addr := net.JoinHostPort(h.addrB, "7080")
+func runTCP(ctx context.Context, h *hosts, o lunarstream.Options, port uint16) (Side, error) {
+	addr := net.JoinHostPort(h.addrB, strconv.Itoa(int(port)))
 	var ln net.Listener
 	if err := h.b.Do(func() (err error) {
 		ln, err = net.Listen("tcp", addr)
@@ -310,16 +340,18 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if rep == nil {
 		return nil
 	}
-	fmt.Fprintf(w, "Lunar Streaming: %d frames of %d bytes at %g fps asked, A -> B (namespaces, veth)\n", rep.Frames, rep.FrameSize, rep.FPS)
+	fmt.Fprintf(w, "Lunar Streaming: %d frames of %d bytes, A -> B (namespaces, veth); fps 0: as fast as they go\n", rep.Frames, rep.FrameSize)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "TRANSPORT\tVERIFIED\tFPS\tLATENCY p50 µs\tp99 µs\tmax µs\t")
-	for _, s := range []Side{rep.Veloce, rep.TCP} {
-		name := s.Transport
-		if name == "veloce" {
-			name = fmt.Sprintf("veloce (%s, %g msgs/frame)", s.Datapath, rep.MessagesPerFrame)
+	fmt.Fprintln(tw, "FPS ASKED\tTRANSPORT\tVERIFIED\tFPS\tLATENCY p50 µs\tp99 µs\tmax µs\t")
+	for _, r := range rep.Rounds {
+		for _, s := range []Side{r.Veloce, r.TCP} {
+			name := s.Transport
+			if name == "veloce" {
+				name = fmt.Sprintf("veloce (%s, %g msgs/frame)", s.Datapath, r.MessagesPerFrame)
+			}
+			fmt.Fprintf(tw, "%g\t%s\t%d/%d\t%.2f\t%.0f\t%.0f\t%.0f\t\n", r.FPS, name, s.Verified, s.Frames, s.FPS, s.LatencyP50, s.LatencyP99, s.LatencyMax)
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%.2f\t%.0f\t%.0f\t%.0f\t\n", name, s.Verified, s.Frames, s.FPS, s.LatencyP50, s.LatencyP99, s.LatencyMax)
+		fmt.Fprintf(tw, "%g\tratio veloce/tcp\t\t%.2f\t%.2f\t%.2f\t\t\n", r.FPS, r.FPSRatio, r.P50Ratio, r.P99Ratio)
 	}
-	fmt.Fprintf(tw, "ratio veloce/tcp\t\t%.2f\t%.2f\t%.2f\t\t\n", rep.FPSRatio, rep.P50Ratio, rep.P99Ratio)
 	return tw.Flush()
 }

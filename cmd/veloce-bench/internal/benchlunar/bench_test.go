@@ -25,10 +25,10 @@ func TestMainRefusesBadArguments(t *testing.T) {
 }
 
 func TestWriteTable(t *testing.T) {
-	rep := &Report{FrameSize: 2764800, FPS: 30, Frames: 90, MessagesPerFrame: 1,
+	rep := &Report{FrameSize: 2764800, Frames: 90, Rounds: []Round{{FPS: 30, MessagesPerFrame: 1,
 		Veloce:   lunarstream.Summary{Transport: "veloce", Datapath: "udp", Frames: 90, Verified: 90, FPS: 29.9, LatencyP50: 12000, LatencyP99: 30000},
 		TCP:      lunarstream.Summary{Transport: "tcp", Frames: 90, Verified: 90, FPS: 30, LatencyP50: 4000, LatencyP99: 9000},
-		FPSRatio: 1, P50Ratio: 3, P99Ratio: 3.33}
+		FPSRatio: 1, P50Ratio: 3, P99Ratio: 3.33}}}
 	var b bytes.Buffer
 	if err := WriteTable(&b, rep); err != nil {
 		t.Fatal(err)
@@ -45,13 +45,18 @@ func TestWriteTable(t *testing.T) {
 func TestRun(t *testing.T) {
 	testutil.RequiresRoot(t)
 	rep, err := Run(context.Background(), Config{FrameSize: lunarstream.DefaultFrameSize, FPS: 20, Frames: 10, MaxMessage: 4 << 20})
+	if err == nil && len(rep.Rounds) != 2 {
+		t.Fatalf("%d rounds, want 20 fps and as fast as they go", len(rep.Rounds))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
 	WriteTable(&b, rep)
 	t.Logf("\n%s", b.String())
-	if rep.MessagesPerFrame != 1 || rep.FPSRatio == 0 {
-		t.Errorf("%+v", rep)
+	for _, r := range rep.Rounds {
+		if r.MessagesPerFrame != 1 || r.FPSRatio == 0 {
+			t.Errorf("%+v", r)
+		}
 	}
 }
