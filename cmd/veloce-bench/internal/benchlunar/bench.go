@@ -38,6 +38,7 @@ import (
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
+	"github.com/veloce-io/veloce/control"
 	"github.com/veloce-io/veloce/examples/lunarstream"
 	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/netns"
@@ -71,6 +72,9 @@ type Round struct {
 	TCP    Side    `json:"tcp"`
 	// Messages a frame took on the Veloce stream.
 	MessagesPerFrame float64 `json:"messages_per_frame"`
+	// Reliable is the producer's daemon's reliable-delivery account
+	// (retransmits, window full...) after the Veloce half.
+	Reliable control.ReliableInfo `json:"veloce_reliable"`
 	// Ratios, Veloce over TCP.
 	FPSRatio float64 `json:"fps_ratio"`
 	P50Ratio float64 `json:"latency_p50_ratio"`
@@ -187,7 +191,7 @@ func round(ctx context.Context, h *hosts, c Config, fps float64, port uint16) (R
 	fmt.Fprintf(c.Log, "lunar: %d frames of %d bytes at %g fps (0: as fast as they go) over Veloce (two daemons, kernel UDP)\n", c.Frames, c.FrameSize, fps)
 	var msgs uint64
 	var err error
-	if r.Veloce, msgs, err = runVeloce(ctx, h, c, o, port); err != nil {
+	if r.Veloce, msgs, r.Reliable, err = runVeloce(ctx, h, c, o, port); err != nil {
 		return r, fmt.Errorf("veloce: %w", err)
 	}
 	r.MessagesPerFrame = benchutil.Round2(float64(msgs) / float64(c.Frames))
@@ -207,10 +211,10 @@ func round(ctx context.Context, h *hosts, c Config, fps float64, port uint16) (R
 	return r, nil
 }
 
-func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, port uint16) (Side, uint64, error) {
+func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, port uint16) (s Side, msgs uint64, rel control.ReliableInfo, err error) {
 	dir, err := os.MkdirTemp("", "veloce-bench-lunar-")
 	if err != nil {
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	defer os.RemoveAll(dir)
 	plugin := func(ns *benchutil.Netns, addr string) (*udp.Plugin, error) {
@@ -223,12 +227,12 @@ func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, p
 	}
 	pa, err := plugin(h.a, h.addrA)
 	if err != nil {
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	pb, err := plugin(h.b, h.addrB)
 	if err != nil {
 		pa.Close()
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	daemon := func(name string, node uint32, dp, peer *udp.Plugin) (*backend.Daemon, string, error) {
 		sock := filepath.Join(dir, "app-"+name+".sock")
@@ -248,33 +252,33 @@ func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, p
 	if err != nil {
 		pa.Close()
 		pb.Close()
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	defer dA.Close()
 	dB, sockB, err := daemon("b", 2, pb, pa)
 	if err != nil {
 		pb.Close()
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	defer dB.Close()
 	sa, err := guestlib.Open(ctx, guestlib.Options{Socket: sockA})
 	if err != nil {
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	defer sa.Close()
 	sb, err := guestlib.Open(ctx, guestlib.Options{Socket: sockB})
 	if err != nil {
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	defer sb.Close()
 	cons, err := lunarstream.OpenConsumer(ctx, sb, channel, true, o.Frames, 0)
 	if err != nil {
-		return Side{}, 0, err
+		return s, 0, rel, err
 	}
 	// A source sends only where the directory says someone listens.
 	for deadline := time.Now().Add(10 * time.Second); !knowsSink(dA); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return Side{}, 0, errors.New("daemon A never learned of B's sink (directory)")
+			return s, 0, rel, errors.New("daemon A never learned of B's sink (directory)")
 		}
 	}
 	done := make(chan Side, 1)
@@ -283,8 +287,8 @@ func runVeloce(ctx context.Context, h *hosts, c Config, o lunarstream.Options, p
 		done <- s
 	}()
 	ps, err := lunarstream.Produce(ctx, sa, channel, true, 0, o)
-	s := <-done
-	return s, ps.Messages, err
+	s = <-done
+	return s, ps.Messages, dA.Remote().Reliable, err
 }
 
 func knowsSink(d *backend.Daemon) bool {
@@ -352,6 +356,7 @@ func WriteTable(w io.Writer, rep *Report) error {
 			fmt.Fprintf(tw, "%g\t%s\t%d/%d\t%.2f\t%.0f\t%.0f\t%.0f\t\n", r.FPS, name, s.Verified, s.Frames, s.FPS, s.LatencyP50, s.LatencyP99, s.LatencyMax)
 		}
 		fmt.Fprintf(tw, "%g\tratio veloce/tcp\t\t%.2f\t%.2f\t%.2f\t\t\n", r.FPS, r.FPSRatio, r.P50Ratio, r.P99Ratio)
+		fmt.Fprintf(tw, "%g\tveloce retransmits, window full\t%d, %d\t\t\t\t\t\n", r.FPS, r.Reliable.Retransmits, r.Reliable.WindowFull)
 	}
 	return tw.Flush()
 }
