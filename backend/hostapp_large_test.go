@@ -94,8 +94,19 @@ func TestHostLargeMessagesOneDaemon(t *testing.T) {
 		}
 	}
 	const n = 60
+	start := time.Now()
 	go emitLarge(ctx, t, src, n)
 	consumeLarge(ctx, t, sink, n)
+	t.Logf("%d messages (%d MiB) in %v", n, totalLarge(n)>>20, time.Since(start).Round(time.Millisecond))
+}
+
+// totalLarge is the bytes of messages 1 to n of largeSizes.
+func totalLarge(n uint64) int {
+	sum := 0
+	for seq := uint64(1); seq <= n; seq++ {
+		sum += largeSizes(seq)
+	}
+	return sum
 }
 
 // TestHostLargeMessagesTwoDaemons: host application to host application
@@ -135,7 +146,7 @@ func TestHostLargeMessagesTwoDaemons(t *testing.T) {
 	start := time.Now()
 	go emitLarge(ctx, t, src, n)
 	consumeLarge(ctx, t, sink, n)
-	t.Logf("%d messages (%d of 1 MiB) in %v; A: %+v", n, n/6, time.Since(start).Round(time.Millisecond), dA.Remote().Large)
+	t.Logf("%d messages (%d MiB) in %v; A: %+v", n, totalLarge(n)>>20, time.Since(start).Round(time.Millisecond), dA.Remote().Large)
 	if l := dA.Remote().Large; l.Sent < n*4/6 {
 		t.Errorf("A sent %d messages as fragments, want at least %d", l.Sent, n*4/6)
 	}

@@ -816,9 +816,11 @@ func TestHostDeliverFromManyGoroutines(t *testing.T) {
 // message. The seed corpus (testdata/fuzz/FuzzHostClient) has a
 // well-formed emit, slots and lengths out of range, a head a ring ahead,
 // double and out-of-range frees, an RX tail past the head, a scribbled
-// control page with a CloseSession, and garbage requests.
+// control page with a CloseSession, garbage requests, and runs (large
+// messages) emitted and delivered.
 func FuzzHostClient(f *testing.F) {
 	rt := NewRuntime(RuntimeOptions{})
+	large := make([]byte, hostMaxMessage+1) // one byte too many at most
 	f.Fuzz(func(t *testing.T, ops, request []byte) {
 		h := &hostApps{rt: rt, clients: map[*hostClient]struct{}{}}
 		c := newTestClient(t, h)
@@ -839,7 +841,11 @@ func FuzzHostClient(f *testing.F) {
 				if a&1 != 0 {
 					src = a
 				}
-				shm.PutTX(tx.Entry(a%hostTXSlots), shm.TXEntry{Slot: b, Len: b >> 16, Source: src, Token: uint64(a)})
+				slot, n := b, b>>16
+				if a&2 != 0 { // a run, mostly within the pool: slot b's low 12 bits, length the upper 20
+					slot, n = b&0xfff, b>>12
+				}
+				shm.PutTX(tx.Entry(a%hostTXSlots), shm.TXEntry{Slot: slot, Len: n, Source: src, Token: uint64(a)})
 			case 1: // the TX head
 				put32(r, lineTXHead, a)
 			case 2: // an RX-free entry, at ring index a
@@ -851,7 +857,11 @@ func FuzzHostClient(f *testing.F) {
 				put32(r, lineRXTail, b)
 			case 5:
 				c.drainOnce()
-			case 6:
+			case 6: // a delivery: one slot, or (a odd) a run
+				if a&1 != 0 {
+					c.deliver(sk, uint64(a), uint64(b), large[:b%uint32(len(large)+1)])
+					continue
+				}
 				c.deliver(sk, uint64(a), uint64(b), payload[:b%uint32(len(payload)+1)])
 			case 7: // any word of the control page, flags and daemon counters included
 				put32(r, int(a%(shm.ControlSize/4))*4, b)
@@ -884,8 +894,37 @@ func FuzzHostClient(f *testing.F) {
 				held++
 			}
 		}
-		if len(ids)+c.ready.Len()+held != hostRXSlots {
-			t.Fatalf("%d free + %d queued + %d with the application != %d slots", len(ids), c.ready.Len(), held, hostRXSlots)
+		// Runs: the free run slots are as many as the allocator says,
+		// each once.
+		c.runMu.Lock()
+		want := c.runs.FreeSlots()
+		var runIDs []uint32
+		for {
+			id, ok := c.runs.Alloc(1)
+			if !ok {
+				break
+			}
+			runIDs = append(runIDs, id)
+		}
+		for _, id := range runIDs {
+			c.runs.Free(id)
+		}
+		c.runMu.Unlock()
+		if uint32(len(runIDs)) != want {
+			t.Fatalf("%d run slots free, the allocator says %d", len(runIDs), want)
+		}
+		// One-slot slots: free, queued or the application's, exactly once
+		// (ready also queues runs).
+		queued, n := 0, c.ready.Len()
+		for range n {
+			id, _ := c.ready.Pop()
+			if id < hostRXSlots {
+				queued++
+			}
+			c.ready.Push(id)
+		}
+		if len(ids)+queued+held != hostRXSlots {
+			t.Fatalf("%d free + %d queued + %d with the application != %d slots", len(ids), queued, held, hostRXSlots)
 		}
 	})
 }

@@ -19,11 +19,15 @@
 // slot the daemon copied the message into, read in place until Release
 // gives the slot back. A busy stream makes no system call per message
 // (see internal/shm for the layout and the wake-up protocol). The slots
-// are a fixed pool per session (512 to send, 1024 to receive): GetBuffer
-// fails with ErrNoBuffers when every TX slot is in flight, and
-// GetBufferContext waits for one; a session that holds all its RX slots
-// (unreleased or queued messages) gets no more messages until it releases
-// some — the daemon drops them and counts them for the sink.
+// are a fixed pool per session (512 to send, 1024 to receive, 2 KiB
+// each): GetBuffer fails with ErrNoBuffers when every TX slot is in
+// flight, and GetBufferContext waits for one; a session that holds all
+// its RX slots (unreleased or queued messages) gets no more messages
+// until it releases some — the daemon drops them and counts them for the
+// sink. Messages larger than a slot, up to Session.MaxMessage (the
+// daemon's --max-message, 1 MiB by default), take runs of adjacent slots
+// from a part of each pool set aside for them (room for two 1 MiB
+// messages each way): Data is one contiguous slice either way.
 //
 // The API follows the paper's (section 5.1): get a buffer, write into it,
 // emit it and get a token, ask for the token's outcome; sinks deliver by
@@ -70,14 +74,15 @@ import (
 var DefaultService = netip.MustParseAddrPort("169.254.77.1:7077")
 
 // MaxMessage is the largest message a source may emit over the virtio
-// transport (a Deliver carrying it must fit the link's 1500-byte MTU).
+// transport (a Deliver carrying it must fit the link's 1500-byte MTU);
+// on the host transport, Session.MaxMessage says.
 const MaxMessage = 1500 - 20 - 8 - guestproto.DeliverOverhead
 
 // Errors.
 var (
 	// ErrClosed: the session, stream, source or sink is closed.
 	ErrClosed = errors.New("guestlib: closed")
-	// ErrTooLarge: a message larger than MaxMessage.
+	// ErrTooLarge: a message larger than Session.MaxMessage.
 	ErrTooLarge = errors.New("guestlib: message too large")
 	// ErrNoSession: the daemon does not know the session (it restarted, or
 	// released the session after a silence).

@@ -41,6 +41,11 @@ type hostShm struct {
 	// application still holds never faults.
 	refs    atomic.Int64
 	stopped atomic.Bool // the session is closed
+	// maxMsg is the session's largest message (Session.MaxMessage);
+	// runLo to runHi-1 are the TX slots of runs (none if equal). Fixed.
+	maxMsg int
+	runLo  uint32
+	runHi  uint32
 
 	txMu sync.Mutex
 	tx   shm.Producer // +checklocks:txMu
@@ -50,10 +55,6 @@ type hostShm struct {
 	// runs allocates runs of TX slots past the one-slot ones for
 	// messages larger than a slot; nil without room for runs.
 	runs *shm.Runs // +checklocks:txMu
-	// runLo and runHi bound the slots of runs (fixed; empty without).
-	runLo, runHi uint32
-	// maxMsg is the session's largest message (Session.MaxMessage).
-	maxMsg int
 	// inFlight counts emitted messages whose slots the daemon has not
 	// yet returned: Close waits for them.
 	inFlight int // +checklocks:txMu

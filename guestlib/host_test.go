@@ -248,6 +248,43 @@ func TestHostSteadyStateAllocatesNothing(t *testing.T) {
 	}
 }
 
+// Large messages (runs of slots, up to Session.MaxMessage) allocate
+// nothing either, on the way in or out; one-slot ones in between stay
+// unaffected.
+func TestHostLargeMessagesAllocateNothing(t *testing.T) {
+	_, sock := daemon(t)
+	s, src, sink := pair(t, sock, 4)
+	ctx := context.Background()
+	sizes := []int{s.MaxMessage(), 2049, 64, 300000}
+	var n int
+	step := func() {
+		size := sizes[n%len(sizes)]
+		b, err := src.GetBufferContext(ctx, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		b.Data[0], b.Data[size-1] = byte(n), byte(n>>8)
+		if _, err := src.Emit(b); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sink.Consume(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Data) != size || m.Data[0] != byte(n) || m.Data[size-1] != byte(n>>8) {
+			t.Fatalf("message %d: %d bytes, want %d", n, len(m.Data), size)
+		}
+		m.Release()
+	}
+	for range 100 {
+		step()
+	}
+	if a := testing.AllocsPerRun(200, step); a != 0 {
+		t.Errorf("%.2f allocations per message", a)
+	}
+}
+
 // Back-pressure: with every TX slot taken, GetBuffer fails with
 // ErrNoBuffers at once; GetBufferContext waits, until its context ends
 // or a slot comes back.
