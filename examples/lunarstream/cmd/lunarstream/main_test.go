@@ -37,7 +37,7 @@ func TestRefusesBadArguments(t *testing.T) {
 // syncBuf is a bytes.Buffer safe for a writer and a reader.
 type syncBuf struct {
 	mu sync.Mutex
-	b  bytes.Buffer
+	b  bytes.Buffer // +checklocks:mu
 }
 
 func (s *syncBuf) Write(p []byte) (int, error) {
