@@ -13,25 +13,42 @@ import (
 // ConsumeSink feeds r from sk until r is Done, ctx ends, or (after the
 // first message) nothing arrives for idle (0: wait for ctx). It returns
 // nil in the first case, and in the last (what was missing counts as
-// lost in r's Summary); ctx's error otherwise.
+// lost in r's Summary); ctx's error otherwise. It allocates nothing per
+// message (one timer, reset, bounds the idle time).
 func ConsumeSink(ctx context.Context, sk *guestlib.Sink, r *Receiver, idle time.Duration) error {
-	for got := false; !r.Done(); {
-		c, cancel := ctx, context.CancelFunc(func() {})
-		if got && idle > 0 {
-			c, cancel = context.WithTimeout(ctx, idle)
-		}
-		m, err := sk.Consume(c)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+	c, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var timer *time.Timer
+	if idle > 0 {
+		timer = time.AfterFunc(time.Hour, func() { cancel(errIdle) })
+		timer.Stop() // armed by the first message
+		defer timer.Stop()
+	}
+	for !r.Done() {
+		if err := consumeOne(c, sk, r); err != nil {
+			if ctx.Err() == nil && context.Cause(c) == errIdle {
 				return nil // idle: the producer is gone
 			}
 			return err
 		}
-		got = true
-		r.Accept(m.Data, time.Now()) // malformed messages are counted
-		m.Release()
+		if timer != nil {
+			timer.Reset(idle)
+		}
 	}
+	return nil
+}
+
+var errIdle = errors.New("lunarstream: nothing arrived for the idle time")
+
+// consumeOne waits for one message of sk and feeds it to r (a malformed
+// one is counted).
+func consumeOne(ctx context.Context, sk *guestlib.Sink, r *Receiver) error {
+	m, err := sk.Consume(ctx)
+	if err != nil {
+		return err
+	}
+	r.Accept(m.Data, time.Now())
+	m.Release()
 	return nil
 }
 

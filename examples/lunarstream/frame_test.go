@@ -2,6 +2,7 @@ package lunarstream
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -165,6 +166,29 @@ func FuzzAccept(f *testing.F) {
 		}
 		s := r.Summary()
 		if s.Verified+s.Corrupt > s.Frames || s.Verified > 1 {
+			t.Fatalf("%+v", s)
+		}
+	})
+}
+
+// FuzzConsumeStream: a hostile byte stream (a TCP peer) ends with an error
+// or EOF, never a crash, and nothing unverified counts as verified.
+func FuzzConsumeStream(f *testing.F) {
+	var good bytes.Buffer
+	e := &StreamEmitter{W: &good}
+	body := make([]byte, 300)
+	for fr := range uint64(2) {
+		Fill(body, fr, 0)
+		e.EmitFrame(context.Background(), Header{Frame: fr, Length: uint32(len(body)), Checksum: Checksum(body)}, body)
+	}
+	f.Add(good.Bytes())
+	f.Add(good.Bytes()[:HeaderLen+10])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := NewReceiver(0, 64)
+		ConsumeStream(bytes.NewReader(b), r)
+		s := r.Summary()
+		if s.Verified > uint64(len(b)/HeaderLen) || s.Verified+s.Corrupt > s.Frames {
 			t.Fatalf("%+v", s)
 		}
 	})

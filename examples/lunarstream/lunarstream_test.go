@@ -105,6 +105,26 @@ func TestFramesBetweenHostApplications(t *testing.T) {
 	o := lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames}
 	t.Run("one message a frame", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, 0, o, d), frames) })
 	t.Run("frames in parts", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, guestlib.MaxMessage, o, d), frames) })
+	// A consumer told of more frames than come stops once nothing arrives
+	// for its idle time and counts the missing ones as lost.
+	t.Run("producer stops early", func(t *testing.T) {
+		sa, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sa.Close()
+		cons, err := lunarstream.OpenConsumer(ctx, sa, channel, true, 5, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lunarstream.Produce(ctx, sa, channel, true, 0, lunarstream.Options{FrameSize: 1000, Frames: 3}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := cons.Run(ctx, 200*time.Millisecond)
+		if err != nil || s.Frames != 5 || s.Verified != 3 || s.Lost != 2 {
+			t.Fatalf("%v %+v", err, s)
+		}
+	})
 }
 
 // TestFramesOverTCP: the reference, the same frames over a TCP connection
