@@ -30,7 +30,7 @@ deps:
 ## then veloced and veloce-bench again with cgo and DPDK
 build: deps
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/... ./examples/lunarstream/cmd/lunarstream
 	CGO_ENABLED=1 $(GO) build -tags '$(TAGS)' -o $(BIN)/ ./cmd/veloced ./cmd/veloce-bench
 
 ## images: fetch the Debian guest kernel (once) and build the default guest image
