@@ -18,13 +18,14 @@ import (
 
 const channel = 7
 
-// stream runs a consumer on sockB and a producer on sockA (both host
-// applications) for o's frames and returns the consumer's summary; with
-// producer's daemon dA set, the producer starts once dA knows of the sink.
+// stream runs consumers consumers on sockB (each its own session) and a
+// producer on sockA (all host applications) for o's frames and returns
+// the consumers' summaries; with producer's daemon dA set, the producer
+// starts once dA knows of the sinks.
 //
 // The producer's messages are of up to msgSize bytes (0: the session's
 // largest); when a frame fits one, it must go as one.
-func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.Daemon, msgSize int, o lunarstream.Options, ds ...*backend.Daemon) lunarstream.Summary {
+func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.Daemon, msgSize, consumers int, o lunarstream.Options) []lunarstream.Summary {
 	t.Helper()
 	open := func(sock string) *guestlib.Session {
 		s, err := guestlib.Open(ctx, guestlib.Options{Socket: sock})
@@ -34,27 +35,30 @@ func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.
 		t.Cleanup(func() { s.Close() })
 		return s
 	}
-	sa, sb := open(sockA), open(sockB)
-	cons, err := lunarstream.OpenConsumer(ctx, sb, channel, true, o.Frames, msgSize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sa := open(sockA)
 	type result struct {
 		s   lunarstream.Summary
 		err error
 	}
+	done := make(chan result, consumers)
+	for range consumers {
+		cons, err := lunarstream.OpenConsumer(ctx, open(sockB), channel, true, o.Frames, msgSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			s, err := cons.Run(ctx, 10*time.Second) // every frame, or 10 s of nothing
+			done <- result{s, err}
+		}()
+	}
 	if dA != nil {
 		waitForSink(t, ctx, dA)
 	}
-	done := make(chan result, 1)
-	go func() {
-		s, err := cons.Run(ctx, 10*time.Second) // every frame, or 10 s of nothing
-		done <- result{s, err}
-	}()
 	ps, err := lunarstream.Produce(ctx, sa, channel, true, msgSize, o)
 	if err != nil {
 		t.Fatalf("producer: %v (%+v)", err, ps)
 	}
+	t.Logf("producer %+v", ps)
 	if msgSize == 0 {
 		msgSize = lunarstream.MessageSize(sa)
 	}
@@ -62,20 +66,26 @@ func stream(t *testing.T, ctx context.Context, sockA, sockB string, dA *backend.
 	if ps.Messages != perFrame*uint64(o.Frames) {
 		t.Errorf("%d messages for %d frames of %d bytes in messages of up to %d", ps.Messages, o.Frames, o.FrameSize, msgSize)
 	}
-	r := <-done
-	t.Logf("producer %+v\nconsumer %+v", ps, r.s)
-	for _, d := range ds {
-		for _, st := range d.Streams() {
-			t.Logf("daemon stream %+v", st)
+	var out []lunarstream.Summary
+	for range consumers {
+		r := <-done
+		t.Logf("consumer %+v", r.s)
+		if r.err != nil {
+			t.Fatalf("consumer: %v", r.err)
 		}
+		out = append(out, r.s)
 	}
-	if r.err != nil {
-		t.Fatalf("consumer: %v", r.err)
-	}
-	return r.s
+	return out
 }
 
-func checkAll(t *testing.T, s lunarstream.Summary, frames int) {
+func checkAll(t *testing.T, ss []lunarstream.Summary, frames int) {
+	t.Helper()
+	for _, s := range ss {
+		checkOne(t, s, frames)
+	}
+}
+
+func checkOne(t *testing.T, s lunarstream.Summary, frames int) {
 	t.Helper()
 	if s.Frames != uint64(frames) || s.Verified != uint64(frames) || s.Corrupt != 0 || s.Lost != 0 || s.Malformed != 0 {
 		t.Fatalf("want all %d frames verified: %+v", frames, s)
@@ -103,8 +113,8 @@ func TestFramesBetweenHostApplications(t *testing.T) {
 	defer d.Close()
 	const frames = 10
 	o := lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames}
-	t.Run("one message a frame", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, 0, o, d), frames) })
-	t.Run("frames in parts", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, guestlib.MaxMessage, o, d), frames) })
+	t.Run("one message a frame", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, 0, 1, o), frames) })
+	t.Run("frames in parts", func(t *testing.T) { checkAll(t, stream(t, ctx, sock, sock, nil, guestlib.MaxMessage, 1, o), frames) })
 	// A consumer told of more frames than come stops once nothing arrives
 	// for its idle time and counts the missing ones as lost.
 	t.Run("producer stops early", func(t *testing.T) {
@@ -158,14 +168,14 @@ func TestFramesOverTCP(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	checkAll(t, r.Summary(), frames)
+	checkOne(t, r.Summary(), frames)
 }
 
 // TestFramesBetweenTwoHosts: Lunar Streaming between two hosts (network
 // namespaces joined by a veth), each with its daemon on kernel UDP: a
 // producer on A sends 30 frames at 10 frames/s on a reliable stream, one
 // message a frame (--max-message 4 MiB: fragments between the daemons);
-// the consumer on B verifies every one.
+// two consumers on B (two sessions) verify every one.
 func TestFramesBetweenTwoHosts(t *testing.T) {
 	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
 	testutil.Veth(t, a, "10.77.61.1/24", b, "10.77.61.2/24")
@@ -200,10 +210,12 @@ func TestFramesBetweenTwoHosts(t *testing.T) {
 	dA, sockA := daemon("a", 1, pa, pb)
 	_, sockB := daemon("b", 2, pb, pa)
 	const frames = 30
-	s := stream(t, ctx, sockA, sockB, dA, 0, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames})
-	checkAll(t, s, frames)
-	if s.Datapath != "udp" {
-		t.Errorf("datapath %q, want udp", s.Datapath)
+	ss := stream(t, ctx, sockA, sockB, dA, 0, 2, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: 10, Frames: frames})
+	checkAll(t, ss, frames)
+	for _, s := range ss {
+		if s.Datapath != "udp" {
+			t.Errorf("datapath %q, want udp", s.Datapath)
+		}
 	}
 }
 

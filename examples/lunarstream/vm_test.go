@@ -100,7 +100,7 @@ func TestFramesFromVMToHostApplication(t *testing.T) {
 		res = <-done
 	}
 	t.Logf("guest producer %+v\nhost consumer %+v", ps, res.s)
-	checkAll(t, res.s, frames)
+	checkOne(t, res.s, frames)
 	if ps.Messages == frames {
 		t.Logf("one message a frame from the VM")
 	} else {

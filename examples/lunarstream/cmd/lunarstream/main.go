@@ -82,8 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.output != "text" && c.output != "json" {
 		return fmt.Errorf("-o %q: want text or json", c.output)
 	}
-	if c.frames < 1 || c.frameSize < 0 || c.frameSize > lunarstream.MaxFrameSize || c.fps < 0 || c.channel > 1<<32-1 {
-		return fmt.Errorf("want --frames >= 1, --frame-size 0..%d, --fps >= 0, --channel < 2^32", lunarstream.MaxFrameSize)
+	if c.frames < 1 || c.frameSize < 1 || c.frameSize > lunarstream.MaxFrameSize || c.fps < 0 || c.channel > 1<<32-1 {
+		return fmt.Errorf("want --frames >= 1, --frame-size 1..%d, --fps >= 0, --channel < 2^32", lunarstream.MaxFrameSize)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
