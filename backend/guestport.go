@@ -190,6 +190,9 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		}
 		return 0
 	}
+	if m.Type == guestproto.EmitFrag {
+		return p.emitFrag(src, &m, reply, t)
+	}
 	if m.Type == guestproto.Credit {
 		if s := p.session(m.Session, src); s != nil {
 			s.lastSeen.Store(monoAt(t))
@@ -271,7 +274,9 @@ func (p *Port) runControl(m *guestproto.Message, src netip.AddrPort, now int64) 
 		}
 		s.touch()
 		p.setSession(s.ID, s)
-		return guestproto.Result{ID: s.ID}
+		// The largest message: guestlib may then send larger ones than a
+		// frame as EmitFrag (guestlarge.go); older ones ignore it.
+		return guestproto.Result{ID: s.ID, Plugin: binaryMaxMessage(p.rt.maxMessage())}
 	}
 	s := p.session(m.Session, src)
 	if s == nil {
@@ -448,4 +453,11 @@ func (p *Port) streamChanged(s *Session, streamID uint32, datapath, warning stri
 	*p.out.slots.Meta(id) = uint16(n)
 	p.out.ready.PushWait(id)
 	p.dev.Wake()
+}
+
+// binaryMaxMessage is an OpenSession reply's Plugin for a largest
+// message of n bytes.
+func binaryMaxMessage(n int) []byte {
+	var b [guestproto.MaxMessageLen]byte
+	return guestproto.PutMaxMessage(&b, uint32(n))
 }

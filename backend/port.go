@@ -80,6 +80,7 @@ type Port struct {
 	malformed atomic.Uint64            // guestproto datagrams that did not parse
 	replies   replayCache              // recent control replies, for resent requests
 	acct      *account                 // what the guest holds, against opts.Limits
+	large     guestLarge               // large messages from the guest (guestlarge.go)
 
 	// Live migration (snapshot.go, migrate.go).
 	frozen   atomic.Bool             // the outbox is held: the guest gets nothing from it

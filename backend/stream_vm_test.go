@@ -43,6 +43,8 @@ func perfImage(t *testing.T) (kernel, initramfs string) {
 type perfSummary struct {
 	Role       string `json:"role"`
 	Messages   uint64 `json:"messages"`
+	Bytes      uint64 `json:"bytes"`
+	Corrupt    uint64 `json:"corrupt"`
 	Sources    int    `json:"sources"`
 	Gaps       uint64 `json:"gaps"`
 	OutOfOrder uint64 `json:"out_of_order"`

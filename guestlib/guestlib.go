@@ -78,6 +78,11 @@ var DefaultService = netip.MustParseAddrPort("169.254.77.1:7077")
 // on the host transport, Session.MaxMessage says.
 const MaxMessage = 1500 - 20 - 8 - guestproto.DeliverOverhead
 
+// maxLargeMessage bounds the largest message a daemon may announce
+// (veloced's --max-message is at most 64 MiB): a virtio session's large
+// buffers are of that size.
+const maxLargeMessage = 64 << 20
+
 // Errors.
 var (
 	// ErrClosed: the session, stream, source or sink is closed.
@@ -391,6 +396,11 @@ type Session struct {
 
 	nextReq atomic.Uint32
 	bufs    sync.Pool // of *[]byte, datagram-sized
+	// maxEmit is the largest message the virtio transport's sources may
+	// emit: the daemon's limit when its OpenSession reply gave one (it
+	// takes EmitFrag), else MaxMessage. Set by Open.
+	maxEmit int
+	large   sync.Pool // of *[]byte of maxEmit bytes: large messages' buffers
 
 	mu      sync.Mutex
 	pending map[uint32]chan reply // +checklocks:mu
@@ -478,6 +488,11 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		return s, nil
 	}
 	shm.CloseFDs(r.fds)
+	s.maxEmit = MaxMessage
+	if n, ok := guestproto.ParseMaxMessage([]byte(r.plugin)); ok && int(n) > MaxMessage {
+		s.maxEmit = min(int(n), maxLargeMessage)
+		s.large.New = func() any { b := make([]byte, s.maxEmit); return &b }
+	}
 	s.wg.Add(1)
 	go s.ping()
 	return s, nil
@@ -487,16 +502,19 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 func (s *Session) ID() uint32 { return s.id }
 
 // MaxMessage returns the largest message the session's sources may emit
-// (GetBuffer's largest size) and its sinks receive: on the host
-// transport, the daemon's limit (veloced --max-message, default 1 MiB)
-// as the session's region can hold it, learned when the session opened;
-// on the virtio transport, and with a daemon from before large messages,
-// the package's MaxMessage.
+// (GetBuffer's largest size), the daemon's limit (veloced --max-message,
+// default 1 MiB) learned when the session opened; with a daemon from
+// before large messages, the package's MaxMessage. On the host transport
+// it is also the largest message its sinks receive, as the session's
+// region holds it. On the virtio transport a message larger than a frame
+// goes to the daemon as fragments (guestproto.EmitFrag), but sinks in a
+// VM still receive at most MaxMessage bytes (larger messages are dropped
+// for them and counted by the daemon).
 func (s *Session) MaxMessage() int {
 	if s.host != nil {
 		return s.host.maxMsg
 	}
-	return MaxMessage
+	return max(s.maxEmit, MaxMessage)
 }
 
 // Close closes the session: the daemon releases its streams, sources and
@@ -855,17 +873,20 @@ type Buffer struct {
 	// and may be shortened before Emit (Truncate): Emit sends len(Data)
 	// bytes. On the host transport it is a
 	// slot of the memory shared with the daemon.
-	Data []byte
-	raw  *[]byte  // virtio transport
-	host *hostShm // host transport: Data is TX slot slot
-	slot uint32
+	Data  []byte
+	raw   *[]byte  // virtio transport
+	large *[]byte  // virtio transport, a message larger than a frame
+	host  *hostShm // host transport: Data is TX slot slot
+	slot  uint32
 }
 
 // GetBuffer returns a buffer for a message of size bytes (at most
 // Session.MaxMessage: ErrTooLarge past it). The message is built in
 // place: Emit sends it without a copy. On the host transport a message
 // larger than one slot takes a run of adjacent slots, so Data is one
-// contiguous slice of the shared region whatever its size. It does not
+// contiguous slice of the shared region whatever its size; on the
+// virtio transport, a message larger than a frame is built in a buffer
+// of the session's and sent as fragments (guestproto.EmitFrag). It does not
 // wait: on the host transport, when every TX slot of the session is in
 // flight (or no run of free slots is long enough), it returns an error
 // wrapping ErrNoBuffers (see GetBufferContext). It may also return
@@ -880,6 +901,13 @@ func (so *Source) GetBuffer(size int) (*Buffer, error) {
 			return nil, err
 		}
 		return h.buffer(id, size), nil
+	}
+	if size > MaxMessage && size <= so.s.maxEmit {
+		// Sent as fragments (emitLarge).
+		bp := so.s.large.Get().(*[]byte)
+		b := bufferPool.Get().(*Buffer)
+		*b = Buffer{Data: (*bp)[:size], large: bp}
+		return b, nil
 	}
 	if size < 0 || size > MaxMessage {
 		return nil, ErrTooLarge
@@ -933,6 +961,9 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	if b.host != nil {
 		return so.emitHost(b)
 	}
+	if b.large != nil {
+		return so.emitLarge(b)
+	}
 	if b.raw == nil {
 		return 0, errors.New("guestlib: buffer already emitted")
 	}
@@ -947,6 +978,41 @@ func (so *Source) Emit(b *Buffer) (Token, error) {
 	so.mu.Unlock()
 	so.s.bufs.Put(b.raw)
 	b.raw, b.Data = nil, nil
+	bufferPool.Put(b)
+	if err != nil {
+		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)
+	}
+	return Token(tok), nil
+}
+
+// emitLarge sends a message larger than a frame as EmitFrag frames of
+// guestproto.FragSize bytes (the last one the rest), in order, from one
+// datagram buffer: the daemon reassembles them. A message cut to a frame
+// (Truncate) goes as an Emit.
+func (so *Source) emitLarge(b *Buffer) (Token, error) {
+	bp, data := b.large, b.Data
+	if len(data) > so.s.maxEmit || (len(data) > 0 && &data[0] != &(*bp)[0]) {
+		return 0, errors.New("guestlib: buffer data moved or grew; write into Data in place")
+	}
+	frame := so.s.bufs.Get().(*[]byte)
+	count := (len(data) + guestproto.FragSize - 1) / guestproto.FragSize
+	so.mu.Lock()
+	tok := so.token.Add(1)
+	var err error
+	if len(data) <= MaxMessage {
+		n, _ := guestproto.PutEmit(*frame, so.s.id, so.id, tok, data)
+		err = so.s.writeEmit((*frame)[:n])
+	} else {
+		for i := 0; i < count && err == nil; i++ {
+			part := data[i*guestproto.FragSize : min((i+1)*guestproto.FragSize, len(data))]
+			n, _ := guestproto.PutEmitFrag(*frame, so.s.id, so.id, tok, uint16(i), uint16(count), part)
+			err = so.s.writeEmit((*frame)[:n])
+		}
+	}
+	so.mu.Unlock()
+	so.s.bufs.Put(frame)
+	so.s.large.Put(bp)
+	*b = Buffer{}
 	bufferPool.Put(b)
 	if err != nil {
 		return Token(tok), fmt.Errorf("guestlib: emit: %w", err)

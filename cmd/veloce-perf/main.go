@@ -62,7 +62,10 @@ type Summary struct {
 	Gaps       uint64  `json:"gaps,omitempty"`
 	OutOfOrder uint64  `json:"out_of_order,omitempty"`
 	// Dropped counts what arrived while the sink's queue was full.
-	Dropped  uint64 `json:"dropped,omitempty"`
+	Dropped uint64 `json:"dropped,omitempty"`
+	// Corrupt counts messages whose bytes are not the source's pattern
+	// (sink --check).
+	Corrupt  uint64 `json:"corrupt,omitempty"`
 	Datapath string `json:"datapath"`
 	Warning  string `json:"warning,omitempty"`
 }
@@ -86,6 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reliable := fs.Bool("reliable", false, "ask for reliable, in-order delivery (source: exactly once to every peer's sinks)")
 	text := fs.String("text", "", "source: send this text, with the message number appended, instead of a byte pattern")
 	show := fs.Int("show", 0, "sink: print the first N messages as text")
+	check := fs.Bool("check", false, "sink: check every byte of each message against the source's pattern (byte i is the first byte plus i); mismatches count as corrupt and fail the run")
 	progress := fs.Duration("progress", 0, "sink: print the count and rate at this interval (e.g. 1s)")
 	pace := fs.Float64("pace", 0, "sink: take at most this many messages per second, like a slow application; 0 is as fast as possible")
 	socket := fs.String("socket", "", "the daemon's unix socket for host applications (default $VELOCE_APP_SOCKET, else /run/veloce/app.sock if present, else the VM link)")
@@ -163,6 +167,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				}
 			}
 			last[m.Source] = m.Seq
+			if *check && !patternOK(m.Data) {
+				sum.Corrupt++
+			}
 			m.Release()
 		}
 		sum.Sources, sum.Dropped = len(last), sk.Dropped()
@@ -214,10 +221,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	report(stdout, &sum, start)
-	if sum.Gaps > 0 || sum.OutOfOrder > 0 {
-		return fmt.Errorf("%d messages missing, %d out of order", sum.Gaps, sum.OutOfOrder)
+	if sum.Gaps > 0 || sum.OutOfOrder > 0 || sum.Corrupt > 0 {
+		return fmt.Errorf("%d messages missing, %d out of order, %d corrupt", sum.Gaps, sum.OutOfOrder, sum.Corrupt)
 	}
 	return nil
+}
+
+// patternOK reports whether b is a source's byte pattern: byte i is
+// b[0]+i (source without --text).
+func patternOK(b []byte) bool {
+	for i := range b {
+		if b[i] != b[0]+byte(i) {
+			return false
+		}
+	}
+	return true
 }
 
 func report(w io.Writer, sum *Summary, start time.Time) {

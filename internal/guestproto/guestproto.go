@@ -56,7 +56,22 @@ const (
 	// u32 | datapath len u16 | datapath | warning len u16 | warning; the
 	// parsed fields are ID, Result.Plugin and Result.Message.
 	StreamChanged Type = 0x84
+	// EmitFrag (guest to daemon) is one fragment of a message larger
+	// than one frame: body: source u32 | token u64 | index u16 | count u16
+	// | payload. Every fragment but the last carries FragSize bytes, the
+	// last the rest; all carry the message's token, count at least 2 and
+	// index below it. A client sends them only to a daemon whose
+	// OpenSession reply gave a largest message (ParseMaxMessage): older
+	// daemons do not know the type.
+	EmitFrag Type = 0x85
 )
+
+// FragSize is the payload of every EmitFrag but a message's last: an
+// EmitFrag of it fits a 1500-byte link MTU with room to spare.
+const FragSize = 1400
+
+// EmitFragOverhead is the bytes an EmitFrag adds before its payload.
+const EmitFragOverhead = HeaderLen + 16
 
 // Flow control on the guest's link (Credit). A Deliver's header carries,
 // in its RequestID field, the sink's delivery index: 1, 2, ... per sink,
@@ -75,7 +90,7 @@ var typeNames = map[Type]string{
 	OpenSession: "open-session", CloseSession: "close-session", CreateStream: "create-stream",
 	CloseStream: "close-stream", CreateSource: "create-source", CloseSource: "close-source",
 	CreateSink: "create-sink", CloseSink: "close-sink", Ping: "ping", Reply: "reply",
-	Emit: "emit", Deliver: "deliver", Outcome: "outcome",
+	Emit: "emit", Deliver: "deliver", Outcome: "outcome", EmitFrag: "emit-frag",
 }
 
 // String returns the type's name.
@@ -226,7 +241,9 @@ type Message struct {
 	Room    uint32        // Credit: how many more deliveries may be in flight
 	Status  Status        // Outcome
 	Result  Result        // Reply
-	Payload []byte        // Emit, Deliver
+	Payload []byte        // Emit, Deliver, EmitFrag
+	// FragIndex and FragCount: EmitFrag's place in its message.
+	FragIndex, FragCount uint16
 }
 
 var le = binary.LittleEndian
@@ -286,6 +303,14 @@ func Parse(b []byte, m *Message) error {
 			return ErrLength
 		}
 		m.ID, m.Token, m.Payload = le.Uint32(body), le.Uint64(body[4:]), body[12:]
+	case EmitFrag:
+		if len(body) < 16 {
+			return ErrLength
+		}
+		m.ID, m.Token, m.FragIndex, m.FragCount, m.Payload = le.Uint32(body), le.Uint64(body[4:]), le.Uint16(body[12:]), le.Uint16(body[14:]), body[16:]
+		if m.FragCount < 2 || m.FragIndex >= m.FragCount || len(m.Payload) > FragSize {
+			return ErrLength
+		}
 	case Deliver:
 		if len(body) < 24 {
 			return ErrLength
@@ -394,6 +419,23 @@ func PutReply(b []byte, h Header, r *Result) (int, error) {
 	le.PutUint16(b[n:], uint16(len(r.Message)))
 	n += 2 + copy(b[n+2:], r.Message)
 	return n, nil
+}
+
+// PutEmitFrag writes fragment index of count of a large message; part
+// is at most FragSize bytes.
+func PutEmitFrag(b []byte, session, source uint32, token uint64, index, count uint16, part []byte) (int, error) {
+	if len(part) > FragSize || count < 2 || index >= count {
+		return 0, ErrLength
+	}
+	if len(b) < EmitFragOverhead+len(part) {
+		return 0, ErrShortBuffer
+	}
+	PutHeader(b, Header{Type: EmitFrag, Session: session})
+	le.PutUint32(b[HeaderLen:], source)
+	le.PutUint64(b[HeaderLen+4:], token)
+	le.PutUint16(b[HeaderLen+12:], index)
+	le.PutUint16(b[HeaderLen+14:], count)
+	return EmitFragOverhead + copy(b[EmitFragOverhead:], part), nil
 }
 
 // EmitOverhead is the bytes an Emit adds before its payload.

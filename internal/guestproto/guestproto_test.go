@@ -155,6 +155,8 @@ func FuzzParse(f *testing.F) {
 	f.Add(append([]byte(nil), b[:n]...))
 	n, _ = PutCredit(b, 1, 2, 3, 4)
 	f.Add(append([]byte(nil), b[:n]...))
+	n, _ = PutEmitFrag(b, 1, 2, 3, 1, 4, []byte("part"))
+	f.Add(append([]byte(nil), b[:n]...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Message
 		if err := Parse(data, &m); err != nil {
@@ -169,6 +171,8 @@ func FuzzParse(f *testing.F) {
 			n, err = PutReply(out, m.Header, &m.Result)
 		case Emit:
 			n, err = PutEmit(out, m.Session, m.ID, m.Token, m.Payload)
+		case EmitFrag:
+			n, err = PutEmitFrag(out, m.Session, m.ID, m.Token, m.FragIndex, m.FragCount, m.Payload)
 		case Deliver:
 			n, err = PutDeliver(out, m.Session, m.ID, m.Channel, m.RequestID, m.Source, m.Seq, m.Payload)
 		case Credit:
