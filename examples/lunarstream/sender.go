@@ -146,9 +146,9 @@ var (
 	_ Emitter = (*StreamEmitter)(nil)
 )
 
-// MessageSize is the largest message s takes (Session.MaxMessage): on
-// the host transport the daemon's --max-message as the session's region
-// holds it (give the daemon 4 MiB for one 2,764,800-byte frame a message),
-// on the virtio transport guestlib.MaxMessage until it has large
-// messages.
+// MessageSize is the largest message s emits (Session.MaxMessage): the
+// daemon's --max-message as the session learned it (give the daemon
+// 4 MiB for one 2,764,800-byte frame a message). A sink in a VM receives
+// at most guestlib.MaxMessage for now: a consumer there opens with that
+// message size, and its producer must send parts of that size.
 func MessageSize(s *guestlib.Session) int { return s.MaxMessage() }
