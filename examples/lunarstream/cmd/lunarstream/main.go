@@ -7,6 +7,9 @@
 //	lunarstream consume --tcp 10.0.0.2:7100 --frames 300 -o json # TCP reference: listens
 //	lunarstream produce --tcp 10.0.0.2:7100 --frames 300 --fps 30 #                dials
 //
+// A consumer in a VM receives messages of at most guestlib.MaxMessage
+// (1,436 bytes) for now: give its producer --message-size 1436.
+//
 // The consumer prints "ready" on stderr once its sink (or listener) is
 // open, and its summary (lunarstream.Summary) on stdout at the end; it
 // exits 1 unless every frame was verified.
