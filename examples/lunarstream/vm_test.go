@@ -30,26 +30,10 @@ import (
 func TestFramesFromVMToHostApplication(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const frames, fps = 5, 1
-	dir := t.TempDir()
-	vmSock, app := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "app.sock")
-	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: app,
-		Ports:   []backend.PortOptions{{Name: "vm", Socket: vmSock}},
-		Runtime: backend.RuntimeOptions{SharedChannels: []uint32{channel}, Remote: backend.RemoteOptions{MaxMessage: 4 << 20}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	vmSock, app := vmDaemon(t)
+	kernel, initramfs := lunarImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if err := d.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-
-	bin := filepath.Join(t.TempDir(), "lunarstream")
-	if err := vmtest.BuildStatic(ctx, "github.com/veloce-io/veloce/examples/lunarstream/cmd/lunarstream", bin); err != nil {
-		t.Fatal(err)
-	}
-	kernel, initramfs := vmtest.Image(t, vmtest.Guest{Files: map[string]string{"/bin/lunarstream": bin}})
 
 	sess, err := guestlib.Open(ctx, guestlib.Options{Socket: app})
 	if err != nil {
@@ -105,4 +89,79 @@ func TestFramesFromVMToHostApplication(t *testing.T) {
 		t.Errorf("%d messages from the VM for %d frames: want one a frame (the guest's session should take %d-byte messages)",
 			ps.Messages, frames, lunarstream.HeaderLen+lunarstream.DefaultFrameSize)
 	}
+}
+
+// TestFramesFromHostApplicationToVM: the other way, a host application
+// produces and lunarstream consume in a TCG VM verifies every frame. A
+// sink in a VM receives messages of at most guestlib.MaxMessage (large
+// messages to VMs are not there yet), so the producer sends each frame as
+// parts of that size.
+func TestFramesFromHostApplicationToVM(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const frames, fps = 3, 1
+	vmSock, app := vmDaemon(t)
+	kernel, initramfs := lunarImage(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	vm := vmtest.Boot(t, vmtest.Options{Kernel: kernel, Initramfs: initramfs, NICs: []vmtest.NIC{{Socket: vmSock}},
+		Guest: &guestinit.Config{Net: []guestinit.NetConfig{{Name: "eth0", DHCP: true}},
+			Run: []string{"/bin/lunarstream", "consume", "--channel", strconv.Itoa(channel), "--frames", strconv.Itoa(frames),
+				"--idle", "60s", "-o", "json"}}})
+	if _, err := vm.WaitConsole(ctx, "lunarstream: consumer ready"); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := guestlib.Open(ctx, guestlib.Options{Socket: app})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	ps, err := lunarstream.Produce(ctx, sess, channel, true, guestlib.MaxMessage, lunarstream.Options{FrameSize: lunarstream.DefaultFrameSize, FPS: fps, Frames: frames})
+	if err != nil {
+		t.Fatalf("producer: %v", err)
+	}
+	r, err := vm.Wait(ctx)
+	if err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	var s lunarstream.Summary
+	for _, line := range strings.Split(r.Output, "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, `{"role":"consumer"`) {
+			json.Unmarshal([]byte(l), &s)
+		}
+	}
+	t.Logf("host producer %+v\nguest consumer %+v", ps, s)
+	if r.Err() != nil {
+		t.Errorf("guest consumer: %v\n%s", r.Err(), r.Output)
+	}
+	checkOne(t, s, frames)
+}
+
+// vmDaemon starts a daemon with one port for a VM and an app socket for
+// host applications, which share channel with the VM; messages up to
+// 4 MiB.
+func vmDaemon(t *testing.T) (vmSock, app string) {
+	t.Helper()
+	dir := t.TempDir()
+	vmSock, app = filepath.Join(dir, "vm.sock"), filepath.Join(dir, "app.sock")
+	d, err := backend.NewDaemon(backend.DaemonOptions{ControlSocket: filepath.Join(dir, "control.sock"), AppSocket: app,
+		Ports:   []backend.PortOptions{{Name: "vm", Socket: vmSock}},
+		Runtime: backend.RuntimeOptions{SharedChannels: []uint32{channel}, Remote: backend.RemoteOptions{MaxMessage: 4 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return vmSock, app
+}
+
+// lunarImage is a guest image with lunarstream in /bin.
+func lunarImage(t *testing.T) (kernel, initramfs string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "lunarstream")
+	if err := vmtest.BuildStatic(context.Background(), "github.com/veloce-io/veloce/examples/lunarstream/cmd/lunarstream", bin); err != nil {
+		t.Fatal(err)
+	}
+	return vmtest.Image(t, vmtest.Guest{Files: map[string]string{"/bin/lunarstream": bin}})
 }

@@ -10,7 +10,7 @@
 // A consumer in a VM receives messages of at most guestlib.MaxMessage
 // (1,436 bytes) for now: give its producer --message-size 1436.
 //
-// The consumer prints "ready" on stderr once its sink (or listener) is
+// The consumer prints "lunarstream: consumer ready" on stderr once its sink (or listener) is
 // open, and its summary (lunarstream.Summary) on stdout at the end; it
 // exits 1 unless every frame was verified.
 package main
@@ -42,6 +42,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// readyLine is what the consumer prints on stderr once it listens.
+const readyLine = "lunarstream: consumer ready"
 
 const usage = "usage: lunarstream produce|consume [flags] (-h for the flags)\n"
 
@@ -162,7 +165,7 @@ func consumeStream(ctx context.Context, c config, stderr io.Writer) (lunarstream
 	if err != nil {
 		return lunarstream.Summary{}, err
 	}
-	fmt.Fprintln(stderr, "ready")
+	fmt.Fprintln(stderr, readyLine)
 	return cons.Run(ctx, c.idle)
 }
 
@@ -173,7 +176,7 @@ func consumeTCP(ctx context.Context, c config, stderr io.Writer) (lunarstream.Su
 		return lunarstream.Summary{}, err
 	}
 	defer ln.Close()
-	fmt.Fprintln(stderr, "ready")
+	fmt.Fprintln(stderr, readyLine)
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	conn, err := ln.Accept()

@@ -69,7 +69,7 @@ func TestTCPReference(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"consume", "--tcp", addr, "--frames", "5", "--frame-size", "100000", "-o", "json"}, &cout, &cerr)
 	}()
-	for !strings.Contains(cerr.String(), "ready") {
+	for !strings.Contains(cerr.String(), readyLine) {
 		if ctx.Err() != nil {
 			t.Fatal("consumer never ready")
 		}
