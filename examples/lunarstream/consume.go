@@ -69,7 +69,10 @@ func ConsumeStream(rd io.Reader, r *Receiver) error {
 			return err
 		}
 		h, err := Parse(hdr[:], 0)
-		if err != nil || h.Offset != 0 {
+		if err == nil && h.Offset != 0 {
+			err = fmt.Errorf("offset %d, want 0", h.Offset)
+		}
+		if err != nil {
 			r.malformed++
 			return fmt.Errorf("%w: %v", ErrStreamHeader, err)
 		}

@@ -193,3 +193,19 @@ func FuzzConsumeStream(f *testing.F) {
 		}
 	})
 }
+
+// A byte stream out of step (a header that does not parse, or a frame
+// header with an offset) ends ConsumeStream with ErrStreamHeader.
+func TestConsumeStreamRefusesABadHeader(t *testing.T) {
+	var b [HeaderLen]byte
+	(&Header{Frame: 0, Length: 10, Offset: 4}).Put(b[:])
+	for _, in := range [][]byte{b[:], bytes.Repeat([]byte{0xff}, HeaderLen)} {
+		r := NewReceiver(1, 64)
+		if err := ConsumeStream(bytes.NewReader(in), r); !errors.Is(err, ErrStreamHeader) {
+			t.Errorf("%x: %v", in, err)
+		}
+		if s := r.Summary(); s.Malformed != 1 || s.Verified != 0 {
+			t.Errorf("%+v", s)
+		}
+	}
+}
