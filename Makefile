@@ -30,7 +30,7 @@ deps:
 ## then veloced and veloce-bench again with cgo and DPDK
 build: deps
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/... ./examples/lunarstream/cmd/lunarstream
 	CGO_ENABLED=1 $(GO) build -tags '$(TAGS)' -o $(BIN)/ ./cmd/veloced ./cmd/veloce-bench
 
 ## images: fetch the Debian guest kernel (once) and build the default guest image
@@ -134,6 +134,7 @@ bench: deps build
 	$(BIN)/veloce-bench rdma
 	$(BIN)/veloce-bench xdp
 	$(BIN)/veloce-bench migrate
+	$(BIN)/veloce-bench lunar
 	@for f in $(BENCH_PROFILES)/veloced-*.pprof; do [ -f "$$f" ] || continue; \
 		echo "== $$f (top of the CPU profile)"; $(GO) tool pprof -top -nodecount=12 $(BIN)/veloce-bench "$$f" 2>/dev/null | sed -n '5,18p'; done
 

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchlunar"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchmig"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchrdma"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
@@ -43,6 +44,8 @@ Commands:
   tsn      a time-sensitive stream's latency (p50/p99/max) on an idle link and while a bulk
            stream saturates it, FIFO vs the 802.1Qbv gate schedule
   migrate  live-migration downtime of a QEMU VM moved by velocectl migrate, 10 streams vs none
+  lunar    Lunar Streaming (examples/lunarstream): 1280x720 RGB frames between two hosts,
+           Veloce (two daemons, kernel UDP) vs plain TCP: fps, frame latency p50/p99, ratios
 
 Run 'veloce-bench vhost -h' for its flags.
 `
@@ -78,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runXDP(ctx, args[1:], stdout, stderr)
 	case "migrate": // VM migration downtime with streams vs without (cmd/veloce-bench/internal/benchmig)
 		return benchmig.Main(ctx, args[1:], stdout, stderr)
+	case "lunar": // Lunar Streaming frames, Veloce vs TCP between two netns (cmd/veloce-bench/internal/benchlunar)
+		return benchlunar.Main(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
