@@ -883,6 +883,9 @@ func (st *Stream) ID() uint32 { return st.id }
 
 // Close closes the stream with its sources and sinks.
 func (st *Stream) Close(ctx context.Context) error {
+	if h := st.s.host; h != nil {
+		h.flush(ctx) // the close must not overtake what was emitted (shared memory, not the socket)
+	}
 	_, err := st.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseStream}, ID: st.id})
 	if st.polls.CompareAndSwap(true, false) {
 		st.s.host.stopPolling()
@@ -1070,6 +1073,9 @@ func (so *Source) emitLarge(b *Buffer) (Token, error) {
 
 // Close closes the source.
 func (so *Source) Close(ctx context.Context) error {
+	if h := so.s.host; h != nil {
+		h.flush(ctx) // the close must not overtake what was emitted (shared memory, not the socket)
+	}
 	_, err := so.s.request(ctx, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CloseSource}, ID: so.id})
 	return err
 }

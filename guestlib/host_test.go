@@ -455,3 +455,62 @@ func TestOutcomeReportsRefusalsPastAnyCount(t *testing.T) {
 		t.Errorf("outcome of a token not handed out: %v, want ErrOutcomeUnknown", err)
 	}
 }
+
+// Closing a source or its stream right after the last Emit loses
+// nothing: the close waits until the daemon has taken what was emitted
+// (the messages travel in shared memory, the close on the socket, and
+// the close could overtake them).
+func TestCloseAfterEmitLosesNothing(t *testing.T) {
+	_, sock := daemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rx, tx := open(t, sock), open(t, sock)
+	rst, _ := rx.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
+	sink, err := rst.CreateSink(ctx, 12, guestlib.SinkOptions{Queue: 1 << 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds, per = 20, 200
+	got := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { got <- n }()
+		for n < rounds*per {
+			c, cancel := context.WithTimeout(ctx, 5*time.Second)
+			m, err := sink.Consume(c)
+			cancel()
+			if err != nil {
+				return
+			}
+			m.Release()
+			n++
+		}
+	}()
+	for r := 0; r < rounds; r++ {
+		st, _ := tx.CreateStream(ctx, guestlib.StreamOptions{Reliable: true})
+		src, err := st.CreateSource(ctx, 12)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < per; i++ {
+			b, err := src.GetBufferContext(ctx, 16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := src.Emit(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r%2 == 0 {
+			err = src.Close(ctx)
+		} else {
+			err = st.Close(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-got; n != rounds*per {
+		t.Fatalf("%d of %d messages arrived", n, rounds*per)
+	}
+}
