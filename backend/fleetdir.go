@@ -141,7 +141,7 @@ func (rm *remote) fleetLeaving(p *Port) []uint32 {
 	for q := range rm.fleetHidden {
 		skip[q] = true
 	}
-	chans := without(rm.rt.remoteChannelsExcept(rm.fleetHidden), rm.rt.remoteChannelsExcept(skip))
+	chans := fleet.Without(rm.rt.remoteChannelsExcept(rm.fleetHidden), rm.rt.remoteChannelsExcept(skip))
 	reg.Leaving(chans)
 	return chans
 }
@@ -181,17 +181,6 @@ func (rm *remote) fleetMoveIn(ctx context.Context, p *Port, from uint32, leaving
 		return false, nil
 	}
 	return true, reg.Move(ctx, from, leaving, chans)
-}
-
-// without returns the sorted list a less the sorted list b.
-func without(a, b []uint32) []uint32 {
-	out := make([]uint32, 0, len(a))
-	for _, c := range a {
-		if _, ok := slices.BinarySearch(b, c); !ok {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // fleetEvent takes a registry event: the peer table is rebuilt with the

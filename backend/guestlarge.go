@@ -148,24 +148,12 @@ func (p *Port) deliverFrags(sk *Sink, source, seq uint64, payload []byte) bool {
 			p.dev.Wake()
 			return false
 		}
-		var index uint32
-		if c != 0 {
-			if index = sk.index.Add(1); index == 0 {
-				index = sk.index.Add(1)
-			}
-		}
 		slot := p.out.slots.Bytes(id)
 		part := payload[i*guestproto.FragSize : min((i+1)*guestproto.FragSize, len(payload))]
-		n, err := guestproto.PutDeliverFrag(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, uint16(i), uint16(count), part)
-		if err == nil {
-			n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
-		}
-		if err != nil {
-			p.out.slots.Put(id)
+		n, err := guestproto.PutDeliverFrag(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, nextIndex(sk, c), source, seq, uint16(i), uint16(count), part)
+		if !p.queueFrame(sk, id, n, err) {
 			return false
 		}
-		*p.out.slots.Meta(id) = uint16(n)
-		p.out.ready.PushWait(id)
 	}
 	p.dev.Wake()
 	p.large.sent.Add(1)

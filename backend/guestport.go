@@ -85,14 +85,34 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 	if !ok {
 		return false
 	}
-	var index uint32
-	if c != 0 {
-		if index = sk.index.Add(1); index == 0 { // 0 is "unnumbered"
-			index = sk.index.Add(1)
-		}
-	}
 	slot := p.out.slots.Bytes(id)
-	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, payload)
+	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, nextIndex(sk, c), source, seq, payload)
+	if !p.queueFrame(sk, id, n, err) {
+		return false
+	}
+	p.dev.Wake()
+	return true
+}
+
+// nextIndex is the delivery index of sk's next frame: numbered once its
+// guest sent a Credit (c, the sink's credit, not 0), skipping 0, which is
+// "unnumbered".
+func nextIndex(sk *Sink, c uint64) uint32 {
+	if c == 0 {
+		return 0
+	}
+	index := sk.index.Add(1)
+	if index == 0 {
+		index = sk.index.Add(1)
+	}
+	return index
+}
+
+// queueFrame wraps the guestproto frame of n bytes built in outbox slot
+// id (err: building it failed) in its datagram to sk's guest and queues
+// it; false, the slot given back, when it cannot.
+func (p *Port) queueFrame(sk *Sink, id uint32, n int, err error) bool {
+	slot := p.out.slots.Bytes(id)
 	if err == nil {
 		n, err = p.peer.PutDatagram(slot, sk.session.Addr, slot[DatagramHeaderLen:DatagramHeaderLen+n])
 	}
@@ -102,7 +122,6 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 	}
 	*p.out.slots.Meta(id) = uint16(n)
 	p.out.ready.PushWait(id)
-	p.dev.Wake()
 	return true
 }
 

@@ -426,7 +426,7 @@ func (r *Registry) write(ctx context.Context, lease clientv3.LeaseID) error {
 func (r *Registry) publishedLocked() Node {
 	n := r.self
 	if r.left {
-		n.Channels = without(n.Channels, r.leaving)
+		n.Channels = Without(n.Channels, r.leaving)
 	}
 	return n
 }
@@ -529,7 +529,7 @@ func (r *Registry) Move(ctx context.Context, from uint32, leaving, channels []ui
 		}
 		have = false
 		src := k.node
-		src.Channels = without(src.Channels, lv)
+		src.Channels = Without(src.Channels, lv)
 		srcVal, err := src.Marshal()
 		if err != nil {
 			return r.putLater(err)
@@ -585,8 +585,8 @@ func (r *Registry) putLater(err error) error {
 	return err
 }
 
-// without returns the sorted list a less the sorted list b, a new slice.
-func without(a, b []uint32) []uint32 {
+// Without returns the sorted list a less the sorted list b, a new slice.
+func Without(a, b []uint32) []uint32 {
 	out := make([]uint32, 0, len(a))
 	for _, c := range a {
 		if _, ok := slices.BinarySearch(b, c); !ok {
