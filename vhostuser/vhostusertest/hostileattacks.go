@@ -230,10 +230,18 @@ func PackedRingAttacks() []RingAttack {
 				ds[i] = D{Addr: a, Len: 64, Flags: next}
 			}
 			p.PTX.AddRawChain(id(p), ds...)
+			// The chain takes the whole ring: the next chain goes where
+			// the device writes this one's used entry, so wait for it.
+			p.KickTX()
+			p.AwaitTXUsed(p.Opts.Timeout)
 		}},
 		{Name: "packed: next into a descriptor not available", Do: func(p *NetPeer) {
 			a := buf(p)
 			p.PTX.AddRawChain(id(p), D{Addr: a, Len: 64, Flags: next}, D{Addr: a, Len: 64, Flags: next})
+			// Wait for the device to return it: a chain written after it
+			// would complete it (it would then be one long chain).
+			p.KickTX()
+			p.AwaitTXUsed(p.Opts.Timeout)
 		}},
 		{Name: "packed: address outside guest memory", Do: func(p *NetPeer) {
 			p.PTX.AddRawChain(id(p), D{Addr: 0xdead_0000_0000, Len: 64})
@@ -311,12 +319,13 @@ func PackedRingAttacks() []RingAttack {
 			p.PRX.AddRawChain(id(p), D{Addr: p.PRX.Alloc(1526), Len: 1526})
 			p.AddTX(arp(p))
 		}},
-		{Name: "packed: RX chain never ends", Do: func(p *NetPeer) {
+		{Name: "packed: RX chain of more segments than a frame takes", Do: func(p *NetPeer) {
 			a := p.PRX.Alloc(64)
 			ds := make([]D, p.Opts.QueueSize-8) // leave room for the RX buffers in flight
 			for i := range ds {
 				ds[i] = D{Addr: a, Len: 64, Flags: write | next}
 			}
+			ds[len(ds)-1].Flags = write
 			p.PRX.AddRawChain(id(p), ds...)
 			p.AddTX(arp(p))
 		}},

@@ -311,6 +311,19 @@ func (p *NetPeer) usedTX() bool {
 	return ok
 }
 
+// AwaitTXUsed waits up to timeout for one used entry on the TX ring and
+// takes it; it reports whether one came.
+func (p *NetPeer) AwaitTXUsed(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for !p.usedTX() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
 // ErrTXNotReturned: the device kept TX chains past the timeout.
 var ErrTXNotReturned = errors.New("TX chains not returned within the timeout")
 
