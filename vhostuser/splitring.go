@@ -458,7 +458,8 @@ func (r *SplitRing) walk(c *Chain, head uint16) error {
 			// descriptors revisits one.
 			return ErrDescriptorLoop
 		}
-		d := table[idx*DescSize : idx*DescSize+DescSize]
+		// One bounds check: the fields below index a fixed-size array.
+		d := (*[DescSize]byte)(table[idx*DescSize:])
 		addr := binary.LittleEndian.Uint64(d[0:8])
 		length := binary.LittleEndian.Uint32(d[8:12])
 		flags := binary.LittleEndian.Uint16(d[12:14])
@@ -659,7 +660,7 @@ func (r *SplitRing) unpop(c *Chain) bool {
 // pushUsed fills the next used entry; Publish makes it visible.
 func (r *SplitRing) pushUsed(id uint16, length uint32) {
 	slot := 4 + 8*int(r.usedIdx&r.mask)
-	e := r.used[slot : slot+8]
+	e := (*[8]byte)(r.used[slot:])
 	binary.LittleEndian.PutUint32(e[0:4], uint32(id))
 	binary.LittleEndian.PutUint32(e[4:8], length)
 	r.usedIdx++
