@@ -551,6 +551,19 @@ func (p *poller) place(frame []byte) placeResult {
 		used++
 		off := 0
 		if written == 0 {
+			if w := c.writable; len(w) > 0 && len(w[0]) >= need {
+				// The common case: header and frame fit the first
+				// segment; num_buffers (offset 10) is 1.
+				b := w[0][:need]
+				clear(b[:p.hdrLen])
+				if p.hdrLen == 12 {
+					b[10] = 1
+				}
+				copy(b[p.hdrLen:], frame)
+				written = need
+				p.rxWritten[0] = uint32(need)
+				break
+			}
 			// num_buffers (offset 10) is 1 when the frame fits the first
 			// buffer, the common case: then the header is written once.
 			var hdr [12]byte

@@ -273,7 +273,7 @@ func (r *PackedRing) walk(c *Chain) (count, id uint16, err error) {
 		id = did
 		count++
 		if err == nil {
-			d := r.desc[int(idx)*DescSize : int(idx)*DescSize+DescSize]
+			d := (*[DescSize]byte)(r.desc[int(idx)*DescSize:])
 			err = r.segment(t, c, binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12]), flags)
 		}
 		if flags&DescFNext == 0 {

@@ -105,6 +105,11 @@ type Chain struct {
 	wrap        bool   // packed ring: the driver's wrap counter at slot
 	owner       Queue  // the queue that popped the chain; nil once pushed
 	resubmitted bool   // popped from the inflight resubmission list
+	// hintT and hintR cache the region the chain's last buffer was in,
+	// valid for table hintT only: consecutive buffers are nearly always
+	// in the same region, and the cache skips the search.
+	hintT *memTable
+	hintR *mappedRegion
 }
 
 // NewChain returns a Chain that holds up to maxSegments readable and
@@ -453,7 +458,8 @@ func (r *SplitRing) walk(c *Chain, head uint16) error {
 			// descriptors revisits one.
 			return ErrDescriptorLoop
 		}
-		d := table[idx*DescSize : idx*DescSize+DescSize]
+		// One bounds check: the fields below index a fixed-size array.
+		d := (*[DescSize]byte)(table[idx*DescSize:])
 		addr := binary.LittleEndian.Uint64(d[0:8])
 		length := binary.LittleEndian.Uint32(d[8:12])
 		flags := binary.LittleEndian.Uint16(d[12:14])
@@ -503,12 +509,24 @@ func (c *Chain) addBuffer(t *memTable, addr uint64, length, maxLen uint32, write
 	if length > maxLen {
 		return ErrDescriptorTooLong
 	}
+	if c.hintT != t {
+		c.hintT, c.hintR = t, nil
+	}
+	if r := c.hintR; r != nil {
+		if off := addr - r.GuestAddr; off < r.Size && uint64(length) <= r.Size-off {
+			// The common case: the whole buffer in the region of the
+			// last one, one segment (addr+length cannot wrap: it ends
+			// inside r).
+			end := off + uint64(length)
+			return c.addSegment(r.data[off:end:end], addr, length, write)
+		}
+	}
 	var err error
 	if write {
 		if c.writableLen+length < c.writableLen {
 			return ErrDescriptorTooLong
 		}
-		if c.writable, c.writableGPA, err = t.appendSegments(c.writable, c.writableGPA, addr, uint64(length)); err != nil {
+		if c.writable, c.writableGPA, err = t.appendSegments(c, c.writable, c.writableGPA, addr, uint64(length)); err != nil {
 			return err
 		}
 		c.writableLen += length
@@ -519,9 +537,41 @@ func (c *Chain) addBuffer(t *memTable, addr uint64, length, maxLen uint32, write
 		if c.readableLen+length < c.readableLen {
 			return ErrDescriptorTooLong
 		}
-		if c.readable, _, err = t.appendSegments(c.readable, nil, addr, uint64(length)); err != nil {
+		if c.readable, _, err = t.appendSegments(c, c.readable, nil, addr, uint64(length)); err != nil {
 			return err
 		}
+		c.readableLen += length
+	}
+	if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
+		return ErrDescriptorTooLong
+	}
+	return nil
+}
+
+// addSegment is addBuffer's tail for a buffer that is one segment, seg,
+// at guest address addr: the same checks, in the same order.
+func (c *Chain) addSegment(seg []byte, addr uint64, length uint32, write bool) error {
+	if write {
+		if c.writableLen+length < c.writableLen {
+			return ErrDescriptorTooLong
+		}
+		if len(c.writable) == cap(c.writable) || len(c.writableGPA) == cap(c.writableGPA) {
+			return ErrChainTooLong
+		}
+		c.writable = append(c.writable, seg)
+		c.writableGPA = append(c.writableGPA, addr)
+		c.writableLen += length
+	} else {
+		if len(c.writable) > 0 {
+			return ErrDescriptorOrder
+		}
+		if c.readableLen+length < c.readableLen {
+			return ErrDescriptorTooLong
+		}
+		if len(c.readable) == cap(c.readable) {
+			return ErrChainTooLong
+		}
+		c.readable = append(c.readable, seg)
 		c.readableLen += length
 	}
 	if uint64(c.readableLen)+uint64(c.writableLen) > 1<<32-1 {
@@ -545,8 +595,8 @@ func (t *memTable) translate(gpa, length uint64) ([]byte, bool) {
 
 // appendSegments appends the host slices of [gpa, gpa+length) to segs (and
 // their guest addresses to gpas when gpas is non-nil) without growing
-// them beyond their capacity.
-func (t *memTable) appendSegments(segs [][]byte, gpas []uint64, gpa, length uint64) ([][]byte, []uint64, error) {
+// them beyond their capacity. The last region it used becomes c's hint.
+func (t *memTable) appendSegments(c *Chain, segs [][]byte, gpas []uint64, gpa, length uint64) ([][]byte, []uint64, error) {
 	if _, ok := add(gpa, length); !ok {
 		return segs, gpas, ErrDescriptorAddress
 	}
@@ -558,6 +608,7 @@ func (t *memTable) appendSegments(segs [][]byte, gpas []uint64, gpa, length uint
 		if r == nil {
 			return segs, gpas, ErrDescriptorAddress
 		}
+		c.hintR = r
 		off := gpa - r.GuestAddr
 		n := min(length, r.Size-off)
 		segs = append(segs, r.data[off:off+n:off+n])
@@ -609,7 +660,7 @@ func (r *SplitRing) unpop(c *Chain) bool {
 // pushUsed fills the next used entry; Publish makes it visible.
 func (r *SplitRing) pushUsed(id uint16, length uint32) {
 	slot := 4 + 8*int(r.usedIdx&r.mask)
-	e := r.used[slot : slot+8]
+	e := (*[8]byte)(r.used[slot:])
 	binary.LittleEndian.PutUint32(e[0:4], uint32(id))
 	binary.LittleEndian.PutUint32(e[4:8], length)
 	r.usedIdx++

@@ -27,6 +27,7 @@ func TestHostileFrontend(t *testing.T) {
 		{"ShrinkingMemory", shrinkingMemory, false},
 		{"LogAndInflightFDs", logAndInflight, false},
 		{"RingsAndDescriptors", ringsAndDescriptors, true},
+		{"PackedRingsAndDescriptors", packedRingsAndDescriptors, true},
 		{"Floods", floods, true},
 	}
 	for _, c := range classes {
@@ -540,9 +541,22 @@ func logAndInflight(t *testing.T, h *harness) {
 // ---- rings and descriptors ----
 
 func ringsAndDescriptors(t *testing.T, h *harness) {
-	for _, a := range vt.RingAttacks() {
+	ringAttacks(t, h, vt.RingAttacks(), vt.NetPeerOptions{ErrFD: true})
+}
+
+// packedRingsAndDescriptors: the same guarantees with packed virtqueues
+// (VIRTIO_F_RING_PACKED negotiated on port 1).
+func packedRingsAndDescriptors(t *testing.T, h *harness) {
+	ringAttacks(t, h, vt.PackedRingAttacks(), vt.NetPeerOptions{ErrFD: true, Packed: true})
+}
+
+func ringAttacks(t *testing.T, h *harness, attacks []vt.RingAttack, opts vt.NetPeerOptions) {
+	for _, a := range attacks {
 		h.attack(t, a.Name, func(t *testing.T) {
-			p := h.running(t, vt.NetPeerOptions{ErrFD: true})
+			p := h.running(t, opts)
+			if err := p.SettleTX(replyWithin); err != nil {
+				t.Fatalf("before the attack: %v", err)
+			}
 			a.Do(p)
 			p.KickTX()
 			if a.BreaksRing {

@@ -195,6 +195,143 @@ func RingAttacks() []RingAttack {
 	}
 }
 
+// PackedRingAttacks is the catalogue of descriptor attacks on packed
+// virtqueues (virtio 1.2, 2.8), for a NetPeer with NetPeerOptions.Packed:
+// the split catalogue's loops, addresses, lengths and indirect tables in
+// the packed layout, and descriptors whose AVAIL/USED bits disagree with
+// the wrap counter. Every malformed chain is one the device must return
+// with length 0 (or leave alone, for one that is not available) and go on.
+func PackedRingAttacks() []RingAttack {
+	const (
+		next     = vhostuser.DescFNext
+		write    = vhostuser.DescFWrite
+		indirect = vhostuser.DescFIndirect
+	)
+	type D = PackedDesc
+	buf := func(p *NetPeer) uint64 { return p.PTX.Alloc(4096) }
+	// id is the buffer id of the attack chains: one the peer's own
+	// chains (ids from 0) do not have in flight.
+	id := func(p *NetPeer) uint16 { return p.Opts.QueueSize - 1 }
+	arp := func(p *NetPeer) []byte { return append(make([]byte, NetHeaderLen), ARPRequest(p.Opts.ServiceIP)...) }
+	table := func(p *NetPeer, entries ...D) (gpa uint64, n uint32) {
+		gpa = buf(p)
+		for i, e := range entries {
+			b := p.G.Bytes(gpa+uint64(vhostuser.DescSize*i), vhostuser.DescSize)
+			PutDesc(b, e.Addr, e.Len, 0, e.ID)
+			binary.LittleEndian.PutUint16(b[14:16], e.Flags)
+		}
+		return gpa, uint32(vhostuser.DescSize * len(entries))
+	}
+	return []RingAttack{
+		{Name: "packed: chain never ends (every descriptor chained)", Do: func(p *NetPeer) {
+			a := buf(p)
+			ds := make([]D, p.Opts.QueueSize)
+			for i := range ds {
+				ds[i] = D{Addr: a, Len: 64, Flags: next}
+			}
+			p.PTX.AddRawChain(id(p), ds...)
+			// The chain takes the whole ring: the next chain goes where
+			// the device writes this one's used entry, so wait for it.
+			p.KickTX()
+			p.AwaitTXUsed(p.Opts.Timeout)
+		}},
+		{Name: "packed: next into a descriptor not available", Do: func(p *NetPeer) {
+			a := buf(p)
+			p.PTX.AddRawChain(id(p), D{Addr: a, Len: 64, Flags: next}, D{Addr: a, Len: 64, Flags: next})
+			// Wait for the device to return it: a chain written after it
+			// would complete it (it would then be one long chain).
+			p.KickTX()
+			p.AwaitTXUsed(p.Opts.Timeout)
+		}},
+		{Name: "packed: address outside guest memory", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: 0xdead_0000_0000, Len: 64})
+		}},
+		{Name: "packed: address wrapping around 2^64", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: ^uint64(0) - 15, Len: 64})
+		}},
+		{Name: "packed: absurd length", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: buf(p), Len: 0xffffffff})
+		}},
+		{Name: "packed: length running past the region end", Do: func(p *NetPeer) {
+			end := p.G.Region.GuestAddr + p.G.Region.Size
+			p.PTX.AddRawChain(id(p), D{Addr: end - 16, Len: 4096})
+		}},
+		{Name: "packed: zero-length descriptors", Do: func(p *NetPeer) {
+			a := buf(p)
+			p.PTX.AddRawChain(id(p), D{Addr: a, Flags: next}, D{Addr: a, Flags: next}, D{Addr: a})
+		}},
+		{Name: "packed: writable descriptor on TX", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: buf(p), Len: 64, Flags: write})
+		}},
+		{Name: "packed: readable after writable", Do: func(p *NetPeer) {
+			a := buf(p)
+			p.PTX.AddRawChain(id(p), D{Addr: a, Len: 64, Flags: write | next}, D{Addr: a, Len: 64})
+		}},
+		{Name: "packed: buffer id beyond the queue size", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(0xffff, D{Addr: buf(p), Len: 0xffffffff})
+		}},
+		{Name: "packed: indirect in indirect", Do: func(p *NetPeer) {
+			inner, n := table(p, D{Addr: buf(p), Len: 64})
+			outer, m := table(p, D{Addr: inner, Len: n, Flags: indirect})
+			p.PTX.AddRawChain(id(p), D{Addr: outer, Len: m, Flags: indirect})
+		}},
+		{Name: "packed: indirect table pointing at itself", Do: func(p *NetPeer) {
+			tbl := buf(p)
+			b := p.G.Bytes(tbl, vhostuser.DescSize)
+			PutDesc(b, tbl, vhostuser.DescSize, 0, 0)
+			binary.LittleEndian.PutUint16(b[14:16], indirect)
+			p.PTX.AddRawChain(id(p), D{Addr: tbl, Len: vhostuser.DescSize, Flags: indirect})
+		}},
+		{Name: "packed: indirect with next", Do: func(p *NetPeer) {
+			tbl, n := table(p, D{Addr: buf(p), Len: 64})
+			p.PTX.AddRawChain(id(p), D{Addr: tbl, Len: n, Flags: indirect | next}, D{Addr: buf(p), Len: 64})
+		}},
+		{Name: "packed: indirect table of absurd length", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: buf(p), Len: 0xfffffff0, Flags: indirect})
+		}},
+		{Name: "packed: indirect table of odd length", Do: func(p *NetPeer) {
+			tbl, _ := table(p, D{Addr: buf(p), Len: 64})
+			p.PTX.AddRawChain(id(p), D{Addr: tbl, Len: 17, Flags: indirect})
+		}},
+		{Name: "packed: indirect table outside memory", Do: func(p *NetPeer) {
+			p.PTX.AddRawChain(id(p), D{Addr: 0x4000_0000_0000, Len: 64, Flags: indirect})
+		}},
+		{Name: "packed: indirect entry outside memory", Do: func(p *NetPeer) {
+			tbl, n := table(p, D{Addr: buf(p), Len: 64}, D{Addr: 0xdead_0000_0000, Len: 64})
+			p.PTX.AddRawChain(id(p), D{Addr: tbl, Len: n, Flags: indirect})
+		}},
+		{Name: "packed: head marked used (AVAIL = USED = wrap)", Do: func(p *NetPeer) {
+			w := p.PTX.Wrap()
+			p.PTX.Poke(D{Addr: buf(p), Len: 64, ID: id(p)}, w, w)
+		}},
+		{Name: "packed: head with the previous lap's wrap counter", Do: func(p *NetPeer) {
+			w := p.PTX.Wrap()
+			p.PTX.Poke(D{Addr: buf(p), Len: 64, ID: id(p)}, !w, w)
+		}},
+		{Name: "packed: head with neither AVAIL nor USED", Do: func(p *NetPeer) {
+			p.PTX.Poke(D{Addr: buf(p), Len: 64, ID: id(p)}, false, false)
+		}},
+		{Name: "packed: RX buffer outside guest memory", Do: func(p *NetPeer) {
+			p.PRX.AddRawChain(id(p), D{Addr: 0xdead_0000_0000, Len: 1526, Flags: write})
+			p.AddTX(arp(p))
+		}},
+		{Name: "packed: RX buffer read-only", Do: func(p *NetPeer) {
+			p.PRX.AddRawChain(id(p), D{Addr: p.PRX.Alloc(1526), Len: 1526})
+			p.AddTX(arp(p))
+		}},
+		{Name: "packed: RX chain of more segments than a frame takes", Do: func(p *NetPeer) {
+			a := p.PRX.Alloc(64)
+			ds := make([]D, p.Opts.QueueSize-8) // leave room for the RX buffers in flight
+			for i := range ds {
+				ds[i] = D{Addr: a, Len: 64, Flags: write | next}
+			}
+			ds[len(ds)-1].Flags = write
+			p.PRX.AddRawChain(id(p), ds...)
+			p.AddTX(arp(p))
+		}},
+	}
+}
+
 // Shrink truncates the guest's memfd to size bytes while the backend
 // has it mapped. After it the test must not touch G.Mem past size (its
 // own mapping faults too): only kick.

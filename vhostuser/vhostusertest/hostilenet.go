@@ -46,6 +46,10 @@ type NetPeerOptions struct {
 	ServiceIP netip.Addr
 	// Timeout bounds each control reply; default 5 s.
 	Timeout time.Duration
+	// Packed negotiates VIRTIO_F_RING_PACKED and lays both rings out as
+	// packed virtqueues: NetPeer.PRX and PTX drive them, RX and TX are
+	// nil.
+	Packed bool
 }
 
 // NetPeer is a virtio-net frontend with one queue pair (RX ring 0, TX
@@ -56,6 +60,8 @@ type NetPeer struct {
 	C      *RawConn
 	G      *Guest
 	RX, TX *Driver
+	// PRX and PTX are the rings with NetPeerOptions.Packed (else nil).
+	PRX, PTX *PackedDriver
 	// Kick and Call are the descriptors sent for rings 0 and 1 (owned by
 	// the test's cleanup).
 	Kick, Call [2]int
@@ -64,6 +70,7 @@ type NetPeer struct {
 	Opts NetPeerOptions
 
 	rxBufs map[uint16]uint64 // posted RX head -> buffer address
+	txOut  int               // AddTX chains the device has not returned
 }
 
 // Guest MAC and address of every NetPeer.
@@ -120,6 +127,9 @@ func DialNetPeer(tb testing.TB, path string, opts NetPeerOptions) (*NetPeer, err
 		opts.Protocol = vhostuser.Bit(vhostuser.ProtocolFLogShmfd) | vhostuser.Bit(vhostuser.ProtocolFConfigureMemSlots) | vhostuser.Bit(vhostuser.ProtocolFInflightShmfd)
 	}
 	opts.Protocol |= vhostuser.Bit(vhostuser.ProtocolFReplyAck)
+	if opts.Packed {
+		opts.Features |= vhostuser.Bit(vhostuser.FRingPacked)
+	}
 	if !opts.ServiceIP.IsValid() {
 		opts.ServiceIP = netip.AddrFrom4([4]byte{169, 254, 77, 1})
 	}
@@ -134,10 +144,15 @@ func DialNetPeer(tb testing.TB, path string, opts NetPeerOptions) (*NetPeer, err
 	p := &NetPeer{C: c, G: g, Opts: opts, rxBufs: map[uint16]uint64{}}
 	base := opts.GuestAddr
 	ringBytes := uint64(opts.QueueSize) * 32 // desc+avail+used fit in 32 B per entry
-	p.RX = NewDriver(g, base, opts.QueueSize, 0, 0)
-	p.TX = NewDriver(g, base+ringBytes, opts.QueueSize, 0, 0)
 	data := base + 2*ringBytes
 	half := (base + opts.Size - data) / 2
+	if opts.Packed {
+		p.PRX = NewPackedDriver(g, base, opts.QueueSize, data, data+half)
+		p.PTX = NewPackedDriver(g, base+ringBytes, opts.QueueSize, data+half, base+opts.Size)
+		return p, nil
+	}
+	p.RX = NewDriver(g, base, opts.QueueSize, 0, 0)
+	p.TX = NewDriver(g, base+ringBytes, opts.QueueSize, 0, 0)
 	p.RX.ResetData(data)
 	p.RX.dataEnd = data + half
 	p.TX.ResetData(data + half)
@@ -187,6 +202,9 @@ func (p *NetPeer) Handshake() error {
 		return err
 	}
 	p.Opts.Features &= vhostuser.Features(offered)
+	if p.Opts.Packed && !p.Opts.Features.Has(vhostuser.FRingPacked) {
+		return errors.New("the backend does not offer VIRTIO_F_RING_PACKED")
+	}
 	return p.Ask(vhostuser.SetFeatures, vhostuser.AppendU64(nil, uint64(p.Opts.Features)))
 }
 
@@ -201,15 +219,16 @@ func (p *NetPeer) SetMemory() error {
 
 // SetupRings sets up and enables both rings.
 func (p *NetPeer) SetupRings(tb testing.TB) error {
-	for i, d := range []*Driver{p.RX, p.TX} {
+	for i := range 2 {
 		idx := uint32(i)
-		if err := p.Ask(vhostuser.SetVringNum, vhostuser.AppendVringState(nil, vhostuser.VringState{Index: idx, Num: uint32(d.Size)})); err != nil {
+		addr, base := p.ringAddr(i)
+		if err := p.Ask(vhostuser.SetVringNum, vhostuser.AppendVringState(nil, vhostuser.VringState{Index: idx, Num: uint32(p.Opts.QueueSize)})); err != nil {
 			return err
 		}
-		if err := p.Ask(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(idx, p.Opts.LogUsed))); err != nil {
+		if err := p.Ask(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, addr)); err != nil {
 			return err
 		}
-		if err := p.Ask(vhostuser.SetVringBase, vhostuser.AppendVringState(nil, vhostuser.VringState{Index: idx})); err != nil {
+		if err := p.Ask(vhostuser.SetVringBase, vhostuser.AppendVringState(nil, vhostuser.VringState{Index: idx, Num: base})); err != nil {
 			return err
 		}
 		p.Kick[i], p.Call[i] = -1, -1
@@ -245,6 +264,97 @@ func (p *NetPeer) SetupRings(tb testing.TB) error {
 	return nil
 }
 
+// ringAddr returns ring i's SET_VRING_ADDR and SET_VRING_BASE values.
+func (p *NetPeer) ringAddr(i int) (vhostuser.VringAddr, uint32) {
+	if p.Opts.Packed {
+		d := [2]*PackedDriver{p.PRX, p.PTX}[i]
+		return d.Addr(uint32(i), p.Opts.LogUsed), d.Base()
+	}
+	d := [2]*Driver{p.RX, p.TX}[i]
+	return d.Addr(uint32(i), p.Opts.LogUsed), 0
+}
+
+// addRX posts one receive buffer on the RX ring.
+func (p *NetPeer) addRX() {
+	var id uint16
+	var addrs []uint64
+	if p.Opts.Packed {
+		id, addrs = p.PRX.AddChain(Buf{WriteLen: NetHeaderLen + 1514})
+	} else {
+		id, addrs = p.RX.AddChain(Buf{WriteLen: NetHeaderLen + 1514})
+	}
+	p.rxBufs[id] = addrs[0]
+}
+
+// AddTX makes frame (virtio-net header included) available on the TX
+// ring, split or packed.
+func (p *NetPeer) AddTX(frame []byte) {
+	p.txOut++
+	if p.Opts.Packed {
+		p.PTX.AddChain(Buf{Data: frame})
+	} else {
+		p.TX.AddChain(Buf{Data: frame})
+	}
+}
+
+// usedTX takes one used entry off the TX ring.
+func (p *NetPeer) usedTX() bool {
+	var ok bool
+	if p.Opts.Packed {
+		_, _, ok = p.PTX.Used()
+	} else {
+		_, _, ok = p.TX.Used()
+	}
+	if ok && p.txOut > 0 {
+		p.txOut--
+	}
+	return ok
+}
+
+// AwaitTXUsed waits up to timeout for one used entry on the TX ring and
+// takes it; it reports whether one came.
+func (p *NetPeer) AwaitTXUsed(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for !p.usedTX() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// ErrTXNotReturned: the device kept TX chains past the timeout.
+var ErrTXNotReturned = errors.New("TX chains not returned within the timeout")
+
+// SettleTX waits up to timeout until the device has returned every chain
+// AddTX made available. A packed ring's used entries overwrite the
+// descriptors in place, so a test writing raw descriptors waits for this
+// first: the device's late write would land in the middle of them.
+func (p *NetPeer) SettleTX(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		for p.usedTX() {
+		}
+		if p.txOut == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrTXNotReturned
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// usedRX takes one used entry off the RX ring.
+func (p *NetPeer) usedRX() (id uint16, n uint32, ok bool) {
+	if p.Opts.Packed {
+		return p.PRX.Used()
+	}
+	i, n, ok := p.RX.Used()
+	return uint16(i), n, ok
+}
+
 // ErrSignalled waits up to timeout for the backend to signal ring i's err
 // eventfd (NetPeerOptions.ErrFD).
 func (p *NetPeer) ErrSignalled(i int, timeout time.Duration) bool {
@@ -260,8 +370,7 @@ func (p *NetPeer) ErrSignalled(i int, timeout time.Duration) bool {
 // driver does when it fills its RX queue.
 func (p *NetPeer) PostRX(n int) error {
 	for range n {
-		head, addrs := p.RX.AddChain(Buf{WriteLen: NetHeaderLen + 1514})
-		p.rxBufs[head] = addrs[0]
+		p.addRX()
 	}
 	return Kick(p.Kick[0])
 }
@@ -300,28 +409,23 @@ var ErrNoARPReply = errors.New("no ARP reply on the RX ring")
 // ring. Gratuitous ARPs and other frames on the way are skipped.
 func (p *NetPeer) ARP(timeout time.Duration) error {
 	for range 2 {
-		head, addrs := p.RX.AddChain(Buf{WriteLen: NetHeaderLen + 1514})
-		p.rxBufs[head] = addrs[0]
+		p.addRX()
 	}
-	frame := append(make([]byte, NetHeaderLen), ARPRequest(p.Opts.ServiceIP)...)
-	p.TX.AddChain(Buf{Data: frame})
+	p.AddTX(append(make([]byte, NetHeaderLen), ARPRequest(p.Opts.ServiceIP)...))
 	if err := p.KickTX(); err != nil && p.Opts.KickFD == nil {
 		return fmt.Errorf("kick TX: %w", err) // a hostile kick fd: the caller kicks its own way
 	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		for {
-			if _, _, ok := p.TX.Used(); !ok {
-				break
-			}
+		for p.usedTX() {
 		}
 		for {
-			id, n, ok := p.RX.Used()
+			id, n, ok := p.usedRX()
 			if !ok {
 				break
 			}
-			gpa, known := p.rxBufs[uint16(id)]
-			delete(p.rxBufs, uint16(id))
+			gpa, known := p.rxBufs[id]
+			delete(p.rxBufs, id)
 			if known && n > NetHeaderLen && n <= NetHeaderLen+1514 && IsARPReply(p.G.Bytes(gpa+NetHeaderLen, uint64(n)-NetHeaderLen), p.Opts.ServiceIP) {
 				return nil
 			}

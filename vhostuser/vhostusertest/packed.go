@@ -101,6 +101,44 @@ func (d *PackedDriver) AddRaw(descs ...PackedDesc) int {
 	return len(descs)
 }
 
+// AddRawChain is AddRaw for one chain of buffer id: every descriptor
+// gets id, and Used moves past all of them when the device returns it
+// (an id beyond the queue size is returned taking one position).
+func (d *PackedDriver) AddRawChain(id uint16, descs ...PackedDesc) int {
+	for i := range descs {
+		descs[i].ID = id
+	}
+	if id < d.Size {
+		d.counts[id] = uint16(len(descs))
+	}
+	return d.AddRaw(descs...)
+}
+
+// Poke writes ds at the next ring position with the AVAIL and USED bits
+// given, whatever the wrap counter says, and does not move on: the next
+// AddRaw overwrites it. With bits that do not say "available" the device
+// must leave it alone.
+func (d *PackedDriver) Poke(ds PackedDesc, avail, used bool) {
+	off := d.DescGPA + vhostuser.DescSize*uint64(d.nextAvail) - d.G.Region.GuestAddr
+	b := d.G.Mem[off : off+vhostuser.DescSize]
+	binary.LittleEndian.PutUint64(b[0:8], ds.Addr)
+	binary.LittleEndian.PutUint32(b[8:12], ds.Len)
+	f := ds.Flags &^ (vhostuser.PackedDescFAvail | vhostuser.PackedDescFUsed)
+	if avail {
+		f |= vhostuser.PackedDescFAvail
+	}
+	if used {
+		f |= vhostuser.PackedDescFUsed
+	}
+	storeWord(d.G.Mem, off+12, uint32(ds.ID)|uint32(f)<<16)
+}
+
+// Wrap returns the driver's avail wrap counter.
+func (d *PackedDriver) Wrap() bool { return d.availWrap }
+
+// Alloc returns n bytes of the driver's buffer space (8-byte aligned).
+func (d *PackedDriver) Alloc(n uint64) uint64 { return d.alloc(n) }
+
 // AddChain allocates buffer space for bufs, writes them as one chain with
 // the next buffer id and makes it available. It returns the id and the
 // guest address of each buffer.
