@@ -127,6 +127,7 @@ bench: deps build
 	@rm -f $(BENCH_PROFILES)/veloced-*.pprof
 	$(BIN)/veloce-bench vhost --cpuprofile $(BENCH_PROFILES)
 	$(BIN)/veloce-bench vhost --packed
+	$(BIN)/veloce-bench v2v
 	$(BIN)/veloce-bench streams
 	$(BIN)/veloce-bench tsn
 	$(BIN)/veloce-bench dpdk

@@ -29,6 +29,7 @@ import (
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchrdma"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchstreams"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchtsn"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchv2v"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 )
 
@@ -38,6 +39,9 @@ Commands:
   vhost    veloced's vhost-user device vs DPDK net_vhost, driven by testpmd
            net_virtio_user: tx (guest transmits) and rx (guest receives),
            Mpps and the ratio veloced/DPDK per frame size
+  v2v      VM to VM through the host (OVS-DPDK V2V): two virtio-user guests exchange
+           64-byte stream messages through veloced vs testpmd io-forwarding between
+           two net_vhost ports: Mpps and the ratio
   dpdk     raw DPDK vs Veloce on DPDK vs Veloce on kernel UDP over one veth: RTT and throughput
   rdma     perftest (ib_send_lat, ib_send_bw) vs Veloce on RDMA, on soft-RoCE in a TCG guest
   xdp      raw AF_XDP vs Veloce on XDP vs Veloce on kernel UDP over one veth: RTT, throughput, idle CPU
@@ -47,7 +51,7 @@ Commands:
   lunar    Lunar Streaming (examples/lunarstream): 1280x720 RGB frames between two hosts,
            Veloce (two daemons, kernel UDP) vs plain TCP: fps, frame latency p50/p99, ratios
 
-Run 'veloce-bench vhost -h' for its flags.
+Run 'veloce-bench vhost -h' (or v2v -h) for its flags.
 `
 
 func main() {
@@ -69,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "vhost":
 		return runVhost(ctx, args[1:], stdout, stderr)
+	case "v2v": // VM to VM through veloced vs testpmd io between two net_vhost ports (cmd/veloce-bench/internal/benchv2v)
+		return benchv2v.Main(ctx, args[1:], stdout, stderr)
 	case "streams": // raw UDP vs Veloce between two netns (cmd/veloce-bench/internal/benchstreams)
 		return benchstreams.Main(ctx, args[1:], stdout, stderr)
 	case "tsn": // a time-sensitive stream's latency under bulk load, FIFO vs gate schedule (cmd/veloce-bench/internal/benchtsn)
