@@ -174,10 +174,10 @@ func (g *guest) emitFrame(sess, src uint32, size int) ([]byte, error) {
 
 // counters are what a pair's loop counted.
 type counters struct {
-	sent    atomic.Uint64 // frames guest 1 put on its TX ring
-	back    atomic.Uint64 // frames guest 1 received (Veloce: Outcome frames, back-pressure)
-	got     atomic.Uint64 // frames guest 2 counted (Veloce: Deliver frames for its sink)
-	other   atomic.Uint64 // frames guest 2 received and did not count
+	sent  atomic.Uint64 // frames guest 1 put on its TX ring
+	back  atomic.Uint64 // frames guest 1 received (Veloce: Outcome frames, back-pressure)
+	got   atomic.Uint64 // frames guest 2 counted (Veloce: Deliver frames for its sink)
+	other atomic.Uint64 // frames guest 2 received and did not count
 }
 
 // pairLoop is both guests' datapath on one thread, until stop: a burst of

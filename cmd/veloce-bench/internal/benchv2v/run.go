@@ -89,8 +89,8 @@ func veloce(ctx context.Context, cfg *Config, round int) (recv []float64, send f
 	recv, send, werr := sampleCounters(ctx, cfg, &c.got, &c.sent)
 	stop.Store(true)
 	err = errors.Join(werr, <-done)
-	st := d.Streams()
-	cfg.logf("veloce round %d: sent %d, delivered %d, outcomes %d, other frames %d; streams %+v", round+1, c.sent.Load(), c.got.Load(), c.back.Load(), c.other.Load(), st)
+	st := d.Ports()
+	cfg.logf("veloce round %d: sent %d, delivered %d, outcomes %d, other frames %d; ports %+v", round+1, c.sent.Load(), c.got.Load(), c.back.Load(), c.other.Load(), st)
 	if err == nil && c.got.Load() == 0 {
 		err = errors.New("guest 2 received no Deliver frames")
 	}
