@@ -6,11 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/internal/dpdk"
@@ -85,32 +82,6 @@ func (p *rawPort) close() error {
 	err := p.port.Close()
 	p.pool.Free()
 	return err
-}
-
-// onCore runs f on a goroutine locked to a fresh OS thread pinned to cpu
-// (-1: not pinned) and registered with the EAL, and returns its result on
-// the channel. The goroutine never unlocks: the thread, with its one-CPU
-// affinity, exits with it instead of going back to the Go scheduler.
-func onCore(cpu int, f func() error) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if cpu >= 0 {
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				done <- fmt.Errorf("pin to CPU %d: %w", cpu, err)
-				return
-			}
-		}
-		if err := dpdk.RegisterThread(); err != nil {
-			done <- err
-			return
-		}
-		defer dpdk.UnregisterThread()
-		done <- f()
-	}()
-	return done
 }
 
 // rawPair is the two raw ends: A pings or sends, B echoes or counts.
@@ -202,11 +173,11 @@ func (rp *rawPair) put(m *dpdk.Mbuf, payload []byte) error {
 // give up when dead reports that B's loop ended (it failed).
 func (rp *rawPair) withServer(echo bool, count *atomic.Uint64, f func(dead *atomic.Bool) error) error {
 	var stop, dead atomic.Bool
-	served := onCore(rp.cpuB, func() error {
+	served := benchutil.OnEALCore(rp.cpuB, func() error {
 		defer dead.Store(true)
 		return rp.b.serve(&stop, echo, count)
 	})
-	err := <-onCore(rp.cpuA, func() error { return f(&dead) })
+	err := <-benchutil.OnEALCore(rp.cpuA, func() error { return f(&dead) })
 	stop.Store(true)
 	return errors.Join(err, <-served)
 }

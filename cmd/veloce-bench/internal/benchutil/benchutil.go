@@ -12,12 +12,15 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/veloce-io/veloce/internal/dpdk"
 )
 
 // Micros is d in microseconds, rounded to two decimals.
@@ -154,4 +157,30 @@ func SetAllThreads(set *unix.CPUSet) error {
 		}
 	}
 	return nil
+}
+
+// OnEALCore runs f on a goroutine locked to a fresh OS thread pinned to cpu
+// (-1: not pinned) and registered with the EAL, and returns its result on
+// the channel. The goroutine never unlocks: the thread, with its one-CPU
+// affinity, exits with it instead of going back to the Go scheduler.
+func OnEALCore(cpu int, f func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if cpu >= 0 {
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				done <- fmt.Errorf("pin to CPU %d: %w", cpu, err)
+				return
+			}
+		}
+		if err := dpdk.RegisterThread(); err != nil {
+			done <- err
+			return
+		}
+		defer dpdk.UnregisterThread()
+		done <- f()
+	}()
+	return done
 }

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/internal/dpdk"
@@ -252,29 +249,4 @@ func (g *guest) isDeliver(frame []byte, sink uint32, scratch []byte, res *netsta
 		return false
 	}
 	return guestproto.Parse(res.Payload, msg) == nil && msg.Type == guestproto.Deliver && msg.ID == sink
-}
-
-// onCPU runs f on a goroutine locked to a fresh OS thread pinned to cpu
-// (-1: not pinned) and registered with the EAL. The goroutine never
-// unlocks: the pinned thread exits with it.
-func onCPU(cpu int, f func() error) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if cpu >= 0 {
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				done <- fmt.Errorf("pin to CPU %d: %w", cpu, err)
-				return
-			}
-		}
-		if err := dpdk.RegisterThread(); err != nil {
-			done <- err
-			return
-		}
-		defer dpdk.UnregisterThread()
-		done <- f()
-	}()
-	return done
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
+	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchutil"
 	"github.com/veloce-io/veloce/cmd/veloce-bench/internal/benchvhost"
 	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/guestproto"
@@ -85,7 +86,7 @@ func veloce(ctx context.Context, cfg *Config, round int) (recv []float64, send f
 
 	var stop atomic.Bool
 	var c counters
-	done := onCPU(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, rx.deliverCounter(sink), &c) })
+	done := benchutil.OnEALCore(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, rx.deliverCounter(sink), &c) })
 	recv, send, werr := sampleCounters(ctx, cfg, &c.got, &c.sent)
 	stop.Store(true)
 	err = errors.Join(werr, <-done)
@@ -178,7 +179,7 @@ func reference(ctx context.Context, cfg *Config, round int) (recv []float64, sen
 	}
 	var stop atomic.Bool
 	var c counters
-	done := onCPU(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, nil, &c) })
+	done := benchutil.OnEALCore(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, nil, &c) })
 	recv, send, werr := sampleCounters(ctx, cfg, &c.got, &c.sent)
 	stop.Store(true)
 	err = errors.Join(werr, <-done)
