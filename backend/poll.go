@@ -3,9 +3,9 @@ package backend
 // Polling sessions (issue 14, item 1). A stream created with Poll
 // (INSANE's consumption=poll) or TimeSensitive makes its session poll:
 // on the host transport, the daemon's polling thread spins on the
-// application's TX ring, never raising its waiting flag, so the application's Emit writes no
-// eventfd; guestlib spins on the RX ring likewise, so the daemon's
-// deliveries write none either. A message then crosses each hop with no
+// application's TX ring, never raising its waiting flag, so the
+// application's Emit writes no eventfd; guestlib spins on the RX ring
+// likewise, so the daemon's deliveries write none either. A message then crosses each hop with no
 // system call and no scheduler wake-up. The session stops polling when
 // its last polling stream closes. Each polling session costs one core
 // on the application's side while it lives, and the daemon's one
