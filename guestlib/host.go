@@ -368,7 +368,6 @@ func (h *hostShm) releaseRX(slot uint32) {
 func (h *hostShm) receive(s *Session) {
 	defer s.wg.Done()
 	wait := h.region.AppWaitingRX()
-	idle := 0
 	for {
 		if h.waiters.Load() > 0 {
 			h.wakeTXWaiters()
@@ -384,14 +383,13 @@ func (h *hostShm) receive(s *Session) {
 		n := h.receiveOnce(s)
 		h.rxPoll.Unlock()
 		if n > 0 {
-			idle = 0
 			continue
 		}
 		if h.stopped.Load() {
 			return
 		}
 		if h.polling.Load() > 0 {
-			pollIdle(&idle)
+			pollIdle()
 			continue
 		}
 		wait.Set()
