@@ -16,10 +16,10 @@ import (
 // caller's goroutine, with no hand-off from the receive goroutine (which
 // stays off the CPU while Consumes keep coming, consumeGrace); Callbacks
 // then run on that goroutine as well. With no Consume under way the
-// receive goroutine spins. The cost is a core
-// kept busy on each side while the session polls; closing the last
-// polling stream ends it. The virtio transport has no rings shared with
-// the daemon: there Poll only earns the stream a warning.
+// receive goroutine spins. The cost is a core kept busy on each side
+// while the session polls; closing the last polling stream ends it. The
+// virtio transport has no rings shared with the daemon: there Poll only
+// earns the stream a warning.
 
 // startPolling counts a polling stream of the session in.
 func (h *hostShm) startPolling() {
