@@ -87,7 +87,7 @@ type StreamOptions struct {
 	// Poll is INSANE's consumption=poll: the session that holds the
 	// stream spins on its shared-memory rings at both ends (the
 	// application's guestlib and a daemon polling thread), with no
-	// wake-ups. TimeSensitive implies it. Host transport only; fixed at
+	// wake-ups. Host transport only; fixed at
 	// the stream's creation.
 	Poll bool `json:"poll,omitempty"`
 }

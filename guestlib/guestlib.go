@@ -771,10 +771,11 @@ type StreamOptions struct {
 	Reliable bool
 	// Poll is INSANE's consumption=poll: while the stream is open, its
 	// session spins on the shared rings at both ends instead of sleeping
-	// (the lowest latency, a core kept busy on each side).
-	// TimeSensitive implies it. Host transport only (on the virtio
-	// transport the stream gets a warning). A daemon older than Poll
-	// refuses a stream that asks for it.
+	// (the lowest latency, a core kept busy on each side). Give it with
+	// TimeSensitive where the host has the cores: TimeSensitive alone
+	// does not poll. Host transport only (on the virtio transport the
+	// stream gets a warning). A daemon older than Poll refuses a stream
+	// that asks for it.
 	Poll bool
 }
 
@@ -815,7 +816,7 @@ func (s *Session) CreateStream(ctx context.Context, o StreamOptions) (*Stream, e
 		return nil, err
 	}
 	st := &Stream{s: s, id: r.id, Datapath: r.plugin, Warning: r.message, events: make(chan StreamEvent, streamEvents)}
-	if s.host != nil && (o.Poll || o.TimeSensitive) {
+	if s.host != nil && o.Poll {
 		st.polls.Store(true)
 		s.host.startPolling()
 	}

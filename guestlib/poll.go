@@ -7,8 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Polling sessions (StreamOptions.Poll, INSANE's consumption=poll;
-// TimeSensitive implies it). On the host transport, a session with a
+// Polling sessions (StreamOptions.Poll, INSANE's consumption=poll). On the host transport, a session with a
 // polling stream never sleeps on its eventfds: the daemon's polling
 // thread spins on the session's TX ring, so Emit signals nothing, and
 // guestlib spins on the RX ring, so the daemon signals nothing either. A

@@ -120,12 +120,15 @@ func TestPollingSessionsTakeNoWakeups(t *testing.T) {
 		t.Fatalf("sleeping sessions: %d wake-ups for %d round trips, %d polling clients; want some, none", w0, n, polling)
 	}
 
-	// TimeSensitive implies Poll (a second polling stream per session:
-	// the sessions poll until both have closed).
+	// A second polling stream per session: the sessions poll until both
+	// have closed. A time-sensitive stream alone does not poll.
 	pa, pb := open(t, sock), open(t, sock)
 	p := newPingPong(t, pa, pb, 31, guestlib.StreamOptions{Poll: true})
-	tsa, _ := pa.CreateStream(ctx, guestlib.StreamOptions{TimeSensitive: true})
-	tsb, _ := pb.CreateStream(ctx, guestlib.StreamOptions{TimeSensitive: true})
+	tsa, _ := pa.CreateStream(ctx, guestlib.StreamOptions{Poll: true})
+	tsb, _ := pb.CreateStream(ctx, guestlib.StreamOptions{Poll: true})
+	if _, err := open(t, sock).CreateStream(ctx, guestlib.StreamOptions{TimeSensitive: true}); err != nil {
+		t.Fatal(err)
+	}
 	p.run(10)
 	before, polling := wakeups(d)
 	if polling != 2 {
@@ -145,7 +148,7 @@ func TestPollingSessionsTakeNoWakeups(t *testing.T) {
 		}
 	}
 	if _, polling := wakeups(d); polling != 2 {
-		t.Errorf("%d clients poll with a time-sensitive stream each left open, want 2", polling)
+		t.Errorf("%d clients poll with a second polling stream each left open (and one time-sensitive session), want 2", polling)
 	}
 	for _, st := range []*guestlib.Stream{tsa, tsb} {
 		if err := st.Close(ctx); err != nil {
