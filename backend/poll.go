@@ -19,6 +19,7 @@ package backend
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,13 +82,16 @@ func (s *Session) stopPollingLocked(st *Stream) {
 // (two daemons in one test process, GOMAXPROCS 2) left no P for the
 // rest of the process until preemption, 10 ms later; on an empty round
 // it yields instead, so a P is shared with what else is runnable and
-// the goroutine spins alone when nothing is. A client's drain goroutine hands its ring over (join)
-// and waits until the poller hands it back (the client stopped polling
-// or is closing), so each ring has one consumer at any time.
+// the goroutine spins alone when nothing is. A client's drain goroutine
+// hands its ring over (join) and waits until the poller hands it back
+// (the client stopped polling or is closing), so each ring has one
+// consumer at any time.
 type hostPoller struct {
-	mu      sync.Mutex
-	clients []*hostClient // +checklocks:mu
-	running bool          // +checklocks:mu
+	mu sync.Mutex
+	// clients is replaced whole under mu (copy on write), so the polling
+	// round reads it with one atomic load and no lock.
+	clients atomic.Pointer[[]*hostClient]
+	running bool // +checklocks:mu
 }
 
 // join hands c's TX ring to the poller and returns once it is handed
@@ -96,7 +100,7 @@ func (p *hostPoller) join(c *hostClient) {
 	back := make(chan struct{})
 	c.pollBack = back
 	p.mu.Lock()
-	p.clients = append(p.clients, c)
+	p.setLocked(append(p.list(), c))
 	if !p.running {
 		p.running = true
 		go p.run()
@@ -105,14 +109,24 @@ func (p *hostPoller) join(c *hostClient) {
 	<-back
 }
 
+// list returns the polling clients (not to be changed).
+func (p *hostPoller) list() []*hostClient {
+	if l := p.clients.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// setLocked publishes a new client list.
+//
+// +checklocks:p.mu
+func (p *hostPoller) setLocked(cs []*hostClient) { p.clients.Store(&cs) }
+
 // run is the polling thread.
 func (p *hostPoller) run() {
-	var cs []*hostClient
 	for {
-		p.mu.Lock()
-		cs = append(cs[:0], p.clients...)
-		p.mu.Unlock()
 		work := 0
+		cs := p.list()
 		for _, c := range cs {
 			if c.closed.Load() || !c.polling.Load() {
 				p.leave(c)
@@ -123,15 +137,25 @@ func (p *hostPoller) run() {
 		if work > 0 {
 			continue
 		}
-		p.mu.Lock()
-		if len(p.clients) == 0 {
-			p.running = false
+		if len(cs) == 0 {
+			p.mu.Lock()
+			if len(p.list()) == 0 { // a join meanwhile finds running set
+				p.running = false
+				p.mu.Unlock()
+				return
+			}
 			p.mu.Unlock()
-			return
 		}
-		p.mu.Unlock()
 		spinIdle()
 	}
+}
+
+// leave takes c off the poller and hands its ring back.
+func (p *hostPoller) leave(c *hostClient) {
+	p.mu.Lock()
+	p.setLocked(slices.DeleteFunc(slices.Clone(p.list()), func(x *hostClient) bool { return x == c }))
+	p.mu.Unlock()
+	close(c.pollBack)
 }
 
 // pollThread is the process's polling thread.
@@ -147,17 +171,4 @@ var pollThread hostPoller
 // goroutines of this P are taken by the other Ps, or preempt it.
 func spinIdle() {
 	unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-}
-
-// leave takes c off the poller and hands its ring back.
-func (p *hostPoller) leave(c *hostClient) {
-	p.mu.Lock()
-	for i, x := range p.clients {
-		if x == c {
-			p.clients = slices.Delete(p.clients, i, i+1)
-			break
-		}
-	}
-	p.mu.Unlock()
-	close(c.pollBack)
 }
