@@ -124,7 +124,12 @@ func (rm *remote) directoryTo(st *datapathState, buf []byte, seal *wire.Sealer, 
 	for _, p := range to {
 		pkts = append(pkts, wire.Packet{Addr: p.addr, Buf: buf, N: one.N})
 	}
-	k, _ := st.dp.SendBatch(pkts)
+	var k int
+	if l := st.loop.Load(); l != nil {
+		k, _ = l.sendBatch(pkts) // the datapath's sender, or the polling thread, may be sending
+	} else {
+		k, _ = st.dp.SendBatch(pkts)
+	}
 	rm.dirMsgs.Add(uint64(k))
 	rm.dirBytes.Add(uint64(k * one.N))
 	return pkts

@@ -56,8 +56,21 @@ func (s *Session) startPollingLocked(st *Stream) string {
 	s.polls++
 	if s.polls == 1 {
 		p.setPolling(true)
+		s.rt.pollingSessionsLocked(+1)
 	}
 	return ""
+}
+
+// pollingSessionsLocked counts a session that starts (+1) or stops (-1)
+// polling; the runtime's datapaths to other hosts are polled while any
+// does (dppoll.go).
+//
+// +checklocks:r.mu
+func (r *Runtime) pollingSessionsLocked(d int) {
+	r.polling += d
+	if r.remote != nil && (r.polling == 0 || r.polling == 1 && d > 0) {
+		r.remote.setPolled(r.polling > 0)
+	}
 }
 
 // stopPollingLocked undoes startPollingLocked for st, which is leaving s.
@@ -71,6 +84,7 @@ func (s *Session) stopPollingLocked(st *Stream) {
 	s.polls--
 	if s.polls == 0 {
 		s.ep.(poller).setPolling(false)
+		s.rt.pollingSessionsLocked(-1)
 	}
 }
 
@@ -91,6 +105,9 @@ type hostPoller struct {
 	// clients is replaced whole under mu (copy on write), so the polling
 	// round reads it with one atomic load and no lock.
 	clients atomic.Pointer[[]*hostClient]
+	// loops are the datapaths to other hosts of runtimes with polling
+	// sessions (dppoll.go), likewise copy on write.
+	loops   atomic.Pointer[[]*datapathState]
 	running bool // +checklocks:mu
 }
 
@@ -101,12 +118,44 @@ func (p *hostPoller) join(c *hostClient) {
 	c.pollBack = back
 	p.mu.Lock()
 	p.setLocked(append(p.list(), c))
+	p.startLocked()
+	p.mu.Unlock()
+	<-back
+}
+
+// startLocked starts the polling thread unless it runs.
+//
+// +checklocks:p.mu
+func (p *hostPoller) startLocked() {
 	if !p.running {
 		p.running = true
 		go p.run()
 	}
-	p.mu.Unlock()
-	<-back
+}
+
+// addLoop makes the poller drive st (dppoll.go); removeLoop stops it.
+// Neither blocks.
+func (p *hostPoller) addLoop(st *datapathState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := append(slices.Clone(p.loopList()), st)
+	p.loops.Store(&l)
+	p.startLocked()
+}
+
+func (p *hostPoller) removeLoop(st *datapathState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := slices.DeleteFunc(slices.Clone(p.loopList()), func(x *datapathState) bool { return x == st })
+	p.loops.Store(&l)
+}
+
+// loopList returns the datapaths the poller drives (not to be changed).
+func (p *hostPoller) loopList() []*datapathState {
+	if l := p.loops.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // list returns the polling clients (not to be changed).
@@ -134,12 +183,18 @@ func (p *hostPoller) run() {
 			}
 			work += c.drainOnce()
 		}
+		ls := p.loopList()
+		for _, st := range ls {
+			if l := st.loop.Load(); l != nil && !l.stopped.Load() {
+				work += l.pollOnce()
+			}
+		}
 		if work > 0 {
 			continue
 		}
-		if len(cs) == 0 {
+		if len(cs) == 0 && len(ls) == 0 {
 			p.mu.Lock()
-			if len(p.list()) == 0 { // a join meanwhile finds running set
+			if len(p.list()) == 0 && len(p.loopList()) == 0 { // a join meanwhile finds running set
 				p.running = false
 				p.mu.Unlock()
 				return

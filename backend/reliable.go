@@ -417,6 +417,9 @@ func (rm *remote) queue(dpi int, id uint32, n int, p *peer, c wire.Class) {
 		st.poller.Wake()
 		return
 	}
+	if st.polled.Load() {
+		return // the polling thread sends it (dppoll.go)
+	}
 	select {
 	case st.kick <- struct{}{}:
 	default:

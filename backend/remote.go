@@ -223,6 +223,14 @@ type datapathState struct {
 	ready      *ring.Queue
 	kick       chan struct{} // wakes the sender; buffered 1
 	dirChanged chan struct{} // buffered 1
+	// loop is the receive and send state of a datapath the runtime drives
+	// itself (not a Poller), set by run; polled says the process's
+	// polling thread drives it now, and rxResume and txResume (buffered
+	// 1) wake its receiver and sender goroutines when that ends
+	// (dppoll.go).
+	loop               atomic.Pointer[dpLoop]
+	polled             atomic.Bool
+	rxResume, txResume chan struct{}
 	// live is dp when it implements LiveReacher; fallback lists the
 	// datapaths a stream on this one takes to peers it does not reach
 	// (route.go). Set by newRemote, read-only after.
@@ -314,7 +322,8 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 		if dp == nil {
 			continue
 		}
-		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1)}
+		st := &datapathState{dp: dp, index: len(rm.dps), kick: make(chan struct{}, 1), dirChanged: make(chan struct{}, 1),
+			rxResume: make(chan struct{}, 1), txResume: make(chan struct{}, 1)}
 		st.poller, _ = dp.(Poller)
 		st.reliable = datapathReliable(dp)
 		st.maxPayload = maxPayloadOf(dp)
@@ -520,6 +529,11 @@ func (rm *remote) channelsChanged() {
 func (rm *remote) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, st := range rm.dps {
+		if st.poller == nil {
+			l := rm.newLoop(st)
+			st.loop.Store(l)
+			defer l.stopped.Store(true)
+		}
 		wg.Add(2)
 		go func() { defer wg.Done(); rm.sender(ctx, st) }()
 		go func() { defer wg.Done(); rm.receiver(ctx, st) }()
@@ -587,8 +601,6 @@ func (rm *remote) expire(now int64) {
 // per round trip (veloce-bench streams). Pinning belongs to busy-polling
 // plugins on dedicated cores.
 func (rm *remote) sender(ctx context.Context, st *datapathState) {
-	pkts := make([]wire.Packet, remoteBatch)
-	ids := make([]uint32, remoteBatch)
 	dirBuf := make([]byte, wire.HeaderLen+wire.MaxDirectoryLen+wire.AuthTrailerLen)
 	seal := rm.newSealer()
 	tick := time.NewTicker(rm.opts.DirectoryInterval)
@@ -611,29 +623,30 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 	gate := time.NewTimer(time.Hour) // the gate scheduler's wake-up (txsched.go)
 	gate.Stop()
 	defer gate.Stop()
+	l := st.loop.Load()
 	for {
-		n, end, wait := rm.take(st, ids, pkts, seal)
-		if n > 0 {
-			done := 0
-			for done < n {
-				k, err := st.dp.SendBatch(pkts[done:n])
-				done += k
-				if err != nil {
-					done++ // that packet cannot go: skip it
-					rm.dropped.Add(1)
-				} else if k == 0 {
-					// The send queue is full: let the kernel drain it.
-					time.Sleep(50 * time.Microsecond)
-				}
-				if ctx.Err() != nil {
-					return
-				}
+		if st.polled.Load() {
+			// The polling thread sends (dppoll.go); keep the peers'
+			// directories current meanwhile.
+			select {
+			case <-ctx.Done():
+				return
+			case <-st.txResume:
+			case <-st.dirChanged:
+				rm.sendDirectory(st, dirBuf, seal, false)
+			case <-tick.C:
+				rm.sendDirectory(st, dirBuf, seal, true)
 			}
-			st.tx.sentBatch(end)
-			rm.sent.Add(uint64(n))
-			st.done.Add(uint64(n))
-			for _, id := range ids[:n] {
-				rm.slots.Put(id)
+			continue
+		}
+		had, full, wait := l.send()
+		if had {
+			if full {
+				// The send queue is full: let the kernel drain it.
+				time.Sleep(50 * time.Microsecond)
+			}
+			if ctx.Err() != nil {
+				return
 			}
 			continue
 		}
@@ -647,6 +660,7 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 			return
 		case <-gateC:
 		case <-st.kick:
+		case <-st.txResume:
 		case <-st.dirChanged:
 			rm.sendDirectory(st, dirBuf, seal, false)
 		case <-tick.C:
@@ -656,33 +670,32 @@ func (rm *remote) sender(ctx context.Context, st *datapathState) {
 }
 
 func (rm *remote) receiver(ctx context.Context, st *datapathState) {
-	rx := rm.newReceiveState(st.index)
 	if st.poller != nil {
+		rx := rm.newReceiveState(st.index)
 		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch), seal: rm.newSealer()}
 		if err := st.poller.Poll(ctx, rx.handle, f.flush); err != nil && ctx.Err() == nil {
 			rm.rt.log.Error("datapath stopped receiving", "datapath", st.dp.Name(), "err", err)
 		}
 		return
 	}
-	pkts := make([]wire.Packet, remoteBatch)
-	for i := range pkts {
-		pkts[i].Buf = make([]byte, 65536)
-	}
+	l := st.loop.Load()
 	for ctx.Err() == nil {
-		n, err := st.dp.RecvBatch(pkts, 100*time.Millisecond)
-		if err != nil {
+		if !st.waitPolled(ctx.Done(), st.rxResume) {
+			return
+		}
+		if err := l.receive(100 * time.Millisecond); err != nil {
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
-			continue
 		}
-		rx.handle(pkts[:n])
 	}
 }
 
-// flusher sends a Poller datapath's queued messages from its polling
-// thread, a batch per call.
+// flusher sends a datapath's queued messages, a batch per call: on a
+// Poller's polling thread, and for the datapaths the runtime drives
+// itself on their sender goroutine or the process's polling thread
+// (dppoll.go).
 type flusher struct {
 	rm      *remote
 	st      *datapathState
@@ -693,17 +706,25 @@ type flusher struct {
 	seal    *wire.Sealer // nil without a key
 }
 
-// flush sends (some of) a batch and reports whether there was one. A batch
-// the datapath could not take whole (a full queue, a neighbour being
-// resolved) stays in hand for the next call.
+// flush is step for a Poller: whether there was work, counting messages
+// held behind a closed gate (keep polling).
 func (f *flusher) flush() bool {
+	had, wait := f.step()
+	return had || wait > 0
+}
+
+// step sends (some of) a batch, taking one when none is in hand, and
+// reports whether there was one; with none, wait is how long until the
+// gate opens for messages it holds (0: none held). A batch the datapath
+// could not take whole (a full queue, a neighbour being resolved) stays
+// in hand for the next call.
+func (f *flusher) step() (had bool, wait time.Duration) {
 	rm := f.rm
 	if f.done == f.n {
-		var wait time.Duration
 		f.n, f.done = 0, 0
 		f.n, f.end, wait = rm.take(f.st, f.ids, f.pkts, f.seal)
 		if f.n == 0 {
-			return wait > 0 // messages held behind a closed gate: keep polling
+			return false, wait
 		}
 	}
 	k, err := f.st.dp.SendBatch(f.pkts[f.done:f.n])
@@ -721,7 +742,7 @@ func (f *flusher) flush() bool {
 		}
 		f.done = f.n
 	}
-	return true
+	return true, 0
 }
 
 // receiveState is one datapath receiver's: directory fragments being
@@ -961,6 +982,10 @@ func (r *Runtime) Remote() RemoteInfo {
 			d.Stats = sr.DatapathStats()
 		}
 		d.TSN = st.tx.info()
+		d.Polled = st.polled.Load()
+		if l := st.loop.Load(); l != nil {
+			d.Wakeups, d.PolledBatches = l.woken.Load(), l.polledBatches.Load()
+		}
 		info.Datapaths = append(info.Datapaths, d)
 	}
 	now := time.Now().UnixNano()

@@ -59,6 +59,8 @@ type Runtime struct {
 	// slice per key): changed under mu, read by Emit without a lock.
 	channels cowMap[chanKey, []*Sink]
 	remote   *remote // nil without a datapath to peers
+	// polling counts the sessions that poll (poll.go).
+	polling int // +checklocks:mu
 
 	life lifecycle.Group // Start, Wait, Close
 }

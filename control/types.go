@@ -321,6 +321,16 @@ type DatapathInfo struct {
 	// Peers are the peers the datapath reaches.
 	Peers  []string `json:"peers"`
 	Queued int      `json:"queued"`
+	// Polled: the daemon's polling thread drives the datapath now, as it
+	// does while any of the daemon's sessions polls (StreamOptions.Poll);
+	// only datapaths without a polling thread of their own (udp) are.
+	Polled bool `json:"polled"`
+	// Wakeups counts the batches the datapath's own receiver and sender
+	// goroutines moved, each after a wake-up (the network poller's or an
+	// emit's); PolledBatches those the polling thread moved, with none.
+	// Both are 0 for datapaths with a polling thread of their own.
+	Wakeups       uint64 `json:"wakeups"`
+	PolledBatches uint64 `json:"polled_batches"`
 	// Stats are the datapath's own counters (a JSON object whose fields
 	// depend on the datapath); a Client decodes them as a map.
 	Stats any `json:"stats,omitempty"`

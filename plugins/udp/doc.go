@@ -43,7 +43,8 @@
 // RecvBatch waits at most timeout for the first datagram (0: do not wait,
 // negative: wait until one arrives or Close), in the runtime's network
 // poller, then takes as many as are queued, up to the batch size, without
-// waiting further.
+// waiting further. InterruptRecv, from any goroutine, ends a wait under
+// way as if its time ran out.
 //
 // Both IPv4 and IPv6 work. A socket bound to an IPv4 address speaks IPv4
 // only; one bound to an IPv6 address speaks IPv6, and one bound to the

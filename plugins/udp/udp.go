@@ -141,8 +141,10 @@ type rxState struct {
 	k, n  int
 	errno unix.Errno
 	// deadline says the socket has a read deadline set (by a RecvBatch
-	// with a positive timeout), which a RecvBatch without one must clear.
-	deadline  bool
+	// with a positive timeout), which a RecvBatch without one must clear;
+	// interrupted, that InterruptRecv set one.
+	deadline    bool
+	interrupted atomic.Bool
 	packets   atomic.Uint64
 	bytes     atomic.Uint64
 	truncated atomic.Uint64
@@ -465,6 +467,7 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 		switch err := p.raw.Read(rx.wait); {
 		case err == nil:
 		case err == os.ErrDeadlineExceeded:
+			rx.deadline = true // ours, or InterruptRecv's: the next wait without one clears it
 			return 0, nil
 		default:
 			return 0, p.rawError("receive batch: wait", err)
@@ -493,11 +496,21 @@ func (p *Plugin) setDeadline(timeout time.Duration) error {
 		rx.deadline = true
 		return p.fds.file.SetReadDeadline(time.Now().Add(timeout))
 	}
-	if !rx.deadline {
+	if !rx.deadline && !rx.interrupted.Swap(false) {
 		return nil
 	}
 	rx.deadline = false
 	return p.fds.file.SetReadDeadline(time.Time{})
+}
+
+// InterruptRecv makes a RecvBatch that is waiting now return at once (0,
+// nil), as if its time ran out; a RecvBatch that is not waiting is not
+// affected, nor is a later one. It may be called from any goroutine. The
+// runtime uses it to take the receive side over from the goroutine that
+// waits in RecvBatch (its polling thread then receives, with timeout 0).
+func (p *Plugin) InterruptRecv() {
+	p.rx.interrupted.Store(true)
+	p.fds.file.SetReadDeadline(time.Now())
 }
 
 // DatapathStats returns Stats for velocectl remote.

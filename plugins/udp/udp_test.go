@@ -3,6 +3,7 @@ package udp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -422,5 +423,57 @@ func TestReaches(t *testing.T) {
 	}
 	if p.Reaches(netip.MustParseAddr("2001:db8::1")) {
 		t.Error("an IPv4 socket reaches an IPv6 address")
+	}
+}
+
+// InterruptRecv ends a RecvBatch that waits, without a timeout or with
+// one, as if its time ran out (0, nil), and leaves no trace: the next
+// wait without a timeout waits for its datagram, and an InterruptRecv
+// while no one waits does not cut a later wait short either.
+func TestInterruptRecv(t *testing.T) {
+	a := newPlugin(t, "127.0.0.1:0", Options{})
+	b := newPlugin(t, "127.0.0.1:0", Options{})
+	pkts := []wire.Packet{{Buf: make([]byte, 2048)}}
+	for _, timeout := range []time.Duration{-1, time.Hour} {
+		done := make(chan error, 1)
+		go func() {
+			n, err := b.RecvBatch(pkts, timeout)
+			if err == nil && n != 0 {
+				err = fmt.Errorf("%d datagrams, none sent", n)
+			}
+			done <- err
+		}()
+		// Interrupt until the receiver returns: an interrupt that lands
+		// before it waits is not required to end the wait.
+		for ended := false; !ended; {
+			b.InterruptRecv()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("interrupted RecvBatch(%v): %v", timeout, err)
+				}
+				ended = true
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	b.InterruptRecv() // no one waits
+	buf := make([]byte, 64)
+	for i := range 3 {
+		done := make(chan error, 1)
+		go func() {
+			n, err := b.RecvBatch(pkts, -1)
+			if err == nil && n != 1 {
+				err = fmt.Errorf("RecvBatch returned %d datagrams without waiting for the one sent", n)
+			}
+			done <- err
+		}()
+		time.Sleep(10 * time.Millisecond) // let it block (not required for the check)
+		if n, err := a.SendBatch([]wire.Packet{{Addr: b.LocalAddr(), Buf: buf, N: fillMessage(t, buf, 1, uint64(i), 64)}}); n != 1 || err != nil {
+			t.Fatalf("SendBatch = %d, %v", n, err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("RecvBatch %d after the interrupts: %v", i, err)
+		}
 	}
 }
