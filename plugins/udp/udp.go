@@ -145,10 +145,10 @@ type rxState struct {
 	// interrupted, that InterruptRecv set one.
 	deadline    bool
 	interrupted atomic.Bool
-	packets   atomic.Uint64
-	bytes     atomic.Uint64
-	truncated atomic.Uint64
-	errors    atomic.Uint64
+	packets     atomic.Uint64
+	bytes       atomic.Uint64
+	truncated   atomic.Uint64
+	errors      atomic.Uint64
 }
 
 // recvOnce is one non-blocking recvmmsg(2) into the first k prepared
