@@ -484,7 +484,7 @@ func (c *hostClient) release() {
 		// right after its last Emit, or a crash) still goes out: drain
 		// the TX ring once more. Bounded: a live, hostile process may
 		// still have the region mapped and keep writing entries.
-		for i := 0; i <= hostTXSlots/hostBatch && c.drainOnce() > 0; i++ {
+		for i := 0; i <= hostTXSlots/hostBatch && c.drainOnce(false) > 0; i++ {
 		}
 	}
 	if s := c.sess.Load(); s != nil {
@@ -537,7 +537,7 @@ func (c *hostClient) drain() {
 			pollThread.join(c)
 			continue
 		}
-		if c.drainOnce() > 0 {
+		if c.drainOnce(false) > 0 {
 			continue
 		}
 		wait.Set()
@@ -565,7 +565,15 @@ func (c *hostClient) setPolling(on bool) {
 // drainOnce handles up to hostBatch TX entries and returns how many it
 // looked at. It does not allocate (but for outcomes of refused emits) and
 // takes no lock (but a delivery into a pool found empty, see put).
-func (c *hostClient) drainOnce() int {
+//
+// polled says a polling thread calls it (poll.go), serving other
+// clients too: then it never waits. A message that would wait (a
+// reliable source's full window, a stream paused by set-qos) stays on
+// the TX ring, and the entries after it, for a later round — the ring is
+// the application's back-pressure — and an outcome the client's socket
+// has no room for is dropped and counted (unsent) rather than waited
+// for: one slow or hostile client does not stall the others.
+func (c *hostClient) drainOnce(polled bool) int {
 	n, ok := c.tx.Available()
 	if !ok {
 		c.malformed.Add(1)
@@ -587,7 +595,10 @@ func (c *hostClient) drainOnce() int {
 			c.malformed.Add(1)
 			continue
 		}
-		c.emit(s, e)
+		if !c.emit(s, e, polled) {
+			n = k // this one and the rest wait on the ring
+			break
+		}
 		if done == space {
 			c.malformed.Add(1) // a client that does not take its slots back
 			continue
@@ -606,8 +617,9 @@ func (c *hostClient) drainOnce() int {
 }
 
 // emit hands one emitted message to the runtime, or tells the client why
-// not.
-func (c *hostClient) emit(s *Session, e shm.TXEntry) {
+// not. Polled (see drainOnce), it does not wait: it returns false for a
+// message that would, which the caller leaves on the ring.
+func (c *hostClient) emit(s *Session, e shm.TXEntry, polled bool) bool {
 	st := guestproto.StatusNoSession
 	var sid uint32
 	if s != nil {
@@ -626,15 +638,24 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 			// A reliable source waits for room instead (emitWait).
 			// Read in place, a run as one message: no copy on the way in.
 			payload := c.region.TXRun(e.Slot, c.layout.SlotsFor(e.Len))[:e.Len]
-			taken, full := c.apps.rt.emitWait(so, payload, &c.closed)
-			if full == 0 || taken > 0 {
-				return
+			if polled {
+				taken, full, reliable, paused := c.apps.rt.emitOnce(so, payload)
+				if taken == 0 && full > 0 && (reliable || paused) {
+					so.emitted.Add(^uint64(0)) // emitted again next round: counted once
+					return false
+				}
+				if full == 0 || taken > 0 {
+					return true
+				}
+			} else if taken, full := c.apps.rt.emitWait(so, payload, &c.closed); full == 0 || taken > 0 {
+				return true
 			}
 			st = guestproto.StatusNoBuffers
 		}
 	}
 	n, _ := guestproto.PutOutcome(c.outBuf[:], sid, e.Source, e.Token, st)
-	c.sendOutcome(c.outBuf[:n])
+	c.sendOutcome(c.outBuf[:n], polled)
+	return true
 }
 
 // sendOutcome sends an Outcome, waiting (up to hostAlive) while the
@@ -642,7 +663,9 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry) {
 // outcomes, so the wait slows down this client's own emits — the
 // back-pressure it asks for — and no one else's. A client that does not
 // read its socket for that long loses the outcome (counted: unsent).
-func (c *hostClient) sendOutcome(b []byte) {
+//
+// Polled (see drainOnce), it tries once.
+func (c *hostClient) sendOutcome(b []byte, polled bool) {
 	var serr error
 	try := func(fd uintptr) bool {
 		serr = unix.Sendmsg(int(fd), b, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
@@ -654,7 +677,7 @@ func (c *hostClient) sendOutcome(b []byte) {
 			serr = err
 			break
 		}
-		if serr != unix.EAGAIN || c.closed.Load() || time.Now().After(deadline) {
+		if serr != unix.EAGAIN || polled || c.closed.Load() || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(pause)
@@ -864,6 +887,6 @@ func (h *hostApps) info() HostAppsInfo {
 func (c *hostClient) streamChanged(s *Session, streamID uint32, datapath, warning string) {
 	b := make([]byte, guestproto.HeaderLen+8+len(datapath)+len(warning))
 	if n, err := guestproto.PutStreamChanged(b, s.ID, streamID, []byte(datapath), []byte(warning)); err == nil && !c.closed.Load() {
-		c.sendOutcome(b[:n])
+		c.sendOutcome(b[:n], false)
 	}
 }

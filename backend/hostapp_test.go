@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -724,7 +725,7 @@ func TestHostDrainAllocatesNothing(t *testing.T) {
 		if !app.emit(so.ID, payload) {
 			t.Fatal("no TX slot")
 		}
-		if src.drainOnce() != 1 {
+		if src.drainOnce(false) != 1 {
 			t.Fatal("nothing drained")
 		}
 		if i == 1 && !inSlot(spy.at) {
@@ -855,8 +856,8 @@ func FuzzHostClient(f *testing.F) {
 			case 4: // the application's tails
 				put32(r, lineDoneTail, a)
 				put32(r, lineRXTail, b)
-			case 5:
-				c.drainOnce()
+			case 5: // the drain goroutine's, or (a odd) the polling thread's
+				c.drainOnce(a&1 != 0)
 			case 6: // a delivery: one slot, or (a odd) a run
 				if a&1 != 0 {
 					c.deliver(sk, uint64(a), uint64(b), large[:b%uint32(len(large)+1)])
@@ -867,7 +868,7 @@ func FuzzHostClient(f *testing.F) {
 				put32(r, int(a%(shm.ControlSize/4))*4, b)
 			}
 		}
-		c.drainOnce()
+		c.drainOnce(false)
 		c.deliver(sk, 1, 1, payload[:8])
 		// Slot accounting: take every free slot, check, put them back.
 		// (Get panics on a free-list slot that is not free, such as one
@@ -974,5 +975,57 @@ func TestEmitsBeforeCloseAreDelivered(t *testing.T) {
 			}
 			m.Release()
 		}
+	}
+}
+
+// TestPolledDrainNeverWaits: the polling thread serves every polling
+// client, so its drain waits for none. A message on a stream that would
+// wait (paused, as set-qos pauses it) stays on the TX ring, with the
+// messages after it, and goes once the stream resumes, in order and
+// counted once; the drain goroutine's drain (not polled) would have
+// waited for it.
+func TestPolledDrainNeverWaits(t *testing.T) {
+	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
+	src, dst := newTestClient(t, h), newTestClient(t, h)
+	ss, ds := src.sess.Load(), dst.sess.Load()
+	sst, _ := ss.CreateStream(StreamOptions{})
+	so, _ := ss.CreateSource(sst.ID, 3)
+	dst2, _ := ds.CreateStream(StreamOptions{})
+	sk, _ := ds.CreateSink(dst2.ID, 3)
+	app, sinkApp := newTestApp(src), newTestApp(dst)
+	payload := make([]byte, 8)
+	for i := range uint64(3) {
+		binary.LittleEndian.PutUint64(payload, i)
+		if !app.emit(so.ID, payload) {
+			t.Fatal("no TX slot")
+		}
+	}
+	if !sst.gate.pause(time.Now().Add(time.Second)) {
+		t.Fatal("cannot pause the stream")
+	}
+	for range 3 {
+		if n := src.drainOnce(true); n != 0 {
+			t.Fatalf("polled drain of a paused stream's messages took %d entries off the ring, want 0", n)
+		}
+	}
+	if n, _ := src.tx.Available(); n != 3 {
+		t.Fatalf("%d entries left on the TX ring, want the 3 emitted", n)
+	}
+	sst.gate.resume()
+	if n := src.drainOnce(true); n != 3 {
+		t.Fatalf("polled drain after resume took %d entries, want 3", n)
+	}
+	var got []uint64
+	for sinkApp.take(func(e shm.RXEntry, data []byte) {
+		if e.Sink == sk.ID {
+			got = append(got, binary.LittleEndian.Uint64(data))
+		}
+	}) {
+	}
+	if !slices.Equal(got, []uint64{0, 1, 2}) {
+		t.Errorf("delivered %v, want [0 1 2]", got)
+	}
+	if e := so.emitted.Load(); e != 3 {
+		t.Errorf("source counts %d emits, want 3", e)
 	}
 }

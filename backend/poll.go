@@ -181,7 +181,7 @@ func (p *hostPoller) run() {
 				p.leave(c)
 				continue
 			}
-			work += c.drainOnce()
+			work += c.drainOnce(true)
 		}
 		ls := p.loopList()
 		for _, st := range ls {

@@ -65,8 +65,9 @@ type Config struct {
 	Window int
 	// DirectoryInterval of both daemons.
 	DirectoryInterval time.Duration
-	// ProfileDir, when set, receives CPU profiles of the Veloce ping-pong
-	// at ProfileSizes: streams-veloce-rtt-64.pprof, ...
+	// ProfileDir, when set, receives CPU profiles of the Veloce ping-pongs
+	// at ProfileSizes: streams-veloce-rtt-64.pprof, ..., and with polling
+	// sessions streams-veloce-poll-rtt-64.pprof, ...
 	ProfileDir   string
 	ProfileSizes []int
 	// NoLocal skips the ping-pong with both applications on one daemon
@@ -132,6 +133,7 @@ type Result struct {
 	Ratio       float64     `json:"ratio"`
 	VeloceDrops VeloceDrops `json:"veloce_drops"`
 	Profile     string      `json:"veloce_rtt_profile,omitempty"`
+	PollProfile string      `json:"veloce_poll_rtt_profile,omitempty"`
 }
 
 // SinkResult is one sinks row: Veloce throughput with Sinks sinks on B.
@@ -218,7 +220,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		r.Profile = profile
 		r.OverheadUS = benchutil.Round2(r.VeloceRTT.MedianUS - r.RawRTT.MedianUS)
 		fmt.Fprintf(log, " %.1f µs, polling", r.VeloceRTT.MedianUS)
-		if r.PollRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, true, ""); err != nil {
+		pollProfile := ""
+		if profile != "" {
+			pollProfile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("streams-veloce-poll-rtt-%d.pprof", size))
+		}
+		r.PollProfile = pollProfile
+		if r.PollRTT, err = b.veloceRTT(ctx, ds.sockA, ds.sockB, size, true, pollProfile); err != nil {
 			return rep, fmt.Errorf("veloce rtt with polling sessions %d B: %w", size, err)
 		}
 		r.PollOverheadUS = benchutil.Round2(r.PollRTT.MedianUS - r.RawRTT.MedianUS)
@@ -395,6 +402,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, r := range rep.Results {
 		if r.Profile != "" {
 			fmt.Fprintf(stdout, "CPU profile of the Veloce ping-pong, %d B: %s (go tool pprof -top %s)\n", r.Size, r.Profile, r.Profile)
+		}
+		if r.PollProfile != "" {
+			fmt.Fprintf(stdout, "CPU profile of the polling ping-pong, %d B: %s\n", r.Size, r.PollProfile)
 		}
 	}
 	return nil
