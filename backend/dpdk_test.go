@@ -4,12 +4,14 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/images/guestinit"
 	"github.com/veloce-io/veloce/internal/testutil"
 	dpdkplug "github.com/veloce-io/veloce/plugins/dpdk"
@@ -311,5 +313,62 @@ func TestVMMessagesLeaveThroughDPDK(t *testing.T) {
 	}
 	if st := dpA.Stats(); st.TxDatagrams < count {
 		t.Errorf("the DPDK port sent %d datagrams, fewer than the VM's %d messages", st.TxDatagrams, count)
+	}
+}
+
+// TestDPDKThreadPollsTheSessions: on a daemon whose datapath runs its own
+// polling thread (DPDK), that thread drains the polling sessions' rings
+// too: a ping-pong between polling applications on two DPDK daemons goes
+// with the process's polling thread never started, each session on its
+// daemon's DPDK thread, which does not pause while they poll.
+func TestDPDKThreadPollsTheSessions(t *testing.T) {
+	requireDPDK(t)
+	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
+	va, vb := testutil.BareVeth(t, a, b)
+	dpA, dpB := openDPDK(t, a, va, "10.98.3.1/24"), openDPDK(t, b, vb, "10.98.3.2/24")
+	sockA, sockB := filepath.Join(t.TempDir(), "a.sock"), filepath.Join(t.TempDir(), "b.sock")
+	dA, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sockA
+		o.Runtime = RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Accelerated: []Datapath{dpA}, Peers: []netip.AddrPort{dpB.LocalAddr()},
+			DirectoryInterval: 100 * time.Millisecond}}
+	})
+	dB, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sockB
+		o.Runtime = RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Accelerated: []Datapath{dpB}, Peers: []netip.AddrPort{dpA.LocalAddr()},
+			DirectoryInterval: 100 * time.Millisecond}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := newUDPPing(t, ctx, openApp(t, sockA), openApp(t, sockB), dA.rt, dB.rt, 70, guestlib.StreamOptions{Acceleration: true, Poll: true})
+	p.run(t, ctx, 20)
+	for _, d := range []*Daemon{dA, dB} {
+		if n := len(d.rt.remote.host.list()); n != 1 {
+			t.Fatalf("the DPDK thread polls %d sessions, want 1", n)
+		}
+	}
+	sleeps := dpA.Stats().Sleeps + dpB.Stats().Sleeps
+	p.run(t, ctx, 2000)
+	if s := dpA.Stats().Sleeps + dpB.Stats().Sleeps; s != sleeps {
+		t.Errorf("the DPDK threads paused %d times while sessions polled", s-sleeps)
+	}
+	pollThread.mu.Lock()
+	running := pollThread.running
+	pollThread.mu.Unlock()
+	if running {
+		t.Errorf("the process's polling thread runs, though each daemon's DPDK thread polls its sessions")
+	}
+	for _, st := range p.streams {
+		if err := st.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []*Daemon{dA, dB} {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(d.rt.remote.host.list()) != 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond) // the thread hands the ring back at its next round
+		}
+		if n := len(d.rt.remote.host.list()); n != 0 {
+			t.Errorf("the DPDK thread still polls %d sessions after their polling streams closed", n)
+		}
 	}
 }

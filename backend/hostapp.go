@@ -534,7 +534,7 @@ func (c *hostClient) drain() {
 	wait := c.region.DaemonWaiting()
 	for !c.closed.Load() {
 		if c.polling.Load() {
-			pollThread.join(c)
+			c.apps.rt.hostPoller().join(c)
 			continue
 		}
 		if c.drainOnce(false) > 0 {

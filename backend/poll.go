@@ -109,6 +109,13 @@ type hostPoller struct {
 	// sessions (dppoll.go), likewise copy on write.
 	loops   atomic.Pointer[[]*datapathState]
 	running bool // +checklocks:mu
+	// hosted: a datapath's polling thread runs the rounds
+	// (hostedRound), not a goroutine of the poller's own; stopped, that
+	// thread has ended.
+	hosted  bool
+	stopped bool // +checklocks:mu
+	// wake ends a pause of the hosting thread (Poller.Wake).
+	wake func()
 }
 
 // join hands c's TX ring to the poller and returns once it is handed
@@ -117,17 +124,55 @@ func (p *hostPoller) join(c *hostClient) {
 	back := make(chan struct{})
 	c.pollBack = back
 	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		pollThread.join(c) // the hosting datapath's loop has ended
+		return
+	}
 	p.setLocked(append(p.list(), c))
 	p.startLocked()
 	p.mu.Unlock()
+	if p.wake != nil {
+		p.wake() // a pausing datapath thread: no eventfd will wake it
+	}
 	<-back
+}
+
+// hostedRound is the polling round of a poller hosted by a datapath's
+// own polling thread (a Poller: DPDK, AF_XDP, RDMA), which calls it on
+// every turn of its loop (remote.receiver): the runtime's polling
+// sessions are then drained by the thread that sends their messages, and
+// no polling thread of the process's competes with it for the cores. It
+// reports whether there is work or anyone to poll (the datapath's thread
+// does not pause while a session polls: the session writes no eventfd to
+// wake it). On an empty round with sessions to poll it yields the CPU,
+// as the process's polling thread does: the applications' own spinners
+// need it.
+func (p *hostPoller) hostedRound() bool {
+	work, idle := p.round()
+	if work == 0 && !idle {
+		spinIdle()
+	}
+	return work > 0 || !idle
+}
+
+// stop ends a hosted poller when its datapath's loop ends: every client
+// is handed back, and later joins go to the process's polling thread.
+func (p *hostPoller) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
+	for _, c := range p.list() {
+		close(c.pollBack)
+	}
+	p.setLocked(nil)
 }
 
 // startLocked starts the polling thread unless it runs.
 //
 // +checklocks:p.mu
 func (p *hostPoller) startLocked() {
-	if !p.running {
+	if !p.running && !p.hosted {
 		p.running = true
 		go p.run()
 	}
@@ -174,25 +219,11 @@ func (p *hostPoller) setLocked(cs []*hostClient) { p.clients.Store(&cs) }
 // run is the polling thread.
 func (p *hostPoller) run() {
 	for {
-		work := 0
-		cs := p.list()
-		for _, c := range cs {
-			if c.closed.Load() || !c.polling.Load() {
-				p.leave(c)
-				continue
-			}
-			work += c.drainOnce(true)
-		}
-		ls := p.loopList()
-		for _, st := range ls {
-			if l := st.loop.Load(); l != nil && !l.stopped.Load() {
-				work += l.pollOnce()
-			}
-		}
+		work, idle := p.round()
 		if work > 0 {
 			continue
 		}
-		if len(cs) == 0 && len(ls) == 0 {
+		if idle {
 			p.mu.Lock()
 			if len(p.list()) == 0 && len(p.loopList()) == 0 { // a join meanwhile finds running set
 				p.running = false
@@ -205,12 +236,44 @@ func (p *hostPoller) run() {
 	}
 }
 
+// round is one polling round over every client and datapath: it reports
+// how much it did, and whether it has nothing to poll.
+func (p *hostPoller) round() (work int, idle bool) {
+	cs := p.list()
+	for _, c := range cs {
+		if c.closed.Load() || !c.polling.Load() {
+			p.leave(c)
+			continue
+		}
+		work += c.drainOnce(true)
+	}
+	ls := p.loopList()
+	for _, st := range ls {
+		if l := st.loop.Load(); l != nil && !l.stopped.Load() {
+			work += l.pollOnce()
+		}
+	}
+	return work, len(cs) == 0 && len(ls) == 0
+}
+
 // leave takes c off the poller and hands its ring back.
 func (p *hostPoller) leave(c *hostClient) {
 	p.mu.Lock()
-	p.setLocked(slices.DeleteFunc(slices.Clone(p.list()), func(x *hostClient) bool { return x == c }))
-	p.mu.Unlock()
-	close(c.pollBack)
+	defer p.mu.Unlock()
+	l := p.list()
+	if i := slices.Index(l, c); i >= 0 {
+		p.setLocked(slices.Delete(slices.Clone(l), i, i+1))
+		close(c.pollBack)
+	}
+}
+
+// hostPoller returns the poller of r's polling sessions: the one its
+// first Poller datapath hosts, or the process's polling thread.
+func (r *Runtime) hostPoller() *hostPoller {
+	if r.remote != nil && r.remote.host != nil {
+		return r.remote.host
+	}
+	return &pollThread
 }
 
 // pollThread is the process's polling thread.

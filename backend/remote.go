@@ -147,6 +147,9 @@ type remote struct {
 	rt   *Runtime
 	opts RemoteOptions
 	dps  []*datapathState // opts.Datapath first, then opts.Accelerated
+	// host is the poller of the runtime's polling sessions that the first
+	// Poller datapath's thread runs (poll.go); nil without one.
+	host *hostPoller
 
 	// peers is the peer set, replaced whole (copy on write) by setPeers
 	// under peersMu and read without a lock by emit and the receivers.
@@ -228,7 +231,10 @@ type datapathState struct {
 	// polling thread drives it now, and rxResume and txResume (buffered
 	// 1) wake its receiver and sender goroutines when that ends
 	// (dppoll.go).
-	loop               atomic.Pointer[dpLoop]
+	loop atomic.Pointer[dpLoop]
+	// hosts: dp's polling thread runs the polling sessions' rounds
+	// (remote.host).
+	hosts              bool
 	polled             atomic.Bool
 	rxResume, txResume chan struct{}
 	// live is dp when it implements LiveReacher; fallback lists the
@@ -332,6 +338,13 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 			st.tx = newTxSched(opts.Schedule, st.ready)
 		}
 		rm.dps = append(rm.dps, st)
+	}
+	for _, st := range rm.dps {
+		if st.poller != nil {
+			// Its polling thread drains the polling sessions too (poll.go).
+			rm.host, st.hosts = &hostPoller{hosted: true, wake: st.poller.Wake}, true
+			break
+		}
 	}
 	rm.buildRoutes()
 	rm.rel = newReliable(rm)
@@ -673,7 +686,15 @@ func (rm *remote) receiver(ctx context.Context, st *datapathState) {
 	if st.poller != nil {
 		rx := rm.newReceiveState(st.index)
 		f := &flusher{rm: rm, st: st, pkts: make([]wire.Packet, remoteBatch), ids: make([]uint32, remoteBatch), seal: rm.newSealer()}
-		if err := st.poller.Poll(ctx, rx.handle, f.flush); err != nil && ctx.Err() == nil {
+		flush := f.flush
+		if st.hosts {
+			defer rm.host.stop()
+			flush = func() bool {
+				busy := rm.host.hostedRound() // queues the sessions' messages,
+				return f.flush() || busy      // which go out in this turn
+			}
+		}
+		if err := st.poller.Poll(ctx, rx.handle, flush); err != nil && ctx.Err() == nil {
 			rm.rt.log.Error("datapath stopped receiving", "datapath", st.dp.Name(), "err", err)
 		}
 		return
