@@ -249,7 +249,11 @@ func (p *hostPoller) round() (work int, idle bool) {
 	}
 	ls := p.loopList()
 	for _, st := range ls {
-		if l := st.loop.Load(); l != nil && !l.stopped.Load() {
+		switch l := st.loop.Load(); {
+		case l == nil: // its remote has not started yet
+		case l.stopped.Load():
+			p.removeLoop(st) // its remote has ended
+		default:
 			work += l.pollOnce()
 		}
 	}
