@@ -64,25 +64,43 @@ func (rm *remote) newLoop(st *datapathState) *dpLoop {
 // pollOnce is one round of the polling thread on l: a non-blocking
 // receive and one batch sent, each only if the side's goroutine is not
 // in it. It returns how much it did (0: nothing).
+//
+// +checklocksignore: TryLock, which checklocks does not follow.
 func (l *dpLoop) pollOnce() int {
 	work := 0
 	if l.rxMu.TryLock() {
-		n, err := l.st.dp.RecvBatch(l.pkts, 0)
-		if err == nil && n > 0 {
-			l.rx.handle(l.pkts[:n])
-			l.polledBatches.Add(1)
-			work += n
-		}
+		work += l.pollRXLocked()
 		l.rxMu.Unlock()
 	}
 	if l.txMu.TryLock() {
-		if had, _ := l.fl.step(); had {
-			l.polledBatches.Add(1)
-			work++
-		}
+		work += l.pollTXLocked()
 		l.txMu.Unlock()
 	}
 	return work
+}
+
+// pollRXLocked is pollOnce's receive.
+//
+// +checklocks:l.rxMu
+func (l *dpLoop) pollRXLocked() int {
+	n, err := l.st.dp.RecvBatch(l.pkts, 0)
+	if err != nil || n == 0 {
+		return 0
+	}
+	l.rx.handle(l.pkts[:n])
+	l.polledBatches.Add(1)
+	return n
+}
+
+// pollTXLocked is pollOnce's send.
+//
+// +checklocks:l.txMu
+func (l *dpLoop) pollTXLocked() int {
+	if had, _ := l.fl.step(); !had {
+		return 0
+	}
+	l.polledBatches.Add(1)
+	return 1
 }
 
 // receive is one RecvBatch by the datapath's receiver goroutine, waiting

@@ -112,7 +112,7 @@ type hostPoller struct {
 	// hosted: a datapath's polling thread runs the rounds
 	// (hostedRound), not a goroutine of the poller's own; stopped, that
 	// thread has ended.
-	hosted  bool
+	hosted  bool // +checklocksignore
 	stopped bool // +checklocks:mu
 	// wake ends a pause of the hosting thread (Poller.Wake).
 	wake func()
