@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -326,28 +325,18 @@ func TestDPDKThreadPollsTheSessions(t *testing.T) {
 	a, b := testutil.NewNetns(t), testutil.NewNetns(t)
 	va, vb := testutil.BareVeth(t, a, b)
 	dpA, dpB := openDPDK(t, a, va, "10.98.3.1/24"), openDPDK(t, b, vb, "10.98.3.2/24")
-	sockA, sockB := filepath.Join(t.TempDir(), "a.sock"), filepath.Join(t.TempDir(), "b.sock")
-	dA, _ := startDaemonWith(t, func(o *DaemonOptions) {
-		o.AppSocket = sockA
-		o.Runtime = RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Accelerated: []Datapath{dpA}, Peers: []netip.AddrPort{dpB.LocalAddr()},
-			DirectoryInterval: 100 * time.Millisecond}}
-	})
-	dB, _ := startDaemonWith(t, func(o *DaemonOptions) {
-		o.AppSocket = sockB
-		o.Runtime = RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Accelerated: []Datapath{dpB}, Peers: []netip.AddrPort{dpA.LocalAddr()},
-			DirectoryInterval: 100 * time.Millisecond}}
-	})
+	dA, dB, sockA, sockB := appDaemons(t, dpA, dpB, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p := newUDPPing(t, ctx, openApp(t, sockA), openApp(t, sockB), dA.rt, dB.rt, 70, guestlib.StreamOptions{Acceleration: true, Poll: true})
-	p.run(t, ctx, 20)
+	p.Run(t, ctx, 20)
 	for _, d := range []*Daemon{dA, dB} {
 		if n := len(d.rt.remote.host.list()); n != 1 {
 			t.Fatalf("the DPDK thread polls %d sessions, want 1", n)
 		}
 	}
 	sleeps := dpA.Stats().Sleeps + dpB.Stats().Sleeps
-	p.run(t, ctx, 2000)
+	p.Run(t, ctx, 2000)
 	if s := dpA.Stats().Sleeps + dpB.Stats().Sleeps; s != sleeps {
 		t.Errorf("the DPDK threads paused %d times while sessions polled", s-sleeps)
 	}
@@ -358,7 +347,7 @@ func TestDPDKThreadPollsTheSessions(t *testing.T) {
 			}
 		}
 	}
-	for _, st := range p.streams {
+	for _, st := range p.Streams {
 		if err := st.Close(ctx); err != nil {
 			t.Fatal(err)
 		}

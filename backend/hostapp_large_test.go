@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net/netip"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -116,18 +114,7 @@ func totalLarge(n uint64) int {
 // Reliable, so every message arrives, in order, byte for byte.
 func TestHostLargeMessagesTwoDaemons(t *testing.T) {
 	testutil.Integration(t)
-	dpA, dpB := loopbackPlugin(t), loopbackPlugin(t)
-	sockA, sockB := filepath.Join(t.TempDir(), "a.sock"), filepath.Join(t.TempDir(), "b.sock")
-	dA, _ := startDaemonWith(t, func(o *DaemonOptions) {
-		o.AppSocket = sockA
-		o.Runtime = RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Datapath: dpA, Peers: []netip.AddrPort{dpB.LocalAddr()},
-			DirectoryInterval: 100 * time.Millisecond}}
-	})
-	startDaemonWith(t, func(o *DaemonOptions) {
-		o.AppSocket = sockB
-		o.Runtime = RuntimeOptions{NodeID: 2, Remote: RemoteOptions{Datapath: dpB, Peers: []netip.AddrPort{dpA.LocalAddr()},
-			DirectoryInterval: 100 * time.Millisecond}}
-	})
+	dA, _, sockA, sockB := appDaemons(t, loopbackPlugin(t), loopbackPlugin(t), false)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rx, tx := openApp(t, sockB), openApp(t, sockA)

@@ -691,19 +691,26 @@ func (e *spyEndpoint) deliver(_ *Sink, _, _ uint64, p []byte) bool { e.at = &p[0
 func (e *spyEndpoint) String() string                              { return "spy" }
 func (e *spyEndpoint) sessionClosed(*Session)                      {}
 
+// clientPair makes two clients of one runtime's host transport, src
+// with a source (so, on stream sst) and dst with a sink (sk) on channel 3.
+func clientPair(t *testing.T) (h *hostApps, src, dst *hostClient, sst *Stream, so *Source, sk *Sink) {
+	h = &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
+	src, dst = newTestClient(t, h), newTestClient(t, h)
+	ss, ds := src.sess.Load(), dst.sess.Load()
+	sst, _ = ss.CreateStream(StreamOptions{})
+	so, _ = ss.CreateSource(sst.ID, 3)
+	dst2, _ := ds.CreateStream(StreamOptions{})
+	sk, _ = ds.CreateSink(dst2.ID, 3)
+	return h, src, dst, sst, so, sk
+}
+
 // TestHostDrainAllocatesNothing: the daemon's per-message path — a TX
 // entry drained, emitted, delivered into another client's RX slot,
 // published, its slot reclaimed — allocates nothing; the runtime gets the
 // message in the TX slot itself (no copy on the way in), and the one copy
 // is into the RX slot.
 func TestHostDrainAllocatesNothing(t *testing.T) {
-	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
-	src, dst := newTestClient(t, h), newTestClient(t, h)
-	ss, ds := src.sess.Load(), dst.sess.Load()
-	sst, _ := ss.CreateStream(StreamOptions{})
-	so, _ := ss.CreateSource(sst.ID, 3)
-	dst2, _ := ds.CreateStream(StreamOptions{})
-	sk, _ := ds.CreateSink(dst2.ID, 3)
+	h, src, dst, _, so, sk := clientPair(t)
 	spy := &spyEndpoint{}
 	spyS := h.rt.OpenSession(spy, netip.AddrPort{})
 	spySt, _ := spyS.CreateStream(StreamOptions{})
@@ -985,13 +992,7 @@ func TestEmitsBeforeCloseAreDelivered(t *testing.T) {
 // counted once; the drain goroutine's drain (not polled) would have
 // waited for it.
 func TestPolledDrainNeverWaits(t *testing.T) {
-	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
-	src, dst := newTestClient(t, h), newTestClient(t, h)
-	ss, ds := src.sess.Load(), dst.sess.Load()
-	sst, _ := ss.CreateStream(StreamOptions{})
-	so, _ := ss.CreateSource(sst.ID, 3)
-	dst2, _ := ds.CreateStream(StreamOptions{})
-	sk, _ := ds.CreateSink(dst2.ID, 3)
+	_, src, dst, sst, so, sk := clientPair(t)
 	app, sinkApp := newTestApp(src), newTestApp(dst)
 	payload := make([]byte, 8)
 	for i := range uint64(3) {

@@ -2,22 +2,20 @@ package guestlib_test
 
 import (
 	"context"
-	"encoding/binary"
 	"testing"
 	"time"
 
 	"github.com/veloce-io/veloce/backend"
 	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/guestlib/guestlibtest"
 )
 
 // pingPong is a ping-pong between two host applications over channels
 // ch (a to b) and ch+1 (back), on streams with the same options.
 type pingPong struct {
-	t          *testing.T
-	ast, bst   *guestlib.Stream
-	aSrc, bSrc *guestlib.Source
-	aSink      *guestlib.Sink
-	bSink      *guestlib.Sink
+	guestlibtest.PingPong
+	t        *testing.T
+	ast, bst *guestlib.Stream
 }
 
 func newPingPong(t *testing.T, a, b *guestlib.Session, ch uint32, opts guestlib.StreamOptions) *pingPong {
@@ -32,10 +30,10 @@ func newPingPong(t *testing.T, a, b *guestlib.Session, ch uint32, opts guestlib.
 	if p.bst, err = b.CreateStream(ctx, opts); err != nil {
 		t.Fatal(err)
 	}
-	p.aSrc, _ = p.ast.CreateSource(ctx, ch)
-	p.aSink, _ = p.ast.CreateSink(ctx, ch+1, guestlib.SinkOptions{})
-	p.bSrc, _ = p.bst.CreateSource(ctx, ch+1)
-	if p.bSink, err = p.bst.CreateSink(ctx, ch, guestlib.SinkOptions{}); err != nil {
+	p.ASrc, _ = p.ast.CreateSource(ctx, ch)
+	p.ASink, _ = p.ast.CreateSink(ctx, ch+1, guestlib.SinkOptions{})
+	p.BSrc, _ = p.bst.CreateSource(ctx, ch+1)
+	if p.BSink, err = p.bst.CreateSink(ctx, ch, guestlib.SinkOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -44,52 +42,10 @@ func newPingPong(t *testing.T, a, b *guestlib.Session, ch uint32, opts guestlib.
 // run makes n round trips, checking every reply carries its request's
 // number.
 func (p *pingPong) run(n int) {
-	t := p.t
-	t.Helper()
+	p.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	send := func(src *guestlib.Source, i uint64) error {
-		buf, err := src.GetBufferContext(ctx, 8)
-		if err != nil {
-			return err
-		}
-		binary.LittleEndian.PutUint64(buf.Data, i)
-		_, err = src.Emit(buf)
-		return err
-	}
-	echoed := make(chan error, 1)
-	go func() {
-		for i := 0; i < n; i++ {
-			m, err := p.bSink.Consume(ctx)
-			if err != nil {
-				echoed <- err
-				return
-			}
-			v := binary.LittleEndian.Uint64(m.Data)
-			m.Release()
-			if err := send(p.bSrc, v); err != nil {
-				echoed <- err
-				return
-			}
-		}
-		echoed <- nil
-	}()
-	for i := 0; i < n; i++ {
-		if err := send(p.aSrc, uint64(i)); err != nil {
-			t.Fatalf("round trip %d: %v", i, err)
-		}
-		m, err := p.aSink.Consume(ctx)
-		if err != nil {
-			t.Fatalf("round trip %d: %v", i, err)
-		}
-		if v := binary.LittleEndian.Uint64(m.Data); v != uint64(i) {
-			t.Fatalf("round trip %d came back as %d", i, v)
-		}
-		m.Release()
-	}
-	if err := <-echoed; err != nil {
-		t.Fatal(err)
-	}
+	p.Run(p.t, ctx, n)
 }
 
 // wakeups returns the daemon's RX wake-ups of host applications so far,
