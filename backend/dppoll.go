@@ -45,6 +45,9 @@ type dpLoop struct {
 	// woken counts the batches the receiver and sender goroutines moved,
 	// polledBatches those the polling thread did (DatapathInfo).
 	woken, polledBatches atomic.Uint64
+	// inlineBatches counts the batches emitters sent themselves
+	// (flushInline).
+	inlineBatches atomic.Uint64
 
 	// stopped is set when the remote's run ends: the polling thread
 	// leaves the datapath alone from then on.
@@ -146,6 +149,65 @@ type recvInterrupter interface {
 	// InterruptRecv makes a RecvBatch waiting now return at once, as if
 	// its time ran out.
 	InterruptRecv()
+}
+
+// Sending on the emitter's goroutine. An application's drain goroutine
+// that emits a batch of messages to peers sends them itself, at the
+// batch's end, when the datapath's sender goroutine is not sending
+// (batchEmits, flushInline): the message then goes out without the
+// sender's wake-up, and a batch still goes in one sendmmsg(2). While a
+// batch is being emitted, queue does not kick the sender; what the batch
+// end cannot send (the sender holds the datapath, the send queue is
+// full, a gate is closed) is left to the sender, kicked then.
+
+// batchEmits says the caller is about to emit a batch and will call
+// flushInline after it.
+func (rm *remote) batchEmits() { rm.inline.Add(1) }
+
+// flushInline ends a batch of batchEmits: it sends what the runtime
+// queued on the datapaths it drives itself, on the caller's goroutine,
+// a few batches at most, and kicks the sender of any datapath it left
+// messages on.
+//
+// +checklocksignore: TryLock, which checklocks does not follow.
+func (rm *remote) flushInline() {
+	rm.inline.Add(-1)
+	for _, st := range rm.dps {
+		l := st.loop.Load()
+		if l == nil || st.polled.Load() {
+			continue // a Poller's thread, or the polling thread, sends
+		}
+		if st.pushed.Load() == st.done.Load() {
+			continue // nothing queued
+		}
+		if l.txMu.TryLock() {
+			for range 4 {
+				if l.sendInlineLocked() == 0 {
+					break
+				}
+			}
+			l.txMu.Unlock()
+		}
+		if st.pushed.Load() != st.done.Load() {
+			select {
+			case st.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// sendInlineLocked is one batch sent by flushInline: 0 when there was
+// none or the datapath took only part of it (the sender goes on).
+//
+// +checklocks:l.txMu
+func (l *dpLoop) sendInlineLocked() int {
+	had, _ := l.fl.step()
+	if !had || l.fl.done < l.fl.n {
+		return 0
+	}
+	l.inlineBatches.Add(1)
+	return 1
 }
 
 // setPolled hands the datapaths the runtime drives to the polling thread

@@ -584,6 +584,12 @@ func (c *hostClient) drainOnce(polled bool) int {
 		return 0
 	}
 	n = min(n, hostBatch)
+	if rm := c.apps.rt.remote; rm != nil && !polled {
+		// Messages to peers go out at the batch's end, from here
+		// (flushInline); the polling thread sends its own in its round.
+		rm.batchEmits()
+		defer rm.flushInline()
+	}
 	s := c.sess.Load()
 	space := c.done.Space(n)
 	var done uint32

@@ -420,6 +420,9 @@ func (rm *remote) queue(dpi int, id uint32, n int, p *peer, c wire.Class) {
 	if st.polled.Load() {
 		return // the polling thread sends it (dppoll.go)
 	}
+	if rm.inline.Load() > 0 {
+		return // the batch's emitter sends it, or kicks (flushInline)
+	}
 	select {
 	case st.kick <- struct{}{}:
 	default:
@@ -932,6 +935,10 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 // A message refused because its stream is moving to another datapath
 // (SetStreamQoS) waits too, whatever the stream's reliability, for at most
 // the drain bound past the reliable timeout.
+//
+// The caller is in a batch of emits (batchEmits): the wait ends the batch
+// first (what it queued goes out, or its senders are kicked), and begins
+// another after.
 func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
 	taken, full, reliable, paused := r.emitOnce(src, payload)
 	if (!reliable && !paused) || taken > 0 || full == 0 {
@@ -942,6 +949,10 @@ func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (take
 		timeout = r.remote.rel.timeout
 	}
 	deadline := time.Now().Add(timeout + QoSDrainTimeout)
+	if r.remote != nil {
+		r.remote.flushInline()
+		defer r.remote.batchEmits()
+	}
 	for pause := 10 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
 		time.Sleep(pause)
 		if src.Unreachable() || gone.Load() || time.Now().After(deadline) {

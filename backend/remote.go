@@ -147,6 +147,9 @@ type remote struct {
 	rt   *Runtime
 	opts RemoteOptions
 	dps  []*datapathState // opts.Datapath first, then opts.Accelerated
+	// inline counts the emitters in a batch that they will flush
+	// themselves (flushInline).
+	inline atomic.Int32
 	// host is the poller of the runtime's polling sessions that the first
 	// Poller datapath's thread runs (poll.go); nil without one.
 	host *hostPoller
@@ -1005,7 +1008,7 @@ func (r *Runtime) Remote() RemoteInfo {
 		d.TSN = st.tx.info()
 		d.Polled = st.polled.Load()
 		if l := st.loop.Load(); l != nil {
-			d.Wakeups, d.PolledBatches = l.woken.Load(), l.polledBatches.Load()
+			d.Wakeups, d.PolledBatches, d.InlineBatches = l.woken.Load(), l.polledBatches.Load(), l.inlineBatches.Load()
 		}
 		info.Datapaths = append(info.Datapaths, d)
 	}

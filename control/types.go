@@ -331,6 +331,10 @@ type DatapathInfo struct {
 	// Both are 0 for datapaths with a polling thread of their own.
 	Wakeups       uint64 `json:"wakeups"`
 	PolledBatches uint64 `json:"polled_batches"`
+	// InlineBatches counts the batches an application's drain sent
+	// itself at the end of a batch of emits, without waking the
+	// datapath's sender.
+	InlineBatches uint64 `json:"inline_batches"`
 	// Stats are the datapath's own counters (a JSON object whose fields
 	// depend on the datapath); a Client decodes them as a map.
 	Stats any `json:"stats,omitempty"`
