@@ -56,6 +56,13 @@ func store32(b []byte, off int, v uint32) {
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[off])), v)
 }
 
+// store64 atomically writes the u64 at b[off:off+8], which must be 8-byte
+// aligned in host memory.
+func store64(b []byte, off int, v uint64) {
+	_ = b[off+7]
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&b[off])), v)
+}
+
 // load32 atomically reads the u32 at b[off:off+4], which must be 4-byte
 // aligned in host memory.
 func load32(b []byte, off int) uint32 {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/veloce-io/veloce/vhostuser"
 	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
+	"golang.org/x/sys/unix"
 )
 
 // waitPackedUsed waits for the driver's next used descriptor.
@@ -26,8 +27,8 @@ func waitPackedUsed(t *testing.T, d *vhostusertest.PackedDriver) (uint16, uint32
 // TestPackedDeviceStopsAndResumes negotiates RING_PACKED as QEMU does
 // (packed=on), runs an ARP exchange over packed TX and RX rings, stops
 // them with GET_VRING_BASE (positions and wrap counters in both halves,
-// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD is
-// refused on a packed device.
+// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD
+// hands out a region laid out for packed queues.
 func TestPackedDeviceStopsAndResumes(t *testing.T) {
 	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
 	dev := newNetDevice(t, 1, rec)
@@ -102,11 +103,14 @@ func TestPackedDeviceStopsAndResumes(t *testing.T) {
 	waitPackedUsed(t, tx)
 	exchange(101)
 
-	// No inflight tracking for packed rings: GET_INFLIGHT_FD answers no
-	// region (mmap_size 0, no fd), and the device goes on.
+	// GET_INFLIGHT_FD on a packed device: a region laid out for packed
+	// queues; the rings restart on it where they were, and go on.
 	f.send(vhostuser.GetInflightFD, 0, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: 2, QueueSize: size}))
 	r := f.reply(vhostuser.GetInflightFD)
-	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 0 || len(r.FDs) != 0 {
+	for _, fd := range r.FDs {
+		defer unix.Close(fd)
+	}
+	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 2*vhostuser.InflightQueueSizePacked(size) || len(r.FDs) != 1 {
 		t.Fatalf("GET_INFLIGHT_FD on a packed device: payload %x, %d fds", r.Payload, len(r.FDs))
 	}
 	exchange(102)
