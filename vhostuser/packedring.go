@@ -239,7 +239,12 @@ func (r *PackedRing) countError() { r.errors.Store(r.errors.Load() + 1) }
 
 // isAvail reports whether descriptor flags f are available for wrap.
 func isAvail(f uint16, wrap bool) bool {
-	return (f&PackedDescFAvail != 0) == wrap && (f&PackedDescFUsed != 0) != wrap
+	// AVAIL equal to wrap and USED not: one compare of both bits.
+	want := uint16(PackedDescFUsed)
+	if wrap {
+		want = PackedDescFAvail
+	}
+	return f&(PackedDescFAvail|PackedDescFUsed) == want
 }
 
 // flagsAt reads the id and flags of descriptor i in one atomic load (an
@@ -281,14 +286,30 @@ func (r *PackedRing) Pop(c *Chain) (bool, error) {
 	if s := r.inflight; s != nil && len(s.resubmit) > 0 {
 		return r.popResubmitted(c, s)
 	}
-	if _, f := r.flagsAt(r.lastAvail); !isAvail(f, r.availWrap) {
+	off := int(r.lastAvail) * DescSize
+	d := (*[DescSize]byte)(r.desc[off : off+DescSize])
+	w := load32(d[:], 12) // the id and flags, then the rest (an acquire)
+	id, flags := uint16(w), uint16(w>>16)
+	if !isAvail(flags, r.availWrap) {
 		return false, nil
 	}
 	c.reset()
 	c.slot, c.wrap = r.lastAvail, r.availWrap
-	count, id, err := r.walk(c)
+	var count uint16
+	var err error
+	if flags&(DescFNext|DescFIndirect) == 0 && r.inflight == nil {
+		// The common case, one direct descriptor: walk's work without
+		// its loop.
+		count = 1
+		err = c.addBuffer(r.mem.table.Load(), binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12]), r.maxLen, flags&DescFWrite != 0)
+		if r.lastAvail++; r.lastAvail == r.size {
+			r.lastAvail, r.availWrap = 0, !r.availWrap
+		}
+	} else {
+		count, id, err = r.walk(c, id, flags)
+		r.lastAvail, r.availWrap = r.advance(r.lastAvail, r.availWrap, count)
+	}
 	c.head, c.count = id, count
-	r.lastAvail, r.availWrap = r.advance(r.lastAvail, r.availWrap, count)
 	if s := r.inflight; s != nil {
 		// Every chain taken is recorded, a malformed one too: it is
 		// returned with the next batch, and until then it is in flight.
@@ -362,14 +383,18 @@ func (r *PackedRing) advance(idx uint16, wrap bool, n uint16) (uint16, bool) {
 	return uint16(next), wrap
 }
 
-// walk reads the chain at lastAvail (2.8.6, 2.8.17) into c. It returns
-// how many ring descriptors the chain takes and its buffer id; a malformed
+// walk reads the chain at lastAvail (2.8.6, 2.8.17) into c; firstID and
+// firstFlags are its first descriptor's, which Pop read. It returns how
+// many ring descriptors the chain takes and its buffer id; a malformed
 // chain is still followed to its end, so that it can be returned whole.
-func (r *PackedRing) walk(c *Chain) (count, id uint16, err error) {
+func (r *PackedRing) walk(c *Chain, firstID, firstFlags uint16) (count, id uint16, err error) {
 	t := r.mem.table.Load() // one snapshot for the whole chain
 	idx, wrap := r.lastAvail, r.availWrap
+	did, flags := firstID, firstFlags
 	for count < r.size {
-		did, flags := r.flagsAt(idx)
+		if count > 0 {
+			did, flags = r.flagsAt(idx)
+		}
 		if count > 0 && !isAvail(flags, wrap) {
 			// The driver makes a chain available head last: a NEXT into
 			// a descriptor it has not made available is malformed.
@@ -445,11 +470,14 @@ func (r *PackedRing) Push(c *Chain, written uint32) error {
 	if c.owner != Queue(r) || written > c.writableLen {
 		return ErrBadPush
 	}
-	if ls := r.logState.Load(); ls != nil && !ls.markWritten(c, written) {
+	ls := r.logState.Load()
+	if ls != nil && !ls.markWritten(c, written) {
 		r.countError()
 	}
-	r.pushUsed(c.head, c.count, written)
-	r.pushedEntry(c.entry)
+	r.pushUsedLog(c.head, c.count, written, ls)
+	if r.inflight != nil {
+		r.pushedEntry(c.entry)
+	}
 	c.owner = nil
 	return nil
 }
@@ -471,8 +499,13 @@ func (r *PackedRing) unpop(c *Chain) bool {
 // pushUsed writes a used entry for buffer id, which took count ring
 // descriptors, at usedIdx (2.8.9). Publish makes it visible.
 func (r *PackedRing) pushUsed(id, count uint16, length uint32) {
+	r.pushUsedLog(id, count, length, r.logState.Load())
+}
+
+// pushUsedLog is pushUsed with the logging state loaded.
+func (r *PackedRing) pushUsedLog(id, count uint16, length uint32, ls *ringLog) {
 	off := int(r.usedIdx) * DescSize
-	binary.LittleEndian.PutUint32(r.desc[off+8:off+12], length)
+	d := (*[DescSize]byte)(r.desc[off : off+DescSize])
 	flags := uint16(0)
 	if length > 0 {
 		flags = DescFWrite
@@ -482,13 +515,22 @@ func (r *PackedRing) pushUsed(id, count uint16, length uint32) {
 	}
 	w := uint32(id) | uint32(flags)<<16
 	if !r.held {
+		binary.LittleEndian.PutUint32(d[8:12], length)
 		r.held, r.heldWord = true, w
 	} else {
-		// A plain store: the driver reads this entry only after the
+		// Plain stores: the driver reads this entry only after the
 		// held one, whose store in Publish orders it.
-		binary.LittleEndian.PutUint32(r.desc[off+12:off+16], w)
+		binary.LittleEndian.PutUint64(d[8:16], uint64(length)|uint64(w)<<32)
 	}
-	r.logRing(r.descGPA+uint64(off), DescSize)
+	if ls != nil && ls.logUsed && ls.log.Mark(r.descGPA+uint64(off), DescSize) != nil {
+		r.countError()
+	}
+	if count == 1 {
+		if r.usedIdx++; r.usedIdx == r.size {
+			r.usedIdx, r.usedWrap = 0, !r.usedWrap
+		}
+		return
+	}
 	r.usedIdx, r.usedWrap = r.advance(r.usedIdx, r.usedWrap, count)
 }
 
