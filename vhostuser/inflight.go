@@ -347,8 +347,12 @@ func (s *packedInflight) entry(i uint16) []byte {
 	return s.region[off : off+packedInflightDescSize : off+packedInflightDescSize]
 }
 
+// The header's words are stored whole (never torn) and in program order;
+// no one reads the region while the ring runs, so no barrier is needed:
+// a crash leaves the stores made before it, and none after.
+
 func (s *packedInflight) storeFree(cur, old uint16) {
-	store32(s.region, pinfFree, uint32(cur)|uint32(old)<<16)
+	put32(s.region, pinfFree, uint32(cur)|uint32(old)<<16)
 	s.stepped()
 }
 
@@ -360,7 +364,7 @@ func (s *packedInflight) storeUsed(cur uint16, curWrap bool, old uint16, oldWrap
 	if oldWrap {
 		v |= 1 << 40
 	}
-	store64(s.region, pinfUsed, v)
+	put64(s.region, pinfUsed, v)
 	s.stepped()
 }
 
@@ -545,7 +549,7 @@ func parsePackedInflight(region []byte, size uint16, published func(idx uint16, 
 func (s *packedInflight) settle(used uint16, wrap bool) {
 	if !s.restored {
 		s.usedIdx, s.usedWrap = used, wrap
-		store32(s.region, pinfVersion, uint32(s.size)<<16) // version 0 until done
+		put32(s.region, pinfVersion, uint32(s.size)<<16) // version 0 until done
 		s.stepped()
 		for i := uint16(0); i < s.size; i++ {
 			s.next[i] = i + 1
@@ -557,7 +561,7 @@ func (s *packedInflight) settle(used uint16, wrap bool) {
 		s.freeHead = 0
 		s.storeFree(0, 0)
 		s.storeUsed(used, wrap, used, wrap)
-		store32(s.region, pinfVersion, inflightVersion|uint32(s.size)<<16)
+		put32(s.region, pinfVersion, inflightVersion|uint32(s.size)<<16)
 		s.stepped()
 		return
 	}
@@ -589,10 +593,9 @@ func (s *packedInflight) record(first bool, addr uint64, length uint32, id, flag
 		s.recOK = false // more descriptors in flight than the ring holds
 		return
 	}
-	b := s.entry(e)
-	binary.LittleEndian.PutUint32(b[16:], uint32(id)|uint32(flags)<<16)
-	binary.LittleEndian.PutUint32(b[20:], length)
-	binary.LittleEndian.PutUint64(b[24:], addr)
+	off := packedInflightHeaderSize + packedInflightDescSize*int(e)
+	put64(s.region, off+16, uint64(id)|uint64(flags)<<16|uint64(length)<<32)
+	put64(s.region, off+24, addr)
 	s.stepped()
 	s.recLast, s.recN = e, s.recN+1
 	s.freeHead = s.next[e]
@@ -608,11 +611,10 @@ func (s *packedInflight) taken() (uint16, bool) {
 	h := s.recHead
 	s.last[h], s.num[h] = s.recLast, s.recN
 	s.counter++
-	b := s.entry(h)
-	binary.LittleEndian.PutUint16(b[4:], s.recLast)
-	binary.LittleEndian.PutUint16(b[6:], s.recN)
-	binary.LittleEndian.PutUint64(b[8:], s.counter)
-	b[0] = 1
+	off := packedInflightHeaderSize + packedInflightDescSize*int(h)
+	put64(s.region, off+8, s.counter)
+	// inflight 1 | next | last | num in one store, after the counter.
+	put64(s.region, off, 1|uint64(s.next[h])<<16|uint64(s.recLast)<<32|uint64(s.recN)<<48)
 	s.stepped()
 	s.storeFree(s.freeHead, s.freeHead)
 	return h, true
@@ -675,5 +677,5 @@ func (s *packedInflight) returned(used uint16, wrap bool) {
 // forget marks the region as holding no state (version 0), for a ring
 // that stops tracking.
 func (s *packedInflight) forget() {
-	store32(s.region, pinfVersion, uint32(s.size)<<16)
+	put32(s.region, pinfVersion, uint32(s.size)<<16)
 }

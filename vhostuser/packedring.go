@@ -297,11 +297,15 @@ func (r *PackedRing) Pop(c *Chain) (bool, error) {
 	c.slot, c.wrap = r.lastAvail, r.availWrap
 	var count uint16
 	var err error
-	if flags&(DescFNext|DescFIndirect) == 0 && r.inflight == nil {
+	if flags&(DescFNext|DescFIndirect) == 0 {
 		// The common case, one direct descriptor: walk's work without
 		// its loop.
 		count = 1
-		err = c.addBuffer(r.mem.table.Load(), binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12]), r.maxLen, flags&DescFWrite != 0)
+		addr, length := binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12])
+		if s := r.inflight; s != nil {
+			s.record(true, addr, length, id, flags)
+		}
+		err = c.addBuffer(r.mem.table.Load(), addr, length, r.maxLen, flags&DescFWrite != 0)
 		if r.lastAvail++; r.lastAvail == r.size {
 			r.lastAvail, r.availWrap = 0, !r.availWrap
 		}
