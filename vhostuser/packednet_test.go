@@ -297,25 +297,7 @@ func TestPackedInflightRegionSurvivesReconnect(t *testing.T) {
 	calls := [2]int{newEventfd(t), newEventfd(t)}
 	firstRX, firstTX := rx.Base()|rx.Base()<<16, tx.Base()|tx.Base()<<16
 	connect := func(inflight *vhostuser.Inflight, fd int) (*testFrontend, func() error) {
-		f, wait := serveDevice(t, dev)
-		if acked := f.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), protocol); !acked.Has(vhostuser.FRingPacked) {
-			t.Fatalf("RING_PACKED not acked: %#x", uint64(acked))
-		}
-		if inflight != nil {
-			f.set(vhostuser.SetInflightFD, vhostuser.AppendInflight(nil, *inflight), fd)
-		}
-		f.setMemTable(g)
-		for index, d := range []*vhostusertest.PackedDriver{rx, tx} {
-			i := uint32(index)
-			f.vringState(vhostuser.SetVringNum, i, size)
-			f.vringState(vhostuser.SetVringBase, i, []uint32{firstRX, firstTX}[index])
-			f.set(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(i, false)))
-			f.set(vhostuser.SetVringKick, u64(uint64(i)), kicks[index])
-			f.set(vhostuser.SetVringCall, u64(uint64(i)), calls[index])
-			f.vringState(vhostuser.SetVringEnable, i, 1)
-		}
-		f.sync()
-		return f, wait
+		return packedConnect(t, dev, g, [2]*vhostusertest.PackedDriver{rx, tx}, [2]uint32{firstRX, firstTX}, kicks, calls, inflight, fd)
 	}
 	// The RX buffers the exchanges use: posted ahead, two at a time.
 	var rxPosted []uint16
@@ -388,4 +370,70 @@ func TestPackedInflightRegionSurvivesReconnect(t *testing.T) {
 		t.Errorf("device errors %d", s.Errors)
 	}
 	_ = f3
+}
+
+// packedConnect serves dev to a new frontend that negotiates packed rings
+// and inflight tracking, hands over inflight (with fd) when set, and sets
+// up the two rings with bases.
+func packedConnect(t *testing.T, dev *vhostuser.NetDevice, g *vhostusertest.Guest, drv [2]*vhostusertest.PackedDriver, bases [2]uint32, kicks, calls [2]int, inflight *vhostuser.Inflight, fd int) (*testFrontend, func() error) {
+	t.Helper()
+	f, wait := serveDevice(t, dev)
+	protocol := qemuProtocol | vhostuser.Bit(vhostuser.ProtocolFInflightShmfd)
+	if acked := f.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), protocol); !acked.Has(vhostuser.FRingPacked) {
+		t.Fatalf("RING_PACKED not acked: %#x", uint64(acked))
+	}
+	if inflight != nil {
+		f.set(vhostuser.SetInflightFD, vhostuser.AppendInflight(nil, *inflight), fd)
+	}
+	f.setMemTable(g)
+	for index, d := range drv {
+		i := uint32(index)
+		f.vringState(vhostuser.SetVringNum, i, uint32(d.Size))
+		f.vringState(vhostuser.SetVringBase, i, bases[index])
+		f.set(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(i, false)))
+		f.set(vhostuser.SetVringKick, u64(uint64(i)), kicks[index])
+		f.set(vhostuser.SetVringCall, u64(uint64(i)), calls[index])
+		f.vringState(vhostuser.SetVringEnable, i, 1)
+	}
+	f.sync()
+	return f, wait
+}
+
+// TestPackedFrontendTruncatesInflightRegion: a frontend hands over its
+// own memfd as the inflight region of a packed device and truncates it
+// while the rings run. The daemon does not fault: the next chain it takes
+// touches the region, that frontend is dropped (ErrMemoryFault, naming
+// the inflight region), and the next frontend is served.
+func TestPackedFrontendTruncatesInflightRegion(t *testing.T) {
+	rec := newRecorder(nil)
+	dev := newNetDevice(t, 1, rec)
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	const size = 8
+	rx := vhostusertest.NewPackedDriver(g, ringGPA, size, dataGPA, dataGPA+dataStride)
+	tx := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, size, dataGPA+dataStride, dataGPA+2*dataStride)
+	in := vhostuser.Inflight{MmapSize: 2 * vhostuser.InflightQueueSizePacked(size), NumQueues: 2, QueueSize: size}
+	fd, err := unix.MemfdCreate("hostile-inflight", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(in.MmapSize)); err != nil {
+		t.Fatal(err)
+	}
+	kicks := [2]int{newEventfd(t), newEventfd(t)}
+	calls := [2]int{newEventfd(t), newEventfd(t)}
+	_, wait := packedConnect(t, dev, g, [2]*vhostusertest.PackedDriver{rx, tx}, [2]uint32{rx.Base(), tx.Base()}, kicks, calls, &in, fd)
+	tx.AddChain(txChain(arpRequest(1), false)...)
+	writeEventfd(t, kicks[1])
+	if got := rec.next(t); got.frame[41] != 1 {
+		t.Fatalf("frame tag %d", got.frame[41])
+	}
+	waitPackedUsed(t, tx)
+	if err := unix.Ftruncate(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	tx.AddChain(txChain(arpRequest(2), false)...)
+	writeEventfd(t, kicks[1])
+	expectDropped(t, dev, wait, vhostuser.ErrMemoryFault, "inflight region", nil)
+	servedAgain(t, dev, rec)
 }
