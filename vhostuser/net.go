@@ -1164,8 +1164,15 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 	}
 	packed := d.features.Has(FRingPacked)
 	var inflight []byte
-	if r := d.inflight; r != nil && r.packed == packed && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
-		inflight = r.queue(int(vr.addr.Index))
+	if r := d.inflight; r != nil && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
+		if r.packed == packed {
+			inflight = r.queue(int(vr.addr.Index))
+		} else {
+			// The region was made or handed over before SET_FEATURES
+			// said which layout the rings have.
+			d.log.Warn("inflight region laid out for the other ring layout; the ring runs without inflight tracking",
+				"ring", vr.addr.Index, "packed rings", packed)
+		}
 	}
 	if packed {
 		return NewPackedRing(d.mem, PackedRingOptions{
