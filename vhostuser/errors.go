@@ -72,6 +72,10 @@ var (
 	// that is zero, not a power of two or above MaxQueueSize, misaligned
 	// ring addresses, or rings that are not mapped.
 	ErrBadRing = errors.New("vhostuser: bad ring configuration")
+	// ErrBadInflight reports an inflight region (SET_INFLIGHT_FD) whose
+	// contents cannot be a state this device left: the ring is not
+	// started on it.
+	ErrBadInflight = errors.New("vhostuser: corrupt inflight region")
 	// ErrRingBroken reports that the driver moved the available index by more
 	// than the queue size; the ring cannot be trusted until it is reset.
 	ErrRingBroken = errors.New("vhostuser: ring broken: available index moved by more than queue size")

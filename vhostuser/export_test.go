@@ -138,3 +138,40 @@ func (d *NetDevice) PollerHandle(qp int) any {
 
 // Unpop is the poller's unpop on a ring of this package.
 func Unpop(q Queue, c *Chain) bool { return q.(pollRing).unpop(c) }
+
+// SetInflightStep makes r call step after every store to its inflight
+// region that a crash could fall after, and after it makes a used batch
+// visible; a step that panics is a backend dying there.
+func SetInflightStep(r *PackedRing, step func()) {
+	if r.inflight != nil {
+		r.inflight.step = step
+	}
+}
+
+// PackedInflightState is what a packed ring recovers from its region.
+type PackedInflightState struct {
+	Restored bool     // the region held state
+	UsedIdx  uint16   // where the ring resumes returning buffers
+	UsedWrap bool     // and its wrap counter
+	InFlight uint16   // ring descriptors the chains to resubmit take
+	Resubmit []uint16 // head entries of the chains to resubmit, oldest first
+	Free     int      // entries on the free list once settled
+}
+
+// ParsePackedInflight recovers region as a packed ring of size
+// descriptors starting at used position 0, wrap 1, would, with the
+// ring's descriptor at the old used position published or not, and
+// settles the region (writes what it found back).
+func ParsePackedInflight(region []byte, size uint16, published bool) (PackedInflightState, error) {
+	s, err := parsePackedInflight(region, size, func(uint16, bool) bool { return published })
+	if err != nil {
+		return PackedInflightState{}, err
+	}
+	st := PackedInflightState{Restored: s.restored, InFlight: s.inFlight, Resubmit: append([]uint16(nil), s.resubmit...)}
+	s.settle(0, true)
+	st.UsedIdx, st.UsedWrap = s.usedIdx, s.usedWrap
+	for x := s.freeHead; x < size && st.Free <= int(size); x = s.next[x] {
+		st.Free++
+	}
+	return st, nil
+}

@@ -56,6 +56,21 @@ func store32(b []byte, off int, v uint32) {
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[off])), v)
 }
 
+// put32 and put64 write the u32 or u64 at b[off:], which must be aligned
+// in host memory, with one plain store instruction: never torn, in
+// program order with the caller's other stores, but with no barrier. For
+// memory no one reads while the device runs (the inflight region, read
+// by a later backend after this one is gone).
+func put32(b []byte, off int, v uint32) {
+	_ = b[off+3]
+	*(*uint32)(unsafe.Pointer(&b[off])) = v
+}
+
+func put64(b []byte, off int, v uint64) {
+	_ = b[off+7]
+	*(*uint64)(unsafe.Pointer(&b[off])) = v
+}
+
 // load32 atomically reads the u32 at b[off:off+4], which must be 4-byte
 // aligned in host memory.
 func load32(b []byte, off int) uint32 {

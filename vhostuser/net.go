@@ -842,25 +842,18 @@ func (d *NetDevice) getStatus(r *request) error {
 }
 
 // getInflightFD creates the inflight region (the device owns its fd) and
-// sends the frontend a copy of the fd.
-//
-// Packed rings have no inflight tracking: the reply then has mmap_size 0
-// and no fd, which QEMU takes as "no inflight region" and goes on.
+// sends the frontend a copy of the fd. The region is laid out for the
+// ring layout negotiated (SET_FEATURES comes first: VIRTIO_F_RING_PACKED
+// says packed).
 func (d *NetDevice) getInflightFD(r *request) error {
 	in, err := r.Inflight()
 	if err != nil {
 		return err
 	}
-	if d.features.Has(FRingPacked) {
-		d.log.Warn("inflight tracking is not implemented for packed rings; answering GET_INFLIGHT_FD with no region")
-		in.MmapSize, in.MmapOffset = 0, 0
-		r.reply(AppendInflight(nil, in))
-		return nil
-	}
 	if int(in.NumQueues) > len(d.vrings) {
 		return r.fail(ErrBadPayload, "%d queues, the device has %d", in.NumQueues, len(d.vrings))
 	}
-	region, err := newInflightRegion(int(in.NumQueues), in.QueueSize)
+	region, err := newInflightRegion(int(in.NumQueues), in.QueueSize, d.features.Has(FRingPacked))
 	if err != nil {
 		return err
 	}
@@ -877,18 +870,16 @@ func (d *NetDevice) getInflightFD(r *request) error {
 	return d.reconcileLocked()
 }
 
-// setInflightFD maps the region a previous backend left; it takes the fd.
-// It is refused on a packed device (ErrUnsupported), which never hands
-// out a region.
+// setInflightFD maps the region a previous backend left, laid out for
+// the ring layout negotiated; it takes the fd. A packed region whose
+// headers cannot be a device's state is refused (ErrBadInflight); the
+// rings check their parts whole when they start.
 func (d *NetDevice) setInflightFD(r *request) error {
-	if d.features.Has(FRingPacked) {
-		return r.fail(ErrUnsupported, "inflight tracking is not implemented for packed rings")
-	}
 	in, err := r.Inflight()
 	if err != nil {
 		return err
 	}
-	region, err := mapInflightRegion(r.fds.Take(0), in)
+	region, err := mapInflightRegion(r.fds.Take(0), in, d.features.Has(FRingPacked))
 	if err != nil {
 		return err
 	}
@@ -1171,8 +1162,21 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 	if d.loggingLocked() {
 		dl = d.dirty
 	}
-	if d.features.Has(FRingPacked) {
+	packed := d.features.Has(FRingPacked)
+	var inflight []byte
+	if r := d.inflight; r != nil && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
+		if r.packed == packed {
+			inflight = r.queue(int(vr.addr.Index))
+		} else {
+			// The region was made or handed over before SET_FEATURES
+			// said which layout the rings have.
+			d.log.Warn("inflight region laid out for the other ring layout; the ring runs without inflight tracking",
+				"ring", vr.addr.Index, "packed rings", packed)
+		}
+	}
+	if packed {
 		return NewPackedRing(d.mem, PackedRingOptions{
+			Inflight:     inflight,
 			Size:         vr.num,
 			Addr:         vr.addr,
 			Base:         vr.base,
@@ -1180,10 +1184,6 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 			IndirectDesc: d.features.Has(FRingIndirectDesc),
 			Log:          dl,
 		})
-	}
-	var inflight []byte
-	if r := d.inflight; r != nil && int(vr.addr.Index) < r.queues && uint32(r.queueSize) == vr.num {
-		inflight = r.queue(int(vr.addr.Index))
 	}
 	return NewSplitRing(d.mem, SplitRingOptions{
 		Inflight:     inflight,

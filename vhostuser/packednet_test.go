@@ -8,6 +8,7 @@ import (
 
 	"github.com/veloce-io/veloce/vhostuser"
 	"github.com/veloce-io/veloce/vhostuser/vhostusertest"
+	"golang.org/x/sys/unix"
 )
 
 // waitPackedUsed waits for the driver's next used descriptor.
@@ -26,8 +27,8 @@ func waitPackedUsed(t *testing.T, d *vhostusertest.PackedDriver) (uint16, uint32
 // TestPackedDeviceStopsAndResumes negotiates RING_PACKED as QEMU does
 // (packed=on), runs an ARP exchange over packed TX and RX rings, stops
 // them with GET_VRING_BASE (positions and wrap counters in both halves,
-// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD is
-// refused on a packed device.
+// as QEMU reads them) and resumes from those bases; GET_INFLIGHT_FD
+// hands out a region laid out for packed queues.
 func TestPackedDeviceStopsAndResumes(t *testing.T) {
 	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
 	dev := newNetDevice(t, 1, rec)
@@ -102,11 +103,11 @@ func TestPackedDeviceStopsAndResumes(t *testing.T) {
 	waitPackedUsed(t, tx)
 	exchange(101)
 
-	// No inflight tracking for packed rings: GET_INFLIGHT_FD answers no
-	// region (mmap_size 0, no fd), and the device goes on.
+	// GET_INFLIGHT_FD on a packed device: a region laid out for packed
+	// queues; the rings restart on it where they were, and go on.
 	f.send(vhostuser.GetInflightFD, 0, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: 2, QueueSize: size}))
 	r := f.reply(vhostuser.GetInflightFD)
-	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 0 || len(r.FDs) != 0 {
+	if len(r.Payload) < 8 || binary.LittleEndian.Uint64(r.Payload) != 2*vhostuser.InflightQueueSizePacked(size) || len(r.FDs) != 1 {
 		t.Fatalf("GET_INFLIGHT_FD on a packed device: payload %x, %d fds", r.Payload, len(r.FDs))
 	}
 	exchange(102)
@@ -274,4 +275,165 @@ func TestPlaceShortAfterMalformedBuffer(t *testing.T) {
 		}
 		tp.Close()
 	}
+}
+
+// TestPackedInflightRegionSurvivesReconnect: a packed device hands out an
+// inflight region; the frontend loses the backend after the rings have
+// wrapped, reconnects, hands the region back and sets the rings up with
+// the only base it knows, the first one (a packed ring's positions are
+// nowhere in guest memory). The rings resume where the region says, and
+// the exchange goes on: the RX buffers posted before the disconnection
+// are used, none twice. A region whose header was scribbled on is
+// refused, and the connection goes on without it.
+func TestPackedInflightRegionSurvivesReconnect(t *testing.T) {
+	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
+	dev := newNetDevice(t, 1, rec)
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	const size = 8
+	rx := vhostusertest.NewPackedDriver(g, ringGPA, size, dataGPA, dataGPA+dataStride)
+	tx := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, size, dataGPA+dataStride, dataGPA+2*dataStride)
+	protocol := qemuProtocol | vhostuser.Bit(vhostuser.ProtocolFInflightShmfd)
+	kicks := [2]int{newEventfd(t), newEventfd(t)}
+	calls := [2]int{newEventfd(t), newEventfd(t)}
+	firstRX, firstTX := rx.Base()|rx.Base()<<16, tx.Base()|tx.Base()<<16
+	connect := func(inflight *vhostuser.Inflight, fd int) (*testFrontend, func() error) {
+		return packedConnect(t, dev, g, [2]*vhostusertest.PackedDriver{rx, tx}, [2]uint32{firstRX, firstTX}, kicks, calls, inflight, fd)
+	}
+	// The RX buffers the exchanges use: posted ahead, two at a time.
+	var rxPosted []uint16
+	postRX := func() {
+		rx.ResetData(dataGPA + uint64(len(rxPosted)%4)*2048)
+		id, _ := rx.AddChain(vhostusertest.Buf{WriteLen: 1526})
+		rxPosted = append(rxPosted, id)
+	}
+	exchange := func(tag byte) {
+		t.Helper()
+		postRX()
+		tx.ResetData(dataGPA + dataStride)
+		tx.AddChain(txChain(arpRequest(tag), tag%2 == 0)...)
+		writeEventfd(t, kicks[1])
+		if got := rec.next(t); got.frame[41] != tag {
+			t.Fatalf("frame tag %d, want %d", got.frame[41], tag)
+		}
+		waitPackedUsed(t, tx)
+		want := rxPosted[0]
+		rxPosted = rxPosted[1:]
+		if id, l := waitPackedUsed(t, rx); id != want || l != netHdrLen+42 {
+			t.Fatalf("RX used (%d, %d), want (%d, %d)", id, l, want, netHdrLen+42)
+		}
+	}
+
+	f, wait := connect(nil, -1)
+	f.send(vhostuser.GetInflightFD, 0, vhostuser.AppendInflight(nil, vhostuser.Inflight{NumQueues: 2, QueueSize: size}))
+	f.fe.Conn.SetReadDeadline(time.Now().Add(waitFor))
+	r, err := f.fe.ReadReply()
+	if err != nil || r.Header.Request != vhostuser.GetInflightFD || len(r.FDs) != 1 {
+		t.Fatalf("GET_INFLIGHT_FD reply %+v, %v", r, err)
+	}
+	in, err := (vhostuser.Message{Header: r.Header, Payload: r.Payload}).Inflight()
+	if err != nil || in.MmapSize != 2*vhostuser.InflightQueueSizePacked(size) {
+		t.Fatalf("inflight description %+v, %v", in, err)
+	}
+	fd := r.FDs[0]
+	defer unix.Close(fd)
+	postRX() // one RX buffer ahead: posted, not taken, when the backend goes
+	for tag := byte(1); tag <= size+3; tag++ {
+		exchange(tag)
+	}
+	f.fe.Conn.Close() // the backend is gone: no GET_VRING_BASE
+	wait()
+
+	// A region with a scribbled header is refused; the device goes on
+	// for the next frontend.
+	bad, err := unix.Mmap(fd, 0, int(in.MmapSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(bad)
+	saved := binary.LittleEndian.Uint16(bad[8:])
+	binary.LittleEndian.PutUint16(bad[8:], 9) // version 9
+	f2, wait2 := serveDevice(t, dev)
+	f2.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), protocol)
+	if st := f2.setAck(vhostuser.SetInflightFD, vhostuser.AppendInflight(nil, in), fd); st == 0 {
+		t.Fatal("SET_INFLIGHT_FD with a corrupt region acknowledged")
+	}
+	f2.fe.Conn.Close()
+	wait2()
+	binary.LittleEndian.PutUint16(bad[8:], saved)
+
+	f3, _ := connect(&in, fd)
+	for tag := byte(20); tag <= 20+size+3; tag++ {
+		exchange(tag)
+	}
+	rec.expectNone(t)
+	if s := dev.Stats(); s.Errors != 0 {
+		t.Errorf("device errors %d", s.Errors)
+	}
+	_ = f3
+}
+
+// packedConnect serves dev to a new frontend that negotiates packed rings
+// and inflight tracking, hands over inflight (with fd) when set, and sets
+// up the two rings with bases.
+func packedConnect(t *testing.T, dev *vhostuser.NetDevice, g *vhostusertest.Guest, drv [2]*vhostusertest.PackedDriver, bases [2]uint32, kicks, calls [2]int, inflight *vhostuser.Inflight, fd int) (*testFrontend, func() error) {
+	t.Helper()
+	f, wait := serveDevice(t, dev)
+	protocol := qemuProtocol | vhostuser.Bit(vhostuser.ProtocolFInflightShmfd)
+	if acked := f.negotiate(linuxFeatures|vhostuser.Bit(vhostuser.FRingPacked), protocol); !acked.Has(vhostuser.FRingPacked) {
+		t.Fatalf("RING_PACKED not acked: %#x", uint64(acked))
+	}
+	if inflight != nil {
+		f.set(vhostuser.SetInflightFD, vhostuser.AppendInflight(nil, *inflight), fd)
+	}
+	f.setMemTable(g)
+	for index, d := range drv {
+		i := uint32(index)
+		f.vringState(vhostuser.SetVringNum, i, uint32(d.Size))
+		f.vringState(vhostuser.SetVringBase, i, bases[index])
+		f.set(vhostuser.SetVringAddr, vhostuser.AppendVringAddr(nil, d.Addr(i, false)))
+		f.set(vhostuser.SetVringKick, u64(uint64(i)), kicks[index])
+		f.set(vhostuser.SetVringCall, u64(uint64(i)), calls[index])
+		f.vringState(vhostuser.SetVringEnable, i, 1)
+	}
+	f.sync()
+	return f, wait
+}
+
+// TestPackedFrontendTruncatesInflightRegion: a frontend hands over its
+// own memfd as the inflight region of a packed device and truncates it
+// while the rings run. The daemon does not fault: the next chain it takes
+// touches the region, that frontend is dropped (ErrMemoryFault, naming
+// the inflight region), and the next frontend is served.
+func TestPackedFrontendTruncatesInflightRegion(t *testing.T) {
+	rec := newRecorder(nil)
+	dev := newNetDevice(t, 1, rec)
+	g := vhostusertest.NewGuest(t, guestGPA, guestUser, guestSize)
+	const size = 8
+	rx := vhostusertest.NewPackedDriver(g, ringGPA, size, dataGPA, dataGPA+dataStride)
+	tx := vhostusertest.NewPackedDriver(g, ringGPA+ringStride, size, dataGPA+dataStride, dataGPA+2*dataStride)
+	in := vhostuser.Inflight{MmapSize: 2 * vhostuser.InflightQueueSizePacked(size), NumQueues: 2, QueueSize: size}
+	fd, err := unix.MemfdCreate("hostile-inflight", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(in.MmapSize)); err != nil {
+		t.Fatal(err)
+	}
+	kicks := [2]int{newEventfd(t), newEventfd(t)}
+	calls := [2]int{newEventfd(t), newEventfd(t)}
+	_, wait := packedConnect(t, dev, g, [2]*vhostusertest.PackedDriver{rx, tx}, [2]uint32{rx.Base(), tx.Base()}, kicks, calls, &in, fd)
+	tx.AddChain(txChain(arpRequest(1), false)...)
+	writeEventfd(t, kicks[1])
+	if got := rec.next(t); got.frame[41] != 1 {
+		t.Fatalf("frame tag %d", got.frame[41])
+	}
+	waitPackedUsed(t, tx)
+	if err := unix.Ftruncate(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	tx.AddChain(txChain(arpRequest(2), false)...)
+	writeEventfd(t, kicks[1])
+	expectDropped(t, dev, wait, vhostuser.ErrMemoryFault, "inflight region", nil)
+	servedAgain(t, dev, rec)
 }

@@ -38,7 +38,19 @@ type PackedRingOptions struct {
 	// process, bit 15 the driver's wrap counter there. The upper half
 	// (QEMU's used index) is ignored: the device starts with nothing in
 	// flight, its used side where its available side is, as DPDK does.
+	// A ring resuming from an Inflight region with state ignores Base.
 	Base uint32
+	// Inflight, when set, is the queue's part of the inflight region
+	// (GET/SET_INFLIGHT_FD), InflightQueueSizePacked(Size) bytes laid out
+	// as the vhost-user spec's QueueRegionPacked: the ring records there
+	// the chains it takes until the driver can see them returned. A
+	// region with state (a previous backend's) is read once and checked:
+	// the ring resumes at the used position it records, with its
+	// available side past the chains still in flight, which Pop hands out
+	// again first, oldest first (the frontend cannot know a packed ring's
+	// positions after a backend crash). The frontend may change the
+	// region at any time: that changes only what a later ring recovers.
+	Inflight []byte
 	// EventIdx says VIRTIO_F_RING_EVENT_IDX was negotiated.
 	EventIdx bool
 	// IndirectDesc says VIRTIO_F_RING_INDIRECT_DESC was negotiated.
@@ -54,7 +66,7 @@ type PackedRingOptions struct {
 // guarantees as SplitRing: a malformed chain yields the same error kinds
 // and is returned to the driver with length 0. A chain's buffer id is the
 // one in its last descriptor (as DPDK reads it); ids are echoed, not
-// checked. Inflight tracking (GET/SET_INFLIGHT_FD) is not implemented.
+// checked (but a region to recover from names ids within the queue).
 //
 // It is driven by one goroutine (see Queue); rebuild it after the memory
 // table changes. Pop, Push, Publish and the notification calls do not
@@ -88,6 +100,7 @@ type PackedRing struct {
 	sigWrap   bool
 	sigValid  bool
 	fenceWord uint32
+	inflight  *packedInflight // nil without inflight tracking
 	logState  atomic.Pointer[ringLog]
 	errors    atomic.Uint64
 }
@@ -99,8 +112,10 @@ func (*PackedRing) queue() {}
 // NewPackedRing resolves the rings of opts in mem and returns the device
 // side of the queue.
 //
-// Errors: ErrBadRing (wrapped) for a bad size, misaligned addresses, or
-// areas not mapped in mem.
+// Errors: ErrBadRing (wrapped) for a bad size, misaligned addresses,
+// areas not mapped in mem, or an Inflight region too small;
+// ErrBadInflight (wrapped) for an Inflight region whose state cannot be
+// this device's (see parsePackedInflight).
 func NewPackedRing(mem *Memory, opts PackedRingOptions) (*PackedRing, error) {
 	bad := func(format string, args ...any) (*PackedRing, error) {
 		return nil, fmt.Errorf("set up packed ring %d: %s: %w", opts.Addr.Index, fmt.Sprintf(format, args...), ErrBadRing)
@@ -138,6 +153,24 @@ func NewPackedRing(mem *Memory, opts PackedRingOptions) (*PackedRing, error) {
 	}
 	r.lastAvail, r.availWrap = idx, opts.Base&PackedBaseWrap != 0
 	r.usedIdx, r.usedWrap = r.lastAvail, r.availWrap
+	if opts.Inflight != nil {
+		if uint64(len(opts.Inflight)) < InflightQueueSizePacked(r.size) {
+			return bad("inflight region of %d bytes for %d descriptors", len(opts.Inflight), size)
+		}
+		s, err := parsePackedInflight(opts.Inflight, r.size, func(idx uint16, wrap bool) bool {
+			_, f := r.flagsAt(idx)
+			return !isAvail(f, wrap)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("set up packed ring %d: %w", a.Index, err)
+		}
+		if s.restored {
+			r.usedIdx, r.usedWrap = s.usedIdx, s.usedWrap
+			r.lastAvail, r.availWrap = r.advance(r.usedIdx, r.usedWrap, s.inFlight)
+		}
+		s.settle(r.usedIdx, r.usedWrap)
+		r.inflight = s
+	}
 	r.pubIdx, r.pubWrap = r.usedIdx, r.usedWrap
 	r.devWord = load32(r.dev, 0)
 	r.SetLogging(opts.Log, a.Flags&VringFLog != 0, a.Log)
@@ -146,6 +179,24 @@ func NewPackedRing(mem *Memory, opts PackedRingOptions) (*PackedRing, error) {
 
 // Size returns the queue size.
 func (r *PackedRing) Size() uint16 { return r.size }
+
+// Resubmitting returns how many chains left by a crashed backend are still
+// to be handed out again.
+func (r *PackedRing) Resubmitting() int {
+	if r.inflight == nil {
+		return 0
+	}
+	return len(r.inflight.resubmit)
+}
+
+// stopTracking ends inflight tracking for a driver that made more
+// descriptors available than the ring holds: the region is marked as
+// holding no state, and the ring goes on without it.
+func (r *PackedRing) stopTracking() {
+	r.inflight.forget()
+	r.inflight = nil
+	r.countError()
+}
 
 // VringBase implements Queue: the GET_VRING_BASE value, as QEMU reads it:
 // bits 0-14 the next descriptor to process, bit 15 its wrap counter, bits
@@ -188,7 +239,12 @@ func (r *PackedRing) countError() { r.errors.Store(r.errors.Load() + 1) }
 
 // isAvail reports whether descriptor flags f are available for wrap.
 func isAvail(f uint16, wrap bool) bool {
-	return (f&PackedDescFAvail != 0) == wrap && (f&PackedDescFUsed != 0) != wrap
+	// AVAIL equal to wrap and USED not: one compare of both bits.
+	want := uint16(PackedDescFUsed)
+	if wrap {
+		want = PackedDescFAvail
+	}
+	return f&(PackedDescFAvail|PackedDescFUsed) == want
 }
 
 // flagsAt reads the id and flags of descriptor i in one atomic load (an
@@ -204,10 +260,11 @@ func (r *PackedRing) flagsAt(i uint16) (id, flags uint16) {
 const maxPendingScan = 64
 
 // Pending returns how many buffers (chains) the driver has made available
-// that the device has not popped, counting at most maxPendingScan.
+// that the device has not popped, counting at most maxPendingScan, and the
+// chains to resubmit.
 func (r *PackedRing) Pending() uint16 {
 	idx, wrap := r.lastAvail, r.availWrap
-	n := uint16(0)
+	n := uint16(r.Resubmitting())
 	for steps := 0; steps < int(r.size) && n < maxPendingScan; steps++ {
 		_, f := r.flagsAt(idx)
 		if !isAvail(f, wrap) {
@@ -226,22 +283,98 @@ func (r *PackedRing) Pending() uint16 {
 // Pop implements Queue. It never returns ErrRingBroken: a packed ring
 // cannot be driven past what the device consumed.
 func (r *PackedRing) Pop(c *Chain) (bool, error) {
-	if _, f := r.flagsAt(r.lastAvail); !isAvail(f, r.availWrap) {
+	if s := r.inflight; s != nil && len(s.resubmit) > 0 {
+		return r.popResubmitted(c, s)
+	}
+	off := int(r.lastAvail) * DescSize
+	d := (*[DescSize]byte)(r.desc[off : off+DescSize])
+	w := load32(d[:], 12) // the id and flags, then the rest (an acquire)
+	id, flags := uint16(w), uint16(w>>16)
+	if !isAvail(flags, r.availWrap) {
 		return false, nil
 	}
 	c.reset()
 	c.slot, c.wrap = r.lastAvail, r.availWrap
-	count, id, err := r.walk(c)
+	var count uint16
+	var err error
+	if flags&(DescFNext|DescFIndirect) == 0 {
+		// The common case, one direct descriptor: walk's work without
+		// its loop.
+		count = 1
+		addr, length := binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12])
+		if s := r.inflight; s != nil {
+			s.record(true, addr, length, id, flags)
+		}
+		err = c.addBuffer(r.mem.table.Load(), addr, length, r.maxLen, flags&DescFWrite != 0)
+		if r.lastAvail++; r.lastAvail == r.size {
+			r.lastAvail, r.availWrap = 0, !r.availWrap
+		}
+	} else {
+		count, id, err = r.walk(c, id, flags)
+		r.lastAvail, r.availWrap = r.advance(r.lastAvail, r.availWrap, count)
+	}
 	c.head, c.count = id, count
-	r.lastAvail, r.availWrap = r.advance(r.lastAvail, r.availWrap, count)
+	if s := r.inflight; s != nil {
+		// Every chain taken is recorded, a malformed one too: it is
+		// returned with the next batch, and until then it is in flight.
+		var ok bool
+		if c.entry, ok = s.taken(); !ok {
+			r.stopTracking()
+		}
+	}
 	if err != nil {
 		c.reset()
 		r.countError()
 		r.pushUsed(id, count, 0)
+		r.pushedEntry(c.entry)
 		return false, err
 	}
 	c.owner = r
 	return true, nil
+}
+
+// popResubmitted hands out the oldest chain a crashed backend left, from
+// the copies of its descriptors read at recovery, with the checks of a
+// chain read off the ring.
+func (r *PackedRing) popResubmitted(c *Chain, s *packedInflight) (bool, error) {
+	h := s.resubmit[0]
+	s.resubmit = s.resubmit[1:]
+	c.reset()
+	t := r.mem.table.Load()
+	n := s.num[h]
+	var err error
+	id := uint16(0)
+	for k, x := uint16(0), h; k < n; k++ {
+		d := &s.descs[x]
+		id = d.id
+		if err == nil {
+			err = r.segment(t, c, d.addr, d.length, d.flags)
+		}
+		if k+1 < n {
+			x = s.next[x]
+		} else if err == nil && d.flags&DescFNext != 0 {
+			err = ErrNextOutOfRange // as walk found it: NEXT into nothing
+		}
+	}
+	c.head, c.count, c.entry = id, n, h
+	if err != nil {
+		c.reset()
+		r.countError()
+		r.pushUsed(id, n, 0)
+		r.pushedEntry(h)
+		return false, err
+	}
+	c.owner = r
+	c.resubmitted = true
+	return true, nil
+}
+
+// pushedEntry adds the chain at head entry h to the batch Publish
+// returns, when the ring tracks inflight chains.
+func (r *PackedRing) pushedEntry(h uint16) {
+	if s := r.inflight; s != nil && !s.pushed(h) {
+		r.stopTracking()
+	}
 }
 
 // advance moves a ring position n descriptors on.
@@ -254,14 +387,18 @@ func (r *PackedRing) advance(idx uint16, wrap bool, n uint16) (uint16, bool) {
 	return uint16(next), wrap
 }
 
-// walk reads the chain at lastAvail (2.8.6, 2.8.17) into c. It returns
-// how many ring descriptors the chain takes and its buffer id; a malformed
+// walk reads the chain at lastAvail (2.8.6, 2.8.17) into c; firstID and
+// firstFlags are its first descriptor's, which Pop read. It returns how
+// many ring descriptors the chain takes and its buffer id; a malformed
 // chain is still followed to its end, so that it can be returned whole.
-func (r *PackedRing) walk(c *Chain) (count, id uint16, err error) {
+func (r *PackedRing) walk(c *Chain, firstID, firstFlags uint16) (count, id uint16, err error) {
 	t := r.mem.table.Load() // one snapshot for the whole chain
 	idx, wrap := r.lastAvail, r.availWrap
+	did, flags := firstID, firstFlags
 	for count < r.size {
-		did, flags := r.flagsAt(idx)
+		if count > 0 {
+			did, flags = r.flagsAt(idx)
+		}
 		if count > 0 && !isAvail(flags, wrap) {
 			// The driver makes a chain available head last: a NEXT into
 			// a descriptor it has not made available is malformed.
@@ -272,9 +409,13 @@ func (r *PackedRing) walk(c *Chain) (count, id uint16, err error) {
 		}
 		id = did
 		count++
+		d := (*[DescSize]byte)(r.desc[int(idx)*DescSize:])
+		addr, length := binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12])
+		if s := r.inflight; s != nil {
+			s.record(count == 1, addr, length, did, flags)
+		}
 		if err == nil {
-			d := (*[DescSize]byte)(r.desc[int(idx)*DescSize:])
-			err = r.segment(t, c, binary.LittleEndian.Uint64(d[0:8]), binary.LittleEndian.Uint32(d[8:12]), flags)
+			err = r.segment(t, c, addr, length, flags)
 		}
 		if flags&DescFNext == 0 {
 			return count, id, err
@@ -333,10 +474,14 @@ func (r *PackedRing) Push(c *Chain, written uint32) error {
 	if c.owner != Queue(r) || written > c.writableLen {
 		return ErrBadPush
 	}
-	if ls := r.logState.Load(); ls != nil && !ls.markWritten(c, written) {
+	ls := r.logState.Load()
+	if ls != nil && !ls.markWritten(c, written) {
 		r.countError()
 	}
-	r.pushUsed(c.head, c.count, written)
+	r.pushUsedLog(c.head, c.count, written, ls)
+	if r.inflight != nil {
+		r.pushedEntry(c.entry)
+	}
 	c.owner = nil
 	return nil
 }
@@ -344,7 +489,10 @@ func (r *PackedRing) Push(c *Chain, written uint32) error {
 // unpop puts c, the chain Pop handed out last and not pushed since, back:
 // the next Pop returns it again (see SplitRing.unpop).
 func (r *PackedRing) unpop(c *Chain) bool {
-	if c.owner != Queue(r) {
+	if c.owner != Queue(r) || c.resubmitted {
+		return false
+	}
+	if s := r.inflight; s != nil && !s.untaken(c.entry) {
 		return false
 	}
 	r.lastAvail, r.availWrap = c.slot, c.wrap
@@ -355,8 +503,13 @@ func (r *PackedRing) unpop(c *Chain) bool {
 // pushUsed writes a used entry for buffer id, which took count ring
 // descriptors, at usedIdx (2.8.9). Publish makes it visible.
 func (r *PackedRing) pushUsed(id, count uint16, length uint32) {
+	r.pushUsedLog(id, count, length, r.logState.Load())
+}
+
+// pushUsedLog is pushUsed with the logging state loaded.
+func (r *PackedRing) pushUsedLog(id, count uint16, length uint32, ls *ringLog) {
 	off := int(r.usedIdx) * DescSize
-	binary.LittleEndian.PutUint32(r.desc[off+8:off+12], length)
+	d := (*[DescSize]byte)(r.desc[off : off+DescSize])
 	flags := uint16(0)
 	if length > 0 {
 		flags = DescFWrite
@@ -366,13 +519,22 @@ func (r *PackedRing) pushUsed(id, count uint16, length uint32) {
 	}
 	w := uint32(id) | uint32(flags)<<16
 	if !r.held {
+		binary.LittleEndian.PutUint32(d[8:12], length)
 		r.held, r.heldWord = true, w
 	} else {
-		// A plain store: the driver reads this entry only after the
+		// Plain stores: the driver reads this entry only after the
 		// held one, whose store in Publish orders it.
-		binary.LittleEndian.PutUint32(r.desc[off+12:off+16], w)
+		binary.LittleEndian.PutUint64(d[8:16], uint64(length)|uint64(w)<<32)
 	}
-	r.logRing(r.descGPA+uint64(off), DescSize)
+	if ls != nil && ls.logUsed && ls.log.Mark(r.descGPA+uint64(off), DescSize) != nil {
+		r.countError()
+	}
+	if count == 1 {
+		if r.usedIdx++; r.usedIdx == r.size {
+			r.usedIdx, r.usedWrap = 0, !r.usedWrap
+		}
+		return
+	}
 	r.usedIdx, r.usedWrap = r.advance(r.usedIdx, r.usedWrap, count)
 }
 
@@ -387,13 +549,25 @@ func (r *PackedRing) logRing(gpa, n uint64) {
 
 // Publish implements Queue: the held first entry's flags are stored last
 // (a release), so the driver sees the whole batch at once.
+//
+// With inflight tracking, the batch's chains are recorded returned around
+// that store, so that a crash anywhere leaves each either visible to the
+// driver and free in the region, or neither.
 func (r *PackedRing) Publish() {
 	if !r.held {
 		return
 	}
+	s := r.inflight
+	if s != nil {
+		s.returning(r.usedIdx, r.usedWrap, r.pubIdx, r.pubWrap)
+	}
 	store32(r.desc, int(r.pubIdx)*DescSize+12, r.heldWord)
 	r.held = false
 	r.pubIdx, r.pubWrap = r.usedIdx, r.usedWrap
+	if s != nil {
+		s.stepped()
+		s.returned(r.usedIdx, r.usedWrap)
+	}
 }
 
 // NeedsNotify implements Queue (2.8.10, 2.8.21.3).
@@ -453,6 +627,9 @@ func (r *PackedRing) EnableNotifications() bool {
 		r.setDevice(uint32(RingEventFEnable) << 16)
 	}
 	fence(&r.fenceWord) // publish the wish before looking at the ring again
+	if r.Resubmitting() > 0 {
+		return true
+	}
 	_, f := r.flagsAt(r.lastAvail)
 	return isAvail(f, r.availWrap)
 }

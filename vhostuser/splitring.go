@@ -103,6 +103,7 @@ type Chain struct {
 	head        uint16
 	slot, count uint16 // packed ring: first descriptor and descriptors taken
 	wrap        bool   // packed ring: the driver's wrap counter at slot
+	entry       uint16 // packed ring with inflight tracking: the head's region entry
 	owner       Queue  // the queue that popped the chain; nil once pushed
 	resubmitted bool   // popped from the inflight resubmission list
 	// hintT and hintR cache the region the chain's last buffer was in,

@@ -536,6 +536,115 @@ func logAndInflight(t *testing.T, h *harness) {
 			p.C.Close()
 		})
 	}
+	packedInflight(t, h)
+}
+
+// packedInflight: on packed rings the inflight region is laid out for
+// packed queues and sealed; a region handed back that cannot be a
+// device's state is refused (at SET_INFLIGHT_FD for its headers, when the
+// rings start for its chains); one the frontend truncates under running
+// rings drops only that frontend.
+func packedInflight(t *testing.T, h *harness) {
+	h.attack(t, "packed: GET_INFLIGHT_FD then the daemon's memfd truncated", func(t *testing.T) {
+		p, err := vt.NewNetPeer(t, h.d.p1, vt.NetPeerOptions{Packed: true, BeforeRings: func(p *vt.NetPeer) error {
+			fd, size, err := p.GetInflightFD(t, 2, 256)
+			if err != nil {
+				return err
+			}
+			if want := 2 * vhostuser.InflightQueueSizePacked(256); size != want {
+				t.Errorf("inflight area of %d bytes on packed rings, want %d", size, want)
+			}
+			if err := unix.Ftruncate(fd, 0); err == nil {
+				t.Errorf("the frontend could truncate the daemon's inflight memfd (not sealed)")
+			}
+			return nil
+		}})
+		if err != nil {
+			t.Fatalf("well-behaved packed setup after GET_INFLIGHT_FD: %v", err)
+		}
+		if err := p.ARP(arpWithin); err != nil {
+			t.Errorf("port 1 with a packed inflight area: %v", err)
+		}
+		p.C.Close()
+	})
+	const qs = 256
+	size := int(2 * vhostuser.InflightQueueSizePacked(qs))
+	in := vhostuser.Inflight{MmapSize: uint64(size), NumQueues: 2, QueueSize: qs}
+	le := func(b []byte, off int, v uint16) { b[off], b[off+1] = byte(v), byte(v>>8) }
+	header := func(q []byte) { le(q, 8, 1); le(q, 10, qs) } // version 1, desc_num
+	for _, tc := range []struct {
+		name     string
+		scribble func(q []byte) // queue 0's part
+	}{
+		{"version 9", func(q []byte) { le(q, 8, 9) }},
+		{"another queue size", func(q []byte) { le(q, 8, 1); le(q, 10, 64) }},
+		{"free list head beyond the queue", func(q []byte) { header(q); le(q, 12, 0xffff); le(q, 14, 0xffff) }},
+		{"used index beyond the queue", func(q []byte) { header(q); le(q, 12, 1); le(q, 14, 1); le(q, 16, 4000); le(q, 18, 4000) }},
+		{"a chain that loops", func(q []byte) {
+			header(q)
+			le(q, 12, 2)
+			le(q, 14, 2)                      // free list from entry 2 (ends at 0: empty links)
+			q[32] = 1                         // entry 0 in flight
+			le(q, 32+2, 1)                    // next: 1
+			le(q, 32+6, 3)                    // 3 descriptors
+			le(q, 32+18, vhostuser.DescFNext) // NEXT
+			le(q, 64+2, 0)                    // entry 1 -> entry 0
+			le(q, 64+18, vhostuser.DescFNext) // NEXT
+			for i := 2; i < qs; i++ {
+				le(q, 32+32*i+2, uint16(i+1))
+			}
+		}},
+		{"a chain naming buffer id 60000", func(q []byte) {
+			header(q)
+			le(q, 12, 1)
+			le(q, 14, 1)
+			q[32] = 1      // entry 0 in flight
+			le(q, 32+6, 1) // one descriptor
+			le(q, 32+16, 60000)
+			for i := 1; i < qs; i++ {
+				le(q, 32+32*i+2, uint16(i+1))
+			}
+		}},
+	} {
+		h.attack(t, "packed: SET_INFLIGHT_FD with "+tc.name, func(t *testing.T) {
+			fd := vt.Memfd(t, int64(size))
+			m, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.scribble(m)
+			unix.Munmap(m)
+			p, err := vt.NewNetPeer(t, h.d.p1, vt.NetPeerOptions{Packed: true, BeforeRings: func(p *vt.NetPeer) error {
+				return p.Ask(vhostuser.SetInflightFD, vt.InflightPayload(in), fd)
+			}})
+			if err != nil {
+				t.Logf("refused: %v", err)
+				return
+			}
+			if err := p.ARP(replyWithin); err == nil {
+				t.Errorf("daemon ran packed rings on a region with %s", tc.name)
+			}
+			p.C.Close()
+		})
+	}
+	h.attack(t, "packed: inflight region truncated under running rings", func(t *testing.T) {
+		fd := vt.Memfd(t, int64(size))
+		p, err := vt.NewNetPeer(t, h.d.p1, vt.NetPeerOptions{Packed: true, BeforeRings: func(p *vt.NetPeer) error {
+			return p.Ask(vhostuser.SetInflightFD, vt.InflightPayload(in), fd)
+		}})
+		if err != nil {
+			t.Fatalf("well-behaved packed setup with the frontend's own region: %v", err)
+		}
+		if err := p.ARP(arpWithin); err != nil {
+			t.Fatalf("port 1 on its own inflight region: %v", err)
+		}
+		if err := unix.Ftruncate(fd, 0); err != nil {
+			t.Fatal(err)
+		}
+		err = p.ARP(replyWithin)
+		t.Logf("ARP after the truncation: %v", err)
+		p.C.Close()
+	})
 }
 
 // ---- rings and descriptors ----
