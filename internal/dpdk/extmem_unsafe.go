@@ -111,7 +111,7 @@ func NewExtMem(n, stride int) (*ExtMem, error) {
 		return nil, fmt.Errorf("dpdk: map %d bytes of external memory: %w", total, err)
 	}
 	base := unsafe.Pointer(unsafe.SliceData(all))
-	x := &ExtMem{mem: all[:n*stride : n*stride], stride: stride, n: n, sh: unsafe.Add(base, slots), all: all, regLen: slots}
+	x := &ExtMem{mem: all[: n*stride : n*stride], stride: stride, n: n, sh: unsafe.Add(base, slots), all: all, regLen: slots}
 	C.veloce_extmem_init(x.sh, C.uint(n))
 	// Register the slots only: the shared-info records are never DMA'd.
 	if err := RegisterExtMem(base, slots); err != nil {
