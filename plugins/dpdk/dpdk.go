@@ -150,30 +150,30 @@ type Options struct {
 
 // Stats are the plugin's counters.
 type Stats struct {
-	RxPackets    uint64            `json:"rx_packets"`
-	RxDatagrams  uint64            `json:"rx_datagrams"`
-	TxDatagrams  uint64            `json:"tx_datagrams"`
+	RxPackets   uint64 `json:"rx_packets"`
+	RxDatagrams uint64 `json:"rx_datagrams"`
+	TxDatagrams uint64 `json:"tx_datagrams"`
 	// TxZeroCopy counts datagrams sent straight from the runtime's slots
 	// (SlotMemory), TxCopied and TxCopiedBytes those copied into an mbuf
 	// (including ones the port then refused); TxSlotsBusy is how many
 	// slots DPDK holds now.
-	TxZeroCopy    uint64 `json:"tx_zero_copy"`
-	TxCopied      uint64 `json:"tx_copied"`
-	TxCopiedBytes uint64 `json:"tx_copied_bytes"`
-	TxSlotsBusy   int    `json:"tx_slots_busy"`
-	TxFull       uint64            `json:"tx_full"`
-	TooLong      uint64            `json:"too_long"`
-	NoMbufs      uint64            `json:"no_mbufs"`
-	ARPRequests  uint64            `json:"arp_requests"`
-	Unresolved   uint64            `json:"unresolved"`
-	ARPReplies   uint64            `json:"arp_replies"`
-	EchoReplies  uint64            `json:"echo_replies"`
-	Dropped      map[string]uint64 `json:"dropped,omitempty"`
-	Sleeps       uint64            `json:"sleeps"`
-	Neighbours   int               `json:"neighbours"`
-	PortIPackets uint64            `json:"port_ipackets"`
-	PortOPackets uint64            `json:"port_opackets"`
-	PortIMissed  uint64            `json:"port_imissed"`
+	TxZeroCopy    uint64            `json:"tx_zero_copy"`
+	TxCopied      uint64            `json:"tx_copied"`
+	TxCopiedBytes uint64            `json:"tx_copied_bytes"`
+	TxSlotsBusy   int               `json:"tx_slots_busy"`
+	TxFull        uint64            `json:"tx_full"`
+	TooLong       uint64            `json:"too_long"`
+	NoMbufs       uint64            `json:"no_mbufs"`
+	ARPRequests   uint64            `json:"arp_requests"`
+	Unresolved    uint64            `json:"unresolved"`
+	ARPReplies    uint64            `json:"arp_replies"`
+	EchoReplies   uint64            `json:"echo_replies"`
+	Dropped       map[string]uint64 `json:"dropped,omitempty"`
+	Sleeps        uint64            `json:"sleeps"`
+	Neighbours    int               `json:"neighbours"`
+	PortIPackets  uint64            `json:"port_ipackets"`
+	PortOPackets  uint64            `json:"port_opackets"`
+	PortIMissed   uint64            `json:"port_imissed"`
 }
 
 // Plugin is a DPDK port carrying wire datagrams. It implements the
