@@ -111,15 +111,13 @@ func NewExtMem(n, stride int) (*ExtMem, error) {
 		return nil, fmt.Errorf("dpdk: map %d bytes of external memory: %w", total, err)
 	}
 	base := unsafe.Pointer(unsafe.SliceData(all))
-	x := &ExtMem{mem: all[: n*stride : n*stride], stride: stride, n: n, sh: unsafe.Add(base, slots), all: all, regLen: slots}
-	C.veloce_extmem_init(x.sh, C.uint(n))
+	C.veloce_extmem_init(unsafe.Add(base, slots), C.uint(n))
 	// Register the slots only: the shared-info records are never DMA'd.
 	if err := RegisterExtMem(base, slots); err != nil {
 		unix.Munmap(all)
 		return nil, err
 	}
-	x.registered = true
-	return x, nil
+	return &ExtMem{mem: all[: n*stride : n*stride], stride: stride, n: n, sh: unsafe.Add(base, slots), all: all, regLen: slots, registered: true}, nil
 }
 
 // Bytes is the slot memory, n*stride bytes; slot i is

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/internal/dpdk"
 	"github.com/veloce-io/veloce/internal/netstack"
 	"github.com/veloce-io/veloce/internal/pkt"
 	"github.com/veloce-io/veloce/internal/wire"
@@ -144,4 +145,59 @@ func recvAll(t *testing.T, p *Plugin, n int) [][]byte {
 		t.Fatalf("received %d of %d datagrams", len(got), n)
 	}
 	return got
+}
+
+// BenchmarkSendBatch: SendBatch of 32 datagrams over net_ring, copied
+// into mbufs (from Go memory) against attached to their slots (from
+// SlotMemory), then received and freed (RxBurst, FreeBulk) as a PMD that
+// is done with them would. The difference is the copy the slots save.
+func BenchmarkSendBatch(b *testing.B) {
+	if !Available() {
+		b.Skip("needs DPDK")
+	}
+	for _, size := range []int{64, 1400} {
+		for _, from := range []string{"copy", "slots"} {
+			b.Run(fmt.Sprintf("%s/%d", from, size), func(b *testing.B) {
+				p, err := New(Options{Device: fmt.Sprintf("net_ring_bench%d", ringSeq.Add(1)), Addr: netip.MustParsePrefix("10.96.0.1/24"), CPU: -1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer p.Close()
+				p.Host().Learn(p.LocalAddr().Addr(), p.Host().MAC())
+				const stride = 2112
+				mem, free, err := p.SlotMemory(64, stride)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer free()
+				pkts := make([]wire.Packet, 32)
+				for i := range pkts {
+					buf := make([]byte, 2048)
+					if from == "slots" {
+						buf = mem[i*stride+64 : (i+1)*stride]
+					}
+					h := wire.Header{Kind: wire.KindData, FragCount: 1, PayloadLen: uint16(size), Channel: 1, Source: 1, Seq: uint64(i)}
+					n, _ := h.MarshalPacket(buf, make([]byte, size))
+					pkts[i] = wire.Packet{Addr: p.LocalAddr(), Buf: buf, N: n}
+				}
+				rx := make([]*dpdk.Mbuf, 32)
+				b.SetBytes(int64(32 * size))
+				b.ResetTimer()
+				for range b.N {
+					if k, err := p.SendBatch(pkts); k != len(pkts) || err != nil {
+						b.Fatal(k, err)
+					}
+					for n := 0; n < len(pkts); {
+						k := p.port.RxBurst(0, rx)
+						dpdk.FreeBulk(rx[:k])
+						n += k
+					}
+				}
+				b.StopTimer()
+				if s := p.Stats(); (from == "slots") != (s.TxZeroCopy > 0) {
+					b.Fatalf("%s: %+v", from, s)
+				}
+			})
+		}
+	}
 }

@@ -30,8 +30,8 @@ import (
 // goroutine. So the Veloce path of a message is GetBuffer and Emit in A's
 // application (written in place into a TX slot) -> A's daemon takes it
 // off the TX ring and emits it (wire header, queue, wake the polling
-// thread) -> its flush: SendBatch (frame headers, copy into an mbuf,
-// TxBurst) -> veth -> B's polling thread: RxBurst, parse, deliver into an
+// thread) -> its flush: SendBatch (frame headers into the remote slot's
+// headroom, an mbuf attached to the slot, TxBurst) -> veth -> B's polling thread: RxBurst, parse, deliver into an
 // RX slot of B's application -> its receive goroutine -> the sink's
 // callback: application to application, the figure users get.
 
