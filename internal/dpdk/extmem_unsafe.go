@@ -95,7 +95,10 @@ type ExtMem struct {
 
 // NewExtMem maps n slots of stride bytes (stride a multiple of 64, at most
 // 65535: an mbuf's buf_len is 16 bits) and registers them with the EAL.
-// It needs Init. Free undoes both.
+// It needs Init. Free undoes both. The pages are touched lazily, as the
+// slots are used. Each region takes one of the EAL's memseg lists
+// (RTE_MAX_MEMSEG_LISTS, 128 in all with the EAL's own): registering
+// fails when they run out.
 func NewExtMem(n, stride int) (*ExtMem, error) {
 	if !Initialized() {
 		return nil, ErrUnavailable
@@ -106,7 +109,7 @@ func NewExtMem(n, stride int) (*ExtMem, error) {
 	page := os.Getpagesize()
 	slots := (n*stride + page - 1) &^ (page - 1)
 	total := (slots + n*int(shinfoSize) + page - 1) &^ (page - 1)
-	all, err := unix.Mmap(-1, 0, total, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	all, err := unix.Mmap(-1, 0, total, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return nil, fmt.Errorf("dpdk: map %d bytes of external memory: %w", total, err)
 	}
