@@ -123,6 +123,10 @@ func TestExtMemSlots(t *testing.T) {
 		t.Errorf("Slot+AttachExtMem+TxBurst+RxBurst+FreeBulk+Busy: %v allocations per run", a)
 	}
 
+	if rp.Bus() != "vdev" {
+		t.Errorf("net_ring is on bus %q, want vdev", rp.Bus())
+	}
+	t.Logf("IOVA as VA: %v", IOVAIsVA())
 	// Vdevs have no DMA mapping to make, and accept the call.
 	if err := rp.DMAMap(x); err != nil {
 		t.Errorf("DMAMap on net_ring: %v", err)

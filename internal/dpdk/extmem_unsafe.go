@@ -8,7 +8,9 @@ package dpdk
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <rte_bus.h>
 #include <rte_dev.h>
+#include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
@@ -31,6 +33,17 @@ static void veloce_extmem_init(void *sh, unsigned n) {
 		rte_mbuf_ext_refcnt_set(&s[i], 1);
 	}
 }
+
+static const char *veloce_port_bus(uint16_t port) {
+	struct rte_eth_dev_info info;
+	memset(&info, 0, sizeof info);
+	if (rte_eth_dev_info_get(port, &info) != 0 || info.device == NULL)
+		return "";
+	const struct rte_bus *bus = rte_dev_bus(info.device);
+	return bus == NULL ? "" : rte_bus_name(bus);
+}
+
+static int veloce_iova_va(void) { return rte_eal_iova_mode() == RTE_IOVA_VA; }
 
 static int veloce_dma_map(uint16_t port, void *addr, size_t len, int unmap) {
 	struct rte_eth_dev_info info;
@@ -267,3 +280,13 @@ func (p *Port) dma(x *ExtMem, unmap bool) error {
 	}
 	return nil
 }
+
+// IOVAIsVA reports whether the EAL runs with IOVA = virtual address
+// (rte_eal_iova_mode, --iova-mode=va), the only mode in which a device
+// that does DMA can read mbufs attached to external memory: their IOVA is
+// their virtual address.
+func IOVAIsVA() bool { return Initialized() && C.veloce_iova_va() != 0 }
+
+// Bus is the name of the bus the port's device is on: "vdev" for virtual
+// devices (which do no DMA), "pci" for NICs.
+func (p *Port) Bus() string { return C.GoString(C.veloce_port_bus(C.uint16_t(p.id))) }

@@ -101,3 +101,7 @@ func (x *ExtMem) Free() error                              { return nil }
 func (m *Mbuf) AttachExtMem(x *ExtMem, i, off, length int) {}
 func (p *Port) DMAMap(x *ExtMem) error                     { return ErrUnavailable }
 func (p *Port) DMAUnmap(x *ExtMem) error                   { return ErrUnavailable }
+
+// IOVAIsVA returns false.
+func IOVAIsVA() bool        { return false }
+func (p *Port) Bus() string { return "" }

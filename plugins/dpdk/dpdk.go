@@ -427,7 +427,9 @@ func (p *Plugin) attach(x *dpdk.ExtMem, m *dpdk.Mbuf, d *wire.Packet, mac pkt.MA
 
 // SlotMemory gives the runtime n slots of stride bytes to lay its remote
 // slots in, memory SendBatch sends from without copying (see the package
-// doc): a dpdk.ExtMem, DMA-mapped for the port's device. free unmaps it;
+// doc): a dpdk.ExtMem, DMA-mapped for the port's device. A port on a
+// real bus needs the EAL in IOVA-as-VA mode (--iova-mode=va): otherwise
+// SlotMemory refuses, and the runtime copies. free unmaps it;
 // call it once nothing writes the slots any more (before or after Close).
 // While DPDK still holds an mbuf attached to a slot, free leaves the
 // memory mapped for good: unmapping it could crash whoever reads the
@@ -440,6 +442,11 @@ func (p *Plugin) SlotMemory(n, stride int) (mem []byte, free func(), err error) 
 	}
 	if p.ext.Load() != nil {
 		return nil, nil, errors.New("dpdk: the plugin's slot memory is given out already")
+	}
+	if bus := p.port.Bus(); bus != "vdev" && !dpdk.IOVAIsVA() {
+		// A NIC would DMA from the slots' virtual addresses as if they
+		// were physical ones.
+		return nil, nil, fmt.Errorf("dpdk: slot memory for port %s (bus %q): the EAL's IOVAs are physical addresses; run it with --iova-mode=va", p.opts.Device, bus)
 	}
 	x, err := dpdk.NewExtMem(n, stride)
 	if err != nil {
