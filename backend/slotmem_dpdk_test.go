@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,4 +212,38 @@ func TestDPDKHostAppToHostAppOneCopy(t *testing.T) {
 		t.Errorf("A's plugin copied %d datagrams, more than its %d directory datagrams", sa.TxCopied, dirs)
 	}
 	_ = dB
+}
+
+// TestDPDKSlotMemoryFreedWithRuntime: the slot memory a runtime took from
+// its DPDK plugin is freed (unregistered from the EAL and unmapped) once
+// the runtime is unreachable, so a process that makes runtimes one after
+// another does not run out of the EAL's memseg lists; the plugin can then
+// give out a region again.
+func TestDPDKSlotMemoryFreedWithRuntime(t *testing.T) {
+	requireDPDK(t)
+	dp, err := dpdkplug.New(dpdkplug.Options{Device: fmt.Sprintf("net_ring_rt%d", ringSeq.Add(1)), Addr: netip.MustParsePrefix("10.95.1.1/24"), CPU: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	func() {
+		rt := NewRuntime(RuntimeOptions{NodeID: 1, Remote: RemoteOptions{Accelerated: []Datapath{dp}}})
+		if rt.remote.dps[0].slotMem == nil {
+			t.Fatal("the runtime did not take the plugin's slot memory")
+		}
+		rt.Close()
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		runtime.GC()
+		_, free, err := dp.SlotMemory(2, 2112)
+		if err == nil {
+			free()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the plugin's slot memory is still given out after the runtime went: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
