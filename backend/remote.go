@@ -187,7 +187,10 @@ type remote struct {
 
 	// slots hold the messages queued for peers: held by emit from Get
 	// until it queues the slot on a datapath's ready queue, then by that
-	// datapath's sender (or flusher) until it is sent and Put.
+	// datapath's sender (or flusher) until it is sent and Put (release:
+	// for a datapath that sends from the slot itself, once it is done
+	// with it). They live in the first SlotMemory datapath's memory
+	// (slotmem.go), behind remoteHeadroom bytes each.
 	slots *slots.Pool[remoteMeta]
 
 	// generation numbers the local directory's lists: it changes only
@@ -255,6 +258,11 @@ type datapathState struct {
 	// maxPayload is the largest message sent as one datagram on dp
 	// (maxPayloadOf); larger ones go as fragments (large.go).
 	maxPayload int
+	// slotMem is dp when the remote slots live in its memory (set by
+	// newRemote); held are the slots it sent and may still read, owned
+	// by its sending goroutine (slotmem.go).
+	slotMem SlotMemory
+	held    heldSlots
 	// sentGen is the directory generation last sent on dp; full, digest
 	// and want are sendDirectory's scratch lists. Owned by dp's sender
 	// goroutine (directory.go).
@@ -324,9 +332,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 	if opts.MaxMessage <= 0 {
 		opts.MaxMessage = DefaultMaxMessage
 	}
-	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), fleetHidden: map[*Port]bool{}, maxMessage: opts.MaxMessage,
-		slots: slots.MustNew[remoteMeta](slots.Options{Slots: remoteSlots, SlotSize: remoteSlotSize}),
-	}
+	rm := &remote{rt: rt, opts: opts, boot: rand.Uint64() | 1, fleet: map[uint32]fleetEntry{}, fleetChanged: make(chan struct{}, 1), fleetHidden: map[*Port]bool{}, maxMessage: opts.MaxMessage}
 	for _, dp := range append([]Datapath{opts.Datapath}, opts.Accelerated...) {
 		if dp == nil {
 			continue
@@ -349,6 +355,7 @@ func newRemote(rt *Runtime, opts RemoteOptions) *remote {
 			break
 		}
 	}
+	rm.slots = rm.newSlotPool()
 	rm.buildRoutes()
 	rm.rel = newReliable(rm)
 	rm.authCounter.Store(uint64(time.Now().UnixNano()))
@@ -744,6 +751,9 @@ func (f *flusher) flush() bool {
 // in hand for the next call.
 func (f *flusher) step() (had bool, wait time.Duration) {
 	rm := f.rm
+	if f.st.slotMem != nil {
+		rm.reap(f.st) // slots the datapath finished with since the last turn
+	}
 	if f.done == f.n {
 		f.n, f.done = 0, 0
 		f.n, f.end, wait = rm.take(f.st, f.ids, f.pkts, f.seal)
@@ -761,9 +771,7 @@ func (f *flusher) step() (had bool, wait time.Duration) {
 		f.st.tx.sentBatch(f.end)
 		rm.sent.Add(uint64(f.n))
 		f.st.done.Add(uint64(f.n))
-		for _, id := range f.ids[:f.n] {
-			rm.slots.Put(id)
-		}
+		rm.release(f.st, f.ids[:f.n])
 		f.done = f.n
 	}
 	return true, 0

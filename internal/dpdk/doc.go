@@ -21,7 +21,8 @@
 // to depend on the C-level API. An RDMA binding (internal/rdma, tag rdma)
 // follows the same pattern. Every file that uses cgo or unsafe is named
 // *_unsafe.go: dpdk_unsafe.go (the cgo binding), mbuf_unsafe.go (the
-// pure-Go mbuf accessors) and stub_unsafe.go (the stub, whose API carries
+// pure-Go mbuf accessors), extmem_unsafe.go (slots in external memory)
+// and stub_unsafe.go (the stub, whose API carries
 // unsafe.Pointer for external buffers).
 //
 // # Builds
@@ -59,11 +60,11 @@
 //
 // RxBurst, TxBurst, AllocBulk and FreeBulk each make one cgo call for the
 // whole burst (about 40 ns here) and allocate nothing. Everything done per
-// packet is pure Go: Data, Room, SetLen, Len and AttachExtBuf read and
-// write struct rte_mbuf through unsafe pointer arithmetic, at field offsets
-// the C compiler computed (offsetof) when the package was built, since the
-// struct's anonymous unions and bitfields are beyond cgo. The C side
-// asserts the field widths Go assumes.
+// packet is pure Go: Data, Room, SetLen, Len, AttachExtBuf and
+// AttachExtMem read and write struct rte_mbuf through unsafe pointer
+// arithmetic, at field offsets the C compiler computed (offsetof) when the
+// package was built, since the struct's anonymous unions and bitfields are
+// beyond cgo. The C side asserts the field widths Go assumes.
 //
 // # Memory
 //
@@ -77,6 +78,12 @@
 // attached to them. Their IOVA is their virtual address: right for the
 // vdevs, while a real NIC also needs the memory registered (RegisterExtMem)
 // and DMA-mapped for the device, with --iova-mode=va.
+//
+// ExtMem does all of that for a region of fixed-size slots (mmap'd,
+// registered, DMAMap for a port's device) and gives every slot its own
+// shared-info record, so its owner can tell slot by slot when DPDK is done
+// (Busy: an atomic load, no callback into Go) and reuse a slot only then.
+// It is what the runtime's remote slots live in (plugins/dpdk SlotMemory).
 //
 // # EAL arguments
 //

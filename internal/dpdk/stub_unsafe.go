@@ -80,3 +80,28 @@ func LcoreID() uint32       { return LcoreIDAny }
 // RegisterExtMem returns ErrUnavailable.
 func RegisterExtMem(addr unsafe.Pointer, length int) error   { return ErrUnavailable }
 func UnregisterExtMem(addr unsafe.Pointer, length int) error { return ErrUnavailable }
+
+// ErrExtMemBusy is ExtMem.Free's error while mbufs attached to it are out.
+var ErrExtMemBusy = errors.New("dpdk: external memory still attached to mbufs in flight")
+
+// ExtMem is a region of slots to send from without copying; this build
+// cannot make one.
+type ExtMem struct{}
+
+// NewExtMem returns ErrUnavailable.
+func NewExtMem(n, stride int) (*ExtMem, error) { return nil, ErrUnavailable }
+
+func (x *ExtMem) Bytes() []byte                            { return nil }
+func (x *ExtMem) Stride() int                              { return 0 }
+func (x *ExtMem) Len() int                                 { return 0 }
+func (x *ExtMem) Slot(b []byte) (i, off int, ok bool)      { return 0, 0, false }
+func (x *ExtMem) Busy(i int) bool                          { return false }
+func (x *ExtMem) InFlight() int                            { return 0 }
+func (x *ExtMem) Free() error                              { return nil }
+func (m *Mbuf) AttachExtMem(x *ExtMem, i, off, length int) {}
+func (p *Port) DMAMap(x *ExtMem) error                     { return ErrUnavailable }
+func (p *Port) DMAUnmap(x *ExtMem) error                   { return ErrUnavailable }
+
+// IOVAIsVA returns false.
+func IOVAIsVA() bool        { return false }
+func (p *Port) Bus() string { return "" }

@@ -63,7 +63,7 @@ func (s State) String() string {
 
 // ErrSize means Options.Slots is not a power of two of at least 2, or
 // Options.SlotSize is negative.
-var ErrSize = errors.New("slots: slot count must be a power of two >= 2 and slot size >= 0")
+var ErrSize = errors.New("slots: slot count must be a power of two >= 2, slot size and headroom >= 0, and Mem large enough")
 
 // Options size a pool.
 type Options struct {
@@ -74,12 +74,21 @@ type Options struct {
 	// SlotSize is the size of each slot in bytes, allocated with the
 	// pool; 0 makes a pool of ids alone, over memory the caller owns.
 	SlotSize int
+	// Headroom is reserved in front of every slot, outside Bytes: slot i
+	// is at i*(Headroom+SlotSize)+Headroom of the pool's memory.
+	Headroom int
+	// Mem, when not nil, is the memory the slots live in instead of
+	// memory the pool allocates: at least Slots*(Headroom+SlotSize)
+	// bytes, which the caller keeps valid for the pool's life.
+	Mem []byte
 }
 
 // Pool is a slot pool with metadata of type M per slot. The zero value is
 // not usable; see New.
 type Pool[M any] struct {
 	size      int
+	stride    int // headroom + size
+	head      int // headroom
 	mem       []byte
 	meta      []M
 	state     []atomic.Uint32 // a State per slot
@@ -90,16 +99,23 @@ type Pool[M any] struct {
 // New returns a pool whose slots are all free. It returns ErrSize for
 // sizes it cannot make.
 func New[M any](opts Options) (*Pool[M], error) {
-	if opts.SlotSize < 0 {
+	if opts.SlotSize < 0 || opts.Headroom < 0 || opts.SlotSize == 0 && (opts.Headroom > 0 || opts.Mem != nil) {
 		return nil, ErrSize
 	}
 	free, err := ring.New(opts.Slots)
 	if err != nil {
 		return nil, ErrSize
 	}
-	p := &Pool[M]{size: opts.SlotSize, meta: make([]M, opts.Slots), state: make([]atomic.Uint32, opts.Slots), free: free}
-	if opts.SlotSize > 0 {
-		p.mem = make([]byte, opts.Slots*opts.SlotSize)
+	p := &Pool[M]{size: opts.SlotSize, stride: opts.Headroom + opts.SlotSize, head: opts.Headroom,
+		meta: make([]M, opts.Slots), state: make([]atomic.Uint32, opts.Slots), free: free}
+	switch {
+	case opts.Mem != nil:
+		if len(opts.Mem) < opts.Slots*p.stride {
+			return nil, ErrSize
+		}
+		p.mem = opts.Mem
+	case opts.SlotSize > 0:
+		p.mem = make([]byte, opts.Slots*p.stride)
 	}
 	for i := range uint32(opts.Slots) {
 		free.PushWait(i)
@@ -176,13 +192,13 @@ func (p *Pool[M]) Reclaim(id uint32) bool {
 // id must be below Len.
 func (p *Pool[M]) State(id uint32) State { return State(p.state[id].Load()) }
 
-// Bytes returns slot id's memory, SlotSize bytes (nil for a pool of ids).
-// It is the holder's to use.
+// Bytes returns slot id's memory, SlotSize bytes (nil for a pool of ids),
+// without its headroom. It is the holder's to use.
 func (p *Pool[M]) Bytes(id uint32) []byte {
 	if p.size == 0 {
 		return nil
 	}
-	off := int(id) * p.size
+	off := int(id)*p.stride + p.head
 	return p.mem[off : off+p.size : off+p.size]
 }
 

@@ -8,10 +8,28 @@ import (
 type meta struct{ n uint16 }
 
 func TestNewRefusesSizes(t *testing.T) {
-	for _, o := range []Options{{Slots: 0}, {Slots: 1}, {Slots: 3}, {Slots: 4, SlotSize: -1}} {
+	for _, o := range []Options{{Slots: 0}, {Slots: 1}, {Slots: 3}, {Slots: 4, SlotSize: -1},
+		{Slots: 4, SlotSize: 16, Headroom: -1}, {Slots: 4, Headroom: 8}, {Slots: 4, SlotSize: 16, Headroom: 8, Mem: make([]byte, 4*24-1)}} {
 		if _, err := New[meta](o); err != ErrSize {
 			t.Errorf("%+v: %v, want ErrSize", o, err)
 		}
+	}
+}
+
+// TestCallerMemoryWithHeadroom: a pool over the caller's memory lays slot
+// i at i*(Headroom+SlotSize)+Headroom, and no slot's bytes reach another
+// slot's headroom.
+func TestCallerMemoryWithHeadroom(t *testing.T) {
+	mem := make([]byte, 4*24)
+	p := MustNew[meta](Options{Slots: 4, SlotSize: 16, Headroom: 8, Mem: mem})
+	for id := range uint32(4) {
+		b := p.Bytes(id)
+		if len(b) != 16 || cap(b) != 16 || &b[0] != &mem[int(id)*24+8] {
+			t.Fatalf("slot %d: %d bytes (cap %d), want 16 at offset %d", id, len(b), cap(b), int(id)*24+8)
+		}
+	}
+	if q := MustNew[meta](Options{Slots: 4, SlotSize: 16, Headroom: 8}); len(q.Bytes(3)) != 16 {
+		t.Fatal("a pool's own memory with headroom")
 	}
 }
 

@@ -16,4 +16,5 @@ var (
 	_ backend.Poller        = (*dpdk.Plugin)(nil)
 	_ backend.Reacher       = (*dpdk.Plugin)(nil)
 	_ backend.StatsReporter = (*dpdk.Plugin)(nil)
+	_ backend.SlotMemory    = (*dpdk.Plugin)(nil)
 )

@@ -23,10 +23,28 @@
 // Wake (the runtime calls it on every emit) ends a pause at once.
 //
 // SendBatch resolves each destination's MAC (ARP, paced by a
-// netstack.Resolver), copies each datagram once into an mbuf behind the
-// headers and hands the burst to the port in one call. The port's one TX
-// queue is shared by the polling thread and the runtime's directory
-// messages under a mutex that is, in practice, never contended.
+// netstack.Resolver) and hands the burst to the port in one call. The
+// port's one TX queue is shared by the polling thread and the runtime's
+// directory messages under a mutex that is, in practice, never contended.
+//
+// # Sending without copying
+//
+// The runtime lays its remote slots in memory the plugin gives it
+// (SlotMemory): a dpdk.ExtMem, registered with the EAL as external memory
+// and DMA-mapped for the port's device, with a reference count per slot.
+// A datagram in such a slot, with room in front of it for the frame
+// headers (netstack.UDPFrameHeaderLen bytes of the slot's headroom), is
+// not copied: SendBatch writes the Ethernet, IPv4 and UDP headers into
+// that headroom and attaches an mbuf to the slot (one segment, which every
+// PMD takes). The slot is busy (SlotBusy) until DPDK frees the mbuf: in
+// the TxBurst call for the PMDs that copy (net_af_packet, net_tap,
+// net_vhost), when the receiver frees it for net_ring, after the NIC read
+// it (a later TxBurst) for a real NIC. The runtime does not reuse a busy
+// slot: a slot rewritten while the NIC still reads it would send another
+// message's bytes under this one's checksum and MAC. Any other datagram
+// (directories, acknowledgements, memory of another caller, a busy slot)
+// is copied once into an mbuf behind the headers; Stats counts both
+// (TxZeroCopy, TxCopied).
 //
 // # Availability
 //
@@ -132,22 +150,30 @@ type Options struct {
 
 // Stats are the plugin's counters.
 type Stats struct {
-	RxPackets    uint64            `json:"rx_packets"`
-	RxDatagrams  uint64            `json:"rx_datagrams"`
-	TxDatagrams  uint64            `json:"tx_datagrams"`
-	TxFull       uint64            `json:"tx_full"`
-	TooLong      uint64            `json:"too_long"`
-	NoMbufs      uint64            `json:"no_mbufs"`
-	ARPRequests  uint64            `json:"arp_requests"`
-	Unresolved   uint64            `json:"unresolved"`
-	ARPReplies   uint64            `json:"arp_replies"`
-	EchoReplies  uint64            `json:"echo_replies"`
-	Dropped      map[string]uint64 `json:"dropped,omitempty"`
-	Sleeps       uint64            `json:"sleeps"`
-	Neighbours   int               `json:"neighbours"`
-	PortIPackets uint64            `json:"port_ipackets"`
-	PortOPackets uint64            `json:"port_opackets"`
-	PortIMissed  uint64            `json:"port_imissed"`
+	RxPackets   uint64 `json:"rx_packets"`
+	RxDatagrams uint64 `json:"rx_datagrams"`
+	TxDatagrams uint64 `json:"tx_datagrams"`
+	// TxZeroCopy counts datagrams sent straight from the runtime's slots
+	// (SlotMemory), TxCopied and TxCopiedBytes those copied into an mbuf
+	// (including ones the port then refused); TxSlotsBusy is how many
+	// slots DPDK holds now.
+	TxZeroCopy    uint64            `json:"tx_zero_copy"`
+	TxCopied      uint64            `json:"tx_copied"`
+	TxCopiedBytes uint64            `json:"tx_copied_bytes"`
+	TxSlotsBusy   int               `json:"tx_slots_busy"`
+	TxFull        uint64            `json:"tx_full"`
+	TooLong       uint64            `json:"too_long"`
+	NoMbufs       uint64            `json:"no_mbufs"`
+	ARPRequests   uint64            `json:"arp_requests"`
+	Unresolved    uint64            `json:"unresolved"`
+	ARPReplies    uint64            `json:"arp_replies"`
+	EchoReplies   uint64            `json:"echo_replies"`
+	Dropped       map[string]uint64 `json:"dropped,omitempty"`
+	Sleeps        uint64            `json:"sleeps"`
+	Neighbours    int               `json:"neighbours"`
+	PortIPackets  uint64            `json:"port_ipackets"`
+	PortOPackets  uint64            `json:"port_opackets"`
+	PortIMissed   uint64            `json:"port_imissed"`
 }
 
 // Plugin is a DPDK port carrying wire datagrams. It implements the
@@ -164,6 +190,11 @@ type Plugin struct {
 	txMu   sync.Mutex
 	txBufs []*dpdk.Mbuf // +checklocks:txMu
 	macs   []pkt.MAC    // +checklocks:txMu
+	// ext is the runtime's slot memory (SlotMemory), nil before and
+	// after; set and cleared under txMu, loaded without it by SlotBusy.
+	// dmaMapped: ext is DMA-mapped for the port (undone by Close).
+	ext       atomic.Pointer[dpdk.ExtMem]
+	dmaMapped bool // +checklocks:txMu
 
 	polling atomic.Bool
 	closed  atomic.Bool
@@ -178,6 +209,7 @@ type Plugin struct {
 	maxDatagram int // +checklocksignore
 
 	rxPackets, rxDatagrams, txDatagrams, txFull, noMbufs atomic.Uint64
+	txZeroCopy, txCopied, txCopiedBytes                  atomic.Uint64
 	tooLong                                              atomic.Uint64
 	arpRequests, unresolved, sleeps                      atomic.Uint64
 	dropped                                              [netstack.NumDropReasons]atomic.Uint64
@@ -252,7 +284,13 @@ func New(opts Options) (*Plugin, error) {
 		pool.Free()
 		return nil, fmt.Errorf("dpdk: port %s: %w", opts.Device, err)
 	}
-	host, err := netstack.New(netstack.Config{MAC: pkt.MAC(port.MAC()), Addr: netip.PrefixFrom(a, opts.Addr.Bits()), Neighbours: 256})
+	mac := pkt.MAC(port.MAC())
+	if mac == (pkt.MAC{}) {
+		// A port without an address of its own (net_ring): a locally
+		// administered one, unique in the process.
+		mac = pkt.MAC{0x02, 'v', 'l', 'c', byte(port.ID() >> 8), byte(port.ID())}
+	}
+	host, err := netstack.New(netstack.Config{MAC: mac, Addr: netip.PrefixFrom(a, opts.Addr.Bits()), Neighbours: 256})
 	if err != nil {
 		port.Close()
 		pool.Free()
@@ -262,7 +300,7 @@ func New(opts Options) (*Plugin, error) {
 		res:   netstack.Resolver{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond},
 		local: netip.AddrPortFrom(a, opts.Port), wake: make(chan struct{}, 1), maxDatagram: opts.MTU - 28,
 		txBufs: make([]*dpdk.Mbuf, opts.Burst), macs: make([]pkt.MAC, opts.Burst)}
-	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", pkt.MAC(port.MAC()).HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
+	log.Info("dpdk port up", "device", opts.Device, "port", port.ID(), "mac", mac.HardwareAddr().String(), "addr", opts.Addr, "udp", opts.Port)
 	// Announce ourselves so that the link's hosts (and switches) learn
 	// where we are before the first datagram.
 	p.sendControl(func(b []byte) (int, error) { return host.GratuitousARP(b) })
@@ -321,12 +359,19 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 			return done, nil
 		}
 		var tooLong error
+		x := p.ext.Load()
 		for i, m := range bufs {
 			d := &pkts[done+i]
-			a := d.Addr.Addr().Unmap()
 			l, err := 0, ErrTooLong
 			if d.N <= p.maxDatagram {
-				l, err = p.host.PutUDPFrame(m.Room(), p.macs[i], a.As4(), p.opts.Port, d.Addr.Port(), d.Bytes())
+				var attached bool
+				if attached, err = p.attach(x, m, d, p.macs[i]); attached {
+					continue
+				}
+				if err == nil {
+					a := d.Addr.Addr().Unmap()
+					l, err = p.host.PutUDPFrame(m.Room(), p.macs[i], a.As4(), p.opts.Port, d.Addr.Port(), d.Bytes())
+				}
 			}
 			if err != nil {
 				// Send what came before; the caller skips this one.
@@ -335,6 +380,8 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 				break
 			}
 			m.SetLen(l)
+			p.txCopied.Add(1)
+			p.txCopiedBytes.Add(uint64(d.N))
 		}
 		sent := p.port.TxBurst(0, bufs)
 		p.txDatagrams.Add(uint64(sent))
@@ -350,6 +397,89 @@ func (p *Plugin) SendBatch(pkts []wire.Packet) (int, error) {
 		}
 	}
 	return done, nil
+}
+
+// attach sends d from its slot of x without copying when it can: the
+// frame headers go into the slot's headroom in front of the datagram and
+// m is attached to the slot. It reports false (and m untouched) when d is
+// not in x, has no room in front of it, or its slot is busy (the runtime
+// would not do that; copying is the safe answer).
+func (p *Plugin) attach(x *dpdk.ExtMem, m *dpdk.Mbuf, d *wire.Packet, mac pkt.MAC) (bool, error) {
+	if x == nil || d.N == 0 {
+		return false, nil
+	}
+	slot, off, ok := x.Slot(d.Bytes())
+	const hl = netstack.UDPFrameHeaderLen
+	if !ok || off < hl || x.Busy(slot) {
+		return false, nil
+	}
+	start := slot*x.Stride() + off - hl
+	frame := x.Bytes()[start : start+hl+d.N]
+	a := d.Addr.Addr().Unmap()
+	l, err := p.host.PutUDPFrame(frame, mac, a.As4(), p.opts.Port, d.Addr.Port(), frame[hl:])
+	if err != nil {
+		return false, err
+	}
+	m.AttachExtMem(x, slot, off-hl, l)
+	p.txZeroCopy.Add(1)
+	return true, nil
+}
+
+// SlotMemory gives the runtime n slots of stride bytes to lay its remote
+// slots in, memory SendBatch sends from without copying (see the package
+// doc): a dpdk.ExtMem, DMA-mapped for the port's device. A port on a
+// real bus needs the EAL in IOVA-as-VA mode (--iova-mode=va): otherwise
+// SlotMemory refuses, and the runtime copies. free unmaps it;
+// call it once nothing writes the slots any more (before or after Close).
+// While DPDK still holds an mbuf attached to a slot, free leaves the
+// memory mapped for good: unmapping it could crash whoever reads the
+// mbuf. A plugin gives out one region.
+func (p *Plugin) SlotMemory(n, stride int) (mem []byte, free func(), err error) {
+	p.txMu.Lock()
+	defer p.txMu.Unlock()
+	if p.closed.Load() {
+		return nil, nil, ErrClosed
+	}
+	if p.ext.Load() != nil {
+		return nil, nil, errors.New("dpdk: the plugin's slot memory is given out already")
+	}
+	if bus := p.port.Bus(); bus != "vdev" && !dpdk.IOVAIsVA() {
+		// A NIC would DMA from the slots' virtual addresses as if they
+		// were physical ones.
+		return nil, nil, fmt.Errorf("dpdk: slot memory for port %s (bus %q): the EAL's IOVAs are physical addresses; run it with --iova-mode=va", p.opts.Device, bus)
+	}
+	x, err := dpdk.NewExtMem(n, stride)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dpdk: slot memory: %w", err)
+	}
+	if err := p.port.DMAMap(x); err != nil {
+		x.Free()
+		return nil, nil, fmt.Errorf("dpdk: slot memory for port %s: %w", p.opts.Device, err)
+	}
+	p.ext.Store(x)
+	p.dmaMapped = true
+	free = func() {
+		p.txMu.Lock()
+		defer p.txMu.Unlock()
+		if p.ext.Load() == x {
+			p.ext.Store(nil)
+			if p.dmaMapped {
+				p.port.DMAUnmap(x)
+				p.dmaMapped = false
+			}
+		}
+		if err := x.Free(); err != nil {
+			p.log.Warn("dpdk: slot memory left mapped: DPDK still holds mbufs attached to it", "err", err)
+		}
+	}
+	return x.Bytes(), free, nil
+}
+
+// SlotBusy reports whether DPDK may still read slot i of the SlotMemory
+// region (an mbuf attached to it is not freed yet): an atomic load.
+func (p *Plugin) SlotBusy(i int) bool {
+	x := p.ext.Load()
+	return x != nil && x.Busy(i)
 }
 
 // resolveLocked asks for addr's MAC when it is time to, and says whether
@@ -598,6 +728,7 @@ func (p *Plugin) RecvBatch(pkts []wire.Packet, timeout time.Duration) (int, erro
 // Stats returns the counters.
 func (p *Plugin) Stats() Stats {
 	s := Stats{RxPackets: p.rxPackets.Load(), RxDatagrams: p.rxDatagrams.Load(), TxDatagrams: p.txDatagrams.Load(),
+		TxZeroCopy: p.txZeroCopy.Load(), TxCopied: p.txCopied.Load(), TxCopiedBytes: p.txCopiedBytes.Load(),
 		TxFull: p.txFull.Load(), TooLong: p.tooLong.Load(), NoMbufs: p.noMbufs.Load(), ARPRequests: p.arpRequests.Load(),
 		Unresolved: p.unresolved.Load(), Sleeps: p.sleeps.Load(), Neighbours: len(p.host.Neighbours())}
 	s.ARPReplies, s.EchoReplies = p.host.Replies()
@@ -614,6 +745,9 @@ func (p *Plugin) Stats() Stats {
 			s.Dropped = map[string]uint64{}
 		}
 		s.Dropped["other-port"] = v
+	}
+	if x := p.ext.Load(); x != nil {
+		s.TxSlotsBusy = x.InFlight()
 	}
 	if ps, err := p.port.Stats(); err == nil {
 		s.PortIPackets, s.PortOPackets, s.PortIMissed = ps.IPackets, ps.OPackets, ps.IMissed
@@ -633,6 +767,10 @@ func (p *Plugin) Close() error {
 	p.stopped.Wait()
 	p.txMu.Lock()
 	defer p.txMu.Unlock()
+	if x := p.ext.Load(); x != nil && p.dmaMapped {
+		p.port.DMAUnmap(x) // the memory stays the runtime's until its free
+		p.dmaMapped = false
+	}
 	err := p.port.Close()
 	p.pool.Free()
 	return err
