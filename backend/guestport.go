@@ -10,14 +10,22 @@ import (
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/ring"
 	"github.com/veloce-io/veloce/internal/slots"
+	"github.com/veloce-io/veloce/vhostuser"
 )
 
 // The virtio transport: guestlib in a VM speaks guestproto in UDP
 // datagrams to the service address and port. The port answers control
 // requests at once (the reply goes back in the poller's reply buffer) and
-// feeds Emits to the runtime; messages for the port's sinks wait in its
-// outbox, whole frames in fixed slots, until queue pair 0's poller puts
-// them on the guest's RX ring (one queue pair keeps each source's order).
+// feeds Emits to the runtime. A message for one of the port's sinks is
+// written straight into the guest's next RX buffer on queue pair 0, by
+// whichever thread delivers it (vhostuser.NetDevice.DeliverRX): from a
+// VM source, out of the sender's TX buffer, one copy in all; from a host
+// application, out of its slot, one copy. Only when that buffer is not
+// there (the guest has not posted one, frames wait ahead of it, the ring
+// is not running, the port is frozen for a migration) does the message
+// wait in the port's outbox, whole frames in fixed slots, until queue
+// pair 0's poller puts it on the ring: three copies then (into the slot,
+// out of it, onto the ring). One queue pair keeps each source's order.
 
 const (
 	// outboxSlots is how many frames a port holds for its guest; when
@@ -81,18 +89,57 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 		sk.creditWaits.Add(1)
 		return false
 	}
+	index := nextIndex(sk, c)
+	if !p.frozen.Load() {
+		switch p.dev.DeliverRX(0, p, vhostuser.RXMessage{Ref: sk, Args: [3]uint64{source, seq, uint64(index)}, Data: payload}) {
+		case vhostuser.RXDelivered:
+			p.copies.Add(1) // WriteRX: the payload into the RX buffer
+			return true
+		case vhostuser.RXFailed:
+			return false // the guest broke its ring: its frontend is dropped
+		}
+	}
 	id, ok := p.out.slots.Get()
 	if !ok {
 		return false
 	}
 	slot := p.out.slots.Bytes(id)
-	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, nextIndex(sk, c), source, seq, payload)
+	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, payload)
 	if !p.queueFrame(sk, id, n, err) {
 		return false
 	}
+	p.copies.Add(1) // PutDeliver: the payload into the slot
 	p.dev.Wake()
 	return true
 }
+
+var _ vhostuser.RXWriter = (*Port)(nil)
+
+// WriteRX implements vhostuser.RXWriter: the Deliver datagram of a
+// message for one of the port's sinks (m.Ref, the *Sink; m.Args: source,
+// sequence number, delivery index; m.Data: the payload) written into buf,
+// the guest's RX buffer. It reads nothing back from buf but the UDP
+// checksum's input, which only the receiving guest could have changed.
+func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
+	sk, ok := m.Ref.(*Sink)
+	if !ok || len(buf) < DatagramHeaderLen {
+		return 0
+	}
+	n, err := guestproto.PutDeliver(buf[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, uint32(m.Args[2]), m.Args[0], m.Args[1], m.Data)
+	if err != nil {
+		return 0
+	}
+	n, err = p.peer.PutDatagram(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// copyCount is how many times the port copied a message for its guest
+// (WriteRX, PutDeliver into an outbox slot, FillRX out of one); the
+// device's own copies are in vhostuser.NetStats.Copies.
+func (p *Port) copyCount() uint64 { return p.copies.Load() }
 
 // nextIndex is the delivery index of sk's next frame: numbered once its
 // guest sent a Credit (c, the sink's credit, not 0), skipping 0, which is
@@ -168,6 +215,7 @@ func (p *Port) FillRX(qp int, buf []byte) int {
 	}
 	n := copy(buf, p.out.slots.Bytes(id)[:*p.out.slots.Meta(id)])
 	p.out.slots.Put(id)
+	p.copies.Add(1)
 	return n
 }
 

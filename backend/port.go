@@ -81,6 +81,7 @@ type Port struct {
 	replies   replayCache              // recent control replies, for resent requests
 	acct      *account                 // what the guest holds, against opts.Limits
 	large     guestLarge               // large messages from the guest (guestlarge.go)
+	copies    atomic.Uint64            // message copies for the guest (copyCount)
 
 	// Live migration (snapshot.go, migrate.go).
 	frozen   atomic.Bool             // the outbox is held: the guest gets nothing from it

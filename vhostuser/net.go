@@ -92,6 +92,12 @@ type NetStats struct {
 	// memory the frontend handed over, or a ring the driver broke (see
 	// NetState.Failure).
 	Failures uint64
+	// Copies counts the frame copies the device made: a TX chain gathered
+	// into one buffer (its frame spanned several descriptors), a frame
+	// copied into RX buffers (a reply, an RXSource's frame, a backlogged
+	// one). A frame an RXWriter built in place (DeliverRX) is the
+	// writer's copy, not counted here.
+	Copies uint64
 }
 
 // NetState is a snapshot of a NetDevice's negotiated state.
@@ -170,6 +176,9 @@ type NetDevice struct {
 	// poller (one at a time: a stopped poller is waited for); emptied on
 	// reset.
 	backlogs []*rxBacklog
+	// rxq[qp] serializes queue pair qp's RX producers (directrx.go);
+	// created with the device, never replaced.
+	rxq      []*rxProducer
 	vrings   []vring                   // guarded by mu; 2 per queue pair: RX even, TX odd
 	pollers  []*poller                 // guarded by mu; per queue pair, nil when stopped
 	running  atomic.Pointer[[]*poller] // a copy of pollers for Wake, which takes no lock
@@ -185,7 +194,7 @@ type NetDevice struct {
 }
 
 type netCounters struct {
-	txPackets, txBytes, rxPackets, rxBytes, drops, errors, failures atomic.Uint64
+	txPackets, txBytes, rxPackets, rxBytes, drops, errors, failures, copies atomic.Uint64
 }
 
 // failure is why the device dropped its frontend.
@@ -217,6 +226,7 @@ func NewNetDevice(opts NetOptions) (*NetDevice, error) {
 	d := &NetDevice{opts: opts, log: log}
 	for range opts.QueuePairs {
 		d.backlogs = append(d.backlogs, newRXBacklog(rxBacklogBytes, rxBacklogFrames))
+		d.rxq = append(d.rxq, newRXProducer())
 	}
 	d.resetLocked()
 	d.publishStateLocked()
@@ -230,6 +240,7 @@ func (d *NetDevice) Stats() NetStats {
 		GuestTXPackets: d.stats.txPackets.Load(), GuestTXBytes: d.stats.txBytes.Load(),
 		GuestRXPackets: d.stats.rxPackets.Load(), GuestRXBytes: d.stats.rxBytes.Load(),
 		Drops: d.stats.drops.Load(), Errors: d.stats.errors.Load(), Failures: d.stats.failures.Load(),
+		Copies: d.stats.copies.Load(),
 	}
 	if ps := d.running.Load(); ps != nil {
 		for _, p := range *ps {
@@ -957,6 +968,12 @@ func (d *NetDevice) quiesceLocked() bool {
 			ok = false
 		}
 	}
+	// Direct RX writers (directrx.go) finish the frame they are in; the
+	// next ones see what the caller changed.
+	for _, q := range d.rxq {
+		q.mu.Lock()
+		q.mu.Unlock() // an empty critical section: a barrier
+	}
 	return ok
 }
 
@@ -1028,6 +1045,7 @@ func (d *NetDevice) stopPairLocked(qp int) {
 	if p == nil {
 		return
 	}
+	d.rxq[qp].setPoller(nil) // no direct RX writer uses its ring past here
 	p.stop()
 	if p.rx != nil {
 		d.vrings[2*qp].base = p.rx.VringBase()
@@ -1150,6 +1168,9 @@ func (d *NetDevice) reconcileLocked() error {
 		}
 		if err := p.start(); err != nil {
 			return err
+		}
+		if p.rx != nil {
+			d.rxq[qp].setPoller(p)
 		}
 		d.pollers[qp] = p
 		d.publishPollersLocked()

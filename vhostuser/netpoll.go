@@ -57,7 +57,12 @@ type poller struct {
 	parked atomic.Bool
 	// bl holds frames for the guest that found the RX ring short
 	// (rxbacklog.go); the device's, for this queue pair.
-	bl                     *rxBacklog
+	bl *rxBacklog
+	// rxq serializes the RX ring's producers: this poller and
+	// NetDevice.DeliverRX's callers (directrx.go). rxLocked: the poller
+	// holds it (recoverFault releases it).
+	rxq                    *rxProducer
+	rxLocked               bool
 	sleeps                 atomic.Uint64 // poll(2) calls: the tests' proof that an idle poller sleeps
 	done                   chan struct{}
 	txChain                *Chain
@@ -73,10 +78,10 @@ type poller struct {
 	rxPending, txPublished bool
 	// Counters of the current round, added to the device's once per
 	// round (flush): atomics per frame stall on the frame's cache misses.
-	txPackets, txBytes, rxPackets, rxBytes, drops, errs uint64
-	src                                                 RXSource  // the handler, when it originates frames
-	announcer                                           Announcer // the handler, until it has announced
-	gen                                                 []byte    // frame buffer for src
+	txPackets, txBytes, rxPackets, rxBytes, drops, errs, copies uint64
+	src                                                         RXSource  // the handler, when it originates frames
+	announcer                                                   Announcer // the handler, until it has announced
+	gen                                                         []byte    // frame buffer for src
 }
 
 // pollRing is what the poller needs of a ring beyond Queue: SplitRing
@@ -128,6 +133,7 @@ func newPoller(d *NetDevice, qp int) *poller {
 		done:    make(chan struct{}),
 		rxPoll:  -1,
 		bl:      d.backlogs[qp],
+		rxq:     d.rxq[qp],
 		txChain: NewChain(maxSegments),
 		linear:  make([]byte, 65536+64),
 		reply:   make([]byte, replyCap),
@@ -214,18 +220,24 @@ func (p *poller) run() {
 	for !p.stopping.Load() {
 		p.rounds.Add(1)
 		n := 0
-		if p.bl.n > 0 && p.rx != nil {
-			// Backlogged frames go first, before anything new.
-			n += p.drainBacklog()
-		}
-		if p.announcer != nil && p.rx.Pending() > 0 {
-			p.announce()
+		if p.rx != nil && (p.bl.n > 0 || p.announcer != nil || (p.src != nil && p.src.PendingRX(p.qp))) {
+			// The round's RX work, as the ring's one producer of the
+			// moment (directrx.go): backlogged frames first, before
+			// anything new, then the announcement, then the source's.
+			p.lockRX()
+			if p.bl.n > 0 {
+				n += p.drainBacklog()
+			}
+			if p.announcer != nil && p.rx.Pending() > 0 {
+				n += p.announce()
+			}
+			if p.src != nil && p.bl.n == 0 {
+				n += p.processRX()
+			}
+			p.unlockRX()
 		}
 		if p.tx != nil {
 			n += p.processTX()
-		}
-		if p.src != nil && p.rx != nil && p.bl.n == 0 {
-			n += p.processRX()
 		}
 		if n > 0 {
 			p.flush()
@@ -259,9 +271,23 @@ func (p *poller) run() {
 	}
 }
 
+// lockRX makes the poller the RX ring's producer (directrx.go).
+func (p *poller) lockRX() {
+	p.rxq.mu.Lock()
+	p.rxLocked = true
+}
+
+func (p *poller) unlockRX() {
+	p.rxLocked = false
+	p.rxq.mu.Unlock()
+}
+
 // recoverFault ends a poller that faulted on frontend memory: the device
 // drops the frontend. Other panics are bugs and go on.
 func (p *poller) recoverFault() {
+	if p.rxLocked {
+		p.unlockRX() // a fault while placing a frame: other producers go on
+	}
 	v := recover()
 	if v == nil {
 		return
@@ -280,14 +306,20 @@ func (p *poller) ringBroken(ring int, err error) {
 	p.dev.fail(p.qp, fmt.Errorf("queue pair %d: %w", p.qp, &RingError{Ring: ring, Err: err}))
 }
 
-// announce delivers the Announcer's frame, once per frontend connection.
-func (p *poller) announce() {
-	if n := p.announcer.Announce(p.qp, p.reply); n > 0 {
+// announce delivers the Announcer's frame, once per frontend connection,
+// and returns how many frames it delivered (the round's flush publishes
+// it). The caller holds the RX lock.
+func (p *poller) announce() int {
+	n := p.announcer.Announce(p.qp, p.reply)
+	if n > 0 {
 		p.deliver(p.reply[:n])
-		p.flush()
 	}
 	p.dev.announced[p.qp].Store(true)
 	p.announcer = nil
+	if n > 0 {
+		return 1
+	}
+	return 0
 }
 
 // waitsForRX says whether something waits for RX buffers: an
@@ -305,8 +337,12 @@ func (p *poller) enableNotifications() (pending bool) {
 		pending = true
 	}
 	p.rxNotify = p.waitsForRX()
-	if p.rxNotify && p.rx.EnableNotifications() {
-		pending = true
+	if p.rxNotify {
+		p.lockRX()
+		if p.rx.EnableNotifications() {
+			pending = true
+		}
+		p.unlockRX()
 	}
 	return pending
 }
@@ -316,7 +352,9 @@ func (p *poller) disableNotifications() {
 		p.tx.DisableNotifications()
 	}
 	if p.rx != nil {
+		p.lockRX() // the used ring's flags: shared with direct RX writers
 		p.rx.DisableNotifications()
+		p.unlockRX()
 	}
 	p.rxNotify = false
 }
@@ -334,10 +372,12 @@ func (p *poller) flush() {
 	}
 	if p.rxPending {
 		p.rxPending = false
+		p.lockRX()
 		p.rx.Publish()
 		if p.rx.NeedsNotify() {
 			p.rxCall.Signal()
 		}
+		p.unlockRX()
 	}
 }
 
@@ -361,6 +401,10 @@ func (p *poller) addStats() {
 	if p.errs > 0 {
 		st.errors.Add(p.errs)
 		p.errs = 0
+	}
+	if p.copies > 0 {
+		st.copies.Add(p.copies)
+		p.copies = 0
 	}
 }
 
@@ -433,7 +477,11 @@ func (p *poller) processTX() int {
 		rn := p.dev.opts.Handler.HandleFrame(p.qp, frame, p.reply)
 		p.tx.Push(p.txChain, 0)
 		if rn > 0 {
+			// Not held around HandleFrame, which may deliver to this
+			// very ring (DeliverRX).
+			p.lockRX()
 			p.deliver(p.reply[:rn])
+			p.unlockRX()
 		}
 	}
 	if n > 0 {
@@ -458,13 +506,14 @@ func (p *poller) frame(c *Chain) []byte {
 		return segs[1]
 	}
 	c.Gather(p.linear[:total])
+	p.copies++
 	return p.linear[p.hdrLen:total]
 }
 
 // deliver puts one frame on the RX ring, spanning several buffers when
 // the driver negotiated mergeable RX buffers, or in the backlog when the
 // ring is short of buffers or frames wait there already (order is kept).
-// Publication is batched by the caller.
+// Publication is batched by the caller, which holds the RX lock.
 func (p *poller) deliver(frame []byte) {
 	if p.rx != nil {
 		if p.bl.n > 0 {
@@ -484,6 +533,8 @@ func (p *poller) deliver(frame []byte) {
 	// (its poller starts with the ring and drains the backlog).
 	if !p.bl.push(frame) {
 		p.drops++
+	} else {
+		p.copies++ // into the backlog (and once more onto the ring, later)
 	}
 }
 
@@ -615,6 +666,7 @@ func (p *poller) place(frame []byte) placeResult {
 	p.rxPending = true
 	p.rxPackets++
 	p.rxBytes += uint64(len(frame))
+	p.copies++
 	return placed
 }
 

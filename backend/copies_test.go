@@ -1,0 +1,222 @@
+package backend
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/guestlib"
+	"github.com/veloce-io/veloce/internal/guestproto"
+	"github.com/veloce-io/veloce/internal/pkt"
+	vt "github.com/veloce-io/veloce/vhostuser/vhostusertest"
+)
+
+// The copies a message takes on its way into a VM: the README's "Copies
+// on each path" rows for VM sinks, counted at every memmove site (the
+// port's copyCount, the devices' NetStats.Copies).
+
+// copyGuest is the guest address sessions of these tests come from.
+var copyGuest = netip.MustParseAddrPort("169.254.77.2:40000")
+
+// vmCall runs one control request of copyGuest on a running port, as its
+// poller would (the reply is returned, not put on the ring).
+func vmCall(t *testing.T, p *Port, m *guestproto.Message) guestproto.Result {
+	t.Helper()
+	var b [64]byte
+	n, err := guestproto.PutRequest(b[:], m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 4096)
+	rn := p.handleGuest(copyGuest, b[:n], reply)
+	if rn == 0 {
+		t.Fatalf("no reply to %v", m.Type)
+	}
+	var r guestproto.Message
+	if err := guestproto.Parse(reply[DatagramHeaderLen:rn], &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Result.Status != guestproto.StatusOK {
+		t.Fatalf("%v: status %v: %s", m.Type, r.Result.Status, r.Result.Message)
+	}
+	return r.Result
+}
+
+// vmSink opens a session, a stream and a sink on channel on p, for
+// copyGuest, and returns the sink's id.
+func vmSink(t *testing.T, p *Port, channel uint32) uint32 {
+	t.Helper()
+	sess := vmCall(t, p, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := vmCall(t, p, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	return vmCall(t, p, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSink, Session: sess}, Stream: st, Channel: channel}).ID
+}
+
+// attach connects a well-behaved frontend to p with rxBufs RX buffers
+// posted, and waits for the port's announcement (a gratuitous ARP, which
+// the device copies onto the ring like any reply).
+func attach(t *testing.T, p *Port, rxBufs int) *vt.NetPeer {
+	t.Helper()
+	g, err := vt.NewNetPeer(t, p.opts.Socket, vt.NetPeerOptions{Size: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.PostRX(rxBufs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.RecvRX(5 * time.Second); err != nil {
+		t.Fatalf("announcement: %v", err)
+	}
+	return g
+}
+
+// copiesOf is every copy the ports and their devices counted.
+func copiesOf(ps ...*Port) uint64 {
+	var n uint64
+	for _, p := range ps {
+		n += p.copyCount() + p.dev.Stats().Copies
+	}
+	return n
+}
+
+// recvDeliveries takes n frames off g's RX ring and checks each is a
+// Deliver for sink whose payload is want(i).
+func recvDeliveries(t *testing.T, g *vt.NetPeer, sink uint32, n int, want func(i int) []byte) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		f, err := g.RecvRX(5 * time.Second)
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i, err)
+		}
+		var m guestproto.Message
+		if len(f) < DatagramHeaderLen || guestproto.Parse(f[DatagramHeaderLen:], &m) != nil || m.Type != guestproto.Deliver || m.ID != sink {
+			t.Fatalf("frame %d is not a Deliver for sink %d: % x", i, sink, f)
+		}
+		if !bytes.Equal(m.Payload, want(i)) {
+			t.Fatalf("delivery %d: payload % x, want % x", i, m.Payload, want(i))
+		}
+	}
+}
+
+func copyPayload(i int) []byte {
+	b := bytes.Repeat([]byte{byte(i)}, 200)
+	binary.LittleEndian.PutUint32(b, uint32(i))
+	return b
+}
+
+// TestVMToVMIsOneCopy: guest 1 emits N messages on its TX ring, guest 2's
+// sink gets them on its RX ring; each is copied once in all, from guest
+// 1's TX buffer into guest 2's RX buffer (it was three: into guest 2's
+// outbox, out of it, onto the ring).
+func TestVMToVMIsOneCopy(t *testing.T) {
+	const n = 64
+	rt := NewRuntime(RuntimeOptions{})
+	p1 := startPort(t, PortOptions{Name: "vm1", Runtime: rt, Tenant: "t", Limits: noLimits})
+	p2 := startPort(t, PortOptions{Name: "vm2", Runtime: rt, Tenant: "t", Limits: noLimits})
+	g1 := attach(t, p1, 4)
+	g2 := attach(t, p2, n+4)
+	sink := vmSink(t, p2, 7)
+	sess := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 7}).ID
+
+	before := copiesOf(p1, p2)
+	emit := make([]byte, 2048)
+	for i := 0; i < n; i++ {
+		l, err := guestproto.PutEmit(emit, sess, src, uint64(i), copyPayload(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame := udpFrame(pkt.MAC(DefaultServiceMAC), tGuestIP, tServiceIP, copyGuest.Port(), DefaultServicePort, emit[:l])
+		g1.AddTX(append(make([]byte, vt.NetHeaderLen), frame...))
+	}
+	if err := g1.KickTX(); err != nil {
+		t.Fatal(err)
+	}
+	recvDeliveries(t, g2, sink, n, copyPayload)
+	if err := g1.SettleTX(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := copiesOf(p1, p2) - before; got != n {
+		t.Errorf("%d messages VM to VM took %d copies, want %d (one each)", n, got, n)
+	}
+	if q := p2.out.ready.Len(); q != 0 {
+		t.Errorf("%d frames left in the receiver's outbox", q)
+	}
+}
+
+// TestHostAppToVMIsOneCopy: a host application emits N messages from its
+// TX slots to a VM's sink; each is copied once, from the slot into the
+// guest's RX buffer.
+func TestHostAppToVMIsOneCopy(t *testing.T) {
+	const n = 64
+	sock := t.TempDir() + "/app.sock"
+	d, _ := startDaemonWith(t, func(o *DaemonOptions) {
+		o.AppSocket = sock
+		o.Ports[0].Tenant = HostTenant // the root application's tenant
+		o.Ports[0].Limits = noLimits
+	}, "vm")
+	d.admin.mu.Lock()
+	p := d.ports[0]
+	d.admin.mu.Unlock()
+	g := attach(t, p, n+4)
+	sink := vmSink(t, p, 9)
+
+	app := openApp(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := app.CreateStream(ctx, guestlib.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := st.CreateSource(ctx, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := copiesOf(p)
+	for i := 0; i < n; i++ {
+		b, err := src.GetBufferContext(ctx, 200)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(b.Data, copyPayload(i)) // the application writing its slot
+		if _, err := src.Emit(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recvDeliveries(t, g, sink, n, copyPayload)
+	if got := copiesOf(p) - before; got != n {
+		t.Errorf("%d messages host app to VM took %d copies, want %d (one each)", n, got, n)
+	}
+}
+
+// TestVMToVMDirectPathDoesNotAllocate: an Emit from guest 1 (as its
+// poller hands it over) written straight into guest 2's RX buffer
+// allocates nothing.
+func TestVMToVMDirectPathDoesNotAllocate(t *testing.T) {
+	const runs = 100
+	rt := NewRuntime(RuntimeOptions{})
+	p1 := startPort(t, PortOptions{Name: "vm1", Runtime: rt, Tenant: "t", Limits: noLimits})
+	p2 := startPort(t, PortOptions{Name: "vm2", Runtime: rt, Tenant: "t", Limits: noLimits})
+	attach(t, p2, runs+8)
+	vmSink(t, p2, 7)
+	sess := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 7}).ID
+	emit := make([]byte, 2048)
+	l, _ := guestproto.PutEmit(emit, sess, src, 1, copyPayload(1))
+	reply := make([]byte, 4096)
+	before := p2.copyCount()
+	if a := testing.AllocsPerRun(runs, func() {
+		if p1.handleGuest(copyGuest, emit[:l], reply) != 0 {
+			t.Fatal("emit refused")
+		}
+	}); a != 0 {
+		t.Errorf("direct VM to VM delivery: %v allocations per message", a)
+	}
+	if got := p2.copyCount() - before; got != runs+1 || p2.out.ready.Len() != 0 {
+		t.Errorf("%d copies for %d messages, %d in the outbox: not all went straight to the RX ring", got, runs+1, p2.out.ready.Len())
+	}
+}

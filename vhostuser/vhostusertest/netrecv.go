@@ -1,0 +1,32 @@
+package vhostusertest
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrNoRXFrame: the device put nothing on the RX ring within the timeout.
+var ErrNoRXFrame = errors.New("no frame on the RX ring within the timeout")
+
+// RecvRX waits up to timeout for the next frame the device put on the RX
+// ring (a buffer PostRX offered) and returns a copy of it, virtio-net
+// header stripped. Used TX entries are taken on the way.
+func (p *NetPeer) RecvRX(timeout time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		for p.usedTX() {
+		}
+		if id, n, ok := p.usedRX(); ok {
+			gpa, known := p.rxBufs[id]
+			delete(p.rxBufs, id)
+			if !known || n < NetHeaderLen || n > NetHeaderLen+1514 {
+				return nil, errors.New("vhostusertest: used RX entry for no posted buffer, or of a bad length")
+			}
+			return append([]byte(nil), p.G.Bytes(gpa+NetHeaderLen, uint64(n)-NetHeaderLen)...), nil
+		}
+		if time.Now().After(deadline) {
+			return nil, ErrNoRXFrame
+		}
+		p.waitCall(10 * time.Millisecond)
+	}
+}
