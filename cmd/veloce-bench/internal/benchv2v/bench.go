@@ -77,10 +77,15 @@ type Config struct {
 	NoReference bool
 	// Dir holds the sockets; default a new temporary directory.
 	Dir string
+	// CPUProfile, when set, is where a CPU profile of the Veloce rounds'
+	// measurement windows goes (the whole process: veloced's pollers and
+	// the guests' thread; go tool pprof -top FILE).
+	CPUProfile string
 	// Log receives progress lines; nil discards.
 	Log io.Writer
 
-	frameLen int // guest 1's Emit frame, once known
+	frameLen int  // guest 1's Emit frame, once known
+	profiled bool // CPUProfile was taken
 }
 
 // Result is a run's outcome.
@@ -108,7 +113,7 @@ type Result struct {
 
 const usage = `usage: veloce-bench v2v [--rounds 3] [--samples 3] [--warmup 2] [--size 64] [--ref-size 64]
                         [--guest-cpu 0] [--host-cpu 1] [--testpmd dpdk-testpmd]
-                        [--no-reference] [-o table|json] [-q]
+                        [--no-reference] [--cpuprofile FILE] [-o table|json] [-q]
 
 VM-to-VM through the host (the OVS-DPDK V2V setup): guest 1 emits 64-byte
 stream messages that veloced delivers to a sink of guest 2, both guests DPDK
@@ -148,6 +153,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.HostCPU, "host-cpu", 1, "core of the host side: veloced's port pollers, testpmd's forwarding lcore (-1: veloced's unpinned)")
 	fs.StringVar(&o.cfg.Testpmd, "testpmd", "dpdk-testpmd", "testpmd binary")
 	fs.BoolVar(&o.cfg.NoReference, "no-reference", false, "measure Veloce only (no ratio)")
+	fs.StringVar(&o.cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the Veloce rounds' windows to this file")
 	fs.StringVar(&o.output, "o", "table", "output format: table or json")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {

@@ -107,7 +107,7 @@ func TestReceiverCountsDeliversWithoutAllocating(t *testing.T) {
 	deliver := func(sink uint32) func([]byte) (int, error) {
 		return func(b []byte) (int, error) { return guestproto.PutDeliver(b, 1, sink, 1, 0, 7, 9, payload) }
 	}
-	count := g.deliverCounter(3)
+	count := g.deliverCounter(1, 3, false)
 	good := frame(40000, deliver(3))
 	for name, f := range map[string][]byte{
 		"other sink":  frame(40000, deliver(4)),

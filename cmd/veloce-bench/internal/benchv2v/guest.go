@@ -31,6 +31,7 @@ type guest struct {
 	svcMAC  pkt.MAC
 	svcIP   [4]byte
 	reqID   uint32
+	one     []*dpdk.Mbuf // send's (its own allocation: cgo refuses a Go pointer in memory holding other Go pointers)
 }
 
 var guestSeq atomic.Uint32
@@ -58,7 +59,7 @@ func openGuest(sock string) (*guest, error) {
 		return nil, err
 	}
 	return &guest{port: port, pool: pool, host: host, srcPort: 40000, svcMAC: pkt.MAC(backend.DefaultServiceMAC),
-		svcIP: backend.DefaultServiceIP.As4()}, nil
+		svcIP: backend.DefaultServiceIP.As4(), one: make([]*dpdk.Mbuf, 1)}, nil
 }
 
 func (g *guest) close() error {
@@ -69,7 +70,7 @@ func (g *guest) close() error {
 
 // send puts one datagram to the service address on the TX ring.
 func (g *guest) send(payload []byte) error {
-	m := make([]*dpdk.Mbuf, 1)
+	m := g.one
 	if err := g.pool.AllocBulk(m); err != nil {
 		return err
 	}
@@ -231,13 +232,45 @@ func pairLoop(stop *atomic.Bool, a *guest, frame []byte, b *guest, count func([]
 	return nil
 }
 
+// creditWindow is guest 2's sink window, as guestlib sizes it for a
+// queue of the RX ring's size (guestlib's maxCredit).
+const creditWindow = 1024
+
 // deliverCounter returns the count function of a Veloce receiver: a
-// frame counts if it holds a Deliver for sink (see isDeliver).
-func (g *guest) deliverCounter(sink uint32) func([]byte) bool {
+// frame counts if it holds a Deliver for sink (see isDeliver). Like
+// guestlib's sink, it grants the daemon creditWindow deliveries and
+// sends a Credit (the last delivery index read, the window's room) every
+// quarter window: what it counted, it consumed (credits false: it sends
+// none, the daemon then applies no flow control).
+func (g *guest) deliverCounter(sess, sink uint32, credits bool) func([]byte) bool {
 	var res netstack.Result
 	var msg guestproto.Message
 	scratch := make([]byte, 2048)
-	return func(frame []byte) bool { return g.isDeliver(frame, sink, scratch, &res, &msg) }
+	var last, since uint32
+	return func(frame []byte) bool {
+		if !g.isDeliver(frame, sink, scratch, &res, &msg) {
+			return false
+		}
+		if msg.RequestID != 0 { // the delivery index
+			last = msg.RequestID
+		}
+		if since++; credits && since >= creditWindow/4 {
+			since = 0
+			g.credit(sess, sink, last, creditWindow)
+		}
+		return true
+	}
+}
+
+// credit sends a Credit for sink: seen, the last delivery index read,
+// and room. A Credit lost to a full TX ring is sent again a quarter
+// window later, as guestlib's would be.
+func (g *guest) credit(sess, sink, seen, room uint32) {
+	var b [guestproto.CreditLen]byte
+	n, err := guestproto.PutCredit(b[:], sess, sink, seen, room)
+	if err == nil {
+		g.send(b[:n])
+	}
 }
 
 // isDeliver says whether frame is a datagram from the service to this

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,7 @@ func veloce(ctx context.Context, cfg *Config, round int) (recv []float64, send f
 		return nil, 0, fmt.Errorf("guest 2: %w", err)
 	}
 	sink := r.ID
+	rx.credit(sess2, sink, 0, creditWindow) // the sink's first window, as guestlib grants it
 	sess1, st1, err := tx.openSession(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("guest 1: %w", err)
@@ -86,8 +88,11 @@ func veloce(ctx context.Context, cfg *Config, round int) (recv []float64, send f
 
 	var stop atomic.Bool
 	var c counters
-	done := benchutil.OnEALCore(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, rx.deliverCounter(sink), &c) })
+	done := benchutil.OnEALCore(cfg.GuestCPU, func() error { return pairLoop(&stop, tx, frame, rx, rx.deliverCounter(sess2, sink, true), &c) })
+	stopProfile, perr := cfg.startProfile()
 	recv, send, werr := sampleCounters(ctx, cfg, &c.got, &c.sent)
+	stopProfile()
+	werr = errors.Join(werr, perr)
 	stop.Store(true)
 	err = errors.Join(werr, <-done)
 	st := d.Ports()
@@ -188,6 +193,29 @@ func reference(ctx context.Context, cfg *Config, round int) (recv []float64, sen
 		err = fmt.Errorf("guest 2 received nothing through testpmd:\n%s", tail(sw.Output()))
 	}
 	return recv, send, err
+}
+
+// startProfile starts the CPU profile of the first Veloce round's window
+// (Config.CPUProfile) and returns what stops it; a no-op when none is
+// asked for or one was taken.
+func (c *Config) startProfile() (stop func(), err error) {
+	if c.CPUProfile == "" || c.profiled {
+		return func() {}, nil
+	}
+	c.profiled = true
+	f, err := os.Create(c.CPUProfile)
+	if err != nil {
+		return func() {}, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}, err
+	}
+	c.logf("CPU profile of this window: %s (go tool pprof -top %s)", c.CPUProfile, c.CPUProfile)
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func tail(b []byte) string {
