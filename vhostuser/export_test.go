@@ -175,3 +175,15 @@ func ParsePackedInflight(region []byte, size uint16, published bool) (PackedInfl
 	}
 	return st, nil
 }
+
+// PollGroupMembers returns how many pollers cpu's poll group serves (0:
+// no group).
+func PollGroupMembers(cpu int) int {
+	pollGroups.mu.Lock()
+	defer pollGroups.mu.Unlock()
+	g := pollGroups.m[cpu]
+	if g == nil {
+		return 0
+	}
+	return len(*g.members.Load())
+}

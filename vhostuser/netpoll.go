@@ -48,6 +48,7 @@ type poller struct {
 	wake           *fd.EventFD   // owned: stop requests and NetDevice.Wake
 	pollEvs        []*fd.EventFD // the eventfd of each pollFDs entry
 	stopping       atomic.Bool
+	started        bool        // a pollGroup member: its first round came (pollgroup.go)
 	sleeping       atomic.Bool // in (or about to enter) poll(2); NetDevice.Wake signals only then
 	// rounds counts poll rounds and parked is set only inside poll(2),
 	// after the round's last ring access: together they tell the control
@@ -164,6 +165,14 @@ func (p *poller) start() error {
 		p.rxPoll = len(p.pollFDs) // last: sleep leaves it out when not waiting for RX
 		p.watch(p.rxKick)
 	}
+	if cpus := p.dev.opts.PollCPUs; len(cpus) > 0 {
+		// Pinned pollers on one CPU share its thread (pollgroup.go).
+		if err := joinPollGroup(cpus[p.qp%len(cpus)], p); err != nil {
+			p.wake.Close()
+			return fmt.Errorf("start queue pair %d: %w", p.qp, err)
+		}
+		return nil
+	}
 	go p.run()
 	return nil
 }
@@ -204,43 +213,11 @@ func (p *poller) run() {
 	// this goroutine, which ends with run.
 	debug.SetPanicOnFault(true)
 	defer p.recoverFault()
-	if cpus := p.dev.opts.PollCPUs; len(cpus) > 0 {
-		var set unix.CPUSet
-		set.Set(cpus[p.qp%len(cpus)])
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			p.dev.log.Warn("cannot pin polling thread", "queue_pair", p.qp, "cpu", cpus[p.qp%len(cpus)], "err", err)
-		}
-		// The thread's affinity is changed for good: let it die with the
-		// goroutine instead of returning it to the runtime's pool.
-	} else {
-		defer runtime.UnlockOSThread()
-	}
+	defer runtime.UnlockOSThread() // unpinned: pinned pollers run in a pollGroup
 	p.disableNotifications()
 	idle := 0
 	for !p.stopping.Load() {
-		p.rounds.Add(1)
-		n := 0
-		if p.rx != nil && (p.bl.n > 0 || p.announcer != nil || (p.src != nil && p.src.PendingRX(p.qp))) {
-			// The round's RX work, as the ring's one producer of the
-			// moment (directrx.go): backlogged frames first, before
-			// anything new, then the announcement, then the source's.
-			p.lockRX()
-			if p.bl.n > 0 {
-				n += p.drainBacklog()
-			}
-			if p.announcer != nil && p.rx.Pending() > 0 {
-				n += p.announce()
-			}
-			if p.src != nil && p.bl.n == 0 {
-				n += p.processRX()
-			}
-			p.unlockRX()
-		}
-		if p.tx != nil {
-			n += p.processTX()
-		}
-		if n > 0 {
-			p.flush()
+		if p.round() > 0 {
 			idle = 0
 			continue
 		}
@@ -282,6 +259,36 @@ func (p *poller) unlockRX() {
 	p.rxq.mu.Unlock()
 }
 
+// round is one poll round: RX work, TX work, then publication. It
+// returns the frames it moved.
+func (p *poller) round() int {
+	p.rounds.Add(1)
+	n := 0
+	if p.rx != nil && (p.bl.n > 0 || p.announcer != nil || (p.src != nil && p.src.PendingRX(p.qp))) {
+		// The round's RX work, as the ring's one producer of the moment
+		// (directrx.go): backlogged frames first, before anything new,
+		// then the announcement, then the source's.
+		p.lockRX()
+		if p.bl.n > 0 {
+			n += p.drainBacklog()
+		}
+		if p.announcer != nil && p.rx.Pending() > 0 {
+			n += p.announce()
+		}
+		if p.src != nil && p.bl.n == 0 {
+			n += p.processRX()
+		}
+		p.unlockRX()
+	}
+	if p.tx != nil {
+		n += p.processTX()
+	}
+	if n > 0 {
+		p.flush()
+	}
+	return n
+}
+
 // recoverFault ends a poller that faulted on frontend memory: the device
 // drops the frontend. Other panics are bugs and go on.
 func (p *poller) recoverFault() {
@@ -292,6 +299,11 @@ func (p *poller) recoverFault() {
 	if v == nil {
 		return
 	}
+	p.faulted(v)
+}
+
+// faulted is recoverFault's work on a recovered panic value v.
+func (p *poller) faulted(v any) {
 	// The dirty log may have been replaced in place since the poller
 	// started (SET_LOG_BASE during a migration).
 	f := faultFrom(v, fmt.Sprintf("queue pair %d", p.qp), p.maps, mappings{dirty: p.dev.logNow.Load()})
