@@ -103,6 +103,10 @@ func (q *rxProducer) setPoller(p *poller) {
 // RXUnavailable, having taken nothing, whenever the frame should go the
 // ordinary way instead (see RXUnavailable), and RXFailed when the guest
 // broke its ring or memory on the way.
+//
+// +checklocksignore: q.mu is released on the normal path or, after a
+// fault, by the deferred recovery; the analyzer follows neither through
+// recover.
 func (d *NetDevice) DeliverRX(qp int, w RXWriter, m RXMessage) (res RXResult) {
 	if qp < 0 || qp >= len(d.rxq) {
 		return RXUnavailable

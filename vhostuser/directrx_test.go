@@ -15,7 +15,7 @@ import (
 // little-endian tag, then m.Data repeated. It counts its calls.
 type frameWriter struct {
 	mu    sync.Mutex
-	calls int
+	calls int // +checklocks:mu
 }
 
 func (w *frameWriter) WriteRX(buf []byte, m vhostuser.RXMessage) int {

@@ -10,9 +10,12 @@
 //     Size-byte messages (one Emit frame each, the same frame every time)
 //     in bursts of 32; guest 2 opens a session, a stream and a sink on the
 //     channel and counts the Deliver frames for its sink that arrive on
-//     its RX ring (parsed: Ethernet, IPv4, UDP, guestproto). Guest 2 sends
-//     no Credit: the daemon applies no flow control; what guest 2's
-//     outbox cannot take is refused (an Outcome frame back to guest 1).
+//     its RX ring (parsed: Ethernet, IPv4, UDP, guestproto). Guest 2
+//     grants credits as guestlib's sink does (a window of 1,024
+//     deliveries, a Credit every quarter window): what the window has no
+//     room for is refused (an Outcome frame back to guest 1). veloced
+//     writes each Deliver straight into guest 2's RX buffer, from guest
+//     1's TX buffer (vhostuser.NetDevice.DeliverRX: one copy).
 //   - Reference: testpmd io-forwarding between two net_vhost ports (the
 //     switch), with the same two guests on them: guest 1 sends RefSize-byte
 //     UDP frames, guest 2 counts every frame (as testpmd rxonly would).
@@ -31,13 +34,12 @@
 // 3.6). So both guests run on one thread here (GuestCPU), a burst sent on
 // guest 1, then guest 2's ring drained, which clocks itself, and the host
 // side gets the other core (HostCPU): testpmd's one forwarding lcore, or
-// veloced's port pollers (PollCPUs). veloced has one poller per port, two
-// here, so on HostCPU they share the core in time slices as above: guest
-// 2's outbox (1,024 frames) fills in part of guest 1's poller's slice and
-// the rest of that slice's emits are refused. That is the architecture
-// this benchmark shows, not noise: testpmd serves both ports from one
-// thread. --host-cpu -1 leaves veloced's pollers unpinned (they may then
-// take the guests' core too). The guests are the same code on both
+// veloced's port pollers (PollCPUs), which, pinned to one CPU, share one
+// thread as testpmd's ports do (vhostuser's poll groups; as two threads
+// they got the core in time slices, a Credit from guest 2 waited for its
+// poller's slice, and the rate fell to 0.02-0.05 of testpmd's).
+// --host-cpu -1 leaves veloced's pollers unpinned, a thread each (they
+// may then take the guests' core too). The guests are the same code on both
 // sides; only the switch differs. The process's EAL's main lcore (parked,
 // never running) is CPU 0.
 package benchv2v
