@@ -93,8 +93,7 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 	if !p.frozen.Load() {
 		switch p.dev.DeliverRX(0, p, vhostuser.RXMessage{Ref: sk, Args: [3]uint64{source, seq, uint64(index)}, Data: payload}) {
 		case vhostuser.RXDelivered:
-			p.copies.Add(1) // WriteRX: the payload into the RX buffer
-			return true
+			return true // WriteRX counted its copy
 		case vhostuser.RXFailed:
 			return false // the guest broke its ring: its frontend is dropped
 		}
@@ -105,10 +104,12 @@ func (p *Port) deliverOutbox(sk *Sink, source, seq uint64, payload []byte) bool 
 	}
 	slot := p.out.slots.Bytes(id)
 	n, err := guestproto.PutDeliver(slot[DatagramHeaderLen:], sk.session.ID, sk.ID, sk.Channel, index, source, seq, payload)
+	if err == nil {
+		p.copies.Add(1) // the payload into the slot; counted before the guest can see it
+	}
 	if !p.queueFrame(sk, id, n, err) {
 		return false
 	}
-	p.copies.Add(1) // PutDeliver: the payload into the slot
 	p.dev.Wake()
 	return true
 }
@@ -133,6 +134,7 @@ func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
 	if err != nil {
 		return 0
 	}
+	p.copies.Add(1) // the payload into the RX buffer, before DeliverRX publishes it
 	return n
 }
 
@@ -213,9 +215,9 @@ func (p *Port) FillRX(qp int, buf []byte) int {
 	if !ok {
 		return 0
 	}
+	p.copies.Add(1)
 	n := copy(buf, p.out.slots.Bytes(id)[:*p.out.slots.Meta(id)])
 	p.out.slots.Put(id)
-	p.copies.Add(1)
 	return n
 }
 
