@@ -12,6 +12,7 @@ import (
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/pkt"
 	vt "github.com/veloce-io/veloce/vhostuser/vhostusertest"
+	"golang.org/x/sys/unix"
 )
 
 // The copies a message takes on its way into a VM: the README's "Copies
@@ -57,9 +58,12 @@ func vmSink(t *testing.T, p *Port, channel uint32) uint32 {
 // attach connects a well-behaved frontend to p with rxBufs RX buffers
 // posted, and waits for the port's announcement (a gratuitous ARP, which
 // the device copies onto the ring like any reply).
-func attach(t *testing.T, p *Port, rxBufs int) *vt.NetPeer {
+func attach(t *testing.T, p *Port, rxBufs int) *vt.NetPeer { return attachRing(t, p, rxBufs, false) }
+
+// attachRing is attach, with packed virtqueues when packed is set.
+func attachRing(t *testing.T, p *Port, rxBufs int, packed bool) *vt.NetPeer {
 	t.Helper()
-	g, err := vt.NewNetPeer(t, p.opts.Socket, vt.NetPeerOptions{Size: 4 << 20})
+	g, err := vt.NewNetPeer(t, p.opts.Socket, vt.NetPeerOptions{Size: 4 << 20, Packed: packed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +115,22 @@ func copyPayload(i int) []byte {
 // 1's TX buffer into guest 2's RX buffer (it was three: into guest 2's
 // outbox, out of it, onto the ring).
 func TestVMToVMIsOneCopy(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		name := "split"
+		if packed {
+			name = "packed"
+		}
+		t.Run(name, func(t *testing.T) { vmToVMCopies(t, packed) })
+	}
+}
+
+func vmToVMCopies(t *testing.T, packed bool) {
 	const n = 64
 	rt := NewRuntime(RuntimeOptions{})
 	p1 := startPort(t, PortOptions{Name: "vm1", Runtime: rt, Tenant: "t", Limits: noLimits})
 	p2 := startPort(t, PortOptions{Name: "vm2", Runtime: rt, Tenant: "t", Limits: noLimits})
-	g1 := attach(t, p1, 4)
-	g2 := attach(t, p2, n+4)
+	g1 := attachRing(t, p1, 4, packed)
+	g2 := attachRing(t, p2, n+4, packed)
 	sink := vmSink(t, p2, 7)
 	sess := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
 	st := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
@@ -218,5 +232,43 @@ func TestVMToVMDirectPathDoesNotAllocate(t *testing.T) {
 	}
 	if got := p2.copyCount() - before; got != runs+1 || p2.out.ready.Len() != 0 {
 		t.Errorf("%d copies for %d messages, %d in the outbox: not all went straight to the RX ring", got, runs+1, p2.out.ready.Len())
+	}
+}
+
+// TestVMToShrunkVMHarmsOnlyTheReceiver: guest 2 truncates its memory
+// while guest 1 emits to its sink. The writes into guest 2's RX buffers
+// happen on guest 1's poller; the fault there drops guest 2 alone: guest
+// 1 is answered on, and its port keeps running.
+func TestVMToShrunkVMHarmsOnlyTheReceiver(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	p1 := startPort(t, PortOptions{Name: "vm1", Runtime: rt, Tenant: "t", Limits: noLimits})
+	p2 := startPort(t, PortOptions{Name: "vm2", Runtime: rt, Tenant: "t", Limits: noLimits})
+	g1 := attach(t, p1, 4)
+	g2 := attach(t, p2, 64)
+	vmSink(t, p2, 7)
+	sess := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src := vmCall(t, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 7}).ID
+
+	fd := g2.G.DupFD(t)
+	if err := unix.Ftruncate(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	emit := make([]byte, 2048)
+	for i := 0; i < 16; i++ {
+		l, _ := guestproto.PutEmit(emit, sess, src, uint64(i), copyPayload(i))
+		g1.AddTX(append(make([]byte, vt.NetHeaderLen), udpFrame(pkt.MAC(DefaultServiceMAC), tGuestIP, tServiceIP, copyGuest.Port(), DefaultServicePort, emit[:l])...))
+	}
+	if err := g1.KickTX(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "guest 2 dropped", func() bool { return p2.Info().State == "failed" || p2.Info().State == "waiting" })
+	if err := g1.ARP(5 * time.Second); err != nil {
+		t.Fatalf("guest 1 after guest 2's fault: %v", err)
+	}
+	t.Logf("guest 2 dropped for: %s", p2.Info().LastError) // on guest 1's poller (direct RX) or its own, whichever touched it first
+	if s := p1.Info().State; s != "running" {
+		t.Errorf("guest 1's port %s, want running", s)
 	}
 }
