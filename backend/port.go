@@ -35,7 +35,8 @@ type PortOptions struct {
 	Link LinkPeerOptions
 	// Logger receives the port's events; nil discards.
 	Logger *slog.Logger
-	// PollCPUs pins the port's polling threads (see vhostuser.NetOptions).
+	// PollCPUs pins the port's pollers (see vhostuser.NetOptions): the
+	// ports pinned to one CPU are served by one thread.
 	PollCPUs []int
 	// Runtime serves the guest's sessions (guestlib's virtio transport);
 	// nil leaves the port a plain link: datagrams for the service port

@@ -97,22 +97,12 @@ func (d *NetDevice) PollerSleeps(qp int) int64 {
 	return int64((*ps)[qp].sleeps.Load())
 }
 
-// Round runs one poll round as the poller's loop does: the RX backlog
-// first, then TX, then the RXSource while nothing is backlogged; then it
-// publishes. It returns the frames moved.
+// Round runs one poll round as the poller's loop does (poller.round):
+// the RX backlog first, then the RXSource while nothing is backlogged,
+// then TX; then it publishes. It returns the frames moved.
 func (tp *TestPoller) Round() int {
-	p := tp.p
-	n := 0
-	if p.bl.n > 0 && p.rx != nil {
-		n += p.drainBacklog()
-	}
-	if p.tx != nil {
-		n += p.processTX()
-	}
-	if p.src != nil && p.rx != nil && p.bl.n == 0 {
-		n += p.processRX()
-	}
-	p.flush()
+	n := tp.p.round()
+	tp.p.flush() // round publishes only when it moved frames
 	return n
 }
 

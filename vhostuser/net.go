@@ -35,10 +35,12 @@ type NetOptions struct {
 	Handler FrameHandler
 	// Logger receives control-path events; nil discards.
 	Logger *slog.Logger
-	// PollCPUs pins queue pair i's polling thread to CPU
-	// PollCPUs[i%len(PollCPUs)]; empty leaves placement to the scheduler.
-	// Pin on hosts with cores to spare for the datapath, as with DPDK's
-	// lcores.
+	// PollCPUs pins queue pair i's poller to CPU
+	// PollCPUs[i%len(PollCPUs)]; empty leaves placement to the scheduler,
+	// a thread per poller. The pollers pinned to one CPU, of every device
+	// in the process, share one thread, a round of each in turn, as a
+	// DPDK PMD thread serves several ports (pollgroup.go). Pin on hosts
+	// with cores to spare for the datapath, as with DPDK's lcores.
 	PollCPUs []int
 	// State, when set, moves the owner's state through the frontend's
 	// migration stream: the device offers VHOST_USER_PROTOCOL_F_DEVICE_STATE
