@@ -154,9 +154,12 @@
 //     frontend memory runs with debug.SetPanicOnFault(true): each
 //     queue-pair poller (which also runs the FrameHandler and RXSource,
 //     so their reads of frames in guest memory and the runtime's memmove
-//     into RX buffers are covered) and Serve's control goroutine (ring
-//     set-up, inflight recovery). The resulting panic is recovered at the
-//     poller loop and at the message-handler boundary, attributed by
+//     into RX buffers are covered), every poll group's thread (each
+//     member's round under its own recover: pollgroup.go), DeliverRX,
+//     whatever goroutine calls it (directrx.go), and Serve's control
+//     goroutine (ring set-up, inflight recovery). The resulting panic is
+//     recovered at the poller loop, the poll group's member round,
+//     DeliverRX, and the message-handler boundary, attributed by
 //     address to a mapping the frontend handed over (any other panic is
 //     a bug and goes on), and becomes a *FaultError (ErrMemoryFault):
 //     that frontend is dropped. This is gVisor's safecopy idea with the
