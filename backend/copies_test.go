@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/guestproto"
 	"github.com/veloce-io/veloce/internal/pkt"
+	"github.com/veloce-io/veloce/vhostuser"
 	vt "github.com/veloce-io/veloce/vhostuser/vhostusertest"
 	"golang.org/x/sys/unix"
 )
@@ -24,7 +26,7 @@ var copyGuest = netip.MustParseAddrPort("169.254.77.2:40000")
 
 // vmCall runs one control request of copyGuest on a running port, as its
 // poller would (the reply is returned, not put on the ring).
-func vmCall(t *testing.T, p *Port, m *guestproto.Message) guestproto.Result {
+func vmCall(t testing.TB, p *Port, m *guestproto.Message) guestproto.Result {
 	t.Helper()
 	var b [64]byte
 	n, err := guestproto.PutRequest(b[:], m)
@@ -48,7 +50,7 @@ func vmCall(t *testing.T, p *Port, m *guestproto.Message) guestproto.Result {
 
 // vmSink opens a session, a stream and a sink on channel on p, for
 // copyGuest, and returns the sink's id.
-func vmSink(t *testing.T, p *Port, channel uint32) uint32 {
+func vmSink(t testing.TB, p *Port, channel uint32) uint32 {
 	t.Helper()
 	sess := vmCall(t, p, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
 	st := vmCall(t, p, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
@@ -271,4 +273,65 @@ func TestVMToShrunkVMHarmsOnlyTheReceiver(t *testing.T) {
 	if s := p1.Info().State; s != "running" {
 		t.Errorf("guest 1's port %s, want running", s)
 	}
+}
+
+// BenchmarkVMToVMDirect is the daemon's work for one V2V message: guest
+// 1's Emit frame through the link peer and the runtime, written into
+// guest 2's RX buffer (what veloce-bench v2v's poller does per message).
+func BenchmarkVMToVMDirect(b *testing.B) {
+	rt := NewRuntime(RuntimeOptions{})
+	p1 := startPortTB(b, PortOptions{Name: "vm1", Runtime: rt, Tenant: "t", Limits: noLimits})
+	p2 := startPortTB(b, PortOptions{Name: "vm2", Runtime: rt, Tenant: "t", Limits: noLimits})
+	g2, err := vt.NewNetPeer(b, p2.opts.Socket, vt.NetPeerOptions{Size: 4 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch = 128
+	g2.RepostRX(1)
+	vt.Kick(g2.Kick[0])
+	for p2.Info().State != "running" || p2.dev.Stats().GuestRXPackets == 0 { // the announcement
+		time.Sleep(time.Millisecond)
+	}
+	vmSink(b, p2, 7)
+	sess := vmCall(b, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.OpenSession}}).ID
+	st := vmCall(b, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateStream, Session: sess}}).ID
+	src := vmCall(b, p1, &guestproto.Message{Header: guestproto.Header{Type: guestproto.CreateSource, Session: sess}, Stream: st, Channel: 7}).ID
+	emit := make([]byte, 2048)
+	l, _ := guestproto.PutEmit(emit, sess, src, 1, make([]byte, 64))
+	frame := udpFrame(pkt.MAC(DefaultServiceMAC), tGuestIP, tServiceIP, copyGuest.Port(), DefaultServicePort, emit[:l])
+	reply := make([]byte, 65536)
+	g2.RX.SetAvailFlags(vhostuser.AvailFNoInterrupt) // a polling guest (DPDK's virtio PMD): no call per frame
+	g2.RepostRX(batch)
+	before := p2.copyCount()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i > 0 && i%batch == 0 {
+			b.StopTimer()
+			g2.RepostRX(batch)
+			b.StartTimer()
+		}
+		if p1.HandleFrame(0, frame, reply) != 0 {
+			b.Fatal("emit refused")
+		}
+	}
+	b.StopTimer()
+	if got := p2.copyCount() - before; got != uint64(b.N) || p2.out.ready.Len() != 0 {
+		b.Fatalf("%d direct copies for %d messages (%d in the outbox)", got, b.N, p2.out.ready.Len())
+	}
+}
+
+// startPortTB is devstate_test.go's startPort for a benchmark.
+func startPortTB(tb testing.TB, opts PortOptions) *Port {
+	tb.Helper()
+	opts.Socket = filepath.Join(tb.TempDir(), opts.Name+".sock")
+	p, err := NewPort(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p
 }

@@ -30,3 +30,23 @@ func (p *NetPeer) RecvRX(timeout time.Duration) ([]byte, error) {
 		p.waitCall(10 * time.Millisecond)
 	}
 }
+
+// RepostRX discards the frames the device put on the RX ring and posts n
+// fresh buffers; once no posted buffer is outstanding it reuses the RX
+// buffer space from its start (split rings), so a benchmark can run
+// longer than the guest's RAM lasts. It does not kick.
+func (p *NetPeer) RepostRX(n int) {
+	for {
+		id, _, ok := p.usedRX()
+		if !ok {
+			break
+		}
+		delete(p.rxBufs, id)
+	}
+	if len(p.rxBufs) == 0 && p.RX != nil {
+		p.RX.ResetData(p.Opts.GuestAddr + 2*uint64(p.Opts.QueueSize)*32) // DialNetPeer's layout
+	}
+	for range n {
+		p.addRX()
+	}
+}
