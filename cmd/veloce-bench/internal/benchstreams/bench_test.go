@@ -15,6 +15,7 @@ func TestMainRefusesBadArguments(t *testing.T) {
 		{"--sizes", "2000"},
 		{"--sinks", "0"},
 		{"--sink-size", "4"},
+		{"--sink-rounds", "0"},
 		{"--round-trips", "0"},
 		{"--window", "0"},
 		{"--duration", "0s"},
