@@ -82,6 +82,15 @@ import (
 // no goroutine waits for another). Taking freed slots back off the
 // RX-free ring has its own lock, tried when the free queue runs low and
 // waited for only when it is empty.
+//
+// A datapath's receiver delivers a received batch at a time
+// (Runtime.deliverBatch): it takes the try-lock of each client it
+// delivers to once, writes the batch's messages for that client straight
+// into free RX slots and onto the RX ring, and publishes them with one
+// store of the ring's head and at most one wake-up at the batch's end,
+// instead of a queue, a publication and a look at the wait flag per
+// message. A delivery that finds the ring held by another goroutine's
+// batch is queued on ready, as before, and published at that batch's end.
 
 // DefaultAppSocket is where host applications reach veloced.
 const DefaultAppSocket = "/run/veloce/app.sock"
@@ -200,7 +209,12 @@ type hostClient struct {
 	pubLock atomic.Bool
 	// rx is guarded by pubLock, an atomic try-lock checklocks cannot
 	// follow (publish, publishLocked).
-	rx     shm.Producer // +checklocksignore
+	rx shm.Producer // +checklocksignore
+	// holder is the delivery batch holding pubLock across its messages
+	// (deliverHeld), nil if none; heldN counts the entries it wrote to rx
+	// and has not published (guarded by pubLock, as rx is).
+	holder atomic.Pointer[deliveryBatch]
+	heldN  uint32 // +checklocksignore
 	recMu  sync.Mutex
 	rxFree shm.Consumer // +checklocks:recMu
 	// RX slots from hostRXSlots on hold runs: a message larger than a
@@ -711,6 +725,107 @@ func (c *hostClient) deliver(sk *Sink, source, seq uint64, payload []byte) bool 
 	return ok
 }
 
+// deliverHeld is deliver as part of batch b (Runtime.deliverBatch): the
+// first delivery of the batch to c takes c's publish try-lock and keeps
+// it until b's flush (flushHeld); each message goes straight into a free
+// RX slot and onto the RX ring, unpublished. When the lock is another
+// goroutine's, or the message takes a run, it is delivered as deliver
+// does (queued on ready, published by the lock's holder). The region
+// stays mapped while b holds the lock (active). It does not allocate and
+// takes no lock but, with the pool empty, recMu.
+func (c *hostClient) deliverHeld(b *deliveryBatch, sk *Sink, source, seq uint64, payload []byte) bool {
+	if len(payload) > hostSlotSize {
+		return c.deliver(sk, source, seq, payload)
+	}
+	if c.holder.Load() != b {
+		if c.closed.Load() || !c.pubLock.CompareAndSwap(false, true) {
+			return c.deliver(sk, source, seq, payload)
+		}
+		c.active.Add(1)
+		if c.closed.Load() { // release may be waiting for active to fall
+			c.pubLock.Store(false)
+			c.active.Add(-1)
+			return false
+		}
+		c.holder.Store(b)
+		c.heldN = 0
+		b.held = append(b.held, c)
+	}
+	if c.closed.Load() {
+		return false
+	}
+	return c.putHeld(sk.ID, source, seq, payload)
+}
+
+// putHeld writes one message into a free RX slot and onto the RX ring,
+// unpublished. When the pool is empty it publishes what it wrote (the
+// application can free only what it sees) and takes back what the
+// application freed, once; then the message is dropped. The caller holds
+// pubLock for its batch.
+func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bool {
+	if c.rx.Space(c.heldN+1) <= c.heldN {
+		c.publishHeld()
+		if c.rx.Space(1) == 0 {
+			return false
+		}
+	}
+	id, ok := c.rxSlots.Get()
+	if !ok {
+		c.publishHeld()
+		c.recMu.Lock()
+		c.reclaimLocked()
+		c.recMu.Unlock()
+		if id, ok = c.rxSlots.Get(); !ok {
+			return false // the application holds every slot
+		}
+	}
+	copy(c.region.RXSlot(id), payload)
+	shm.PutRX(c.rx.Entry(c.heldN), shm.RXEntry{Slot: id, Len: uint32(len(payload)), Sink: sink, Source: source, Seq: seq})
+	// Lent before Publish: the application cannot free it sooner.
+	c.rxSlots.Lend(id)
+	c.heldN++
+	return true
+}
+
+// publishHeld publishes the entries the holding batch wrote and wakes the
+// application if it sleeps. The caller holds pubLock for its batch.
+func (c *hostClient) publishHeld() {
+	if c.heldN == 0 {
+		return
+	}
+	c.rx.Publish(c.heldN)
+	c.heldN = 0
+	if c.region.AppWaitingRX().TakeIfSet() {
+		c.wake()
+	}
+}
+
+// flushHeld ends a batch's hold (deliveryBatch.flush): it publishes the
+// batch's entries and what other goroutines queued on ready meanwhile,
+// with one look at the wait flag, and lets the lock go.
+func (c *hostClient) flushHeld() {
+	wrote := c.heldN
+	if wrote > 0 {
+		c.rx.Publish(wrote)
+		c.heldN = 0
+	}
+	n, wake := c.publishLocked()
+	if n == 0 && wrote > 0 {
+		wake = c.region.AppWaitingRX().TakeIfSet()
+	}
+	c.holder.Store(nil)
+	c.pubLock.Store(false)
+	if wake {
+		c.wake()
+	}
+	if c.ready.Len() > 0 {
+		c.publish() // queued after publishLocked looked (publish reclaims too)
+	} else {
+		c.reclaimSome()
+	}
+	c.active.Add(-1)
+}
+
 // putRun is put for a message larger than a slot: it is copied once
 // into a run of free RX slots (the application reads it in place, whole).
 // When no run is free it takes back what the application freed, once;
@@ -773,6 +888,12 @@ func (c *hostClient) publish() {
 			break
 		}
 	}
+	c.reclaimSome()
+}
+
+// reclaimSome takes back the slots the application freed once half the
+// pool is out, unless another goroutine is at it.
+func (c *hostClient) reclaimSome() {
 	if c.rxSlots.Free() < hostRXSlots/2 && c.recMu.TryLock() {
 		c.reclaimLocked() // +checklocksforce: TryLock succeeded
 		c.recMu.Unlock()

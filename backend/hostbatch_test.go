@@ -1,0 +1,235 @@
+package backend
+
+import (
+	"encoding/binary"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/veloce-io/veloce/internal/shm"
+)
+
+// batchSinks is a runtime whose channel 5 has a sink in each of n test
+// clients, with the clients' application ends.
+func batchSinks(t *testing.T, n int) (*Runtime, []*hostClient, []*testApp, []*Sink) {
+	t.Helper()
+	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
+	var cs []*hostClient
+	var apps []*testApp
+	var sks []*Sink
+	for range n {
+		c := newTestClient(t, h)
+		s := c.sess.Load()
+		st, _ := s.CreateStream(StreamOptions{})
+		sk, err := s.CreateSink(st.ID, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, apps, sks = append(cs, c), append(apps, newTestApp(c)), append(sks, sk)
+	}
+	return h.rt, cs, apps, sks
+}
+
+// TestBatchDeliveryPublishesOncePerBatch: a received batch delivered to
+// several host applications (Runtime.deliverBatch) reaches each one's RX
+// ring in one publication at the batch's end, with one wake-up for an
+// application that sleeps, instead of one publication (and a look at its
+// wait flag) per message: before the flush the applications see nothing,
+// after it the whole batch, in order. Without the batching each message
+// is published as it is delivered and the first check fails.
+func TestBatchDeliveryPublishesOncePerBatch(t *testing.T) {
+	const sinks, batch = 4, 32
+	rt, cs, apps, sks := batchSinks(t, sinks)
+	for _, c := range cs {
+		c.region.AppWaitingRX().Set() // asleep on its RX eventfd
+	}
+	var b deliveryBatch
+	payload := make([]byte, 64)
+	for i := uint64(1); i <= batch; i++ {
+		binary.LittleEndian.PutUint64(payload, i)
+		if d, dropped := rt.deliverBatch(&b, sks[0].key, 9, i, payload); d != sinks || dropped != 0 {
+			t.Fatalf("message %d: delivered %d, dropped %d", i, d, dropped)
+		}
+	}
+	for k, a := range apps {
+		if n, _ := a.rx.Available(); n != 0 {
+			t.Fatalf("application %d sees %d entries before the batch's end: published per message", k, n)
+		}
+		if w := cs[k].wakeups.Load(); w != 0 {
+			t.Fatalf("application %d woken %d times before the batch's end", k, w)
+		}
+	}
+	b.flush()
+	if b.rings != sinks {
+		t.Errorf("the batch held %d rings, want %d (one per application)", b.rings, sinks)
+	}
+	for k, a := range apps {
+		if n, _ := a.rx.Available(); n != batch {
+			t.Errorf("application %d: %d entries after the flush, want %d", k, n, batch)
+		}
+		if w := cs[k].wakeups.Load(); w != 1 {
+			t.Errorf("application %d woken %d times for one batch, want 1", k, w)
+		}
+		for i := uint64(1); i <= batch; i++ {
+			if !a.take(func(e shm.RXEntry, data []byte) {
+				if e.Seq != i || e.Source != 9 || e.Sink != sks[k].ID || binary.LittleEndian.Uint64(data) != i {
+					t.Errorf("application %d, message %d: seq %d source %d sink %d data %d", k, i, e.Seq, e.Source, e.Sink, binary.LittleEndian.Uint64(data))
+				}
+			}) {
+				t.Fatalf("application %d: message %d missing", k, i)
+			}
+		}
+		if cs[k].pubLock.Load() || cs[k].holder.Load() != nil || cs[k].active.Load() != 0 {
+			t.Errorf("application %d: the ring is still held after the flush", k)
+		}
+	}
+	// A second batch takes the rings again; an application awake (its
+	// flag down) is not woken.
+	rt.deliverBatch(&b, sks[0].key, 9, batch+1, payload)
+	b.flush()
+	for k, c := range cs {
+		if n, _ := apps[k].rx.Available(); n != 1 || c.wakeups.Load() != 1 {
+			t.Errorf("application %d: second batch %d entries, %d wake-ups in all", k, n, c.wakeups.Load())
+		}
+	}
+}
+
+// TestBatchDeliveryAllocatesNothing: delivering a batch to eight host
+// applications, flushing it and their taking the messages allocates
+// nothing once the batch's list has grown.
+func TestBatchDeliveryAllocatesNothing(t *testing.T) {
+	const sinks, batch = 8, 16
+	rt, _, apps, sks := batchSinks(t, sinks)
+	var b deliveryBatch
+	payload := make([]byte, 64)
+	var seq, got uint64
+	step := func() {
+		for range batch {
+			seq++
+			rt.deliverBatch(&b, sks[0].key, 1, seq, payload)
+		}
+		b.flush()
+		for _, a := range apps {
+			for a.take(func(shm.RXEntry, []byte) { got++ }) {
+			}
+		}
+	}
+	for range 3 * hostRXSlots / batch { // every slot and ring position used
+		step()
+	}
+	if a := testing.AllocsPerRun(500, step); a != 0 {
+		t.Errorf("%.2f allocations per batch", a)
+	}
+	if got != seq*sinks {
+		t.Errorf("%d of %d deliveries arrived", got, seq*sinks)
+	}
+	for _, sk := range sks {
+		if sk.dropped.Load() != 0 {
+			t.Errorf("sink %d dropped %d", sk.ID, sk.dropped.Load())
+		}
+	}
+}
+
+// TestBatchDeliveryWithOtherGoroutines: while a batch holds a client's
+// ring, deliveries from other goroutines (VM pollers, other clients'
+// drains) queue and are published with the batch or after it: none is
+// lost, duplicated or left unpublished, each producer's stay in order,
+// and no producer waits for the batch.
+func TestBatchDeliveryWithOtherGoroutines(t *testing.T) {
+	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
+	c := newTestClient(t, h)
+	app := newTestApp(c)
+	const producers, per = 3, 20000 // producer 0 delivers in batches
+	sk := &Sink{ID: 1}
+	var wg sync.WaitGroup
+	var inFlight atomic.Int64
+	var refused atomic.Uint64
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b deliveryBatch
+			for i := uint64(1); i <= per; {
+				if inFlight.Load() >= hostRXSlots/2 {
+					b.flush()
+					time.Sleep(10 * time.Microsecond)
+					continue
+				}
+				inFlight.Add(1)
+				var ok bool
+				if p == 0 {
+					ok = c.deliverHeld(&b, sk, uint64(p), i, []byte{byte(p), byte(i)})
+					if i%16 == 0 {
+						b.flush()
+					}
+				} else {
+					ok = c.deliver(sk, uint64(p), i, []byte{byte(p), byte(i)})
+				}
+				if !ok {
+					inFlight.Add(-1)
+					refused.Add(1)
+					continue
+				}
+				i++
+			}
+			b.flush()
+		}()
+	}
+	last := make([]uint64, producers)
+	deadline := time.Now().Add(30 * time.Second)
+	for taken := 0; taken < producers*per; {
+		if !app.take(func(e shm.RXEntry, data []byte) {
+			if e.Source >= producers || e.Seq != last[e.Source]+1 || data[0] != byte(e.Source) || data[1] != byte(e.Seq) {
+				t.Fatalf("producer %d: seq %d after %d", e.Source, e.Seq, last[e.Source])
+			}
+			last[e.Source] = e.Seq
+		}) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d taken; the rest never published (ready %d, held %v)", taken, producers*per, c.ready.Len(), c.holder.Load() != nil)
+			}
+			runtime.Gosched()
+			continue
+		}
+		inFlight.Add(-1)
+		taken++
+	}
+	wg.Wait()
+	if n, _ := app.rx.Available(); n != 0 {
+		t.Errorf("%d extra entries", n)
+	}
+	if refused.Load() != 0 {
+		t.Errorf("%d deliveries refused with half the slots free", refused.Load())
+	}
+}
+
+// TestBatchDeliveryToClosedClient: a client closed before or while a
+// batch delivers to it takes nothing more, and its region is not
+// released while the batch holds its ring.
+func TestBatchDeliveryToClosedClient(t *testing.T) {
+	rt, cs, _, sks := batchSinks(t, 2)
+	var b deliveryBatch
+	if d, _ := rt.deliverBatch(&b, sks[0].key, 1, 1, []byte("x")); d != 2 {
+		t.Fatalf("delivered %d, want 2", d)
+	}
+	cs[1].closed.Store(true) // release has begun
+	if d, dropped := rt.deliverBatch(&b, sks[0].key, 1, 2, []byte("y")); d != 1 || dropped != 1 {
+		t.Errorf("after one client closed: delivered %d, dropped %d", d, dropped)
+	}
+	if cs[1].active.Load() != 1 {
+		t.Errorf("the held client's active count is %d while the batch holds it, want 1", cs[1].active.Load())
+	}
+	b.flush()
+	if cs[1].active.Load() != 0 {
+		t.Errorf("active %d after the flush", cs[1].active.Load())
+	}
+	var b2 deliveryBatch
+	if d, _ := rt.deliverBatch(&b2, sks[0].key, 1, 3, []byte("z")); d != 1 {
+		t.Errorf("a new batch delivered to %d, want 1 (the closed client takes nothing)", d)
+	}
+	b2.flush()
+	if len(b2.held) != 0 || cs[1].pubLock.Load() {
+		t.Error("a batch took the closed client's ring")
+	}
+}
