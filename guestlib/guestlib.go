@@ -1300,6 +1300,17 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 	if h := sk.s.host; h != nil && h.polling.Load() > 0 {
 		return sk.consumePoll(ctx, h)
 	}
+	// A message waiting is taken without a select on ctx (which locks
+	// both channels): the busy sink's path.
+	select {
+	case m, ok := <-sk.queue:
+		if !ok {
+			return nil, ErrClosed
+		}
+		sk.tookFrames(m.frames + 1)
+		return m, nil
+	default:
+	}
 	select {
 	case m, ok := <-sk.queue:
 		if !ok {

@@ -404,7 +404,9 @@ func (h *hostShm) receive(s *Session) {
 	}
 }
 
-// receiveOnce hands what the RX ring holds to the sinks.
+// receiveOnce hands what the RX ring holds to the sinks. It looks a sink
+// up once for a run of entries to it (the session's lock), and takes the
+// region's references for the whole batch at once.
 //
 // +checklocks:h.rxPoll
 func (h *hostShm) receiveOnce(s *Session) uint32 {
@@ -413,28 +415,40 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 		h.rx.Resync()
 		return 1
 	}
+	if n == 0 {
+		return 0
+	}
+	h.refs.Add(int64(n)) // one per message handed on; the rest given back below
+	unused := int64(0)
+	var sk *Sink
+	var skID uint32
+	looked := false
 	for k := uint32(0); k < n; k++ {
 		e := shm.GetRX(h.rx.Entry(k)) // copied out once
 		// One slot, or a run of the slots its length takes (a large
 		// message), within the RX pool.
 		if int(e.Len) > max(h.maxMsg, int(h.layout.SlotSize)) || !h.layout.RunFits(e.Slot, e.Len, h.layout.RXSlots) {
+			unused++
 			continue // not from a working daemon
 		}
-		s.mu.Lock()
-		sk := s.sinks[e.Sink]
-		s.mu.Unlock()
-		h.refs.Add(1)
+		if !looked || e.Sink != skID {
+			s.mu.Lock()
+			sk = s.sinks[e.Sink]
+			s.mu.Unlock()
+			skID, looked = e.Sink, true
+		}
 		if sk == nil { // closed here already
-			h.releaseRX(e.Slot)
+			h.releaseRX(e.Slot) // gives its reference back
 			continue
 		}
 		m := messagePool.Get().(*Message)
 		*m = Message{Data: h.region.RXRun(e.Slot, h.layout.SlotsFor(e.Len))[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
 		sk.push(m)
 	}
-	if n > 0 {
-		h.rx.Release(n)
+	if unused > 0 {
+		h.refs.Add(-unused) // the session's own reference keeps it above 0
 	}
+	h.rx.Release(n)
 	return n
 }
 
