@@ -13,7 +13,7 @@ import (
 
 // batchSinks is a runtime whose channel 5 has a sink in each of n test
 // clients, with the clients' application ends.
-func batchSinks(t *testing.T, n int) (*Runtime, []*hostClient, []*testApp, []*Sink) {
+func batchSinks(t testing.TB, n int) (*Runtime, []*hostClient, []*testApp, []*Sink) {
 	t.Helper()
 	h := &hostApps{rt: NewRuntime(RuntimeOptions{}), clients: map[*hostClient]struct{}{}}
 	var cs []*hostClient
@@ -231,5 +231,44 @@ func TestBatchDeliveryToClosedClient(t *testing.T) {
 	b2.flush()
 	if len(b2.held) != 0 || cs[1].pubLock.Load() {
 		t.Error("a batch took the closed client's ring")
+	}
+}
+
+// BenchmarkDeliveryToEightHostApps: the daemon's cost per delivery of a
+// 64-byte message to eight host applications, in batches of 16
+// (Runtime.deliverBatch, as a datapath's receiver delivers) and one by
+// one (Runtime.deliver); the applications' side is a tight loop taking
+// and freeing, outside the timer's concern only in that it runs on the
+// same goroutine.
+func BenchmarkDeliveryToEightHostApps(b *testing.B) {
+	for _, mode := range []struct {
+		name    string
+		batched bool
+	}{{"batched", true}, {"one-by-one", false}} {
+		b.Run(mode.name, func(b *testing.B) {
+			const sinks, batch = 8, 16
+			rt, _, apps, sks := batchSinks(b, sinks)
+			var db deliveryBatch
+			payload := make([]byte, 64)
+			var seq uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N / batch {
+				for range batch {
+					seq++
+					if mode.batched {
+						rt.deliverBatch(&db, sks[0].key, 1, seq, payload)
+					} else {
+						rt.deliver(sks[0].key, 1, seq, payload)
+					}
+				}
+				db.flush()
+				for _, a := range apps {
+					for a.take(func(shm.RXEntry, []byte) {}) {
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(seq*sinks), "ns/delivery")
+		})
 	}
 }
