@@ -1281,6 +1281,14 @@ func (sk *Sink) push(m *Message) {
 	}
 	sk.mu.RLock()
 	defer sk.mu.RUnlock()
+	sk.pushLocked(m)
+}
+
+// pushLocked queues m for Consume, or drops it (counted) when the queue
+// is full; the caller holds mu shared and the sink has no callback.
+//
+// +checklocksread:sk.mu
+func (sk *Sink) pushLocked(m *Message) {
 	if sk.closed {
 		m.Release()
 		return
@@ -1289,6 +1297,7 @@ func (sk *Sink) push(m *Message) {
 	case sk.queue <- m:
 	default:
 		sk.dropped.Add(1)
+		frames := m.frames + 1
 		m.Release()
 		sk.tookFrames(frames)
 	}

@@ -423,6 +423,10 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 	var sk *Sink
 	var skID uint32
 	looked := false
+	// locked is sk while its queue's lock is held (shared) for the run of
+	// entries to it: one lock per run, not per message. A callback sink
+	// is called without it (the callback may close the sink).
+	var locked *Sink
 	for k := uint32(0); k < n; k++ {
 		e := shm.GetRX(h.rx.Entry(k)) // copied out once
 		// One slot, or a run of the slots its length takes (a large
@@ -432,10 +436,14 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 			continue // not from a working daemon
 		}
 		if !looked || e.Sink != skID {
+			locked = locked.runlock()
 			s.mu.Lock()
 			sk = s.sinks[e.Sink]
 			s.mu.Unlock()
 			skID, looked = e.Sink, true
+			if sk != nil && sk.cb == nil {
+				locked = sk.rlock()
+			}
 		}
 		if sk == nil { // closed here already
 			h.releaseRX(e.Slot) // gives its reference back
@@ -443,13 +451,36 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 		}
 		m := messagePool.Get().(*Message)
 		*m = Message{Data: h.region.RXRun(e.Slot, h.layout.SlotsFor(e.Len))[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
-		sk.push(m)
+		if locked != nil {
+			sk.pushLocked(m) // +checklocksforce: locked is sk, held shared
+		} else {
+			sk.push(m)
+		}
 	}
+	locked.runlock()
 	if unused > 0 {
 		h.refs.Add(-unused) // the session's own reference keeps it above 0
 	}
 	h.rx.Release(n)
 	return n
+}
+
+// rlock takes sk's queue lock shared, for a run of pushLocked, and
+// returns sk; runlock lets it go (nil: none held) and returns nil. The
+// lock is held across calls, which checklocks does not follow.
+//
+// +checklocksignore
+func (sk *Sink) rlock() *Sink {
+	sk.mu.RLock()
+	return sk
+}
+
+// +checklocksignore
+func (sk *Sink) runlock() *Sink {
+	if sk != nil {
+		sk.mu.RUnlock()
+	}
+	return nil
 }
 
 // receiveHost reads the daemon's messages on the host transport's socket:
