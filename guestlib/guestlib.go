@@ -1106,7 +1106,12 @@ type Message struct {
 func (m *Message) Release() {
 	switch {
 	case m.host != nil:
-		m.host.releaseRX(m.slot)
+		// Its slot's own Message (hostShm.msgs), not a pooled one:
+		// cleared before the slot goes back.
+		h, slot := m.host, m.slot
+		*m = Message{}
+		h.releaseRX(slot)
+		return
 	case m.buf != nil:
 		m.sink.s.bufs.Put(m.buf)
 	case m.large != nil:

@@ -62,6 +62,12 @@ type hostShm struct {
 	rxMu   sync.Mutex
 	rxFree shm.Producer // +checklocks:rxMu
 	rx     shm.Consumer // the receive goroutine's
+	// msgs has a Message per RX slot (by the slot, or a run's first): a
+	// slot is one delivered message at a time, so its Message needs no
+	// pool. It is in use while its host is set: receiveOnce fills it,
+	// Release clears it before freeing the slot (so the daemon cannot
+	// hand the slot back sooner).
+	msgs []Message
 
 	// GetBufferContext's waiters: woken (waitCh closed) by the receive
 	// goroutine after the daemon signalled returned slots.
@@ -108,7 +114,7 @@ func newHostShm(fds []int, maxMsg int) (*hostShm, error) {
 	l := region.Layout()
 	h := &hostShm{region: region, layout: l, txNote: tx, rxNote: rx,
 		tx: region.TXProducer(), done: region.DoneConsumer(), rxFree: region.FreeProducer(), rx: region.RXConsumer(),
-		txFree: make([]uint32, 0, l.TXSlots)}
+		txFree: make([]uint32, 0, l.TXSlots), msgs: make([]Message, l.RXSlots)}
 	small := min(l.TXSlots, hostSmallTX)
 	for i := small; i > 0; i-- {
 		h.txFree = append(h.txFree, i-1)
@@ -435,6 +441,11 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 			unused++
 			continue // not from a working daemon
 		}
+		m := &h.msgs[e.Slot]
+		if m.host != nil { // a slot the application still holds: nor is this
+			unused++
+			continue
+		}
 		if !looked || e.Sink != skID {
 			locked = locked.runlock()
 			s.mu.Lock()
@@ -449,7 +460,6 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 			h.releaseRX(e.Slot) // gives its reference back
 			continue
 		}
-		m := messagePool.Get().(*Message)
 		*m = Message{Data: h.region.RXRun(e.Slot, h.layout.SlotsFor(e.Len))[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
 		if locked != nil {
 			sk.pushLocked(m) // +checklocksforce: locked is sk, held shared
