@@ -66,8 +66,9 @@ type hostShm struct {
 	// slot is one delivered message at a time, so its Message needs no
 	// pool. It is in use while its host is set: receiveOnce fills it,
 	// Release clears it before freeing the slot (so the daemon cannot
-	// hand the slot back sooner).
-	msgs []Message
+	// hand the slot back sooner). The slice is fixed; an element is the
+	// receiver's while not in use, its holder's while in use (no lock).
+	msgs []Message // +checklocksignore
 
 	// GetBufferContext's waiters: woken (waitCh closed) by the receive
 	// goroutine after the daemon signalled returned slots.
