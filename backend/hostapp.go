@@ -215,6 +215,15 @@ type hostClient struct {
 	// and has not published (guarded by pubLock, as rx is).
 	holder atomic.Pointer[deliveryBatch]
 	heldN  uint32 // +checklocksignore
+	// recHeld: the holding batch also holds recMu (tried when it took the
+	// ring), and takes the slots the application freed straight off the
+	// RX-free ring as it needs them (takeFreed); freedN of the freedAvail
+	// entries it found there are taken, not yet released. Guarded by
+	// pubLock, as heldN.
+	recHeld    bool   // +checklocksignore
+	freedN     uint32 // +checklocksignore
+	freedAvail uint32 // +checklocksignore
+
 	recMu  sync.Mutex
 	rxFree shm.Consumer // +checklocks:recMu
 	// RX slots from hostRXSlots on hold runs: a message larger than a
@@ -749,6 +758,7 @@ func (c *hostClient) deliverHeld(b *deliveryBatch, sk *Sink, source, seq uint64,
 		}
 		c.holder.Store(b)
 		c.heldN = 0
+		c.holdRec()
 		b.held = append(b.held, c)
 	}
 	if c.closed.Load() {
@@ -769,12 +779,19 @@ func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bo
 			return false
 		}
 	}
-	id, ok := c.rxSlots.Get()
+	id, ok := c.takeFreed()
+	if !ok {
+		id, ok = c.rxSlots.Get()
+	}
 	if !ok {
 		c.publishHeld()
-		c.recMu.Lock()
-		c.reclaimLocked()
-		c.recMu.Unlock()
+		if c.recHeld {
+			c.reclaimHeld()
+		} else {
+			c.recMu.Lock()
+			c.reclaimLocked()
+			c.recMu.Unlock()
+		}
 		if id, ok = c.rxSlots.Get(); !ok {
 			return false // the application holds every slot
 		}
@@ -785,6 +802,91 @@ func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bo
 	c.rxSlots.Lend(id)
 	c.heldN++
 	return true
+}
+
+// holdRec tries recMu for the batch taking the ring (recHeld). The
+// functions that use it while held (takeFreed, releaseFreed,
+// reclaimHeld, unholdRec) run under pubLock, with recMu held across
+// calls: checklocks follows neither, so they are exempt, and recHeld
+// says whether the lock is held.
+//
+// +checklocksignore
+func (c *hostClient) holdRec() {
+	c.recHeld = c.recMu.TryLock()
+	c.freedN, c.freedAvail = 0, 0
+}
+
+// unholdRec releases what takeFreed took and recMu, if held.
+//
+// +checklocksignore
+func (c *hostClient) unholdRec() {
+	if c.recHeld {
+		c.releaseFreed()
+		c.recHeld = false
+		c.recMu.Unlock()
+	}
+}
+
+// reclaimHeld is reclaimLocked for the holding batch, with recMu held.
+//
+// +checklocksignore
+func (c *hostClient) reclaimHeld() {
+	c.releaseFreed()
+	c.reclaimLocked()
+}
+
+// takeFreed takes, for the holding batch, the next one-slot RX slot the
+// application freed, straight off the RX-free ring (slots.Pool.ReclaimHeld:
+// no trip through the pool's free list), checking it as reclaimLocked
+// does: what is out of range or not the application's to free is counted
+// (malformed) and skipped, a run freed goes back to the runs. It needs
+// recMu (recHeld); false when it finds nothing.
+//
+// +checklocksignore
+func (c *hostClient) takeFreed() (uint32, bool) {
+	if !c.recHeld {
+		return 0, false
+	}
+	for {
+		if c.freedN == c.freedAvail {
+			c.releaseFreed()
+			n, ok := c.rxFree.Available()
+			if !ok {
+				c.malformed.Add(1)
+				c.rxFree.Resync()
+				return 0, false
+			}
+			if n == 0 {
+				return 0, false
+			}
+			c.freedAvail = min(n, hostBatch) // released a batch at a time
+		}
+		id := shm.GetID(c.rxFree.Entry(c.freedN))
+		c.freedN++
+		if id < hostRXSlots {
+			if c.rxSlots.ReclaimHeld(id) {
+				return id, true
+			}
+		} else {
+			c.runMu.Lock()
+			_, ok := c.runs.Reclaim(id)
+			c.runMu.Unlock()
+			if ok {
+				continue
+			}
+		}
+		c.malformed.Add(1) // out of range, or not the application's to free
+	}
+}
+
+// releaseFreed releases the RX-free entries takeFreed took.
+//
+// +checklocksignore
+func (c *hostClient) releaseFreed() {
+	if c.freedN > 0 {
+		c.rxFree.Release(c.freedN)
+	}
+	c.freedN, c.freedAvail = 0, 0
 }
 
 // publishHeld publishes the entries the holding batch wrote and wakes the
@@ -813,6 +915,7 @@ func (c *hostClient) flushHeld() {
 	if n == 0 && wrote > 0 {
 		wake = c.region.AppWaitingRX().TakeIfSet()
 	}
+	c.unholdRec()
 	c.holder.Store(nil)
 	c.pubLock.Store(false)
 	if wake {
@@ -836,9 +939,7 @@ func (c *hostClient) putRun(sink uint32, source, seq uint64, payload []byte) boo
 	id, ok := c.runs.Alloc(count)
 	c.runMu.Unlock()
 	if !ok {
-		c.recMu.Lock()
-		c.reclaimLocked()
-		c.recMu.Unlock()
+		c.reclaimOrBatch()
 		c.runMu.Lock()
 		id, ok = c.runs.Alloc(count)
 		c.runMu.Unlock()
@@ -858,10 +959,8 @@ func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
 	for !ok {
 		// None left: take back what the application freed (waiting for
 		// the goroutine at it, if any: a short critical section).
-		c.recMu.Lock()
-		n := c.reclaimLocked()
-		c.recMu.Unlock()
-		if id, ok = c.rxSlots.Get(); !ok && n == 0 {
+		n, done := c.reclaimOrBatch()
+		if id, ok = c.rxSlots.Get(); !ok && (n == 0 || !done) {
 			return false // the application holds every slot
 		}
 	}
@@ -870,6 +969,27 @@ func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
 	c.ready.PushWait(id)
 	c.publish()
 	return true
+}
+
+// reclaimOrBatch takes back the slots the application freed and returns
+// how many, waiting for another goroutine at it — but not while a
+// delivery batch holds the ring: that batch may hold recMu too, and be
+// this very goroutine (a reliable or large message delivered in the
+// middle of its received batch). Then it only tries, and done is false
+// if it could not: the batch takes the freed slots as it needs them.
+//
+// +checklocksignore
+func (c *hostClient) reclaimOrBatch() (n int, done bool) {
+	if c.holder.Load() != nil {
+		if !c.recMu.TryLock() {
+			return 0, false
+		}
+	} else {
+		c.recMu.Lock()
+	}
+	n = c.reclaimLocked()
+	c.recMu.Unlock()
+	return n, true
 }
 
 // publish puts ready slots on the RX ring, unless another goroutine holds

@@ -272,3 +272,78 @@ func BenchmarkDeliveryToEightHostApps(b *testing.B) {
 		})
 	}
 }
+
+// TestBatchHolderDeliversOutsideTheBatch: the goroutine whose batch holds
+// a client's ring (and its reclaim lock) may deliver to that client
+// outside the batch too — a reliable stream's in-order delivery or a
+// large message in the middle of a received batch. With the pool empty
+// that must not wait for the lock it holds itself: the delivery is
+// refused, and once the batch is flushed and the application frees its
+// slots, deliveries go through again. The slots the application freed
+// are taken straight off its RX-free ring by the batch.
+func TestBatchHolderDeliversOutsideTheBatch(t *testing.T) {
+	rt, cs, apps, sks := batchSinks(t, 1)
+	c, app, sk := cs[0], apps[0], sks[0]
+	var b deliveryBatch
+	payload := make([]byte, 64)
+	n := 0
+	for ; n <= hostRXSlots; n++ {
+		if !c.deliverHeld(&b, sk, 1, uint64(n+1), payload) {
+			break
+		}
+	}
+	if n != hostRXSlots || !c.recHeld {
+		t.Fatalf("%d delivered into %d slots (reclaim lock held: %v)", n, hostRXSlots, c.recHeld)
+	}
+	done := make(chan [2]bool)
+	go func() {
+		var r [2]bool
+		r[0] = c.deliver(sk, 2, 1, payload)                      // one slot
+		r[1] = c.deliver(sk, 2, 2, make([]byte, 3*hostSlotSize)) // a run: there are runs free
+		done <- r
+	}()
+	select {
+	case r := <-done:
+		if r[0] {
+			t.Error("a one-slot delivery with every slot taken went through")
+		}
+		if !r[1] {
+			t.Error("a run with runs free was refused")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a delivery outside the batch waits for the batch's reclaim lock")
+	}
+	// Same goroutine as the batch, too.
+	if c.deliver(sk, 3, 1, payload) {
+		t.Error("a one-slot delivery with every slot taken went through")
+	}
+	b.flush()
+	taken := 0
+	for { // a run too: take and free without reading
+		k, _ := app.rx.Available()
+		if k == 0 {
+			break
+		}
+		e := shm.GetRX(app.rx.Entry(0))
+		app.rx.Release(1)
+		shm.PutID(app.free.Entry(0), e.Slot)
+		app.free.Publish(1)
+		taken++
+	}
+	if taken != hostRXSlots+1 {
+		t.Fatalf("the application took %d, want %d", taken, hostRXSlots+1)
+	}
+	exhausted := c.rxSlots.Exhausted()
+	for i := range 8 {
+		if d, _ := rt.deliverBatch(&b, sk.key, 4, uint64(i+1), payload); d != 1 {
+			t.Fatalf("after the application freed everything: delivery %d refused", i)
+		}
+	}
+	b.flush()
+	if c.malformed.Load() != 0 {
+		t.Errorf("malformed %d", c.malformed.Load())
+	}
+	if c.rxSlots.Exhausted() != exhausted {
+		t.Errorf("the batch went to the empty pool (%d times) instead of the slots the application freed", c.rxSlots.Exhausted()-exhausted)
+	}
+}
