@@ -89,8 +89,12 @@ import (
 // into free RX slots and onto the RX ring, and publishes them with one
 // store of the ring's head and at most one wake-up at the batch's end,
 // instead of a queue, a publication and a look at the wait flag per
-// message. A delivery that finds the ring held by another goroutine's
-// batch is queued on ready, as before, and published at that batch's end.
+// message. The batch also tries the reclaim lock, and takes the slots the
+// application freed straight off the RX-free ring as it needs them. A
+// delivery that finds the ring held by another goroutine's batch is queued
+// on ready, as before, and published at that batch's end; with the pool
+// empty meanwhile it does not wait for the reclaim lock (the batch may be
+// its own goroutine's), and is dropped if it cannot take it.
 
 // DefaultAppSocket is where host applications reach veloced.
 const DefaultAppSocket = "/run/veloce/app.sock"

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"encoding/binary"
 	"runtime"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veloce-io/veloce/guestlib"
 	"github.com/veloce-io/veloce/internal/shm"
 )
 
@@ -202,6 +204,9 @@ func TestBatchDeliveryWithOtherGoroutines(t *testing.T) {
 	if refused.Load() != 0 {
 		t.Errorf("%d deliveries refused with half the slots free", refused.Load())
 	}
+	if c.malformed.Load() != 0 {
+		t.Errorf("%d RX-free entries taken for malformed: slots lost", c.malformed.Load())
+	}
 }
 
 // TestBatchDeliveryToClosedClient: a client closed before or while a
@@ -346,4 +351,90 @@ func TestBatchHolderDeliversOutsideTheBatch(t *testing.T) {
 	if c.rxSlots.Exhausted() != exhausted {
 		t.Errorf("the batch went to the empty pool (%d times) instead of the slots the application freed", c.rxSlots.Exhausted()-exhausted)
 	}
+}
+
+// TestBatchDeliveryToSleepingApplications: guestlib applications that
+// consume as fast as they can, and so keep falling asleep on their RX
+// eventfds, get every message a receiver delivers in batches of varying
+// size (as a datapath's receive loop does), at most window per sink in
+// flight as veloce-bench streams sends them: none is lost or stuck.
+func TestBatchDeliveryToSleepingApplications(t *testing.T) {
+	d, sock := hostDaemon(t)
+	const sinks, window, total = 8, 256, 200000
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var counts [sinks]atomic.Uint64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for i := range sinks {
+		s := openApp(t, sock)
+		st, err := s.CreateStream(ctx, guestlib.StreamOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sk, err := st.CreateSink(ctx, 9, guestlib.SinkOptions{Queue: 8192})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				m, err := sk.Consume(ctx)
+				if err != nil {
+					return
+				}
+				m.Release()
+				counts[i].Add(1)
+			}
+		}()
+	}
+	slowest := func() uint64 {
+		m := ^uint64(0)
+		for i := range counts {
+			m = min(m, counts[i].Load())
+		}
+		return m
+	}
+	var b deliveryBatch
+	payload := make([]byte, 64)
+	rnd := uint64(1)
+	for seq := uint64(1); seq <= total; {
+		for seq-slowest() > window {
+			if ctx.Err() != nil {
+				t.Fatalf("stuck at %d: counts %v", seq, loads(counts[:]))
+			}
+			runtime.Gosched()
+		}
+		rnd = rnd*6364136223846793005 + 1442695040888963407
+		for k := 1 + rnd>>60; k > 0 && seq <= total; k-- { // batches of 1 to 16
+			d.rt.deliverLocalBatch(&b, 9, 1, seq, payload)
+			seq++
+		}
+		b.flush()
+	}
+	for slowest() < total {
+		if ctx.Err() != nil {
+			t.Fatalf("stuck: counts %v of %d", loads(counts[:]), total)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var dropped uint64
+	for _, st := range d.Streams() {
+		for _, sk := range st.Sinks {
+			dropped += sk.Dropped
+		}
+	}
+	if dropped != 0 {
+		t.Errorf("%d deliveries dropped", dropped)
+	}
+}
+
+func loads(c []atomic.Uint64) []uint64 {
+	out := make([]uint64, len(c))
+	for i := range c {
+		out[i] = c[i].Load()
+	}
+	return out
 }

@@ -367,8 +367,8 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if len(rep.Sinks) > 0 {
 		fmt.Fprintln(w, "Sinks rows: Veloce Mmsg/s is per sink (each in its own session); all deliveries:")
 		for _, s := range rep.Sinks {
-			fmt.Fprintf(w, "  %d sink%s: %.3f M deliveries/s, lost %d (guestlib queue %d, daemon: no RX slot %d), %d stalls, %d wake-ups, %.2f µs CPU per message",
-				s.Sinks, plural(s.Sinks), s.Tput.DeliveriesMmsgs, s.Tput.Lost, s.Drops.Guestlib, s.Drops.DaemonSink, s.Tput.Stalls, s.Drops.Wakeups, s.Drops.CPUPerMessageUS)
+			fmt.Fprintf(w, "  %d sink%s: %.3f M deliveries/s, lost %d (guestlib queue %d, daemon: no RX slot %d, A refused %d, malformed %d), %d stalls, %d wake-ups, %.2f µs CPU per message",
+				s.Sinks, plural(s.Sinks), s.Tput.DeliveriesMmsgs, s.Tput.Lost, s.Drops.Guestlib, s.Drops.DaemonSink, s.Drops.SourceFull, s.Drops.Malformed, s.Tput.Stalls, s.Drops.Wakeups, s.Drops.CPUPerMessageUS)
 			if s.VsOne > 0 {
 				fmt.Fprintf(w, "; per sink %.2f of one sink's", s.VsOne)
 			}

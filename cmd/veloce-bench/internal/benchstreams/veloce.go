@@ -282,6 +282,12 @@ type VeloceDrops struct {
 	// DaemonSink counts B's daemon's deliveries refused for want of a free
 	// RX slot in the sink's session (velocectl streams' dropped).
 	DaemonSink uint64 `json:"daemon_sink"`
+	// SourceFull counts A's messages its daemon found no room for on the
+	// way to B (the source's full: refused, so lost to the bench, which
+	// does not re-send); Malformed the bad ring entries both daemons
+	// counted (HostAppsInfo.Malformed: none from guestlib).
+	SourceFull uint64 `json:"source_full"`
+	Malformed  uint64 `json:"malformed"`
 	// Wakeups is not a loss: the eventfd writes B's daemon made to wake
 	// sleeping applications (HostAppsInfo.Wakeups) during the run.
 	Wakeups uint64 `json:"daemon_wakeups"`
@@ -393,6 +399,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 		}
 	}
 	g0, d0, w0 := sinkDrops(sks), daemonSinkDrops(ds.dB), ds.dB.HostApps().Wakeups
+	f0, m0 := sourceFull(ds.dA), ds.dA.HostApps().Malformed+ds.dB.HostApps().Malformed
 	send := func() error { return emitSize(ctx, srcA, size) }
 	stop, err := startProfile(profile)
 	if err != nil {
@@ -407,6 +414,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 		err = fmt.Errorf("cpu profile: %w", perr)
 	}
 	vd.Guestlib, vd.DaemonSink, vd.Wakeups = sinkDrops(sks)-g0, daemonSinkDrops(ds.dB)-d0, ds.dB.HostApps().Wakeups-w0
+	vd.SourceFull, vd.Malformed = sourceFull(ds.dA)-f0, ds.dA.HostApps().Malformed+ds.dB.HostApps().Malformed-m0
 	return th, vd, err
 }
 
@@ -431,6 +439,16 @@ func sinkDrops(sks []*guestlib.Sink) uint64 {
 	var n uint64
 	for _, sk := range sks {
 		n += sk.Dropped()
+	}
+	return n
+}
+
+func sourceFull(d *backend.Daemon) uint64 {
+	var n uint64
+	for _, st := range d.Streams() {
+		for _, so := range st.Sources {
+			n += so.Full
+		}
 	}
 	return n
 }
