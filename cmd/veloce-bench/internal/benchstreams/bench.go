@@ -67,8 +67,13 @@ type Config struct {
 	MaxRTTTime         time.Duration
 	// Warm and Duration: throughput warm-up and measured window.
 	Warm, Duration time.Duration
-	// Window is the most messages per sink in flight.
-	Window int
+	// Window is the most messages per sink in flight (default 256);
+	// SinkWindow the same for the sinks rows (default 768: within the
+	// 1,024 RX slots of each sink's session, so that no sink runs out;
+	// the slowest sink holds the sender back, and with eight sinks 256
+	// left the sender waiting for the last of them most of the time,
+	// where one window shared by all let a sink fall 2,048 behind).
+	Window, SinkWindow int
 	// DirectoryInterval of both daemons.
 	DirectoryInterval time.Duration
 	// ProfileDir, when set, receives CPU profiles of the Veloce ping-pongs
@@ -113,6 +118,9 @@ func (c *Config) defaults() {
 	}
 	if c.Window <= 0 {
 		c.Window = 256
+	}
+	if c.SinkWindow <= 0 {
+		c.SinkWindow = 768
 	}
 	if c.DirectoryInterval <= 0 {
 		c.DirectoryInterval = 50 * time.Millisecond
@@ -177,6 +185,7 @@ type Report struct {
 	CPUs        int          `json:"cpus"`
 	RoundTrips  int          `json:"round_trips"`
 	Window      int          `json:"window"`
+	SinkWindow  int          `json:"sink_window"`
 	Seconds     float64      `json:"duration_seconds"`
 	Results     []Result     `json:"results"`
 	Sinks       []SinkResult `json:"sinks"`
@@ -193,7 +202,7 @@ type bench struct {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	start := time.Now()
-	rep := &Report{Benchmark: "streams", CPUs: runtime.NumCPU(), RoundTrips: cfg.RoundTrips, Window: cfg.Window, Seconds: cfg.Duration.Seconds()}
+	rep := &Report{Benchmark: "streams", CPUs: runtime.NumCPU(), RoundTrips: cfg.RoundTrips, Window: cfg.Window, SinkWindow: cfg.SinkWindow, Seconds: cfg.Duration.Seconds()}
 	if cfg.ProfileDir != "" {
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
 			return rep, err
@@ -248,7 +257,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return rep, fmt.Errorf("raw throughput %d B: %w", size, err)
 		}
 		fmt.Fprintf(log, " %.3f Mmsg/s, veloce tput", r.RawTput.Mmsgs)
-		if r.VeloceTput, r.VeloceDrops, err = b.veloceThroughput(ctx, ds, size, 1, ""); err != nil {
+		if r.VeloceTput, r.VeloceDrops, err = b.veloceThroughput(ctx, ds, size, 1, b.cfg.Window, ""); err != nil {
 			return rep, fmt.Errorf("veloce throughput %d B: %w", size, err)
 		}
 		fmt.Fprintf(log, " %.3f Mmsg/s\n", r.VeloceTput.Mmsgs)
@@ -304,7 +313,7 @@ func (b *bench) sinkRows(ctx context.Context, ds *daemons, raw map[int]float64, 
 			if cfg.ProfileDir != "" && round == 0 {
 				profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("streams-veloce-sinks-%d.pprof", n))
 			}
-			th, drops, err := b.veloceThroughput(ctx, ds, cfg.SinkSize, n, profile)
+			th, drops, err := b.veloceThroughput(ctx, ds, cfg.SinkSize, n, cfg.SinkWindow, profile)
 			if err != nil {
 				return fmt.Errorf("veloce throughput, %d sinks: %w", n, err)
 			}
@@ -402,7 +411,7 @@ func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, r
 func loadAverage() string { return benchvhost.LoadAverage() }
 
 const usage = `usage: veloce-bench streams [--sizes 64,256,1024,1400] [--sinks 1,8] [--sink-size 64] [--sink-rounds 1]
-                            [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256]
+                            [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256] [--sink-window 768]
                             [--cpuprofile DIR] [--profile-sizes 64] [--no-local] [-o table|json] [-q]
 
 Raw UDP vs Veloce (two in-process daemons, guestlib host applications)
@@ -426,6 +435,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxRTT := fs.Duration("max-rtt-time", 5*time.Second, "time limit of one ping-pong's timed round trips")
 	dur := fs.Duration("duration", 2*time.Second, "measured window of a throughput run (after 250 ms of warm-up)")
 	window := fs.Int("window", 256, "flow control: most messages per sink in flight")
+	sinkWindow := fs.Int("sink-window", 768, "the same for the sinks rows")
 	profileDir := fs.String("cpuprofile", "", "write CPU profiles of the Veloce ping-pong to this directory")
 	profileSizes := fs.String("profile-sizes", "64", "message sizes to profile (with --cpuprofile)")
 	output := fs.String("o", "table", "output format: table or json")
@@ -434,7 +444,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := benchutil.ParseArgs(fs, args, output); err != nil {
 		return err
 	}
-	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Duration: *dur, Window: *window,
+	cfg := Config{RoundTrips: *rtts, Warmup: *warmup, MaxRTTTime: *maxRTT, Duration: *dur, Window: *window, SinkWindow: *sinkWindow,
 		ProfileDir: *profileDir, SinkSize: *sinkSize, SinkRounds: *sinkRounds, NoLocal: *noLocal, Log: stderr}
 	if *quiet {
 		cfg.Log = io.Discard
@@ -460,7 +470,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *sinkSize < 8 || *sinkSize > MaxSize {
 		return fmt.Errorf("--sink-size %d: want 8 to %d", *sinkSize, MaxSize)
 	}
-	if *rtts < 1 || *warmup < 0 || *window < 1 || *dur <= 0 || *maxRTT <= 0 {
+	if *rtts < 1 || *warmup < 0 || *window < 1 || *sinkWindow < 1 || *dur <= 0 || *maxRTT <= 0 {
 		return errors.New("--round-trips, --window, --duration and --max-rtt-time must be positive, --warmup at least 0")
 	}
 	rep, err := Run(ctx, cfg)
@@ -469,7 +479,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "streams: raw UDP vs Veloce (guestlib host apps, two daemons, kernel-UDP datapath), two netns joined by a veth\n"+
-		"(RTT: median (p99) of %d round trips; throughput: receiver-counted over %v, window %d; lost after drain)\n", cfg.RoundTrips, cfg.Duration, cfg.Window)
+		"(RTT: median (p99) of %d round trips; throughput: receiver-counted over %v, window %d per sink, %d in the sinks rows; lost after drain)\n", cfg.RoundTrips, cfg.Duration, cfg.Window, cfg.SinkWindow)
 	if err := WriteTable(stdout, rep); err != nil {
 		return err
 	}

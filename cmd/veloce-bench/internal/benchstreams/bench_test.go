@@ -18,6 +18,7 @@ func TestMainRefusesBadArguments(t *testing.T) {
 		{"--sink-rounds", "0"},
 		{"--round-trips", "0"},
 		{"--window", "0"},
+		{"--sink-window", "0"},
 		{"--duration", "0s"},
 		{"--profile-sizes", ""},
 		{"-o", "yaml"},

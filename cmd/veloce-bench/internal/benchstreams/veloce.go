@@ -309,11 +309,11 @@ func processCPU() int64 {
 }
 
 // veloceThroughput: an application on A emits on channel 1 as fast as
-// the window allows; sinks on B (each in its own session: its own socket
+// the window (per sink) allows; sinks on B (each in its own session: its own socket
 // to the daemon) consume and count.
 //
 // With profile set, a CPU profile of the measured run goes there.
-func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks int, profile string) (Throughput, VeloceDrops, error) {
+func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks, window int, profile string) (Throughput, VeloceDrops, error) {
 	var vd VeloceDrops
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -406,7 +406,7 @@ func (b *bench) veloceThroughput(ctx context.Context, ds *daemons, size, sinks i
 		return Throughput{}, vd, err
 	}
 	cpu0 := processCPU()
-	th, err := throughput(ctx, b.cfg.Warm, b.cfg.Duration, b.cfg.Window, send, sc)
+	th, err := throughput(ctx, b.cfg.Warm, b.cfg.Duration, window, send, sc)
 	if th.Sent > 0 {
 		vd.CPUPerMessageUS = benchutil.Round4(float64(processCPU()-cpu0) / 1e3 / float64(th.Sent))
 	}
