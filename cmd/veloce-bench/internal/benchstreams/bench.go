@@ -68,11 +68,12 @@ type Config struct {
 	// Warm and Duration: throughput warm-up and measured window.
 	Warm, Duration time.Duration
 	// Window is the most messages per sink in flight (default 256);
-	// SinkWindow the same for the sinks rows (default 768: within the
-	// 1,024 RX slots of each sink's session, so that no sink runs out;
-	// the slowest sink holds the sender back, and with eight sinks 256
-	// left the sender waiting for the last of them most of the time,
-	// where one window shared by all let a sink fall 2,048 behind).
+	// SinkWindow the same for the sinks rows (default 512: twice that
+	// fits the 1,024 RX slots of each sink's session, so that no sink
+	// runs out even after a stall wrote a window off; the slowest sink
+	// holds the sender back, and with eight sinks 256 left the sender
+	// waiting for the last of them most of the time, where one window
+	// shared by all let a sink fall 2,048 behind).
 	Window, SinkWindow int
 	// DirectoryInterval of both daemons.
 	DirectoryInterval time.Duration
@@ -120,7 +121,7 @@ func (c *Config) defaults() {
 		c.Window = 256
 	}
 	if c.SinkWindow <= 0 {
-		c.SinkWindow = 768
+		c.SinkWindow = 512
 	}
 	if c.DirectoryInterval <= 0 {
 		c.DirectoryInterval = 50 * time.Millisecond
@@ -411,7 +412,7 @@ func WriteJSON(w io.Writer, rep *Report) error { return benchutil.WriteJSON(w, r
 func loadAverage() string { return benchvhost.LoadAverage() }
 
 const usage = `usage: veloce-bench streams [--sizes 64,256,1024,1400] [--sinks 1,8] [--sink-size 64] [--sink-rounds 1]
-                            [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256] [--sink-window 768]
+                            [--round-trips 20000] [--warmup 2000] [--duration 2s] [--window 256] [--sink-window 512]
                             [--cpuprofile DIR] [--profile-sizes 64] [--no-local] [-o table|json] [-q]
 
 Raw UDP vs Veloce (two in-process daemons, guestlib host applications)
@@ -435,7 +436,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxRTT := fs.Duration("max-rtt-time", 5*time.Second, "time limit of one ping-pong's timed round trips")
 	dur := fs.Duration("duration", 2*time.Second, "measured window of a throughput run (after 250 ms of warm-up)")
 	window := fs.Int("window", 256, "flow control: most messages per sink in flight")
-	sinkWindow := fs.Int("sink-window", 768, "the same for the sinks rows")
+	sinkWindow := fs.Int("sink-window", 512, "the same for the sinks rows")
 	profileDir := fs.String("cpuprofile", "", "write CPU profiles of the Veloce ping-pong to this directory")
 	profileSizes := fs.String("profile-sizes", "64", "message sizes to profile (with --cpuprofile)")
 	output := fs.String("o", "table", "output format: table or json")
