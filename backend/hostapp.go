@@ -82,6 +82,19 @@ import (
 // no goroutine waits for another). Taking freed slots back off the
 // RX-free ring has its own lock, tried when the free queue runs low and
 // waited for only when it is empty.
+//
+// A datapath's receiver delivers a received batch at a time
+// (Runtime.deliverBatch): it takes the try-lock of each client it
+// delivers to once, writes the batch's messages for that client straight
+// into free RX slots and onto the RX ring, and publishes them with one
+// store of the ring's head and at most one wake-up at the batch's end,
+// instead of a queue, a publication and a look at the wait flag per
+// message. The batch also tries the reclaim lock, and takes the slots the
+// application freed straight off the RX-free ring as it needs them. A
+// delivery that finds the ring held by another goroutine's batch is queued
+// on ready, as before, and published at that batch's end; with the pool
+// empty meanwhile it does not wait for the reclaim lock (the batch may be
+// its own goroutine's), and is dropped if it cannot take it.
 
 // DefaultAppSocket is where host applications reach veloced.
 const DefaultAppSocket = "/run/veloce/app.sock"
@@ -200,7 +213,21 @@ type hostClient struct {
 	pubLock atomic.Bool
 	// rx is guarded by pubLock, an atomic try-lock checklocks cannot
 	// follow (publish, publishLocked).
-	rx     shm.Producer // +checklocksignore
+	rx shm.Producer // +checklocksignore
+	// holder is the delivery batch holding pubLock across its messages
+	// (deliverHeld), nil if none; heldN counts the entries it wrote to rx
+	// and has not published (guarded by pubLock, as rx is).
+	holder atomic.Pointer[deliveryBatch]
+	heldN  uint32 // +checklocksignore
+	// recHeld: the holding batch also holds recMu (tried when it took the
+	// ring), and takes the slots the application freed straight off the
+	// RX-free ring as it needs them (takeFreed); freedN of the freedAvail
+	// entries it found there are taken, not yet released. Guarded by
+	// pubLock, as heldN.
+	recHeld    bool   // +checklocksignore
+	freedN     uint32 // +checklocksignore
+	freedAvail uint32 // +checklocksignore
+
 	recMu  sync.Mutex
 	rxFree shm.Consumer // +checklocks:recMu
 	// RX slots from hostRXSlots on hold runs: a message larger than a
@@ -711,6 +738,201 @@ func (c *hostClient) deliver(sk *Sink, source, seq uint64, payload []byte) bool 
 	return ok
 }
 
+// deliverHeld is deliver as part of batch b (Runtime.deliverBatch): the
+// first delivery of the batch to c takes c's publish try-lock and keeps
+// it until b's flush (flushHeld); each message goes straight into a free
+// RX slot and onto the RX ring, unpublished. When the lock is another
+// goroutine's, or the message takes a run, it is delivered as deliver
+// does (queued on ready, published by the lock's holder). The region
+// stays mapped while b holds the lock (active). It does not allocate and
+// takes no lock but, with the pool empty, recMu.
+func (c *hostClient) deliverHeld(b *deliveryBatch, sk *Sink, source, seq uint64, payload []byte) bool {
+	if len(payload) > hostSlotSize {
+		return c.deliver(sk, source, seq, payload)
+	}
+	if c.holder.Load() != b {
+		if c.closed.Load() || !c.pubLock.CompareAndSwap(false, true) {
+			return c.deliver(sk, source, seq, payload)
+		}
+		c.active.Add(1)
+		if c.closed.Load() { // release may be waiting for active to fall
+			c.pubLock.Store(false)
+			c.active.Add(-1)
+			return false
+		}
+		c.holder.Store(b)
+		c.heldN = 0
+		c.holdRec()
+		b.held = append(b.held, c)
+	}
+	if c.closed.Load() {
+		return false
+	}
+	return c.putHeld(sk.ID, source, seq, payload)
+}
+
+// putHeld writes one message into a free RX slot and onto the RX ring,
+// unpublished. When the pool is empty it publishes what it wrote (the
+// application can free only what it sees) and takes back what the
+// application freed, once; then the message is dropped. The caller holds
+// pubLock for its batch.
+func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bool {
+	if c.rx.Space(c.heldN+1) <= c.heldN {
+		c.publishHeld()
+		if c.rx.Space(1) == 0 {
+			return false
+		}
+	}
+	id, ok := c.takeFreed()
+	if !ok {
+		id, ok = c.rxSlots.Get()
+	}
+	if !ok {
+		c.publishHeld()
+		if c.recHeld {
+			c.reclaimHeld()
+		} else {
+			c.recMu.Lock()
+			c.reclaimLocked()
+			c.recMu.Unlock()
+		}
+		if id, ok = c.rxSlots.Get(); !ok {
+			return false // the application holds every slot
+		}
+	}
+	copy(c.region.RXSlot(id), payload)
+	shm.PutRX(c.rx.Entry(c.heldN), shm.RXEntry{Slot: id, Len: uint32(len(payload)), Sink: sink, Source: source, Seq: seq})
+	// Lent before Publish: the application cannot free it sooner.
+	c.rxSlots.Lend(id)
+	c.heldN++
+	return true
+}
+
+// holdRec tries recMu for the batch taking the ring (recHeld). The
+// functions that use it while held (takeFreed, releaseFreed,
+// reclaimHeld, unholdRec) run under pubLock, with recMu held across
+// calls: checklocks follows neither, so they are exempt, and recHeld
+// says whether the lock is held.
+//
+// +checklocksignore
+func (c *hostClient) holdRec() {
+	c.recHeld = c.recMu.TryLock()
+	c.freedN, c.freedAvail = 0, 0
+}
+
+// unholdRec releases what takeFreed took and recMu, if held.
+//
+// +checklocksignore
+func (c *hostClient) unholdRec() {
+	if c.recHeld {
+		c.releaseFreed()
+		c.recHeld = false
+		c.recMu.Unlock()
+	}
+}
+
+// reclaimHeld is reclaimLocked for the holding batch, with recMu held.
+//
+// +checklocksignore
+func (c *hostClient) reclaimHeld() {
+	c.releaseFreed()
+	c.reclaimLocked()
+}
+
+// takeFreed takes, for the holding batch, the next one-slot RX slot the
+// application freed, straight off the RX-free ring (slots.Pool.ReclaimHeld:
+// no trip through the pool's free list), checking it as reclaimLocked
+// does: what is out of range or not the application's to free is counted
+// (malformed) and skipped, a run freed goes back to the runs. It needs
+// recMu (recHeld); false when it finds nothing.
+//
+// +checklocksignore
+func (c *hostClient) takeFreed() (uint32, bool) {
+	if !c.recHeld {
+		return 0, false
+	}
+	for {
+		if c.freedN == c.freedAvail {
+			c.releaseFreed()
+			n, ok := c.rxFree.Available()
+			if !ok {
+				c.malformed.Add(1)
+				c.rxFree.Resync()
+				return 0, false
+			}
+			if n == 0 {
+				return 0, false
+			}
+			c.freedAvail = min(n, hostBatch) // released a batch at a time
+		}
+		id := shm.GetID(c.rxFree.Entry(c.freedN))
+		c.freedN++
+		if id < hostRXSlots {
+			if c.rxSlots.ReclaimHeld(id) {
+				return id, true
+			}
+		} else {
+			c.runMu.Lock()
+			_, ok := c.runs.Reclaim(id)
+			c.runMu.Unlock()
+			if ok {
+				continue
+			}
+		}
+		c.malformed.Add(1) // out of range, or not the application's to free
+	}
+}
+
+// releaseFreed releases the RX-free entries takeFreed took.
+//
+// +checklocksignore
+func (c *hostClient) releaseFreed() {
+	if c.freedN > 0 {
+		c.rxFree.Release(c.freedN)
+	}
+	c.freedN, c.freedAvail = 0, 0
+}
+
+// publishHeld publishes the entries the holding batch wrote and wakes the
+// application if it sleeps. The caller holds pubLock for its batch.
+func (c *hostClient) publishHeld() {
+	if c.heldN == 0 {
+		return
+	}
+	c.rx.Publish(c.heldN)
+	c.heldN = 0
+	if c.region.AppWaitingRX().TakeIfSet() {
+		c.wake()
+	}
+}
+
+// flushHeld ends a batch's hold (deliveryBatch.flush): it publishes the
+// batch's entries and what other goroutines queued on ready meanwhile,
+// with one look at the wait flag, and lets the lock go.
+func (c *hostClient) flushHeld() {
+	wrote := c.heldN
+	if wrote > 0 {
+		c.rx.Publish(wrote)
+		c.heldN = 0
+	}
+	n, wake := c.publishLocked()
+	if n == 0 && wrote > 0 {
+		wake = c.region.AppWaitingRX().TakeIfSet()
+	}
+	c.unholdRec()
+	c.holder.Store(nil)
+	c.pubLock.Store(false)
+	if wake {
+		c.wake()
+	}
+	if c.ready.Len() > 0 {
+		c.publish() // queued after publishLocked looked (publish reclaims too)
+	} else {
+		c.reclaimSome()
+	}
+	c.active.Add(-1)
+}
+
 // putRun is put for a message larger than a slot: it is copied once
 // into a run of free RX slots (the application reads it in place, whole).
 // When no run is free it takes back what the application freed, once;
@@ -721,9 +943,7 @@ func (c *hostClient) putRun(sink uint32, source, seq uint64, payload []byte) boo
 	id, ok := c.runs.Alloc(count)
 	c.runMu.Unlock()
 	if !ok {
-		c.recMu.Lock()
-		c.reclaimLocked()
-		c.recMu.Unlock()
+		c.reclaimOrBatch()
 		c.runMu.Lock()
 		id, ok = c.runs.Alloc(count)
 		c.runMu.Unlock()
@@ -743,10 +963,8 @@ func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
 	for !ok {
 		// None left: take back what the application freed (waiting for
 		// the goroutine at it, if any: a short critical section).
-		c.recMu.Lock()
-		n := c.reclaimLocked()
-		c.recMu.Unlock()
-		if id, ok = c.rxSlots.Get(); !ok && n == 0 {
+		n, done := c.reclaimOrBatch()
+		if id, ok = c.rxSlots.Get(); !ok && (n == 0 || !done) {
 			return false // the application holds every slot
 		}
 	}
@@ -755,6 +973,27 @@ func (c *hostClient) put(sink uint32, source, seq uint64, payload []byte) bool {
 	c.ready.PushWait(id)
 	c.publish()
 	return true
+}
+
+// reclaimOrBatch takes back the slots the application freed and returns
+// how many, waiting for another goroutine at it — but not while a
+// delivery batch holds the ring: that batch may hold recMu too, and be
+// this very goroutine (a reliable or large message delivered in the
+// middle of its received batch). Then it only tries, and done is false
+// if it could not: the batch takes the freed slots as it needs them.
+//
+// +checklocksignore
+func (c *hostClient) reclaimOrBatch() (n int, done bool) {
+	if c.holder.Load() != nil {
+		if !c.recMu.TryLock() {
+			return 0, false
+		}
+	} else {
+		c.recMu.Lock()
+	}
+	n = c.reclaimLocked()
+	c.recMu.Unlock()
+	return n, true
 }
 
 // publish puts ready slots on the RX ring, unless another goroutine holds
@@ -773,6 +1012,12 @@ func (c *hostClient) publish() {
 			break
 		}
 	}
+	c.reclaimSome()
+}
+
+// reclaimSome takes back the slots the application freed once half the
+// pool is out, unless another goroutine is at it.
+func (c *hostClient) reclaimSome() {
 	if c.rxSlots.Free() < hostRXSlots/2 && c.recMu.TryLock() {
 		c.reclaimLocked() // +checklocksforce: TryLock succeeded
 		c.recMu.Unlock()

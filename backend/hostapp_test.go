@@ -841,6 +841,7 @@ func FuzzHostClient(f *testing.F) {
 		r := c.region
 		tx, free := r.TXProducer(), r.FreeProducer()
 		payload := make([]byte, hostSlotSize+1) // one byte too many at most
+		var batch deliveryBatch
 		for ; len(ops) >= 9; ops = ops[9:] {
 			a, b := binary.LittleEndian.Uint32(ops[1:]), binary.LittleEndian.Uint32(ops[5:])
 			switch ops[0] % 8 {
@@ -865,9 +866,16 @@ func FuzzHostClient(f *testing.F) {
 				put32(r, lineRXTail, b)
 			case 5: // the drain goroutine's, or (a odd) the polling thread's
 				c.drainOnce(a&1 != 0)
-			case 6: // a delivery: one slot, or (a odd) a run
+			case 6: // a delivery: one slot, or (a odd) a run; (a&2) as part of a batch, flushed when a&4
 				if a&1 != 0 {
 					c.deliver(sk, uint64(a), uint64(b), large[:b%uint32(len(large)+1)])
+					continue
+				}
+				if a&2 != 0 {
+					c.deliverHeld(&batch, sk, uint64(a), uint64(b), payload[:b%uint32(len(payload)+1)])
+					if a&4 != 0 {
+						batch.flush()
+					}
 					continue
 				}
 				c.deliver(sk, uint64(a), uint64(b), payload[:b%uint32(len(payload)+1)])
@@ -875,6 +883,7 @@ func FuzzHostClient(f *testing.F) {
 				put32(r, int(a%(shm.ControlSize/4))*4, b)
 			}
 		}
+		batch.flush()
 		c.drainOnce(false)
 		c.deliver(sk, 1, 1, payload[:8])
 		// Slot accounting: take every free slot, check, put them back.

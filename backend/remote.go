@@ -791,6 +791,9 @@ type receiveState struct {
 	// lastExpire is when it last dropped stale ones (unix ns).
 	frag       *frag.Reassembler
 	lastExpire int64
+	// deliveries batch the batch in hand's deliveries to host
+	// applications (Runtime.deliverBatch), flushed at its end.
+	deliveries deliveryBatch
 }
 
 func (rm *remote) newReceiveState(index int) *receiveState {
@@ -868,13 +871,14 @@ func (rx *receiveState) handle(pkts []wire.Packet) {
 				continue
 			}
 			rm.received.Add(1)
-			rm.rt.deliverLocal(h.Channel, uint64(h.Source), h.Seq, payload)
+			rm.rt.deliverLocalBatch(&rx.deliveries, h.Channel, uint64(h.Source), h.Seq, payload)
 		case wire.KindDirectory:
 			rx.directory(p, &pkts[i], h, payload)
 		case wire.KindAck:
 			rm.rel.ack(p, h, payload)
 		}
 	}
+	rx.deliveries.flush()
 	rx.expireFragments()
 	rx.flushAcks()
 }

@@ -556,8 +556,25 @@ func (r *Runtime) emitEntered(src *Source, payload []byte) (taken, full int) {
 // deliver hands a message to the local sinks of key and returns how
 // many took it and how many had no room.
 func (r *Runtime) deliver(key chanKey, source, seq uint64, payload []byte) (delivered, dropped int) {
+	return r.deliverBatch(nil, key, source, seq, payload)
+}
+
+// deliverBatch is deliver as part of b (nil: alone), a batch of messages
+// one goroutine delivers back to back (a datapath's received batch): a
+// host application's RX ring is taken once for the batch, the messages
+// are written into it as they come and published, with at most one
+// wake-up, when the batch is flushed (deliveryBatch). It takes no lock
+// and does not allocate (b's list grows to the most rings one batch held,
+// once).
+func (r *Runtime) deliverBatch(b *deliveryBatch, key chanKey, source, seq uint64, payload []byte) (delivered, dropped int) {
 	for _, sk := range r.channels.Get(key) {
-		if sk.session.ep.deliver(sk, source, seq, payload) {
+		var ok bool
+		if c, host := sk.session.ep.(*hostClient); host && b != nil {
+			ok = c.deliverHeld(b, sk, source, seq, payload)
+		} else {
+			ok = sk.session.ep.deliver(sk, source, seq, payload)
+		}
+		if ok {
 			sk.delivered.Add(1)
 			delivered++
 		} else {
@@ -566,6 +583,31 @@ func (r *Runtime) deliver(key chanKey, source, seq uint64, payload []byte) (deli
 		}
 	}
 	return delivered, dropped
+}
+
+// deliveryBatch is one goroutine's batch of deliveries (Runtime.deliverBatch):
+// the host applications' RX rings it holds, whose entries wait to be
+// published. Flush publishes them and lets the rings go; it must come
+// soon (at the end of the received batch: a ring held stays unpublished
+// to its application, and other goroutines' deliveries to it wait on
+// its ready queue meanwhile, though they do not wait themselves). The
+// zero value is an empty batch; a batch is used by one goroutine at a
+// time.
+type deliveryBatch struct {
+	held []*hostClient
+	// rings counts the rings held and flushed in all (tests).
+	rings uint64
+}
+
+// flush publishes what the batch wrote to each ring it holds, wakes each
+// application that sleeps, and lets the rings go.
+func (b *deliveryBatch) flush() {
+	for i, c := range b.held {
+		c.flushHeld()
+		b.held[i] = nil
+	}
+	b.rings += uint64(len(b.held))
+	b.held = b.held[:0]
 }
 
 // StreamInfo is what velocectl streams shows for a stream.

@@ -99,7 +99,13 @@ func (r *Runtime) remoteKey(key chanKey) bool {
 // sinks: the peer's wire header carries no tenant, so the message is the
 // operator tenant's (or a shared channel's).
 func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
-	return r.deliverRemote(r.hostTenant, channel, source, seq, payload)
+	return r.deliverRemoteBatch(nil, r.hostTenant, channel, source, seq, payload)
+}
+
+// deliverLocalBatch is deliverLocal as part of b, a received batch
+// (Runtime.deliverBatch): the receiver flushes b at the batch's end.
+func (r *Runtime) deliverLocalBatch(b *deliveryBatch, channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
+	return r.deliverRemoteBatch(b, r.hostTenant, channel, source, seq, payload)
 }
 
 // deliverRemote hands a message from a peer, on tenant's channel, to the
@@ -107,11 +113,17 @@ func (r *Runtime) deliverLocal(channel uint32, source, seq uint64, payload []byt
 // sending tenant's id (TenantIDOf its name). A shared channel reaches
 // every tenant's sinks on it. It takes no lock and does not allocate.
 func (r *Runtime) deliverRemote(tenant TenantID, channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
+	return r.deliverRemoteBatch(nil, tenant, channel, source, seq, payload)
+}
+
+// deliverRemoteBatch is deliverRemote as part of b, the receiver's batch
+// (Runtime.deliverBatch), nil for none.
+func (r *Runtime) deliverRemoteBatch(b *deliveryBatch, tenant TenantID, channel uint32, source, seq uint64, payload []byte) (delivered, dropped int) {
 	key := chanKey{tenant, channel}
 	if len(r.shared) > 0 && r.shared[channel] { // fixed after NewRuntime: read without a lock
 		key.tenant = SharedTenant
 	}
-	return r.deliver(key, source, seq, payload)
+	return r.deliverBatch(b, key, source, seq, payload)
 }
 
 // remoteChannels lists, sorted, the channels with local sinks that peers

@@ -1106,7 +1106,12 @@ type Message struct {
 func (m *Message) Release() {
 	switch {
 	case m.host != nil:
-		m.host.releaseRX(m.slot)
+		// Its slot's own Message (hostShm.msgs), not a pooled one:
+		// cleared before the slot goes back.
+		h, slot := m.host, m.slot
+		*m = Message{}
+		h.releaseRX(slot)
+		return
 	case m.buf != nil:
 		m.sink.s.bufs.Put(m.buf)
 	case m.large != nil:
@@ -1281,6 +1286,14 @@ func (sk *Sink) push(m *Message) {
 	}
 	sk.mu.RLock()
 	defer sk.mu.RUnlock()
+	sk.pushLocked(m)
+}
+
+// pushLocked queues m for Consume, or drops it (counted) when the queue
+// is full; the caller holds mu shared and the sink has no callback.
+//
+// +checklocksread:sk.mu
+func (sk *Sink) pushLocked(m *Message) {
 	if sk.closed {
 		m.Release()
 		return
@@ -1289,6 +1302,7 @@ func (sk *Sink) push(m *Message) {
 	case sk.queue <- m:
 	default:
 		sk.dropped.Add(1)
+		frames := m.frames + 1
 		m.Release()
 		sk.tookFrames(frames)
 	}
@@ -1299,6 +1313,17 @@ func (sk *Sink) push(m *Message) {
 func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 	if h := sk.s.host; h != nil && h.polling.Load() > 0 {
 		return sk.consumePoll(ctx, h)
+	}
+	// A message waiting is taken without a select on ctx (which locks
+	// both channels): the busy sink's path.
+	select {
+	case m, ok := <-sk.queue:
+		if !ok {
+			return nil, ErrClosed
+		}
+		sk.tookFrames(m.frames + 1)
+		return m, nil
+	default:
 	}
 	select {
 	case m, ok := <-sk.queue:

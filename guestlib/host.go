@@ -62,6 +62,13 @@ type hostShm struct {
 	rxMu   sync.Mutex
 	rxFree shm.Producer // +checklocks:rxMu
 	rx     shm.Consumer // the receive goroutine's
+	// msgs has a Message per RX slot (by the slot, or a run's first): a
+	// slot is one delivered message at a time, so its Message needs no
+	// pool. It is in use while its host is set: receiveOnce fills it,
+	// Release clears it before freeing the slot (so the daemon cannot
+	// hand the slot back sooner). The slice is fixed; an element is the
+	// receiver's while not in use, its holder's while in use (no lock).
+	msgs []Message // +checklocksignore
 
 	// GetBufferContext's waiters: woken (waitCh closed) by the receive
 	// goroutine after the daemon signalled returned slots.
@@ -108,7 +115,7 @@ func newHostShm(fds []int, maxMsg int) (*hostShm, error) {
 	l := region.Layout()
 	h := &hostShm{region: region, layout: l, txNote: tx, rxNote: rx,
 		tx: region.TXProducer(), done: region.DoneConsumer(), rxFree: region.FreeProducer(), rx: region.RXConsumer(),
-		txFree: make([]uint32, 0, l.TXSlots)}
+		txFree: make([]uint32, 0, l.TXSlots), msgs: make([]Message, l.RXSlots)}
 	small := min(l.TXSlots, hostSmallTX)
 	for i := small; i > 0; i-- {
 		h.txFree = append(h.txFree, i-1)
@@ -404,7 +411,9 @@ func (h *hostShm) receive(s *Session) {
 	}
 }
 
-// receiveOnce hands what the RX ring holds to the sinks.
+// receiveOnce hands what the RX ring holds to the sinks. It looks a sink
+// up once for a run of entries to it (the session's lock), and takes the
+// region's references for the whole batch at once.
 //
 // +checklocks:h.rxPoll
 func (h *hostShm) receiveOnce(s *Session) uint32 {
@@ -413,29 +422,76 @@ func (h *hostShm) receiveOnce(s *Session) uint32 {
 		h.rx.Resync()
 		return 1
 	}
+	if n == 0 {
+		return 0
+	}
+	h.refs.Add(int64(n)) // one per message handed on; the rest given back below
+	unused := int64(0)
+	var sk *Sink
+	var skID uint32
+	looked := false
+	// locked is sk while its queue's lock is held (shared) for the run of
+	// entries to it: one lock per run, not per message. A callback sink
+	// is called without it (the callback may close the sink).
+	var locked *Sink
 	for k := uint32(0); k < n; k++ {
 		e := shm.GetRX(h.rx.Entry(k)) // copied out once
 		// One slot, or a run of the slots its length takes (a large
 		// message), within the RX pool.
 		if int(e.Len) > max(h.maxMsg, int(h.layout.SlotSize)) || !h.layout.RunFits(e.Slot, e.Len, h.layout.RXSlots) {
+			unused++
 			continue // not from a working daemon
 		}
-		s.mu.Lock()
-		sk := s.sinks[e.Sink]
-		s.mu.Unlock()
-		h.refs.Add(1)
-		if sk == nil { // closed here already
-			h.releaseRX(e.Slot)
+		m := &h.msgs[e.Slot]
+		if m.host != nil { // a slot the application still holds: nor is this
+			unused++
 			continue
 		}
-		m := messagePool.Get().(*Message)
+		if !looked || e.Sink != skID {
+			locked = locked.runlock()
+			s.mu.Lock()
+			sk = s.sinks[e.Sink]
+			s.mu.Unlock()
+			skID, looked = e.Sink, true
+			if sk != nil && sk.cb == nil {
+				locked = sk.rlock()
+			}
+		}
+		if sk == nil { // closed here already
+			h.releaseRX(e.Slot) // gives its reference back
+			continue
+		}
 		*m = Message{Data: h.region.RXRun(e.Slot, h.layout.SlotsFor(e.Len))[:e.Len], Source: e.Source, Seq: e.Seq, Channel: sk.channel, host: h, slot: e.Slot, sink: sk}
-		sk.push(m)
+		if locked != nil {
+			sk.pushLocked(m) // +checklocksforce: locked is sk, held shared
+		} else {
+			sk.push(m)
+		}
 	}
-	if n > 0 {
-		h.rx.Release(n)
+	locked.runlock()
+	if unused > 0 {
+		h.refs.Add(-unused) // the session's own reference keeps it above 0
 	}
+	h.rx.Release(n)
 	return n
+}
+
+// rlock takes sk's queue lock shared, for a run of pushLocked, and
+// returns sk; runlock lets it go (nil: none held) and returns nil. The
+// lock is held across calls, which checklocks does not follow.
+//
+// +checklocksignore
+func (sk *Sink) rlock() *Sink {
+	sk.mu.RLock()
+	return sk
+}
+
+// +checklocksignore
+func (sk *Sink) runlock() *Sink {
+	if sk != nil {
+		sk.mu.RUnlock()
+	}
+	return nil
 }
 
 // receiveHost reads the daemon's messages on the host transport's socket:

@@ -29,7 +29,10 @@
 // shared region laid out elsewhere): a pool with SlotSize 0 manages the
 // ids alone.
 //
-// Get, Put, Lend and Reclaim take no lock, do not allocate and are safe
+// A lent slot given back may also go straight to its taker, held
+// (ReclaimHeld), without passing through the free list.
+//
+// Get, Put, Lend, Reclaim and ReclaimHeld take no lock, do not allocate and are safe
 // for concurrent use. A Get that finds no free slot counts as exhausted
 // (Exhausted): the pool's back-pressure figure.
 package slots
@@ -186,6 +189,15 @@ func (p *Pool[M]) Reclaim(id uint32) bool {
 	}
 	p.free.PushWait(id)
 	return true
+}
+
+// ReclaimHeld is Reclaim straight to Held: the caller takes the slot the
+// party gave back without its passing through the free list (one
+// compare-and-swap instead of Reclaim's and Get's three and two queue
+// operations), and holds it as after Get. It refuses what Reclaim
+// refuses, changing nothing.
+func (p *Pool[M]) ReclaimHeld(id uint32) bool {
+	return id < uint32(len(p.state)) && p.state[id].CompareAndSwap(uint32(Lent), uint32(Held))
 }
 
 // State returns where slot id is (a snapshot, for accounting and tests).

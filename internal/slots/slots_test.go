@@ -99,6 +99,35 @@ func TestReclaimRefusesWhatWasNotLent(t *testing.T) {
 
 // TestConcurrentGetPut: slots taken and put by several goroutines at once
 // are never handed to two holders.
+// ReclaimHeld takes a lent slot back held, as Get would give it, and
+// refuses what Reclaim refuses.
+func TestReclaimHeld(t *testing.T) {
+	p := MustNew[meta](Options{Slots: 4})
+	id, _ := p.Get()
+	if p.ReclaimHeld(id) || p.State(id) != Held {
+		t.Fatal("a held slot reclaimed")
+	}
+	p.Lend(id)
+	if p.ReclaimHeld(4) || p.ReclaimHeld(^uint32(0)) {
+		t.Fatal("an id out of range reclaimed")
+	}
+	if !p.ReclaimHeld(id) || p.State(id) != Held || p.Free() != 3 {
+		t.Fatalf("lent slot: state %v, free %d", p.State(id), p.Free())
+	}
+	if p.ReclaimHeld(id) || p.Reclaim(id) {
+		t.Fatal("a slot given back twice")
+	}
+	for i := range uint32(4) {
+		if p.State(i) == Free && p.ReclaimHeld(i) {
+			t.Fatalf("free slot %d reclaimed", i)
+		}
+	}
+	p.Lend(id) // held again, so it may be lent again
+	if !p.Reclaim(id) || p.Free() != 4 {
+		t.Fatalf("free %d after the normal reclaim", p.Free())
+	}
+}
+
 func TestConcurrentGetPut(t *testing.T) {
 	p := MustNew[meta](Options{Slots: 64, SlotSize: 8})
 	var wg sync.WaitGroup

@@ -102,14 +102,17 @@ type Throughput struct {
 }
 
 // throughput sends as fast as send allows, with at most window messages
-// per sink in flight (sent but not yet counted by p), for warm + dur; the
-// rate is what p counted during dur, divided by sinks.
-func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int, send func() error, p *benchutil.Progress) (Throughput, error) {
-	k := uint64(sinks)
-	base := p.Count()
-	recv := func() uint64 { return p.Count() - base }
+// per sink in flight (sent but not yet counted by that sink in sc: the
+// slowest sink holds the sender back), for warm + dur; the rate is what
+// the sinks counted during dur, divided by their number. A sink that
+// stays window behind for 50 ms (it lost messages) has what it misses
+// written off, counted as a stall.
+func throughput(ctx context.Context, warm, dur time.Duration, window int, send func() error, sc *sinkCounts) (Throughput, error) {
+	k := uint64(len(sc.c))
+	sc.rebase()
+	recv := sc.total
 	var sent uint64
-	var writtenOff int64
+	var writtenOff uint64 // of the slowest sink
 	var th Throughput
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -118,6 +121,7 @@ func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int,
 	var t0 time.Time
 	var r0 uint64
 	inWindow := false
+	w := uint64(window)
 	for i := 0; ; i++ {
 		if i&63 == 0 {
 			now := time.Now()
@@ -136,14 +140,13 @@ func throughput(ctx context.Context, warm, dur time.Duration, window, sinks int,
 				return th, ctx.Err()
 			}
 		}
-		for int64(k*sent)-writtenOff-int64(recv()) >= int64(k)*int64(window) {
-			before := recv()
-			target := int64(k*sent) - writtenOff - int64(k)*int64(window)/2
-			if target <= 0 || p.WaitAtLeast(uint64(target)+base, timer, 50*time.Millisecond) || recv() != before {
+		for sent-writtenOff >= sc.slowest()+w {
+			before := sc.slowest()
+			if sc.waitSlowest(sent-writtenOff-w/2, timer, 50*time.Millisecond) || sc.slowest() != before {
 				continue
 			}
 			th.Stalls++
-			writtenOff = int64(k*sent) - int64(recv())
+			writtenOff = sent - sc.slowest()
 		}
 		if err := send(); err != nil {
 			return th, err

@@ -79,17 +79,17 @@ func (b *bench) rawThroughput(ctx context.Context, size int) (Throughput, error)
 	}
 	defer a.Close()
 	defer bc.Close()
-	p := benchutil.NewProgress()
+	sc := newSinkCounts(1)
 	go func() {
 		buf := make([]byte, 2048)
 		for {
 			if _, err := bc.Read(buf); err != nil {
 				return
 			}
-			p.Add(1)
+			sc.add(0, 1)
 		}
 	}()
 	out := make([]byte, size)
 	send := func() error { _, err := a.Write(out); return err }
-	return throughput(ctx, b.cfg.Warm, b.cfg.Duration, b.cfg.Window, 1, send, p)
+	return throughput(ctx, b.cfg.Warm, b.cfg.Duration, b.cfg.Window, send, sc)
 }
