@@ -1318,23 +1318,24 @@ func (sk *Sink) Consume(ctx context.Context) (*Message, error) {
 	// both channels): the busy sink's path.
 	select {
 	case m, ok := <-sk.queue:
-		if !ok {
-			return nil, ErrClosed
-		}
-		sk.tookFrames(m.frames + 1)
-		return m, nil
+		return sk.consumed(m, ok)
 	default:
 	}
 	select {
 	case m, ok := <-sk.queue:
-		if !ok {
-			return nil, ErrClosed
-		}
-		sk.tookFrames(m.frames + 1)
-		return m, nil
+		return sk.consumed(m, ok)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// consumed is Consume's end for a receive from the queue (ok false: closed).
+func (sk *Sink) consumed(m *Message, ok bool) (*Message, error) {
+	if !ok {
+		return nil, ErrClosed
+	}
+	sk.tookFrames(m.frames + 1)
+	return m, nil
 }
 
 // TryConsume returns the next message if one is waiting.
