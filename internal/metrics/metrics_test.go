@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -118,6 +119,20 @@ func scrape(t *testing.T, c *http.Client, url string) map[string]*dto.MetricFami
 	return mfs
 }
 
+// delivered sums veloce_stream_sink_delivered_messages_total over the
+// sinks on channel.
+func delivered(mfs map[string]*dto.MetricFamily, channel string) float64 {
+	var n float64
+	for _, m := range mfs["veloce_stream_sink_delivered_messages_total"].GetMetric() {
+		for _, l := range m.Label {
+			if l.GetName() == "channel" && l.GetValue() == channel {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
 // find returns the value of the series of family name whose labels
 // include want, or fails.
 func find(t *testing.T, mfs map[string]*dto.MetricFamily, name string, typ dto.MetricType, want map[string]string) float64 {
@@ -171,7 +186,17 @@ func TestScrapeADaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	mfs := scrape(t, http.DefaultClient, "http://"+srv.Addr().String()+metrics.Path)
+	url := "http://" + srv.Addr().String() + metrics.Path
+	mfs := scrape(t, http.DefaultClient, url)
+	// The daemon counts a delivery just after the application can take
+	// the message: the counters catch up with what was consumed within
+	// moments, not at the same instant.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); mfs = scrape(t, http.DefaultClient, url) {
+		if delivered(mfs, "7") >= 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	const c, g, u = dto.MetricType_COUNTER, dto.MetricType_GAUGE, dto.MetricType_UNTYPED
 	port := map[string]string{"port": "vm0.sock"}
