@@ -152,8 +152,9 @@ type recvInterrupter interface {
 }
 
 // Sending on the emitter's goroutine. An application's drain goroutine
-// that emits a batch of messages to peers sends them itself, at the
-// batch's end, when the datapath's sender goroutine is not sending
+// that emits a short batch of messages to peers (inlineBatch) sends them
+// itself, at the batch's end, when the datapath's sender goroutine is not
+// sending
 // (batchEmits, flushInline): the message then goes out without the
 // sender's wake-up, and a batch still goes in one sendmmsg(2). While a
 // batch is being emitted, queue does not kick the sender; what the batch

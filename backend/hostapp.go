@@ -111,6 +111,14 @@ const (
 	hostSlotSize = 2048
 	// hostBatch is how many TX entries the drain goroutine takes per round.
 	hostBatch = 64
+	// inlineBatch is the largest batch of TX entries whose messages to
+	// peers the drain goroutine sends itself (flushInline): a short batch
+	// is an application waiting for its messages to go, and sending them
+	// saves the sender's wake-up; a longer one is a stream, which goes
+	// faster with the sender sending one batch while the drain takes the
+	// next (measured: 0.5-1 µs less per round trip inline, but 5 % less
+	// throughput when every batch was sent inline).
+	inlineBatch = 8
 	// hostAlive is how often a connected client's session is marked alive.
 	hostAlive = time.Second
 )
@@ -611,7 +619,7 @@ func (c *hostClient) drainOnce(polled bool) int {
 		return 0
 	}
 	n = min(n, hostBatch)
-	if rm := c.apps.rt.remote; rm != nil && !polled {
+	if rm := c.apps.rt.remote; rm != nil && !polled && n <= inlineBatch {
 		// Messages to peers go out at the batch's end, from here
 		// (flushInline); the polling thread sends its own in its round.
 		rm.batchEmits()
