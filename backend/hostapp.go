@@ -619,9 +619,11 @@ func (c *hostClient) drainOnce(polled bool) int {
 		return 0
 	}
 	n = min(n, hostBatch)
+	mode := drainMode{polled: polled}
 	if rm := c.apps.rt.remote; rm != nil && !polled && n <= inlineBatch {
 		// Messages to peers go out at the batch's end, from here
 		// (flushInline); the polling thread sends its own in its round.
+		mode.inline = true
 		rm.batchEmits()
 		defer rm.flushInline()
 	}
@@ -636,7 +638,7 @@ func (c *hostClient) drainOnce(polled bool) int {
 			c.malformed.Add(1)
 			continue
 		}
-		if !c.emit(s, e, polled) {
+		if !c.emit(s, e, mode) {
 			n = k // this one and the rest wait on the ring
 			break
 		}
@@ -657,10 +659,19 @@ func (c *hostClient) drainOnce(polled bool) int {
 	return int(n)
 }
 
+// drainMode is how a drainOnce runs.
+type drainMode struct {
+	// polled: on a polling thread, which never waits (drainOnce).
+	polled bool
+	// inline: in a batch of emits (remote.batchEmits) that the drain
+	// flushes at its end.
+	inline bool
+}
+
 // emit hands one emitted message to the runtime, or tells the client why
 // not. Polled (see drainOnce), it does not wait: it returns false for a
 // message that would, which the caller leaves on the ring.
-func (c *hostClient) emit(s *Session, e shm.TXEntry, polled bool) bool {
+func (c *hostClient) emit(s *Session, e shm.TXEntry, mode drainMode) bool {
 	st := guestproto.StatusNoSession
 	var sid uint32
 	if s != nil {
@@ -679,7 +690,7 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry, polled bool) bool {
 			// A reliable source waits for room instead (emitWait).
 			// Read in place, a run as one message: no copy on the way in.
 			payload := c.region.TXRun(e.Slot, c.layout.SlotsFor(e.Len))[:e.Len]
-			if polled {
+			if mode.polled {
 				taken, full, reliable, paused := c.apps.rt.emitOnce(so, payload)
 				if taken == 0 && full > 0 && (reliable || paused) {
 					so.emitted.Add(^uint64(0)) // emitted again next round: counted once
@@ -688,14 +699,14 @@ func (c *hostClient) emit(s *Session, e shm.TXEntry, polled bool) bool {
 				if full == 0 || taken > 0 {
 					return true
 				}
-			} else if taken, full := c.apps.rt.emitWait(so, payload, &c.closed); full == 0 || taken > 0 {
+			} else if taken, full := c.apps.rt.emitWait(so, payload, &c.closed, mode.inline); full == 0 || taken > 0 {
 				return true
 			}
 			st = guestproto.StatusNoBuffers
 		}
 	}
 	n, _ := guestproto.PutOutcome(c.outBuf[:], sid, e.Source, e.Token, st)
-	c.sendOutcome(c.outBuf[:n], polled)
+	c.sendOutcome(c.outBuf[:n], mode.polled)
 	return true
 }
 
@@ -772,6 +783,9 @@ func (c *hostClient) deliverHeld(b *deliveryBatch, sk *Sink, source, seq uint64,
 		c.heldN = 0
 		c.holdRec()
 		b.held = append(b.held, c)
+		if _, wake := c.publishLocked(); wake { // what waits on ready goes first
+			c.wake()
+		}
 	}
 	if c.closed.Load() {
 		return false
@@ -784,8 +798,14 @@ func (c *hostClient) deliverHeld(b *deliveryBatch, sk *Sink, source, seq uint64,
 // application can free only what it sees) and takes back what the
 // application freed, once; then the message is dropped. The caller holds
 // pubLock for its batch.
+//
+// While messages wait on ready (one of this goroutine's among them,
+// perhaps: a run, or one delivered before the batch took the ring), one
+// written past them could overtake it: the message is queued behind
+// them instead, and flushHeld publishes ready after the batch's entries.
 func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bool {
-	if c.rx.Space(c.heldN+1) <= c.heldN {
+	queue := c.ready.Len() > 0
+	if !queue && c.rx.Space(c.heldN+1) <= c.heldN {
 		c.publishHeld()
 		if c.rx.Space(1) == 0 {
 			return false
@@ -807,6 +827,12 @@ func (c *hostClient) putHeld(sink uint32, source, seq uint64, payload []byte) bo
 		if id, ok = c.rxSlots.Get(); !ok {
 			return false // the application holds every slot
 		}
+	}
+	if queue {
+		copy(c.region.RXSlot(id), payload)
+		*c.rxSlots.Meta(id) = hostRXMeta{sink: sink, len: uint32(len(payload)), source: source, seq: seq}
+		c.ready.PushWait(id)
+		return true
 	}
 	copy(c.region.RXSlot(id), payload)
 	shm.PutRX(c.rx.Entry(c.heldN), shm.RXEntry{Slot: id, Len: uint32(len(payload)), Sink: sink, Source: source, Seq: seq})

@@ -936,10 +936,10 @@ func (rl *reliable) renumberLocked(rs *relSend) {
 // (SetStreamQoS) waits too, whatever the stream's reliability, for at most
 // the drain bound past the reliable timeout.
 //
-// The caller is in a batch of emits (batchEmits): the wait ends the batch
-// first (what it queued goes out, or its senders are kicked), and begins
-// another after.
-func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (taken, full int) {
+// inBatch says the caller is in a batch of emits (batchEmits): the wait
+// ends the batch first (what it queued goes out, or its senders are
+// kicked), and begins another after.
+func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool, inBatch bool) (taken, full int) {
 	taken, full, reliable, paused := r.emitOnce(src, payload)
 	if (!reliable && !paused) || taken > 0 || full == 0 {
 		return taken, full
@@ -949,7 +949,7 @@ func (r *Runtime) emitWait(src *Source, payload []byte, gone *atomic.Bool) (take
 		timeout = r.remote.rel.timeout
 	}
 	deadline := time.Now().Add(timeout + QoSDrainTimeout)
-	if r.remote != nil {
+	if inBatch {
 		r.remote.flushInline()
 		defer r.remote.batchEmits()
 	}
