@@ -219,6 +219,10 @@ type hostClient struct {
 	rxSlots *slots.Pool[hostRXMeta]
 	ready   *ring.Queue
 	pubLock atomic.Bool
+	// pubAgain: a goroutine queued on ready and found pubLock taken, so
+	// the holder must look at ready again after it lets the lock go
+	// (publish).
+	pubAgain atomic.Bool
 	// rx is guarded by pubLock, an atomic try-lock checklocks cannot
 	// follow (publish, publishLocked).
 	rx shm.Producer // +checklocksignore
@@ -1031,23 +1035,38 @@ func (c *hostClient) reclaimOrBatch() (n int, done bool) {
 }
 
 // publish puts ready slots on the RX ring, unless another goroutine holds
-// the lock: it then publishes ours too, since it looks at ready again
-// after letting the lock go.
+// the lock: that one then publishes ours too. A goroutine that finds the
+// lock taken raises pubAgain after its slot is on ready, and the holder
+// looks at pubAgain after it lets the lock go: either it sees the flag and
+// publishes again, or the flag was raised after that look, so the lock
+// was already free for the goroutine that raised it. (Without the flag, a
+// holder whose round found nothing — the head of ready still being written
+// by its producer — stopped, and the slot queued meanwhile waited for the
+// next delivery, for ever if none came.)
 func (c *hostClient) publish() {
-	for c.pubLock.CompareAndSwap(false, true) {
+	c.pubAgain.Store(true)
+	for c.pubAgain.Load() && c.pubLock.CompareAndSwap(false, true) {
+		c.pubAgain.Store(false)
 		n, wake := c.publishLocked()
+		if testHookPublished != nil {
+			testHookPublished(c)
+		}
 		c.pubLock.Store(false)
 		if wake {
 			c.wake()
 		}
-		// n == 0: the head of ready is being queued by a goroutine that
-		// will publish it itself, or the ring is full.
-		if n == 0 || c.ready.Len() == 0 {
-			break
+		// More ready than this round took: the ring was full, or more
+		// came (a round that took nothing stops, unless pubAgain).
+		if n > 0 && c.ready.Len() > 0 {
+			c.pubAgain.Store(true)
 		}
 	}
 	c.reclaimSome()
 }
+
+// testHookPublished, when set (tests), runs after each publishing round,
+// with pubLock still held.
+var testHookPublished func(*hostClient)
 
 // reclaimSome takes back the slots the application freed once half the
 // pool is out, unless another goroutine is at it.

@@ -443,3 +443,47 @@ func loads(c []atomic.Uint64) []uint64 {
 	}
 	return out
 }
+
+// TestPublishRoundThatFoundNothingLooksAgain: a goroutine queues a
+// message while another holds the publishing lock in a round that found
+// ready empty (its head was still being written, or another round took
+// it). The queuing goroutine cannot take the lock and leaves the message
+// to the holder, so the holder must look again: the message is on the
+// RX ring when both are done, with no further delivery to push it out.
+// Without pubAgain the holder stopped on its empty round and the message
+// waited on ready for the next delivery.
+func TestPublishRoundThatFoundNothingLooksAgain(t *testing.T) {
+	_, cs, apps, sks := batchSinks(t, 1)
+	c := cs[0]
+	rounds := 0
+	testHookPublished = func(hc *hostClient) {
+		if hc != c {
+			return
+		}
+		rounds++
+		if rounds > 1 {
+			return
+		}
+		done := make(chan bool)
+		go func() { done <- c.put(sks[0].ID, 3, 7, []byte("queued meanwhile")) }()
+		if !<-done {
+			t.Error("put refused")
+		}
+	}
+	defer func() { testHookPublished = nil }()
+	c.publish() // nothing ready: this round finds nothing
+	if rounds != 2 {
+		t.Errorf("%d publishing rounds, want 2 (the empty one, and the one for the message queued meanwhile)", rounds)
+	}
+	got := 0
+	for apps[0].take(func(e shm.RXEntry, data []byte) {
+		if e.Seq != 7 || e.Source != 3 || string(data) != "queued meanwhile" {
+			t.Errorf("delivered seq %d source %d %q", e.Seq, e.Source, data)
+		}
+		got++
+	}) {
+	}
+	if got != 1 {
+		t.Fatalf("%d messages on the RX ring after both publishers returned, want 1 (the message waits on ready: %d)", got, c.ready.Len())
+	}
+}
