@@ -32,6 +32,10 @@ var (
 type DaemonOptions struct {
 	// Ports are the VM ports to serve.
 	Ports []PortOptions
+	// RingStateDir is the default of the ports' RingStateDir (those
+	// added later included): where they keep packed rings' positions for
+	// the next daemon.
+	RingStateDir string
 	// ControlSocket is the unix socket of the control API; default
 	// DefaultControlSocket. Its directory is created.
 	ControlSocket string
@@ -142,6 +146,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		}
 		if po.SocketGroup == "" {
 			po.SocketGroup = opts.SocketGroup
+		}
+		if po.RingStateDir == "" {
+			po.RingStateDir = opts.RingStateDir
 		}
 		po.Runtime = d.rt
 		po.Limits = po.Limits.or(opts.Limits)

@@ -138,6 +138,9 @@ func (d *Daemon) AddPort(opts PortOptions) (PortInfo, error) {
 	if opts.Logger == nil {
 		opts.Logger = def.Logger
 	}
+	if opts.RingStateDir == "" {
+		opts.RingStateDir = d.opts.RingStateDir
+	}
 	if opts.Logger == nil {
 		opts.Logger = d.log
 	}
@@ -221,6 +224,7 @@ func (d *Daemon) DelPort(name string) (PortInfo, error) {
 	d.ports = slices.Delete(slices.Clone(d.ports), i, i+1) // a new array: listings hold the old one
 	d.admin.mu.Unlock()
 	err := p.Close()
+	p.dev.RemoveRingState() // no next daemon serves this port
 	d.log.Info("port deleted", "port", name, "socket", p.opts.Socket)
 	if err != nil {
 		return p.Info(), fmt.Errorf("delete port %s: %w", name, err)

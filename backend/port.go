@@ -3,10 +3,12 @@ package backend
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -54,6 +56,36 @@ type PortOptions struct {
 	// devstate.go); nil leaves the feature unoffered.
 	SaveState func(p *Port, w io.Writer) error
 	LoadState func(p *Port, r io.Reader) error
+	// RingStateDir is the directory where the port keeps the positions of
+	// packed virtqueues whose frontend hands over no inflight region
+	// (QEMU's packed=on), for the next daemon on this socket: without it
+	// such rings do not survive a daemon restart (vhostuser
+	// NetOptions.RingState). Put it on tmpfs (/run); empty: none.
+	RingStateDir string
+}
+
+// ringStatePrefix names a port's kept ring files in dir: the port's name,
+// made a safe file name, and a hash of its socket's absolute path (two
+// daemons' ports may share a name, never a socket). Empty without dir.
+func ringStatePrefix(dir, name, socket string) string {
+	if dir == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(socket); err == nil {
+		socket = abs
+	}
+	h := fnv.New64a()
+	h.Write([]byte(socket))
+	safe := strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+			return r
+		}
+		return '_'
+	}, name)
+	if len(safe) > 64 {
+		safe = safe[:64]
+	}
+	return filepath.Join(dir, fmt.Sprintf("%s-%016x", safe, h.Sum64()))
 }
 
 // Port is one VM's attachment: a virtio-net device over vhost-user whose
@@ -125,7 +157,8 @@ func NewPort(opts PortOptions) (*Port, error) {
 		p.out = newOutbox()
 		p.acct = newAccount("port "+opts.Name, opts.Limits, opts.Logger)
 	}
-	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: log, PollCPUs: opts.PollCPUs, State: p.deviceState()})
+	p.dev, err = vhostuser.NewNetDevice(vhostuser.NetOptions{QueuePairs: opts.QueuePairs, Handler: p, Logger: log, PollCPUs: opts.PollCPUs, State: p.deviceState(),
+		RingState: ringStatePrefix(opts.RingStateDir, name, opts.Socket)})
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,19 @@ import (
 // guest pings through it; QEMU (reconnect=1) reconnects to the restarted
 // daemon and the pings carry on: the rings were not corrupted.
 func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
+	reconnectAfterKill9(t, nil)
+}
+
+// TestQEMUPackedReconnectsAfterDaemonKill9 is the same with packed
+// virtqueues (packed=on). QEMU's virtio-net hands the backend no inflight
+// region and sets the restarted daemon's rings up with the first base it
+// had; the daemon resumes them from the state it kept in --ring-state-dir
+// (without it the guest's pings stop at the restart).
+func TestQEMUPackedReconnectsAfterDaemonKill9(t *testing.T) {
+	reconnectAfterKill9(t, []string{"packed=on"})
+}
+
+func reconnectAfterKill9(t *testing.T, props []string) {
 	testutil.RequiresRoot(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "veloced")
@@ -33,7 +46,7 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 	}
 	start := func(name string) proc {
 		os.Remove(ctl)
-		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
+		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl, "--ring-state-dir", filepath.Join(dir, "rings"))
 		logf, _ := os.Create(filepath.Join(dir, name+".log"))
 		ready := testutil.WatchLine(control.ReadyLine, logf)
 		cmd.Stderr = ready
@@ -50,7 +63,7 @@ func TestQEMUReconnectsAfterDaemonKill9(t *testing.T) {
 	first := start("veloced-1")
 
 	vm := vmtest.Boot(t, vmtest.Options{
-		NICs: []vmtest.NIC{{Socket: sock, Reconnect: 1}},
+		NICs: []vmtest.NIC{{Socket: sock, Reconnect: 1, DeviceProps: props}},
 		Guest: &guestinit.Config{
 			Net: []guestinit.NetConfig{{Name: "eth0", Addr: "169.254.77.2/24"}},
 			Run: []string{"/bin/ping", "-c", "60", "-i", "0.25", "-W", "1", "169.254.77.1"},

@@ -49,6 +49,14 @@ type NetOptions struct {
 	// StateTimeout is the deadline of one state transfer on its channel;
 	// default DefaultStateTimeout.
 	StateTimeout time.Duration
+	// RingState, when set, is the path prefix of the files in which the
+	// device keeps the inflight regions of packed rings whose frontend
+	// hands over none (QEMU's virtio-net), so that the next backend on
+	// this port resumes them where this one stopped, crash or restart
+	// (ringstate.go). One file per ring: RingState + ".ring<index>". Give
+	// each device its own prefix, on tmpfs; empty: packed rings of such
+	// frontends do not survive a backend restart.
+	RingState string
 }
 
 // Features a NetDevice offers. Checksum and segmentation offloads are not
@@ -167,6 +175,10 @@ type NetDevice struct {
 	regionRefs map[MemoryRegion]int
 	// inflight is the inflight region (GET/SET_INFLIGHT_FD); guarded by mu.
 	inflight *inflightRegion
+	// kept[i] is ring i's kept region (ringstate.go), nil when none; peer
+	// is the frontend's process. Guarded by mu.
+	kept []*keptRing
+	peer peerIdent
 	dirty    *DirtyLog // guarded by mu
 	// logNow mirrors dirty for the pollers' fault attribution (read
 	// without mu). retired holds logs replaced while a poller might not
@@ -318,6 +330,9 @@ func (d *NetDevice) Serve(conn *net.UnixConn) error {
 		return ErrBusy
 	}
 	d.failure.Store(nil)
+	d.mu.Lock()
+	d.peer = peerOf(conn)
+	d.mu.Unlock()
 	// Faults on frontend memory touched by this goroutine (ring set-up,
 	// inflight recovery) become panics that handle recovers.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -558,6 +573,12 @@ func (d *NetDevice) setOwner(*request) error {
 }
 
 func (d *NetDevice) resetOwner(*request) error {
+	d.stopAllLocked()
+	for _, k := range d.kept {
+		if k != nil {
+			k.stopped() // the frontend starts over: nothing to resume
+		}
+	}
 	d.resetLocked()
 	return nil
 }
@@ -736,6 +757,13 @@ func (d *NetDevice) getVringBase(r *request) error {
 	vr.stopped, vr.kickSet = true, false
 	vr.kick.Close()
 	vr.kick = nil
+	if k := d.kept[s.Index]; k != nil {
+		// The frontend learns the position: the next start is from its
+		// base, not from what the region says.
+		k.stopped()
+		k.close()
+		d.kept[s.Index] = nil
+	}
 	r.reply(AppendVringState(nil, VringState{Index: s.Index, Num: vr.base}))
 	return d.reconcileLocked()
 }
@@ -1023,6 +1051,12 @@ func (d *NetDevice) resetLocked() {
 		d.inflight.close()
 		d.inflight = nil
 	}
+	for _, k := range d.kept {
+		if k != nil {
+			k.close() // the file stays, and says whether the ring ran
+		}
+	}
+	d.kept = make([]*keptRing, 2*d.opts.QueuePairs)
 	if d.dirty != nil {
 		d.dirty.Close()
 		d.dirty = nil
@@ -1198,7 +1232,7 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 		}
 	}
 	if packed {
-		return NewPackedRing(d.mem, PackedRingOptions{
+		opts := PackedRingOptions{
 			Inflight:     inflight,
 			Size:         vr.num,
 			Addr:         vr.addr,
@@ -1206,7 +1240,26 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 			EventIdx:     d.features.Has(FRingEventIdx),
 			IndirectDesc: d.features.Has(FRingIndirectDesc),
 			Log:          dl,
-		})
+		}
+		var k *keptRing
+		if inflight == nil && d.inflight == nil {
+			k = d.keptLocked(vr)
+			if k != nil {
+				opts.Inflight = k.region
+			}
+		}
+		r, err := NewPackedRing(d.mem, opts)
+		if err != nil && k != nil && errors.Is(err, ErrBadInflight) {
+			d.log.Warn("kept packed ring state cannot be this ring's; the ring starts from the frontend's base",
+				"ring", vr.addr.Index, "file", k.path, "err", err)
+			k.reset(keptHeaderFor(d.peer, vr.addr, uint16(vr.num)))
+			r, err = NewPackedRing(d.mem, opts)
+		}
+		if err == nil && k != nil && r.restored() {
+			d.log.Info("packed ring resumed from its kept state", "ring", vr.addr.Index,
+				"resubmitting", r.Resubmitting(), "frontend base", vr.base, "base", r.VringBase())
+		}
+		return r, err
 	}
 	return NewSplitRing(d.mem, SplitRingOptions{
 		Inflight:     inflight,
@@ -1217,6 +1270,25 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 		IndirectDesc: d.features.Has(FRingIndirectDesc),
 		Log:          dl,
 	})
+}
+
+// keptLocked returns ring vr's kept region (ringstate.go), opening it
+// when the ring first starts on this connection; nil when the device
+// keeps none (no RingState, or the file cannot be had: logged).
+func (d *NetDevice) keptLocked(vr *vring) *keptRing {
+	if d.opts.RingState == "" || int(vr.addr.Index) >= len(d.kept) {
+		return nil
+	}
+	if k := d.kept[vr.addr.Index]; k != nil {
+		return k // a restart of the ring on this connection
+	}
+	k, err := openKeptRing(d.opts.RingState, d.peer, vr.addr, uint16(vr.num))
+	if err != nil {
+		d.log.Warn("cannot keep the packed ring's state; it will not survive a backend restart", "ring", vr.addr.Index, "err", err)
+		return nil
+	}
+	d.kept[vr.addr.Index] = k
+	return k
 }
 
 // netHeaderLen is the size of struct virtio_net_hdr the driver uses.

@@ -67,6 +67,10 @@ var (
 	defaultConfig           = config.DefaultPath
 )
 
+// defaultRingStateDir is --ring-state-dir's default: /run is tmpfs, and
+// outlives veloced (not the host, nor, then, the VMs).
+const defaultRingStateDir = "/run/veloce/rings"
+
 func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	fs := flag.NewFlagSet("veloced", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -106,6 +110,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	ctlGroup := fs.String("control-group", "", "group of the --control socket (operators who may run velocectl), a name or gid; default veloced's group")
 	appMode := fs.String("app-socket-mode", "0660", "permission bits of --app-socket (0666: any local user may attach applications)")
 	appGroup := fs.String("app-socket-group", "", "group of --app-socket, a name or gid; default veloced's group")
+	ringState := fs.String("ring-state-dir", defaultRingStateDir, "directory where veloced keeps the positions of packed virtqueues (QEMU packed=on) so that the VMs' rings survive a veloced restart or crash; on tmpfs; empty: none (such rings then stop at a restart)")
 	maxApps := fs.Int("max-app-clients", backend.DefaultMaxAppClients, "most host applications attached at once (each holds a 3 MiB shared region); -1: no limit")
 	ten := tenantFlags(fs)
 	rdmaF := rdmaFlags(fs)
@@ -272,6 +277,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) (rerr error) {
 	}
 	if err := mig.apply(&opts, *peerKey); err != nil {
 		return err
+	}
+	if *ringState != "" {
+		if err := os.MkdirAll(*ringState, 0o700); err != nil {
+			log.Warn("--ring-state-dir unusable: packed virtqueues will not survive a veloced restart", "err", err)
+		} else {
+			opts.RingStateDir = *ringState
+		}
 	}
 	opts.Admin = backend.AdminOptions{LogLevel: logLevelVar, PortDefaults: backend.PortOptions{QueuePairs: *queues, Link: link, PollCPUs: cpus}}
 	d, err := backend.NewDaemon(opts)
