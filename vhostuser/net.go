@@ -177,9 +177,9 @@ type NetDevice struct {
 	inflight *inflightRegion
 	// kept[i] is ring i's kept region (ringstate.go), nil when none; peer
 	// is the frontend's process. Guarded by mu.
-	kept []*keptRing
-	peer peerIdent
-	dirty    *DirtyLog // guarded by mu
+	kept  []*keptRing
+	peer  peerIdent
+	dirty *DirtyLog // guarded by mu
 	// logNow mirrors dirty for the pollers' fault attribution (read
 	// without mu). retired holds logs replaced while a poller might not
 	// have moved past them (NetDevice.quiesceLocked timed out); they are
