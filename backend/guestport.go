@@ -234,14 +234,12 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		p.malformed.Add(1)
 		return 0
 	}
-	t := time.Now() // one clock read: the wall time and the monotonic one
-	now := t.UnixNano()
 	if m.Type == guestproto.Emit {
 		s := p.session(m.Session, src)
 		if s == nil {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
 		}
-		s.lastSeen.Store(monoAt(t))
+		s.hear() // no clock read per message (Session.heard)
 		so := s.Source(m.ID)
 		switch {
 		case so == nil:
@@ -262,18 +260,20 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		}
 		return 0
 	}
-	if m.Type == guestproto.EmitFrag {
-		return p.emitFrag(src, &m, reply, t)
-	}
 	if m.Type == guestproto.Credit {
 		if s := p.session(m.Session, src); s != nil {
-			s.lastSeen.Store(monoAt(t))
+			s.hear()
 			p.credit(s, &m)
 		} else {
 			p.malformed.Add(1) // not this address's session (a closed one's late credit, or a forgery)
 		}
 		return 0
 	}
+	t := time.Now() // one clock read: the wall time and the monotonic one
+	if m.Type == guestproto.EmitFrag {
+		return p.emitFrag(src, &m, reply, t)
+	}
+	now := t.UnixNano()
 	if m.Type >= guestproto.Reply {
 		p.malformed.Add(1) // only the daemon sends replies and deliveries
 		return 0
