@@ -120,7 +120,8 @@ var _ vhostuser.RXWriter = (*Port)(nil)
 // message for one of the port's sinks (m.Ref, the *Sink; m.Args: source,
 // sequence number, delivery index; m.Data: the payload) written into buf,
 // the guest's RX buffer. It reads nothing back from buf but the UDP
-// checksum's input, which only the receiving guest could have changed.
+// checksum's input, which only the receiving guest could have changed;
+// there is no checksum when the guest takes DATA_VALID (m.DataValid).
 func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
 	sk, ok := m.Ref.(*Sink)
 	if !ok || len(buf) < DatagramHeaderLen {
@@ -130,7 +131,13 @@ func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
 	if err != nil {
 		return 0
 	}
-	n, err = p.peer.PutDatagram(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	if m.DataValid {
+		// The guest is told the frame is valid (DATA_VALID): no
+		// checksum over the payload, as vhost-net gives its guests.
+		n, err = p.peer.PutDatagramNoChecksum(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	} else {
+		n, err = p.peer.PutDatagram(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	}
 	if err != nil {
 		return 0
 	}

@@ -94,9 +94,11 @@ static uint16_t veloce_tx_burst(uint16_t port, uint16_t q, struct rte_mbuf **m, 
 	return rte_eth_tx_burst(port, q, m, n);
 }
 
-static int veloce_configure(uint16_t port, uint16_t nrx, uint16_t ntx) {
+static int veloce_configure(uint16_t port, uint16_t nrx, uint16_t ntx, int rx_csum) {
 	struct rte_eth_conf conf;
 	memset(&conf, 0, sizeof conf);
+	if (rx_csum)
+		conf.rxmode.offloads = RTE_ETH_RX_OFFLOAD_UDP_CKSUM | RTE_ETH_RX_OFFLOAD_TCP_CKSUM;
 	return rte_eth_dev_configure(port, nrx, ntx, &conf);
 }
 
@@ -514,8 +516,12 @@ func (p *Port) setup(devargs string, cfg PortConfig) error {
 	fail := func(what string, r C.int) error {
 		return cerr(fmt.Sprintf("port %d (%q): %s", p.id, devargs, what), r)
 	}
-	if r := C.veloce_configure(id, C.uint16_t(nrx), C.uint16_t(ntx)); r < 0 {
-		return fail(fmt.Sprintf("configure %d rx, %d tx queues", nrx, ntx), r)
+	csum := C.int(0)
+	if cfg.RxChecksum {
+		csum = 1
+	}
+	if r := C.veloce_configure(id, C.uint16_t(nrx), C.uint16_t(ntx), csum); r < 0 {
+		return fail(fmt.Sprintf("configure %d rx, %d tx queues (rx checksum offload %v)", nrx, ntx, cfg.RxChecksum), r)
 	}
 	if r := C.rte_eth_dev_adjust_nb_rx_tx_desc(id, &nrxd, &ntxd); r < 0 {
 		return fail("adjust descriptors", r)
