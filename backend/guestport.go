@@ -120,7 +120,8 @@ var _ vhostuser.RXWriter = (*Port)(nil)
 // message for one of the port's sinks (m.Ref, the *Sink; m.Args: source,
 // sequence number, delivery index; m.Data: the payload) written into buf,
 // the guest's RX buffer. It reads nothing back from buf but the UDP
-// checksum's input, which only the receiving guest could have changed.
+// checksum's input, which only the receiving guest could have changed;
+// there is no checksum when the guest takes DATA_VALID (m.DataValid).
 func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
 	sk, ok := m.Ref.(*Sink)
 	if !ok || len(buf) < DatagramHeaderLen {
@@ -130,7 +131,13 @@ func (p *Port) WriteRX(buf []byte, m vhostuser.RXMessage) int {
 	if err != nil {
 		return 0
 	}
-	n, err = p.peer.PutDatagram(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	if m.DataValid {
+		// The guest is told the frame is valid (DATA_VALID): no
+		// checksum over the payload, as vhost-net gives its guests.
+		n, err = p.peer.PutDatagramNoChecksum(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	} else {
+		n, err = p.peer.PutDatagram(buf, sk.session.Addr, buf[DatagramHeaderLen:DatagramHeaderLen+n])
+	}
 	if err != nil {
 		return 0
 	}
@@ -234,14 +241,12 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		p.malformed.Add(1)
 		return 0
 	}
-	t := time.Now() // one clock read: the wall time and the monotonic one
-	now := t.UnixNano()
 	if m.Type == guestproto.Emit {
 		s := p.session(m.Session, src)
 		if s == nil {
 			return p.outcome(reply, src, m.Session, m.ID, m.Token, guestproto.StatusNoSession)
 		}
-		s.lastSeen.Store(monoAt(t))
+		s.hear() // no clock read per message (Session.heard)
 		so := s.Source(m.ID)
 		switch {
 		case so == nil:
@@ -262,18 +267,20 @@ func (p *Port) handleGuest(src netip.AddrPort, payload, reply []byte) int {
 		}
 		return 0
 	}
-	if m.Type == guestproto.EmitFrag {
-		return p.emitFrag(src, &m, reply, t)
-	}
 	if m.Type == guestproto.Credit {
 		if s := p.session(m.Session, src); s != nil {
-			s.lastSeen.Store(monoAt(t))
+			s.hear()
 			p.credit(s, &m)
 		} else {
 			p.malformed.Add(1) // not this address's session (a closed one's late credit, or a forgery)
 		}
 		return 0
 	}
+	t := time.Now() // one clock read: the wall time and the monotonic one
+	if m.Type == guestproto.EmitFrag {
+		return p.emitFrag(src, &m, reply, t)
+	}
+	now := t.UnixNano()
 	if m.Type >= guestproto.Reply {
 		p.malformed.Add(1) // only the daemon sends replies and deliveries
 		return 0

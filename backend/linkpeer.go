@@ -527,6 +527,16 @@ func (p *LinkPeer) PutDatagram(b []byte, dst netip.AddrPort, payload []byte) (in
 	return p.host.PutUDPFrame(b, p.guestMAC(), a.As4(), p.port, dst.Port(), payload)
 }
 
+// PutDatagramNoChecksum is PutDatagram with no UDP checksum (0), for a
+// frame the guest is told is valid (vhostuser.RXMessage.DataValid).
+func (p *LinkPeer) PutDatagramNoChecksum(b []byte, dst netip.AddrPort, payload []byte) (int, error) {
+	a := dst.Addr().Unmap()
+	if !a.Is4() {
+		return 0, ErrNotIPv4
+	}
+	return p.host.PutUDPFrameNoChecksum(b, p.guestMAC(), a.As4(), p.port, dst.Port(), payload)
+}
+
 // GratuitousARP writes to b a broadcast ARP announcement (RFC 5227, 3) of
 // the service address at the service MAC and returns its length. A
 // destination daemon sends it after a live migration so that the guest

@@ -122,6 +122,31 @@ func TestEmitDoesNotAllocate(t *testing.T) {
 	}
 }
 
+// TestHeardSessionIsNotIdle: a session the datapath heard from (an Emit,
+// a Credit: hear, no clock read) is dated by the next reaping round and
+// kept; one silent since is released once its time is past the cutoff.
+func TestHeardSessionIsNotIdle(t *testing.T) {
+	rt := NewRuntime(RuntimeOptions{})
+	s, err := rt.openSession(&fakeEndpoint{}, netip.AddrPort{}, HostTenant, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.lastSeen.Store(1) // heard from long ago
+	s.hear()
+	cutoff := monoNow()
+	rt.reapIdle(cutoff)
+	if _, err := s.CreateStream(StreamOptions{}); err != nil {
+		t.Fatalf("a session heard from since the last round was reaped: %v", err)
+	}
+	if got := s.lastSeen.Load(); got < cutoff {
+		t.Fatalf("lastSeen %d after the round, want at least the cutoff %d", got, cutoff)
+	}
+	rt.reapIdle(monoNow() + 1) // silent since: past the cutoff
+	if _, err := s.CreateStream(StreamOptions{}); err == nil {
+		t.Fatal("a session silent past the cutoff was not reaped")
+	}
+}
+
 // TestNewSessionIsNotIdle: a session is heard from when it opens, so a
 // reaping round that comes while it is still being set up (the host
 // transport maps its region between opening it and its first reply)

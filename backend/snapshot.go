@@ -119,7 +119,7 @@ func clone(b []byte) []byte {
 //
 // +checklocks:r.mu
 func (r *Runtime) exportSessionLocked(s *Session, out *migration.PortSnapshot, sinkIndex map[[2]uint32]int) {
-	out.Sessions = append(out.Sessions, migration.Session{ID: s.ID, Addr: s.Addr, LastSeen: time.Now().UnixNano() - (monoNow() - s.lastSeen.Load())})
+	out.Sessions = append(out.Sessions, migration.Session{ID: s.ID, Addr: s.Addr, LastSeen: time.Now().UnixNano() - (monoNow() - s.seen(monoNow()))})
 	for _, st := range s.streams { // +checklocksignore: s.rt is r, locked
 		o := st.Options
 		out.Streams = append(out.Streams, migration.Stream{ID: st.ID, Session: s.ID, Datapath: st.Datapath, Warning: st.Warning,

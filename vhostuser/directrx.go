@@ -60,7 +60,18 @@ type RXMessage struct {
 	Ref  any       // a pointer the writer knows
 	Args [3]uint64 // the writer's
 	Data []byte    // the payload (read by the writer, never by DeliverRX)
+	// DataValid is set by DeliverRX, not the caller: the guest negotiated
+	// VIRTIO_NET_F_GUEST_CSUM, and the frame goes to it marked
+	// VIRTIO_NET_HDR_F_DATA_VALID (its checksums need no verifying, as
+	// vhost-net and DPDK's vhost mark what they checked or built). The
+	// writer may then leave the UDP checksum out (0: none, in IPv4). A
+	// guest without the feature gets no mark: checksum its frames.
+	DataValid bool
 }
+
+// netHdrFDataValid is VIRTIO_NET_HDR_F_DATA_VALID, in the virtio-net
+// header's flags (its first byte).
+const netHdrFDataValid = 2
 
 // RXResult is what DeliverRX did.
 type RXResult uint8
@@ -85,15 +96,22 @@ type rxProducer struct {
 	p *poller // +checklocks:mu
 	// chain receives the buffer DeliverRX pops.
 	chain *Chain // +checklocks:mu
+	// dataValid: p's guest negotiated VIRTIO_NET_F_GUEST_CSUM
+	// (RXMessage.DataValid).
+	dataValid bool // +checklocks:mu
 }
 
 func newRXProducer() *rxProducer { return &rxProducer{chain: NewChain(maxSegments)} }
 
 // setPoller makes p (nil: none) the ring's poller, once no producer is
 // in the middle of a frame.
+//
+// +checklocksignore: both callers hold p.dev.mu (the features it reads
+// are the control path's), which the analyzer cannot see through p.
 func (q *rxProducer) setPoller(p *poller) {
 	q.mu.Lock()
 	q.p = p
+	q.dataValid = p != nil && p.dev.features.Has(NetFGuestCsum)
 	q.mu.Unlock()
 }
 
@@ -169,6 +187,7 @@ func (d *NetDevice) deliverLocked(q *rxProducer, p *poller, w RXWriter, m *RXMes
 	}
 	n := 0
 	if len(buf) > hdr {
+		m.DataValid = q.dataValid
 		n = w.WriteRX(buf[hdr:], *m)
 	}
 	if n <= 0 || n > len(buf)-hdr {
@@ -182,6 +201,9 @@ func (d *NetDevice) deliverLocked(q *rxProducer, p *poller, w RXWriter, m *RXMes
 		return RXUnavailable
 	}
 	clear(buf[:hdr])
+	if q.dataValid {
+		buf[0] = netHdrFDataValid
+	}
 	if hdr == 12 {
 		buf[10] = 1 // num_buffers
 	}

@@ -195,3 +195,57 @@ func TestDeliverRXToAShrunkGuest(t *testing.T) {
 	expectDropped(t, dev, wait, vhostuser.ErrMemoryFault, "guest memory", errFDs)
 	servedAgain(t, dev, rec)
 }
+
+// validWriter is a frameWriter that records what DeliverRX told it.
+type validWriter struct {
+	frameWriter
+	dataValid bool
+}
+
+func (w *validWriter) WriteRX(buf []byte, m vhostuser.RXMessage) int {
+	w.dataValid = m.DataValid
+	return w.frameWriter.WriteRX(buf, m)
+}
+
+// TestDeliverRXMarksDataValid: to a guest that negotiated
+// VIRTIO_NET_F_GUEST_CSUM a direct frame goes marked
+// VIRTIO_NET_HDR_F_DATA_VALID, and its writer is told so (it may leave
+// the UDP checksum out); a guest without the feature gets an unmarked
+// header and a writer told to checksum.
+func TestDeliverRXMarksDataValid(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		feats vhostuser.Features
+		valid bool
+	}{
+		{"GUEST_CSUM", linuxFeatures | vhostuser.Bit(vhostuser.NetFGuestCsum), true},
+		{"no GUEST_CSUM", linuxFeatures, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev := newNetDevice(t, 1, newRecorder(nil))
+			f, _ := serveDevice(t, dev)
+			fg := newFakeGuest(t, 1)
+			if acked := f.startQEMU(fg, tc.feats); acked.Has(vhostuser.NetFGuestCsum) != tc.valid {
+				t.Fatalf("acked %#x: GUEST_CSUM not as asked (is it offered?)", uint64(acked))
+			}
+			rx := fg.rx(0)
+			_, addrs := rx.post(vhostusertest.Buf{WriteLen: 1526})
+			w := &validWriter{}
+			if r := dev.DeliverRX(0, w, directMsg(100, 1)); r != vhostuser.RXDelivered {
+				t.Fatalf("DeliverRX = %v, want RXDelivered", r)
+			}
+			_, n := rx.waitUsed()
+			hdr, _ := rxFrame(fg, addrs[0], n)
+			want := byte(0)
+			if tc.valid {
+				want = 2 // VIRTIO_NET_HDR_F_DATA_VALID
+			}
+			if hdr[0] != want || w.dataValid != tc.valid {
+				t.Errorf("header flags %#x, writer told DataValid %v; want %#x, %v", hdr[0], w.dataValid, want, tc.valid)
+			}
+			if numBuffers(hdr) != 1 || !bytes.Equal(hdr[1:10], make([]byte, 9)) {
+				t.Errorf("virtio-net header % x", hdr)
+			}
+		})
+	}
+}

@@ -59,10 +59,14 @@ type NetOptions struct {
 	RingState string
 }
 
-// Features a NetDevice offers. Checksum and segmentation offloads are not
-// offered: the link peer then sees only whole, checksummed frames, and the
-// frames it writes need no offload metadata.
+// Features a NetDevice offers. Checksum (CSUM) and segmentation offloads
+// are not offered: the link peer then sees only whole, checksummed frames.
+// GUEST_CSUM is: a guest that takes it may be given frames marked
+// DATA_VALID (direct RX, directrx.go), whose UDP checksum the writer then
+// leaves out; every other frame it gets is whole and checksummed, as a
+// guest without it gets them all.
 const netOfferedFeatures = Features(1)<<FVersion1 |
+	Features(1)<<NetFGuestCsum |
 	Features(1)<<FProtocolFeatures |
 	Features(1)<<FRingIndirectDesc |
 	Features(1)<<FRingEventIdx |

@@ -19,6 +19,11 @@ type PortConfig struct {
 	RxDesc, TxDesc     uint16   // default 1024 (the PMD may round them)
 	Promiscuous        bool
 	MTU                int // 0: leave the PMD's
+	// RxChecksum asks for the RX checksum offloads (UDP and TCP): the PMD
+	// then marks what it knows to be valid (a virtio port negotiates
+	// VIRTIO_NET_F_GUEST_CSUM and takes the device's DATA_VALID). A PMD
+	// without them fails OpenPort.
+	RxChecksum bool
 }
 
 // PortStats are a port's basic counters (struct rte_eth_stats).

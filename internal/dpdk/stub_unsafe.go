@@ -43,6 +43,8 @@ func (mp *Mempool) Avail() int                    { return 0 }
 
 // FreeBulk does nothing: this build has no mbufs.
 func FreeBulk(mbufs []*Mbuf) {}
+func NewMbufs(n int) []*Mbuf { return make([]*Mbuf, max(n, 0)) }
+func FreeMbufs(a []*Mbuf)    {}
 
 func (m *Mbuf) Data() []byte                                               { return nil }
 func (m *Mbuf) Room() []byte                                               { return nil }

@@ -403,12 +403,23 @@ func (h *Host) handleUDP(ip *pkt.IPv4, toUs bool, res *Result) {
 // payload built in place at b[UDPFrameHeaderLen:] is not copied. It does
 // not allocate.
 func (h *Host) PutUDPFrame(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte) (int, error) {
+	return h.putUDPFrame(b, dstMAC, dstIP, srcPort, dstPort, payload, false)
+}
+
+// PutUDPFrameNoChecksum is PutUDPFrame with a zero UDP checksum ("none
+// computed", which IPv4 allows): for a receiver told the frame is valid
+// some other way (a virtio guest's VIRTIO_NET_HDR_F_DATA_VALID).
+func (h *Host) PutUDPFrameNoChecksum(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte) (int, error) {
+	return h.putUDPFrame(b, dstMAC, dstIP, srcPort, dstPort, payload, true)
+}
+
+func (h *Host) putUDPFrame(b []byte, dstMAC pkt.MAC, dstIP [4]byte, srcPort, dstPort uint16, payload []byte, noCsum bool) (int, error) {
 	if len(b) < UDPFrameHeaderLen+len(payload) {
 		return 0, ErrShortBuffer
 	}
 	const ipOff = pkt.EthernetHeaderLen
 	const udpOff = ipOff + pkt.IPv4MinHeaderLen
-	uh := pkt.UDPv4Header{Src: h.ip, Dst: dstIP, SrcPort: srcPort, DstPort: dstPort}
+	uh := pkt.UDPv4Header{Src: h.ip, Dst: dstIP, SrcPort: srcPort, DstPort: dstPort, NoChecksum: noCsum}
 	ul, err := pkt.PutUDPv4(b[udpOff:], &uh, payload)
 	if err != nil {
 		return 0, ErrShortBuffer // ErrTooLong: a payload over 65507 bytes

@@ -12,6 +12,13 @@ var ErrNoRXFrame = errors.New("no frame on the RX ring within the timeout")
 // ring (a buffer PostRX offered) and returns a copy of it, virtio-net
 // header stripped. Used TX entries are taken on the way.
 func (p *NetPeer) RecvRX(timeout time.Duration) ([]byte, error) {
+	_, f, err := p.RecvRXHeader(timeout)
+	return f, err
+}
+
+// RecvRXHeader is RecvRX, also returning a copy of the frame's
+// virtio-net header (NetHeaderLen bytes).
+func (p *NetPeer) RecvRXHeader(timeout time.Duration) (hdr, frame []byte, err error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		for p.usedTX() {
@@ -20,12 +27,13 @@ func (p *NetPeer) RecvRX(timeout time.Duration) ([]byte, error) {
 			gpa, known := p.rxBufs[id]
 			delete(p.rxBufs, id)
 			if !known || n < NetHeaderLen || n > NetHeaderLen+1514 {
-				return nil, errors.New("vhostusertest: used RX entry for no posted buffer, or of a bad length")
+				return nil, nil, errors.New("vhostusertest: used RX entry for no posted buffer, or of a bad length")
 			}
-			return append([]byte(nil), p.G.Bytes(gpa+NetHeaderLen, uint64(n)-NetHeaderLen)...), nil
+			b := append([]byte(nil), p.G.Bytes(gpa, uint64(n))...)
+			return b[:NetHeaderLen:NetHeaderLen], b[NetHeaderLen:], nil
 		}
 		if time.Now().After(deadline) {
-			return nil, ErrNoRXFrame
+			return nil, nil, ErrNoRXFrame
 		}
 		p.waitCall(10 * time.Millisecond)
 	}
