@@ -46,7 +46,7 @@ func reconnectAfterKill9(t *testing.T, props []string) {
 	}
 	start := func(name string) proc {
 		os.Remove(ctl)
-		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl, "--ring-state-dir", filepath.Join(dir, "rings"))
+		cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl, "--app-socket", filepath.Join(dir, "app.sock"), "--ring-state-dir", filepath.Join(dir, "rings"))
 		logf, _ := os.Create(filepath.Join(dir, name+".log"))
 		ready := testutil.WatchLine(control.ReadyLine, logf)
 		cmd.Stderr = ready
@@ -155,7 +155,10 @@ func TestSIGTERMStopsDaemonCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock, ctl := filepath.Join(dir, "vm.sock"), filepath.Join(dir, "control.sock")
-	cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl)
+	// Its own app socket: the default one may be another daemon's (a
+	// test running meanwhile), and veloced refuses to take it over.
+	app := filepath.Join(dir, "app.sock")
+	cmd := exec.Command(bin, "--vhost-user", sock, "--control", ctl, "--app-socket", app)
 	stderr := testutil.WatchLine(control.ReadyLine, nil)
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -166,7 +169,7 @@ func TestSIGTERMStopsDaemonCleanly(t *testing.T) {
 	go func() { exited <- cmd.Wait(); close(exitedC) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-exitedC })
 	stderr.Wait(t, exitedC, time.Minute)
-	for _, p := range []string{sock, ctl} {
+	for _, p := range []string{sock, ctl, app} {
 		if !exists(p) {
 			t.Errorf("%s missing once veloced said it was ready", p)
 		}
@@ -175,7 +178,7 @@ func TestSIGTERMStopsDaemonCleanly(t *testing.T) {
 	if err := <-exited; err != nil {
 		t.Fatalf("veloced after SIGTERM: %v\n%s", err, stderr.String())
 	}
-	for _, p := range []string{sock, ctl} {
+	for _, p := range []string{sock, ctl, app} {
 		if exists(p) {
 			t.Errorf("%s left behind", p)
 		}

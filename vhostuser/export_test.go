@@ -177,3 +177,14 @@ func PollGroupMembers(cpu int) int {
 	}
 	return len(*g.members.Load())
 }
+
+// SetFrontendKeepsRings makes every frontend count as one that carries
+// its packed rings on across a reconnection (as QEMU does), or restores
+// the real test (ringstate.go); it returns the undo.
+func SetFrontendKeepsRings(all bool) func() {
+	old := frontendKeepsRings
+	if all {
+		frontendKeepsRings = func(int) bool { return true }
+	}
+	return func() { frontendKeepsRings = old }
+}

@@ -181,9 +181,10 @@ type NetDevice struct {
 	inflight *inflightRegion
 	// kept[i] is ring i's kept region (ringstate.go), nil when none; peer
 	// is the frontend's process. Guarded by mu.
-	kept  []*keptRing
-	peer  peerIdent
-	dirty *DirtyLog // guarded by mu
+	kept      []*keptRing
+	peer      peerIdent
+	peerKnown bool
+	dirty     *DirtyLog // guarded by mu
 	// logNow mirrors dirty for the pollers' fault attribution (read
 	// without mu). retired holds logs replaced while a poller might not
 	// have moved past them (NetDevice.quiesceLocked timed out); they are
@@ -335,7 +336,7 @@ func (d *NetDevice) Serve(conn *net.UnixConn) error {
 	}
 	d.failure.Store(nil)
 	d.mu.Lock()
-	d.peer = peerOf(conn)
+	d.peer, d.peerKnown = peerIdent{}, false // found when a ring needs it (keptLocked)
 	d.mu.Unlock()
 	// Faults on frontend memory touched by this goroutine (ring set-up,
 	// inflight recovery) become panics that handle recovers.
@@ -1286,7 +1287,13 @@ func (d *NetDevice) keptLocked(vr *vring) *keptRing {
 	if k := d.kept[vr.addr.Index]; k != nil {
 		return k // a restart of the ring on this connection
 	}
+	if !d.peerKnown {
+		d.peer, d.peerKnown = peerOf(d.active.Load()), true
+	}
 	k, err := openKeptRing(d.opts.RingState, d.peer, vr.addr, uint16(vr.num))
+	if errors.Is(err, errNotKept) {
+		return nil
+	}
 	if err != nil {
 		d.log.Warn("cannot keep the packed ring's state; it will not survive a backend restart", "ring", vr.addr.Index, "err", err)
 		return nil

@@ -28,7 +28,8 @@ import (
 // region, and the position in it, to the next backend; QEMU's virtio-net
 // does not.
 //
-// So the device keeps such a ring's inflight region itself, in a file of
+// So the device keeps such a ring's inflight region itself (for QEMU
+// only: frontendKeepsRings), in a file of
 // its own (NetOptions.RingState), mapped shared: the region the ring
 // already writes as it goes (inflight.go's packed layout), in memory that
 // outlives the process, on tmpfs (/run) where writing it costs what a
@@ -64,10 +65,12 @@ const (
 
 // peerIdent is a frontend process: its pid and its start time (clock
 // ticks since boot, from /proc), so that a new process with a recycled pid
-// is not the old one.
+// is not the old one; keeps says it carries its rings on across a
+// reconnection (frontendKeepsRings).
 type peerIdent struct {
 	pid   uint32
 	start uint64
+	keeps bool
 }
 
 // peerOf returns the process at the other end of conn; zero when unknown
@@ -87,7 +90,24 @@ func peerOf(conn *net.UnixConn) peerIdent {
 	if err != nil || cred == nil || cred.Pid <= 0 {
 		return peerIdent{}
 	}
-	return peerIdent{pid: uint32(cred.Pid), start: procStart(int(cred.Pid))}
+	pid := int(cred.Pid)
+	return peerIdent{pid: uint32(pid), start: procStart(pid), keeps: frontendKeepsRings(pid)}
+}
+
+// frontendKeepsRings says whether the frontend process pid carries its
+// packed rings on where they were when it reconnects to a new backend,
+// so that kept state applies to them: QEMU does (the guest's driver
+// never learns of the reconnection; only the device's position is lost).
+// DPDK virtio-user resets its packed rings on a reconnection, and starts
+// them over at their first descriptor: state kept for them would resume
+// a ring that no longer exists, so frontends other than QEMU get none.
+// A variable for the tests, whose frontends are the test process.
+var frontendKeepsRings = func(pid int) bool {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return false
+	}
+	return strings.Contains(filepath.Base(exe), "qemu")
 }
 
 // procStart is field 22 of /proc/pid/stat (starttime), 0 when unreadable.
@@ -113,6 +133,10 @@ func procStart(pid int) uint64 {
 	return v
 }
 
+// errNotKept: the frontend resets its rings on a reconnection; nothing is
+// kept for it.
+var errNotKept = errors.New("the frontend resets its rings when it reconnects")
+
 // keptRing is one ring's kept region, mapped.
 type keptRing struct {
 	path    string
@@ -135,6 +159,9 @@ func keptRingPath(prefix string, index uint32) string {
 func openKeptRing(prefix string, peer peerIdent, addr VringAddr, size uint16) (*keptRing, error) {
 	if peer.pid == 0 {
 		return nil, errors.New("the frontend's process is unknown")
+	}
+	if !peer.keeps {
+		return nil, errNotKept
 	}
 	path := keptRingPath(prefix, addr.Index)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

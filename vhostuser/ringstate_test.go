@@ -99,9 +99,13 @@ func (p *keptPair) exchange(tag byte) {
 //
 // The state is not resumed where the rings are not the ones that ran: a
 // frontend that stopped the rings (GET_VRING_BASE) and set fresh ones up
-// at the same addresses, or rings elsewhere (another driver or frontend).
+// at the same addresses, rings elsewhere (another driver or frontend), or
+// a frontend other than QEMU, which resets its rings when it reconnects
+// (DPDK virtio-user).
 func TestPackedRingStateSurvivesBackendRestart(t *testing.T) {
 	const size = 8
+	undo := vhostuser.SetFrontendKeepsRings(true) // the frontend plays QEMU
+	defer undo()
 	prefix := filepath.Join(t.TempDir(), "port")
 	rec := newRecorder(func(_ int, frame, reply []byte) int { return arpReply(frame, reply) })
 	newDev := func() *vhostuser.NetDevice {
@@ -199,6 +203,30 @@ func TestPackedRingStateSurvivesBackendRestart(t *testing.T) {
 		}
 		f4.fe.Conn.Close()
 		wait4()
+	})
+	t.Run("a frontend that resets its rings", func(t *testing.T) {
+		// A QEMU-like frontend's backend dies with the rings running.
+		q := newKeptPair(t, g, rec, 0, size)
+		q.t = t
+		f5, wait5 := q.connect(newDev())
+		for tag := byte(100); tag <= 100+size+3; tag++ {
+			q.exchange(tag)
+		}
+		f5.fe.Conn.Close()
+		wait5()
+		// Then a frontend that is not QEMU (the test process, as it is)
+		// lays fresh rings out at the same addresses, as DPDK
+		// virtio-user does when it reconnects: they start at its base.
+		undo()
+		defer vhostuser.SetFrontendKeepsRings(true) // for the subtests after
+		q = newKeptPair(t, g, rec, 0, size)
+		q.t = t
+		f6, wait6 := q.connect(newDev())
+		for tag := byte(120); tag <= 120+size+3; tag++ {
+			q.exchange(tag)
+		}
+		f6.fe.Conn.Close()
+		wait6()
 	})
 	t.Run("port removed", func(t *testing.T) {
 		d := newDev()
