@@ -10,10 +10,11 @@ type prefetcher struct {
 	r *mappedRegion
 }
 
-// buffer starts loading the cache line at guest address gpa, for
-// writing when write, if gpa is inside one of t's regions. The frame's
-// second line (where a virtio-net header and the Ethernet header end) is
-// the hardware prefetcher's.
+// buffer starts loading the two cache lines from guest address gpa, for
+// writing when write, if gpa is inside one of t's regions: the
+// virtio-net header and the frame's first bytes, which the DPDK and
+// Linux drivers place across a line boundary (the header just before
+// the line the frame starts in).
 func (p *prefetcher) buffer(t *memTable, gpa uint64, write bool) {
 	r := p.r
 	if p.t != t || r == nil || gpa-r.GuestAddr >= r.Size {
@@ -22,10 +23,21 @@ func (p *prefetcher) buffer(t *memTable, gpa uint64, write bool) {
 		}
 		p.t, p.r = t, r
 	}
-	a := uintptr(unsafe.Pointer(unsafe.SliceData(r.data))) + uintptr(gpa-r.GuestAddr)
+	off := gpa - r.GuestAddr
+	a := uintptr(unsafe.Pointer(unsafe.SliceData(r.data))) + uintptr(off)
+	second := r.Size-off > cacheLine
 	if write {
 		prefetchForWrite(a)
+		if second {
+			prefetchForWrite(a + cacheLine)
+		}
 	} else {
 		prefetchRead(a)
+		if second {
+			prefetchRead(a + cacheLine)
+		}
 	}
 }
+
+// cacheLine is the line size the prefetches step by.
+const cacheLine = 64

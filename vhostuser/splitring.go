@@ -250,7 +250,18 @@ type SplitRing struct {
 	headPos uint16
 	headN   uint16
 	pf      prefetcher
+	// shadow holds the used entries pushed since the last flush (the
+	// ring's entries usedIdx-shadowN to usedIdx, each id | len<<32), so
+	// that the used ring's lines, which the driver reads, are written
+	// in one pass just before used->idx instead of one entry per frame
+	// between the driver's reads.
+	shadow  [shadowLen]uint64
+	shadowN int
 }
+
+// shadowLen is how many used entries the ring holds back before it
+// writes them (Publish writes them all).
+const shadowLen = 64
 
 // availBatch is how many avail->ring entries the ring reads at once: a
 // burst of the poller's, and two cache lines of the ring.
@@ -258,7 +269,7 @@ const availBatch = 64
 
 // prefetchAhead is how many chains ahead of the one it pops the ring
 // prefetches the first buffer of.
-const prefetchAhead = 2
+const prefetchAhead = 8
 
 // ringLog is an immutable logging configuration, swapped atomically.
 type ringLog struct {
@@ -720,14 +731,38 @@ func (r *SplitRing) unpop(c *Chain) bool {
 	return true
 }
 
-// pushUsed fills the next used entry; Publish makes it visible.
+// pushUsed fills the next used entry (in the shadow); Publish makes it
+// visible.
 func (r *SplitRing) pushUsed(id uint16, length uint32) {
-	slot := 4 + 8*int(r.usedIdx&r.mask)
-	e := (*[8]byte)(r.used[slot:])
-	binary.LittleEndian.PutUint32(e[0:4], uint32(id))
-	binary.LittleEndian.PutUint32(e[4:8], length)
+	if r.shadowN == len(r.shadow) {
+		r.flushUsed()
+	}
+	r.shadow[r.shadowN] = uint64(id) | uint64(length)<<32
+	r.shadowN++
 	r.usedIdx++
-	r.logUsed(uint64(slot), 8)
+}
+
+// flushUsed writes the shadowed used entries into the used ring (plain
+// stores: the driver reads them only after the used->idx store that
+// Publish makes next) and marks them in the dirty log.
+func (r *SplitRing) flushUsed() {
+	n := r.shadowN
+	if n == 0 {
+		return
+	}
+	r.shadowN = 0
+	pos := r.usedIdx - uint16(n)
+	for i, e := range r.shadow[:n] {
+		slot := 4 + 8*int((pos+uint16(i))&r.mask)
+		binary.LittleEndian.PutUint64(r.used[slot:slot+8], e)
+	}
+	if ls := r.logState.Load(); ls != nil && ls.logUsed {
+		for i := range n {
+			if ls.log.Mark(ls.usedGPA+uint64(4+8*int((pos+uint16(i))&r.mask)), 8) != nil {
+				r.countError()
+			}
+		}
+	}
 }
 
 // logUsed marks bytes [off, off+n) of the used ring in the dirty log when
@@ -743,6 +778,7 @@ func (r *SplitRing) logUsed(off, n uint64) {
 // Publish implements Queue: one release store of used->idx (and flags,
 // which share its aligned 32-bit word and which only the device writes).
 func (r *SplitRing) Publish() {
+	r.flushUsed()
 	if r.usedIdx == r.pubUsed {
 		return
 	}
