@@ -103,6 +103,21 @@ type PackedRing struct {
 	inflight  *packedInflight // nil without inflight tracking
 	logState  atomic.Pointer[ringLog]
 	errors    atomic.Uint64
+	pf        prefetcher
+	// shadow holds the used entries pushed after the held one, written
+	// into the ring by Publish (or when it fills) just before the held
+	// entry's flags: the driver polls the held entry's line, and writing
+	// the entries that share it one per frame would take that line from
+	// the driver at every frame.
+	shadow  [shadowLen]packedUsed
+	shadowN int
+}
+
+// packedUsed is a used descriptor waiting in PackedRing.shadow: its
+// offset in the ring and its len, id and flags fields (bytes 8-15).
+type packedUsed struct {
+	off  int
+	word uint64
 }
 
 var _ Queue = (*PackedRing)(nil)
@@ -293,6 +308,7 @@ func (r *PackedRing) Pop(c *Chain) (bool, error) {
 	if !isAvail(flags, r.availWrap) {
 		return false, nil
 	}
+	r.prefetchAt(r.lastAvail)
 	c.reset()
 	c.slot, c.wrap = r.lastAvail, r.availWrap
 	var count uint16
@@ -331,6 +347,30 @@ func (r *PackedRing) Pop(c *Chain) (bool, error) {
 	}
 	c.owner = r
 	return true, nil
+}
+
+// prefetchAt starts loading what the Pops after the one at descriptor i
+// touch: the descriptors 2*prefetchAhead on, and the buffer of the one
+// prefetchAhead on (chains of one descriptor, the common case), when it
+// is a direct descriptor inside guest memory. Nothing is checked or
+// kept: that descriptor may not even be available yet, and Pop reads it
+// again and checks it.
+func (r *PackedRing) prefetchAt(i uint16) {
+	j := uint32(i) + prefetchAhead
+	for j >= uint32(r.size) {
+		j -= uint32(r.size)
+	}
+	k := j + prefetchAhead
+	for k >= uint32(r.size) {
+		k -= uint32(r.size)
+	}
+	prefetchRead(addrOf(r.desc, int(k)*DescSize))
+	d := (*[DescSize]byte)(r.desc[int(j)*DescSize:])
+	flags := binary.LittleEndian.Uint16(d[14:16])
+	if flags&DescFIndirect != 0 {
+		return
+	}
+	r.pf.buffer(r.mem.table.Load(), binary.LittleEndian.Uint64(d[0:8]), flags&DescFWrite != 0)
 }
 
 // popResubmitted hands out the oldest chain a crashed backend left, from
@@ -521,13 +561,17 @@ func (r *PackedRing) pushUsedLog(id, count uint16, length uint32, ls *ringLog) {
 	if !r.held {
 		binary.LittleEndian.PutUint32(d[8:12], length)
 		r.held, r.heldWord = true, w
+		if ls != nil && ls.logUsed && ls.log.Mark(r.descGPA+uint64(off), DescSize) != nil {
+			r.countError()
+		}
 	} else {
-		// Plain stores: the driver reads this entry only after the
-		// held one, whose store in Publish orders it.
-		binary.LittleEndian.PutUint64(d[8:16], uint64(length)|uint64(w)<<32)
-	}
-	if ls != nil && ls.logUsed && ls.log.Mark(r.descGPA+uint64(off), DescSize) != nil {
-		r.countError()
+		// Held back: the driver reads this entry only after the held
+		// one, whose store in Publish comes after flushUsed.
+		if r.shadowN == len(r.shadow) {
+			r.flushUsed()
+		}
+		r.shadow[r.shadowN] = packedUsed{off: off, word: uint64(length) | uint64(w)<<32}
+		r.shadowN++
 	}
 	if count == 1 {
 		if r.usedIdx++; r.usedIdx == r.size {
@@ -536,6 +580,26 @@ func (r *PackedRing) pushUsedLog(id, count uint16, length uint32, ls *ringLog) {
 		return
 	}
 	r.usedIdx, r.usedWrap = r.advance(r.usedIdx, r.usedWrap, count)
+}
+
+// flushUsed writes the used entries held in the shadow into the ring
+// (plain stores, in order) and marks them in the dirty log.
+func (r *PackedRing) flushUsed() {
+	n := r.shadowN
+	if n == 0 {
+		return
+	}
+	r.shadowN = 0
+	for _, e := range r.shadow[:n] {
+		binary.LittleEndian.PutUint64(r.desc[e.off+8:e.off+16], e.word)
+	}
+	if ls := r.logState.Load(); ls != nil && ls.logUsed {
+		for _, e := range r.shadow[:n] {
+			if ls.log.Mark(r.descGPA+uint64(e.off), DescSize) != nil {
+				r.countError()
+			}
+		}
+	}
 }
 
 // logRing marks ring bytes the device wrote when the ring is logged.
@@ -561,6 +625,7 @@ func (r *PackedRing) Publish() {
 	if s != nil {
 		s.returning(r.usedIdx, r.usedWrap, r.pubIdx, r.pubWrap)
 	}
+	r.flushUsed()
 	store32(r.desc, int(r.pubIdx)*DescSize+12, r.heldWord)
 	r.held = false
 	r.pubIdx, r.pubWrap = r.usedIdx, r.usedWrap

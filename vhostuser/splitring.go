@@ -241,7 +241,35 @@ type SplitRing struct {
 	logState   atomic.Pointer[ringLog]
 	errorCount atomic.Uint64  // written by the poller only
 	inflight   *inflightState // nil without inflight tracking
+	// heads caches avail->ring entries [headPos, headPos+headN), read in
+	// one go (availBatch at most): the frontend writes the ring's lines
+	// while the device reads them, and one pass per burst takes each
+	// line once instead of once per entry. Only entries below an
+	// avail->idx already read are cached: values the driver published.
+	heads   [availBatch]uint16
+	headPos uint16
+	headN   uint16
+	pf      prefetcher
+	// shadow holds the used entries pushed since the last flush (the
+	// ring's entries usedIdx-shadowN to usedIdx, each id | len<<32), so
+	// that the used ring's lines, which the driver reads, are written
+	// in one pass just before used->idx instead of one entry per frame
+	// between the driver's reads.
+	shadow  [shadowLen]uint64
+	shadowN int
 }
+
+// shadowLen is how many used entries the ring holds back before it
+// writes them (Publish writes them all).
+const shadowLen = 64
+
+// availBatch is how many avail->ring entries the ring reads at once: a
+// burst of the poller's, and two cache lines of the ring.
+const availBatch = 64
+
+// prefetchAhead is how many chains ahead of the one it pops the ring
+// prefetches the first buffer of.
+const prefetchAhead = 8
 
 // ringLog is an immutable logging configuration, swapped atomically.
 type ringLog struct {
@@ -358,6 +386,7 @@ func (r *SplitRing) LastAvailIdx() uint16 { return r.lastAvail }
 // SET_VRING_BASE does, and clears a broken state.
 func (r *SplitRing) SetLastAvailIdx(idx uint16) {
 	r.lastAvail, r.availIdx, r.broken = idx, idx, false
+	r.headN = 0
 }
 
 // SetLogging implements Queue. It may be called while the ring runs.
@@ -424,8 +453,15 @@ func (r *SplitRing) Pop(c *Chain) (bool, error) {
 		r.countError()
 		return false, ErrRingBroken
 	}
-	slot := 4 + 2*int(r.lastAvail&r.mask)
-	head := binary.LittleEndian.Uint16(r.avail[slot:])
+	k := r.lastAvail - r.headPos
+	if k >= r.headN {
+		r.readHeads()
+		k = 0
+	}
+	head := r.heads[k%availBatch]
+	if a := k + prefetchAhead; a < r.headN {
+		r.prefetchChain(r.heads[a%availBatch])
+	}
 	r.lastAvail++
 	c.reset()
 	if head >= r.size {
@@ -444,6 +480,43 @@ func (r *SplitRing) Pop(c *Chain) (bool, error) {
 	}
 	c.owner = r
 	return true, nil
+}
+
+// readHeads fills the heads cache from lastAvail: the entries up to
+// availIdx (at most availBatch), and starts loading their descriptors
+// and the first buffers of the first chains.
+func (r *SplitRing) readHeads() {
+	n := min(r.availIdx-r.lastAvail, availBatch)
+	pos := r.lastAvail
+	for i := range n {
+		slot := 4 + 2*int((pos+i)&r.mask)
+		r.heads[i] = binary.LittleEndian.Uint16(r.avail[slot:])
+	}
+	r.headPos, r.headN = pos, n
+	for i := range n {
+		if h := r.heads[i]; h < r.size {
+			prefetchRead(addrOf(r.desc, int(h)*DescSize))
+		}
+	}
+	for i := range min(n, prefetchAhead) {
+		r.prefetchChain(r.heads[i])
+	}
+}
+
+// prefetchChain starts loading the first buffer of the chain at head, a
+// chain the ring pops soon, when its first descriptor is a direct one
+// inside guest memory; otherwise it does nothing. Nothing is checked or
+// kept: Pop reads the descriptor again and checks it.
+func (r *SplitRing) prefetchChain(head uint16) {
+	if head >= r.size {
+		return
+	}
+	d := (*[DescSize]byte)(r.desc[int(head)*DescSize:])
+	flags := binary.LittleEndian.Uint16(d[12:14])
+	if flags&DescFIndirect != 0 {
+		return
+	}
+	r.pf.buffer(r.mem.table.Load(), binary.LittleEndian.Uint64(d[0:8]), flags&DescFWrite != 0)
 }
 
 // walk follows the chain starting at head (virtio 1.1, 2.6.5) into c.
@@ -658,14 +731,38 @@ func (r *SplitRing) unpop(c *Chain) bool {
 	return true
 }
 
-// pushUsed fills the next used entry; Publish makes it visible.
+// pushUsed fills the next used entry (in the shadow); Publish makes it
+// visible.
 func (r *SplitRing) pushUsed(id uint16, length uint32) {
-	slot := 4 + 8*int(r.usedIdx&r.mask)
-	e := (*[8]byte)(r.used[slot:])
-	binary.LittleEndian.PutUint32(e[0:4], uint32(id))
-	binary.LittleEndian.PutUint32(e[4:8], length)
+	if r.shadowN == len(r.shadow) {
+		r.flushUsed()
+	}
+	r.shadow[r.shadowN] = uint64(id) | uint64(length)<<32
+	r.shadowN++
 	r.usedIdx++
-	r.logUsed(uint64(slot), 8)
+}
+
+// flushUsed writes the shadowed used entries into the used ring (plain
+// stores: the driver reads them only after the used->idx store that
+// Publish makes next) and marks them in the dirty log.
+func (r *SplitRing) flushUsed() {
+	n := r.shadowN
+	if n == 0 {
+		return
+	}
+	r.shadowN = 0
+	pos := r.usedIdx - uint16(n)
+	for i, e := range r.shadow[:n] {
+		slot := 4 + 8*int((pos+uint16(i))&r.mask)
+		binary.LittleEndian.PutUint64(r.used[slot:slot+8], e)
+	}
+	if ls := r.logState.Load(); ls != nil && ls.logUsed {
+		for i := range n {
+			if ls.log.Mark(ls.usedGPA+uint64(4+8*int((pos+uint16(i))&r.mask)), 8) != nil {
+				r.countError()
+			}
+		}
+	}
 }
 
 // logUsed marks bytes [off, off+n) of the used ring in the dirty log when
@@ -681,6 +778,7 @@ func (r *SplitRing) logUsed(off, n uint64) {
 // Publish implements Queue: one release store of used->idx (and flags,
 // which share its aligned 32-bit word and which only the device writes).
 func (r *SplitRing) Publish() {
+	r.flushUsed()
 	if r.usedIdx == r.pubUsed {
 		return
 	}
