@@ -87,6 +87,21 @@ func (p *keptPair) exchange(tag byte) {
 	}
 }
 
+// serve connects dev, runs enough exchanges (tagged from first) to wrap
+// the rings, and lets the backend die with them running (the frontend
+// hangs up: no GET_VRING_BASE). It returns dev's statistics.
+func (p *keptPair) serve(dev *vhostuser.NetDevice, first byte) vhostuser.NetStats {
+	p.t.Helper()
+	f, wait := p.connect(dev)
+	for tag := first; tag <= first+byte(p.rx.Size)+3; tag++ {
+		p.exchange(tag)
+	}
+	st := dev.Stats()
+	f.fe.Conn.Close()
+	wait()
+	return st
+}
+
 // TestPackedRingStateSurvivesBackendRestart: QEMU's virtio-net hands a
 // vhost-user backend no inflight region, and after the backend dies it
 // sets the next one's packed rings up with the only base it knows, the
@@ -154,24 +169,14 @@ func TestPackedRingStateSurvivesBackendRestart(t *testing.T) {
 		wait()
 		q := newKeptPair(t, g, rec, 0, size)
 		q.t = t
-		f2, wait2 := q.connect(newDev())
-		for tag := byte(40); tag <= 40+size+3; tag++ {
-			q.exchange(tag)
-		}
-		f2.fe.Conn.Close()
-		wait2()
+		q.serve(newDev(), 40)
 	})
 	t.Run("rings elsewhere", func(t *testing.T) {
 		// The last backend died with rings running (no GET_VRING_BASE
 		// above); a frontend whose rings are elsewhere starts afresh.
 		q := newKeptPair(t, g, rec, 1, size)
 		q.t = t
-		f3, wait3 := q.connect(newDev())
-		for tag := byte(60); tag <= 60+size+3; tag++ {
-			q.exchange(tag)
-		}
-		f3.fe.Conn.Close()
-		wait3()
+		q.serve(newDev(), 60)
 	})
 	t.Run("corrupt state", func(t *testing.T) {
 		// The last backend died with the rings of "rings elsewhere"
@@ -193,27 +198,15 @@ func TestPackedRingStateSurvivesBackendRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		d := newDev()
-		f4, wait4 := q.connect(d)
-		for tag := byte(80); tag <= 80+size+3; tag++ {
-			q.exchange(tag)
-		}
-		if s := d.Stats(); s.Failures != 0 {
+		if s := q.serve(newDev(), 80); s.Failures != 0 {
 			t.Errorf("%d failures: the frontend was dropped over the daemon's own file", s.Failures)
 		}
-		f4.fe.Conn.Close()
-		wait4()
 	})
 	t.Run("a frontend that resets its rings", func(t *testing.T) {
 		// A QEMU-like frontend's backend dies with the rings running.
 		q := newKeptPair(t, g, rec, 0, size)
 		q.t = t
-		f5, wait5 := q.connect(newDev())
-		for tag := byte(100); tag <= 100+size+3; tag++ {
-			q.exchange(tag)
-		}
-		f5.fe.Conn.Close()
-		wait5()
+		q.serve(newDev(), 100)
 		// Then a frontend that is not QEMU (the test process, as it is)
 		// lays fresh rings out at the same addresses, as DPDK
 		// virtio-user does when it reconnects: they start at its base.
@@ -221,12 +214,7 @@ func TestPackedRingStateSurvivesBackendRestart(t *testing.T) {
 		defer vhostuser.SetFrontendKeepsRings(true) // for the subtests after
 		q = newKeptPair(t, g, rec, 0, size)
 		q.t = t
-		f6, wait6 := q.connect(newDev())
-		for tag := byte(120); tag <= 120+size+3; tag++ {
-			q.exchange(tag)
-		}
-		f6.fe.Conn.Close()
-		wait6()
+		q.serve(newDev(), 120)
 	})
 	t.Run("port removed", func(t *testing.T) {
 		d := newDev()
