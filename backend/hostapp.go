@@ -223,6 +223,9 @@ type hostClient struct {
 	// the holder must look at ready again after it lets the lock go
 	// (publish).
 	pubAgain atomic.Bool
+	// testPublished, when set (tests, before the client is used), runs
+	// after each publishing round, with pubLock still held.
+	testPublished func()
 	// rx is guarded by pubLock, an atomic try-lock checklocks cannot
 	// follow (publish, publishLocked).
 	rx shm.Producer // +checklocksignore
@@ -1048,8 +1051,8 @@ func (c *hostClient) publish() {
 	for c.pubAgain.Load() && c.pubLock.CompareAndSwap(false, true) {
 		c.pubAgain.Store(false)
 		n, wake := c.publishLocked()
-		if testHookPublished != nil {
-			testHookPublished(c)
+		if c.testPublished != nil {
+			c.testPublished()
 		}
 		c.pubLock.Store(false)
 		if wake {
@@ -1063,10 +1066,6 @@ func (c *hostClient) publish() {
 	}
 	c.reclaimSome()
 }
-
-// testHookPublished, when set (tests), runs after each publishing round,
-// with pubLock still held.
-var testHookPublished func(*hostClient)
 
 // reclaimSome takes back the slots the application freed once half the
 // pool is out, unless another goroutine is at it.

@@ -456,10 +456,7 @@ func TestPublishRoundThatFoundNothingLooksAgain(t *testing.T) {
 	_, cs, apps, sks := batchSinks(t, 1)
 	c := cs[0]
 	rounds := 0
-	testHookPublished = func(hc *hostClient) {
-		if hc != c {
-			return
-		}
+	c.testPublished = func() {
 		rounds++
 		if rounds > 1 {
 			return
@@ -470,7 +467,6 @@ func TestPublishRoundThatFoundNothingLooksAgain(t *testing.T) {
 			t.Error("put refused")
 		}
 	}
-	defer func() { testHookPublished = nil }()
 	c.publish() // nothing ready: this round finds nothing
 	if rounds != 2 {
 		t.Errorf("%d publishing rounds, want 2 (the empty one, and the one for the message queued meanwhile)", rounds)

@@ -1260,11 +1260,14 @@ func (d *NetDevice) ringLocked(vr *vring) (pollRing, error) {
 			k.reset(keptHeaderFor(d.peer, vr.addr, uint16(vr.num)))
 			r, err = NewPackedRing(d.mem, opts)
 		}
-		if err == nil && k != nil && r.restored() {
+		if err != nil {
+			return nil, err // not a nil *PackedRing in the interface
+		}
+		if k != nil && r.restored() {
 			d.log.Info("packed ring resumed from its kept state", "ring", vr.addr.Index,
 				"resubmitting", r.Resubmitting(), "frontend base", vr.base, "base", r.VringBase())
 		}
-		return r, err
+		return r, nil
 	}
 	return NewSplitRing(d.mem, SplitRingOptions{
 		Inflight:     inflight,
